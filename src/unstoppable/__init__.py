@@ -1,0 +1,36 @@
+"""unstoppable: an embedded, durable, partitioned event log with Kafka's
+semantics, and an asyncio producer and consumer on top of it.
+
+    import unstoppable as us
+    with us.Log("data") as log:
+        t = log.create_topic("bookings", partitions=8)
+        base = t.partition(0).append([b"hello", (b"key", b"value")])
+        for r in t.partition(0).read(base):
+            print(r.offset, bytes(r.value))
+"""
+try:
+    from unstoppable._core import batch as _batch, hashing as _hashing, segment as _segment  # noqa: F401
+except ImportError as _e:  # pragma: no cover - exercised only on a broken install
+    raise ImportError(
+        "unstoppable's compiled core (unstoppable._core) is not built, so the package "
+        "refuses to run (there is no slow fallback). Build it with "
+        "`python -m pip install -e .` (needs a C compiler and Cython), or install a "
+        f"wheel. Original error: {_e}") from _e
+
+from unstoppable import errors
+from unstoppable._core.batch import Record, RecordBatch
+from unstoppable.errors import *  # noqa: F401,F403
+from unstoppable.storage import Log, Partition, Topic, TopicConfig, VerifyReport
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Log",
+    "Topic",
+    "TopicConfig",
+    "Partition",
+    "Record",
+    "RecordBatch",
+    "VerifyReport",
+    "errors",
+] + list(errors.__all__)

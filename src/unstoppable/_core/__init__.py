@@ -1,0 +1,1 @@
+"""Compiled core (Cython over csrc/). Private: use the public modules."""

@@ -1,0 +1,688 @@
+# cython: language_level=3
+"""Record batch codec: encode records into batches, decode batches into records.
+
+The layout is defined in csrc/batch.h (and docs/FORMAT.md):
+
+    offset size  field
+    0      8     base_offset      i64  (not covered by the CRC)
+    8      4     length           u32  whole batch, header included
+    12     4     crc              u32  CRC-32C of bytes [16, length)
+    16     1     magic            u8   1
+    17     1     attributes       u8   0 (no compression)
+    18     2     producer_epoch   i16
+    20     4     record_count     u32
+    24     8     first_timestamp  i64
+    32     8     max_timestamp    i64
+    40     8     producer_id      i64
+    48     4     base_sequence    i32
+    52     ...   records (varint framed; see batch.h)
+
+Records read back are zero-copy: ``Record.key`` and ``Record.value`` are
+memoryviews over the memory that holds the batch (a mapped segment file).
+"""
+cimport cython
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyObject_CheckBuffer, PyBuffer_FillInfo
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_CheckExact, PyBytes_FromStringAndSize
+from cpython.unicode cimport PyUnicode_Check, PyUnicode_DecodeUTF8
+from cpython.tuple cimport PyTuple_CheckExact, PyTuple_GET_SIZE, PyTuple_GET_ITEM
+from cpython.list cimport PyList_New, PyList_SET_ITEM
+from cpython.ref cimport Py_INCREF, PyObject
+from cpython.sequence cimport PySequence_GetSlice
+from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
+from libc.stdint cimport int16_t, int32_t, int64_t, uint32_t, uint64_t
+from libc.string cimport memcpy
+
+from unstoppable._core.includes.batch cimport *
+from unstoppable._core.includes.crc32c cimport us_crc32c_init
+
+from unstoppable.errors import (
+    InvalidRecordError, RecordTooLargeError, corrupt_from_code, CorruptLogError)
+
+us_crc32c_init()
+
+cdef extern from "Python.h":
+    const char *PyUnicode_AsUTF8AndSize(object, Py_ssize_t *) except NULL
+
+HEADER_SIZE = US_BATCH_HEADER_SIZE
+MAGIC = US_MAGIC
+MAX_TIMESTAMP = (1 << 62) - 1
+
+cdef object _UNSET = object()
+cdef int64_t _TS_LIMIT = (<int64_t>1) << 62
+
+
+cdef inline int64_t _as_timestamp(object ts, int64_t default, Py_ssize_t i) except? -1:
+    cdef int64_t v
+    if ts is None:
+        return default
+    try:
+        v = ts
+    except (TypeError, OverflowError):
+        raise InvalidRecordError(
+            f"record {i}: timestamp must be an int of milliseconds since the epoch, got {ts!r}")
+    if v < 0 or v >= _TS_LIMIT:
+        raise InvalidRecordError(f"record {i}: timestamp {v} is outside 0 .. 2**62-1 ms")
+    return v
+
+
+# ---------------------------------------------------------------------------
+# Reading
+
+@cython.freelist(256)
+@cython.no_gc  # fields are memoryview/str/bytes/list of tuples of str+bytes: no cycles possible
+cdef class Record:
+    """One record read from the log.
+
+    ``key`` and ``value`` are read-only memoryviews over the mapped segment (no
+    copy) or None; ``headers`` is a list of ``(str, bytes | None)``. Keep
+    ``bytes(record.value)`` if you need the bytes beyond the log's lifetime;
+    the view itself keeps the mapping alive.
+    """
+
+    def __init__(self):
+        raise TypeError("Record objects are created by reads from the log")
+
+    @property
+    def key(self):
+        """The key as a memoryview, or None."""
+        if self._key is _UNSET:
+            self._key = None if self._key_len < 0 else PySequence_GetSlice(
+                self._mv, self._key_pos, self._key_pos + self._key_len)
+        return self._key
+
+    @property
+    def value(self):
+        """The value as a memoryview, or None."""
+        if self._value is _UNSET:
+            self._value = None if self._value_len < 0 else PySequence_GetSlice(
+                self._mv, self._value_pos, self._value_pos + self._value_len)
+        return self._value
+
+    @property
+    def headers(self):
+        """A list of ``(key: str, value: bytes | None)`` pairs, in stored order."""
+        cdef uint32_t j, n = self._header_count
+        cdef Py_buffer view
+        cdef uint32_t *kp
+        cdef uint32_t *kl
+        cdef uint32_t *vp
+        cdef int32_t *vl
+        cdef const unsigned char *base
+        if self._headers is not _UNSET:
+            return self._headers
+        out = []
+        if n:
+            PyObject_GetBuffer(self._mv, &view, PyBUF_SIMPLE)
+            kp = <uint32_t *>PyMem_Malloc(n * 16)
+            if kp == NULL:
+                PyBuffer_Release(&view)
+                raise MemoryError()
+            kl = kp + n
+            vp = kp + 2 * n
+            vl = <int32_t *>(kp + 3 * n)
+            try:
+                base = <const unsigned char *>view.buf
+                if us_headers_decode(base, self._headers_pos, self._end, n, kp, kl, vp, vl) != US_OK:
+                    raise CorruptLogError("record headers do not parse", offset=self.offset)
+                for j in range(n):
+                    k = PyUnicode_DecodeUTF8(<const char *>base + kp[j], kl[j], "surrogateescape")
+                    v = None if vl[j] < 0 else PyBytes_FromStringAndSize(<const char *>base + vp[j], vl[j])
+                    out.append((k, v))
+            finally:
+                PyMem_Free(kp)
+                PyBuffer_Release(&view)
+        self._headers = out
+        return out
+
+    def __repr__(self):
+        v = self.value
+        shown = bytes(v[:32]) if v is not None else None
+        more = "..." if v is not None and len(v) > 32 else ""
+        return (f"Record(topic={self.topic!r}, partition={self.partition}, offset={self.offset}, "
+                f"timestamp={self.timestamp}, key={None if self.key is None else bytes(self.key)!r}, "
+                f"value={shown!r}{more})")
+
+    def __reduce__(self):
+        raise TypeError("Record views cannot be pickled; copy the fields you need")
+
+
+cdef RecordBatch make_batch(object owner, object mv, const unsigned char *base, size_t position,
+                            const us_batch_header *h, str topic, int partition):
+    cdef RecordBatch b = RecordBatch.__new__(RecordBatch)
+    b._owner = owner
+    b._mv = mv
+    b._base = base
+    b.position = position
+    b.h = h[0]
+    b.topic = topic
+    b.partition = partition
+    return b
+
+
+@cython.no_gc  # holds only the mapping and its memoryview: no cycles possible
+cdef class RecordBatch:
+    """A checked (CRC-verified) batch read from the log; its records decode on demand."""
+
+    def __init__(self):
+        raise TypeError("RecordBatch objects are created by reads from the log")
+
+    def __dealloc__(self):
+        if self._views != NULL:
+            PyMem_Free(self._views)
+
+    cdef int _decode(self) except -1:
+        cdef int rc
+        if self._views != NULL:
+            return 0
+        self._views = <us_record_view *>PyMem_Malloc(self.h.record_count * sizeof(us_record_view))
+        if self._views == NULL:
+            raise MemoryError()
+        rc = us_batch_decode(self._base, &self.h, self._views)
+        if rc != US_OK:
+            PyMem_Free(self._views)
+            self._views = NULL
+            raise corrupt_from_code(rc, topic=self.topic, partition=self.partition,
+                                    position=self.position, offset=self.h.base_offset)
+        return 0
+
+    cdef Record _record(self, uint32_t i):
+        cdef us_record_view *v = &self._views[i]
+        cdef Record r = Record.__new__(Record)
+        r._mv = self._mv
+        r._key_pos = <uint32_t>(self.position + v.key_pos)
+        r._key_len = v.key_len
+        r._value_pos = <uint32_t>(self.position + v.value_pos)
+        r._value_len = v.value_len
+        r._headers_pos = <uint32_t>(self.position + v.headers_pos)
+        r._header_count = v.header_count
+        r._end = <uint32_t>(self.position + v.end)
+        r._key = _UNSET
+        r._value = _UNSET
+        r._headers = _UNSET if v.header_count else []
+        r.topic = self.topic
+        r.partition = self.partition
+        r.offset = self.h.base_offset + i
+        r.timestamp = v.timestamp
+        return r
+
+    def records(self, int64_t from_offset=-1):
+        """records(from_offset=-1) -> list[Record]
+
+        The batch's records, skipping those below ``from_offset``.
+        """
+        cdef uint32_t i, start = 0, n = self.h.record_count
+        self._decode()
+        if from_offset > self.h.base_offset:
+            start = <uint32_t>min(from_offset - self.h.base_offset, n)
+        out = PyList_New(n - start)
+        for i in range(start, n):
+            r = self._record(i)
+            Py_INCREF(r)
+            PyList_SET_ITEM(out, i - start, r)
+        return out
+
+    def value_views(self):
+        """value_views() -> list[memoryview | None]
+
+        Zero-copy views of every value in the batch.
+        """
+        cdef uint32_t i
+        self._decode()
+        out = []
+        for i in range(self.h.record_count):
+            if self._views[i].value_len < 0:
+                out.append(None)
+            else:
+                out.append(PySequence_GetSlice(
+                    self._mv, self.position + self._views[i].value_pos,
+                    self.position + self._views[i].value_pos + self._views[i].value_len))
+        return out
+
+    def value_bytes_total(self):
+        """value_bytes_total() -> int
+
+        Sum of the value lengths (decodes the batch; used by benchmarks and stats).
+        """
+        cdef uint32_t i
+        cdef int64_t total = 0
+        self._decode()
+        for i in range(self.h.record_count):
+            if self._views[i].value_len > 0:
+                total += self._views[i].value_len
+        return total
+
+    def __len__(self):
+        return self.h.record_count
+
+    def __getitem__(self, Py_ssize_t i):
+        if i < 0:
+            i += self.h.record_count
+        if i < 0 or i >= self.h.record_count:
+            raise IndexError("record index out of range")
+        self._decode()
+        return self._record(<uint32_t>i)
+
+    def __iter__(self):
+        return iter(self.records())
+
+    @property
+    def base_offset(self):
+        return self.h.base_offset
+
+    @property
+    def last_offset(self):
+        return self.h.base_offset + self.h.record_count - 1
+
+    @property
+    def next_offset(self):
+        return self.h.base_offset + self.h.record_count
+
+    @property
+    def length(self):
+        """Bytes of the whole batch, header included."""
+        return self.h.length
+
+    @property
+    def crc(self):
+        return self.h.crc
+
+    @property
+    def magic(self):
+        return self.h.magic
+
+    @property
+    def attributes(self):
+        return self.h.attributes
+
+    @property
+    def record_count(self):
+        return self.h.record_count
+
+    @property
+    def first_timestamp(self):
+        return self.h.first_timestamp
+
+    @property
+    def max_timestamp(self):
+        return self.h.max_timestamp
+
+    @property
+    def producer_id(self):
+        return self.h.producer_id
+
+    @property
+    def producer_epoch(self):
+        return self.h.producer_epoch
+
+    @property
+    def base_sequence(self):
+        return self.h.base_sequence
+
+    def __repr__(self):
+        return (f"RecordBatch(base_offset={self.h.base_offset}, records={self.h.record_count}, "
+                f"length={self.h.length}, position={self.position}, crc=0x{self.h.crc:08x})")
+
+
+def decode_batches(data, str topic=None, int partition=-1):
+    """decode_batches(data) -> list[RecordBatch]
+
+    Check and decode every batch in ``data`` (a bytes-like object holding whole
+    batches back to back). Raises CorruptLogError at the first bad batch.
+    """
+    cdef Py_buffer view
+    cdef us_batch_header h
+    cdef size_t pos = 0
+    cdef int rc
+    cdef RecordBatch b
+    mv = memoryview(data).cast("B")
+    out = []
+    PyObject_GetBuffer(mv, &view, PyBUF_SIMPLE)
+    try:
+        while pos < <size_t>view.len:
+            rc = us_batch_check(<const unsigned char *>view.buf + pos, view.len - pos, &h)
+            if rc != US_OK:
+                raise corrupt_from_code(rc, topic=topic, partition=partition, position=pos)
+            b = make_batch(mv, mv, <const unsigned char *>view.buf + pos, pos, &h, topic, partition)
+            b._decode()
+            out.append(b)
+            pos += h.length
+    finally:
+        PyBuffer_Release(&view)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Writing
+
+cdef struct _Buf:
+    const unsigned char *ptr
+    Py_ssize_t len      # -1 = null
+
+
+cdef inline int _get_bytes(object obj, _Buf *out, Py_buffer *view, bint *held,
+                           Py_ssize_t i, str what) except -1:
+    held[0] = False
+    if obj is None:
+        out.ptr = NULL
+        out.len = -1
+    elif PyBytes_CheckExact(obj):
+        out.ptr = <const unsigned char *>PyBytes_AS_STRING(obj)
+        out.len = PyBytes_GET_SIZE(obj)
+    elif PyObject_CheckBuffer(obj) and not PyUnicode_Check(obj):
+        PyObject_GetBuffer(obj, view, PyBUF_SIMPLE)
+        held[0] = True
+        out.ptr = <const unsigned char *>view.buf
+        out.len = view.len
+    else:
+        raise InvalidRecordError(
+            f"record {i}: {what} must be bytes-like or None, got {type(obj).__name__}"
+            + (" (encode str values, or give the producer a codec)" if PyUnicode_Check(obj) else ""))
+    return 0
+
+
+cdef class BatchEncoder:
+    """BatchEncoder(max_batch_bytes=1 MiB, max_record_bytes=1 MiB)
+
+    Encodes records into one or more complete, sealed batches in a reusable
+    buffer. Records are split into several batches when one would pass
+    ``max_batch_bytes``. Base offsets are patched in later with
+    :meth:`set_base_offset`, which the CRC does not cover.
+
+    Accepted records: a bytes-like value; ``None`` (null value); a tuple
+    ``(key, value[, headers[, timestamp]])``; or a :class:`Record` read from a log.
+    Headers are a list of ``(str, bytes | None)`` pairs or a dict.
+    """
+    cdef unsigned char *buf
+    cdef size_t cap
+    cdef size_t size
+    cdef readonly size_t max_batch_bytes
+    cdef readonly size_t max_record_bytes
+    cdef readonly uint32_t records
+    cdef readonly uint32_t batches
+    cdef readonly int64_t max_timestamp
+    cdef readonly int64_t first_timestamp
+    cdef int exports                # live views of buf; it must not move while > 0
+
+    def __cinit__(self, size_t max_batch_bytes=1 << 20, size_t max_record_bytes=1 << 20):
+        if max_batch_bytes < US_BATCH_HEADER_SIZE + 16 or max_batch_bytes > US_BATCH_MAX_LENGTH:
+            raise ValueError(f"max_batch_bytes must be in 68 .. {US_BATCH_MAX_LENGTH}, got {max_batch_bytes}")
+        self.max_batch_bytes = max_batch_bytes
+        self.max_record_bytes = max_record_bytes
+        self.cap = 0
+        self.buf = NULL
+        self.size = 0
+        self.max_timestamp = -1
+        self.first_timestamp = -1
+
+    def __dealloc__(self):
+        if self.buf != NULL:
+            PyMem_Free(self.buf)
+
+    cdef int _reserve(self, size_t extra) except -1:
+        cdef size_t need = self.size + extra
+        cdef size_t cap
+        cdef unsigned char *nb
+        if need <= self.cap:
+            return 0
+        if self.exports:
+            raise BufferError("the encoded bytes are still being viewed; release the view first")
+        cap = self.cap * 2 if self.cap else 65536
+        while cap < need:
+            cap *= 2
+        nb = <unsigned char *>PyMem_Realloc(self.buf, cap)
+        if nb == NULL:
+            raise MemoryError()
+        self.buf = nb
+        self.cap = cap
+        return 0
+
+    def clear(self):
+        """Forget the encoded bytes, keep the buffer."""
+        if self.exports:
+            raise BufferError("the encoded bytes are still being viewed; release the view first")
+        self.size = 0
+        self.records = 0
+        self.batches = 0
+        self.max_timestamp = -1
+        self.first_timestamp = -1
+
+    def shrink(self, size_t keep=1 << 20):
+        """Release the buffer when it grew past ``keep`` bytes (after a huge append)."""
+        if self.cap > keep and self.size == 0 and not self.exports:
+            PyMem_Free(self.buf)
+            self.buf = NULL
+            self.cap = 0
+
+    @property
+    def nbytes(self):
+        return self.size
+
+    def view(self):
+        """A memoryview of the encoded batches (valid until the next encode/clear)."""
+        if self.size == 0:
+            return memoryview(b"")
+        return memoryview(_BufferView(self))
+
+    def encode(self, records, int64_t timestamp, int64_t producer_id=-1,
+               int producer_epoch=-1, int64_t base_sequence=-1):
+        """encode(records, timestamp, producer_id=-1, producer_epoch=-1, base_sequence=-1) -> int
+
+        Append the records, as batches, to the buffer; return how many were
+        encoded. ``timestamp`` (ms) is used for records that carry none. With
+        a producer id, each batch's base_sequence continues from ``base_sequence``.
+        """
+        cdef Py_ssize_t i = 0, n, tn
+        cdef size_t start_size
+        cdef uint32_t start_records, start_batches
+        cdef int64_t start_max_ts, start_first_ts
+        cdef us_batch_header h
+        cdef size_t batch_start = 0, rec_size, headers_len
+        cdef uint32_t count = 0, header_count
+        cdef int64_t ts, seq = base_sequence
+        cdef _Buf key, value
+        cdef Py_buffer kview, vview
+        cdef bint kheld = False, vheld = False
+        cdef object headers, r
+        cdef Record rr
+        cdef Py_buffer rview
+        cdef const unsigned char *hsrc
+        if producer_id >= 0 and not (0 <= base_sequence <= 0x7fffffff):
+            raise ValueError(f"base_sequence must be in 0 .. 2**31-1 with a producer id, got {base_sequence}")
+        if not (0 <= timestamp < _TS_LIMIT):
+            raise InvalidRecordError(f"timestamp {timestamp} is outside 0 .. 2**62-1 ms")
+        if not isinstance(records, (list, tuple)):
+            records = list(records)
+        n = len(records)
+        if n == 0:
+            return 0
+        start_size = self.size
+        start_records = self.records
+        start_batches = self.batches
+        start_max_ts = self.max_timestamp
+        start_first_ts = self.first_timestamp
+        h.producer_id = producer_id
+        h.producer_epoch = <int16_t>producer_epoch
+        h.attributes = 0
+        try:
+            for i in range(n):
+                r = records[i]
+                headers = None
+                ts = timestamp
+                hsrc = NULL
+                headers_len = 0
+                header_count = 0
+                if PyBytes_CheckExact(r):
+                    key.ptr = NULL
+                    key.len = -1
+                    value.ptr = <const unsigned char *>PyBytes_AS_STRING(r)
+                    value.len = PyBytes_GET_SIZE(r)
+                elif PyTuple_CheckExact(r):
+                    tn = PyTuple_GET_SIZE(r)
+                    if tn < 2 or tn > 4:
+                        raise InvalidRecordError(
+                            f"record {i}: a tuple record is (key, value[, headers[, timestamp]]), got {tn} items")
+                    _get_bytes(<object>PyTuple_GET_ITEM(r, 0), &key, &kview, &kheld, i, "key")
+                    _get_bytes(<object>PyTuple_GET_ITEM(r, 1), &value, &vview, &vheld, i, "value")
+                    if tn > 2:
+                        headers = <object>PyTuple_GET_ITEM(r, 2)
+                    if tn > 3:
+                        ts = _as_timestamp(<object>PyTuple_GET_ITEM(r, 3), timestamp, i)
+                elif isinstance(r, Record):
+                    rr = <Record>r
+                    _get_bytes(rr.key, &key, &kview, &kheld, i, "key")
+                    _get_bytes(rr.value, &value, &vview, &vheld, i, "value")
+                    headers = rr.headers
+                    ts = rr.timestamp
+                else:
+                    key.ptr = NULL
+                    key.len = -1
+                    _get_bytes(r, &value, &vview, &vheld, i, "value")
+                try:
+                    if headers is not None:
+                        headers_len, header_count, hbuf = _encode_headers(headers, i)
+                        hsrc = <const unsigned char *>PyBytes_AS_STRING(hbuf)
+                    if count == 0:
+                        h.first_timestamp = ts
+                        h.max_timestamp = ts
+                    rec_size = us_record_size(ts - h.first_timestamp, key.len, value.len,
+                                              headers_len, header_count)
+                    if rec_size > self.max_record_bytes:
+                        raise RecordTooLargeError(
+                            f"record {i} encodes to {rec_size} bytes, more than max_record_bytes="
+                            f"{self.max_record_bytes}")
+                    if count and (self.size - batch_start) + rec_size > self.max_batch_bytes:
+                        self._close_batch(batch_start, count, &h, seq)
+                        if seq >= 0:
+                            seq = (seq + count) & 0x7fffffff
+                        count = 0
+                        h.first_timestamp = ts
+                        h.max_timestamp = ts
+                        rec_size = us_record_size(0, key.len, value.len, headers_len, header_count)
+                    if count == 0:
+                        self._reserve(US_BATCH_HEADER_SIZE)
+                        batch_start = self.size
+                        self.size += US_BATCH_HEADER_SIZE
+                    self._reserve(rec_size)
+                    us_write_record(self.buf + self.size, ts - h.first_timestamp, key.ptr, key.len,
+                                    value.ptr, value.len, hsrc, headers_len, header_count)
+                    self.size += rec_size
+                    if ts > h.max_timestamp:
+                        h.max_timestamp = ts
+                    count += 1
+                finally:
+                    if kheld:
+                        PyBuffer_Release(&kview)
+                        kheld = False
+                    if vheld:
+                        PyBuffer_Release(&vview)
+                        vheld = False
+            self._close_batch(batch_start, count, &h, seq)
+        except BaseException:
+            self.size = start_size
+            self.records = start_records
+            self.batches = start_batches
+            self.max_timestamp = start_max_ts
+            self.first_timestamp = start_first_ts
+            raise
+        return n
+
+    cdef int _close_batch(self, size_t start, uint32_t count, us_batch_header *h,
+                          int64_t seq) except -1:
+        h.record_count = count
+        h.base_offset = 0
+        h.base_sequence = <int32_t>seq if seq >= 0 else -1
+        us_batch_write_header(self.buf + start, h)
+        us_batch_seal(self.buf + start, <uint32_t>(self.size - start))
+        self.records += count
+        self.batches += 1
+        if self.batches == 1 or h.max_timestamp > self.max_timestamp:
+            self.max_timestamp = h.max_timestamp
+        if self.batches == 1:
+            self.first_timestamp = h.first_timestamp
+        return 0
+
+    def set_base_offset(self, int64_t base_offset):
+        """set_base_offset(base_offset) -> int
+
+        Give the encoded batches consecutive offsets starting at ``base_offset``;
+        return the offset after the last record.
+        """
+        cdef size_t pos = 0
+        cdef int64_t off = base_offset
+        while pos < self.size:
+            us_st64(self.buf + pos, <uint64_t>off)
+            off += us_ld32(self.buf + pos + 20)   # record_count
+            pos += us_ld32(self.buf + pos + 8)    # length
+        return off
+
+    def batch_spans(self):
+        """batch_spans() -> list[tuple[int, int, int]]
+
+        ``(position, length, record_count)`` of each encoded batch, in order.
+        """
+        cdef size_t pos = 0
+        out = []
+        while pos < self.size:
+            out.append((pos, us_ld32(self.buf + pos + 8), us_ld32(self.buf + pos + 20)))
+            pos += us_ld32(self.buf + pos + 8)
+        return out
+
+
+cdef class _BufferView:
+    """Exports a BatchEncoder's bytes through the buffer protocol."""
+    cdef BatchEncoder enc
+
+    def __cinit__(self, BatchEncoder enc):
+        self.enc = enc
+
+    def __getbuffer__(self, Py_buffer *buffer, int flags):
+        PyBuffer_FillInfo(buffer, self, self.enc.buf, self.enc.size, 1, flags)
+        self.enc.exports += 1
+
+    def __releasebuffer__(self, Py_buffer *buffer):
+        self.enc.exports -= 1
+
+
+cdef tuple _encode_headers(object headers, Py_ssize_t i):
+    """Encode a header list/dict into one block; returns (length, count, bytes)."""
+    cdef size_t total = 0
+    cdef uint32_t count = 0
+    cdef Py_ssize_t klen
+    cdef const char *kptr
+    cdef _Buf v
+    cdef Py_buffer vview
+    cdef bint vheld = False
+    cdef unsigned char *p
+    if isinstance(headers, dict):
+        items = list((<dict>headers).items())
+    elif isinstance(headers, (list, tuple)):
+        items = headers
+    else:
+        raise InvalidRecordError(
+            f"record {i}: headers must be a list of (str, bytes) pairs or a dict, got {type(headers).__name__}")
+    for item in items:
+        if not isinstance(item, tuple) or len(<tuple>item) != 2:
+            raise InvalidRecordError(f"record {i}: each header must be a (str, bytes) pair, got {item!r}")
+        k, val = item
+        if not PyUnicode_Check(k):
+            raise InvalidRecordError(f"record {i}: header key must be str, got {type(k).__name__}")
+        PyUnicode_AsUTF8AndSize(k, &klen)
+        _get_bytes(val, &v, &vview, &vheld, i, "header value")
+        if vheld:
+            PyBuffer_Release(&vview)
+            vheld = False
+        total += us_header_size(<size_t>klen, v.len)
+        count += 1
+    out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>total)
+    p = <unsigned char *>PyBytes_AS_STRING(out)
+    for item in items:
+        k, val = item
+        kptr = PyUnicode_AsUTF8AndSize(k, &klen)
+        _get_bytes(val, &v, &vview, &vheld, i, "header value")
+        try:
+            p = us_write_header(p, kptr, <size_t>klen, v.ptr, v.len)
+        finally:
+            if vheld:
+                PyBuffer_Release(&vview)
+                vheld = False
+    return (total, count, out)

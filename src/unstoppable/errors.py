@@ -1,0 +1,190 @@
+"""The one exception hierarchy of unstoppable.
+
+Every error the library raises on purpose is an :class:`UnstoppableError`, and
+where a built-in exception describes the same kind of failure the class also
+derives from it (``CorruptLogError`` is a ``ValueError``, ``DiskFullError`` an
+``OSError``), so callers can catch either.
+
+The compiled core reports failures as small integer codes (see csrc/batch.h);
+:func:`corrupt_from_code` is the one place that turns them into exceptions.
+"""
+from __future__ import annotations
+
+import errno as _errno
+
+__all__ = [
+    "UnstoppableError",
+    "CorruptLogError",
+    "NotALogError",
+    "UnsupportedFormatError",
+    "InvalidTopicNameError",
+    "UnknownTopicError",
+    "TopicExistsError",
+    "TopicConfigError",
+    "PartitionOutOfRangeError",
+    "OffsetOutOfRangeError",
+    "RecordTooLargeError",
+    "InvalidRecordError",
+    "DiskFullError",
+    "LogClosedError",
+    "BufferFullError",
+    "ProducerClosedError",
+    "ConsumerClosedError",
+    "OutOfOrderSequenceError",
+    "ProducerFencedError",
+    "CommitError",
+    "NoOffsetForPartitionError",
+]
+
+
+class UnstoppableError(Exception):
+    """Base class of every error raised by unstoppable."""
+
+
+class CorruptLogError(UnstoppableError, ValueError):
+    """Stored data failed a check (CRC, length, format) inside data that must be whole.
+
+    Attributes name the place: ``topic``, ``partition``, ``segment`` (file path),
+    ``position`` (byte offset in the segment), ``offset`` (the record offset the
+    damaged batch claims or was expected to have), and ``reason``.
+    """
+
+    def __init__(self, reason: str, *, topic=None, partition=None, segment=None,
+                 position=None, offset=None):
+        self.reason = reason
+        self.topic = topic
+        self.partition = partition
+        self.segment = segment
+        self.position = position
+        self.offset = offset
+        where = []
+        if topic is not None:
+            where.append(f"topic {topic!r}")
+        if partition is not None:
+            where.append(f"partition {partition}")
+        if segment is not None:
+            where.append(f"segment {segment}")
+        if position is not None:
+            where.append(f"byte {position}")
+        if offset is not None:
+            where.append(f"offset {offset}")
+        super().__init__(f"{reason}" + (f" ({', '.join(where)})" if where else ""))
+
+    def __reduce__(self):
+        return (_rebuild_corrupt, (self.reason, self.topic, self.partition, self.segment,
+                                   self.position, self.offset))
+
+
+def _rebuild_corrupt(reason, topic, partition, segment, position, offset):
+    return CorruptLogError(reason, topic=topic, partition=partition, segment=segment,
+                           position=position, offset=offset)
+
+
+class NotALogError(UnstoppableError, ValueError):
+    """The directory exists and holds files, but it is not an unstoppable log."""
+
+
+class UnsupportedFormatError(UnstoppableError, ValueError):
+    """The files were written by a format version this library does not read."""
+
+
+class InvalidTopicNameError(UnstoppableError, ValueError):
+    """A topic name breaks the rules: 1-249 of [A-Za-z0-9._-], not '.' or '..'."""
+
+
+class UnknownTopicError(UnstoppableError, KeyError):
+    """No topic of that name exists (or it was deleted)."""
+
+    def __str__(self):  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class TopicExistsError(UnstoppableError, ValueError):
+    """The topic exists with a different configuration than the one asked for."""
+
+
+class TopicConfigError(UnstoppableError, ValueError):
+    """A topic configuration value is missing, of the wrong type, or out of range."""
+
+
+class PartitionOutOfRangeError(UnstoppableError, IndexError):
+    """A partition number outside ``0 .. partitions - 1``."""
+
+
+class OffsetOutOfRangeError(UnstoppableError, IndexError):
+    """An offset below the log start (deleted by retention) or past the end."""
+
+
+class RecordTooLargeError(UnstoppableError, ValueError):
+    """One record is larger than the topic's ``max_record_bytes``."""
+
+
+class InvalidRecordError(UnstoppableError, TypeError):
+    """A record, key, value, header or timestamp has the wrong type or value."""
+
+
+class DiskFullError(UnstoppableError, OSError):
+    """The file system refused an append (ENOSPC, EDQUOT or EFBIG).
+
+    Nothing of the failed append is visible; data acknowledged before stays
+    readable, and appends work again once space returns.
+    """
+
+
+class LogClosedError(UnstoppableError, RuntimeError):
+    """The log, topic or partition was used after ``close()``."""
+
+
+class BufferFullError(UnstoppableError):
+    """The producer's buffer is full and the backpressure mode says not to wait."""
+
+
+class ProducerClosedError(UnstoppableError, RuntimeError):
+    """``send`` was called on a closed producer."""
+
+
+class ConsumerClosedError(UnstoppableError, RuntimeError):
+    """The consumer was used after ``close()``."""
+
+
+class OutOfOrderSequenceError(UnstoppableError):
+    """An idempotent producer's batch skipped sequence numbers: records in
+    between were never written. Raised instead of silently accepting the gap."""
+
+
+class ProducerFencedError(UnstoppableError):
+    """A newer instance of the same ``producer_id`` has taken over."""
+
+
+class CommitError(UnstoppableError, ValueError):
+    """A commit was refused (an offset beyond what the partition holds, or a
+    partition this group member does not own)."""
+
+
+class NoOffsetForPartitionError(UnstoppableError):
+    """No committed offset and ``auto_offset_reset="error"``."""
+
+
+# Codes from csrc/batch.h, mapped once.
+_REASONS = {
+    1: "incomplete batch (torn write)",
+    2: "unknown batch magic (format version)",
+    3: "impossible batch length",
+    4: "CRC-32C mismatch",
+    5: "unknown batch attributes",
+    6: "records do not parse within the batch",
+    7: "batch with zero records",
+}
+
+
+def corrupt_from_code(code: int, **where) -> CorruptLogError:
+    """The exception for a C result code from the batch checker."""
+    return CorruptLogError(_REASONS.get(code, f"batch check failed (code {code})"), **where)
+
+
+_DISK_FULL = {_errno.ENOSPC, _errno.EFBIG, getattr(_errno, "EDQUOT", _errno.ENOSPC)}
+
+
+def is_disk_full(exc: OSError) -> bool:
+    """True for the errnos that mean 'no room': ENOSPC, EDQUOT, EFBIG."""
+    return exc.errno in _DISK_FULL

@@ -1,0 +1,1066 @@
+"""One partition of a topic: a directory of segment files plus a shared head.
+
+Layout of ``<log>/topics/<topic>/<partition>/``::
+
+    head                      shared state, mmap'ed by every process (csrc/head.h)
+    lock                      flock()ed by the process appending; the kernel
+                              releases it when that process dies
+    00000000000000000000.log  segment: record batches back to back (csrc/batch.h)
+    00000000000000000000.index      sparse offset index (csrc/index.h)
+    00000000000000000000.timeindex  sparse time index
+
+How appends reach the file: ``pwrite`` of whole encoded batches at the
+position the head names. On this machine class write() of large chunks runs at
+2.4-3 GB/s while first-touch stores into a shared mmap fault at about 0.5 GB/s
+(docs/machine-facts), so writes go through the page cache and reads go through
+read-only mappings of the same pages.
+
+Who sees what: the head's ``active_size`` and ``end_offset`` move only after the
+bytes are written, under the append lock, through a seqlock. Readers in any
+process read up to that size and never further, so they never see a
+half-written batch, and bytes a dead writer left past it are cut off by the
+next lock holder.
+
+Recovery (on open, under the append lock):
+  * same boot as the head records (the page cache survived, only a process
+    died): everything up to the head is intact; bytes past it are an
+    unacknowledged torn tail and are truncated. Work: O(torn tail).
+  * another boot (power loss or OS crash may have lost unsynced pages): scan
+    from the recovery checkpoint, the last position known to be on stable
+    storage, CRC-checking every batch; truncate at the first bad one and rebuild
+    the indexes over the scanned part. Work: O(data written since the last
+    fsync). A clean close fsyncs and moves the checkpoint to the end, which is
+    the clean-shutdown marker: the next open after a reboot scans nothing.
+"""
+from __future__ import annotations
+
+import bisect
+import errno
+import fcntl
+import os
+import re
+import threading
+import time
+from typing import Callable, Iterable
+
+from unstoppable._core.batch import BatchEncoder, RecordBatch
+from unstoppable._core.segment import (
+    HEAD_FILE_SIZE,
+    HEAD_FLAG_DELETED,
+    OFFSET_ENTRY_SIZE,
+    OFFSET_MISMATCH,
+    TIME_ENTRY_SIZE,
+    Head,
+    IndexBuilder,
+    Mapping,
+    find_batch,
+    find_time,
+    new_head_state,
+    offset_index_entry,
+    offset_index_floor,
+    offset_index_valid,
+    read_batches,
+    read_records,
+    scan,
+    time_index_below,
+    time_index_entry,
+    time_index_valid,
+)
+from unstoppable.errors import (
+    CorruptLogError,
+    DiskFullError,
+    LogClosedError,
+    OffsetOutOfRangeError,
+    UnknownTopicError,
+    UnstoppableError,
+    corrupt_from_code,
+    is_disk_full,
+)
+
+__all__ = ["Partition", "ACKS"]
+
+ACKS = ("written", "fsync")
+_SEGMENT_RE = re.compile(r"^(\d{20})\.log$")
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+def _boot_id() -> bytes:
+    """The kernel's boot id (16 bytes): it changes at every boot."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+            return bytes.fromhex(f.read().strip().decode().replace("-", ""))
+    except OSError:
+        # Without a boot id every open is treated as a possible reboot: the
+        # scan from the checkpoint is always correct, only slower.
+        return b"\0" * 16
+
+
+BOOT_ID = _boot_id()
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def segment_name(base: int) -> str:
+    return f"{base:020d}"
+
+
+def _pwrite_all(fd: int, data, pos: int) -> None:
+    mv = memoryview(data)
+    try:
+        while len(mv):
+            n = os.pwrite(fd, mv, pos)
+            if n <= 0:  # pragma: no cover - pwrite reports errors by raising
+                raise OSError(errno.EIO, "pwrite wrote nothing")
+            mv = mv[n:]
+            pos += n
+    finally:
+        mv.release()
+
+
+class Segment:
+    """One segment file and its two indexes, as seen by this process."""
+
+    __slots__ = ("base", "path", "fd", "oi_fd", "ti_fd", "_map", "_oi_map", "_ti_map",
+                 "sealed_size", "oi_n", "ti_n", "_max_ts", "_map_hint", "_oi_hint")
+
+    def __init__(self, dirpath: str, base: int, map_hint: int, oi_hint: int, create: bool = False):
+        self.base = base
+        stem = os.path.join(dirpath, segment_name(base))
+        self.path = stem + ".log"
+        flags = os.O_RDWR | _O_CLOEXEC | (os.O_CREAT if create else 0)
+        self.fd = os.open(self.path, flags, 0o644)
+        try:
+            self.oi_fd = os.open(stem + ".index", os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o644)
+            self.ti_fd = os.open(stem + ".timeindex", os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o644)
+        except BaseException:
+            os.close(self.fd)
+            raise
+        self._map = None
+        self._oi_map = None
+        self._ti_map = None
+        self.sealed_size = -1      # known final size once sealed, else -1
+        self.oi_n = -1             # entry counts of a sealed segment's indexes (-1 = not loaded)
+        self.ti_n = -1
+        self._max_ts = None
+        self._map_hint = map_hint
+        self._oi_hint = oi_hint
+
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    def data(self, need: int) -> Mapping:
+        """A mapping that covers at least ``need`` bytes of the segment."""
+        m = self._map
+        if m is None or m.length < need:
+            m = self._map = Mapping(self.fd, max(need, self._map_hint))
+        return m
+
+    def oi_map(self, entries: int) -> Mapping:
+        need = entries * OFFSET_ENTRY_SIZE
+        m = self._oi_map
+        if m is None or m.length < need:
+            m = self._oi_map = Mapping(self.oi_fd, max(need, self._oi_hint * OFFSET_ENTRY_SIZE))
+        return m
+
+    def ti_map(self, entries: int) -> Mapping:
+        need = entries * TIME_ENTRY_SIZE
+        m = self._ti_map
+        if m is None or m.length < need:
+            m = self._ti_map = Mapping(self.ti_fd, max(need, self._oi_hint * TIME_ENTRY_SIZE))
+        return m
+
+    def close(self) -> None:
+        for fd in (self.fd, self.oi_fd, self.ti_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fd = self.oi_fd = self.ti_fd = -1
+        # Mappings stay alive as long as record views reference them.
+        self._map = self._oi_map = self._ti_map = None
+
+
+class _Flock:
+    """The cross-process append lock: flock(LOCK_EX) on ``<partition>/lock``.
+
+    The kernel drops it when the holding process dies, so a crashed writer can
+    never wedge a partition. Used together with an in-process lock, because
+    flock does not exclude threads sharing one file description.
+    """
+
+    __slots__ = ("fd",)
+
+    def __init__(self, path: str):
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o644)
+
+    def __enter__(self):
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+    def close(self):
+        os.close(self.fd)
+
+
+class Partition:
+    """One partition: dense 64-bit offsets from 0, appended and read.
+
+    Obtained with ``topic.partition(i)``. Safe to use from several threads; any
+    number of processes may open the same partition, and appends from all of
+    them are serialized by an OS lock the kernel releases on death.
+    """
+
+    def __init__(self, topic, index: int, path: str, config):
+        self.topic = topic.name
+        self.index = index
+        self.path = path
+        self._config = config
+        self._log = topic._log
+        self._lock = threading.RLock()
+        self._closed = False
+        self._failed: BaseException | None = None
+        self._listeners: list[Callable[[], None]] = []
+        self._segments: dict[int, Segment] = {}
+        self._bases: list[int] = []
+        self._map_hint = config.segment_bytes + config.max_batch_bytes
+        self._oi_hint = config.segment_bytes // max(config.index_interval_bytes, 1) + 64
+        self._encoder = BatchEncoder(config.max_batch_bytes, config.max_record_bytes)
+        self._durable_end = 0
+        self._sync_cond = threading.Condition(threading.Lock())
+        self._syncing = False
+        os.makedirs(path, exist_ok=True)
+        self._dirfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | _O_CLOEXEC)
+        self._flock = _Flock(os.path.join(path, "lock"))
+        hp = os.path.join(path, "head")
+        self._headfd = os.open(hp, os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o644)
+        try:
+            with self._flock:
+                if os.fstat(self._headfd).st_size < HEAD_FILE_SIZE:
+                    os.ftruncate(self._headfd, HEAD_FILE_SIZE)
+                self._head = Head(self._headfd)
+                self.recovery = self._recover()
+        except BaseException:
+            self._close_files()
+            raise
+        self._durable_end = self._head.read().ckpt_end_offset
+
+    # ------------------------------------------------------------------ state
+
+    def _state(self):
+        st = self._head.read()
+        if st is None:
+            # A writer died between the two halves of a head update; whoever
+            # takes the lock next rewrites it whole.
+            with self._lock, self._flock:
+                st = self._head.read() or self._repair_head()
+        return st
+
+    def _check_open(self):
+        if self._closed:
+            raise LogClosedError(f"partition {self.topic}/{self.index} is closed")
+        if self._failed is not None:
+            raise UnstoppableError(
+                f"partition {self.topic}/{self.index} failed earlier and refuses writes "
+                f"until the log is reopened: {self._failed}") from self._failed
+
+    @property
+    def start_offset(self) -> int:
+        """The first offset still held (it moves up when retention deletes segments)."""
+        self._check_open()
+        return self._state().start_offset
+
+    @property
+    def end_offset(self) -> int:
+        """The next offset to be written (the high watermark)."""
+        self._check_open()
+        return self._state().end_offset
+
+    @property
+    def durable_offset(self) -> int:
+        """Offsets below this one are known to be on stable storage (fsynced)."""
+        self._check_open()
+        return self._state().ckpt_end_offset
+
+    @property
+    def change_counter(self) -> int:
+        """A number that changes whenever anything is appended, in any process."""
+        return self._head.seq
+
+    def add_listener(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` after each append made by this process (from the
+        appending thread). Appends by other processes are seen by polling
+        :attr:`change_counter`."""
+        self._listeners.append(callback)
+
+    def remove_listener(self, callback: Callable[[], None]) -> None:
+        try:
+            self._listeners.remove(callback)
+        except ValueError:
+            pass
+
+    # --------------------------------------------------------------- segments
+
+    def _list_bases(self) -> list[int]:
+        bases = []
+        for name in os.listdir(self.path):
+            m = _SEGMENT_RE.match(name)
+            if m:
+                bases.append(int(m.group(1)))
+        bases.sort()
+        return bases
+
+    def _segment(self, base: int, create: bool = False) -> Segment:
+        seg = self._segments.get(base)
+        if seg is None:
+            seg = Segment(self.path, base, self._map_hint, self._oi_hint, create=create)
+            self._segments[base] = seg
+            bisect.insort(self._bases, base)
+        return seg
+
+    def _refresh_segments(self, st) -> None:
+        """Load segments other processes created; forget those retention removed."""
+        with self._lock:
+            on_disk = self._list_bases()
+            for base in on_disk:
+                if base not in self._segments and base <= st.active_base:
+                    try:
+                        self._segment(base)
+                    except FileNotFoundError:
+                        pass
+            for base in list(self._bases):
+                if base not in on_disk or base > st.active_base:
+                    self._drop_segment(base, unlink=False)
+
+    def _drop_segment(self, base: int, unlink: bool) -> None:
+        seg = self._segments.pop(base, None)
+        if base in self._bases:
+            self._bases.remove(base)
+        stem = os.path.join(self.path, segment_name(base))
+        if seg is not None:
+            seg.close()
+        if unlink:
+            for ext in (".log", ".index", ".timeindex"):
+                try:
+                    os.unlink(stem + ext)
+                except FileNotFoundError:
+                    pass
+
+    def _segment_for(self, offset: int, st) -> Segment:
+        if not self._bases or self._bases[-1] != st.active_base or self._bases[0] > offset:
+            self._refresh_segments(st)
+        i = bisect.bisect_right(self._bases, offset) - 1
+        if i < 0:
+            raise OffsetOutOfRangeError(
+                f"offset {offset} is below the start of {self.topic}/{self.index}")
+        return self._segments[self._bases[i]]
+
+    def _sealed_info(self, seg: Segment):
+        """Size and valid index entry counts of a sealed segment (loaded once)."""
+        if seg.sealed_size < 0:
+            size = seg.size()
+            oi_n = os.fstat(seg.oi_fd).st_size // OFFSET_ENTRY_SIZE
+            ti_n = os.fstat(seg.ti_fd).st_size // TIME_ENTRY_SIZE
+            file_oi, file_ti = oi_n, ti_n
+            if oi_n:
+                oi_n = offset_index_valid(seg.oi_map(oi_n), oi_n, size)
+            if ti_n:
+                ti_n = time_index_valid(seg.ti_map(ti_n), ti_n, size)
+            last_pos = offset_index_entry(seg.oi_map(oi_n), oi_n - 1)[1] if oi_n else 0
+            interval = self._config.index_interval_bytes
+            # Torn (entries failed the checks) or missing (the last entry lies
+            # further back than an interval plus the largest batch): rebuild.
+            if (oi_n != file_oi or ti_n != file_ti
+                    or size - last_pos > 2 * interval + self._config.max_batch_bytes + 64):
+                oi_n, ti_n = self._repair_sealed_index(seg, size, oi_n, ti_n)
+            seg.oi_n, seg.ti_n = oi_n, ti_n
+            seg.sealed_size = size
+        return seg.sealed_size, seg.oi_n, seg.ti_n
+
+    def _repair_sealed_index(self, seg: Segment, size: int, oi_n: int, ti_n: int):
+        """Rebuild a sealed segment's torn or missing indexes from a full scan."""
+        with self._lock, self._flock:
+            builder = IndexBuilder(seg.base, self._config.index_interval_bytes, 0, -1, -1)
+            r = scan(seg.data(size), 0, size, -1, builder)
+            if r.position != size:
+                # Damage inside sealed data: keep the entries that passed the
+                # checks; reads and verify() report the corruption at its place.
+                return oi_n, ti_n
+            oi, ti = builder.take()
+            # Write new files and rename them over the old ones: another process
+            # may have the old index mapped, and truncating a mapped file would
+            # fault its reads (SIGBUS). The old inode lives on for it.
+            stem = os.path.join(self.path, segment_name(seg.base))
+            try:
+                for ext, data in ((".index", oi), (".timeindex", ti)):
+                    tmp = f"{stem}{ext}.tmp{os.getpid()}"
+                    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | _O_CLOEXEC, 0o644)
+                    try:
+                        if data:
+                            _pwrite_all(fd, data, 0)
+                    finally:
+                        os.close(fd)
+                    os.rename(tmp, stem + ext)
+                new_oi = os.open(stem + ".index", os.O_RDWR | _O_CLOEXEC)
+                new_ti = os.open(stem + ".timeindex", os.O_RDWR | _O_CLOEXEC)
+            except OSError:
+                return 0, 0  # read-only or full file system: work without an index
+            os.close(seg.oi_fd)
+            os.close(seg.ti_fd)
+            seg.oi_fd, seg.ti_fd = new_oi, new_ti
+            seg._oi_map = seg._ti_map = None
+            seg._max_ts = r.max_timestamp
+            return len(oi) // OFFSET_ENTRY_SIZE, len(ti) // TIME_ENTRY_SIZE
+
+    def _limits(self, seg: Segment, st):
+        """(readable size, offset index entries, time index entries) of a segment."""
+        if seg.base == st.active_base:
+            return st.active_size, st.oi_count, st.ti_count
+        return self._sealed_info(seg)
+
+    def _position_of(self, seg: Segment, offset: int, limit: int, oi_n: int) -> int:
+        """Byte position of the batch holding ``offset`` (index floor, then a header walk)."""
+        pos = 0
+        if oi_n:
+            hit = offset_index_floor(seg.oi_map(oi_n), oi_n, offset - seg.base)
+            if hit is not None and hit[1] < limit:
+                pos = hit[1]
+        m = seg.data(limit)
+        try:
+            return find_batch(m, pos, limit, offset)
+        except CorruptLogError:
+            if pos == 0:
+                raise
+            # A stale or torn index entry; fall back to walking from the start.
+            return find_batch(m, 0, limit, offset)
+
+    def _wrap_corrupt(self, e: CorruptLogError, seg: Segment) -> CorruptLogError:
+        return CorruptLogError(e.reason, topic=self.topic, partition=self.index,
+                               segment=seg.path, position=e.position, offset=e.offset)
+
+    # ------------------------------------------------------------------ reads
+
+    def read(self, offset: int, max_records: int = 500, max_bytes: int = 1 << 20) -> list:
+        """read(offset, max_records=500, max_bytes=1 MiB) -> list[Record]
+
+        Records from ``offset`` on, at most ``max_records`` of them and about
+        ``max_bytes`` bytes of batches (at least one record when any is there).
+        An empty list means ``offset`` is the end. Keys and values are
+        zero-copy memoryviews over the mapped segment, and every batch they come
+        from has passed its CRC check.
+
+        Raises OffsetOutOfRangeError below ``start_offset`` or past ``end_offset``.
+        """
+        self._check_open()
+        offset = self._check_offset(offset)
+        if max_records <= 0:
+            raise ValueError(f"max_records must be positive, got {max_records}")
+        if max_bytes <= 0:
+            raise ValueError(f"max_bytes must be positive, got {max_bytes}")
+        st = self._state()
+        if offset == st.end_offset:
+            return []
+        seg = self._segment_for(offset, st)
+        limit, oi_n, _ = self._limits(seg, st)
+        try:
+            pos = self._position_of(seg, offset, limit, oi_n)
+            records, _ = read_records(seg.data(limit), pos, limit, offset, max_records,
+                                      max_bytes, self.topic, self.index)
+        except CorruptLogError as e:
+            raise self._wrap_corrupt(e, seg) from None
+        if not records and offset < st.end_offset:
+            raise CorruptLogError("segment ends before the offsets its successor starts at",
+                                  topic=self.topic, partition=self.index, segment=seg.path,
+                                  offset=offset)
+        return records
+
+    def read_batches(self, offset: int, max_bytes: int = 1 << 20) -> list[RecordBatch]:
+        """read_batches(offset, max_bytes=1 MiB) -> list[RecordBatch]
+
+        Whole CRC-checked batches from the one holding ``offset`` (at least
+        one, then up to ``max_bytes``), without creating a Python object per
+        record. The first batch may start before ``offset``.
+        """
+        self._check_open()
+        offset = self._check_offset(offset)
+        st = self._state()
+        if offset == st.end_offset:
+            return []
+        seg = self._segment_for(offset, st)
+        limit, oi_n, _ = self._limits(seg, st)
+        try:
+            pos = self._position_of(seg, offset, limit, oi_n)
+            batches, _ = read_batches(seg.data(limit), pos, limit, offset, max_bytes,
+                                      self.topic, self.index)
+        except CorruptLogError as e:
+            raise self._wrap_corrupt(e, seg) from None
+        return batches
+
+    def _check_offset(self, offset) -> int:
+        if isinstance(offset, bool) or not isinstance(offset, int):
+            raise TypeError(f"offset must be an int, got {type(offset).__name__}")
+        st = self._state()
+        if offset < st.start_offset or offset > st.end_offset:
+            raise OffsetOutOfRangeError(
+                f"offset {offset} is outside {self.topic}/{self.index}'s range "
+                f"[{st.start_offset}, {st.end_offset}]")
+        return offset
+
+    def offset_for_time(self, ts_ms: int) -> int | None:
+        """The first offset whose record timestamp is >= ``ts_ms``, or None when
+        every record is older. Uses the time indexes, then scans a few batches."""
+        self._check_open()
+        if isinstance(ts_ms, bool) or not isinstance(ts_ms, int):
+            raise TypeError(f"ts_ms must be an int of milliseconds, got {type(ts_ms).__name__}")
+        st = self._state()
+        if st.end_offset == st.start_offset:
+            return None
+        self._refresh_segments(st)
+        for base in list(self._bases):
+            seg = self._segments.get(base)
+            if seg is None:
+                continue
+            limit, oi_n, ti_n = self._limits(seg, st)
+            if limit == 0:
+                continue
+            try:
+                if seg.base != st.active_base and self._segment_max_ts(seg, limit, oi_n) < ts_ms:
+                    continue
+                pos = 0
+                if ti_n:
+                    hit = time_index_below(seg.ti_map(ti_n), ti_n, ts_ms)
+                    if hit is not None and hit[2] < limit:
+                        pos = hit[2]
+                found = find_time(seg.data(limit), pos, limit, ts_ms)
+            except CorruptLogError as e:
+                raise self._wrap_corrupt(e, seg) from None
+            if found >= 0:
+                return max(found, st.start_offset)
+        return None
+
+    def _segment_max_ts(self, seg: Segment, limit: int, oi_n: int) -> int:
+        """Largest timestamp in a sealed segment: the last index entry's batch and after."""
+        if seg._max_ts is None:
+            pos = 0
+            if oi_n:
+                pos = offset_index_entry(seg.oi_map(oi_n), oi_n - 1)[1]
+                if pos >= limit:
+                    pos = 0
+            r = scan(seg.data(limit), pos, limit, -1)
+            if r.position != limit:
+                raise corrupt_from_code(r.code if r.code != OFFSET_MISMATCH else 6,
+                                        position=r.position)
+            best = r.max_timestamp
+            _, _, ti_n = self._sealed_info(seg)
+            if ti_n:
+                best = max(best, time_index_entry(seg.ti_map(ti_n), ti_n - 1)[0])
+            seg._max_ts = best
+        return seg._max_ts
+
+    # ---------------------------------------------------------------- appends
+
+    def append(self, records: Iterable, *, timestamp: int | None = None, acks: str | None = None,
+               producer_id: int = -1, producer_epoch: int = -1, base_sequence: int = -1) -> int:
+        """append(records, *, timestamp=None, acks=None, ...) -> int
+
+        Append records and return the offset of the first. Each record is a
+        bytes-like value, ``None``, a tuple ``(key, value[, headers[, timestamp]])``
+        or a Record read from a log. ``timestamp`` (ms) applies to records
+        without their own; it defaults to now.
+
+        ``acks="written"`` (the default) returns once the bytes are in the OS
+        page cache, which survives a crash of this process; ``acks="fsync"``
+        returns after fdatasync, shared with every append waiting at that moment
+        (group commit), which survives power loss.
+
+        All records of one call become visible to readers at once, or not at all.
+        """
+        acks = self._check_acks(acks)
+        self._check_open()
+        ts = _now_ms() if timestamp is None else timestamp
+        with self._lock:
+            enc = self._encoder
+            enc.clear()
+            if enc.encode(records, ts, producer_id, producer_epoch, base_sequence) == 0:
+                return self._state().end_offset
+            base, end = self._write_encoded(enc)
+            if enc.nbytes > (8 << 20):
+                enc.clear()
+                enc.shrink()
+        if acks == "fsync":
+            self.wait_durable(end)
+        return base
+
+    def append_encoded(self, encoder: BatchEncoder, *, acks: str | None = None,
+                       check: Callable | None = None):
+        """Write batches already encoded by ``encoder`` (offsets are assigned
+        here). ``check(state)`` runs under the append lock before the write and
+        may raise to refuse it, or return a value to return instead of writing
+        (used for idempotent-producer dedup). Returns ``(base, end)`` or what
+        ``check`` returned."""
+        acks = self._check_acks(acks)
+        self._check_open()
+        with self._lock:
+            if encoder.records == 0:
+                end = self._state().end_offset
+                return end, end
+            result = self._write_encoded(encoder, check)
+        if acks == "fsync":
+            self.wait_durable(result[1])
+        return result
+
+    @staticmethod
+    def _check_acks(acks):
+        if acks is None:
+            return "written"
+        if acks not in ACKS:
+            raise ValueError(f"acks must be one of {ACKS}, got {acks!r}")
+        return acks
+
+    def _write_encoded(self, enc: BatchEncoder, check=None):
+        nbytes = enc.nbytes
+        with self._flock:
+            st = self._head.read() or self._repair_head()
+            if st.flags & HEAD_FLAG_DELETED:
+                raise UnknownTopicError(f"topic {self.topic!r} was deleted")
+            if check is not None:
+                early = check(st)
+                if early is not None:
+                    return early
+            seg = self._active(st)
+            if (st.active_size > 0 and (
+                    st.active_size + nbytes > self._config.segment_bytes
+                    or (self._config.segment_ms is not None
+                        and _now_ms() - st.active_created >= self._config.segment_ms))):
+                seg, st = self._roll(st)
+            pos = st.active_size
+            base = st.end_offset
+            end = enc.set_base_offset(base)
+            builder = IndexBuilder(seg.base, self._config.index_interval_bytes,
+                                   st.oi_last_pos, st.ti_last_ts, st.max_timestamp)
+            mv = enc.view()
+            try:
+                builder.add_encoded(mv, pos, base)
+                oi, ti = builder.take()
+                try:
+                    _pwrite_all(seg.fd, mv, pos)
+                    if oi:
+                        _pwrite_all(seg.oi_fd, oi, st.oi_count * OFFSET_ENTRY_SIZE)
+                    if ti:
+                        _pwrite_all(seg.ti_fd, ti, st.ti_count * TIME_ENTRY_SIZE)
+                except OSError as e:
+                    self._undo_write(seg, pos, st)
+                    if is_disk_full(e):
+                        raise DiskFullError(
+                            e.errno, f"no space to append {nbytes} bytes to "
+                            f"{self.topic}/{self.index}: {os.strerror(e.errno)}") from None
+                    raise
+            finally:
+                mv.release()
+            st.end_offset = end
+            st.active_size = pos + nbytes
+            if enc.max_timestamp > st.max_timestamp:
+                st.max_timestamp = enc.max_timestamp
+            st.oi_count += len(oi) // OFFSET_ENTRY_SIZE
+            st.ti_count += len(ti) // TIME_ENTRY_SIZE
+            st.oi_last_pos = builder.last_entry_pos
+            st.ti_last_ts = builder.last_time_ts
+            self._head.write(st)
+        for cb in self._listeners:
+            cb()
+        return base, end
+
+    def _undo_write(self, seg: Segment, pos: int, st) -> None:
+        """Cut a failed write back off, so nothing of it is ever visible."""
+        try:
+            os.ftruncate(seg.fd, pos)
+            os.ftruncate(seg.oi_fd, st.oi_count * OFFSET_ENTRY_SIZE)
+            os.ftruncate(seg.ti_fd, st.ti_count * TIME_ENTRY_SIZE)
+        except OSError:
+            # The head was not advanced, so readers ignore the bytes anyway and
+            # the next lock holder truncates them.
+            pass
+
+    def _active(self, st) -> Segment:
+        """The active segment (lock held), with any torn tail a dead writer left cut off."""
+        seg = self._segments.get(st.active_base)
+        if seg is None:
+            self._refresh_segments(st)
+            seg = self._segments.get(st.active_base)
+            if seg is None:
+                seg = self._segment(st.active_base, create=True)
+        size = seg.size()
+        if size != st.active_size:
+            if size < st.active_size:
+                raise CorruptLogError(
+                    f"active segment is {size} bytes, shorter than the {st.active_size} "
+                    "recorded as written (truncated by something else?)",
+                    topic=self.topic, partition=self.index, segment=seg.path, position=size)
+            os.ftruncate(seg.fd, st.active_size)
+        return seg
+
+    def _roll(self, st):
+        """Seal the active segment and start a new one at the end offset (lock held)."""
+        old = self._segments[st.active_base]
+        # Cut the index files of the sealed segment to their counted entries.
+        os.ftruncate(old.oi_fd, st.oi_count * OFFSET_ENTRY_SIZE)
+        os.ftruncate(old.ti_fd, st.ti_count * TIME_ENTRY_SIZE)
+        new = self._segment(st.end_offset, create=True)
+        for fd in (new.fd, new.oi_fd, new.ti_fd):
+            os.ftruncate(fd, 0)  # leftovers of a writer that died mid-roll
+        st.active_base = st.end_offset
+        st.active_size = 0
+        st.active_created = _now_ms()
+        st.max_timestamp = -1
+        st.oi_count = st.ti_count = 0
+        st.oi_last_pos = 0
+        st.ti_last_ts = -1
+        self._head.write(st)
+        self._apply_retention(st)
+        self._log._flusher.submit(self)
+        return new, st
+
+    # -------------------------------------------------------------- retention
+
+    def enforce_retention(self) -> int:
+        """Delete whole sealed segments past the topic's retention_bytes /
+        retention_ms. Returns the number deleted. Never touches the active one."""
+        self._check_open()
+        with self._lock, self._flock:
+            st = self._head.read() or self._repair_head()
+            return self._apply_retention(st)
+
+    def _apply_retention(self, st) -> int:
+        cfg = self._config
+        if cfg.retention_bytes is None and cfg.retention_ms is None:
+            return 0
+        self._refresh_segments(st)
+        sealed = [b for b in self._bases if b < st.active_base]
+        if not sealed:
+            return 0
+        sizes = {b: self._sealed_info(self._segments[b])[0] for b in sealed}
+        total = sum(sizes.values()) + st.active_size
+        now = _now_ms()
+        doomed = []
+        for b in sealed:
+            seg = self._segments[b]
+            too_big = cfg.retention_bytes is not None and total > cfg.retention_bytes
+            too_old = False
+            if cfg.retention_ms is not None and not too_big:
+                size, oi_n, _ = self._sealed_info(seg)
+                try:
+                    too_old = self._segment_max_ts(seg, size, oi_n) < now - cfg.retention_ms
+                except CorruptLogError:
+                    too_old = False
+            if not (too_big or too_old):
+                break
+            doomed.append(b)
+            total -= sizes[b]
+        if not doomed:
+            return 0
+        remaining = [b for b in self._bases if b not in doomed]
+        st.start_offset = max(st.start_offset, remaining[0])
+        if st.ckpt_base < remaining[0]:
+            st.ckpt_base, st.ckpt_size = remaining[0], 0
+            st.ckpt_end_offset = max(st.ckpt_end_offset, remaining[0])
+        self._head.write(st)  # readers learn the new start before files vanish
+        for b in doomed:
+            self._drop_segment(b, unlink=True)
+        return len(doomed)
+
+    # ------------------------------------------------------------- durability
+
+    def wait_durable(self, end_offset: int) -> None:
+        """Block until every offset below ``end_offset`` is on stable storage.
+
+        Group commit: one thread (the leader) runs fdatasync for everyone
+        waiting; the others sleep and share its result.
+        """
+        cond = self._sync_cond
+        with cond:
+            while self._durable_end < end_offset:
+                if self._failed is not None:
+                    raise UnstoppableError(f"fsync of {self.topic}/{self.index} failed") \
+                        from self._failed
+                if self._syncing:
+                    cond.wait()
+                    continue
+                self._syncing = True
+                cond.release()
+                try:
+                    done = self._sync_now()
+                except BaseException as e:
+                    if isinstance(e, OSError):
+                        # After a failed fsync the kernel may have dropped the
+                        # dirty pages; retrying could report success for lost
+                        # data (PostgreSQL's "fsyncgate"). Refuse further writes.
+                        self._failed = e
+                    raise
+                finally:
+                    cond.acquire()
+                    self._syncing = False
+                    cond.notify_all()
+                if done > self._durable_end:
+                    self._durable_end = done
+
+    def flush(self) -> None:
+        """fsync everything appended so far (in any process) and move the checkpoint."""
+        self._check_open()
+        self.wait_durable(self._state().end_offset)
+
+    def _sync_now(self) -> int:
+        """fdatasync every segment past the checkpoint, then advance it. Returns
+        the end offset now known durable."""
+        with self._lock:
+            st = self._state()
+            if st.ckpt_base == st.active_base and st.ckpt_size == st.active_size:
+                return st.end_offset
+            self._refresh_segments(st)
+            segs = [self._segments[b] for b in self._bases if b >= st.ckpt_base]
+            fds = [os.dup(s.fd) for s in segs]  # survive a concurrent retention close
+        try:
+            for fd in fds:
+                os.fdatasync(fd)
+            if st.active_base != st.ckpt_base:
+                os.fsync(self._dirfd)  # new segment files' directory entries
+        finally:
+            for fd in fds:
+                os.close(fd)
+        with self._lock, self._flock:
+            cur = self._head.read() or self._repair_head()
+            if (st.active_base, st.active_size) > (cur.ckpt_base, cur.ckpt_size):
+                cur.ckpt_base, cur.ckpt_size = st.active_base, st.active_size
+                cur.ckpt_end_offset = st.end_offset
+                self._head.write(cur)
+        return st.end_offset
+
+    # --------------------------------------------------------------- recovery
+
+    def _repair_head(self):
+        """Rewrite a head a writer left half-updated (lock held): the fields
+        are individually valid, only the seqlock count is odd."""
+        st = self._recover(force_scan=True).state
+        return st
+
+    def _recover(self, force_scan: bool = False) -> "Recovery":
+        """Bring files and head into agreement (append lock held). See the module docstring."""
+        t0 = time.perf_counter()
+        rec = Recovery()
+        bases = self._list_bases()
+        valid_head = self._head.valid()
+        st = self._head.read() if valid_head else None
+        if st is not None and st.flags & HEAD_FLAG_DELETED:
+            raise UnknownTopicError(f"topic {self.topic!r} was deleted")
+        if st is None or force_scan or st.active_base not in bases and bases:
+            rec.mode = "rebuild"
+            st = self._rebuild_from_segments(bases, rec)
+        elif st.boot_id != BOOT_ID:
+            rec.mode = "checkpoint"
+            st = self._scan_from_checkpoint(st, bases, rec)
+        else:
+            rec.mode = "tail"
+            st = self._cut_torn_tail(st, bases, rec)
+        self._head.write(st)
+        self._refresh_segments(st)
+        rec.state = st
+        rec.seconds = time.perf_counter() - t0
+        return rec
+
+    def _rebuild_from_segments(self, bases: list[int], rec) -> object:
+        """No usable head: derive it from the segment files alone."""
+        if not bases:
+            seg = self._segment(0, create=True)
+            return new_head_state(boot_id=BOOT_ID, active_created=_now_ms())
+        # Sealed segments are taken as they are (their batches are CRC-checked
+        # on every read; verify() checks them all); the last one is scanned.
+        last = bases[-1]
+        st = new_head_state(start_offset=bases[0], end_offset=last, active_base=last,
+                            ckpt_base=bases[0], ckpt_size=0, ckpt_end_offset=bases[0],
+                            boot_id=BOOT_ID, active_created=_now_ms())
+        return self._scan_segments(st, bases, last, 0, last, rec)
+
+    def _scan_from_checkpoint(self, st, bases, rec):
+        """After a possible reboot: re-verify everything past the checkpoint."""
+        start_base, start_pos, expect = st.ckpt_base, st.ckpt_size, st.ckpt_end_offset
+        if start_base not in bases:
+            start_base = bases[0] if bases else 0
+            start_pos, expect = 0, start_base
+        if not bases:
+            seg = self._segment(0, create=True)
+            return new_head_state(boot_id=BOOT_ID, active_created=_now_ms())
+        st = self._scan_segments(st, bases, start_base, start_pos, expect, rec)
+        # What we just read came from the disk itself: it is durable now.
+        st.ckpt_base, st.ckpt_size, st.ckpt_end_offset = st.active_base, st.active_size, st.end_offset
+        return st
+
+    def _scan_segments(self, st, bases, start_base, start_pos, expect, rec):
+        """CRC-scan segments from (start_base, start_pos), keep the longest valid
+        prefix, delete what follows it, rebuild the indexes over what was scanned."""
+        keep = [b for b in bases if b <= start_base]
+        todo = [b for b in bases if b >= start_base]
+        if not todo:
+            todo = [start_base]
+        active = todo[0]
+        active_size = start_pos
+        end_offset = expect
+        max_ts = -1
+        oi_count = ti_count = 0
+        oi_last_pos, ti_last_ts = 0, -1
+        for i, b in enumerate(todo):
+            seg = self._segment(b, create=(i == 0))
+            pos0 = start_pos if i == 0 else 0
+            if i > 0 and b != end_offset:
+                # The previous segment ended somewhere other than where this
+                # one starts: everything from here on is unusable.
+                rec.deleted_segments += len(todo) - i
+                for later in todo[i:]:
+                    self._drop_segment(later, unlink=True)
+                break
+            size = seg.size()
+            if pos0 > size:
+                pos0, end_offset = 0, b
+            # Keep the index entries that point below pos0, rebuild the rest.
+            oi_n = offset_index_valid(seg.oi_map(os.fstat(seg.oi_fd).st_size // 8),
+                                      os.fstat(seg.oi_fd).st_size // 8, pos0) if pos0 else 0
+            ti_n = time_index_valid(seg.ti_map(os.fstat(seg.ti_fd).st_size // 16),
+                                    os.fstat(seg.ti_fd).st_size // 16, pos0) if pos0 else 0
+            last_pos = offset_index_entry(seg.oi_map(oi_n), oi_n - 1)[1] if oi_n else 0
+            last_ts = time_index_entry(seg.ti_map(ti_n), ti_n - 1)[0] if ti_n else -1
+            # The running max timestamp up to pos0: the last time entry covers
+            # everything through its batch, and at most one index interval
+            # (plus a batch) lies between the last offset entry and pos0.
+            run_ts = last_ts
+            if pos0:
+                run_ts = max(run_ts, scan(seg.data(pos0), last_pos, pos0, -1).max_timestamp)
+            builder = IndexBuilder(b, self._config.index_interval_bytes, last_pos, last_ts, run_ts)
+            r = scan(seg.data(size), pos0, size, end_offset, builder)
+            rec.scanned_bytes += r.position - pos0
+            rec.batches += r.batches
+            oi, ti = builder.take()
+            os.ftruncate(seg.oi_fd, oi_n * OFFSET_ENTRY_SIZE)
+            os.ftruncate(seg.ti_fd, ti_n * TIME_ENTRY_SIZE)
+            if oi:
+                _pwrite_all(seg.oi_fd, oi, oi_n * OFFSET_ENTRY_SIZE)
+            if ti:
+                _pwrite_all(seg.ti_fd, ti, ti_n * TIME_ENTRY_SIZE)
+            active, active_size = b, r.position
+            oi_count, ti_count = oi_n + len(oi) // 8, ti_n + len(ti) // 16
+            oi_last_pos, ti_last_ts = builder.last_entry_pos, builder.last_time_ts
+            max_ts = max(r.max_timestamp, run_ts)
+            if r.batches:
+                end_offset = r.next_offset
+            if r.position < size:
+                rec.truncated_bytes += size - r.position
+                rec.stop_code = r.code
+                os.ftruncate(seg.fd, r.position)
+                for later in todo[i + 1:]:
+                    rec.deleted_segments += 1
+                    self._drop_segment(later, unlink=True)
+                break
+        # Segments entirely below the start (retention interrupted) are removed.
+        start = st.start_offset if st.start_offset >= 0 else 0
+        first_kept = [b for b in self._list_bases() if b <= active]
+        for b in first_kept[:-1]:
+            nxt = first_kept[first_kept.index(b) + 1]
+            if nxt <= start:
+                self._drop_segment(b, unlink=True)
+        st.start_offset = max(min(start, end_offset), min(self._list_bases() or [0]))
+        st.end_offset = end_offset
+        st.active_base = active
+        st.active_size = active_size
+        st.max_timestamp = max_ts
+        st.oi_count, st.ti_count = oi_count, ti_count
+        st.oi_last_pos, st.ti_last_ts = oi_last_pos, ti_last_ts
+        st.boot_id = BOOT_ID
+        if st.ckpt_base > active or (st.ckpt_base == active and st.ckpt_size > active_size):
+            st.ckpt_base, st.ckpt_size, st.ckpt_end_offset = active, active_size, end_offset
+        return st
+
+    def _cut_torn_tail(self, st, bases, rec):
+        """Same boot: the head is right; cut what lies past it."""
+        for b in bases:
+            if b > st.active_base:
+                rec.deleted_segments += 1
+                self._drop_segment(b, unlink=True)  # created by a roll that never finished
+        seg = self._segment(st.active_base, create=True)
+        size = seg.size()
+        if size < st.active_size:
+            # Shorter than acknowledged: something outside truncated it. Keep
+            # the longest valid prefix and say so in the recovery report.
+            rec.mode = "rebuild"
+            rec.external_truncation = True
+            return self._scan_segments(st, self._list_bases(), st.active_base, 0,
+                                       st.active_base, rec)
+        if size > st.active_size:
+            rec.truncated_bytes += size - st.active_size
+            os.ftruncate(seg.fd, st.active_size)
+        for fd, n, esz in ((seg.oi_fd, st.oi_count, OFFSET_ENTRY_SIZE),
+                           (seg.ti_fd, st.ti_count, TIME_ENTRY_SIZE)):
+            if os.fstat(fd).st_size != n * esz:
+                os.ftruncate(fd, n * esz)
+        if st.start_offset > st.end_offset:
+            st.start_offset = st.end_offset
+        return st
+
+    # ------------------------------------------------------------------ close
+
+    def close(self) -> None:
+        """fsync what this partition holds (the clean-shutdown marker: the
+        checkpoint reaches the end) and release files."""
+        if self._closed:
+            return
+        try:
+            if self._failed is None:
+                self.wait_durable(self._state().end_offset)
+        finally:
+            self._closed = True
+            self._close_files()
+
+    def _close_files(self):
+        for seg in list(self._segments.values()):
+            seg.close()
+        self._segments.clear()
+        self._bases.clear()
+        for attr in ("_headfd", "_dirfd"):
+            fd = getattr(self, attr, -1)
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+                setattr(self, attr, -1)
+        fl = getattr(self, "_flock", None)
+        if fl is not None:
+            try:
+                fl.close()
+            except OSError:
+                pass
+
+    def __repr__(self):
+        return f"<Partition {self.topic}/{self.index} at {self.path}>"
+
+
+class Recovery:
+    """What opening a partition had to do (exposed as ``partition.recovery``)."""
+
+    __slots__ = ("mode", "scanned_bytes", "truncated_bytes", "batches", "deleted_segments",
+                 "stop_code", "seconds", "state", "external_truncation")
+
+    def __init__(self):
+        self.mode = ""
+        self.scanned_bytes = 0
+        self.truncated_bytes = 0
+        self.batches = 0
+        self.deleted_segments = 0
+        self.stop_code = 0
+        self.seconds = 0.0
+        self.state = None
+        self.external_truncation = False
+
+    def __repr__(self):
+        return (f"Recovery(mode={self.mode!r}, scanned_bytes={self.scanned_bytes}, "
+                f"truncated_bytes={self.truncated_bytes}, deleted_segments={self.deleted_segments}, "
+                f"seconds={self.seconds:.4f})")
