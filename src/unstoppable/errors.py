@@ -188,3 +188,12 @@ _DISK_FULL = {_errno.ENOSPC, _errno.EFBIG, getattr(_errno, "EDQUOT", _errno.ENOS
 def is_disk_full(exc: OSError) -> bool:
     """True for the errnos that mean 'no room': ENOSPC, EDQUOT, EFBIG."""
     return exc.errno in _DISK_FULL
+
+
+class DuplicateSequenceError(OutOfOrderSequenceError):
+    """A retry of an idempotent batch older than the last five the log
+    remembers for that producer: it was written before, but its offsets are no
+    longer known, so it is refused rather than written twice."""
+
+
+__all__.append("DuplicateSequenceError")

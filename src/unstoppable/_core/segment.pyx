@@ -580,3 +580,27 @@ def time_index_valid(Mapping idx, size_t n, uint64_t limit_pos):
     if n * US_TIME_ENTRY_SIZE > <size_t>idx.length:
         raise ValueError("index entries past the mapping")
     return us_ti_valid_prefix(idx.ptr, n, limit_pos)
+
+
+def producer_batches(Mapping m, size_t pos, size_t end):
+    """producer_batches(mapping, pos, end) -> (list, stop_pos)
+
+    Walk batch headers (no CRC: the data below the head was checked when it
+    was written or recovered) from ``pos`` and return
+    ``(base_offset, record_count, producer_id, producer_epoch, base_sequence)``
+    for each batch written by an idempotent producer (producer_id >= 0).
+    """
+    cdef us_batch_header h
+    cdef int rc
+    if end > <size_t>m.length:
+        raise ValueError("walk past the mapping")
+    out = []
+    while pos < end:
+        rc = us_batch_parse_header(m.ptr + pos, end - pos, &h)
+        if rc != US_OK:
+            raise _corrupt(rc, pos, m.ptr + pos, end - pos)
+        if h.producer_id >= 0:
+            out.append((h.base_offset, h.record_count, h.producer_id, h.producer_epoch,
+                        h.base_sequence))
+        pos += h.length
+    return out, pos

@@ -75,7 +75,8 @@ class TopicConfig:
     retention_ms: delete sealed segments whose newest record is older than this.
     index_interval_bytes: one sparse index entry per this many bytes of log.
     max_record_bytes: the largest encoded record accepted.
-    max_batch_bytes: appends are split into batches of about this size.
+    max_batch_bytes: appends are split into batches of about this size
+        (default: 1 MiB, or segment_bytes when that is smaller).
     """
 
     partitions: int = 1
@@ -94,6 +95,8 @@ class TopicConfig:
         if unknown:
             raise TopicConfigError(
                 f"unknown topic setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        if "max_batch_bytes" not in config and isinstance(config.get("segment_bytes"), int):
+            config = {**config, "max_batch_bytes": min(cls.max_batch_bytes, config["segment_bytes"])}
         cfg = cls(partitions=partitions, **config)
         cfg.validate()
         return cfg
@@ -562,7 +565,7 @@ def _verify(log: Log, progress) -> VerifyReport:
             st = p._state()
             p._refresh_segments(st)
             for b in list(p._bases):
-                seg = p._segments[b]
+                seg = p._segment(b)
                 limit = st.active_size if b == st.active_base else seg.size()
                 work.append((t, p, seg, limit, st))
     total = sum(w[3] for w in work)

@@ -66,6 +66,7 @@ from unstoppable._core.segment import (
     time_index_entry,
     time_index_valid,
 )
+from unstoppable.storage.producer_state import ProducerStateTable, snapshot_path
 from unstoppable.errors import (
     CorruptLogError,
     DiskFullError,
@@ -229,6 +230,7 @@ class Partition:
         self._map_hint = config.segment_bytes + config.max_batch_bytes
         self._oi_hint = config.segment_bytes // max(config.index_interval_bytes, 1) + 64
         self._encoder = BatchEncoder(config.max_batch_bytes, config.max_record_bytes)
+        self._producers = ProducerStateTable()
         self._durable_end = 0
         self._sync_cond = threading.Condition(threading.Lock())
         self._syncing = False
@@ -314,26 +316,25 @@ class Partition:
         return bases
 
     def _segment(self, base: int, create: bool = False) -> Segment:
+        """The Segment for ``base``, its files opened on first use (sealed
+        segments cost no file descriptors until they are read)."""
         seg = self._segments.get(base)
         if seg is None:
             seg = Segment(self.path, base, self._map_hint, self._oi_hint, create=create)
             self._segments[base] = seg
-            bisect.insort(self._bases, base)
+            if base not in self._bases:
+                bisect.insort(self._bases, base)
         return seg
 
     def _refresh_segments(self, st) -> None:
-        """Load segments other processes created; forget those retention removed."""
+        """Learn of segments other processes created; forget those retention removed."""
         with self._lock:
-            on_disk = self._list_bases()
-            for base in on_disk:
-                if base not in self._segments and base <= st.active_base:
-                    try:
-                        self._segment(base)
-                    except FileNotFoundError:
-                        pass
-            for base in list(self._bases):
-                if base not in on_disk or base > st.active_base:
+            on_disk = [b for b in self._list_bases() if b <= st.active_base]
+            keep = set(on_disk)
+            for base in list(self._segments):
+                if base not in keep:
                     self._drop_segment(base, unlink=False)
+            self._bases = on_disk
 
     def _drop_segment(self, base: int, unlink: bool) -> None:
         seg = self._segments.pop(base, None)
@@ -343,7 +344,7 @@ class Partition:
         if seg is not None:
             seg.close()
         if unlink:
-            for ext in (".log", ".index", ".timeindex"):
+            for ext in (".log", ".index", ".timeindex", ".producers"):
                 try:
                     os.unlink(stem + ext)
                 except FileNotFoundError:
@@ -356,7 +357,7 @@ class Partition:
         if i < 0:
             raise OffsetOutOfRangeError(
                 f"offset {offset} is below the start of {self.topic}/{self.index}")
-        return self._segments[self._bases[i]]
+        return self._segment(self._bases[i])
 
     def _sealed_info(self, seg: Segment):
         """Size and valid index entry counts of a sealed segment (loaded once)."""
@@ -520,9 +521,10 @@ class Partition:
             return None
         self._refresh_segments(st)
         for base in list(self._bases):
-            seg = self._segments.get(base)
-            if seg is None:
-                continue
+            try:
+                seg = self._segment(base)
+            except FileNotFoundError:
+                continue  # removed by retention meanwhile
             limit, oi_n, ti_n = self._limits(seg, st)
             if limit == 0:
                 continue
@@ -580,13 +582,26 @@ class Partition:
         """
         acks = self._check_acks(acks)
         self._check_open()
+        idem = None
+        if producer_id >= 0:
+            if not 0 <= producer_epoch <= 0x7FFF:
+                raise ValueError(f"producer_epoch must be in 0 .. 32767, got {producer_epoch}")
+            if not 0 <= base_sequence < (1 << 31):
+                raise ValueError(f"base_sequence must be in 0 .. 2**31-1, got {base_sequence}")
         ts = _now_ms() if timestamp is None else timestamp
         with self._lock:
             enc = self._encoder
             enc.clear()
             if enc.encode(records, ts, producer_id, producer_epoch, base_sequence) == 0:
                 return self._state().end_offset
-            base, end = self._write_encoded(enc)
+            if producer_id >= 0:
+                if enc.batches != 1:
+                    enc.clear()
+                    raise ValueError(
+                        "an idempotent append must fit in one batch "
+                        f"(max_batch_bytes={self._config.max_batch_bytes})")
+                idem = (producer_id, producer_epoch, base_sequence, enc.records)
+            base, end = self._write_encoded(enc, idem=idem)
             if enc.nbytes > (8 << 20):
                 enc.clear()
                 enc.shrink()
@@ -620,7 +635,7 @@ class Partition:
             raise ValueError(f"acks must be one of {ACKS}, got {acks!r}")
         return acks
 
-    def _write_encoded(self, enc: BatchEncoder, check=None):
+    def _write_encoded(self, enc: BatchEncoder, check=None, idem=None):
         nbytes = enc.nbytes
         with self._flock:
             st = self._head.read() or self._repair_head()
@@ -630,6 +645,11 @@ class Partition:
                 early = check(st)
                 if early is not None:
                     return early
+            if idem is not None:
+                self._producers.catch_up(self, st)
+                dup = self._producers.check(*idem)
+                if dup is not None:
+                    return dup
             seg = self._active(st)
             if (st.active_size > 0 and (
                     st.active_size + nbytes > self._config.segment_bytes
@@ -669,6 +689,10 @@ class Partition:
             st.oi_last_pos = builder.last_entry_pos
             st.ti_last_ts = builder.last_time_ts
             self._head.write(st)
+            if idem is not None:
+                pid, epoch, seq, count = idem
+                self._producers.apply(base, count, pid, epoch, seq)
+                self._producers.synced = (st.active_base, st.active_size)
         for cb in self._listeners:
             cb()
         return base, end
@@ -689,9 +713,7 @@ class Partition:
         seg = self._segments.get(st.active_base)
         if seg is None:
             self._refresh_segments(st)
-            seg = self._segments.get(st.active_base)
-            if seg is None:
-                seg = self._segment(st.active_base, create=True)
+            seg = self._segment(st.active_base, create=True)
         size = seg.size()
         if size != st.active_size:
             if size < st.active_size:
@@ -704,7 +726,12 @@ class Partition:
 
     def _roll(self, st):
         """Seal the active segment and start a new one at the end offset (lock held)."""
-        old = self._segments[st.active_base]
+        old = self._segment(st.active_base)
+        # Producer state as of the new segment's start, so rebuilding it on
+        # open only walks the active segment.
+        self._producers.catch_up(self, st)
+        if self._producers.producers:
+            self._producers.write_snapshot(snapshot_path(self.path, st.end_offset))
         # Cut the index files of the sealed segment to their counted entries.
         os.ftruncate(old.oi_fd, st.oi_count * OFFSET_ENTRY_SIZE)
         os.ftruncate(old.ti_fd, st.ti_count * TIME_ENTRY_SIZE)
@@ -722,6 +749,18 @@ class Partition:
         self._apply_retention(st)
         self._log._flusher.submit(self)
         return new, st
+
+    def producer_state(self, producer_id: int):
+        """producer_state(producer_id) -> (epoch, next_sequence) | None
+
+        Where an idempotent producer with this id continues: its epoch and the
+        sequence its next batch must carry. None when it never wrote here.
+        """
+        self._check_open()
+        with self._lock, self._flock:
+            st = self._head.read() or self._repair_head()
+            self._producers.catch_up(self, st)
+            return self._producers.state(producer_id)
 
     # -------------------------------------------------------------- retention
 
@@ -741,12 +780,12 @@ class Partition:
         sealed = [b for b in self._bases if b < st.active_base]
         if not sealed:
             return 0
-        sizes = {b: self._sealed_info(self._segments[b])[0] for b in sealed}
+        sizes = {b: self._sealed_info(self._segment(b))[0] for b in sealed}
         total = sum(sizes.values()) + st.active_size
         now = _now_ms()
         doomed = []
         for b in sealed:
-            seg = self._segments[b]
+            seg = self._segment(b)
             too_big = cfg.retention_bytes is not None and total > cfg.retention_bytes
             too_old = False
             if cfg.retention_ms is not None and not too_big:
@@ -819,7 +858,7 @@ class Partition:
             if st.ckpt_base == st.active_base and st.ckpt_size == st.active_size:
                 return st.end_offset
             self._refresh_segments(st)
-            segs = [self._segments[b] for b in self._bases if b >= st.ckpt_base]
+            segs = [self._segment(b) for b in self._bases if b >= st.ckpt_base]
             fds = [os.dup(s.fd) for s in segs]  # survive a concurrent retention close
         try:
             for fd in fds:

@@ -1,0 +1,209 @@
+"""Idempotent-producer state of one partition: the dedup table.
+
+For every producer id that wrote to the partition, the table keeps the
+producer's epoch and its last five batches (first sequence, record count, base
+offset). An idempotent append is checked against it under the append lock:
+
+* same epoch, ``base_sequence`` = last sequence + 1: new data, written;
+* same epoch, same ``base_sequence`` and count as a remembered batch: a retry,
+  dropped, and answered with the original offsets;
+* same epoch, any other sequence at or below the last: DuplicateSequenceError
+  (older than the five remembered batches: refused rather than written twice);
+* same epoch, a sequence beyond last + 1: OutOfOrderSequenceError (records in
+  between were never written; the gap is an error, never silent loss);
+* a newer epoch must start at sequence 0; an older epoch is fenced.
+
+The table is derived from the log itself (the producer fields of each batch
+header), so it survives restarts of the producer and of the log and sees
+appends made by other processes: before each check it walks the headers
+appended since it last looked. At every segment roll it is written to
+``<new segment base>.producers`` (state as of the start of that segment), so
+rebuilding it on open walks only the active segment.
+
+Snapshot file (little-endian):
+    0   4   magic "USPS"
+    4   4   version 1
+    8   4   producer count
+    12  4   CRC-32C of the bytes from 16 to the end
+    16  ..  per producer: i64 producer_id, i16 epoch, u8 batch count (<= 5),
+            then per batch: i32 first_sequence, u32 record_count, i64 base_offset
+"""
+from __future__ import annotations
+
+import os
+import struct
+from collections import deque
+
+from unstoppable._core.hashing import crc32c
+from unstoppable._core.segment import producer_batches
+from unstoppable.errors import (
+    CorruptLogError,
+    DuplicateSequenceError,
+    OutOfOrderSequenceError,
+    ProducerFencedError,
+)
+
+__all__ = ["ProducerStateTable", "REMEMBERED_BATCHES"]
+
+REMEMBERED_BATCHES = 5
+SEQ_MOD = 1 << 31
+_MAGIC = b"USPS"
+_HEAD = struct.Struct("<4sIII")
+_PRODUCER = struct.Struct("<qhB")
+_BATCH = struct.Struct("<iIq")
+
+
+class _Producer:
+    __slots__ = ("epoch", "batches")
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+        self.batches: deque = deque(maxlen=REMEMBERED_BATCHES)  # (first_seq, count, base_offset)
+
+    def next_sequence(self) -> int:
+        if not self.batches:
+            return 0
+        first, count, _ = self.batches[-1]
+        return (first + count) % SEQ_MOD
+
+
+class ProducerStateTable:
+    """The dedup table of one partition (used under its append lock)."""
+
+    def __init__(self):
+        self.producers: dict[int, _Producer] = {}
+        self.synced = None  # (segment base, position) the table reflects, or None (not loaded)
+
+    # ------------------------------------------------------------ bookkeeping
+
+    def apply(self, base_offset: int, count: int, pid: int, epoch: int, base_seq: int) -> None:
+        """Take one written batch into account."""
+        p = self.producers.get(pid)
+        if p is None or epoch > p.epoch:
+            p = self.producers[pid] = _Producer(epoch)
+        elif epoch < p.epoch:
+            return  # a fenced writer's batch that raced the fence; it changes nothing
+        p.batches.append((base_seq, count, base_offset))
+
+    def catch_up(self, partition, st) -> None:
+        """Walk the headers appended (by anyone) since the table last looked."""
+        if self.synced is None:
+            self._load(partition, st)
+            return
+        base, pos = self.synced
+        if (base, pos) == (st.active_base, st.active_size):
+            return
+        if base not in partition._bases or partition._bases[-1] != st.active_base:
+            partition._refresh_segments(st)
+            if base not in partition._bases:
+                self._load(partition, st)  # our segment was deleted by retention
+                return
+        for b in [b for b in partition._bases if base <= b <= st.active_base]:
+            seg = partition._segment(b)
+            limit = st.active_size if b == st.active_base else partition._sealed_info(seg)[0]
+            start = pos if b == base else 0
+            if start < limit:
+                found, _ = producer_batches(seg.data(limit), start, limit)
+                for rec in found:
+                    self.apply(*rec)
+        self.synced = (st.active_base, st.active_size)
+
+    def _load(self, partition, st) -> None:
+        """Initialise from the newest snapshot at or below the active segment,
+        then walk forward from that segment's start."""
+        self.producers.clear()
+        partition._refresh_segments(st)
+        start = st.active_base
+        for b in reversed(partition._bases):
+            path = snapshot_path(partition.path, b)
+            if b <= st.active_base and os.path.exists(path):
+                try:
+                    self._read_snapshot(path)
+                    start = b
+                    break
+                except CorruptLogError:
+                    self.producers.clear()
+                    continue  # an older snapshot plus a longer walk still gives the right state
+        self.synced = (start, 0)
+        self.catch_up(partition, st)
+
+    # ------------------------------------------------------------------ check
+
+    def check(self, pid: int, epoch: int, base_seq: int, count: int):
+        """Decide an idempotent append: None to write it, ``(base, end)`` of the
+        original when it is a retry; raises for gaps, stale retries and fencing."""
+        p = self.producers.get(pid)
+        if p is None or epoch > (p.epoch if p else -1):
+            if base_seq != 0:
+                raise OutOfOrderSequenceError(
+                    f"producer {pid} epoch {epoch} has written nothing here yet, so its first "
+                    f"batch must have sequence 0, not {base_seq}")
+            return None
+        if epoch < p.epoch:
+            raise ProducerFencedError(
+                f"producer {pid} epoch {epoch} is fenced by epoch {p.epoch}")
+        for first, n, base in p.batches:
+            if first == base_seq:
+                if n != count:
+                    raise OutOfOrderSequenceError(
+                        f"producer {pid} resent sequence {base_seq} with {count} records; "
+                        f"the original batch had {n}")
+                return base, base + n
+        expected = p.next_sequence()
+        if base_seq == expected:
+            return None
+        last = (expected - 1) % SEQ_MOD
+        behind = (last - base_seq) % SEQ_MOD
+        if behind < SEQ_MOD // 2:
+            raise DuplicateSequenceError(
+                f"producer {pid} resent sequence {base_seq}, which starts none of the last "
+                f"{REMEMBERED_BATCHES} batches remembered (last written sequence {last}); "
+                "it was written before and is refused rather than written twice")
+        raise OutOfOrderSequenceError(
+            f"producer {pid} sent sequence {base_seq} but the next expected is {expected}: "
+            f"{(base_seq - expected) % SEQ_MOD} records in between were never written")
+
+    def state(self, pid: int):
+        p = self.producers.get(pid)
+        return None if p is None else (p.epoch, p.next_sequence())
+
+    # -------------------------------------------------------------- snapshots
+
+    def write_snapshot(self, path: str) -> None:
+        body = bytearray()
+        for pid, p in self.producers.items():
+            body += _PRODUCER.pack(pid, p.epoch, len(p.batches))
+            for b in p.batches:
+                body += _BATCH.pack(*b)
+        data = _HEAD.pack(_MAGIC, 1, len(self.producers), crc32c(body)) + body
+        tmp = f"{path}.tmp{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+
+    def _read_snapshot(self, path: str) -> None:
+        with open(path, "rb") as f:
+            data = f.read()
+        if len(data) < _HEAD.size:
+            raise CorruptLogError("producer snapshot is too short", segment=path)
+        magic, version, n, crc = _HEAD.unpack_from(data, 0)
+        if magic != _MAGIC or version != 1 or crc32c(data[_HEAD.size:]) != crc:
+            raise CorruptLogError("producer snapshot fails its checks", segment=path)
+        pos = _HEAD.size
+        try:
+            for _ in range(n):
+                pid, epoch, nb = _PRODUCER.unpack_from(data, pos)
+                pos += _PRODUCER.size
+                p = self.producers[pid] = _Producer(epoch)
+                for _ in range(nb):
+                    p.batches.append(_BATCH.unpack_from(data, pos))
+                    pos += _BATCH.size
+        except struct.error:
+            raise CorruptLogError("producer snapshot is truncated", segment=path) from None
+
+
+def snapshot_path(partition_dir: str, base: int) -> str:
+    return os.path.join(partition_dir, f"{base:020d}.producers")
