@@ -604,3 +604,21 @@ def producer_batches(Mapping m, size_t pos, size_t end):
                         h.base_sequence))
         pos += h.length
     return out, pos
+
+
+def batch_at_or_after(Mapping m, size_t pos, size_t end, size_t min_pos):
+    """batch_at_or_after(mapping, pos, end, min_pos) -> int
+
+    Walk headers (no CRC) from the batch at ``pos`` and return the position of
+    the first batch that starts at or after ``min_pos``, or ``end``.
+    """
+    cdef us_batch_header h
+    cdef int rc
+    if end > <size_t>m.length:
+        raise ValueError("walk past the mapping")
+    while pos < end and pos < min_pos:
+        rc = us_batch_parse_header(m.ptr + pos, end - pos, &h)
+        if rc != US_OK:
+            raise _corrupt(rc, pos, m.ptr + pos, end - pos)
+        pos += h.length
+    return pos if pos < end else end

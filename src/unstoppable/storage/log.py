@@ -412,10 +412,16 @@ class Log:
         """fsync and close every open topic. The log is unusable afterwards."""
         if self._closed:
             return
+        first = None
         try:
             self._flusher.stop()
             for t in list(self._topics.values()):
-                t._close(flush=True)
+                try:
+                    t._close(flush=True)
+                except BaseException as e:  # close the rest, then report
+                    first = first or e
+            if first is not None:
+                raise first
         finally:
             self._topics.clear()
             self._closed = True
@@ -504,14 +510,21 @@ class Topic:
         return sum(p.enforce_retention() for p in self)
 
     def _close(self, flush: bool) -> None:
+        """Close every partition; the first error is raised after all are closed."""
+        first = None
         for p in self._partitions:
             if p is None:
                 continue
-            if flush:
-                p.close()
-            else:
-                p._closed = True
-                p._close_files()
+            try:
+                if flush:
+                    p.close()
+                else:
+                    p._closed = True
+                    p._close_files()
+            except BaseException as e:  # keep closing the others
+                first = first or e
+        if first is not None:
+            raise first
 
     def __repr__(self):
         return f"<Topic {self.name!r} partitions={self.config.partitions}>"
@@ -607,7 +620,7 @@ def _verify(log: Log, progress) -> VerifyReport:
                     break
                 pos = npos
             # Index entries must land on batch boundaries with matching offsets.
-            _verify_index(seg, m, r.position, rep, where, st, b_active=(seg.base == st.active_base))
+            _verify_index(seg, m, limit, rep, where, st, b_active=(seg.base == st.active_base))
         rep.bytes += limit
         done += limit
         if progress is not None:
@@ -616,6 +629,8 @@ def _verify(log: Log, progress) -> VerifyReport:
 
 
 def _verify_index(seg, m, valid_end, rep, where, st, b_active):
+    """Index entries must name real batch starts (checked by walking headers,
+    so damage inside a batch is reported once, by the batch scan)."""
     import struct
 
     from unstoppable._core.segment import find_batch

@@ -53,6 +53,7 @@ from unstoppable._core.segment import (
     Head,
     IndexBuilder,
     Mapping,
+    batch_at_or_after,
     find_batch,
     find_time,
     new_head_state,
@@ -372,10 +373,16 @@ class Partition:
                 ti_n = time_index_valid(seg.ti_map(ti_n), ti_n, size)
             last_pos = offset_index_entry(seg.oi_map(oi_n), oi_n - 1)[1] if oi_n else 0
             interval = self._config.index_interval_bytes
-            # Torn (entries failed the checks) or missing (the last entry lies
-            # further back than an interval plus the largest batch): rebuild.
-            if (oi_n != file_oi or ti_n != file_ti
-                    or size - last_pos > 2 * interval + self._config.max_batch_bytes + 64):
+            # Torn (entries failed the checks) or missing (a batch starts an
+            # interval or more past the last entry, so it would have one): rebuild.
+            missing = False
+            if size - last_pos > interval:
+                try:
+                    missing = batch_at_or_after(seg.data(size), last_pos, size,
+                                                last_pos + interval) < size
+                except CorruptLogError:
+                    missing = False  # damaged data: reads and verify() report it
+            if oi_n != file_oi or ti_n != file_ti or missing:
                 oi_n, ti_n = self._repair_sealed_index(seg, size, oi_n, ti_n)
             seg.oi_n, seg.ti_n = oi_n, ti_n
             seg.sealed_size = size
@@ -1052,8 +1059,9 @@ class Partition:
         if self._closed:
             return
         try:
-            if self._failed is None:
-                self.wait_durable(self._state().end_offset)
+            st = self._head.read()
+            if self._failed is None and st is not None and not st.flags & HEAD_FLAG_DELETED:
+                self.wait_durable(st.end_offset)
         finally:
             self._closed = True
             self._close_files()

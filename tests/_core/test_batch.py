@@ -1,0 +1,178 @@
+"""The batch codec: what the encoder accepts and refuses, and a decoder that
+never crashes, loops or returns wrong bytes on hostile input."""
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from unstoppable._core.batch import BatchEncoder, decode_batches
+from unstoppable._core.hashing import crc32c
+from unstoppable.errors import CorruptLogError, InvalidRecordError, RecordTooLargeError
+
+
+def encode(records, ts=1000, **kw):
+    e = BatchEncoder(**{k: kw.pop(k) for k in ("max_batch_bytes", "max_record_bytes") if k in kw})
+    e.encode(records, ts, **kw)
+    return e, bytes(e.view())
+
+
+def test_round_trip_all_record_forms():
+    recs = [b"v0", None, (b"k", b"v"), (None, b""), (b"", None, [("h", b"x"), ("n", None)]),
+            (b"k2", b"v2", {"a": b"1"}, 5), bytearray(b"ba"), memoryview(b"mv")]
+    e, data = encode(recs, ts=77)
+    e2 = BatchEncoder()
+    (b,) = decode_batches(data)
+    rs = b.records()
+    assert [None if r.key is None else bytes(r.key) for r in rs] == [None, None, b"k", None, b"", b"k2", None, None]
+    assert [None if r.value is None else bytes(r.value) for r in rs] == [b"v0", None, b"v", b"", None, b"v2", b"ba", b"mv"]
+    assert [r.timestamp for r in rs] == [77] * 5 + [5, 77, 77]
+    assert rs[4].headers == [("h", b"x"), ("n", None)]
+    assert rs[5].headers == [("a", b"1")]
+    assert b.first_timestamp == 77 and b.max_timestamp == 77
+    assert b.producer_id == -1 and b.base_sequence == -1 and b.producer_epoch == -1
+    # A Record read back can be appended again, unchanged.
+    e2.encode(rs, 1)
+    again = decode_batches(bytes(e2.view()))[0].records()
+    assert [(r.timestamp, r.headers) for r in again] == [(r.timestamp, r.headers) for r in rs]
+
+
+@pytest.mark.parametrize("bad,msg", [
+    ("text", "bytes-like"),
+    (1, "bytes-like"),
+    ((b"k",), "tuple record"),
+    ((b"k", b"v", None, None, None), "tuple record"),
+    (("k", b"v"), "key must be bytes-like"),
+    ((b"k", b"v", [("h", "s")]), "header value"),
+    ((b"k", b"v", [(b"h", b"s")]), "header key must be str"),
+    ((b"k", b"v", "hdr"), "headers must be"),
+    ((b"k", b"v", None, -1), "timestamp"),
+    ((b"k", b"v", None, "x"), "timestamp"),
+    ((b"k", b"v", None, 1 << 62), "timestamp"),
+])
+def test_encoder_refuses_bad_records_naming_them(bad, msg):
+    e = BatchEncoder()
+    e.encode([b"ok"], 1)
+    before = bytes(e.view())
+    with pytest.raises(InvalidRecordError, match=msg) as ei:
+        e.encode([b"fine", bad], 1)
+    assert "record 1" in str(ei.value)
+    assert bytes(e.view()) == before  # a refused call leaves the buffer as it was
+
+
+def test_record_too_large():
+    e = BatchEncoder(max_record_bytes=100)
+    with pytest.raises(RecordTooLargeError, match="max_record_bytes=100"):
+        e.encode([b"x" * 200], 1)
+    assert e.nbytes == 0
+
+
+def test_split_into_batches_and_sequences():
+    e = BatchEncoder(max_batch_bytes=1000)
+    e.encode([bytes([i]) * 90 for i in range(50)], 5, producer_id=9, producer_epoch=2, base_sequence=7)
+    assert e.batches > 1
+    end = e.set_base_offset(100)
+    assert end == 150
+    bs = decode_batches(bytes(e.view()))
+    assert all(b.length <= 1000 for b in bs)
+    assert [b.base_offset for b in bs][0] == 100
+    seq = 7
+    off = 100
+    for b in bs:
+        assert b.base_sequence == seq and b.producer_id == 9 and b.producer_epoch == 2
+        assert b.base_offset == off
+        seq += len(b)
+        off += len(b)
+    assert [bytes(r.value)[0] for b in bs for r in b.records()] == list(range(50))
+
+
+def test_view_pins_buffer():
+    e = BatchEncoder()
+    e.encode([b"a"], 1)
+    v = e.view()
+    with pytest.raises(BufferError):
+        e.clear()
+    v.release()
+    e.clear()
+    assert e.nbytes == 0
+
+
+def _valid_batch():
+    _, data = encode([(b"key", b"value", [("h", b"v")]), b"second"], ts=10)
+    return data
+
+
+def test_every_single_bit_flip_is_caught():
+    data = _valid_batch()
+    for i in range(8, len(data)):  # base_offset (0..7) is not under the CRC by design
+        for bit in range(8):
+            bad = bytearray(data)
+            bad[i] ^= 1 << bit
+            with pytest.raises(CorruptLogError):
+                decode_batches(bytes(bad))
+
+
+def test_every_truncation_is_caught():
+    data = _valid_batch()
+    for n in range(1, len(data)):
+        with pytest.raises(CorruptLogError):
+            decode_batches(data[:n])
+
+
+def _reseal(buf: bytearray) -> bytes:
+    struct.pack_into("<I", buf, 12, crc32c(bytes(buf[16:])))
+    return bytes(buf)
+
+
+def test_valid_crc_but_broken_records_are_caught():
+    data = bytearray(_valid_batch())
+    # record_count larger than the records present
+    bad = bytearray(data)
+    struct.pack_into("<I", bad, 20, 3)
+    with pytest.raises(CorruptLogError, match="records do not parse"):
+        decode_batches(_reseal(bad))[0].records()
+    bad = bytearray(data)
+    struct.pack_into("<I", bad, 20, 0)
+    with pytest.raises(CorruptLogError, match="zero records"):
+        decode_batches(_reseal(bad))
+    bad = bytearray(data)
+    bad[16] = 9  # future magic
+    with pytest.raises(CorruptLogError, match="magic"):
+        decode_batches(_reseal(bad))
+    bad = bytearray(data)
+    bad[17] = 1  # compression we do not know
+    with pytest.raises(CorruptLogError, match="attributes"):
+        decode_batches(_reseal(bad))
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.binary(max_size=400))
+def test_decoder_on_arbitrary_bytes_never_crashes(data):
+    try:
+        for b in decode_batches(data):
+            for r in b.records():
+                r.key, r.value, r.headers
+    except CorruptLogError:
+        pass
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.binary(min_size=53, max_size=300))
+def test_decoder_on_resealed_garbage_never_crashes(body):
+    """Garbage that passes the CRC: only the record parser stands between it and
+    the caller, so it must bounds-check everything."""
+    buf = bytearray(body)
+    struct.pack_into("<qI", buf, 0, 0, len(buf))
+    buf[16] = 1
+    buf[17] = 0
+    struct.pack_into("<I", buf, 20, max(1, buf[20] % 8))
+    data = _reseal(buf)
+    try:
+        for b in decode_batches(data):
+            for r in b.records():
+                v = r.value
+                if v is not None:
+                    assert len(bytes(v)) == len(v)
+                r.headers
+    except CorruptLogError:
+        pass
