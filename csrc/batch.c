@@ -91,6 +91,68 @@ int us_batch_decode(const unsigned char *buf, const us_batch_header *h, us_recor
     return US_OK;
 }
 
+/* One pass over memory: records are decoded window by window, and each window
+ * is checksummed right after, while it is still in cache. The views are only
+ * trusted when the whole CRC matches; decoding first is safe because every
+ * read in us_batch_decode's loop is bounds-checked against the batch. */
+#define CRC_WINDOW (32 * 1024)
+
+int us_batch_check_decode(const unsigned char *buf, size_t avail, us_batch_header *h,
+                          us_record_view *out) {
+    int rc = us_batch_parse_header(buf, avail, h);
+    if (rc != US_OK) return rc;
+    if (h->attributes & (US_ATTR_RESERVED_MASK | US_ATTR_COMPRESSION_MASK) ||
+        h->record_count == 0 ||
+        (uint64_t)h->record_count * 5 > h->length - US_BATCH_HEADER_SIZE) {
+        /* Report a damaged header as the CRC failure it most likely is. */
+        return us_batch_check(buf, avail, h);
+    }
+    uint32_t crc = 0;
+    size_t crc_pos = US_CRC_START;
+    const unsigned char *p = buf + US_BATCH_HEADER_SIZE;
+    const unsigned char *end = buf + h->length;
+    int bad = 0;
+    for (uint32_t i = 0; i < h->record_count && !bad; i++) {
+        uint64_t body, v;
+        if (us_get_varint(&p, end, &body) || body > (uint64_t)(end - p)) { bad = 1; break; }
+        const unsigned char *rend = p + body;
+        if (us_get_varint(&p, rend, &v)) { bad = 1; break; }
+        out[i].timestamp = h->first_timestamp + us_unzigzag(v);
+        int32_t kl, vl;
+        if (get_len(&p, rend, &kl)) { bad = 1; break; }
+        out[i].key_pos = (uint32_t)(p - buf);
+        out[i].key_len = kl;
+        if (kl > 0) p += kl;
+        if (get_len(&p, rend, &vl)) { bad = 1; break; }
+        out[i].value_pos = (uint32_t)(p - buf);
+        out[i].value_len = vl;
+        if (vl > 0) p += vl;
+        if (us_get_varint(&p, rend, &v) || v > (uint64_t)(rend - p)) { bad = 1; break; }
+        out[i].header_count = (uint32_t)v;
+        out[i].headers_pos = (uint32_t)(p - buf);
+        out[i].end = (uint32_t)(rend - buf);
+        for (uint64_t j = 0; j < v; j++) {
+            uint64_t klen;
+            int32_t hvl;
+            if (us_get_varint(&p, rend, &klen) || klen > (uint64_t)(rend - p)) { bad = 1; break; }
+            p += klen;
+            if (get_len(&p, rend, &hvl)) { bad = 1; break; }
+            if (hvl > 0) p += hvl;
+        }
+        if (bad || p != rend) { bad = 1; break; }
+        p = rend;
+        size_t done = (size_t)(p - buf);
+        if (done - crc_pos >= CRC_WINDOW) {
+            crc = us_crc32c_extend(crc, buf + crc_pos, done - crc_pos);
+            crc_pos = done;
+        }
+    }
+    crc = us_crc32c_extend(crc, buf + crc_pos, h->length - crc_pos);
+    if (crc != h->crc) return US_BAD_CRC;
+    if (bad || p != end) return US_BAD_RECORDS;
+    return US_OK;
+}
+
 int us_headers_decode(const unsigned char *base, uint32_t pos, uint32_t endpos, uint32_t n,
                       uint32_t *key_pos, uint32_t *key_len, uint32_t *value_pos, int32_t *value_len) {
     const unsigned char *p = base + pos, *end = base + endpos;

@@ -121,6 +121,12 @@ int us_batch_check(const unsigned char *buf, size_t avail, us_batch_header *h);
  * US_OK or US_BAD_RECORDS. */
 int us_batch_decode(const unsigned char *buf, const us_batch_header *h, us_record_view *out);
 
+/* us_batch_check and us_batch_decode in one pass over memory: `out` must hold
+ * record_count entries (check record_count with us_batch_parse_header first).
+ * Returns US_OK, or the code us_batch_check would give, else US_BAD_RECORDS. */
+int us_batch_check_decode(const unsigned char *buf, size_t avail, us_batch_header *h,
+                          us_record_view *out);
+
 /* Write the header fields (all but length and crc) at buf[0..52). */
 void us_batch_write_header(unsigned char *buf, const us_batch_header *h);
 

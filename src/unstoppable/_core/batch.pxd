@@ -24,6 +24,7 @@ cdef class RecordBatch:
     cdef readonly int partition
 
     cdef int _decode(self) except -1
+    cdef int _check_decode(self) except -1
     cdef Record _record(self, uint32_t i)
 
 

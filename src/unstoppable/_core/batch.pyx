@@ -185,6 +185,29 @@ cdef class RecordBatch:
                                     position=self.position, offset=self.h.base_offset)
         return 0
 
+    cdef int _check_decode(self) except -1:
+        """CRC check and decode in one pass over memory (a freshly read batch)."""
+        cdef int rc
+        cdef us_batch_header h2
+        if self._views != NULL:
+            return 0
+        if self.h.record_count == 0 or \
+                <uint64_t>self.h.record_count * 5 > self.h.length - US_BATCH_HEADER_SIZE:
+            rc = us_batch_check(self._base, self.h.length, &h2)
+            raise corrupt_from_code(rc if rc != US_OK else US_BAD_RECORDS, topic=self.topic,
+                                    partition=self.partition, position=self.position,
+                                    offset=self.h.base_offset)
+        self._views = <us_record_view *>PyMem_Malloc(self.h.record_count * sizeof(us_record_view))
+        if self._views == NULL:
+            raise MemoryError()
+        rc = us_batch_check_decode(self._base, self.h.length, &h2, self._views)
+        if rc != US_OK:
+            PyMem_Free(self._views)
+            self._views = NULL
+            raise corrupt_from_code(rc, topic=self.topic, partition=self.partition,
+                                    position=self.position, offset=self.h.base_offset)
+        return 0
+
     cdef Record _record(self, uint32_t i):
         cdef us_record_view *v = &self._views[i]
         cdef Record r = Record.__new__(Record)

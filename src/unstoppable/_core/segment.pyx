@@ -438,14 +438,14 @@ def read_records(Mapping m, size_t pos, size_t end, int64_t offset, size_t max_r
     while pos < end and <size_t>got < max_records:
         if taken_bytes and taken_bytes >= max_bytes:
             break
-        rc = us_batch_check(m.ptr + pos, end - pos, &h)
+        rc = us_batch_parse_header(m.ptr + pos, end - pos, &h)
         if rc != US_OK:
             raise _corrupt(rc, pos, m.ptr + pos, end - pos)
         if h.base_offset + <int64_t>h.record_count <= offset:
             pos += h.length
             continue
         b = make_batch(m, mv, m.ptr + pos, pos, &h, topic, partition)
-        b._decode()
+        b._check_decode()
         start = <uint32_t>(offset - h.base_offset) if offset > h.base_offset else 0
         stop = h.record_count
         if <size_t>(stop - start) > max_records - <size_t>got:
@@ -477,14 +477,17 @@ def read_batches(Mapping m, size_t pos, size_t end, int64_t offset, size_t max_b
         raise ValueError("read past the mapping")
     mv = m.view
     out = []
+    cdef RecordBatch b
     while pos < end:
         if taken and taken + (<size_t>us_ld32(m.ptr + pos + 8) if end - pos >= 12 else 0) > max_bytes:
             break
-        rc = us_batch_check(m.ptr + pos, end - pos, &h)
+        rc = us_batch_parse_header(m.ptr + pos, end - pos, &h)
         if rc != US_OK:
             raise _corrupt(rc, pos, m.ptr + pos, end - pos)
         if h.base_offset + <int64_t>h.record_count > offset:
-            out.append(make_batch(m, mv, m.ptr + pos, pos, &h, topic, partition))
+            b = make_batch(m, mv, m.ptr + pos, pos, &h, topic, partition)
+            b._check_decode()
+            out.append(b)
             taken += h.length
         pos += h.length
     return out, pos

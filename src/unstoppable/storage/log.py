@@ -4,6 +4,7 @@ Layout::
 
     <log>/unstoppable.json      {"format": "unstoppable-log", "version": 1}
     <log>/meta.lock             flock()ed while topics are created or deleted
+    <log>/staging/              topics being created or deleted (renamed in/out whole)
     <log>/topics/<name>/topic.json
     <log>/topics/<name>/<partition>/...     (see storage/partition.py)
     <log>/groups/...            consumer-group state (client layer)
@@ -202,8 +203,15 @@ class Log:
         self._flusher = _Flusher()
         self._open_dir(create)
         self._topics_dir = os.path.join(self.path, "topics")
+        # Topics are built and torn down in staging/, outside topics/, and
+        # renamed in or out in one step; a crash leaves debris only there.
+        self._staging_dir = os.path.join(self.path, "staging")
+        os.makedirs(self._staging_dir, exist_ok=True)
         self._meta_lock_fd = os.open(os.path.join(self.path, "meta.lock"),
                                      os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o644)
+        with self._meta_locked():
+            for leftover in os.listdir(self._staging_dir):
+                shutil.rmtree(os.path.join(self._staging_dir, leftover), ignore_errors=True)
 
     def _open_dir(self, create: bool) -> None:
         marker = os.path.join(self.path, MARKER)
@@ -302,7 +310,7 @@ class Log:
                         f"topic {name!r} exists with a different configuration: "
                         + ", ".join(f"{k}={a!r} (asked {b!r})" for k, (a, b) in diff.items()))
                 return self.topic(name)
-            tmp = os.path.join(self._topics_dir, f".creating-{uuid.uuid4().hex}")
+            tmp = os.path.join(self._staging_dir, f"creating-{uuid.uuid4().hex}")
             os.makedirs(tmp)
             try:
                 for i in range(cfg.partitions):
@@ -380,7 +388,7 @@ class Log:
                 finally:
                     os.close(hfd)
                     os.close(lfd)  # closing drops the flock
-            trash = os.path.join(self._topics_dir, f".deleted-{uuid.uuid4().hex}")
+            trash = os.path.join(self._staging_dir, f"deleted-{uuid.uuid4().hex}")
             os.rename(tdir, trash)
             _fsync_dir(self._topics_dir)
             t = self._topics.pop(name, None)
