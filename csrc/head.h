@@ -8,8 +8,9 @@
  *   offset size field
  *   0      4    magic            "USHD" (0x44485355 little-endian)
  *   4      4    version          1
- *   8      8    seq              seqlock counter; also bumped once per append, so
- *                                a reader polls it to learn that data arrived
+ *   8      8    seq              seqlock counter, +2 per head write (appends, rolls,
+ *                                checkpoint moves, retention); a reader polls it to
+ *                                learn that something changed, then compares offsets
  *   16     8    start_offset     i64 first offset still in the log (after retention)
  *   24     8    end_offset       i64 next offset to be written
  *   32     8    active_base      i64 base offset (file name) of the active segment

@@ -1,6 +1,7 @@
 """A full disk during appends (EFBIG under RLIMIT_FSIZE): a clear error, nothing
 torn, acknowledged data readable, and appends work again once there is room."""
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -61,3 +62,36 @@ def test_efbig_is_a_clean_error(tmp_path):
             assert vals == [v for _, vs in acked for v in vs]
             assert p.append([b"room again"]) == end
             assert log.verify().ok
+
+
+STREAM_CHILD = textwrap.dedent("""
+    import json, resource, sys
+    import unstoppable as us
+    from unstoppable.errors import DiskFullError
+    log = us.Log(sys.argv[1])
+    p = log.create_topic("t", segment_bytes=1 << 16).partition(0)
+    p.append([b"before"] * 10)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))
+    try:
+        p.append([b"%06d" % i + b"!" * 50 for i in range(50_000)])   # pipelined, ~3 MiB
+        print(json.dumps({"err": None}))
+    except DiskFullError as e:
+        print(json.dumps({"err": e.errno, "end": p.end_offset,
+                          "vals": [bytes(r.value).decode() for r in p.read(0)]}))
+    log.close()
+""")
+
+
+def test_efbig_in_a_pipelined_append_undoes_all_of_it(tmp_path):
+    d = tmp_path / "s"
+    out = subprocess.run([sys.executable, "-c", STREAM_CHILD, str(d)], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    assert res["err"] == 27 and res["end"] == 10 and res["vals"] == ["before"] * 10
+    with us.Log(d) as log:
+        p = log.topic("t").partition(0)
+        assert p.end_offset == 10
+        assert [f for f in os.listdir(p.path) if f.endswith(".log")] == ["00000000000000000000.log"]
+        assert p.append([b"x"] * 9000) == 10
+        assert log.verify().ok

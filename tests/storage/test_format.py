@@ -540,12 +540,6 @@ def test_new_boot_rescans_from_checkpoint(log_dir):
             assert after[k] == before[k]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Partition._scan_segments (storage/partition.py, the run_ts computation) rebuilds "
-    "the running max timestamp by scanning only from the last kept offset-index entry, "
-    "trusting the time index to cover everything before it; when a reboot lost more of "
-    "the (never fsynced) .timeindex than of the .index, the head's max_timestamp and the "
-    "next time-index entries are too small and offset_for_time misses records"))
 def test_reboot_recovery_keeps_running_max_when_time_index_is_lost(log_dir):
     with unstoppable.Log(log_dir) as log:
         part = log.create_topic("ti", index_interval_bytes=1).partition(0)

@@ -274,3 +274,42 @@ def test_idempotent_append_must_fit_one_batch(log):
     with pytest.raises(ValueError, match="one batch"):
         p.append([b"x" * 1000] * 20, producer_id=1, producer_epoch=0, base_sequence=0)
     assert p.end_offset == 0
+
+
+def test_large_pipelined_append_across_many_segments(log_dir):
+    with us.Log(log_dir) as log:
+        p = log.create_topic("t", segment_bytes=65536, index_interval_bytes=1024).partition(0)
+        p.append([b"first"], timestamp=1)
+        vals = [b"%07d" % i + b"~" * (i % 90) for i in range(30_000)]
+        assert p.append(vals, timestamp=7) == 1
+        assert p.append([b"last"]) == 30_001
+        segs = [f for f in os.listdir(p.path) if f.endswith(".log")]
+        assert len(segs) > 20
+        rs = read_all(p)
+        assert [bytes(r.value) for r in rs] == [b"first"] + vals + [b"last"]
+        for off in (1, 2, 9999, 15000, 30000):
+            assert bytes(p.read(off, max_records=1)[0].value[:7]) == b"%07d" % (off - 1)
+        assert p.offset_for_time(7) == 1
+        assert log.verify().ok
+    with us.Log(log_dir) as log:
+        p = log.topic("t").partition(0)
+        assert p.recovery.mode == "tail" and p.end_offset == 30_002
+
+
+def test_pipelined_append_is_atomic_for_readers(log):
+    """A reader polling during a multi-chunk append sees all of it or none."""
+    p = log.create_topic("t", segment_bytes=1 << 16).partition(0)
+    seen = []
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            seen.append(p.end_offset)
+
+    th = threading.Thread(target=watch)
+    th.start()
+    for k in range(5):
+        p.append([b"x" * 40] * 20_000)
+    stop.set()
+    th.join()
+    assert set(seen) <= {0, 20_000, 40_000, 60_000, 80_000, 100_000}

@@ -201,6 +201,7 @@ class Log:
         self._topics: dict[str, Topic] = {}
         self._lock = threading.RLock()
         self._flusher = _Flusher()
+        self._writer_pool = None
         self._open_dir(create)
         self._topics_dir = os.path.join(self.path, "topics")
         # Topics are built and torn down in staging/, outside topics/, and
@@ -249,6 +250,14 @@ class Log:
         _fsync_dir(self.path)
 
     # ---------------------------------------------------------------- helpers
+
+    def _writer(self):
+        """The thread that writes chunks of pipelined appends (created on first use)."""
+        with self._lock:
+            if self._writer_pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+                self._writer_pool = ThreadPoolExecutor(1, thread_name_prefix="unstoppable-writer")
+            return self._writer_pool
 
     def _check_open(self):
         if self._closed:
@@ -423,6 +432,8 @@ class Log:
         first = None
         try:
             self._flusher.stop()
+            if self._writer_pool is not None:
+                self._writer_pool.shutdown(wait=True)
             for t in list(self._topics.values()):
                 try:
                     t._close(flush=True)

@@ -121,6 +121,23 @@ def _pwrite_all(fd: int, data, pos: int) -> None:
         mv.release()
 
 
+_MAX_APPEND_BYTES = (1 << 31) - 1  # index positions are u32; segments stay below 2**32
+_STREAM_MIN = 8192          # records: appends at least this large are pipelined
+_STREAM_TARGET = 1 << 20     # bytes per pipelined chunk
+
+
+def _write_chunk(seg, mv, pos, oi, oi_n, ti, ti_n):
+    """Writer-thread half of a pipelined append: data, then its index entries."""
+    try:
+        _pwrite_all(seg.fd, mv, pos)
+        if oi:
+            _pwrite_all(seg.oi_fd, oi, oi_n * OFFSET_ENTRY_SIZE)
+        if ti:
+            _pwrite_all(seg.ti_fd, ti, ti_n * TIME_ENTRY_SIZE)
+    finally:
+        mv.release()
+
+
 class Segment:
     """One segment file and its two indexes, as seen by this process."""
 
@@ -231,6 +248,9 @@ class Partition:
         self._map_hint = config.segment_bytes + config.max_batch_bytes
         self._oi_hint = config.segment_bytes // max(config.index_interval_bytes, 1) + 64
         self._encoder = BatchEncoder(config.max_batch_bytes, config.max_record_bytes)
+        self._encoder2 = BatchEncoder(config.max_batch_bytes, config.max_record_bytes)
+        self._dir_synced = False
+        self._stream_chunk = 256  # records per pipelined chunk; adapts to ~1 MiB
         self._producers = ProducerStateTable()
         self._durable_end = 0
         self._sync_cond = threading.Condition(threading.Lock())
@@ -596,6 +616,12 @@ class Partition:
             if not 0 <= base_sequence < (1 << 31):
                 raise ValueError(f"base_sequence must be in 0 .. 2**31-1, got {base_sequence}")
         ts = _now_ms() if timestamp is None else timestamp
+        if producer_id < 0 and isinstance(records, (list, tuple)) and len(records) >= _STREAM_MIN:
+            with self._lock:
+                base, end = self._append_stream(records, ts)
+            if acks == "fsync":
+                self.wait_durable(end)
+            return base
         with self._lock:
             enc = self._encoder
             enc.clear()
@@ -644,6 +670,11 @@ class Partition:
 
     def _write_encoded(self, enc: BatchEncoder, check=None, idem=None):
         nbytes = enc.nbytes
+        if nbytes > _MAX_APPEND_BYTES:
+            raise ValueError(
+                f"one append of {nbytes} bytes is over the {_MAX_APPEND_BYTES}-byte limit "
+                "(index positions are 32-bit); pass the records as a list to stream them, "
+                "or split the call")
         with self._flock:
             st = self._head.read() or self._repair_head()
             if st.flags & HEAD_FLAG_DELETED:
@@ -704,6 +735,123 @@ class Partition:
             cb()
         return base, end
 
+    def _append_stream(self, records, ts: int):
+        """A large append, pipelined: encode chunk k+1 (holding the GIL) while
+        the log's writer thread writes chunk k (pwrite releases the GIL), so
+        the append costs about max(encode, write) instead of their sum.
+
+        The head is written once at the end, so all records still become
+        visible together; segments this append starts stay unpublished until
+        then, and recovery deletes them if the process dies first.
+        """
+        encs = (self._encoder, self._encoder2)
+        n = len(records)
+        chunk = self._stream_chunk
+        cfg = self._config
+        # Chunks of at most half a segment, so a segment overshoots
+        # segment_bytes by less than one chunk.
+        target = min(_STREAM_TARGET, cfg.segment_bytes // 2)
+        writer = self._log._writer()
+        with self._flock:
+            st = self._head.read() or self._repair_head()
+            if st.flags & HEAD_FLAG_DELETED:
+                raise UnknownTopicError(f"topic {self.topic!r} was deleted")
+            seg = self._active(st)
+            if (st.active_size > 0 and cfg.segment_ms is not None
+                    and _now_ms() - st.active_created >= cfg.segment_ms):
+                seg, st = self._roll(st)
+            orig = st.copy()
+            first_base = st.end_offset
+            pos, off = st.active_size, st.end_offset
+            oi_n, ti_n, max_ts = st.oi_count, st.ti_count, st.max_timestamp
+            builder = IndexBuilder(seg.base, cfg.index_interval_bytes, st.oi_last_pos,
+                                   st.ti_last_ts, st.max_timestamp)
+            new_segs: list[Segment] = []
+            pending = [None, None]
+            i = j = 0
+            try:
+                while i < n:
+                    slot = j & 1
+                    enc = encs[slot]
+                    if pending[slot] is not None:
+                        pending[slot].result()  # that buffer's earlier write is done
+                        pending[slot] = None
+                    enc.clear()
+                    enc.encode(records[i:i + chunk], ts)
+                    i += chunk
+                    nb = enc.nbytes
+                    chunk = max(16, min(1 << 16, chunk * target // max(nb, 1)))
+                    if pos > 0 and pos + nb > cfg.segment_bytes:
+                        for k in (0, 1):
+                            if pending[k] is not None:
+                                pending[k].result()
+                                pending[k] = None
+                        if not new_segs:
+                            self._producers.catch_up(self, st)
+                        seg = self._new_segment(off)
+                        new_segs.append(seg)
+                        pos, oi_n, ti_n, max_ts = 0, 0, 0, -1
+                        builder = IndexBuilder(seg.base, cfg.index_interval_bytes, 0, -1, -1)
+                    base = off
+                    off = enc.set_base_offset(base)
+                    mv = enc.view()
+                    builder.add_encoded(mv, pos, base)
+                    oi, ti = builder.take()
+                    pending[slot] = writer.submit(_write_chunk, seg, mv, pos, oi, oi_n, ti, ti_n)
+                    pos += nb
+                    oi_n += len(oi) // OFFSET_ENTRY_SIZE
+                    ti_n += len(ti) // TIME_ENTRY_SIZE
+                    if enc.max_timestamp > max_ts:
+                        max_ts = enc.max_timestamp
+                    j += 1
+                for k in (0, 1):
+                    if pending[k] is not None:
+                        pending[k].result()
+                        pending[k] = None
+            except BaseException as e:
+                for k in (0, 1):
+                    if pending[k] is not None:
+                        try:
+                            pending[k].result()
+                        except BaseException:
+                            pass
+                first = self._segments.get(orig.active_base)
+                if first is not None:
+                    self._undo_write(first, orig.active_size, orig)
+                for sg in new_segs:
+                    self._drop_segment(sg.base, unlink=True)
+                if isinstance(e, OSError) and is_disk_full(e):
+                    raise DiskFullError(
+                        e.errno, f"no space to append {n} records to "
+                        f"{self.topic}/{self.index}: {os.strerror(e.errno)}") from None
+                raise
+            st.end_offset = off
+            st.active_size = pos
+            st.max_timestamp = max_ts
+            st.oi_count, st.ti_count = oi_n, ti_n
+            st.oi_last_pos, st.ti_last_ts = builder.last_entry_pos, builder.last_time_ts
+            if new_segs:
+                st.active_base = seg.base
+                st.active_created = _now_ms()
+            self._head.write(st)
+            self._stream_chunk = chunk
+            if new_segs:
+                self._apply_retention(st)
+                self._log._flusher.submit(self)
+        for cb in self._listeners:
+            cb()
+        return first_base, off
+
+    def _new_segment(self, base: int) -> Segment:
+        """Create the files of a new segment starting at ``base`` (lock held),
+        with the producer-state snapshot for its start. Not yet published."""
+        if self._producers.producers:
+            self._producers.write_snapshot(snapshot_path(self.path, base))
+        seg = self._segment(base, create=True)
+        for fd in (seg.fd, seg.oi_fd, seg.ti_fd):
+            os.ftruncate(fd, 0)  # leftovers of a writer that died mid-roll
+        return seg
+
     def _undo_write(self, seg: Segment, pos: int, st) -> None:
         """Cut a failed write back off, so nothing of it is ever visible."""
         try:
@@ -737,14 +885,10 @@ class Partition:
         # Producer state as of the new segment's start, so rebuilding it on
         # open only walks the active segment.
         self._producers.catch_up(self, st)
-        if self._producers.producers:
-            self._producers.write_snapshot(snapshot_path(self.path, st.end_offset))
         # Cut the index files of the sealed segment to their counted entries.
         os.ftruncate(old.oi_fd, st.oi_count * OFFSET_ENTRY_SIZE)
         os.ftruncate(old.ti_fd, st.ti_count * TIME_ENTRY_SIZE)
-        new = self._segment(st.end_offset, create=True)
-        for fd in (new.fd, new.oi_fd, new.ti_fd):
-            os.ftruncate(fd, 0)  # leftovers of a writer that died mid-roll
+        new = self._new_segment(st.end_offset)
         st.active_base = st.end_offset
         st.active_size = 0
         st.active_created = _now_ms()
@@ -870,8 +1014,9 @@ class Partition:
         try:
             for fd in fds:
                 os.fdatasync(fd)
-            if st.active_base != st.ckpt_base:
-                os.fsync(self._dirfd)  # new segment files' directory entries
+            if st.active_base != st.ckpt_base or not self._dir_synced:
+                os.fsync(self._dirfd)  # directory entries of new segment files (and of the head)
+                self._dir_synced = True
         finally:
             for fd in fds:
                 os.close(fd)
@@ -974,13 +1119,15 @@ class Partition:
             ti_n = time_index_valid(seg.ti_map(os.fstat(seg.ti_fd).st_size // 16),
                                     os.fstat(seg.ti_fd).st_size // 16, pos0) if pos0 else 0
             last_pos = offset_index_entry(seg.oi_map(oi_n), oi_n - 1)[1] if oi_n else 0
-            last_ts = time_index_entry(seg.ti_map(ti_n), ti_n - 1)[0] if ti_n else -1
-            # The running max timestamp up to pos0: the last time entry covers
-            # everything through its batch, and at most one index interval
-            # (plus a batch) lies between the last offset entry and pos0.
+            last_ts, last_ts_pos = (time_index_entry(seg.ti_map(ti_n), ti_n - 1)[0::2]
+                                    if ti_n else (-1, 0))
+            # The running max timestamp up to pos0: the last kept time entry
+            # covers everything through its batch; scan the rest. (Neither index
+            # is fsynced, so after a reboot the time index may have lost more
+            # than the offset index: start from the time entry, not the offset one.)
             run_ts = last_ts
             if pos0:
-                run_ts = max(run_ts, scan(seg.data(pos0), last_pos, pos0, -1).max_timestamp)
+                run_ts = max(run_ts, scan(seg.data(pos0), last_ts_pos, pos0, -1).max_timestamp)
             builder = IndexBuilder(b, self._config.index_interval_bytes, last_pos, last_ts, run_ts)
             r = scan(seg.data(size), pos0, size, end_offset, builder)
             rec.scanned_bytes += r.position - pos0
