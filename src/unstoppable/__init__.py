@@ -34,3 +34,26 @@ __all__ = [
     "VerifyReport",
     "errors",
 ] + list(errors.__all__)
+
+# The asyncio client (producer, consumer, groups).
+from unstoppable.client import (  # noqa: E402
+    Block,
+    BlockWithTimeout,
+    Consumer,
+    DefaultPartitioner,
+    FailImmediately,
+    GroupOffsetStore,
+    Murmur2Partitioner,
+    OffsetAndTimestamp,
+    OffsetStore,
+    Producer,
+    RecordMetadata,
+    SQLiteOffsetStore,
+    TopicPartition,
+)
+
+__all__ += [
+    "Producer", "Consumer", "Block", "BlockWithTimeout", "FailImmediately",
+    "DefaultPartitioner", "Murmur2Partitioner", "RecordMetadata", "TopicPartition",
+    "OffsetAndTimestamp", "OffsetStore", "GroupOffsetStore", "SQLiteOffsetStore",
+]

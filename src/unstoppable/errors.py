@@ -197,3 +197,28 @@ class DuplicateSequenceError(OutOfOrderSequenceError):
 
 
 __all__.append("DuplicateSequenceError")
+
+
+# Client layer (producer, consumer, consumer groups).
+
+class InvalidGroupNameError(UnstoppableError, ValueError):
+    """A consumer-group name breaks the rules: 1-249 of [A-Za-z0-9._-], not '.' or '..'."""
+
+
+class NotAssignedError(UnstoppableError, ValueError):
+    """The consumer does not hold that partition (it is not subscribed to its
+    topic, or the group assigned it to another member)."""
+
+
+class ProducerIdInUseError(UnstoppableError, RuntimeError):
+    """Another live producer holds the same ``producer_id``; each idempotent
+    producer needs its own id."""
+
+
+class DeliveryTimeoutError(UnstoppableError, TimeoutError):
+    """A batch could not be written within the producer's ``delivery_timeout_ms``;
+    the last error is its ``__cause__``."""
+
+
+__all__ += ["InvalidGroupNameError", "NotAssignedError", "ProducerIdInUseError",
+            "DeliveryTimeoutError"]

@@ -1,0 +1,361 @@
+"""The small interface the Producer and Consumer run on, and its implementation
+over the embedded log.
+
+A backend is what stands between the asyncio client and the storage: it
+appends batches, reads records, waits for new ones, and provides group
+membership and committed offsets. :class:`Backend` lists everything the client
+needs; a second backend (NATS JetStream) implements the same methods.
+
+Contract for the batches handed to :meth:`Backend.append`: each has
+``records`` (a list of storage records: bytes, None, or ``(key, value,
+headers, timestamp)`` tuples), ``timestamp`` (ms, for records without one),
+``nbytes`` (an upper bound of the encoded size), and ``producer_id``,
+``producer_epoch``, ``base_sequence`` (-1 when not idempotent). A batch always
+fits in one storage batch of its topic.
+"""
+from __future__ import annotations
+
+import abc
+import asyncio
+import threading
+from typing import Callable, Iterable, Sequence
+
+from unstoppable.client import _executor
+from unstoppable.client._types import TopicInfo, TopicPartition
+from unstoppable.client.offsets import GroupOffsetStore, OffsetStore
+from unstoppable.errors import DiskFullError
+from unstoppable.storage.groups import Membership, ProducerIdLock
+from unstoppable.storage.log import Log
+
+__all__ = ["Backend", "GroupMember", "EmbeddedBackend", "backend_for", "is_retriable"]
+
+
+def is_retriable(exc: BaseException) -> bool:
+    """Errors worth retrying with the same batch: the write may succeed later
+    (space returns, a timeout was transient). Idempotence makes a retry of a
+    batch that did land harmless."""
+    return isinstance(exc, (DiskFullError, TimeoutError, ConnectionError, InterruptedError))
+
+
+class GroupMember(abc.ABC):
+    """This consumer's membership of a group, as a backend provides it."""
+
+    member_id: str
+
+    @abc.abstractmethod
+    async def poll(self) -> set:
+        """Refresh the view of live members; return this member's target
+        assignment (a set of TopicPartition)."""
+
+    @abc.abstractmethod
+    async def try_acquire(self, tp: TopicPartition) -> bool:
+        """Take exclusive ownership of a partition if nobody holds it."""
+
+    @abc.abstractmethod
+    async def release(self, tp: TopicPartition) -> None:
+        """Give a partition up (after its offsets are committed)."""
+
+    @abc.abstractmethod
+    async def leave(self) -> None:
+        """Release everything and leave the group."""
+
+
+class Backend(abc.ABC):
+    """What the Producer and Consumer need from a log."""
+
+    #: The optional synchronous fast path for ``acks="written"``: a backend
+    #: whose writes never wait on the network or the disk sets this to a
+    #: callable ``(topic, partition, batch) -> base offset``.
+    append_now: Callable | None = None
+
+    # -- topics
+
+    @abc.abstractmethod
+    async def topic_info(self, topic: str) -> TopicInfo:
+        """Partition count and limits of a topic; raises UnknownTopicError."""
+
+    # -- producing
+
+    @abc.abstractmethod
+    async def append(self, topic: str, partition: int, batches: Sequence, acks: str):
+        """Append ``batches`` in order; return ``(bases, error)``: the base
+        offsets of the leading batches that are written (and durable, for
+        ``acks="fsync"``), and the error that stopped the rest (None when all
+        succeeded)."""
+
+    @abc.abstractmethod
+    async def producer_state(self, topic: str, partition: int, producer_id: int):
+        """``(epoch, next_sequence)`` of an idempotent producer id, or None."""
+
+    @abc.abstractmethod
+    async def claim_producer_id(self, producer_id: int, name: str):
+        """Make sure no other live producer uses this id; returns an object
+        with ``release()``. Raises ProducerIdInUseError."""
+
+    # -- consuming
+
+    @abc.abstractmethod
+    async def fetch(self, topic: str, partition: int, offset: int, max_records: int,
+                    max_bytes: int) -> list:
+        """Records from ``offset`` on (empty at the end); raises
+        OffsetOutOfRangeError outside [start, end]."""
+
+    @abc.abstractmethod
+    async def offset_range(self, topic: str, partition: int) -> tuple[int, int]:
+        """``(start_offset, end_offset)``."""
+
+    @abc.abstractmethod
+    async def offset_for_time(self, topic: str, partition: int, ts_ms: int) -> int | None:
+        """First offset with a timestamp >= ts_ms, or None."""
+
+    @abc.abstractmethod
+    def known_end_offset(self, topic: str, partition: int) -> int:
+        """The end offset as far as this client knows it without waiting
+        (exact on the embedded log; the last value seen on a remote one)."""
+
+    @abc.abstractmethod
+    async def wait_for_data(self, positions: dict, timeout: float | None,
+                            interrupt: asyncio.Future | None = None) -> bool:
+        """Sleep until some partition in ``{TopicPartition: offset}`` may hold
+        records at or past its offset, ``interrupt`` completes, or ``timeout``
+        seconds pass. Returns False on timeout. Spurious wake-ups are allowed;
+        busy-waiting is not."""
+
+    # -- groups
+
+    @abc.abstractmethod
+    async def join_group(self, group: str, topics: Iterable[str]) -> GroupMember:
+        """Register as a member of ``group`` consuming ``topics``."""
+
+    @abc.abstractmethod
+    def offset_store(self, group: str) -> OffsetStore:
+        """The default committed-offset store of a group."""
+
+    async def close(self) -> None:
+        """Release what the backend holds for this client."""
+
+
+def backend_for(log) -> Backend:
+    """The backend for what the application passed as ``log``: a ``us.Log``,
+    a Backend, or an object with ``__unstoppable_backend__()``."""
+    if isinstance(log, Backend):
+        return log
+    make = getattr(log, "__unstoppable_backend__", None)
+    if make is not None:
+        return make()
+    if isinstance(log, Log):
+        return EmbeddedBackend(log)
+    raise TypeError(f"expected a unstoppable Log (or a backend), got {type(log).__name__}")
+
+
+# ---------------------------------------------------------------------------
+# The embedded log
+
+class _EmbeddedMember(GroupMember):
+    def __init__(self, membership: Membership, counts: dict):
+        self._m = membership
+        self._counts = counts
+        self.member_id = membership.member_id
+
+    async def poll(self) -> set:
+        members = self._m.refresh()
+        return {TopicPartition(t, p) for t, p in self._m.target(members, self._counts)}
+
+    async def try_acquire(self, tp) -> bool:
+        return self._m.try_acquire(tp.topic, tp.partition)
+
+    async def release(self, tp) -> None:
+        self._m.release(tp.topic, tp.partition)
+
+    async def leave(self) -> None:
+        self._m.leave()
+
+
+class EmbeddedBackend(Backend):
+    """The Backend over an embedded ``us.Log`` (in this process; other
+    processes may have the same directory open).
+
+    Appends of ``acks="written"`` batches are synchronous pwrites, done on the
+    event loop; fsync waits, offset commits and writes of more than
+    ``inline_bytes`` at once go to the client's thread pool. Waiting consumers
+    are woken directly by appends made in this process (a partition listener
+    plus ``call_soon_threadsafe``) and by polling each partition's shared
+    change counter for appends made by other processes: every ``min_poll``
+    seconds for the first ``fast_poll_for`` seconds of a wait, then every
+    ``max_poll`` seconds.
+    """
+
+    def __init__(self, log: Log, *, inline_bytes: int = 1 << 20, min_poll: float = 0.001,
+                 max_poll: float = 0.004, fast_poll_for: float = 0.5):
+        self.log = log
+        self.inline_bytes = inline_bytes
+        self.min_poll = min_poll
+        self.max_poll = max_poll
+        self.fast_poll_for = fast_poll_for
+        self._parts: dict = {}
+        self.append_now = self._append_now
+
+    def _partition(self, topic: str, partition: int):
+        key = (topic, partition)
+        p = self._parts.get(key)
+        if p is None or p._closed:
+            p = self._parts[key] = self.log.topic(topic).partition(partition)
+        return p
+
+    async def topic_info(self, topic: str) -> TopicInfo:
+        t = self.log.topic(topic)
+        cfg = t.config
+        return TopicInfo(topic, t.partitions, cfg.max_record_bytes, cfg.max_batch_bytes)
+
+    # -- producing
+
+    @staticmethod
+    def _write(part, b) -> int:
+        return part.append(b.records, timestamp=b.timestamp, producer_id=b.producer_id,
+                           producer_epoch=b.producer_epoch, base_sequence=b.base_sequence)
+
+    def _append_now(self, topic: str, partition: int, batch) -> int:
+        return self._write(self._partition(topic, partition), batch)
+
+    def _append_blocking(self, part, batches, acks):
+        bases = []
+        try:
+            for b in batches:
+                bases.append(self._write(part, b))
+        except Exception as e:
+            return bases, e
+        if acks == "fsync":
+            try:
+                part.wait_durable(bases[-1] + len(batches[-1].records))
+            except Exception as e:
+                return [], e
+        return bases, None
+
+    async def append(self, topic: str, partition: int, batches: Sequence, acks: str):
+        try:
+            part = self._partition(topic, partition)
+        except Exception as e:
+            return [], e
+        if sum(b.nbytes for b in batches) > self.inline_bytes:
+            return await _executor.run(self._append_blocking, part, batches, acks)
+        bases = []
+        try:
+            for b in batches:
+                bases.append(self._write(part, b))
+        except Exception as e:
+            return bases, e
+        if acks == "fsync" and bases:
+            try:
+                await _executor.run(part.wait_durable, bases[-1] + len(batches[-1].records))
+            except Exception as e:
+                return [], e
+        return bases, None
+
+    async def producer_state(self, topic: str, partition: int, producer_id: int):
+        part = self._partition(topic, partition)
+        return await _executor.run(part.producer_state, producer_id)
+
+    async def claim_producer_id(self, producer_id: int, name: str):
+        return ProducerIdLock(self.log.path, producer_id, name)
+
+    # -- consuming
+
+    async def fetch(self, topic: str, partition: int, offset: int, max_records: int,
+                    max_bytes: int) -> list:
+        return self._partition(topic, partition).read(offset, max_records, max_bytes)
+
+    def fetch_now(self, topic: str, partition: int, offset: int, max_records: int,
+                  max_bytes: int) -> list:
+        """The synchronous form of :meth:`fetch` (reads are mmap'ed views)."""
+        return self._partition(topic, partition).read(offset, max_records, max_bytes)
+
+    async def offset_range(self, topic: str, partition: int) -> tuple[int, int]:
+        p = self._partition(topic, partition)
+        return p.start_offset, p.end_offset
+
+    async def offset_for_time(self, topic: str, partition: int, ts_ms: int) -> int | None:
+        return self._partition(topic, partition).offset_for_time(ts_ms)
+
+    def known_end_offset(self, topic: str, partition: int) -> int:
+        return self._partition(topic, partition).end_offset
+
+    async def wait_for_data(self, positions: dict, timeout: float | None,
+                            interrupt: asyncio.Future | None = None) -> bool:
+        loop = asyncio.get_running_loop()
+        parts = [(self._partition(tp.topic, tp.partition), pos) for tp, pos in positions.items()]
+        fut = loop.create_future()
+        loop_thread = threading.get_ident()
+
+        def wake(_=None):
+            if not fut.done():
+                fut.set_result(True)
+
+        def listener():  # runs in whichever thread appended
+            if fut.done():
+                return
+            if threading.get_ident() == loop_thread:
+                wake()
+            else:
+                loop.call_soon_threadsafe(wake)
+
+        handle = None
+        for p, _ in parts:
+            p.add_listener(listener)
+        try:
+            if interrupt is not None:
+                if interrupt.done():
+                    return True
+                interrupt.add_done_callback(wake)
+            # Look after registering, so an append in between is not missed.
+            counters = [p.change_counter for p, _ in parts]
+            if any(p.end_offset > pos for p, pos in parts):
+                return True
+            start = loop.time()
+            deadline = None if timeout is None else start + timeout
+
+            def poll():
+                nonlocal handle
+                if fut.done():
+                    return
+                for (p, _), c in zip(parts, counters):
+                    if p.change_counter != c:
+                        fut.set_result(True)
+                        return
+                now = loop.time()
+                if deadline is not None and now >= deadline:
+                    fut.set_result(False)
+                    return
+                delay = self.min_poll if now - start < self.fast_poll_for else self.max_poll
+                if deadline is not None:
+                    delay = min(delay, deadline - now)
+                handle = loop.call_at(now + delay, poll)
+
+            if parts:
+                first = self.min_poll if timeout is None else min(self.min_poll, timeout)
+                handle = loop.call_at(start + first, poll)
+            elif deadline is not None:  # nothing to watch: sleep until the deadline
+                handle = loop.call_at(deadline, poll)
+            return await fut
+        finally:
+            if handle is not None:
+                handle.cancel()
+            if interrupt is not None:
+                interrupt.remove_done_callback(wake)
+            for p, _ in parts:
+                p.remove_listener(listener)
+
+    # -- groups
+
+    async def join_group(self, group: str, topics: Iterable[str]) -> GroupMember:
+        topics = sorted(set(topics))
+        counts = {}
+        for t in topics:
+            counts[t] = (await self.topic_info(t)).partitions
+        return _EmbeddedMember(Membership(self.log.path, group, topics), counts)
+
+    def offset_store(self, group: str) -> OffsetStore:
+        return GroupOffsetStore(self.log.path)
+
+    def __repr__(self):
+        return f"<EmbeddedBackend {self.log.path}>"
+

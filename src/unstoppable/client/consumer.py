@@ -1,0 +1,655 @@
+"""The asyncio Consumer: an async stream of records, batches with getmany,
+committed offsets, seeking and replay, and consumer groups.
+
+Positions and commits
+    ``position(tp)`` is the offset of the next record the consumer will hand
+    out for a partition. ``commit()`` stores, per partition, the position
+    after everything handed out so far (the next offset to consume), durably,
+    in the group's offset store. ``commit({tp: offset})`` stores chosen
+    offsets; an offset past ``position(tp)`` (records not yet handed out) is
+    rejected with CommitError, as is a partition this consumer does not hold.
+
+Groups
+    Consumers with the same ``group`` (in one process or many) split the
+    partitions of their topics. On the embedded log a member is alive while it
+    holds a lock file the kernel releases when its process dies; each member
+    checks the others every ``membership_poll_ms`` and every member computes
+    the same round-robin assignment from the live member list. A partition is
+    taken over only through its owner lock, so two members never consume it at
+    once. A member gives a partition up only at a *safe point*, the start of
+    the next ``getmany`` or ``__anext__`` call, after the application has
+    finished with what it was handed: first ``on_assignment_change`` is told
+    (so it can commit), then auto-commit runs (if enabled), then the lock is
+    released. The new owner resumes from the committed offset: records after
+    the last commit are delivered again, nothing is skipped (at-least-once).
+
+Auto-commit (``enable_auto_commit=True``)
+    commits at safe points at most every ``auto_commit_interval_ms``, when a
+    partition is given up, and on ``close()``. It only ever commits records the
+    application has moved past: a record counts as handled once the next
+    ``__anext__``/``getmany`` call starts. The records from the last call are
+    therefore not auto-committed by ``close()``; call ``commit()`` after handling
+    them if they should count.
+
+Waiting
+    With no records available the consumer sleeps: appends in this process wake
+    it directly; appends from other processes are noticed by polling a shared
+    counter every millisecond or so (see EmbeddedBackend). It never busy-waits.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+from typing import Callable, Iterable
+
+from unstoppable.client._types import OffsetAndTimestamp, TopicPartition
+from unstoppable.client.backend import backend_for
+from unstoppable.errors import (
+    CommitError,
+    ConsumerClosedError,
+    NoOffsetForPartitionError,
+    NotAssignedError,
+    OffsetOutOfRangeError,
+)
+from unstoppable.storage.groups import validate_group_name
+
+__all__ = ["Consumer", "OFFSET_RESETS"]
+
+OFFSET_RESETS = ("earliest", "latest", "error")
+
+
+class _PState:
+    """What the consumer knows about one assigned partition."""
+
+    __slots__ = ("position", "committed")
+
+    def __init__(self, position, committed):
+        self.position = position      # next offset to hand out (None: unknown, reset "error")
+        self.committed = committed    # last committed offset known (None: none)
+
+
+class Consumer:
+    """Consumer(log, topics, *, group=None, auto_offset_reset="earliest",
+    enable_auto_commit=False, offset_store=None, ...)
+
+    An asyncio consumer of one or more topics of ``log`` (a ``us.Log`` or
+    another backend). Use ``async with Consumer(...) as c:`` and then
+    ``async for record in c`` or ``await c.getmany(...)``.
+
+    * ``topics``: a topic name, or a list of names; without a group the list
+      may also hold TopicPartition entries to read just those partitions.
+    * ``group``: the consumer group. None reads without committing (replay,
+      tools); all partitions of the topics are read.
+    * ``auto_offset_reset``: where to start without a committed offset, and
+      what to do when the position falls outside the partition (retention
+      removed it, or a seek went past the end): ``"earliest"``, ``"latest"``
+      or ``"error"`` (raise NoOffsetForPartitionError / OffsetOutOfRangeError).
+    * ``enable_auto_commit``, ``auto_commit_interval_ms``: see the module docstring.
+    * ``offset_store``: an :class:`~unstoppable.client.offsets.OffsetStore`
+      (default: the log's own group offsets).
+    * ``on_assignment_change``: ``callback(assigned, revoked)`` (sets of
+      TopicPartition; may be a coroutine function), called at safe points:
+      revoked partitions before they are released, assigned ones once their
+      positions are known.
+    * ``max_poll_records``: records fetched per partition at a time (also the
+      default ``max_records`` of getmany); ``fetch_max_bytes``: bytes per fetch.
+    * ``membership_poll_ms``: how often a group member checks who is alive.
+    """
+
+    def __init__(self, log, topics, *, group: str | None = None,
+                 auto_offset_reset: str = "earliest", enable_auto_commit: bool = False,
+                 auto_commit_interval_ms: float = 5000, offset_store=None,
+                 on_assignment_change: Callable | None = None, max_poll_records: int = 500,
+                 fetch_max_bytes: int = 1 << 20, membership_poll_ms: float = 100):
+        if isinstance(topics, (str, TopicPartition)):
+            topics = [topics]
+        topics = list(topics)
+        if not topics:
+            raise ValueError("a consumer needs at least one topic")
+        self._manual = [TopicPartition(*t) for t in topics if isinstance(t, tuple)]
+        names = [t for t in topics if not isinstance(t, tuple)]
+        for t in names:
+            if not isinstance(t, str):
+                raise TypeError(f"topics must be names (str) or TopicPartition, got {t!r}")
+        if self._manual and group is not None:
+            raise ValueError("TopicPartition entries (manual assignment) need group=None; "
+                             "a group assigns partitions itself")
+        if auto_offset_reset not in OFFSET_RESETS:
+            raise ValueError(f"auto_offset_reset must be one of {OFFSET_RESETS}, got {auto_offset_reset!r}")
+        if group is not None:
+            validate_group_name(group)
+        elif enable_auto_commit:
+            raise ValueError("enable_auto_commit needs a group (group=None never commits)")
+        elif offset_store is not None:
+            raise ValueError("offset_store needs a group (offsets are stored per group)")
+        for name, v in (("max_poll_records", max_poll_records), ("fetch_max_bytes", fetch_max_bytes)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        self._topics = sorted(set(names) | {tp.topic for tp in self._manual})
+        self._group = group
+        self._reset = auto_offset_reset
+        self._auto_commit = enable_auto_commit
+        self._auto_commit_interval = auto_commit_interval_ms / 1000.0
+        self._store = offset_store
+        self._own_store = offset_store is None
+        self._on_change = on_assignment_change
+        self.max_poll_records = max_poll_records
+        self.fetch_max_bytes = fetch_max_bytes
+        self._membership_poll = membership_poll_ms / 1000.0
+        self._backend = backend_for(log)
+        self._started = False
+        self._closed = False
+        self._loop = None
+        self._assigned: dict[TopicPartition, _PState] = {}
+        self._order: list[TopicPartition] = []     # round-robin order of fetches
+        self._rr = 0
+        self._member = None
+        self._held: set = set()                    # partitions whose owner lock we hold
+        self._pending_assign: set = set()
+        self._pending_revoke: set = set()
+        self._bg_task = None
+        self._bg_error: BaseException | None = None
+        self._interrupt = None
+        self._last_auto_commit = 0.0
+        self._unconsumed: dict[TopicPartition, int] = {}
+        # The chunk being iterated by __anext__: records of one partition.
+        self._chunk: list = []
+        self._ctp: TopicPartition | None = None
+        self._cstart = 0
+        self._ci = 0
+        self._cend = 0
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> "Consumer":
+        """Check the topics, join the group (if any) and take the first
+        assignment. Called by ``async with``."""
+        if self._started:
+            return self
+        if self._closed:
+            raise ConsumerClosedError("consumer is closed")
+        self._loop = asyncio.get_running_loop()
+        counts = {t: (await self._backend.topic_info(t)).partitions for t in self._topics}
+        for tp in self._manual:
+            if not 0 <= tp.partition < counts[tp.topic]:
+                from unstoppable.errors import PartitionOutOfRangeError
+                raise PartitionOutOfRangeError(
+                    f"topic {tp.topic!r} has partitions 0 .. {counts[tp.topic] - 1}, not {tp.partition}")
+        self._started = True
+        self._last_auto_commit = self._loop.time()
+        if self._group is None:
+            tps = self._manual or [TopicPartition(t, p) for t in self._topics for p in range(counts[t])]
+            await self._assign(set(tps))
+            return self
+        if self._store is None:
+            self._store = self._backend.offset_store(self._group)
+        try:
+            self._member = await self._backend.join_group(self._group, self._topics)
+            await self._poll_membership()
+            await self._apply_changes()
+        except BaseException:
+            await self._leave()
+            raise
+        self._bg_task = self._loop.create_task(self._membership_loop())
+        return self
+
+    async def __aenter__(self) -> "Consumer":
+        return await self.start()
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Commit (when auto-commit is on) what the application moved past,
+        release every partition and leave the group. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._interrupt is not None and not self._interrupt.done():
+            self._interrupt.set_result(None)
+        if self._bg_task is not None:
+            self._bg_task.cancel()
+            try:
+                await self._bg_task
+            except BaseException:
+                pass
+        try:
+            if self._auto_commit and self._started:
+                offs = {tp: pos for tp in self._assigned
+                        if (pos := self._consumed_position(tp)) is not None
+                        and pos != self._assigned[tp].committed}
+                if offs:
+                    await self._store.commit(self._group, offs)
+        finally:
+            await self._leave()
+            if self._own_store and self._store is not None:
+                await self._store.close()
+            self._assigned.clear()
+            self._order = []
+            self._chunk = []
+            self._ci = self._cend = 0
+
+    async def _leave(self):
+        if self._member is not None:
+            m, self._member = self._member, None
+            self._held.clear()
+            await m.leave()
+
+    def _check(self):
+        if self._closed:
+            raise ConsumerClosedError("consumer is closed")
+        if not self._started:
+            raise ConsumerClosedError("consumer is not started; use `async with` or await start()")
+
+    # ------------------------------------------------------------ iteration
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        i = self._ci
+        if i < self._cend:
+            self._ci = i + 1
+            return self._chunk[i]
+        return await self._next_slow()
+
+    async def _next_slow(self):
+        if not self._started and not self._closed:
+            await self.start()
+        while True:
+            self._fold_chunk()
+            if self._closed:
+                raise StopAsyncIteration
+            self._unconsumed.clear()
+            await self._safe_point()
+            got = await self._fetch_round(self.max_poll_records, one=True)
+            if got:
+                tp, recs = got[0]
+                self._chunk = recs
+                self._ctp = tp
+                self._cstart = recs[0].offset
+                self._ci = 1
+                self._cend = len(recs)
+                return recs[0]
+            await self._wait(None)
+
+    async def getmany(self, *partitions, max_records: int | None = None,
+                      timeout_ms: float = 0) -> dict:
+        """getmany(*partitions, max_records=None, timeout_ms=0) -> {TopicPartition: [records]}
+
+        Records available now, at most ``max_records`` in all (default
+        ``max_poll_records``), from the given partitions (default: all
+        assigned). With nothing available, waits up to ``timeout_ms`` for
+        records; returns an empty dict when none came.
+        """
+        if not self._started:
+            await self.start()
+        self._check()
+        limit = self.max_poll_records if max_records is None else max_records
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"max_records must be an int >= 1, got {max_records!r}")
+        only = None
+        if partitions:
+            only = set()
+            for tp in partitions:
+                tp = TopicPartition(*tp)
+                if tp not in self._assigned:
+                    raise NotAssignedError(f"{tp.topic}/{tp.partition} is not assigned to this consumer")
+                only.add(tp)
+        self._fold_chunk()
+        self._unconsumed.clear()
+        deadline = None
+        while True:
+            await self._safe_point()
+            out = {}
+            for tp, recs in await self._fetch_round(limit, one=False, only=only):
+                out[tp] = recs
+                self._unconsumed[tp] = recs[0].offset
+            if out or self._closed:
+                return out
+            if deadline is None:
+                deadline = self._loop.time() + timeout_ms / 1000.0
+            left = deadline - self._loop.time()
+            if left <= 0:
+                return out
+            await self._wait(left)
+
+    def _fold_chunk(self) -> None:
+        """Bring the position of the chunk's partition up to what was handed out."""
+        if self._ctp is not None:
+            st = self._assigned.get(self._ctp)
+            if st is not None and self._ci > 0:
+                st.position = self._cstart + self._ci
+            self._ctp = None
+            self._chunk = []
+            self._ci = self._cend = 0
+
+    async def _fetch_round(self, limit: int, one: bool, only=None) -> list:
+        """Fetch from the assigned partitions round-robin; with ``one``, stop at
+        the first partition that has records. Positions move past what is returned."""
+        order = self._order
+        n = len(order)
+        out = []
+        if not n:
+            return out
+        start = self._rr
+        fetch = self._backend.fetch
+        for k in range(n):
+            tp = order[(start + k) % n]
+            if only is not None and tp not in only:
+                continue
+            st = self._assigned[tp]
+            if st.position is None:
+                raise NoOffsetForPartitionError(
+                    f"{tp.topic}/{tp.partition} has no committed offset and auto_offset_reset='error'; "
+                    "seek() to choose where to start")
+            try:
+                recs = await fetch(tp.topic, tp.partition, st.position, limit, self.fetch_max_bytes)
+            except OffsetOutOfRangeError:
+                await self._reset_out_of_range(tp, st)
+                recs = await fetch(tp.topic, tp.partition, st.position, limit, self.fetch_max_bytes)
+            if recs:
+                if len(recs) > limit:
+                    recs = recs[:limit]
+                if one:
+                    self._rr = (start + k + 1) % n
+                    return [(tp, recs)]
+                st.position = recs[-1].offset + 1
+                out.append((tp, recs))
+                limit -= len(recs)
+                if limit <= 0:
+                    self._rr = (start + k + 1) % n
+                    break
+        return out
+
+    async def _reset_out_of_range(self, tp, st) -> None:
+        start, end = await self._backend.offset_range(tp.topic, tp.partition)
+        if self._reset == "error":
+            raise OffsetOutOfRangeError(
+                f"position {st.position} of {tp.topic}/{tp.partition} is outside its range "
+                f"[{start}, {end}] and auto_offset_reset='error'")
+        st.position = start if self._reset == "earliest" else end
+
+    async def _wait(self, timeout) -> bool:
+        if self._bg_error is not None:
+            return True
+        positions = {tp: st.position for tp, st in self._assigned.items() if st.position is not None}
+        self._interrupt = fut = self._loop.create_future()
+        if self._pending_assign or self._pending_revoke:
+            fut.set_result(None)
+        try:
+            return await self._backend.wait_for_data(positions, timeout, fut)
+        finally:
+            self._interrupt = None
+
+    # -------------------------------------------------------------- commits
+
+    def _consumed_position(self, tp):
+        """Position after the records the application has moved past."""
+        st = self._assigned.get(tp)
+        if st is None:
+            return None
+        pos = self.position(tp) if st.position is not None else None
+        if pos is None:
+            return None
+        if tp in self._unconsumed:
+            pos = min(pos, self._unconsumed[tp])
+        if self._ctp == tp and self._ci > 0:
+            pos = min(pos, self._cstart + self._ci - 1)
+        return pos
+
+    async def commit(self, offsets: dict | None = None) -> None:
+        """commit(offsets=None)
+
+        Durably store committed offsets for the group. None means the position
+        after every record handed out so far, for each assigned partition.
+        ``{TopicPartition: offset}`` commits exactly those (the next offset to
+        consume); an offset past ``position(tp)`` or a partition this consumer
+        does not hold raises CommitError.
+        """
+        self._check()
+        if self._group is None:
+            raise CommitError("this consumer has no group (group=None reads without committing)")
+        if offsets is None:
+            offsets = {}
+            for tp, st in self._assigned.items():
+                if st.position is None:
+                    continue
+                pos = self.position(tp)
+                if pos != st.committed:
+                    offsets[tp] = pos
+        else:
+            checked = {}
+            for tp, off in dict(offsets).items():
+                tp = TopicPartition(*tp)
+                st = self._assigned.get(tp)
+                if st is None:
+                    raise CommitError(f"cannot commit {tp.topic}/{tp.partition}: it is not assigned "
+                                      f"to this member of group {self._group!r}")
+                if isinstance(off, bool) or not isinstance(off, int) or off < 0:
+                    raise CommitError(f"offset for {tp.topic}/{tp.partition} must be an int >= 0, got {off!r}")
+                pos = self.position(tp) if st.position is not None else None
+                if pos is None or off > pos:
+                    raise CommitError(
+                        f"cannot commit offset {off} for {tp.topic}/{tp.partition}: the consumer's "
+                        f"position is {pos}, so records from {pos} on have not been handed out yet")
+                checked[tp] = off
+            offsets = checked
+        if not offsets:
+            return
+        await self._store.commit(self._group, offsets)
+        for tp, off in offsets.items():
+            st = self._assigned.get(tp)
+            if st is not None:
+                st.committed = off
+        self._last_auto_commit = self._loop.time()
+
+    async def committed(self, tp) -> int | None:
+        """The offset committed for a partition in this consumer's group (read
+        from the store, so it includes other members' commits), or None."""
+        self._check()
+        if self._group is None:
+            return None
+        tp = TopicPartition(*tp)
+        got = await self._store.load(self._group, [tp])
+        return got.get(tp)
+
+    # -------------------------------------------------------------- positions
+
+    def assignment(self) -> set:
+        """The partitions this consumer holds now."""
+        return set(self._assigned)
+
+    def _state(self, tp) -> tuple:
+        tp = TopicPartition(*tp)
+        st = self._assigned.get(tp)
+        if st is None:
+            raise NotAssignedError(f"{tp.topic}/{tp.partition} is not assigned to this consumer "
+                                   f"(assigned: {sorted(self._assigned)})")
+        return tp, st
+
+    def position(self, tp) -> int:
+        """The offset of the next record this consumer will hand out for ``tp``."""
+        tp, st = self._state(tp)
+        if self._ctp == tp:
+            return self._cstart + self._ci
+        if st.position is None:
+            raise NoOffsetForPartitionError(
+                f"{tp.topic}/{tp.partition} has no position yet (no committed offset and "
+                "auto_offset_reset='error'); seek() to choose one")
+        return st.position
+
+    def lag(self) -> dict:
+        """``{TopicPartition: end offset - committed offset}`` for the assigned
+        partitions (the position stands in for the committed offset when there is none)."""
+        out = {}
+        for tp, st in self._assigned.items():
+            end = self._backend.known_end_offset(tp.topic, tp.partition)
+            base = st.committed
+            if base is None:
+                base = self.position(tp) if st.position is not None else 0
+            out[tp] = max(end - base, 0)
+        return out
+
+    def seek(self, tp, offset: int) -> None:
+        """Hand out ``tp``'s records from ``offset`` on. An offset outside the
+        partition's range is handled by ``auto_offset_reset`` on the next fetch."""
+        self._check()
+        tp, st = self._state(tp)
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise ValueError(f"offset must be an int >= 0, got {offset!r}")
+        if self._ctp == tp:
+            self._ctp = None
+            self._chunk = []
+            self._ci = self._cend = 0
+        self._unconsumed.pop(tp, None)
+        st.position = offset
+
+    async def seek_to_beginning(self, *partitions) -> None:
+        """Seek the given partitions (default: all assigned) to their first offset."""
+        self._check()
+        for tp in partitions or list(self._assigned):
+            tp, _ = self._state(tp)
+            start, _ = await self._backend.offset_range(tp.topic, tp.partition)
+            self.seek(tp, start)
+
+    async def seek_to_end(self, *partitions) -> None:
+        """Seek the given partitions (default: all assigned) to their end: only
+        records appended from now on will be handed out."""
+        self._check()
+        for tp in partitions or list(self._assigned):
+            tp, _ = self._state(tp)
+            _, end = await self._backend.offset_range(tp.topic, tp.partition)
+            self.seek(tp, end)
+
+    async def offsets_for_times(self, timestamps: dict) -> dict:
+        """offsets_for_times({tp: ts_ms}) -> {tp: OffsetAndTimestamp | None}
+
+        For each partition, the first record whose timestamp is >= ts_ms (None
+        when every record is older). Works for any partition of the topics,
+        assigned or not. Replay from a time with ``seek(tp, result.offset)``.
+        """
+        self._check()
+        out = {}
+        for tp, ts in timestamps.items():
+            tp = TopicPartition(*tp)
+            if isinstance(ts, bool) or not isinstance(ts, int) or ts < 0:
+                raise ValueError(f"timestamp for {tp.topic}/{tp.partition} must be an int of ms >= 0, got {ts!r}")
+            off = await self._backend.offset_for_time(tp.topic, tp.partition, ts)
+            if off is None:
+                out[tp] = None
+                continue
+            recs = await self._backend.fetch(tp.topic, tp.partition, off, 1, 1)
+            out[tp] = OffsetAndTimestamp(off, recs[0].timestamp if recs else ts)
+        return out
+
+    # ----------------------------------------------------- assignment changes
+
+    async def _assign(self, tps: set) -> None:
+        """Start consuming ``tps``: positions from committed offsets or the reset policy."""
+        committed = {}
+        if self._group is not None and tps:
+            committed = await self._store.load(self._group, tps)
+        for tp in sorted(tps):
+            c = committed.get(tp)
+            start, end = await self._backend.offset_range(tp.topic, tp.partition)
+            if c is not None and start <= c <= end:
+                pos = c
+            elif c is not None and self._reset == "error":
+                raise OffsetOutOfRangeError(
+                    f"committed offset {c} of {tp.topic}/{tp.partition} in group {self._group!r} is "
+                    f"outside its range [{start}, {end}] and auto_offset_reset='error'")
+            elif self._reset == "earliest":
+                pos = start
+            elif self._reset == "latest":
+                pos = end
+            else:
+                pos = None
+            self._assigned[tp] = _PState(pos, c)
+        self._order = sorted(self._assigned)
+
+    async def _poll_membership(self) -> bool:
+        """Refresh the group view: mark partitions to give up, take free ones we
+        should own. Returns True when something changed."""
+        target = await self._member.poll()
+        changed = False
+        give_up = (self._held - target) - self._pending_revoke
+        if give_up:
+            self._pending_revoke |= give_up
+            if self._ctp in give_up:
+                self._cend = self._ci  # stop handing out its records; the safe point revokes it
+            changed = True
+        for tp in sorted(target - self._held):
+            if await self._member.try_acquire(tp):
+                self._held.add(tp)
+                self._pending_assign.add(tp)
+                changed = True
+        # A partition we gave up but got back before the safe point stays ours.
+        back = self._pending_revoke & target
+        if back:
+            self._pending_revoke -= back
+        return changed
+
+    async def _membership_loop(self) -> None:
+        try:
+            while not self._closed:
+                await asyncio.sleep(self._membership_poll)
+                if await self._poll_membership():
+                    if self._interrupt is not None and not self._interrupt.done():
+                        self._interrupt.set_result(None)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:
+            self._bg_error = e
+            if self._interrupt is not None and not self._interrupt.done():
+                self._interrupt.set_result(None)
+
+    async def _safe_point(self) -> None:
+        """Everything handed out before this call is handled: apply group
+        changes and auto-commit."""
+        if self._bg_error is not None:
+            e, self._bg_error = self._bg_error, None
+            raise e
+        if self._pending_assign or self._pending_revoke:
+            await self._apply_changes()
+        if self._auto_commit and self._loop.time() - self._last_auto_commit >= self._auto_commit_interval:
+            await self.commit()
+
+    async def _apply_changes(self) -> None:
+        revoked = {tp for tp in self._pending_revoke if tp in self._assigned}
+        assigned = self._pending_assign - self._pending_revoke
+        self._pending_assign.clear()
+        if revoked:
+            if self._on_change is not None:
+                await _call(self._on_change, set(), set(revoked))
+            if self._auto_commit:
+                offs = {tp: self.position(tp) for tp in revoked
+                        if self._assigned[tp].position is not None
+                        and self.position(tp) != self._assigned[tp].committed}
+                if offs:
+                    await self._store.commit(self._group, offs)
+            for tp in revoked:
+                if self._ctp == tp:
+                    self._fold_chunk()
+                del self._assigned[tp]
+                self._unconsumed.pop(tp, None)
+        for tp in self._pending_revoke:
+            if tp in self._held:
+                self._held.discard(tp)
+                await self._member.release(tp)
+        self._pending_revoke.clear()
+        self._order = sorted(self._assigned)
+        if assigned:
+            await self._assign(assigned)
+            if self._on_change is not None:
+                await _call(self._on_change, set(assigned), set())
+
+    def __repr__(self):
+        st = "closed" if self._closed else ("running" if self._started else "new")
+        return f"<Consumer topics={self._topics} group={self._group!r} {st}>"
+
+
+async def _call(fn, *args):
+    r = fn(*args)
+    if inspect.isawaitable(r):
+        await r

@@ -1,0 +1,638 @@
+"""Consumer-group state of the embedded log: committed offsets and partition
+ownership, shared by any number of processes through files and OS locks.
+
+Layout of ``<log>/groups/<group>/``::
+
+    offsets          committed offsets, an append-only file of CRC-framed records
+    offsets.lock     flock()ed while a commit appends to (or compacts) ``offsets``
+    members/<id>.member   one file per live member, flock()ed by that member for
+                          its whole life; JSON: member id, topics, pid, host
+    owners/<topic>/<partition>.lock   flock()ed by the member consuming that partition
+
+and ``<log>/producers/<producer id, 16 hex digits>.lock``, flock()ed by the one
+live idempotent producer using that id.
+
+Why locks and not heartbeats: the kernel releases a flock the moment the
+holding process dies (SIGKILL included), so liveness needs no timeouts. A
+member is alive exactly while its member file is locked; survivors notice a
+death the next time they probe (``Membership.refresh``), every member computes
+the same assignment from the same sorted list of live members, and a
+partition's owner lock makes sure two members never consume it at once, even
+while their views of the member list briefly differ.
+
+Offsets file (little-endian)::
+
+    0    8    magic b"USGOFF1\\n"
+    then records, back to back:
+    0    4    body length n (u32)
+    4    4    CRC-32C of the body (u32)
+    8    n    body:
+              0   8   commit time, ms since the epoch (i64)
+              8   4   entry count (u32)
+              12  ..  entries: u16 topic length, topic (UTF-8), u32 partition,
+                      i64 offset (the next offset to consume)
+
+The latest entry for a (topic, partition) wins. A commit appends one record
+under ``offsets.lock`` and fdatasyncs before it returns. A record cut short by
+a crash fails its length or CRC check: readers stop before it and the next
+committer truncates it. When the file passes ``compact_bytes`` a committer
+rewrites it as one record holding the latest offsets (temp file, fsync,
+rename); readers notice the new inode and reload.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import socket
+import struct
+import threading
+import time
+import uuid
+import weakref
+from typing import Iterable, NamedTuple
+
+from unstoppable._core.hashing import crc32c
+from unstoppable.errors import InvalidGroupNameError, ProducerIdInUseError
+
+__all__ = [
+    "GROUPS_DIR",
+    "OffsetsFile",
+    "Membership",
+    "MemberInfo",
+    "ProducerIdLock",
+    "assign_round_robin",
+    "validate_group_name",
+    "group_dir",
+    "list_groups",
+]
+
+GROUPS_DIR = "groups"
+PRODUCERS_DIR = "producers"
+MAGIC = b"USGOFF1\n"
+_FRAME = struct.Struct("<II")          # body length, crc
+_BODY_HEAD = struct.Struct("<qI")      # commit time, entry count
+_ENTRY_TAIL = struct.Struct("<Iq")     # partition, offset
+_U16 = struct.Struct("<H")
+_MAX_BODY = 64 << 20
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def validate_group_name(name) -> str:
+    """A group name follows the topic-name rules: 1-249 of ``[A-Za-z0-9._-]``,
+    not ``.`` or ``..`` (it becomes a directory name)."""
+    if not isinstance(name, str):
+        raise InvalidGroupNameError(f"group name must be a str, got {type(name).__name__}")
+    if not name or len(name) > 249 or name in (".", "..") or not set(name) <= _NAME_CHARS:
+        raise InvalidGroupNameError(
+            f"invalid group name {name!r}: use 1-249 of letters, digits, '.', '_' and '-' "
+            "(not '.' or '..')")
+    return name
+
+
+def group_dir(log_path: str, group: str) -> str:
+    return os.path.join(log_path, GROUPS_DIR, validate_group_name(group))
+
+
+def list_groups(log_path: str) -> list[str]:
+    """Names of the groups that have state under ``<log>/groups``."""
+    root = os.path.join(log_path, GROUPS_DIR)
+    try:
+        names = os.listdir(root)
+    except FileNotFoundError:
+        return []
+    out = []
+    for n in names:
+        try:
+            validate_group_name(n)
+        except InvalidGroupNameError:
+            continue
+        if os.path.isdir(os.path.join(root, n)):
+            out.append(n)
+    return sorted(out)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | _O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _makedirs_durable(path: str) -> None:
+    """mkdir -p, fsyncing each parent whose entries changed."""
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    _makedirs_durable(parent)
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        return
+    _fsync_dir(parent)
+
+
+# ---------------------------------------------------------------------------
+# Lock holders are closed (not unlocked) in forked children: a flock belongs to
+# the open file description, which fork shares, so a child that kept the fd
+# would keep a dead parent looking alive.
+
+_HOLDERS: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def _close_inherited_locks() -> None:
+    for h in list(_HOLDERS):
+        try:
+            h._forget_after_fork()
+        except Exception:
+            pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
+def _try_flock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError as e:
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+
+
+# ---------------------------------------------------------------------------
+# Committed offsets
+
+def _encode_record(offsets: dict, now_ms: int) -> bytes:
+    body = bytearray(_BODY_HEAD.pack(now_ms, len(offsets)))
+    for (topic, partition), offset in offsets.items():
+        t = topic.encode()
+        body += _U16.pack(len(t))
+        body += t
+        body += _ENTRY_TAIL.pack(partition, offset)
+    return _FRAME.pack(len(body), crc32c(body)) + bytes(body)
+
+
+def _decode_body(body) -> tuple[int, list]:
+    ts, n = _BODY_HEAD.unpack_from(body, 0)
+    pos = _BODY_HEAD.size
+    out = []
+    for _ in range(n):
+        (tl,) = _U16.unpack_from(body, pos)
+        pos += 2
+        topic = bytes(body[pos:pos + tl]).decode()
+        pos += tl
+        partition, offset = _ENTRY_TAIL.unpack_from(body, pos)
+        pos += _ENTRY_TAIL.size
+        out.append(((topic, partition), offset))
+    if pos != len(body):
+        raise ValueError("trailing bytes in an offsets record")
+    return ts, out
+
+
+class OffsetsFile:
+    """The committed offsets of one group (see the module docstring).
+
+    ``get``/``load`` read what every process has committed so far; ``commit``
+    appends durably. Thread-safe; any number of processes may share the file.
+    """
+
+    def __init__(self, log_path: str, group: str, *, compact_bytes: int = 1 << 20):
+        self.dir = group_dir(log_path, group)
+        self.group = group
+        self.path = os.path.join(self.dir, "offsets")
+        self.compact_bytes = compact_bytes
+        self._lock = threading.Lock()
+        self._offsets: dict[tuple[str, int], int] = {}
+        self._times: dict[tuple[str, int], int] = {}
+        self._fd = -1
+        self._ino = None
+        self._pos = 0            # end of the last valid record read
+        self._lock_fd = -1
+        _makedirs_durable(self.dir)
+
+    # -- reading
+
+    def _open_current(self) -> bool:
+        """(Re)open the file if it was replaced; False when it does not exist yet."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        if self._fd >= 0 and st.st_ino == self._ino:
+            return True
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        try:
+            fd = os.open(self.path, os.O_RDWR | _O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        self._fd = fd
+        self._ino = os.fstat(fd).st_ino
+        self._offsets.clear()
+        self._times.clear()
+        self._pos = 0
+        return True
+
+    def _catch_up(self) -> int:
+        """Read records appended since the last look; returns the file size."""
+        if not self._open_current():
+            return 0
+        size = os.fstat(self._fd).st_size
+        if self._pos == 0:
+            if size < len(MAGIC):
+                return size
+            if os.pread(self._fd, len(MAGIC), 0) != MAGIC:
+                from unstoppable.errors import CorruptLogError
+                raise CorruptLogError(f"{self.path} is not an offsets file (bad magic)",
+                                      segment=self.path, position=0)
+            self._pos = len(MAGIC)
+        if size <= self._pos:
+            return size
+        data = os.pread(self._fd, size - self._pos, self._pos)
+        pos = 0
+        while pos + _FRAME.size <= len(data):
+            n, crc = _FRAME.unpack_from(data, pos)
+            if n > _MAX_BODY or pos + _FRAME.size + n > len(data):
+                break  # incomplete (being written, or torn by a crash)
+            body = memoryview(data)[pos + _FRAME.size:pos + _FRAME.size + n]
+            if crc32c(body) != crc:
+                break
+            try:
+                ts, entries = _decode_body(body)
+            except (struct.error, ValueError, UnicodeDecodeError):
+                break
+            for key, off in entries:
+                self._offsets[key] = off
+                self._times[key] = ts
+            pos += _FRAME.size + n
+        self._pos += pos
+        return size
+
+    def load(self) -> dict[tuple[str, int], int]:
+        """Every committed offset: {(topic, partition): offset}."""
+        with self._lock:
+            self._catch_up()
+            return dict(self._offsets)
+
+    def get(self, topic: str, partition: int) -> int | None:
+        """The committed offset of one partition, or None."""
+        with self._lock:
+            self._catch_up()
+            return self._offsets.get((topic, partition))
+
+    def commit_times(self) -> dict[tuple[str, int], int]:
+        """When each partition's offset was last committed (ms since the epoch)."""
+        with self._lock:
+            self._catch_up()
+            return dict(self._times)
+
+    # -- writing
+
+    def _locked(self):
+        if self._lock_fd < 0:
+            self._lock_fd = os.open(os.path.join(self.dir, "offsets.lock"),
+                                    os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o644)
+        return _FlockCtx(self._lock_fd)
+
+    def commit(self, offsets: dict, *, sync: bool = True) -> None:
+        """Append ``{(topic, partition): offset}`` durably (fdatasync unless
+        ``sync`` is False). Offsets must be ints >= 0."""
+        clean = {}
+        for key, off in offsets.items():
+            topic, partition = key
+            if isinstance(off, bool) or not isinstance(off, int) or off < 0:
+                raise ValueError(f"offset for {topic}/{partition} must be an int >= 0, got {off!r}")
+            clean[(str(topic), int(partition))] = off
+        if not clean:
+            return
+        now = time.time_ns() // 1_000_000
+        with self._lock, self._locked():
+            if not self._open_current():
+                self._create()
+            size = self._catch_up()
+            if size > self._pos:
+                os.ftruncate(self._fd, self._pos)  # a crashed committer's torn record
+            if self._pos > self.compact_bytes:
+                merged = dict(self._offsets)
+                merged.update(clean)
+                self._rewrite(merged, now)
+            else:
+                rec = _encode_record(clean, now)
+                written = os.pwrite(self._fd, rec, self._pos)
+                if written != len(rec):
+                    os.ftruncate(self._fd, self._pos)
+                    raise OSError(errno.EIO, f"short write committing offsets to {self.path}")
+                if sync:
+                    os.fdatasync(self._fd)
+                self._pos += len(rec)
+            for key, off in clean.items():
+                self._offsets[key] = off
+                self._times[key] = now
+
+    def _create(self) -> None:
+        tmp = f"{self.path}.tmp{os.getpid()}.{threading.get_ident()}"
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | _O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, MAGIC)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if os.path.exists(self.path):  # another process won the race
+            os.unlink(tmp)
+        else:
+            os.rename(tmp, self.path)
+            _fsync_dir(self.dir)
+        self._open_current()
+
+    def _rewrite(self, offsets: dict, now: int) -> None:
+        """Compact: one record with the latest offsets replaces the file."""
+        tmp = f"{self.path}.tmp{os.getpid()}.{threading.get_ident()}"
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | _O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, MAGIC + _encode_record(offsets, now))
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
+        os.close(fd)
+        os.rename(tmp, self.path)
+        _fsync_dir(self.dir)
+        self._open_current()
+        self._catch_up()
+
+    def close(self) -> None:
+        with self._lock:
+            for attr in ("_fd", "_lock_fd"):
+                fd = getattr(self, attr)
+                if fd >= 0:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+                    setattr(self, attr, -1)
+
+
+class _FlockCtx:
+    __slots__ = ("fd",)
+
+    def __init__(self, fd):
+        self.fd = fd
+
+    def __enter__(self):
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+
+# ---------------------------------------------------------------------------
+# Membership and ownership
+
+class MemberInfo(NamedTuple):
+    """A live member as described by its member file."""
+    member_id: str
+    topics: tuple
+    pid: int
+    host: str
+    started_ms: int
+
+
+def assign_round_robin(members: Iterable[MemberInfo], partitions: dict[str, int]) -> dict[str, list]:
+    """The assignment every member computes: the (topic, partition) pairs of all
+    subscribed topics, sorted, dealt round-robin over the members sorted by id,
+    skipping members not subscribed to a pair's topic. With identical
+    subscriptions, member counts differ by at most one."""
+    ms = sorted(members, key=lambda m: m.member_id)
+    out: dict[str, list] = {m.member_id: [] for m in ms}
+    if not ms:
+        return out
+    i = 0
+    for topic in sorted(partitions):
+        for p in range(partitions[topic]):
+            for k in range(len(ms)):
+                m = ms[(i + k) % len(ms)]
+                if topic in m.topics:
+                    out[m.member_id].append((topic, p))
+                    i = (i + k + 1) % len(ms)
+                    break
+    return out
+
+
+class Membership:
+    """One member of a group: registered while its member file is locked.
+
+    ``refresh()`` probes the other members' locks (one non-blocking flock each),
+    removes the files of dead ones, and returns the live members. ``target()``
+    is this member's share of the partitions. ``try_acquire``/``release`` take
+    and drop a partition's owner lock. Everything here is non-blocking.
+    """
+
+    def __init__(self, log_path: str, group: str, topics: Iterable[str], member_id: str | None = None):
+        self.dir = group_dir(log_path, group)
+        self.group = group
+        self.topics = tuple(sorted(set(topics)))
+        self.member_id = member_id or f"{int(time.time() * 1000):013d}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self._members_dir = os.path.join(self.dir, "members")
+        self._owners_dir = os.path.join(self.dir, "owners")
+        _makedirs_durable(self._members_dir)
+        _makedirs_durable(self._owners_dir)
+        self._peers: dict[str, tuple[int, MemberInfo | None]] = {}  # file name -> (fd, info)
+        self._owned: dict[tuple[str, int], int] = {}                # (topic, p) -> locked fd
+        self._closed = False
+        self.info = MemberInfo(self.member_id, self.topics, os.getpid(), socket.gethostname(),
+                               time.time_ns() // 1_000_000)
+        # Write the description under a temporary name, lock it, then rename
+        # it into members/: nobody can see it unlocked and take it for dead.
+        tmp = os.path.join(self.dir, f".member-{self.member_id}.tmp")
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | _O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.write(fd, json.dumps({"member_id": self.member_id, "topics": list(self.topics),
+                                     "pid": self.info.pid, "host": self.info.host,
+                                     "started_ms": self.info.started_ms}).encode())
+            self._name = f"{self.member_id}.member"
+            os.rename(tmp, os.path.join(self._members_dir, self._name))
+        except BaseException:
+            os.close(fd)
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        self._fd = fd
+        _HOLDERS.add(self)
+
+    def refresh(self) -> list[MemberInfo]:
+        """The live members (this one included), sorted by id."""
+        self._check()
+        names = set(os.listdir(self._members_dir))
+        names.discard(self._name)
+        for name in list(self._peers):
+            if name not in names:
+                fd, _ = self._peers.pop(name)
+                os.close(fd)
+        live = [self.info]
+        for name in sorted(names):
+            if not name.endswith(".member"):
+                continue
+            entry = self._peers.get(name)
+            if entry is None:
+                try:
+                    fd = os.open(os.path.join(self._members_dir, name), os.O_RDWR | _O_CLOEXEC)
+                except FileNotFoundError:
+                    continue
+                entry = self._peers[name] = (fd, None)
+            fd, info = entry
+            if _try_flock(fd):
+                # Nobody holds it: that member is gone. Remove its file while
+                # holding the lock, so a racing prober sees it gone too.
+                try:
+                    os.unlink(os.path.join(self._members_dir, name))
+                except FileNotFoundError:
+                    pass
+                os.close(fd)
+                del self._peers[name]
+                continue
+            if info is None:
+                try:
+                    raw = os.pread(fd, 1 << 16, 0)
+                    d = json.loads(raw)
+                    info = MemberInfo(str(d["member_id"]), tuple(d["topics"]), int(d["pid"]),
+                                      str(d.get("host", "")), int(d.get("started_ms", 0)))
+                except (ValueError, KeyError, TypeError):
+                    info = MemberInfo(name[:-len(".member")], (), 0, "", 0)
+                self._peers[name] = (fd, info)
+            live.append(info)
+        live.sort(key=lambda m: m.member_id)
+        return live
+
+    def target(self, members: list[MemberInfo], partitions: dict[str, int]) -> set:
+        """This member's share of ``partitions`` ({topic: count}) among ``members``."""
+        return set(assign_round_robin(members, partitions).get(self.member_id, ()))
+
+    def try_acquire(self, topic: str, partition: int) -> bool:
+        """Take the owner lock of a partition if nobody holds it."""
+        self._check()
+        key = (topic, partition)
+        if key in self._owned:
+            return True
+        d = os.path.join(self._owners_dir, topic)
+        if not os.path.isdir(d):
+            _makedirs_durable(d)
+        fd = os.open(os.path.join(d, f"{partition}.lock"), os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o644)
+        if _try_flock(fd):
+            self._owned[key] = fd
+            return True
+        os.close(fd)
+        return False
+
+    def release(self, topic: str, partition: int) -> None:
+        fd = self._owned.pop((topic, partition), None)
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
+
+    def owned(self) -> set:
+        return set(self._owned)
+
+    def _check(self):
+        if self._closed:
+            raise RuntimeError(f"member {self.member_id} of group {self.group!r} has left")
+
+    def leave(self) -> None:
+        """Release every partition and deregister."""
+        if self._closed:
+            return
+        self._closed = True
+        for key in list(self._owned):
+            self.release(*key)
+        try:
+            os.unlink(os.path.join(self._members_dir, self._name))
+        except FileNotFoundError:
+            pass
+        for fd, _ in self._peers.values():
+            os.close(fd)
+        self._peers.clear()
+        os.close(self._fd)  # drops the member lock
+        self._fd = -1
+        _HOLDERS.discard(self)
+
+    def _forget_after_fork(self) -> None:
+        self._closed = True
+        for fd in list(self._owned.values()) + [fd for fd, _ in self._peers.values()] + [self._fd]:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._owned.clear()
+        self._peers.clear()
+
+
+def owners(log_path: str, group: str) -> dict[tuple[str, int], bool]:
+    """Which partitions of a group are held right now: {(topic, p): held}.
+    (Probing takes each free lock for an instant; for tools and tests.)"""
+    root = os.path.join(group_dir(log_path, group), "owners")
+    out = {}
+    try:
+        topics = os.listdir(root)
+    except FileNotFoundError:
+        return out
+    for t in topics:
+        for name in os.listdir(os.path.join(root, t)):
+            if not name.endswith(".lock"):
+                continue
+            fd = os.open(os.path.join(root, t, name), os.O_RDWR | _O_CLOEXEC)
+            try:
+                free = _try_flock(fd)
+                if free:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
+            out[(t, int(name[:-5]))] = not free
+    return out
+
+
+class ProducerIdLock:
+    """Held by the one live idempotent producer of an id (``<log>/producers/``).
+
+    Two live producers with one id would race each other's sequence numbers;
+    the lock turns that into a clear error, and the kernel drops it when the
+    holder dies, so a restarted producer can take over at once.
+    """
+
+    def __init__(self, log_path: str, producer_id: int, name: str = ""):
+        d = os.path.join(log_path, PRODUCERS_DIR)
+        _makedirs_durable(d)
+        self.path = os.path.join(d, f"{producer_id:016x}.lock")
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o644)
+        if not _try_flock(fd):
+            os.close(fd)
+            raise ProducerIdInUseError(
+                f"producer id {name or producer_id!r} is in use by another live producer "
+                f"(lock {self.path}); each idempotent producer needs its own id")
+        self._fd = fd
+        _HOLDERS.add(self)
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            _HOLDERS.discard(self)
+
+    def _forget_after_fork(self) -> None:
+        if self._fd >= 0:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = -1
