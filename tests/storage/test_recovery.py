@@ -3,7 +3,6 @@ damaged or missing indexes and heads, and a writer killed with SIGKILL."""
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import textwrap

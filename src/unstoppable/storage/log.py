@@ -17,13 +17,23 @@ import os
 import queue
 import re
 import shutil
+import struct
 import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, fields
 from typing import Iterator
 
-from unstoppable._core.segment import HEAD_FLAG_DELETED, OFFSET_ENTRY_SIZE, TIME_ENTRY_SIZE, Mapping, scan
+from unstoppable._core.segment import (
+    HEAD_FLAG_DELETED,
+    OFFSET_ENTRY_SIZE,
+    OFFSET_MISMATCH,
+    TIME_ENTRY_SIZE,
+    Head,
+    find_batch,
+    read_batches,
+    scan,
+)
 from unstoppable.errors import (
     CorruptLogError,
     InvalidTopicNameError,
@@ -36,7 +46,7 @@ from unstoppable.errors import (
     UnsupportedFormatError,
     corrupt_from_code,
 )
-from unstoppable.storage.partition import Partition, segment_name
+from unstoppable.storage.partition import Partition
 
 __all__ = ["Log", "Topic", "TopicConfig", "validate_topic_name", "VerifyReport"]
 
@@ -377,7 +387,6 @@ class Log:
             cfg = self._read_topic_json(tdir, name)
             # Mark every partition deleted under its append lock, so no other
             # process can append into files that are about to disappear.
-            from unstoppable._core.segment import Head
             for i in range(cfg.partitions):
                 pdir = os.path.join(tdir, str(i))
                 hp = os.path.join(pdir, "head")
@@ -584,9 +593,6 @@ class VerifyReport:
 
 
 def _verify(log: Log, progress) -> VerifyReport:
-    from unstoppable._core.segment import offset_index_entry, time_index_entry
-    from unstoppable._core.batch import decode_batches  # noqa: F401  (records parse in scan below)
-
     rep = VerifyReport()
     work = []
     for name in log.topics():
@@ -605,40 +611,30 @@ def _verify(log: Log, progress) -> VerifyReport:
     for t, p, seg, limit, st in work:
         rep.segments += 1
         where = dict(topic=t.name, partition=p.index, segment=seg.path)
-        expect = seg.base
         if limit:
             m = seg.data(limit)
-            pos = 0
-            from unstoppable._core.batch import RecordBatch  # noqa: F401
-            r = scan(m, 0, limit, expect)
+            # Framing, CRC and dense offsets of every batch...
+            r = scan(m, 0, limit, seg.base)
             rep.batches += r.batches
             if r.position != limit:
-                code = r.code
-                reason = ("batch offsets are not consecutive" if code == 100
-                          else corrupt_from_code(code).reason)
+                reason = ("batch offsets are not consecutive" if r.code == OFFSET_MISMATCH
+                          else corrupt_from_code(r.code).reason)
                 rep.problems.append(CorruptLogError(
                     reason, position=r.position,
                     offset=r.bad_offset if r.bad_offset >= 0 else r.next_offset, **where))
-            # Decode every record of the valid part (parsing, not just CRC).
+            # ...then every record of the valid part must parse.
             pos = 0
             while pos < r.position:
                 try:
-                    from unstoppable._core.segment import read_batches
                     batches, npos = read_batches(m, pos, r.position, -1, 16 << 20, t.name, p.index)
                 except CorruptLogError as e:
                     rep.problems.append(CorruptLogError(e.reason, position=e.position,
                                                         offset=e.offset, **where))
                     break
-                for b in batches:
-                    try:
-                        rep.records += len(b.records())
-                    except CorruptLogError as e:
-                        rep.problems.append(CorruptLogError(e.reason, position=b.position,
-                                                            offset=b.base_offset, **where))
+                rep.records += sum(len(b) for b in batches)
                 if npos == pos:
                     break
                 pos = npos
-            # Index entries must land on batch boundaries with matching offsets.
             _verify_index(seg, m, limit, rep, where, st, b_active=(seg.base == st.active_base))
         rep.bytes += limit
         done += limit
@@ -650,9 +646,6 @@ def _verify(log: Log, progress) -> VerifyReport:
 def _verify_index(seg, m, valid_end, rep, where, st, b_active):
     """Index entries must name real batch starts (checked by walking headers,
     so damage inside a batch is reported once, by the batch scan)."""
-    import struct
-
-    from unstoppable._core.segment import find_batch
     if b_active:
         oi_n, ti_n = st.oi_count, st.ti_count
     else:

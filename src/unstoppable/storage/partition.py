@@ -94,9 +94,10 @@ def _boot_id() -> bytes:
     except OSError:
         # Without a boot id every open is treated as a possible reboot: the
         # scan from the checkpoint is always correct, only slower.
-        return b"\0" * 16
+        return _NO_BOOT_ID
 
 
+_NO_BOOT_ID = b"\0" * 16
 BOOT_ID = _boot_id()
 
 
@@ -1063,7 +1064,7 @@ class Partition:
     def _rebuild_from_segments(self, bases: list[int], rec) -> object:
         """No usable head: derive it from the segment files alone."""
         if not bases:
-            seg = self._segment(0, create=True)
+            self._segment(0, create=True)
             return new_head_state(boot_id=BOOT_ID, active_created=_now_ms())
         # Sealed segments are taken as they are (their batches are CRC-checked
         # on every read; verify() checks them all); the last one is scanned.
@@ -1080,17 +1081,19 @@ class Partition:
             start_base = bases[0] if bases else 0
             start_pos, expect = 0, start_base
         if not bases:
-            seg = self._segment(0, create=True)
+            self._segment(0, create=True)
             return new_head_state(boot_id=BOOT_ID, active_created=_now_ms())
         st = self._scan_segments(st, bases, start_base, start_pos, expect, rec)
-        # What we just read came from the disk itself: it is durable now.
-        st.ckpt_base, st.ckpt_size, st.ckpt_end_offset = st.active_base, st.active_size, st.end_offset
+        if BOOT_ID != _NO_BOOT_ID:
+            # After a reboot, what we just read came from the disk itself: it
+            # is durable now. (Without a boot id we cannot know there was one.)
+            st.ckpt_base, st.ckpt_size = st.active_base, st.active_size
+            st.ckpt_end_offset = st.end_offset
         return st
 
     def _scan_segments(self, st, bases, start_base, start_pos, expect, rec):
         """CRC-scan segments from (start_base, start_pos), keep the longest valid
         prefix, delete what follows it, rebuild the indexes over what was scanned."""
-        keep = [b for b in bases if b <= start_base]
         todo = [b for b in bases if b >= start_base]
         if not todo:
             todo = [start_base]
