@@ -796,7 +796,7 @@ class Producer:
             raise ProducerClosedError(f"producer for {self.topic!r} closed while waiting for space")
 
     def __del__(self):
-        if self._state == _RUNNING and self._buffers is not None and self._buffers.pending():
+        if getattr(self, "_state", None) == _RUNNING and self._buffers is not None and self._buffers.pending():
             warnings.warn(f"Producer for {self.topic!r} was garbage-collected with records not "
                           "written; use `async with` or await close()", ResourceWarning, stacklevel=2)
 
