@@ -15,8 +15,8 @@ DEBUG = os.environ.get("UNSTOPPABLE_DEBUG") == "1"
 ANNOTATE = os.environ.get("UNSTOPPABLE_ANNOTATE") == "1"
 SANITIZE = os.environ.get("UNSTOPPABLE_SANITIZE") == "1"
 
-cflags = ["-Wall", "-Wno-unused-function", "-std=gnu11"]
-ldflags = []
+cflags = ["-Wall", "-Wno-unused-function", "-std=gnu11", "-pthread"]
+ldflags = ["-pthread"]
 if DEBUG:
     cflags += ["-O0", "-g3", "-UNDEBUG"]
 else:
@@ -42,7 +42,8 @@ def ext(name, *c_sources):
 extensions = [
     ext("hashing", "crc32c.c", "xxhash64.c", "murmur2.c"),
     ext("batch", "batch.c", "crc32c.c"),
-    ext("segment", "batch.c", "crc32c.c"),
+    ext("segment", "batch.c", "crc32c.c", "writer.c"),
+    ext("arrow", "batch.c", "crc32c.c", "xxhash64.c", "murmur2.c"),
 ]
 
 setup(

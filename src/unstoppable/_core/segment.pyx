@@ -625,3 +625,78 @@ def batch_at_or_after(Mapping m, size_t pos, size_t end, size_t min_pos):
             raise _corrupt(rc, pos, m.ptr + pos, end - pos)
         pos += h.length
     return pos if pos < end else end
+
+
+# ---------------------------------------------------------------------------
+# Background writer
+
+from unstoppable._core.includes.writer cimport (
+    us_writer, us_write_job, us_writer_new, us_writer_free, us_writer_submit, us_writer_wait)
+
+
+cdef class WriteJob:
+    """One pending pwrite; holds the buffer until :meth:`wait` returns."""
+    cdef us_write_job job
+    cdef Py_buffer view
+    cdef bint held
+    cdef Writer writer
+
+    def wait(self):
+        """wait() -> None; raises OSError if the write failed."""
+        cdef int err
+        if not self.held:
+            return
+        with nogil:
+            err = us_writer_wait(self.writer.w, &self.job)
+        PyBuffer_Release(&self.view)
+        self.held = False
+        if err:
+            raise OSError(err, os.strerror(err))
+
+    def __dealloc__(self):
+        if self.held:
+            with nogil:
+                us_writer_wait(self.writer.w, &self.job)
+            PyBuffer_Release(&self.view)
+
+
+cdef class Writer:
+    """Writer()
+
+    A pthread that runs pwrite() jobs in order, outside the GIL, so the caller
+    can encode the next chunk while the last one is written.
+    """
+    cdef us_writer *w
+
+    def __cinit__(self):
+        self.w = us_writer_new()
+        if self.w == NULL:
+            raise OSError(errno, "cannot start the writer thread")
+
+    def __dealloc__(self):
+        if self.w != NULL:
+            with nogil:
+                us_writer_free(self.w)
+            self.w = NULL
+
+    def submit(self, int fd, data, long long pos):
+        """submit(fd, data, pos) -> WriteJob: write all of ``data`` at ``pos``."""
+        cdef WriteJob j = WriteJob.__new__(WriteJob)
+        if self.w == NULL:
+            raise ValueError("writer is closed")
+        PyObject_GetBuffer(data, &j.view, PyBUF_SIMPLE)
+        j.held = True
+        j.writer = self
+        j.job.fd = fd
+        j.job.buf = j.view.buf
+        j.job.len = <size_t>j.view.len
+        j.job.pos = pos
+        us_writer_submit(self.w, &j.job)
+        return j
+
+    def close(self):
+        """Finish queued jobs and stop the thread."""
+        if self.w != NULL:
+            with nogil:
+                us_writer_free(self.w)
+            self.w = NULL

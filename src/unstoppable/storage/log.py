@@ -30,6 +30,7 @@ from unstoppable._core.segment import (
     OFFSET_MISMATCH,
     TIME_ENTRY_SIZE,
     Head,
+    Writer,
     find_batch,
     read_batches,
     scan,
@@ -261,12 +262,11 @@ class Log:
 
     # ---------------------------------------------------------------- helpers
 
-    def _writer(self):
-        """The thread that writes chunks of pipelined appends (created on first use)."""
+    def _writer(self) -> Writer:
+        """The C thread that writes chunks of pipelined appends (started on first use)."""
         with self._lock:
             if self._writer_pool is None:
-                from concurrent.futures import ThreadPoolExecutor
-                self._writer_pool = ThreadPoolExecutor(1, thread_name_prefix="unstoppable-writer")
+                self._writer_pool = Writer()
             return self._writer_pool
 
     def _check_open(self):
@@ -442,7 +442,7 @@ class Log:
         try:
             self._flusher.stop()
             if self._writer_pool is not None:
-                self._writer_pool.shutdown(wait=True)
+                self._writer_pool.close()
             for t in list(self._topics.values()):
                 try:
                     t._close(flush=True)

@@ -123,20 +123,8 @@ def _pwrite_all(fd: int, data, pos: int) -> None:
 
 
 _MAX_APPEND_BYTES = (1 << 31) - 1  # index positions are u32; segments stay below 2**32
-_STREAM_MIN = 8192          # records: appends at least this large are pipelined
+_STREAM_MIN = 4096          # records: appends at least this large are pipelined
 _STREAM_TARGET = 1 << 20     # bytes per pipelined chunk
-
-
-def _write_chunk(seg, mv, pos, oi, oi_n, ti, ti_n):
-    """Writer-thread half of a pipelined append: data, then its index entries."""
-    try:
-        _pwrite_all(seg.fd, mv, pos)
-        if oi:
-            _pwrite_all(seg.oi_fd, oi, oi_n * OFFSET_ENTRY_SIZE)
-        if ti:
-            _pwrite_all(seg.ti_fd, ti, ti_n * TIME_ENTRY_SIZE)
-    finally:
-        mv.release()
 
 
 class Segment:
@@ -738,8 +726,8 @@ class Partition:
 
     def _append_stream(self, records, ts: int):
         """A large append, pipelined: encode chunk k+1 (holding the GIL) while
-        the log's writer thread writes chunk k (pwrite releases the GIL), so
-        the append costs about max(encode, write) instead of their sum.
+        a C writer thread (no GIL) copies chunk k into the page cache, so the
+        append costs about max(encode, write) instead of their sum.
 
         The head is written once at the end, so all records still become
         visible together; segments this append starts stay unpublished until
@@ -747,12 +735,24 @@ class Partition:
         """
         encs = (self._encoder, self._encoder2)
         n = len(records)
-        chunk = self._stream_chunk
+        # At least four chunks, so encoding and writing overlap even in a
+        # medium-sized append; at most about _STREAM_TARGET bytes each.
+        chunk = max(16, min(self._stream_chunk, n // 4))
         cfg = self._config
         # Chunks of at most half a segment, so a segment overshoots
         # segment_bytes by less than one chunk.
         target = min(_STREAM_TARGET, cfg.segment_bytes // 2)
         writer = self._log._writer()
+        pending: list = [None, None]  # per encoder: (job, view) of its write in flight
+
+        def finish(slot):
+            job, mv = pending[slot]
+            pending[slot] = None
+            try:
+                job.wait()
+            finally:
+                mv.release()
+
         with self._flock:
             st = self._head.read() or self._repair_head()
             if st.flags & HEAD_FLAG_DELETED:
@@ -768,25 +768,24 @@ class Partition:
             builder = IndexBuilder(seg.base, cfg.index_interval_bytes, st.oi_last_pos,
                                    st.ti_last_ts, st.max_timestamp)
             new_segs: list[Segment] = []
-            pending = [None, None]
             i = j = 0
             try:
                 while i < n:
                     slot = j & 1
                     enc = encs[slot]
                     if pending[slot] is not None:
-                        pending[slot].result()  # that buffer's earlier write is done
-                        pending[slot] = None
+                        finish(slot)  # that buffer's earlier write is done
                     enc.clear()
-                    enc.encode(records[i:i + chunk], ts)
-                    i += chunk
+                    take = records[i:i + chunk]
+                    enc.encode(take, ts)
+                    i += len(take)
                     nb = enc.nbytes
-                    chunk = max(16, min(1 << 16, chunk * target // max(nb, 1)))
+                    self._stream_chunk = max(16, min(1 << 16, target * len(take) // max(nb, 1)))
+                    chunk = max(16, min(self._stream_chunk, n // 4))
                     if pos > 0 and pos + nb > cfg.segment_bytes:
                         for k in (0, 1):
                             if pending[k] is not None:
-                                pending[k].result()
-                                pending[k] = None
+                                finish(k)
                         if not new_segs:
                             self._producers.catch_up(self, st)
                         seg = self._new_segment(off)
@@ -796,9 +795,13 @@ class Partition:
                     base = off
                     off = enc.set_base_offset(base)
                     mv = enc.view()
+                    pending[slot] = (writer.submit(seg.fd, mv, pos), mv)
                     builder.add_encoded(mv, pos, base)
                     oi, ti = builder.take()
-                    pending[slot] = writer.submit(_write_chunk, seg, mv, pos, oi, oi_n, ti, ti_n)
+                    if oi:
+                        _pwrite_all(seg.oi_fd, oi, oi_n * OFFSET_ENTRY_SIZE)
+                    if ti:
+                        _pwrite_all(seg.ti_fd, ti, ti_n * TIME_ENTRY_SIZE)
                     pos += nb
                     oi_n += len(oi) // OFFSET_ENTRY_SIZE
                     ti_n += len(ti) // TIME_ENTRY_SIZE
@@ -807,14 +810,13 @@ class Partition:
                     j += 1
                 for k in (0, 1):
                     if pending[k] is not None:
-                        pending[k].result()
-                        pending[k] = None
+                        finish(k)
             except BaseException as e:
                 for k in (0, 1):
                     if pending[k] is not None:
                         try:
-                            pending[k].result()
-                        except BaseException:
+                            finish(k)
+                        except OSError:
                             pass
                 first = self._segments.get(orig.active_base)
                 if first is not None:
@@ -835,7 +837,6 @@ class Partition:
                 st.active_base = seg.base
                 st.active_created = _now_ms()
             self._head.write(st)
-            self._stream_chunk = chunk
             if new_segs:
                 self._apply_retention(st)
                 self._log._flusher.submit(self)
