@@ -61,11 +61,18 @@ OFFSET_RESETS = ("earliest", "latest", "error")
 class _PState:
     """What the consumer knows about one assigned partition."""
 
-    __slots__ = ("position", "committed")
+    __slots__ = ("position", "committed", "initial")
 
     def __init__(self, position, committed):
         self.position = position      # next offset to hand out (None: unknown, reset "error")
         self.committed = committed    # last committed offset known (None: none)
+        self.initial = position       # where consumption started (auto-commit skips unmoved ones)
+
+    def moved(self, pos) -> bool:
+        """Whether committing ``pos`` would record progress."""
+        if self.committed is not None:
+            return pos != self.committed
+        return pos != self.initial
 
 
 class Consumer:
@@ -217,7 +224,7 @@ class Consumer:
             if self._auto_commit and self._started:
                 offs = {tp: pos for tp in self._assigned
                         if (pos := self._consumed_position(tp)) is not None
-                        and pos != self._assigned[tp].committed}
+                        and self._assigned[tp].moved(pos)}
                 if offs:
                     await self._store.commit(self._group, offs)
         finally:
@@ -613,7 +620,11 @@ class Consumer:
         if self._pending_assign or self._pending_revoke:
             await self._apply_changes()
         if self._auto_commit and self._loop.time() - self._last_auto_commit >= self._auto_commit_interval:
-            await self.commit()
+            self._last_auto_commit = self._loop.time()
+            offs = {tp: pos for tp, st in self._assigned.items()
+                    if st.position is not None and st.moved(pos := self.position(tp))}
+            if offs:
+                await self.commit(offs)
 
     async def _apply_changes(self) -> None:
         revoked = {tp for tp in self._pending_revoke if tp in self._assigned}
@@ -625,7 +636,7 @@ class Consumer:
             if self._auto_commit:
                 offs = {tp: self.position(tp) for tp in revoked
                         if self._assigned[tp].position is not None
-                        and self.position(tp) != self._assigned[tp].committed}
+                        and self._assigned[tp].moved(self.position(tp))}
                 if offs:
                     await self._store.commit(self._group, offs)
             for tp in revoked:
