@@ -8,6 +8,8 @@ HEAD_FILE_SIZE: int
 HEAD_FLAG_DELETED: int
 OFFSET_MISMATCH: int
 
+def sigbus_absorbed() -> int: ...
+
 @disjoint_base
 class Mapping:
     def __new__(cls, fd: int, length: int, writable: bool = False) -> Self: ...

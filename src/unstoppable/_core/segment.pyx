@@ -23,12 +23,15 @@ from unstoppable._core.includes.index cimport *
 from unstoppable._core.includes.head cimport *
 from unstoppable._core.includes.crc32c cimport us_crc32c_init
 from unstoppable._core.batch cimport Record, RecordBatch, make_batch
+from unstoppable._core.includes.guard cimport us_guard_install, us_guard_add, us_guard_remove, us_guard_hits
 
 import os
 
 from unstoppable.errors import corrupt_from_code, CorruptLogError
 
 us_crc32c_init()
+if us_guard_install() != 0:
+    raise OSError(errno, "cannot install the SIGBUS guard for mapped segment files")
 
 OFFSET_ENTRY_SIZE = US_OFFSET_ENTRY_SIZE
 TIME_ENTRY_SIZE = US_TIME_ENTRY_SIZE
@@ -68,9 +71,13 @@ cdef class Mapping:
         self.length = <Py_ssize_t>maplen
         self.writable = writable
         self._mv = None
+        # If another process truncates the file under us, a touch past its end
+        # reads zeros (and fails a CRC) instead of killing us with SIGBUS.
+        us_guard_add(self.ptr, maplen)
 
     def __dealloc__(self):
         if self.ptr != NULL:
+            us_guard_remove(self.ptr)
             munmap(self.ptr, <size_t>self.length)
             self.ptr = NULL
 
@@ -86,6 +93,15 @@ cdef class Mapping:
         if self._mv is None:
             self._mv = memoryview(self)
         return self._mv
+
+
+def sigbus_absorbed():
+    """sigbus_absorbed() -> int
+
+    How many SIGBUS faults in mapped log files (a file truncated by someone
+    else) were turned into zero pages instead of killing the process.
+    """
+    return us_guard_hits()
 
 
 # ---------------------------------------------------------------------------
