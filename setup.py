@@ -43,6 +43,7 @@ extensions = [
     ext("hashing", "crc32c.c", "xxhash64.c", "murmur2.c"),
     ext("batch", "batch.c", "crc32c.c"),
     ext("segment", "batch.c", "crc32c.c", "writer.c", "guard.c"),
+    ext("arrow", "batch.c", "crc32c.c", "xxhash64.c", "murmur2.c"),
 ]
 
 setup(

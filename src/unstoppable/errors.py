@@ -222,3 +222,20 @@ class DeliveryTimeoutError(UnstoppableError, TimeoutError):
 
 __all__ += ["InvalidGroupNameError", "NotAssignedError", "ProducerIdInUseError",
             "DeliveryTimeoutError"]
+
+
+class ValueDecodeError(UnstoppableError, ValueError):
+    """A value codec of a decoded export could not decode a record's value.
+
+    ``partition`` and ``offset`` name the record when known; ``row`` is its
+    index in the array the codec was given.
+    """
+
+    def __init__(self, message: str, *, row=None, partition=None, offset=None):
+        super().__init__(message)
+        self.row = row
+        self.partition = partition
+        self.offset = offset
+
+
+__all__.append("ValueDecodeError")

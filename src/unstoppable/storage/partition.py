@@ -649,6 +649,24 @@ class Partition:
             self.wait_durable(result[1])
         return result
 
+    def append_stream(self, source, encoders, *, timestamp: int | None = None,
+                      acks: str | None = None) -> int:
+        """Pipelined append of a large ``source`` (``len()`` and slicing into
+        row ranges) encoded by a pair of ``encoders`` (BatchEncoder's clear,
+        encode(rows, ts), nbytes, set_base_offset, view, max_timestamp), as
+        the Arrow ingest does. All rows become visible at once, as with
+        :meth:`append`. Returns the first offset."""
+        acks = self._check_acks(acks)
+        self._check_open()
+        if len(source) == 0:
+            return self._state().end_offset
+        ts = _now_ms() if timestamp is None else timestamp
+        with self._lock:
+            base, end = self._append_stream(source, ts, tuple(encoders))
+        if acks == "fsync":
+            self.wait_durable(end)
+        return base
+
     @staticmethod
     def _check_acks(acks):
         if acks is None:
@@ -724,7 +742,7 @@ class Partition:
             cb()
         return base, end
 
-    def _append_stream(self, records, ts: int):
+    def _append_stream(self, records, ts: int, encs=None):
         """A large append, pipelined: encode chunk k+1 (holding the GIL) while
         a C writer thread (no GIL) copies chunk k into the page cache, so the
         append costs about max(encode, write) instead of their sum.
@@ -733,7 +751,7 @@ class Partition:
         visible together; segments this append starts stay unpublished until
         then, and recovery deletes them if the process dies first.
         """
-        encs = (self._encoder, self._encoder2)
+        encs = encs or (self._encoder, self._encoder2)
         n = len(records)
         # At least four chunks, so encoding and writing overlap even in a
         # medium-sized append; at most about _STREAM_TARGET bytes each.
