@@ -529,6 +529,21 @@ class Topic:
     def offsets_for_time(self, ts_ms: int) -> list[int | None]:
         return [p.offset_for_time(ts_ms) for p in self]
 
+    def to_arrow(self, *args, **kwargs):
+        """A range of this topic as a ``pyarrow.Table``: :func:`unstoppable.arrow.to_arrow`."""
+        from unstoppable.arrow import to_arrow
+        return to_arrow(self, *args, **kwargs)
+
+    def to_batches(self, *args, **kwargs):
+        """A range of this topic as a ``pyarrow.RecordBatchReader``: :func:`unstoppable.arrow.to_batches`."""
+        from unstoppable.arrow import to_batches
+        return to_batches(self, *args, **kwargs)
+
+    def append_arrow(self, table, *args, **kwargs) -> dict[int, int]:
+        """Append a ``pyarrow.Table``, split over the partitions: :func:`unstoppable.arrow.append_arrow`."""
+        from unstoppable.arrow import append_arrow
+        return append_arrow(self, table, *args, **kwargs)
+
     def flush(self) -> None:
         for p in self._partitions:
             if p is not None and not p._closed:

@@ -667,6 +667,12 @@ class Partition:
             self.wait_durable(end)
         return base
 
+    def append_arrow(self, table, *args, **kwargs) -> int:
+        """Append the rows of a ``pyarrow.Table``, encoded in C from its
+        buffers: :func:`unstoppable.arrow.append_arrow`. Returns the first offset."""
+        from unstoppable.arrow import append_arrow
+        return append_arrow(self, table, *args, **kwargs)
+
     @staticmethod
     def _check_acks(acks):
         if acks is None:
