@@ -236,7 +236,11 @@ class EmbeddedBackend(Backend):
             part = self._partition(topic, partition)
         except Exception as e:
             return [], e
-        if sum(b.nbytes for b in batches) > self.inline_bytes:
+        if acks == "fsync" or sum(b.nbytes for b in batches) > self.inline_bytes:
+            # With fsync acks the write goes to the thread too: a pwrite into
+            # pages another partition's fsync is writing back can stall for
+            # the length of that fsync (measured: 175 us per 16 KiB batch on
+            # the loop versus 24 us without concurrent fsyncs).
             return await _executor.run(self._append_blocking, part, batches, acks)
         bases = []
         try:

@@ -89,6 +89,7 @@ _SEQ_MASK = 0x7FFF_FFFF
 _PID_MASK = 0x7FFF_FFFF_FFFF_FFFF
 
 _NEW, _RUNNING, _CLOSING, _CLOSED = 0, 1, 2, 3
+_new_tuple = tuple.__new__  # RecordMetadata without the Python-level namedtuple __new__
 _PENDING, _DONE, _FAILED = 0, 1, 2
 
 
@@ -198,9 +199,24 @@ class Batch:
 
     def _finish(self) -> None:
         if self.waiters:
-            for w in self.waiters:
-                if not w.done():
-                    w.set_result(None)
+            if self.state == _DONE:
+                topic, part, base, ts, recs = (self.topic, self.partition, self.base_offset,
+                                               self.timestamp, self.records)
+                for w, i in self.waiters:
+                    if not w.done():
+                        if i < 0:  # a flush() waiting for the batch
+                            w.set_result(None)
+                            continue
+                        r = recs[i]
+                        w.set_result(_new_tuple(RecordMetadata, (
+                            topic, part, base + i,
+                            r[3] if r.__class__ is tuple and len(r) > 3 and r[3] is not None else ts)))
+            else:
+                if any(i >= 0 for _, i in self.waiters):
+                    self.error_seen = True  # a sender awaits: the error is reported to it
+                for w, _ in self.waiters:
+                    if not w.done():
+                        w.set_exception(self.error)
             self.waiters = None
         if self.callbacks:
             for fn, fut, ctx in self.callbacks:
@@ -239,15 +255,22 @@ class DeliveryFuture:
         self._i = index
 
     def __await__(self):
+        # A private future per waiter, resolved with this record's metadata:
+        # cancelling one waiter never touches the batch or other waiters, and
+        # awaiting costs no generator of our own.
         b = self._b
+        w = b.loop.create_future()
         if b.state == _PENDING:
-            w = b.loop.create_future()
             if b.waiters is None:
-                b.waiters = [w]
+                b.waiters = [(w, self._i)]
             else:
-                b.waiters.append(w)
-            yield from w
-        return self.result()
+                b.waiters.append((w, self._i))
+        else:
+            try:
+                w.set_result(self.result())
+            except BaseException as e:
+                w.set_exception(e)
+        return w.__await__()
 
     __iter__ = __await__
 
@@ -470,10 +493,13 @@ class Producer:
             if b.state == _PENDING:
                 w = self._loop.create_future()
                 if b.waiters is None:
-                    b.waiters = [w]
+                    b.waiters = [(w, -1)]
                 else:
-                    b.waiters.append(w)
-                await w
+                    b.waiters.append((w, -1))
+                try:
+                    await w
+                except Exception:
+                    pass  # flush waits; failures are reported on the delivery futures
 
     async def close(self) -> None:
         """Flush, then release the producer id. Further sends raise

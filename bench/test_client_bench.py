@@ -1,0 +1,262 @@
+"""Client benchmarks (issue 3): the asyncio Producer and Consumer, each figure
+beside the same-run baseline of a naive buffered-file loop
+(``f.write(len); f.write(payload)`` for 1M 100-byte events, and its read-back).
+
+Run with:  python -m pytest bench/test_client_bench.py -s
+
+Workload: 100-byte values, 8 partitions, acks="written" unless stated.
+The machine has 2 cores shared with other work: compare ratios, not absolutes.
+"""
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import os
+import shutil
+import statistics
+import time
+
+import pytest
+
+import unstoppable as us
+from conftest import make_values, naive_file_loop
+
+N = 1_000_000
+PARTITIONS = 8
+SPAWN = mp.get_context("spawn")
+
+
+@pytest.fixture(scope="module")
+def values():
+    return make_values(N)
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory, values):
+    """Naive loop rates (append/s, read/s), re-measured by each benchmark too."""
+    d = tmp_path_factory.mktemp("naive")
+    return naive_file_loop(str(d / "naive.bin"), values)
+
+
+def _naive(tmp_path, values):
+    return naive_file_loop(str(tmp_path / "naive.bin"), values)
+
+
+def _fresh_log(path):
+    shutil.rmtree(path, ignore_errors=True)
+    log = us.Log(path)
+    log.create_topic("bench", partitions=PARTITIONS)
+    return log
+
+
+def test_send_loop(benchmark, tmp_path, values, report):
+    """``await producer.send(value)`` in a loop, keyless (sticky partitioning)."""
+    naive = []
+    state = {}
+
+    def setup():
+        if "log" in state:
+            state.pop("log").close()
+        naive.append(_naive(tmp_path, values)[0])
+        state["log"] = _fresh_log(tmp_path / "log")
+        os.sync()
+
+    def run():
+        async def main():
+            async with us.Producer(state["log"], "bench") as p:
+                send = p.send
+                for v in values:
+                    await send(v)
+        asyncio.run(main())
+
+    benchmark.pedantic(run, setup=setup, rounds=5, iterations=1)
+    assert sum(state["log"].topic("bench").end_offsets()) == N
+    state.pop("log").close()
+    med = statistics.median(benchmark.stats.stats.data)
+    base = statistics.median(naive)
+    benchmark.extra_info.update(events_per_s=N / med, naive_events_per_s=base)
+    report.append(f"producer send loop (1M x 100 B, 8 partitions, acks=written): {N / med / 1e6:.2f} M events/s; "
+                  f"naive file loop same run: {base / 1e6:.2f} M/s -> {N / med / base:.0%}; aim >= 1 M/s")
+
+
+def test_send_loop_keyed(benchmark, tmp_path, values, report):
+    """The same with a key per record (xxh64 partitioner)."""
+    keys = [b"user-%d" % (i % 10007) for i in range(N)]
+    state = {}
+
+    def setup():
+        if "log" in state:
+            state.pop("log").close()
+        state["log"] = _fresh_log(tmp_path / "log")
+
+    def run():
+        async def main():
+            async with us.Producer(state["log"], "bench") as p:
+                send = p.send
+                for k, v in zip(keys, values):
+                    await send(v, k)
+        asyncio.run(main())
+
+    benchmark.pedantic(run, setup=setup, rounds=3, iterations=1)
+    state.pop("log").close()
+    med = statistics.median(benchmark.stats.stats.data)
+    base = _naive(tmp_path, values)[0]
+    report.append(f"producer send loop with keys: {N / med / 1e6:.2f} M events/s; "
+                  f"naive file loop same run: {base / 1e6:.2f} M/s -> {N / med / base:.0%}")
+
+
+@pytest.fixture(scope="module")
+def filled(tmp_path_factory, values):
+    d = tmp_path_factory.mktemp("filled") / "log"
+    log = _fresh_log(d)
+
+    async def main():
+        async with us.Producer(log, "bench") as p:
+            for v in values:
+                await p.send(v)
+    asyncio.run(main())
+    log.close()
+    return d
+
+
+def test_consume_async_for(benchmark, filled, tmp_path, values, report):
+    log = us.Log(filled)
+    naive = []
+
+    def run():
+        async def main():
+            n = 0
+            async with us.Consumer(log, "bench") as c:
+                async for r in c:
+                    n += 1
+                    if n == N:
+                        break
+        asyncio.run(main())
+
+    def setup():
+        naive.append(_naive(tmp_path, values)[1])
+
+    benchmark.pedantic(run, setup=setup, rounds=5, iterations=1)
+    log.close()
+    med = statistics.median(benchmark.stats.stats.data)
+    base = statistics.median(naive)
+    benchmark.extra_info.update(events_per_s=N / med, naive_read_per_s=base)
+    report.append(f"consumer `async for` (1M x 100 B): {N / med / 1e6:.2f} M events/s; "
+                  f"naive file read loop same run: {base / 1e6:.2f} M/s -> {N / med / base:.0%}; aim >= 1 M/s")
+
+
+@pytest.mark.parametrize("max_records", [500, 2000])
+def test_consume_getmany(benchmark, filled, tmp_path, values, report, max_records):
+    log = us.Log(filled)
+    naive = []
+
+    def run():
+        async def main():
+            n = 0
+            async with us.Consumer(log, "bench", max_poll_records=max_records) as c:
+                while n < N:
+                    for recs in (await c.getmany(max_records=max_records)).values():
+                        n += len(recs)
+        asyncio.run(main())
+
+    def setup():
+        naive.append(_naive(tmp_path, values)[1])
+
+    benchmark.pedantic(run, setup=setup, rounds=5, iterations=1)
+    log.close()
+    med = statistics.median(benchmark.stats.stats.data)
+    base = statistics.median(naive)
+    benchmark.extra_info.update(events_per_s=N / med, naive_read_per_s=base)
+    report.append(f"consumer getmany(max_records={max_records}): {N / med / 1e6:.2f} M events/s; "
+                  f"naive file read loop same run: {base / 1e6:.2f} M/s -> {N / med / base:.0%}; aim >= 3 M/s")
+
+
+FSYNC_N = 300_000
+SENDERS = 1000
+
+
+def test_fsync_acks_with_1000_concurrent_senders(benchmark, tmp_path, values, report):
+    """1,000 tasks, each awaiting the delivery of its record (acks="fsync")
+    before sending the next: group commit at the producer and in storage."""
+    state = {}
+
+    def setup():
+        if "log" in state:
+            state.pop("log").close()
+        state["log"] = _fresh_log(tmp_path / "log")
+        os.sync()
+
+    def run():
+        async def sender(p, vals):
+            for v in vals:
+                await (await p.send(v))
+
+        async def main():
+            async with us.Producer(state["log"], "bench", acks="fsync") as p:
+                per = FSYNC_N // SENDERS
+                await asyncio.gather(*(sender(p, values[i * per:(i + 1) * per]) for i in range(SENDERS)))
+        asyncio.run(main())
+
+    benchmark.pedantic(run, setup=setup, rounds=3, iterations=1)
+    log = state.pop("log")
+    assert sum(log.topic("bench").end_offsets()) == FSYNC_N
+    assert all(p.durable_offset == p.end_offset for p in log.topic("bench"))
+    log.close()
+    med = statistics.median(benchmark.stats.stats.data)
+    base = _naive(tmp_path, values)[0]
+    benchmark.extra_info.update(events_per_s=FSYNC_N / med)
+    report.append(f"acks=fsync, {SENDERS} concurrent senders ({FSYNC_N} events): {FSYNC_N / med / 1e3:.0f} k events/s "
+                  f"(every one fdatasync'ed before its future resolved); naive (unsynced) file loop same run: "
+                  f"{base / 1e6:.2f} M/s; aim >= 300 k/s")
+
+
+# -- latency across processes
+
+LAT_N = 10_000
+
+
+def _latency_producer(path, n, ready):
+    """Send n records, one at a time with linger_ms=0, each carrying its send time."""
+    async def main():
+        log = us.Log(path)
+        async with us.Producer(log, "lat", linger_ms=0) as p:
+            ready.wait(30)
+            for i in range(n):
+                await p.send(time.monotonic_ns().to_bytes(8, "little") + b"x" * 92)
+                await asyncio.sleep(0)      # the batch is written on the next loop iteration
+                time.sleep(0.0002)          # about 4,000 events/s: one record per batch
+        log.close()
+    asyncio.run(main())
+
+
+def test_latency_producer_to_consumer_across_processes(benchmark, tmp_path, report):
+    path = str(tmp_path / "log")
+    log = us.Log(path)
+    log.create_topic("lat", partitions=1)
+    lat = []
+
+    def run():
+        ready = SPAWN.Event()
+        proc = SPAWN.Process(target=_latency_producer, args=(path, LAT_N, ready))
+        proc.start()
+
+        async def main():
+            async with us.Consumer(log, "lat", auto_offset_reset="latest") as c:
+                ready.set()
+                n = 0
+                async for r in c:
+                    lat.append(time.monotonic_ns() - int.from_bytes(bytes(r.value[:8]), "little"))
+                    n += 1
+                    if n == LAT_N:
+                        break
+        asyncio.run(main())
+        proc.join(60)
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    log.close()
+    lat.sort()
+    q = lambda f: lat[min(len(lat) - 1, int(len(lat) * f))] / 1e6  # noqa: E731
+    benchmark.extra_info.update(p50_ms=q(0.5), p99_ms=q(0.99), p999_ms=q(0.999), max_ms=lat[-1] / 1e6)
+    report.append(f"latency producer -> consumer in another process ({len(lat)} events, linger_ms=0, "
+                  f"acks=written): p50 {q(0.5):.3f} ms, p99 {q(0.99):.3f} ms, p99.9 {q(0.999):.3f} ms, "
+                  f"max {lat[-1] / 1e6:.2f} ms; aim p99 <= 2 ms")
