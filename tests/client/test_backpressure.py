@@ -185,3 +185,25 @@ def test_blocked_senders_are_served_in_order(tmp_path):
     vals = [bytes(r.value)[:3] for r in log.topic("t").partition(0).read(0, 100)]
     assert vals == [b"%03d" % i for i in range(30)]
     log.close()
+
+
+def test_a_send_loop_that_never_yields_keeps_no_written_batches_alive(tmp_path):
+    """With acks="written" batches are written as they fill; nothing of a
+    written batch may stay referenced while the loop never yields."""
+    import tracemalloc
+    log = make_log(tmp_path / "log", partitions=8)
+    value = b"v" * 100
+
+    async def main():
+        async with us.Producer(log, "t") as p:
+            tracemalloc.start()
+            for _ in range(150_000):
+                await p.send(value)
+            _, peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+        return peak
+
+    peak = run(main())
+    assert peak < 600_000, f"{peak} bytes traced during 150k sends"
+    assert sum(log.topic("t").end_offsets()) == 150_000
+    log.close()

@@ -177,7 +177,7 @@ class Batch:
 
     __slots__ = ("topic", "partition", "records", "nbytes", "created", "timestamp",
                  "producer_id", "producer_epoch", "base_sequence", "state", "base_offset",
-                 "error", "waiters", "callbacks", "loop", "error_seen", "__weakref__")
+                 "error", "waiters", "callbacks", "loop", "error_seen", "timer", "__weakref__")
 
     def __init__(self, topic: str, partition: int, loop, timestamp: int):
         self.topic = topic
@@ -196,6 +196,7 @@ class Batch:
         self.waiters: list | None = None
         self.callbacks: list | None = None
         self.error_seen = False
+        self.timer = None
 
     def _finish(self) -> None:
         if self.waiters:
@@ -429,6 +430,7 @@ class Producer:
         self._seq_dirty: list[bool] = []
         self._id_lock = None
         self._inline = False
+        self._sweep_pending = False
 
     # ------------------------------------------------------------ lifecycle
 
@@ -543,9 +545,15 @@ class Producer:
         """
         if self._state != _RUNNING:
             await self._ensure_running()
-        if key is None and headers is None and timestamp is None and value.__class__ is bytes:
-            rec = value
-            size = len(value) + _FAST_OVERHEAD
+        if headers is None and timestamp is None and value.__class__ is bytes:
+            if key is None:
+                rec = value
+                size = len(value) + _FAST_OVERHEAD
+            elif key.__class__ is bytes:
+                rec = (key, value)
+                size = len(key) + len(value) + _SLOW_OVERHEAD
+            else:
+                rec, size = _make_record(value, key, headers, timestamp)
         else:
             rec, size = _make_record(value, key, headers, timestamp)
         if partition is None:
@@ -640,18 +648,31 @@ class Producer:
             self._seal(p, True)
         b = self._open[p] = Batch(self.topic, p, self._loop, time.time_ns() // 1_000_000)
         if self._linger:
-            self._loop.call_later(self._linger, self._linger_expired, b)
-        else:
-            self._loop.call_soon(self._linger_expired, b)
+            b.timer = self._loop.call_later(self._linger, self._linger_expired, b)
+        elif not self._sweep_pending:
+            # linger_ms=0: one callback per loop iteration seals whatever is
+            # open then (not one per batch: a send loop that never yields
+            # would pile them up, each holding a written batch alive).
+            self._sweep_pending = True
+            self._loop.call_soon(self._sweep)
         return b
 
     def _linger_expired(self, b: Batch) -> None:
+        b.timer = None
         if self._open[b.partition] is b:
             self._seal(b.partition, False)
+
+    def _sweep(self) -> None:
+        self._sweep_pending = False
+        if self._buffers is not None:
+            self._seal_all()
 
     def _seal(self, p: int, full: bool) -> None:
         b = self._open[p]
         self._open[p] = None
+        if b.timer is not None:
+            b.timer.cancel()  # drops the timer's reference to the batch
+            b.timer = None
         self._ready[p].append(b)
         if full and p == self._sticky and self._n > 1:
             self._sticky = (p + 1) % self._n
