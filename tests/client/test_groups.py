@@ -235,3 +235,103 @@ def test_group_failover_across_processes_killed_with_sigkill(tmp_path):
         later = [ts for w in (0, 2) for pp, o, ts in h[w][0] if pp == p and ts > killed_at]
         assert later and min(later) - killed_at < 3.0, f"partition {p} was not taken over in time"
     log.close()
+
+
+def test_async_for_members_rebalance_and_commit_on_revocation(tmp_path):
+    """Two members stream with `async for` in separate tasks; the second joins
+    mid-stream. Committing in on_assignment_change before a partition is
+    given up means every record is handled exactly once."""
+    log = make_log(tmp_path / "log", partitions=6)
+    t = log.topic("t")
+    total = 3000
+    for i in range(total):
+        t.partition(i % 6).append([b"%d" % i])
+    seen = collections.Counter()
+    by_member = collections.Counter()
+
+    def member(name):
+        c = us.Consumer(log, "t", group="g", membership_poll_ms=10, max_poll_records=20)
+
+        async def on_change(assigned, revoked):
+            if revoked:
+                await c.commit({tp: c.position(tp) for tp in revoked})
+
+        c._on_change = on_change
+
+        async def consume():
+            async for r in c:
+                seen[(r.partition, r.offset)] += 1
+                by_member[name] += 1
+                await c.commit({TP(r.topic, r.partition): r.offset + 1})
+                if r.offset % 50 == 0:
+                    await asyncio.sleep(0.002)   # let the other member and the membership task run
+        return c, consume
+
+    async def main():
+        ca, consume_a = member("a")
+        cb, consume_b = member("b")
+        await ca.start()
+        ta = asyncio.ensure_future(consume_a())
+        await asyncio.sleep(0.1)
+        await cb.start()
+        tb = asyncio.ensure_future(consume_b())
+        for _ in range(3000):
+            if sum(seen.values()) >= total:
+                break
+            await asyncio.sleep(0.01)
+        await ca.close()
+        await cb.close()
+        await asyncio.wait_for(asyncio.gather(ta, tb), 5)
+
+    run(main())
+    assert sorted(seen) == sorted((i % 6, i // 6) for i in range(total))
+    assert max(seen.values()) == 1
+    assert by_member["a"] > 0 and by_member["b"] > 0
+    log.close()
+
+
+def test_a_group_over_two_topics(tmp_path):
+    log = us.Log(tmp_path / "log")
+    log.create_topic("a", partitions=3)
+    log.create_topic("b", partitions=2)
+    log.topic("a").partition(2).append([b"a2"])
+    log.topic("b").partition(1).append([b"b1"])
+
+    async def main():
+        async with us.Consumer(log, ["a", "b"], group="g2") as c1, \
+                us.Consumer(log, ["a", "b"], group="g2", membership_poll_ms=10) as c2:
+            for _ in range(200):
+                await c1.getmany(timeout_ms=5)
+                await c2.getmany(timeout_ms=5)
+                if len(c1.assignment()) + len(c2.assignment()) == 5 and c2.assignment():
+                    break
+            a1, a2 = c1.assignment(), c2.assignment()
+        return a1, a2
+
+    a1, a2 = run(main())
+    assert not (a1 & a2)
+    assert a1 | a2 == {TP("a", 0), TP("a", 1), TP("a", 2), TP("b", 0), TP("b", 1)}
+    assert {len(a1), len(a2)} == {2, 3}
+    log.close()
+
+
+def test_group_without_commit_and_reset_error_refuses_to_guess(tmp_path):
+    log = make_log(tmp_path / "log", partitions=1)
+    log.topic("t").partition(0).append([b"x", b"y"])
+
+    async def main():
+        async with us.Consumer(log, "t", group="strict", auto_offset_reset="error") as c:
+            with pytest.raises(us.NoOffsetForPartitionError, match="seek"):
+                await c.getmany()
+            with pytest.raises(us.NoOffsetForPartitionError):
+                c.position(TP("t", 0))
+            c.seek(TP("t", 0), 1)
+            got = await c.getmany()
+            await c.commit()
+        async with us.Consumer(log, "t", group="strict", auto_offset_reset="error") as c:
+            return got, c.position(TP("t", 0))
+
+    got, pos = run(main())
+    assert [bytes(r.value) for r in got[TP("t", 0)]] == [b"y"]
+    assert pos == 2
+    log.close()

@@ -627,9 +627,12 @@ class Consumer:
                 await self.commit(offs)
 
     async def _apply_changes(self) -> None:
-        revoked = {tp for tp in self._pending_revoke if tp in self._assigned}
-        assigned = self._pending_assign - self._pending_revoke
-        self._pending_assign.clear()
+        # Snapshots: the membership task may add more while we await below;
+        # those wait for the next safe point.
+        releasing = set(self._pending_revoke)
+        revoked = {tp for tp in releasing if tp in self._assigned}
+        assigned = self._pending_assign - releasing
+        self._pending_assign -= assigned | releasing
         if revoked:
             if self._on_change is not None:
                 await _call(self._on_change, set(), set(revoked))
@@ -644,11 +647,11 @@ class Consumer:
                     self._fold_chunk()
                 del self._assigned[tp]
                 self._unconsumed.pop(tp, None)
-        for tp in self._pending_revoke:
+        for tp in releasing:
             if tp in self._held:
                 self._held.discard(tp)
                 await self._member.release(tp)
-        self._pending_revoke.clear()
+        self._pending_revoke -= releasing
         self._order = sorted(self._assigned)
         if assigned:
             await self._assign(assigned)
