@@ -144,7 +144,7 @@ RSS_CHILD = textwrap.dedent("""
     t = us.Log(sys.argv[1]).topic("big")
     ua.to_arrow(t, end=1000)   # imports and allocator warmed up
     before = status("VmHWM")
-    rows = ua.export_parquet(t, sys.argv[2], batch_bytes=int(sys.argv[3]))
+    rows = ua.export_parquet(t, sys.argv[2], row_group_bytes=int(sys.argv[3]))
     print(rows, before, status("VmHWM"))
 """)
 
@@ -168,5 +168,6 @@ def test_parquet_export_peak_rss(tmp_path, report, multiple):
     rows, before, peak = map(int, out.stdout.split())
     assert rows == n
     report.append(
-        f"parquet export of a {size / 2**20:.0f} MiB topic ({multiple}x the {batch >> 20} MiB export batch): "
+        f"parquet export of a {size / 2**20:.0f} MiB topic ({multiple}x the {batch >> 20} MiB row group, "
+        f"read in {ua.DEFAULT_BATCH_BYTES >> 20} MiB batches): "
         f"peak RSS {peak / 2**20:.0f} MiB, {(peak - before) / 2**20:.0f} MiB above the warmed-up process")
