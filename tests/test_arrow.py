@@ -391,6 +391,26 @@ def test_ingest_errors_name_the_problem(log):
     assert p.end_offset == 0 and t.partition(1).end_offset == 0
 
 
+def test_pyarrow_stays_optional(tmp_path):
+    """Without pyarrow, unstoppable imports and works; the Arrow calls say what to install."""
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["pyarrow"] = None          # as if it were not installed
+        import unstoppable as us, unstoppable.arrow as ua
+        with us.Log({str(tmp_path / "log")!r}) as log:
+            t = log.create_topic("t")
+            t.partition(0).append([b"x"], timestamp=1)
+            for call in (lambda: t.to_arrow(), lambda: ua.append_arrow(t, None)):
+                try:
+                    call()
+                except ImportError as e:
+                    print(e)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("pip install 'unstoppable[arrow]'") == 2
+
+
 def test_reader_ingest_and_empty_tables(log):
     t = log.create_topic("t", partitions=2)
     p = t.partition(0)
@@ -400,7 +420,8 @@ def test_reader_ingest_and_empty_tables(log):
                for j in range(0, 50, 10)]
     reader = pa.RecordBatchReader.from_batches(batches[0].schema, batches)
     assert ua.append_arrow(p, reader) == 0
-    assert [r[3] for r in _records(p)] == [b"%d" % i for i in range(50)]
+    assert p.append_arrow(pa.table({"value": [b"50"]})) == 50  # the Partition method
+    assert [r[3] for r in _records(p)] == [b"%d" % i for i in range(51)]
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

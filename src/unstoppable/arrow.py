@@ -40,6 +40,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "SCHEMA",
+    "schema",
+    "header_type",
     "to_arrow",
     "to_batches",
     "export_parquet",

@@ -538,6 +538,7 @@ cdef class ArrowSource:
             raise ValueError("row ranges have step 1")
         return Rows(self, lo, max(lo, hi))
 
+    @cython.cdivision(True)  # n > 0 is checked first
     def split(self, int n, int mode=0, partitions=None):
         """split(n, mode=0, partitions=None) -> list[ArrowSource | None]
 
