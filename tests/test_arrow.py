@@ -272,6 +272,22 @@ def test_large_ingest_is_pipelined_atomic_and_rolls_segments(log):
     assert out.column("value").to_pylist() == values
 
 
+def test_failed_large_ingest_leaves_nothing(log):
+    """A bad row near the end of a pipelined ingest: earlier chunks were
+    already written, and all of it is cut back off."""
+    t = log.create_topic("t", segment_bytes=256 << 10, max_batch_bytes=16 << 10)
+    p = t.partition(0)
+    p.append([b"keep"], timestamp=1)
+    n = 30_000
+    ts = pa.array(list(range(n - 1)) + [-1], pa.int64())
+    with pytest.raises(InvalidRecordError, match=f"row {n - 1}: timestamp -1"):
+        ua.append_arrow(p, pa.table({"value": [b"x" * 40] * n, "ts": ts}), timestamp="ts")
+    assert p.end_offset == 1
+    assert [r.value for r in fr.read_partition(p.path).records()] == [b"keep"]
+    assert ua.append_arrow(p, pa.table({"value": [b"y"] * n})) == 1
+    assert p.end_offset == n + 1
+
+
 def test_sliced_and_chunked_inputs(log):
     """Arrays with offsets (slices, chunked columns, sliced lists of headers)."""
     p = log.create_topic("t").partition(0)

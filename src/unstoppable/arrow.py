@@ -685,11 +685,16 @@ def _binary_column(pa, arr, what: str, name: str):
         return arr, False
     if pa.types.is_large_binary(t) or pa.types.is_large_string(t):
         return arr, True
-    if pa.types.is_fixed_size_binary(t) or pa.types.is_binary_view(t) or \
-            pa.types.is_string_view(t) or pa.types.is_null(t):
+    if pa.types.is_fixed_size_binary(t) or pa.types.is_null(t) or _is_view(pa, t):
         return arr.cast(pa.large_binary()), True
     raise TypeError(f"{what} column {name!r} has type {t}; expected binary, large_binary, "
                     "string or large_string")
+
+
+def _is_view(pa, t) -> bool:
+    """binary_view / string_view (pyarrow >= 16; absent before)."""
+    return any(getattr(pa.types, f, lambda t: False)(t)
+               for f in ("is_binary_view", "is_string_view"))
 
 
 def _timestamp_column(pa, arr, name: str):
