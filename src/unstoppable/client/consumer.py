@@ -144,6 +144,7 @@ class Consumer:
         self.fetch_max_bytes = fetch_max_bytes
         self._membership_poll = membership_poll_ms / 1000.0
         self._backend = backend_for(log)
+        self._own_backend = self._backend is not log
         self._started = False
         self._closed = False
         self._loop = None
@@ -231,6 +232,8 @@ class Consumer:
             await self._leave()
             if self._own_store and self._store is not None:
                 await self._store.close()
+            if self._own_backend:
+                await self._backend.close()
             self._assigned.clear()
             self._order = []
             self._chunk = []

@@ -417,6 +417,7 @@ class Producer:
         else:
             self._part_fn, self._trusted = self.partitioner, False
         self._backend = backend_for(log)
+        self._own_backend = self._backend is not log
         self._state = _NEW
         self._start_lock: asyncio.Lock | None = None
         self._loop = None
@@ -521,6 +522,8 @@ class Producer:
             if self._id_lock is not None:
                 self._id_lock.release()
                 self._id_lock = None
+            if self._own_backend:
+                await self._backend.close()
 
     @property
     def buffered_bytes(self) -> int:
