@@ -200,6 +200,7 @@ class EmbeddedBackend(Backend):
         self.use_inotify = use_inotify
         self._watcher = None
         self._watch_tried = False
+        self._reader_loops: set = set()
         self.inline_bytes = inline_bytes
         self.min_poll = min_poll
         self.max_poll = max_poll
@@ -386,6 +387,7 @@ class EmbeddedBackend(Backend):
 
             if watcher is not None:
                 loop.add_reader(watcher.fd, on_event)
+                self._reader_loops.add(loop)
             if parts:
                 first = self.max_poll if watcher is not None else self.min_poll
                 handle = loop.call_at(start + (first if timeout is None else min(first, timeout)), poll)
@@ -393,7 +395,7 @@ class EmbeddedBackend(Backend):
                 handle = loop.call_at(deadline, poll)
             return await fut
         finally:
-            if watcher is not None:
+            if watcher is not None and watcher.fd >= 0:  # close() may have come first
                 loop.remove_reader(watcher.fd)
             if handle is not None:
                 handle.cancel()
@@ -404,6 +406,10 @@ class EmbeddedBackend(Backend):
 
     async def close(self) -> None:
         if self._watcher is not None:
+            for loop in self._reader_loops:  # a wait may still be registered
+                if not loop.is_closed():
+                    loop.remove_reader(self._watcher.fd)
+            self._reader_loops.clear()
             self._watcher.close()
             self._watcher = None
 
