@@ -403,6 +403,13 @@ def test_ingest_errors_name_the_problem(log):
         ua.append_arrow(p, table, partitioner="murmur2")
     with pytest.raises(TypeError, match="expected a pyarrow.Table"):
         ua.append_arrow(p, [b"a"])
+    # An offset pointing past the data (which pyarrow's cheap validation lets
+    # through) is refused before any C loop reads it.
+    bad = pa.Array.from_buffers(pa.binary(), 2, [None, pa.py_buffer(
+        (0).to_bytes(4, "little") + (1 << 20).to_bytes(4, "little") + (3).to_bytes(4, "little")),
+        pa.py_buffer(b"abc")])
+    with pytest.raises(ValueError, match="value column 'value' is not valid Arrow data"):
+        ua.append_arrow(p, pa.table({"value": bad}))
     # Nothing of the failed calls was written.
     assert p.end_offset == 0 and t.partition(1).end_offset == 0
 

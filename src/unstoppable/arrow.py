@@ -748,6 +748,22 @@ def _column(pa, batch, name, what):
     return batch.column(i)
 
 
+def _checked(pa, arr, what: str, name: str):
+    """Prove an array's offsets and buffer sizes sound (O(n), without the UTF-8
+    check of strings): the C loops trust them."""
+    t = arr.type
+    try:
+        if pa.types.is_string(t):
+            arr.view(pa.binary()).validate(full=True)
+        elif pa.types.is_large_string(t):
+            arr.view(pa.large_binary()).validate(full=True)
+        else:
+            arr.validate(full=True)
+    except pa.ArrowInvalid as e:
+        raise ValueError(f"{what} column {name!r} is not valid Arrow data: {e}") from None
+    return arr
+
+
 def _source(pa, batches, value, key, timestamp, headers):
     """An ArrowSource over the record batches (columns checked), kept beside it."""
     src = _c.ArrowSource()
@@ -755,15 +771,18 @@ def _source(pa, batches, value, key, timestamp, headers):
         if b.num_rows == 0:
             continue
         v, vlarge = _binary_column(pa, _column(pa, b, value, "value"), "value", value)
+        _checked(pa, v, "value", value)
         kw = {}
         if key is not None:
             k, kw["key_large"] = _binary_column(pa, _column(pa, b, key, "key"), "key", key)
-            kw["key"] = k
+            kw["key"] = _checked(pa, k, "key", key)
         if timestamp is not None:
             kw["timestamp"], kw["ts_mul"], kw["ts_div"] = _timestamp_column(
-                pa, _column(pa, b, timestamp, "timestamp"), timestamp)
+                pa, _checked(pa, _column(pa, b, timestamp, "timestamp"), "timestamp", timestamp),
+                timestamp)
         if headers is not None:
-            h, hk, hv, hkl, hvl = _headers_column(pa, _column(pa, b, headers, "headers"), headers)
+            h, hk, hv, hkl, hvl = _headers_column(
+                pa, _checked(pa, _column(pa, b, headers, "headers"), "headers", headers), headers)
             kw.update(headers=h, header_key=hk, header_value=hv, hkey_large=hkl,
                       hvalue_large=hvl)
         src.add(b.num_rows, v, value_large=vlarge, **kw)
@@ -882,7 +901,7 @@ def append_arrow(target, table, value: str = "value", key: str | None = "key",
             raise TypeError(f"partition column {partition!r} has type {col.type}; expected integers")
         if col.null_count:
             raise ValueError(f"partition column {partition!r} has {col.null_count} null(s)")
-        col = col.cast(pa.int64())
+        col = _checked(pa, col.cast(pa.int64()), "partition", partition)
         try:
             parts = src.split(n, 0, col)
         except ValueError as e:
