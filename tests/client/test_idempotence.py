@@ -190,3 +190,30 @@ def test_producer_state_lost_to_an_external_writer_resyncs_after_a_gap(tmp_path)
         b"a", b"intruder-1", b"intruder-2", b"c"]
     assert m.offset == 3
     log.close()
+
+
+def test_after_a_refused_batch_later_batches_continue_from_the_logs_sequence(tmp_path):
+    """Several ready batches, the first refused: the ones behind it must not
+    inherit its sequence numbers (which would make each a gap in turn)."""
+    log = make_log(tmp_path / "log", partitions=1)
+    pid = producer_id_for("cascade")
+
+    async def main():
+        async with us.Producer(log, "t", producer_id="cascade", linger_ms=10_000,
+                               batch_bytes=100) as p:
+            first = await p.send(b"first")
+            await p.flush()
+            await first
+            # A twin writes sequence 1 with two records: our next batch (one
+            # record at sequence 1) is refused; the ones after it must land.
+            log.topic("t").partition(0).append([b"t1", b"t2"], producer_id=pid, producer_epoch=0,
+                                                base_sequence=1)
+            futs = [await p.send(b"r%d" % i + b"x" * 150) for i in range(4)]  # one batch each
+            return await asyncio.gather(*futs, return_exceptions=True)
+
+    res = run(main())
+    assert isinstance(res[0], us.OutOfOrderSequenceError)
+    assert all(isinstance(r, us.RecordMetadata) for r in res[1:]), res
+    vals = [bytes(r.value)[:2] for r in log.topic("t").partition(0).read(0)]
+    assert vals == [b"fi", b"t1", b"t2", b"r1", b"r2", b"r3"]
+    log.close()

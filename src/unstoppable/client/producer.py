@@ -710,6 +710,8 @@ class Producer:
                         break  # the flush task retries it, in order
                     ready.popleft()
                     self._fail(b, e)
+                    if self._seq_dirty[p]:
+                        break  # the flush task resyncs the sequence first
                     continue
                 ready.popleft()
                 self._complete(b, base)
