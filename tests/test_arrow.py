@@ -515,6 +515,13 @@ def _booking_class():
                 oneof_index=0)
     m.field.add(name="history", number=10, type=F.TYPE_MESSAGE, type_name=".t.Seat",
                 label=F.LABEL_REPEATED)
+    zone = m.nested_type.add(name="ZonesEntry")
+    zone.options.map_entry = True
+    zone.field.add(name="key", number=1, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
+    zone.field.add(name="value", number=2, type=F.TYPE_MESSAGE, type_name=".t.Seat",
+                   label=F.LABEL_OPTIONAL)
+    m.field.add(name="zones", number=11, type=F.TYPE_MESSAGE,
+                type_name=".t.BookingEvent.ZonesEntry", label=F.LABEL_REPEATED)
     m.oneof_decl.add(name="event")
     m.oneof_decl.add(name="_user_id")  # synthetic oneofs come last
     pool = descriptor_pool.DescriptorPool()
@@ -541,6 +548,7 @@ def _booking_values(cls, n):
         for j in range(i % 4):
             m.counters[f"c{j}"] = i * j
             m.history.add(seat_id=f"h{j}", row=j)
+            m.zones[f"z{j}"].seat_id = f"zs{i}"
         out.append(m.SerializeToString())
     return out
 
@@ -548,7 +556,7 @@ def _booking_values(cls, n):
 def _expected_booking(cls, v):
     """What one value should decode to, field by field from the parsed message."""
     names = ["booking_id", "kind", "user_id", "amount", "seat", "tags", "counters",
-             "reserved_seat", "cancel_reason", "history", "event"]
+             "reserved_seat", "cancel_reason", "history", "zones", "event"]
     if v is None:
         return dict.fromkeys(names)
     m = cls.FromString(v)
@@ -564,6 +572,7 @@ def _expected_booking(cls, v):
         "reserved_seat": seat(m.reserved_seat) if m.HasField("reserved_seat") else None,
         "cancel_reason": m.cancel_reason if m.HasField("cancel_reason") else None,
         "history": [seat(s) for s in m.history],
+        "zones": sorted((k, seat(s)) for k, s in m.zones.items()),
         "event": m.WhichOneof("event"),
     }
 
@@ -585,9 +594,9 @@ def test_protobuf_decoded_export_matches_per_record_decoding(log, tmp_path):
         part = table.filter(pc.equal(table.column("partition"), p.index))
         got = part.drop_columns(["partition", "offset", "timestamp", "key", "headers"]).to_pylist()
         for g in got:
-            g["counters"] = None if g["counters"] is None else sorted(g["counters"])
-        assert got == [dict(w, counters=None if w["booking_id"] is None else w["counters"])
-                       for w in want]
+            for name in ("counters", "zones"):
+                g[name] = None if g[name] is None else sorted(g[name])
+        assert got == want
     # keep_value, a prefix, enum numbers; and Parquet with the decoded columns.
     kept = ua.to_arrow(t, codec=ua.ProtobufCodec(cls, prefix="v_", enums_as_names=False),
                        keep_value=True, partitions=[0])

@@ -27,16 +27,13 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from unstoppable._core import arrow as _c
 from unstoppable.errors import InvalidRecordError, ValueDecodeError
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
-
-    from unstoppable.storage.log import Topic
-    from unstoppable.storage.partition import Partition
 
 __all__ = [
     "SCHEMA",
@@ -79,6 +76,9 @@ def _pq():
     _pa()
     import pyarrow.parquet
     return pyarrow.parquet
+
+
+SCHEMA: "pa.Schema"  # the export schema; built on first access (pyarrow is imported lazily)
 
 
 def __getattr__(name):
@@ -547,7 +547,6 @@ class ProtobufCodec:
                             keys.append(k)
                             vals.append(v)
                     offsets.append(len(keys))
-                kf = f.message_type.fields_by_name["key"]
                 return pa.MapArray.from_arrays(
                     pa.array(offsets, pa.int32()), pa.array(keys, typ.key_type),
                     self._column_of_values(vals, vf, typ.item_type),
