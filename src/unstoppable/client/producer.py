@@ -377,7 +377,7 @@ class Producer:
     """
 
     def __init__(self, log, topic: str, *, partitioner=None, batch_bytes: int = 16384,
-                 linger_ms: float = 0, max_buffer_bytes: int = 32 << 20, backpressure=None,
+                 linger_ms: float = 0, max_buffer_bytes: int = 32 << 20, backpressure=Block(),
                  acks: str = "written", producer_id: str | None = None,
                  delivery_timeout_ms: float = 120_000, retry_backoff_ms: float = 100):
         if not isinstance(topic, str):
