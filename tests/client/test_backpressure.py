@@ -115,7 +115,7 @@ def test_fail_immediately_raises_at_once_and_keeps_what_was_accepted(tmp_path):
                     await p.send(v)
                     accepted.append(v)
                 except us.BufferFullError as e:
-                    assert time.perf_counter() - t0 < 0.01
+                    assert time.perf_counter() - t0 < 0.05
                     assert "FailImmediately" in str(e)
                     refused += 1
                     await asyncio.sleep(0.002)

@@ -332,17 +332,17 @@ class DeliveryFuture:
 
 
 class PartitionBuffers:
-    """The accumulator: per partition one open batch and a queue of sealed
-    batches waiting to be written (the first of which may be in flight), plus
-    the count of buffered bytes that backpressure limits."""
+    """The accumulator: per partition one open batch, a queue of sealed
+    batches waiting to be written (the first of which may be in flight), and
+    whether a flush is in flight. (The producer keeps the buffered byte count
+    itself: it is read on every send.)"""
 
-    __slots__ = ("open", "ready", "in_flight", "nbytes")
+    __slots__ = ("open", "ready", "in_flight")
 
     def __init__(self, partitions: int):
         self.open: list[Batch | None] = [None] * partitions
         self.ready: list[collections.deque] = [collections.deque() for _ in range(partitions)]
         self.in_flight = [False] * partitions
-        self.nbytes = 0
 
     def pending(self) -> int:
         """Batches not yet completed (open ones included)."""
