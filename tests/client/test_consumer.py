@@ -263,3 +263,27 @@ def test_close_from_another_task_ends_a_waiting_iteration(tmp_path):
 
     assert run(main()) == []
     log.close()
+
+
+def test_position_deleted_by_retention_follows_auto_offset_reset(tmp_path):
+    log = us.Log(tmp_path / "log")
+    t = log.create_topic("t", partitions=1, segment_bytes=4096, retention_bytes=8192)
+    part = t.partition(0)
+    tp = TP("t", 0)
+
+    async def main():
+        async with us.Consumer(log, "t", group="r", auto_offset_reset="earliest") as c, \
+                us.Consumer(log, "t", group="r2", auto_offset_reset="error") as strict:
+            strict.seek(tp, 0)
+            for i in range(200):
+                part.append([b"%04d" % i + b"x" * 200])
+            part.enforce_retention()
+            start = part.start_offset
+            assert start > 0
+            got = await c.getmany(max_records=3)
+            assert [r.offset for r in got[tp]] == [start, start + 1, start + 2]
+            with pytest.raises(us.OffsetOutOfRangeError, match="outside its range"):
+                await strict.getmany()
+
+    run(main())
+    log.close()
