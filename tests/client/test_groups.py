@@ -3,10 +3,8 @@ rebalancing between members, and failover across real processes killed with
 SIGKILL (no record skipped; handled-but-uncommitted records come again)."""
 import asyncio
 import collections
-import itertools
 import os
 import signal
-import threading
 import time
 
 import pytest

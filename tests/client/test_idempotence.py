@@ -90,6 +90,7 @@ def test_restart_with_the_same_id_continues_the_sequence(tmp_path):
     assert sorted(vals) == sorted(b"%s-%d" % (t, i) for t in (b"a", b"b", b"c") for i in range(100))
     pid = producer_id_for("restarts")
     for part in log.topic("t"):
+        assert {b.producer_id for b in part.read_batches(0, 1 << 30)} == {pid}
         seqs = [(b.base_sequence, len(b)) for b in part.read_batches(0, 1 << 30)]
         nxt = 0
         for s, n in seqs:

@@ -13,7 +13,7 @@ import pytest
 import unstoppable as us
 from unstoppable import TopicPartition as TP
 from unstoppable._core.hashing import crc32c
-from unstoppable.storage.groups import MAGIC, OffsetsFile
+from unstoppable.storage.groups import OffsetsFile
 
 from client_util import SPAWN, make_log, run, wait_until
 

@@ -94,7 +94,7 @@ def test_order_per_key_holds_with_many_concurrent_senders(tmp_path):
 
     metas = run(main())
     for key, ms in zip(keys, metas):
-        assert len({m.partition for m in ms}) == 1
+        assert {m.partition for m in ms} == {xxh64_partition(key, 8)}
         offs = [m.offset for m in ms]
         assert offs == sorted(offs)
     data = read_all(log, "t")
@@ -232,6 +232,7 @@ def test_close_flushes_everything_accepted_and_refuses_more(tmp_path):
         return futs
 
     futs = run(main())
+    assert all(f.result().topic == "t" for f in futs)
     assert sum(log.topic("t").end_offsets()) == 5000
     got = sorted(int(bytes(r.value)) for recs in read_all(log, "t").values() for r in recs)
     assert got == list(range(5000))

@@ -1,7 +1,6 @@
 """Waiting consumers: woken directly by appends in this process, within a few
 milliseconds by appends from another process, and never busy-waiting."""
 import asyncio
-import os
 import statistics
 import sys
 import threading
@@ -12,7 +11,7 @@ import pytest
 import unstoppable as us
 from unstoppable.client.backend import EmbeddedBackend
 
-from client_util import SPAWN, make_log, run, wait_until
+from client_util import SPAWN, make_log, run
 
 
 def test_append_from_another_thread_wakes_a_waiting_consumer_directly(tmp_path):

@@ -2,6 +2,7 @@
 by default). See producer.py and consumer.py."""
 from unstoppable.client._types import OffsetAndTimestamp, RecordMetadata, TopicInfo, TopicPartition
 from unstoppable.client.backend import Backend, EmbeddedBackend, GroupMember, backend_for
+from unstoppable.client.consumer import Consumer
 from unstoppable.client.offsets import GroupOffsetStore, OffsetStore, SQLiteOffsetStore
 from unstoppable.client.producer import (
     Batch,
@@ -21,9 +22,5 @@ __all__ = [
     "FailImmediately", "DefaultPartitioner", "Murmur2Partitioner", "RecordMetadata",
     "TopicPartition", "OffsetAndTimestamp", "TopicInfo", "Backend", "EmbeddedBackend",
     "GroupMember", "backend_for", "OffsetStore", "GroupOffsetStore", "SQLiteOffsetStore",
-    "producer_id_for",
+    "producer_id_for", "Consumer",
 ]
-
-from unstoppable.client.consumer import Consumer  # noqa: E402
-
-__all__.append("Consumer")

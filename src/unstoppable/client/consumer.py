@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from typing import Callable, Iterable
+from typing import Callable
 
 from unstoppable.client._types import OffsetAndTimestamp, TopicPartition
 from unstoppable.client.backend import backend_for
@@ -50,6 +50,7 @@ from unstoppable.errors import (
     NoOffsetForPartitionError,
     NotAssignedError,
     OffsetOutOfRangeError,
+    PartitionOutOfRangeError,
 )
 from unstoppable.storage.groups import validate_group_name
 
@@ -180,7 +181,6 @@ class Consumer:
         counts = {t: (await self._backend.topic_info(t)).partitions for t in self._topics}
         for tp in self._manual:
             if not 0 <= tp.partition < counts[tp.topic]:
-                from unstoppable.errors import PartitionOutOfRangeError
                 raise PartitionOutOfRangeError(
                     f"topic {tp.topic!r} has partitions 0 .. {counts[tp.topic] - 1}, not {tp.partition}")
         self._started = True

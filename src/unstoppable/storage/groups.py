@@ -54,7 +54,7 @@ import weakref
 from typing import Iterable, NamedTuple
 
 from unstoppable._core.hashing import crc32c
-from unstoppable.errors import InvalidGroupNameError, ProducerIdInUseError
+from unstoppable.errors import CorruptLogError, InvalidGroupNameError, ProducerIdInUseError
 
 __all__ = [
     "GROUPS_DIR",
@@ -249,7 +249,6 @@ class OffsetsFile:
             if size < len(MAGIC):
                 return size
             if os.pread(self._fd, len(MAGIC), 0) != MAGIC:
-                from unstoppable.errors import CorruptLogError
                 raise CorruptLogError(f"{self.path} is not an offsets file (bad magic)",
                                       segment=self.path, position=0)
             self._pos = len(MAGIC)
