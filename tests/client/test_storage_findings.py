@@ -8,12 +8,6 @@ import pytest
 import unstoppable as us
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "storage: RecordBatch._record (src/unstoppable/_core/batch.pyx) gives every record "
-    "without headers a fresh `[]` for `_headers`: one GC-tracked allocation per record, so "
-    "a large read triggers generation-0 collections that rescan the young result list "
-    "(measured: read() of 5,000 producer-sized batches runs at ~2M records/s vs ~8M at "
-    "500, and ~11M with gc disabled)"))
 def test_reading_records_without_headers_allocates_no_gc_tracked_objects(tmp_path):
     with us.Log(tmp_path / "log") as log:
         part = log.create_topic("t").partition(0)

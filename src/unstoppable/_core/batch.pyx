@@ -110,6 +110,8 @@ cdef class Record:
         cdef const unsigned char *base
         if self._headers is not _UNSET:
             return self._headers
+        if n == 0:
+            return []  # not cached: an empty list per access beats one per record read
         out = []
         if n:
             PyObject_GetBuffer(self._mv, &view, PyBUF_SIMPLE)
@@ -221,7 +223,7 @@ cdef class RecordBatch:
         r._end = <uint32_t>(self.position + v.end)
         r._key = _UNSET
         r._value = _UNSET
-        r._headers = _UNSET if v.header_count else []
+        r._headers = _UNSET  # no per-record allocation: a read creates only Records
         r.topic = self.topic
         r.partition = self.partition
         r.offset = self.h.base_offset + i
