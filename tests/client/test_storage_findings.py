@@ -3,7 +3,6 @@ tests (xfail, strict) so they turn into errors the day they are fixed and the
 marker can go."""
 import gc
 
-import pytest
 
 import unstoppable as us
 
