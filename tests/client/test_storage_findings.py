@@ -1,8 +1,6 @@
-"""Storage-layer problems found while building the client, kept as failing
-tests (xfail, strict) so they turn into errors the day they are fixed and the
-marker can go."""
+"""Storage-layer problems found while building the client. Each was first
+recorded here as a strict xfail; once fixed it stays as a regression test."""
 import gc
-
 
 import unstoppable as us
 
