@@ -40,6 +40,7 @@ from unstoppable.client import (  # noqa: E402
     Block,
     BlockWithTimeout,
     Consumer,
+    ConsumerRecord,
     DefaultPartitioner,
     FailImmediately,
     GroupOffsetStore,
@@ -53,7 +54,11 @@ from unstoppable.client import (  # noqa: E402
 )
 
 __all__ += [
-    "Producer", "Consumer", "Block", "BlockWithTimeout", "FailImmediately",
+    "Producer", "Consumer", "ConsumerRecord", "Block", "BlockWithTimeout", "FailImmediately",
     "DefaultPartitioner", "Murmur2Partitioner", "RecordMetadata", "TopicPartition",
     "OffsetAndTimestamp", "OffsetStore", "GroupOffsetStore", "SQLiteOffsetStore",
 ]
+
+from unstoppable.connect import connect  # noqa: E402
+
+__all__.append("connect")

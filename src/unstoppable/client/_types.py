@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["TopicPartition", "RecordMetadata", "OffsetAndTimestamp", "TopicInfo"]
+__all__ = ["TopicPartition", "RecordMetadata", "OffsetAndTimestamp", "TopicInfo", "ConsumerRecord"]
 
 
 class TopicPartition(NamedTuple):
@@ -33,3 +33,15 @@ class TopicInfo(NamedTuple):
     partitions: int
     max_record_bytes: int
     max_batch_bytes: int
+
+
+class ConsumerRecord(NamedTuple):
+    """A record whose key and value went through the consumer's deserializers
+    (the same fields as the storage Record the consumer yields without them)."""
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: object
+    value: object
+    headers: list

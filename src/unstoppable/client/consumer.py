@@ -42,7 +42,7 @@ import asyncio
 import inspect
 from typing import Callable
 
-from unstoppable.client._types import OffsetAndTimestamp, TopicPartition
+from unstoppable.client._types import ConsumerRecord, OffsetAndTimestamp, TopicPartition
 from unstoppable.client.backend import backend_for
 from unstoppable.errors import (
     CommitError,
@@ -102,13 +102,19 @@ class Consumer:
     * ``max_poll_records``: records fetched per partition at a time (also the
       default ``max_records`` of getmany); ``fetch_max_bytes``: bytes per fetch.
     * ``membership_poll_ms``: how often a group member checks who is alive.
+    * ``key_deserializer``/``value_deserializer``: a callable ``bytes -> obj``
+      or a codec (an object with ``decode``); with either, records are
+      :class:`ConsumerRecord` tuples holding the decoded key and value (None
+      stays None). A record that fails to decode raises when its turn comes,
+      with ``position(tp)`` at its offset: ``seek`` past it to skip it.
     """
 
     def __init__(self, log, topics, *, group: str | None = None,
                  auto_offset_reset: str = "earliest", enable_auto_commit: bool = False,
                  auto_commit_interval_ms: float = 5000, offset_store=None,
                  on_assignment_change: Callable | None = None, max_poll_records: int = 500,
-                 fetch_max_bytes: int = 1 << 20, membership_poll_ms: float = 100):
+                 fetch_max_bytes: int = 1 << 20, membership_poll_ms: float = 100,
+                 key_deserializer=None, value_deserializer=None):
         if isinstance(topics, (str, TopicPartition)):
             topics = [topics]
         topics = list(topics)
@@ -144,6 +150,9 @@ class Consumer:
         self.max_poll_records = max_poll_records
         self.fetch_max_bytes = fetch_max_bytes
         self._membership_poll = membership_poll_ms / 1000.0
+        self.key_deserializer = _decoder_of(key_deserializer, "key_deserializer")
+        self.value_deserializer = _decoder_of(value_deserializer, "value_deserializer")
+        self._decode = self.key_deserializer is not None or self.value_deserializer is not None
         self._backend = backend_for(log)
         self._own_backend = self._backend is not log
         self._started = False
@@ -361,16 +370,39 @@ class Consumer:
             if recs:
                 if len(recs) > limit:
                     recs = recs[:limit]
+                if self._decode:
+                    recs, bad = self._decode_records(tp, recs)
+                    if bad is not None and not recs:
+                        raise bad  # position stays at the record that does not decode
                 if one:
                     self._rr = (start + k + 1) % n
                     return [(tp, recs)]
                 st.position = recs[-1].offset + 1
                 out.append((tp, recs))
                 limit -= len(recs)
-                if limit <= 0:
+                if limit <= 0 or (self._decode and bad is not None):
                     self._rr = (start + k + 1) % n
                     break
         return out
+
+    def _decode_records(self, tp, recs):
+        """Deserialize; stop before the first record that fails, returning the
+        ones before it and the error (raised when that record's turn comes)."""
+        kd, vd = self.key_deserializer, self.value_deserializer
+        out = []
+        for r in recs:
+            try:
+                k, v = r.key, r.value
+                if kd is not None and k is not None:
+                    k = kd(k)
+                if vd is not None and v is not None:
+                    v = vd(v)
+            except Exception as e:
+                e.add_note(f"while deserializing {tp.topic}/{tp.partition} offset {r.offset}; "
+                           f"seek({tp!r}, {r.offset + 1}) skips it")
+                return out, e
+            out.append(ConsumerRecord(r.topic, r.partition, r.offset, r.timestamp, k, v, r.headers))
+        return out, None
 
     async def _reset_out_of_range(self, tp, st) -> None:
         start, end = await self._backend.offset_range(tp.topic, tp.partition)
@@ -664,6 +696,18 @@ class Consumer:
     def __repr__(self):
         st = "closed" if self._closed else ("running" if self._started else "new")
         return f"<Consumer topics={self._topics} group={self._group!r} {st}>"
+
+
+def _decoder_of(des, what: str):
+    """A deserializer given as a callable or as a codec with ``decode``."""
+    if des is None:
+        return None
+    dec = getattr(des, "decode", None)
+    if callable(dec) and not isinstance(des, (str, bytes)):
+        return dec
+    if callable(des):
+        return des
+    raise TypeError(f"{what} must be a callable bytes -> obj or a codec with decode(), got {des!r}")
 
 
 async def _call(fn, *args):

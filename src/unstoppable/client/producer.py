@@ -374,12 +374,17 @@ class Producer:
     * ``delivery_timeout_ms``: how long a batch may keep failing with retriable
       errors (disk full, timeouts) before its records fail; ``retry_backoff_ms``
       is the pause between attempts.
+    * ``key_serializer``/``value_serializer``: a callable ``obj -> bytes`` or a
+      codec (an object with ``encode``, e.g. ``unstoppable.codecs.JsonCodec()``)
+      applied in ``send`` before partitioning; None keys and values (tombstones)
+      are passed through unchanged.
     """
 
     def __init__(self, log, topic: str, *, partitioner=None, batch_bytes: int = 16384,
                  linger_ms: float = 0, max_buffer_bytes: int = 32 << 20, backpressure=Block(),
                  acks: str = "written", producer_id: str | None = None,
-                 delivery_timeout_ms: float = 120_000, retry_backoff_ms: float = 100):
+                 delivery_timeout_ms: float = 120_000, retry_backoff_ms: float = 100,
+                 key_serializer=None, value_serializer=None):
         if not isinstance(topic, str):
             raise TypeError(f"topic must be a str, got {type(topic).__name__}")
         if acks not in ACKS:
@@ -409,6 +414,9 @@ class Producer:
         self.producer_id = producer_id
         self.delivery_timeout = delivery_timeout_ms / 1000.0
         self.retry_backoff = retry_backoff_ms / 1000.0
+        self.key_serializer = _encoder_of(key_serializer, "key_serializer")
+        self.value_serializer = _encoder_of(value_serializer, "value_serializer")
+        self._serialize = self.key_serializer is not None or self.value_serializer is not None
         self.partitioner = partitioner if partitioner is not None else DefaultPartitioner()
         if isinstance(self.partitioner, DefaultPartitioner):
             self._part_fn, self._trusted = xxh64_partition, True
@@ -548,6 +556,11 @@ class Producer:
         """
         if self._state != _RUNNING:
             await self._ensure_running()
+        if self._serialize:
+            if value is not None and self.value_serializer is not None:
+                value = self.value_serializer(value)
+            if key is not None and self.key_serializer is not None:
+                key = self.key_serializer(key)
         if headers is None and timestamp is None and value.__class__ is bytes:
             if key is None:
                 rec = value
@@ -855,6 +868,18 @@ class Producer:
     def __repr__(self):
         st = ("new", "running", "closing", "closed")[self._state]
         return f"<Producer topic={self.topic!r} acks={self.acks!r} {st}>"
+
+
+def _encoder_of(ser, what: str):
+    """A serializer given as a callable or as a codec with ``encode``."""
+    if ser is None:
+        return None
+    enc = getattr(ser, "encode", None)
+    if callable(enc) and not isinstance(ser, (str, bytes)):
+        return enc
+    if callable(ser):
+        return ser
+    raise TypeError(f"{what} must be a callable obj -> bytes or a codec with encode(), got {ser!r}")
 
 
 def _as_bytes(obj, what: str):
