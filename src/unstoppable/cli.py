@@ -455,6 +455,7 @@ def _cmd_consume(args, tail: bool = False) -> int:
 # ----------------------------------------------------------------- groups
 
 def _cmd_groups(args) -> int:
+    import unstoppable as us
     from unstoppable.storage.groups import OffsetsFile, list_groups
     rows = []
     with _open_log(args) as log:
@@ -495,11 +496,25 @@ def _cmd_groups(args) -> int:
                         rows.append((g, t, p, off))
                 finally:
                     f.close()
+        # Every partition of each topic a group committed on, so partitions it
+        # never committed show their whole backlog as lag.
+        have = {(g, t, p): off for g, t, p, off in rows}
+        for g, t in {(g, t) for g, t, _p, _o in rows}:
+            try:
+                n = log.topic(t).partitions
+            except us.UnknownTopicError:
+                continue
+            for p in range(n):
+                have.setdefault((g, t, p), None)
         out = []
-        for g, t, p, off in sorted(rows):
+        for (g, t, p), off in sorted(have.items()):
             end = end_of(t, p)
+            if end is None:
+                lag = None
+            else:
+                lag = max(end - (log.topic(t).partition(p).start_offset if off is None else off), 0)
             out.append({"group": g, "topic": t, "partition": p, "committed": off,
-                        "end_offset": end, "lag": None if end is None else max(end - off, 0)})
+                        "end_offset": end, "lag": lag})
     if args.json:
         _emit(out)
         return 0
@@ -512,7 +527,8 @@ def _cmd_groups(args) -> int:
     for r in out:
         end = "?" if r["end_offset"] is None else f"{r['end_offset']:,}"
         lag = "?" if r["lag"] is None else f"{r['lag']:,}"
-        print(f"{r['group']:<{wg}}  {r['topic']:<{wt}}  {r['partition']:>9}  {r['committed']:>12,}  "
+        com = "-" if r["committed"] is None else f"{r['committed']:,}"
+        print(f"{r['group']:<{wg}}  {r['topic']:<{wt}}  {r['partition']:>9}  {com:>12}  "
               f"{end:>12}  {lag:>11}")
     return 0
 

@@ -173,6 +173,7 @@ class MemoryStore(Store):
             "history": sorted(k + v for k, v in self.history.items()),
             "timers": sorted(k + (v,) for k, v in self.timers.items()),
             "stats": sorted((k, v) for k, v in self.stats.items() if v),
+            "dead_letters": [],
         }
 
 

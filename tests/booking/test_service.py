@@ -1,0 +1,133 @@
+"""The booking worker on a real log and a real read model: failing handlers
+are retried then dead-lettered with their origin and the partition moves on;
+re-driven dead letters are applied; a pending expiry survives a restart and
+takes effect once even when its timer fires twice; outcomes are published."""
+import time
+
+import pytest
+
+import unstoppable as us
+from unstoppable.booking import deadletters as dl
+from unstoppable.booking import events as ev
+from unstoppable.booking.readmodel import connect, diff_snapshots
+from unstoppable.booking.service import BookingService, ServiceConfig, create_topics, rebuild
+
+from booking_util import caught_up, outcomes, read_topic, run_service, snapshot
+
+
+def _cfg(tmp_path, **kw):
+    return ServiceConfig(log_path=str(tmp_path / "log"), db_path=str(tmp_path / "live.db"), **kw)
+
+
+def _send(log, cfg, events):
+    """Append events keyed by seat, on the seat's partition (like the Producer)."""
+    from unstoppable._core.hashing import xxh64_partition
+    t = log.topic(cfg.topic)
+    for e in events:
+        seat = ev.seat_of(e).encode()
+        t.partition(xxh64_partition(seat, t.partitions)).append([(seat, ev.CODEC.encode(e))])
+
+
+def test_failing_records_are_retried_then_dead_lettered_and_can_be_redriven(tmp_path):
+    cfg = _cfg(tmp_path, fail_seats=("seat-bad",), backoff_ms=1, max_attempts=3, ttl_ms=60_000)
+    log = us.Log(cfg.log_path)
+    create_topics(log, cfg, partitions=2)
+    _send(log, cfg, [ev.reservation_requested("b1", "u1", "seat-ok"),
+                     ev.reservation_requested("b2", "u2", "seat-bad"),
+                     ev.payment_received("b1", "seat-ok", "p1", 100, "u1"),
+                     ev.payment_received("b2", "seat-bad", "p2", 100, "u2")])
+    log.topic(cfg.topic).partition(0).append([(b"seat-x", b"\x07garbage")])
+    svc = run_service(cfg, log, caught_up(log, cfg))
+    assert svc.metrics["dead_letters"] == 3 and svc.metrics["retries"] == 3 * 2
+    letters = dl.read_dead_letters(log.topic(cfg.dlq_topic))
+    assert len(letters) == 3
+    by_error = sorted(d.error.split(":")[0] for d in letters)
+    assert by_error == ["InjectedFault", "InjectedFault", "ValueDecodeError"]
+    for d in letters:
+        assert d.origin_topic == cfg.topic and d.attempts == 3
+        raw = log.topic(cfg.topic).partition(d.origin_partition).read(d.origin_offset, 1)[0]
+        assert bytes(raw.value) == d.value                     # the failed record itself
+    db = connect(cfg.db_path)
+    assert db.execute("SELECT state FROM bookings WHERE booking_id='b1'").fetchone() == ("confirmed",)
+    assert db.execute("SELECT COUNT(*) FROM bookings WHERE booking_id='b2'").fetchone() == (0,)
+    db.close()
+
+    # The bug is fixed: re-drive the two injected failures (not the garbage).
+    fixed = ServiceConfig(**{**cfg.__dict__, "fail_seats": ()})
+    redo = [(d.partition, d.offset) for d in letters if d.error.startswith("InjectedFault")]
+    done = dl.redrive(log, cfg.dlq_topic, redo)
+    assert len(done) == 2
+    assert dl.redrive(log, cfg.dlq_topic, redo) == []          # never twice
+    left = [d for d in dl.read_dead_letters(log.topic(cfg.dlq_topic)) if not d.redriven]
+    assert [d.error.split(":")[0] for d in left] == ["ValueDecodeError"]
+    run_service(fixed, log, caught_up(log, fixed))
+    db = connect(cfg.db_path)
+    assert db.execute("SELECT state FROM bookings WHERE booking_id='b2'").fetchone() == ("confirmed",)
+    db.close()
+    # The rebuild makes the same decisions, dead letters included.
+    rebuild(log, fixed, str(tmp_path / "rebuilt.db")).db.close()
+    assert diff_snapshots(snapshot(cfg.db_path), snapshot(str(tmp_path / "rebuilt.db"))) == []
+    with pytest.raises(KeyError, match="no dead letter"):
+        dl.redrive(log, cfg.dlq_topic, [(0, 999)])
+    log.close()
+
+
+def test_a_pending_expiry_survives_a_restart_and_takes_effect_once(tmp_path):
+    cfg = _cfg(tmp_path, ttl_ms=400)
+    log = us.Log(cfg.log_path)
+    create_topics(log, cfg, partitions=2)
+    _send(log, cfg, [ev.reservation_requested("b1", "u1", "A")])
+    # Worker 1 holds the seat, then stops before the deadline.
+    run_service(cfg, log, caught_up(log, cfg, timers=False))
+    db = connect(cfg.db_path)
+    assert db.execute("SELECT state FROM seats WHERE seat_id='A'").fetchone() == ("held",)
+    (deadline,) = db.execute("SELECT deadline_ms FROM timers").fetchone()
+    db.close()
+    time.sleep(max(0.0, deadline / 1000 - time.time()) + 0.05)
+
+    # Worker 2 (a restart) finds the due timer; we make it fire twice, as a
+    # crash between appending the expiry and marking the timer fired would.
+    import asyncio
+
+    async def fire_twice():
+        svc = BookingService(cfg)
+        svc.db = connect(cfg.db_path)
+        from unstoppable.booking.readmodel import ReadModel
+        svc.rm = ReadModel(svc.db)
+        async with us.Producer(log, cfg.topic) as svc.in_p:
+            assert await svc.fire_timers([0, 1]) == 1
+            svc.db.execute("UPDATE timers SET fired=0")        # the mark was lost
+            assert await svc.fire_timers([0, 1]) == 1
+        svc.db.close()
+
+    asyncio.run(fire_twice())
+    expiries = [v for *_x, v, _h in read_topic(log, cfg.topic)
+                if ev.kind_of(ev.CODEC.decode(v)) == "reservation_expired"]
+    assert len(expiries) == 2
+    run_service(cfg, log, caught_up(log, cfg))
+    db = connect(cfg.db_path)
+    assert db.execute("SELECT state FROM seats WHERE seat_id='A'").fetchone() == ("available",)
+    assert db.execute("SELECT state FROM bookings").fetchall() == [("expired",)]
+    stats = dict(db.execute("SELECT name, SUM(value) FROM stats GROUP BY name").fetchall())
+    assert stats["expired"] == 1 and stats["duplicates"] == 1
+    db.close()
+    kinds = [ev.kind_of(e) for e in outcomes(log, cfg)]
+    assert kinds == ["seat_held", "hold_expired"]
+    log.close()
+
+
+def test_events_on_the_wrong_partition_are_refused(tmp_path):
+    """Two workers must never decide on one seat: an event whose seat lives on
+    another partition is dead-lettered, not applied."""
+    from unstoppable._core.hashing import xxh64_partition
+    cfg = _cfg(tmp_path, backoff_ms=1, max_attempts=2)
+    log = us.Log(cfg.log_path)
+    create_topics(log, cfg, partitions=4)
+    home = xxh64_partition(b"A", 4)
+    log.topic(cfg.topic).partition((home + 1) % 4).append(
+        [(b"A", ev.CODEC.encode(ev.reservation_requested("b1", "u1", "A")))])
+    run_service(cfg, log, caught_up(log, cfg))
+    (d,) = dl.read_dead_letters(log.topic(cfg.dlq_topic))
+    assert "belong on partition" in d.error and d.origin_partition == (home + 1) % 4
+    assert snapshot(cfg.db_path)["seats"] == []
+    log.close()
