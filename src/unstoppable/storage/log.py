@@ -32,6 +32,7 @@ from unstoppable._core.segment import (
     Head,
     Writer,
     find_batch,
+    start_writeback,
     read_batches,
     scan,
 )
@@ -44,6 +45,7 @@ from unstoppable.errors import (
     TopicConfigError,
     TopicExistsError,
     UnknownTopicError,
+    UnstoppableError,
     UnsupportedFormatError,
     corrupt_from_code,
 )
@@ -159,6 +161,96 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+_COMMIT_DELAY_STEP = 0.0001   # s: wait this long for more partitions to join a sync
+_COMMIT_DELAY_MAX = 0.001     # s: but never longer than this in all
+
+
+class _GroupCommit:
+    """Group commit for every partition of a log.
+
+    A thread that needs durability registers (partition, end offset). If no
+    sync is running it becomes the leader: it takes every registered
+    partition, asks the kernel to start writing all their dirty segment files
+    at once (``start_writeback``), then fdatasyncs them one by one and moves
+    each checkpoint. Threads that arrive meanwhile wait and are covered by the
+    next round. Measured here: 8 files of 13 KB took 2.3 ms as 8 plain
+    fdatasyncs and 1.2 ms with the writeback started for all first.
+
+    A failed fdatasync marks its partition failed for good (after a failed
+    fsync the kernel may have dropped the dirty pages, so a retry could report
+    success for lost data: PostgreSQL's "fsyncgate").
+    """
+
+    def __init__(self):
+        self._cond = threading.Condition(threading.Lock())
+        self._syncing = False
+        self._pending: dict = {}
+
+    def wait(self, partition: Partition, end_offset: int) -> None:
+        cond = self._cond
+        with cond:
+            while partition._durable_end < end_offset:
+                if partition._failed is not None:
+                    raise UnstoppableError(
+                        f"fsync of {partition.topic}/{partition.index} failed") from partition._failed
+                self._pending[partition] = max(self._pending.get(partition, 0), end_offset)
+                if self._syncing:
+                    cond.wait()
+                    continue
+                self._syncing = True
+                # Commit delay: while other partitions keep arriving (flushes
+                # started together, each from its own thread), give them a
+                # moment to join this round; alone, this costs one short wait.
+                deadline = time.monotonic() + _COMMIT_DELAY_MAX
+                seen = len(self._pending)
+                while True:
+                    cond.wait(_COMMIT_DELAY_STEP)
+                    if len(self._pending) == seen or time.monotonic() > deadline:
+                        break
+                    seen = len(self._pending)
+                batch = list(self._pending)
+                self._pending.clear()
+                cond.release()
+                try:
+                    self._sync(batch)
+                finally:
+                    cond.acquire()
+                    self._syncing = False
+                    cond.notify_all()
+
+    @staticmethod
+    def _sync(partitions) -> None:
+        plans = []
+        for p in partitions:
+            if p._failed is not None or p._closed:
+                continue
+            try:
+                plan = p._sync_plan()
+            except Exception as e:
+                p._failed = e
+                continue
+            if plan is None:
+                p._durable_end = max(p._durable_end, p._state().end_offset)
+            else:
+                plans.append((p, plan[0], plan[1]))
+        try:
+            start_writeback([fd for _, _, fds in plans for fd in fds])
+            for p, st, fds in plans:
+                try:
+                    for fd in fds:
+                        os.fdatasync(fd)
+                    done = p._sync_done(st)
+                except OSError as e:
+                    p._failed = e
+                    continue
+                if done > p._durable_end:
+                    p._durable_end = done
+        finally:
+            for _, _, fds in plans:
+                for fd in fds:
+                    os.close(fd)
+
+
 class _Flusher:
     """One background thread per log that fsyncs segments sealed by a roll and
     moves their partition's recovery checkpoint past them, so recovery after a
@@ -212,6 +304,7 @@ class Log:
         self._topics: dict[str, Topic] = {}
         self._lock = threading.RLock()
         self._flusher = _Flusher()
+        self._group_commit = _GroupCommit()
         self._writer_pool = None
         self._open_dir(create)
         self._topics_dir = os.path.join(self.path, "topics")

@@ -242,8 +242,6 @@ class Partition:
         self._stream_chunk = 256  # records per pipelined chunk; adapts to ~1 MiB
         self._producers = ProducerStateTable()
         self._durable_end = 0
-        self._sync_cond = threading.Condition(threading.Lock())
-        self._syncing = False
         os.makedirs(path, exist_ok=True)
         self._dirfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | _O_CLOEXEC)
         self._flock = _Flock(os.path.join(path, "lock"))
@@ -781,7 +779,7 @@ class Partition:
             st = self._head.read() or self._repair_head()
             if st.flags & HEAD_FLAG_DELETED:
                 raise UnknownTopicError(f"topic {self.topic!r} was deleted")
-            seg = self._active(st)
+            seg = self._active(st, check_tail=True)
             if (st.active_size > 0 and cfg.segment_ms is not None
                     and _now_ms() - st.active_created >= cfg.segment_ms):
                 seg, st = self._roll(st)
@@ -889,12 +887,18 @@ class Partition:
             # the next lock holder truncates them.
             pass
 
-    def _active(self, st) -> Segment:
-        """The active segment (lock held), with any torn tail a dead writer left cut off."""
+    def _active(self, st, check_tail: bool = False) -> Segment:
+        """The active segment (lock held). With ``check_tail``, cut off any
+        torn tail a dead writer left past the head. Ordinary appends skip that
+        fstat: they write at ``active_size`` whatever lies beyond, readers never
+        look past the head, and the tail is cut at the next roll or open."""
         seg = self._segments.get(st.active_base)
         if seg is None:
             self._refresh_segments(st)
             seg = self._segment(st.active_base, create=True)
+            check_tail = True
+        if not check_tail:
+            return seg
         size = seg.size()
         if size != st.active_size:
             if size < st.active_size:
@@ -908,6 +912,7 @@ class Partition:
     def _roll(self, st):
         """Seal the active segment and start a new one at the end offset (lock held)."""
         old = self._segment(st.active_base)
+        os.ftruncate(old.fd, st.active_size)  # a dead writer's leftovers past the head
         # Producer state as of the new segment's start, so rebuilding it on
         # open only walks the active segment.
         self._producers.catch_up(self, st)
@@ -992,60 +997,37 @@ class Partition:
     def wait_durable(self, end_offset: int) -> None:
         """Block until every offset below ``end_offset`` is on stable storage.
 
-        Group commit: one thread (the leader) runs fdatasync for everyone
-        waiting; the others sleep and share its result.
+        Group commit across the whole log: one waiting thread (the leader)
+        syncs every partition that someone is waiting on, all at once, and the
+        others sleep and share its result (see ``_GroupCommit``).
         """
-        cond = self._sync_cond
-        with cond:
-            while self._durable_end < end_offset:
-                if self._failed is not None:
-                    raise UnstoppableError(f"fsync of {self.topic}/{self.index} failed") \
-                        from self._failed
-                if self._syncing:
-                    cond.wait()
-                    continue
-                self._syncing = True
-                cond.release()
-                try:
-                    done = self._sync_now()
-                except BaseException as e:
-                    if isinstance(e, OSError):
-                        # After a failed fsync the kernel may have dropped the
-                        # dirty pages; retrying could report success for lost
-                        # data (PostgreSQL's "fsyncgate"). Refuse further writes.
-                        self._failed = e
-                    raise
-                finally:
-                    cond.acquire()
-                    self._syncing = False
-                    cond.notify_all()
-                if done > self._durable_end:
-                    self._durable_end = done
+        self._log._group_commit.wait(self, end_offset)
 
     def flush(self) -> None:
         """fsync everything appended so far (in any process) and move the checkpoint."""
         self._check_open()
         self.wait_durable(self._state().end_offset)
 
-    def _sync_now(self) -> int:
-        """fdatasync every segment past the checkpoint, then advance it. Returns
-        the end offset now known durable."""
+    def _sync_plan(self):
+        """What a sync must cover: ``(state, fds)`` with duplicated descriptors
+        of every segment past the checkpoint (the caller closes them), or None
+        when everything is already durable."""
         with self._lock:
             st = self._state()
             if st.ckpt_base == st.active_base and st.ckpt_size == st.active_size:
-                return st.end_offset
-            self._refresh_segments(st)
+                return None
+            if not self._bases or self._bases[-1] != st.active_base or st.ckpt_base not in self._bases:
+                self._refresh_segments(st)
             segs = [self._segment(b) for b in self._bases if b >= st.ckpt_base]
             fds = [os.dup(s.fd) for s in segs]  # survive a concurrent retention close
-        try:
-            for fd in fds:
-                os.fdatasync(fd)
-            if st.active_base != st.ckpt_base or not self._dir_synced:
-                os.fsync(self._dirfd)  # directory entries of new segment files (and of the head)
-                self._dir_synced = True
-        finally:
-            for fd in fds:
-                os.close(fd)
+        return st, fds
+
+    def _sync_done(self, st) -> int:
+        """After the fdatasyncs of a plan: the directory if needed, then move
+        the checkpoint to what was synced. Returns the durable end offset."""
+        if st.active_base != st.ckpt_base or not self._dir_synced:
+            os.fsync(self._dirfd)  # directory entries of new segment files (and of the head)
+            self._dir_synced = True
         with self._lock, self._flock:
             cur = self._head.read() or self._repair_head()
             if (st.active_base, st.active_size) > (cur.ckpt_base, cur.ckpt_size):
