@@ -51,7 +51,8 @@ import warnings
 
 from unstoppable._core.hashing import murmur2_partition, xxh64, xxh64_partition
 from unstoppable.client._types import RecordMetadata, TopicPartition
-from unstoppable.client.backend import backend_for, is_retriable
+from unstoppable.client import _executor
+from unstoppable.client.backend import EmbeddedBackend, backend_for, is_retriable
 from unstoppable.errors import (
     BufferFullError,
     DeliveryTimeoutError,
@@ -630,6 +631,62 @@ class Producer:
                     f"tuple, got {type(r).__name__}")
             out.append(await self.send(value, key, headers, ts, partition))
         return out
+
+    async def send_arrow(self, table, value: str = "value", key: str | None = "key",
+                         timestamp: str | None = None, headers: str | None = None) -> dict:
+        """send_arrow(table, value="value", key="key", timestamp=None, headers=None) -> dict[int, int]
+
+        Send the rows of a ``pyarrow.Table`` (or RecordBatch) as records,
+        partitioned like ``send`` (the producer's partitioner on the key
+        column; rows without a key round-robin). Everything sent before is
+        flushed first, so the rows come after it in every partition. On the
+        embedded log the rows are partitioned and encoded in C straight from
+        the Arrow buffers (``unstoppable.arrow.append_arrow``), each
+        partition's rows visible at once; other backends send them row by row.
+        Returns ``{partition: offset of its first row}``, once written at the
+        producer's ``acks``. Key/value serializers do not apply (the columns
+        are bytes already). Rows are not covered by idempotent sequence numbers.
+        """
+        if self._state != _RUNNING:
+            await self._ensure_running()
+        await self.flush()
+        from unstoppable import arrow as _arrow
+
+        if isinstance(self._backend, EmbeddedBackend):
+            if isinstance(self.partitioner, Murmur2Partitioner):
+                kind = "murmur2"
+            elif isinstance(self.partitioner, DefaultPartitioner):
+                kind = "xxh64"
+            else:
+                kind = self.partitioner  # called per row, as send() would
+            topic = self._backend.log.topic(self.topic)
+            return await _executor.run(
+                lambda: _arrow.append_arrow(topic, table, value, key, timestamp, headers,
+                                            partitioner=kind, acks=self.acks))
+        pa = _arrow._pa()
+        cols = table.to_pydict() if hasattr(table, "to_pydict") else pa.table(table).to_pydict()
+        if value not in cols:
+            raise KeyError(f"send_arrow: the table has no column {value!r}")
+        n = len(cols[value])
+        keys = cols.get(key) if key is not None else None
+        tss = cols.get(timestamp) if timestamp is not None else None
+        hdrs = cols.get(headers) if headers is not None else None
+        futs = []
+        for i in range(n):
+            ts = tss[i] if tss is not None else None
+            if ts is not None and not isinstance(ts, int):
+                ts = int(ts.timestamp() * 1000)
+            h = hdrs[i] if hdrs is not None else None
+            if h is not None and not isinstance(h, dict):
+                h = [(x["key"], x["value"]) for x in h]
+            futs.append(await self.send(cols[value][i], keys[i] if keys is not None else None,
+                                        h, ts))
+        first: dict = {}
+        for f in futs:
+            md = await f
+            if md.partition not in first or md.offset < first[md.partition]:
+                first[md.partition] = md.offset
+        return first
 
     # ------------------------------------------------------------- internals
 
