@@ -852,7 +852,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--workers", type=int, default=3, help="booking worker processes")
     d.add_argument("--producers", type=int, default=2, help="user producer processes")
     d.add_argument("--partitions", type=int, default=8)
-    d.add_argument("--window", type=float, default=12.0, help="seconds over which users arrive")
+    d.add_argument("--window", type=float, default=25.0, help="seconds over which users arrive")
     d.add_argument("--ttl-ms", type=int, default=2000, help="how long a hold waits for payment")
     d.add_argument("--poison", type=int, default=6, help="records that must be dead-lettered")
     d.add_argument("--fault-rate", type=float, default=0.001,
