@@ -94,7 +94,7 @@ def test_a_pending_expiry_survives_a_restart_and_takes_effect_once(tmp_path):
         svc.db = connect(cfg.db_path)
         from unstoppable.booking.readmodel import ReadModel
         svc.rm = ReadModel(svc.db)
-        async with us.Producer(log, cfg.topic) as svc.in_p:
+        async with us.Producer(log, cfg.topic, value_serializer=ev.CODEC) as svc.in_p:
             assert await svc.fire_timers([0, 1]) == 1
             svc.db.execute("UPDATE timers SET fired=0")        # the mark was lost
             assert await svc.fire_timers([0, 1]) == 1

@@ -177,7 +177,7 @@ def _gateway_process(log_path: str, scfg: dict, cfg: dict, status: str) -> None:
         heap: list = []
         paid = late = 0
         async with us.Consumer(log, outcomes, group="payment-gateway") as c, \
-                us.Producer(log, topic, linger_ms=2) as p:
+                us.Producer(log, topic, linger_ms=2, value_serializer=ev.CODEC) as p:
             last = 0.0
             while not stop.is_set():
                 got = await c.getmany(timeout_ms=20)
@@ -202,9 +202,8 @@ def _gateway_process(log_path: str, scfg: dict, cfg: dict, status: str) -> None:
                 now = time.time()
                 while heap and heap[0][0] <= now:
                     _, booking, seat, user = heapq.heappop(heap)
-                    await p.send(ev.CODEC.encode(ev.payment_received(
-                        booking, seat, f"pay-{booking}", 4900, user, event_id=f"gw-{booking}")),
-                        key=seat.encode())
+                    await p.send(ev.payment_received(booking, seat, f"pay-{booking}", 4900, user,
+                                                     event_id=f"gw-{booking}"), key=seat.encode())
                     paid += 1
                 if now - last > 0.1:
                     await p.flush()

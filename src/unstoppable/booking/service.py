@@ -9,6 +9,10 @@ Topics (names in :class:`ServiceConfig`)::
     booking-outcomes   what the service decided (SeatHeld, BookingConfirmed, ...)
     booking-dlq        dead letters (see deadletters.py)
 
+Values are decoded by the worker itself, not by a consumer deserializer: a
+record that does not decode must be dead-lettered like any other failure,
+not stop the partition. Producers of events use ``value_serializer=CODEC``.
+
 One worker, per run of records handed out by ``getmany`` for a partition::
 
     BEGIN IMMEDIATE
@@ -149,7 +153,7 @@ class BookingService:
                                    max_poll_records=cfg.batch,
                                    membership_poll_ms=cfg.membership_poll_ms) as c, \
                     us.Producer(log, cfg.outcomes_topic) as self.out_p, \
-                    us.Producer(log, cfg.topic) as self.in_p, \
+                    us.Producer(log, cfg.topic, value_serializer=ev.CODEC) as self.in_p, \
                     us.Producer(log, cfg.dlq_topic, acks="fsync") as self.dlq_p:
                 self.consumer = c
                 last_status = 0.0
@@ -309,7 +313,7 @@ class BookingService:
         futs = []
         for seat, booking, part, deadline in rows:
             e = ev.reservation_expired(booking, seat, deadline, occurred_ms=now_ms)
-            futs.append(await self.in_p.send(ev.CODEC.encode(e), key=seat.encode(), partition=part))
+            futs.append(await self.in_p.send(e, key=seat.encode(), partition=part))
         await self.in_p.flush()
         _raise_failed(futs)
         self.db.executemany("UPDATE timers SET fired=1 WHERE seat_id=? AND booking_id=? "
