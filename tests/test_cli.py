@@ -210,3 +210,21 @@ def test_bad_input_gives_one_line_and_a_nonzero_exit(logdir, tmp_path):
 def test_console_script_is_the_same_cli():
     r = subprocess.run(["unstoppable", "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "demo" in r.stdout and "export" in r.stdout
+
+
+def test_consume_follow_prints_new_records_as_they_come(logdir):
+    cli("topics", "create", "t", log=logdir)
+    cli("produce", "t", log=logdir, stdin="old\n")
+    proc = subprocess.Popen([sys.executable, "-m", "unstoppable", "consume", "t", "-f", "--json",
+                             "--log", str(logdir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        first = json.loads(proc.stdout.readline())
+        assert first["value"] == "old"
+        cli("produce", "t", log=logdir, stdin="new 1\nnew 2\n")
+        got = [json.loads(proc.stdout.readline())["value"] for _ in range(2)]
+        assert got == ["new 1", "new 2"]
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    assert "Traceback" not in proc.stderr.read()

@@ -4,7 +4,7 @@
     unstoppable topics create NAME [--partitions N] [--config KEY=VALUE ...]
     unstoppable topics list | describe NAME
     unstoppable produce TOPIC [--format lines|json] [--codec C] [--key K | --key-field F]
-    unstoppable consume TOPIC [--group G] [--from-beginning] [-n N] [-f]
+    unstoppable consume TOPIC [--group G] [--offset O] [-n N] [-f]
     unstoppable tail TOPIC [-n N] [-f]
     unstoppable groups [GROUP] [--sqlite DB]
     unstoppable dump TOPIC [--partition P] [--offset O] [-n N]
@@ -396,9 +396,7 @@ def _cmd_consume(args, tail: bool = False) -> int:
                 raise CLIError("--partition cannot be used with --group (the group assigns them)",
                                _EXIT_USAGE)
             topics = args.topic
-        reset = "earliest" if (tail or args.from_beginning or group is not None) else "latest"
-        if not tail and not args.follow and group is None and not args.from_beginning:
-            reset = "earliest"   # without -f, show what is there
+        reset = "earliest"      # a group without commits, and consume without one: from the start
         seen = 0
         async with us.Consumer(log, topics, group=group, auto_offset_reset=reset) as c:
             if tail:
@@ -736,7 +734,7 @@ def _csv_ready(pa, batch):
     """CSV has no binary or list columns: keys and values become text
     (UTF-8, invalid bytes escaped), headers a JSON object."""
     cols, names = [], []
-    for name, col in zip(batch.schema.names, batch.columns):
+    for name, col in zip(batch.schema.names, batch.columns, strict=True):
         t = col.type
         if pa.types.is_binary(t) or pa.types.is_large_binary(t):
             col = pa.array([_printable(v) for v in col.to_pylist()], pa.string())
@@ -887,7 +885,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--acks", choices=("written", "fsync"), default="written")
     pr.set_defaults(func=_cmd_produce)
 
-    for name, helptext in (("consume", "read records (from the latest, or a group's committed offsets)"),
+    for name, helptext in (("consume", "print the records there are (-f: and then new ones; with a "
+                                       "group: from its committed offsets)"),
                            ("tail", "the last records of a topic, then (-f) new ones")):
         c = sub.add_parser(name, parents=[withlog], help=helptext)
         c.add_argument("topic")
@@ -897,8 +896,6 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--partition", type=int, help="only this partition")
         if name == "consume":
             c.add_argument("--group", help="consume as this group and commit what was printed")
-            c.add_argument("--from-beginning", action="store_true",
-                           help="with -f, start at the first offset instead of the end")
             c.add_argument("--offset", type=int, help="start every partition at this offset")
             c.set_defaults(func=_cmd_consume)
         else:

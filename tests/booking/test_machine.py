@@ -54,7 +54,7 @@ def run(steps, store=None, check=None):
     store = store or MemoryStore()
     log = []
     ts = 1_000_000
-    for i, (kind, arg) in enumerate(steps):
+    for kind, arg in steps:
         ts += 137
         batch = [arg] if kind == "event" else _pending_expiries(store) * (2 if arg else 1)
         for e in batch:

@@ -105,7 +105,7 @@ def test_workers_killed_mid_stream_lose_and_repeat_nothing(tmp_path):
     def events_done():
         return db.execute("SELECT COALESCE(SUM(value), 0) FROM stats WHERE name='events'").fetchone()[0]
 
-    for round_ in range(3):
+    for _round in range(3):
         proc = SPAWN.Process(target=run_worker, args=(config_dict(cfg),))
         proc.start()
         try:

@@ -250,6 +250,12 @@ def run_demo(cfg: DemoConfig, out=print) -> dict:
                                           "pay_rate", "late_pay_rate", "early_pay_rate",
                                           "dup_rate", "poison", "seed")}
     prog = Progress("demo", force=bool(cfg.progress)) if cfg.progress is not False else None
+    if prog is not None:
+        say = out
+
+        def out(line):       # clear the progress line before a line of output
+            prog.close()
+            say(line)
     procs: list = []
     summary: dict = {"config": {**plain, "workers": cfg.workers, "ttl_ms": cfg.ttl_ms,
                                 "fault_rate": cfg.fault_rate, "kill": cfg.kill}}

@@ -43,7 +43,7 @@ fold the tests compare the SQLite read model (``readmodel.py``) against.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from unstoppable.booking import events as ev
 from unstoppable.booking.booking_pb2 import BookingEvent, RefundReason, RejectReason
