@@ -239,3 +239,41 @@ class ValueDecodeError(UnstoppableError, ValueError):
 
 
 __all__.append("ValueDecodeError")
+
+
+# Remote backends (unstoppable.backends: NATS JetStream).
+
+class InvalidURLError(UnstoppableError, ValueError):
+    """A log URL that cannot be used: unknown scheme, missing host or port."""
+
+
+class BackendUnavailableError(UnstoppableError, ConnectionError):
+    """A remote backend cannot serve the request now: its servers are
+    unreachable, or the partition has no leader (an election is under way).
+    Retriable: the producer retries it within ``delivery_timeout_ms``."""
+
+
+class BackendTimeoutError(UnstoppableError, TimeoutError):
+    """A request to a remote backend got no answer in time, so its outcome is
+    unknown. Retriable: an idempotent producer's retry cannot duplicate."""
+
+
+class BackendError(UnstoppableError):
+    """A remote backend refused a request. ``code``, ``err_code`` and
+    ``description`` are what the server sent."""
+
+    def __init__(self, message: str, *, code: int = 0, err_code: int = 0, description: str = ""):
+        super().__init__(message)
+        self.code = code
+        self.err_code = err_code
+        self.description = description
+
+    def __reduce__(self):
+        return (_rebuild_backend_error, (str(self), self.code, self.err_code, self.description))
+
+
+def _rebuild_backend_error(message, code, err_code, description):
+    return BackendError(message, code=code, err_code=err_code, description=description)
+
+
+__all__ += ["InvalidURLError", "BackendUnavailableError", "BackendTimeoutError", "BackendError"]

