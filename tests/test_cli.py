@@ -228,3 +228,28 @@ def test_consume_follow_prints_new_records_as_they_come(logdir):
         proc.terminate()
         proc.wait(20)
     assert "Traceback" not in proc.stderr.read()
+
+
+def test_produce_and_consume_on_a_jetstream_log(tmp_path):
+    """--log nats://host:port: topics create, produce, consume and tail go to a
+    real nats-server; the other commands say they need an embedded log."""
+    sys.path.insert(0, os.path.join(HERE, "backends"))
+    nats_servers = pytest.importorskip("nats_servers")
+    pytest.importorskip("nats")
+    if nats_servers.server_binary() is None:
+        pytest.skip("nats-server is not installed")
+    import asyncio
+    srv = nats_servers.start_single(str(tmp_path))
+    try:
+        asyncio.run(nats_servers.wait_for_jetstream([srv.url]))
+        url = srv.url
+        assert "2 partitions" in cli("topics", "create", "t", "--partitions", "2", log=url).stdout
+        cli("produce", "t", "--key-separator", "=", log=url, stdin="a=1\nb=2\na=3\n")
+        recs = [json.loads(x) for x in cli("consume", "t", "--json", log=url).stdout.splitlines()]
+        assert sorted((r["key"], r["value"]) for r in recs) == [("a", "1"), ("a", "3"), ("b", "2")]
+        assert len(cli("tail", "t", "-n", "1", log=url).stdout.splitlines()) == 1
+        assert "embedded log" in bad("verify", log=url)
+        msg = bad("consume", "nope", log=url)
+        assert "no topic 'nope'" in msg
+    finally:
+        srv.stop()

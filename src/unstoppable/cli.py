@@ -13,7 +13,10 @@
     unstoppable bench [--records N] [--value-bytes B]
     unstoppable export TOPIC --format parquet|arrow|csv --out PATH [--from X] [--to Y]
 
-Every command that reads a log takes ``--log DIR`` (default: $UNSTOPPABLE_LOG).
+Every command that reads a log takes ``--log DIR`` (default: $UNSTOPPABLE_LOG);
+``topics create``, ``produce``, ``consume`` and ``tail`` also take
+``--log nats://host:port[,host:port...]`` (a JetStream cluster, through
+``unstoppable.connect``).
 Output is for people by default; ``--json`` prints JSON for scripts (one
 document, or one per line for record streams). Long work shows a progress bar
 on stderr when it is a terminal (``--progress`` forces it). Bad input gives a
@@ -72,16 +75,52 @@ def _printable(b) -> str | None:
     return None if t is None else t.translate(_CONTROL)
 
 
+_REMOTE = ("nats://", "tls://")
+_REMOTE_COMMANDS = "topics create, produce, consume and tail"
+
+
+def _log_url(args) -> str:
+    url = args.log or os.environ.get("UNSTOPPABLE_LOG")
+    if not url:
+        raise CLIError("no log given: pass --log DIR (or nats://host:port) or set UNSTOPPABLE_LOG")
+    return url
+
+
+def _is_remote(url: str) -> bool:
+    return url.lower().startswith(_REMOTE)
+
+
 def _open_log(args):
+    """The embedded log of --log (a directory that must hold a log)."""
     import unstoppable as us
-    path = args.log or os.environ.get("UNSTOPPABLE_LOG")
-    if not path:
-        raise CLIError("no log given: pass --log DIR or set UNSTOPPABLE_LOG")
-    if "://" in path:
-        raise CLIError(f"{path}: only embedded logs (a directory) are supported by this build")
+    path = _log_url(args)
+    if _is_remote(path):
+        raise CLIError(f"{args.command} needs an embedded log (a directory); on {path.split('://')[0]}:// "
+                       f"logs the CLI offers {_REMOTE_COMMANDS}")
+    if path.startswith("file://"):
+        path = path[len("file://"):]
     if not os.path.isdir(path):
         raise CLIError(f"no log at {path}")
     return us.Log(path, create=False)
+
+
+def _run_on_log(args, work):
+    """Run ``await work(log)`` on the log of --log: the embedded log, or a
+    JetStream cluster for nats:// and tls:// URLs (connected inside the
+    event loop that uses it)."""
+    import unstoppable as us
+    url = _log_url(args)
+    if not _is_remote(url):
+        with _open_log(args) as log:
+            return asyncio.run(work(log))
+
+    async def remote():
+        log = await us.connect(url)
+        try:
+            return await work(log)
+        finally:
+            await log.close()
+    return asyncio.run(remote())
 
 
 def _topic(log, name: str):
@@ -212,11 +251,20 @@ def _topic_info(t) -> dict:
 def _cmd_topics(args) -> int:
     if args.topics_cmd == "create":
         import unstoppable as us
-        path = args.log or os.environ.get("UNSTOPPABLE_LOG")
-        if not path:
-            raise CLIError("no log given: pass --log DIR or set UNSTOPPABLE_LOG")
+        path = _log_url(args)
         if args.partitions < 1:
             raise CLIError("--partitions must be at least 1", _EXIT_USAGE)
+        if _is_remote(path):
+            async def create(log):
+                cfg = _parse_config(args.config)
+                await log.create_topic(args.name, partitions=args.partitions, **cfg)
+                return (await log.topic_info(args.name)).partitions
+            n = _run_on_log(args, create)
+            if args.json:
+                _emit({"name": args.name, "partitions": n})
+            else:
+                print(f"topic {args.name!r}: {n} partitions (on {path})")
+            return 0
         with us.Log(path) as log:
             t = log.create_topic(args.name, partitions=args.partitions, **_parse_config(args.config))
             info = _topic_info(t)
@@ -355,14 +403,12 @@ def _cmd_produce(args) -> int:
             total += 1
         futs.clear()
 
-    with _open_log(args) as log:
-        _topic(log, args.topic)
-        try:
-            asyncio.run(run(log))
-        except CLIError as e:
-            if total:
-                raise CLIError(f"{e} ({total} records before it were produced)", e.code) from None
-            raise
+    try:
+        _run_on_log(args, run)
+    except CLIError as e:
+        if total:
+            raise CLIError(f"{e} ({total} records before it were produced)", e.code) from None
+        raise
     if args.json:
         _emit({"topic": args.topic, "records": total,
                "partitions": {str(k): v for k, v in sorted(counts.items())}})
@@ -384,11 +430,18 @@ def _cmd_consume(args, tail: bool = False) -> int:
     group = None if tail else args.group
 
     async def run(log):
-        t = _topic(log, args.topic)
-        parts = list(range(t.partitions))
+        from unstoppable.client.backend import backend_for
+        be = backend_for(log)
+        n = (await be.topic_info(args.topic)).partitions
+        parts = list(range(n))
         if args.partition is not None:
-            t.partition(args.partition)
+            if not 0 <= args.partition < n:
+                raise us.PartitionOutOfRangeError(
+                    f"topic {args.topic!r} has partitions 0 .. {n - 1}, not {args.partition}")
             parts = [args.partition]
+        ranges = {p: await be.offset_range(args.topic, p) for p in parts}
+        if isinstance(log, us.Log):
+            await be.close()      # a private one; the consumer makes its own
         if group is None:
             topics = [TopicPartition(args.topic, p) for p in parts]
         else:
@@ -401,12 +454,12 @@ def _cmd_consume(args, tail: bool = False) -> int:
         async with us.Consumer(log, topics, group=group, auto_offset_reset=reset) as c:
             if tail:
                 for tp in c.assignment():
-                    start, end = t.partition(tp.partition).start_offset, t.partition(tp.partition).end_offset
+                    start, end = ranges[tp.partition]
                     c.seek(tp, max(start, end - (10 if limit is None else limit)))
             elif args.offset is not None:
                 for tp in c.assignment():
                     c.seek(tp, args.offset)
-            ends = {p: t.partition(p).end_offset for p in parts}
+            ends = {p: ranges[p][1] for p in parts}
             recent = []
             while True:
                 got = await c.getmany(timeout_ms=200 if (args.follow and not tail) or
@@ -442,11 +495,10 @@ def _cmd_consume(args, tail: bool = False) -> int:
                 if limit is not None and seen >= limit and not tail:
                     return seen
 
-    with _open_log(args) as log:
-        try:
-            asyncio.run(run(log))
-        except KeyboardInterrupt:
-            return 130
+    try:
+        _run_on_log(args, run)
+    except KeyboardInterrupt:
+        return 130
     return 0
 
 
