@@ -313,3 +313,13 @@ def test_pipelined_append_is_atomic_for_readers(log):
     stop.set()
     th.join()
     assert set(seen) <= {0, 20_000, 40_000, 60_000, 80_000, 100_000}
+
+
+def test_durability_wait_on_a_partition_closed_under_it_raises(log):
+    p = log.create_topic("t").partition(0)
+    p.append([b"x"])
+    p._closed = True  # what Topic._close(flush=False) does when a topic is deleted
+    p._close_files()
+    from unstoppable.errors import LogClosedError
+    with pytest.raises(LogClosedError, match="closed before"):
+        p.wait_durable(1)

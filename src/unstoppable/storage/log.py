@@ -193,6 +193,12 @@ class _GroupCommit:
                 if partition._failed is not None:
                     raise UnstoppableError(
                         f"fsync of {partition.topic}/{partition.index} failed") from partition._failed
+                if partition._closed:
+                    # Closed under us (topic deleted or log closed): nothing
+                    # will sync it again, so say so instead of waiting forever.
+                    raise LogClosedError(
+                        f"partition {partition.topic}/{partition.index} was closed before "
+                        f"offset {end_offset} was known durable")
                 self._pending[partition] = max(self._pending.get(partition, 0), end_offset)
                 if self._syncing:
                     cond.wait()
