@@ -55,6 +55,7 @@ from typing import Iterable, NamedTuple
 
 from unstoppable._core.hashing import crc32c
 from unstoppable.errors import CorruptLogError, InvalidGroupNameError, ProducerIdInUseError
+from unstoppable.storage._fs import O_CLOEXEC, fsync_dir
 
 __all__ = [
     "GROUPS_DIR",
@@ -76,7 +77,6 @@ _BODY_HEAD = struct.Struct("<qI")      # commit time, entry count
 _ENTRY_TAIL = struct.Struct("<Iq")     # partition, offset
 _U16 = struct.Struct("<H")
 _MAX_BODY = 64 << 20
-_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
@@ -114,14 +114,6 @@ def list_groups(log_path: str) -> list[str]:
     return sorted(out)
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | _O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _makedirs_durable(path: str) -> None:
     """mkdir -p, fsyncing each parent whose entries changed."""
     if os.path.isdir(path):
@@ -132,7 +124,7 @@ def _makedirs_durable(path: str) -> None:
         os.mkdir(path)
     except FileExistsError:
         return
-    _fsync_dir(parent)
+    fsync_dir(parent)
 
 
 # ---------------------------------------------------------------------------
@@ -230,7 +222,7 @@ class OffsetsFile:
             os.close(self._fd)
             self._fd = -1
         try:
-            fd = os.open(self.path, os.O_RDWR | _O_CLOEXEC)
+            fd = os.open(self.path, os.O_RDWR | O_CLOEXEC)
         except FileNotFoundError:
             return False
         self._fd = fd
@@ -297,7 +289,7 @@ class OffsetsFile:
     def _locked(self):
         if self._lock_fd < 0:
             self._lock_fd = os.open(os.path.join(self.dir, "offsets.lock"),
-                                    os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o644)
+                                    os.O_RDWR | os.O_CREAT | O_CLOEXEC, 0o644)
         return _FlockCtx(self._lock_fd)
 
     def commit(self, offsets: dict, *, sync: bool = True) -> None:
@@ -337,7 +329,7 @@ class OffsetsFile:
 
     def _create(self) -> None:
         tmp = f"{self.path}.tmp{os.getpid()}.{threading.get_ident()}"
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | _O_CLOEXEC, 0o644)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | O_CLOEXEC, 0o644)
         try:
             os.write(fd, MAGIC)
             os.fsync(fd)
@@ -347,13 +339,13 @@ class OffsetsFile:
             os.unlink(tmp)
         else:
             os.rename(tmp, self.path)
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
         self._open_current()
 
     def _rewrite(self, offsets: dict, now: int) -> None:
         """Compact: one record with the latest offsets replaces the file."""
         tmp = f"{self.path}.tmp{os.getpid()}.{threading.get_ident()}"
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | _O_CLOEXEC, 0o644)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | O_CLOEXEC, 0o644)
         try:
             os.write(fd, MAGIC + _encode_record(offsets, now))
             os.fsync(fd)
@@ -363,7 +355,7 @@ class OffsetsFile:
             raise
         os.close(fd)
         os.rename(tmp, self.path)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         self._open_current()
         self._catch_up()
 
@@ -451,7 +443,7 @@ class Membership:
         # Write the description under a temporary name, lock it, then rename
         # it into members/: nobody can see it unlocked and take it for dead.
         tmp = os.path.join(self.dir, f".member-{self.member_id}.tmp")
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | _O_CLOEXEC, 0o644)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             os.write(fd, json.dumps({"member_id": self.member_id, "topics": list(self.topics),
@@ -485,7 +477,7 @@ class Membership:
             entry = self._peers.get(name)
             if entry is None:
                 try:
-                    fd = os.open(os.path.join(self._members_dir, name), os.O_RDWR | _O_CLOEXEC)
+                    fd = os.open(os.path.join(self._members_dir, name), os.O_RDWR | O_CLOEXEC)
                 except FileNotFoundError:
                     continue
                 entry = self._peers[name] = (fd, None)
@@ -526,7 +518,7 @@ class Membership:
         d = os.path.join(self._owners_dir, topic)
         if not os.path.isdir(d):
             _makedirs_durable(d)
-        fd = os.open(os.path.join(d, f"{partition}.lock"), os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o644)
+        fd = os.open(os.path.join(d, f"{partition}.lock"), os.O_RDWR | os.O_CREAT | O_CLOEXEC, 0o644)
         if _try_flock(fd):
             self._owned[key] = fd
             return True
@@ -590,7 +582,7 @@ def owners(log_path: str, group: str) -> dict[tuple[str, int], bool]:
         for name in os.listdir(os.path.join(root, t)):
             if not name.endswith(".lock"):
                 continue
-            fd = os.open(os.path.join(root, t, name), os.O_RDWR | _O_CLOEXEC)
+            fd = os.open(os.path.join(root, t, name), os.O_RDWR | O_CLOEXEC)
             try:
                 free = _try_flock(fd)
                 if free:
@@ -613,7 +605,7 @@ class ProducerIdLock:
         d = os.path.join(log_path, PRODUCERS_DIR)
         _makedirs_durable(d)
         self.path = os.path.join(d, f"{producer_id:016x}.lock")
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | O_CLOEXEC, 0o644)
         if not _try_flock(fd):
             os.close(fd)
             raise ProducerIdInUseError(

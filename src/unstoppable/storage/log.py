@@ -49,6 +49,7 @@ from unstoppable.errors import (
     UnsupportedFormatError,
     corrupt_from_code,
 )
+from unstoppable.storage._fs import O_CLOEXEC, fsync_dir
 from unstoppable.storage.partition import Partition
 
 __all__ = ["Log", "Topic", "TopicConfig", "validate_topic_name", "VerifyReport"]
@@ -57,7 +58,6 @@ FORMAT_NAME = "unstoppable-log"
 FORMAT_VERSION = 1
 MARKER = "unstoppable.json"
 _TOPIC_RE = re.compile(r"[A-Za-z0-9._-]{1,249}")
-_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
 def validate_topic_name(name) -> str:
@@ -151,14 +151,6 @@ def _write_json_atomic(path: str, obj) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.rename(tmp, path)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | _O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 _COMMIT_DELAY_STEP = 0.0001   # s: wait this long for more partitions to join a sync
@@ -319,7 +311,7 @@ class Log:
         self._staging_dir = os.path.join(self.path, "staging")
         os.makedirs(self._staging_dir, exist_ok=True)
         self._meta_lock_fd = os.open(os.path.join(self.path, "meta.lock"),
-                                     os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o644)
+                                     os.O_RDWR | os.O_CREAT | O_CLOEXEC, 0o644)
         with self._meta_locked():
             for leftover in os.listdir(self._staging_dir):
                 shutil.rmtree(os.path.join(self._staging_dir, leftover), ignore_errors=True)
@@ -357,7 +349,7 @@ class Log:
             raise NotALogError(f"no log at {self.path}")
         os.makedirs(os.path.join(self.path, "topics"), exist_ok=True)
         _write_json_atomic(marker, {"format": FORMAT_NAME, "version": FORMAT_VERSION})
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
 
     # ---------------------------------------------------------------- helpers
 
@@ -437,12 +429,12 @@ class Log:
                     "version": FORMAT_VERSION, "name": name, "partitions": cfg.partitions,
                     "config": cfg.settings(), "created_ms": time.time_ns() // 1_000_000})
                 for i in range(cfg.partitions):
-                    _fsync_dir(os.path.join(tmp, str(i)))
-                _fsync_dir(tmp)
+                    fsync_dir(os.path.join(tmp, str(i)))
+                fsync_dir(tmp)
                 if os.path.exists(tdir):  # a leftover without topic.json
                     shutil.rmtree(tdir)
                 os.rename(tmp, tdir)
-                _fsync_dir(self._topics_dir)
+                fsync_dir(self._topics_dir)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
@@ -491,8 +483,8 @@ class Log:
                 hp = os.path.join(pdir, "head")
                 if not os.path.exists(hp):
                     continue
-                lfd = os.open(os.path.join(pdir, "lock"), os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o644)
-                hfd = os.open(hp, os.O_RDWR | _O_CLOEXEC)
+                lfd = os.open(os.path.join(pdir, "lock"), os.O_RDWR | os.O_CREAT | O_CLOEXEC, 0o644)
+                hfd = os.open(hp, os.O_RDWR | O_CLOEXEC)
                 try:
                     fcntl.flock(lfd, fcntl.LOCK_EX)
                     if os.fstat(hfd).st_size >= 4096:
@@ -507,7 +499,7 @@ class Log:
                     os.close(lfd)  # closing drops the flock
             trash = os.path.join(self._staging_dir, f"deleted-{uuid.uuid4().hex}")
             os.rename(tdir, trash)
-            _fsync_dir(self._topics_dir)
+            fsync_dir(self._topics_dir)
             t = self._topics.pop(name, None)
             if t is not None:
                 t._close(flush=False)
