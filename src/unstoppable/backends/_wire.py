@@ -33,7 +33,13 @@ import itertools
 import json
 from collections.abc import Callable
 
-from nats.protocol.parser import AWAITING_CONTROL_LINE, AWAITING_MSG_PAYLOAD, Parser
+from nats.errors import ProtocolError
+from nats.protocol.parser import (
+    AWAITING_CONTROL_LINE,
+    AWAITING_MSG_PAYLOAD,
+    MAX_CONTROL_LINE_SIZE,
+    Parser,
+)
 
 from unstoppable.errors import BackendError, BackendTimeoutError, BackendUnavailableError
 
@@ -69,7 +75,7 @@ class FastParser(Parser):
     else (other subscriptions, PING, INFO, -ERR) goes through nats-py.
 
     The state (``buf``, ``state``, ``needed``, ``header_needed``,
-    ``msg_arg``) is the base class's, so the two can take turns mid-stream.
+    ``msg_arg``) is the base class's, so it can take over mid-stream.
     """
 
     def __init__(self, nc, raw: dict):
@@ -109,13 +115,15 @@ class FastParser(Parser):
                     if self.buf is not buf:
                         return  # the connection was reset meanwhile
                     continue
+                eol = buf.find(_CRLF, pos)
+                if eol < 0:
+                    if len(buf) - pos > MAX_CONTROL_LINE_SIZE:
+                        raise ProtocolError("nats: control line too long")
+                    break
                 c = buf[pos]
                 if c == 0x48 or c == 0x4D:  # "HMSG" / "MSG"
-                    eol = buf.find(_CRLF, pos)
-                    if eol < 0:
-                        break
                     parts = bytes(buf[pos:eol]).split()
-                    op = parts[0]
+                    op = parts[0] if parts else b""
                     if op == b"HMSG" and len(parts) in (5, 6):
                         self.header_needed = int(parts[-2])
                     elif op == b"MSG" and len(parts) in (4, 5):
@@ -129,11 +137,17 @@ class FastParser(Parser):
                         self.state = AWAITING_MSG_PAYLOAD
                         pos = eol + 2
                         continue
-                # Any other operation: let nats-py parse from here on.
+                # Any other operation (PING, PONG, INFO, +OK, -ERR): exactly
+                # this one line through nats-py's own parser. (Handing it the
+                # rest of the buffer would route our messages that follow to
+                # nats-py's subscription queue, where nobody reads them.)
+                line = bytes(buf[pos:eol + 2])
+                pos = eol + 2
                 del buf[:pos]
                 pos = 0
-                await super().parse()
-                return
+                await Parser(self.nc).parse(line)
+                if self.buf is not buf:
+                    return  # the connection was reset meanwhile
         finally:
             if pos and self.buf is buf:
                 del buf[:pos]

@@ -670,11 +670,11 @@ class JetStreamLog:
                         raise
             self._internal_ready = True
 
-    async def _last_message(self, stream: str, subject: str):
+    async def _last_message(self, stream: str, subject: str, timeout: float | None = None):
         """``(stream seq, payload, header bytes)`` of the last message on
         ``subject``, from the stream leader; None if there is none."""
         try:
-            r = await self.wire.api(f"STREAM.MSG.GET.{stream}", {"last_by_subj": subject})
+            r = await self.wire.api(f"STREAM.MSG.GET.{stream}", {"last_by_subj": subject}, timeout)
         except BackendError as e:
             if e.err_code == _E_NO_MESSAGE:
                 return None
@@ -907,8 +907,10 @@ class JetStreamBackend(Backend):
         if st is None:
             st = self._pids[key] = _PidState()
         if st.dirty:
-            last = await self.log._retrying(
-                lambda: self.log._last_message(part.stream, part.pid_subject(pid).decode()))
+            # Asked on the producer's path: each attempt waits publish_timeout
+            # at most, so a leader election delays it no more than a publish.
+            last = await self.log._retrying(lambda: self.log._last_message(
+                part.stream, part.pid_subject(pid).decode(), self.log.publish_timeout))
             if last is None:
                 st.epoch, st.next, st.last_sseq = 0, 0, 0
             else:
@@ -1079,6 +1081,10 @@ class JetStreamBackend(Backend):
                 raise OffsetOutOfRangeError(
                     f"offset {offset} of {topic}/{partition} is outside [{start}, {end}] "
                     "(deleted by retention)")
+            if recs[-1].offset - offset + 1 != len(recs):
+                # Streams lose records only at the front: a gap is a fault.
+                raise BackendError(f"a read of {topic}/{partition} from {offset} came back with a gap "
+                                   f"({len(recs)} records up to offset {recs[-1].offset})")
             return recs
         # Nothing at or after offset on the replica that answered.
         known = self.log._ends.get(part.key, 0)
