@@ -351,6 +351,29 @@ def test_a_late_landing_attempt_is_not_appended_twice(server):
     run(main())
 
 
+def test_a_retry_after_an_unknown_outcome_finds_what_landed(server):
+    """An attempt timed out (its outcome unknown) and landed anyway: the retry
+    looks at the stream first and answers with the offsets it got, together
+    with the batches after it, which it writes."""
+    async def main():
+        log = await _connect(server)
+        await log.create_topic("t", partitions=1)
+        a, b = log.backend(), log.backend()
+        pid = 77
+        assert await b.append("t", 0, [_B([b"zero"], pid, 0, 0)], "written") == ([0], None)
+        # b's next attempt times out (as after a lost acknowledgement) ...
+        b._pids[(("t", 0), pid)].dirty = True
+        # ... and landed: here written through a, with the same ids.
+        await a.producer_state("t", 0, pid)
+        assert await a.append("t", 0, [_B([b"one", b"two"], pid, 0, 1)], "written") == ([1], None)
+        retry = [_B([b"one", b"two"], pid, 0, 1), _B([b"three"], pid, 0, 3)]
+        assert await b.append("t", 0, retry, "written") == ([1, 3], None)
+        recs = await b.fetch("t", 0, 0, 10, 1 << 20)
+        assert [bytes(r.value) for r in recs] == [b"zero", b"one", b"two", b"three"]
+        await log.close()
+    run(main())
+
+
 def test_idempotent_producer_while_the_server_is_stopped(server):
     """SIGSTOP the server mid-stream: acknowledgements time out, the producer
     retries with the same message ids, the first attempts land when the server

@@ -86,71 +86,82 @@ class FastParser(Parser):
         buf = self.buf
         if data:
             buf.extend(data)
-        pos = 0
+        if self.state == AWAITING_MSG_PAYLOAD and len(buf) < self.needed + 2:
+            return  # a large message still arriving: nothing to do yet
+        # One immutable copy of what is buffered: slicing it copies once,
+        # and nothing shifts under the loop (the buffer is trimmed at the
+        # end, or before handing control to nats-py).
+        view = bytes(buf)
+        n = len(view)
+        pos = cut = 0
         raw = self.raw
         try:
-            while pos < len(buf):
-                if self.state == AWAITING_MSG_PAYLOAD:
+            while pos < n:
+                if self.state == AWAITING_MSG_PAYLOAD:  # a message split across reads
                     needed = self.needed
-                    if len(buf) - pos < needed + 2:
+                    if n - pos < needed + 2:
                         break
                     hn = self.header_needed
-                    if hn:
-                        hdr = bytes(buf[pos:pos + hn])
-                        payload = bytes(buf[pos + hn:pos + needed])
-                        self.header_needed = 0
-                    else:
-                        hdr = None
-                        payload = bytes(buf[pos:pos + needed])
+                    hdr = view[pos:pos + hn] if hn else None
+                    payload = view[pos + hn:pos + needed]
                     pos += needed + 2
+                    self.header_needed = 0
                     self.state = AWAITING_CONTROL_LINE
                     arg = self.msg_arg
-                    fn = raw.get(arg["sid"])
-                    if fn is not None:
-                        fn(arg["subject"], hdr, payload)
-                        continue
-                    del buf[:pos]
-                    pos = 0
-                    await self.nc._process_msg(arg["sid"], arg["subject"], arg["reply"], payload, hdr)
-                    if self.buf is not buf:
-                        return  # the connection was reset meanwhile
-                    continue
-                eol = buf.find(_CRLF, pos)
-                if eol < 0:
-                    if len(buf) - pos > MAX_CONTROL_LINE_SIZE:
-                        raise ProtocolError("nats: control line too long")
-                    break
-                c = buf[pos]
-                if c == 0x48 or c == 0x4D:  # "HMSG" / "MSG"
-                    parts = bytes(buf[pos:eol]).split()
-                    op = parts[0] if parts else b""
-                    if op == b"HMSG" and len(parts) in (5, 6):
-                        self.header_needed = int(parts[-2])
-                    elif op == b"MSG" and len(parts) in (4, 5):
-                        self.header_needed = 0
+                    sid, subject, reply = arg["sid"], arg["subject"], arg["reply"]
+                else:
+                    eol = view.find(_CRLF, pos)
+                    if eol < 0:
+                        if n - pos > MAX_CONTROL_LINE_SIZE:
+                            raise ProtocolError("nats: control line too long")
+                        break
+                    c = view[pos]
+                    parts = view[pos:eol].split() if c == 0x48 or c == 0x4D else None  # HMSG / MSG
+                    k = len(parts) if parts else 0
+                    if k and parts[0] == b"HMSG" and (k == 5 or k == 6):
+                        hn = int(parts[-2])
+                        reply = parts[3] if k == 6 else b""
+                    elif k and parts[0] == b"MSG" and (k == 4 or k == 5):
+                        hn = 0
+                        reply = parts[3] if k == 5 else b""
                     else:
-                        parts = None
-                    if parts is not None:
-                        reply = parts[3] if len(parts) == (6 if op == b"HMSG" else 5) else b""
-                        self.msg_arg = {"subject": parts[1], "sid": int(parts[2]), "reply": reply}
-                        self.needed = int(parts[-1])
-                        self.state = AWAITING_MSG_PAYLOAD
+                        # Any other operation (PING, PONG, INFO, +OK, -ERR):
+                        # exactly this line through nats-py's own parser.
+                        # (Handing it the rest of the buffer would route our
+                        # messages that follow to nats-py's subscription
+                        # queue, where nobody reads them.)
+                        line = view[pos:eol + 2]
                         pos = eol + 2
+                        del buf[:pos - cut]
+                        cut = pos
+                        await Parser(self.nc).parse(line)
+                        if self.buf is not buf:
+                            return  # the connection was reset meanwhile
                         continue
-                # Any other operation (PING, PONG, INFO, +OK, -ERR): exactly
-                # this one line through nats-py's own parser. (Handing it the
-                # rest of the buffer would route our messages that follow to
-                # nats-py's subscription queue, where nobody reads them.)
-                line = bytes(buf[pos:eol + 2])
-                pos = eol + 2
-                del buf[:pos]
-                pos = 0
-                await Parser(self.nc).parse(line)
+                    subject, sid, needed = parts[1], int(parts[2]), int(parts[-1])
+                    start = eol + 2
+                    if n - start < needed + 2:  # the rest comes with the next read
+                        self.msg_arg = {"subject": subject, "sid": sid, "reply": reply}
+                        self.needed = needed
+                        self.header_needed = hn
+                        self.state = AWAITING_MSG_PAYLOAD
+                        pos = start
+                        break
+                    hdr = view[start:start + hn] if hn else None
+                    payload = view[start + hn:start + needed]
+                    pos = start + needed + 2
+                fn = raw.get(sid)
+                if fn is not None:
+                    fn(subject, hdr, payload)
+                    continue
+                del buf[:pos - cut]
+                cut = pos
+                await self.nc._process_msg(sid, subject, reply, payload, hdr)
                 if self.buf is not buf:
                     return  # the connection was reset meanwhile
         finally:
-            if pos and self.buf is buf:
-                del buf[:pos]
+            if pos > cut and self.buf is buf:
+                del buf[:pos - cut]
 
 
 def fast_path_supported(nc) -> bool:

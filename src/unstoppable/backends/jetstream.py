@@ -706,37 +706,32 @@ class JetStreamLog:
         async with self._in_flight:
             token, reply = wire.new_reply(on)
             try:
-                msgs = []
+                frames = []
+                fast = wire.fast
                 for i, (extra, payload) in enumerate(items, 1):
                     if i == 1 and first_extra:
                         extra = first_extra + extra
-                    if i == n:
-                        h = b"%s%d\r\n%sNats-Batch-Commit: 1\r\n\r\n" % (head, i, extra)
-                    else:
-                        h = b"%s%d\r\n%s\r\n" % (head, i, extra)
-                    if len(h) + len(payload) > limit or len(h) > _MAX_HEADER:
+                    last = i == n
+                    h = (b"%s%d\r\n%sNats-Batch-Commit: 1\r\n\r\n" if last else b"%s%d\r\n%s\r\n") % (
+                        head, i, extra)
+                    lh = len(h)
+                    size = lh + len(payload)
+                    if size > limit or lh > _MAX_HEADER:
                         raise RecordTooLargeError(
-                            f"a record of {len(payload)} value bytes and {len(h)} header bytes does not "
+                            f"a record of {len(payload)} value bytes and {lh} header bytes does not "
                             f"fit in one NATS message (max_payload={limit}, headers < 64 KiB)")
-                    msgs.append((h, payload))
-                if wire.fast:
-                    parts = []
-                    last = n - 1
-                    for i, (h, payload) in enumerate(msgs):
-                        if subjects is not None:
-                            subject = subjects[i]
-                        if i == last:
-                            parts.append(b"HPUB %s %s %d %d\r\n" % (subject, reply, len(h), len(h) + len(payload)))
-                        else:
-                            parts.append(b"HPUB %s %d %d\r\n" % (subject, len(h), len(h) + len(payload)))
-                        parts.append(h)
-                        parts.append(payload)
-                        parts.append(b"\r\n")
-                    await wire.send(b"".join(parts))
+                    subj = subject if subjects is None else subjects[i - 1]
+                    if not fast:
+                        frames.append((subj, payload, reply if last else b"", h))
+                    elif last:
+                        frames.append(b"HPUB %s %s %d %d\r\n%s%s\r\n" % (subj, reply, lh, size, h, payload))
+                    else:
+                        frames.append(b"HPUB %s %d %d\r\n%s%s\r\n" % (subj, lh, size, h, payload))
+                if fast:
+                    await wire.send(b"".join(frames))
                 else:
-                    for i, (h, payload) in enumerate(msgs):
-                        await wire.publish_slow(subject if subjects is None else subjects[i], payload,
-                                                reply if i == n - 1 else b"", h)
+                    for args in frames:
+                        await wire.publish_slow(*args)
                 t = self.publish_timeout if timeout is None else timeout
                 try:
                     h, p = await asyncio.wait_for(fut, t)
@@ -804,14 +799,15 @@ class JetStreamLog:
 class _PidState:
     """What this client knows about an idempotent producer on one partition."""
 
-    __slots__ = ("epoch", "next", "last_sseq", "recent", "dirty")
+    __slots__ = ("epoch", "next", "last_sseq", "recent", "dirty", "loaded")
 
     def __init__(self):
         self.epoch = 0
         self.next = 0         # sequence its next record must carry
         self.last_sseq = 0    # stream sequence of its last record (0: none)
         self.recent: collections.deque = collections.deque(maxlen=64)  # (first_seq, count, epoch, base)
-        self.dirty = True     # unknown until loaded from the stream leader
+        self.dirty = True     # in doubt: look at the stream leader before using it
+        self.loaded = False   # looked at least once
 
     def find(self, first: int, count: int, epoch: int):
         for f, c, e, base in self.recent:
@@ -925,6 +921,7 @@ class JetStreamBackend(Backend):
                         f"({mid!r}); was it written by another client?") from None
                 st.epoch, st.next, st.last_sseq = int(epoch), (int(seq) + 1) % _SEQ_MOD, sseq
             st.dirty = False
+            st.loaded = True
         return st
 
     def _check_sequence(self, part: _Part, pid: int, st: _PidState, b) -> None:
@@ -952,7 +949,15 @@ class JetStreamBackend(Backend):
 
     async def _append_idempotent(self, part: _Part, batches: Sequence, i: int, bases: list) -> int:
         pid = batches[i].producer_id
-        st = await self._pid_state(part, pid)
+        st = self._pids.get((part.key, pid))
+        if st is not None and st.dirty and st.loaded:
+            # An attempt's outcome was unknown: it may have landed since.
+            old_next, old_sseq = st.next, st.last_sseq
+            st = await self._pid_state(part, pid)
+            if st.last_sseq != old_sseq:
+                return self._explain(part, pid, st, batches, i, bases, old_next)
+        else:
+            st = await self._pid_state(part, pid)
         # Retries of batches this client saw acknowledged: their first offsets.
         while i < len(batches):
             b = batches[i]
@@ -1013,7 +1018,6 @@ class JetStreamBackend(Backend):
         old_next, old_sseq = st.next, st.last_sseq
         st.dirty = True
         st = await self._pid_state(part, pid)
-        landed = (st.next - old_next) % _SEQ_MOD
         if st.last_sseq == old_sseq:
             if err.err_code == _E_BATCH_DUPLICATE:
                 raise DuplicateSequenceError(
@@ -1022,6 +1026,17 @@ class JetStreamBackend(Backend):
             raise BackendUnavailableError(
                 f"an earlier attempt for {part.topic}/{part.partition} is still being applied "
                 f"({err.description}); retrying")
+        return self._explain(part, pid, st, batches, i, bases, old_next)
+
+    def _explain(self, part: _Part, pid: int, st: _PidState, batches: Sequence, i: int, bases: list,
+                 old_next: int) -> int:
+        """Records from ``old_next`` up to the fresh state ``st`` landed
+        without an acknowledgement reaching us. Every attempt expects the
+        subject's last sequence as this client knew it, so at most one attempt
+        lands per known state: one atomic batch, contiguous, ending at
+        ``st.last_sseq``, holding the batches from ``i`` on that it covers.
+        Returns the index of the first batch still to write."""
+        landed = (st.next - old_next) % _SEQ_MOD
         k, total = i, 0
         while k < len(batches) and total < landed:
             b = batches[k]
