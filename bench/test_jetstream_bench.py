@@ -218,3 +218,39 @@ def test_consumer_getmany(benchmark, cluster, values, report, tmp_path):
     report.append(f"JetStream R{cluster.replicas} consumer getmany(1000) ({N // 1000}k x 100 B): "
                   f"{s / 1e3:.1f} k events/s; plain nats-py pull fetch(500) same run: {b / 1e3:.1f} k/s -> "
                   f"{s / b:.1f}x; embedded log same workload: {emb / 1e3:.0f} k/s")
+
+
+def test_latency_producer_to_consumer(cluster, report):
+    """One record every 5 ms from a producer on one connection to a consumer
+    (``async for``) on another: send-to-receive time, as another process
+    would see it (wake-ups come over NATS, not from this process)."""
+    async def main():
+        topic = await _new_topic(cluster)
+        plog, clog = await us.connect(cluster.url), await us.connect(cluster.url)
+        lat = []
+        async with us.Consumer(clog, topic) as c:
+            await c.seek_to_end()
+
+            async def receive():
+                async for r in c:
+                    lat.append(time.perf_counter() - sent[int(bytes(r.value))])
+                    if len(lat) == 400:
+                        return
+
+            sent = {}
+            task = asyncio.ensure_future(receive())
+            await asyncio.sleep(0.2)
+            async with us.Producer(plog, topic) as p:
+                for i in range(400):
+                    sent[i] = time.perf_counter()
+                    await p.send(b"%d" % i)
+                    await asyncio.sleep(0.005)
+                await asyncio.wait_for(task, 30)
+        await plog.close()
+        await clog.close()
+        return sorted(lat)
+
+    lat = _run(main())
+    p50, p99 = lat[len(lat) // 2], lat[int(len(lat) * 0.99)]
+    report.append(f"JetStream R{cluster.replicas} latency producer -> consumer on another connection "
+                  f"(400 records, one per 5 ms, linger_ms=0): p50 {p50 * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms")

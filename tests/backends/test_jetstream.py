@@ -10,6 +10,7 @@ stopped (SIGSTOP).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -25,7 +26,7 @@ from loop_thread import Bridged, LoopThread
 from nats_servers import server_binary, start_single, wait_for_jetstream
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "client"))
-from client_util import run
+from client_util import SPAWN, run, wait_until
 from test_backend import BackendContract, _B
 
 pytestmark = pytest.mark.skipif(
@@ -244,6 +245,69 @@ def test_groups_split_partitions_and_resume_from_commits(server):
                     committed[tp] = recs[-1].offset + 1
                     total += len(recs)
             assert total == 400
+        await log.close()
+    run(main())
+
+
+def _group_member_process(url: str, ready_path: str) -> None:
+    """A group member in its own process: consumes and commits some records,
+    reports its committed positions, then waits to be SIGKILLed."""
+    async def main():
+        log = await us.connect(url, lease_ttl=1.5)
+        async with us.Consumer(log, "t", group="g") as c:
+            got = 0
+            while got < 100:
+                for recs in (await c.getmany(max_records=50, timeout_ms=1000)).values():
+                    got += len(recs)
+            await c.commit()
+            with open(ready_path + ".tmp", "w") as f:
+                json.dump({str(tp.partition): c.position(tp) for tp in c.assignment()}, f)
+            os.rename(ready_path + ".tmp", ready_path)
+            await asyncio.sleep(3600)
+    asyncio.run(main())
+
+
+def test_group_member_sigkilled_its_partitions_move_on(server, tmp_path):
+    """A member's process dies without leaving: once its leases lapse
+    (lease_ttl), the other member takes its partitions over from their
+    committed offsets."""
+    async def fill():
+        log = await _connect(server, lease_ttl=1.5)
+        await log.create_topic("t", partitions=4)
+        async with us.Producer(log, "t") as p:
+            for i in range(1000):
+                await p.send(b"%d" % i, key=b"%d" % i)
+        await log.close()
+    run(fill())
+    ready = str(tmp_path / "ready.json")
+    child = SPAWN.Process(target=_group_member_process, args=(server.url, ready))
+    child.start()
+    try:
+        assert wait_until(lambda: os.path.exists(ready), 30), "the member process did not start"
+        with open(ready) as f:
+            committed = {TP("t", int(p)): off for p, off in json.load(f).items()}
+        assert set(committed) == {TP("t", p) for p in range(4)}
+        os.kill(child.pid, signal.SIGKILL)
+        child.join(10)
+    finally:
+        if child.is_alive():
+            os.kill(child.pid, signal.SIGKILL)
+            child.join(10)
+
+    async def main():
+        log = await _connect(server, lease_ttl=1.5)
+        t0 = time.monotonic()
+        async with us.Consumer(log, "t", group="g", membership_poll_ms=100) as c:
+            seen = {}
+            while len(c.assignment()) < 4 or sum(len(v) for v in seen.values()) < 1000 - sum(committed.values()):
+                assert time.monotonic() - t0 < 20, f"takeover stalled at {c.assignment()}"
+                for tp, recs in (await c.getmany(timeout_ms=200)).items():
+                    seen.setdefault(tp, []).extend(r.offset for r in recs)
+            took = time.monotonic() - t0
+            for tp, offs in seen.items():
+                assert offs[0] == committed[tp]  # resumed exactly at the commit
+                assert offs == list(range(committed[tp], committed[tp] + len(offs)))
+        print(f"\ntakeover after SIGKILL: {took:.2f} s (lease_ttl 1.5 s)")
         await log.close()
     run(main())
 
