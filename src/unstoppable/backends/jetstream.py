@@ -371,7 +371,8 @@ class _Leases:
             await asyncio.sleep(self.log.lease_ttl / 4)
             leases = [lease for lease in list(self.held) if not lease.lost]
             if leases:
-                await asyncio.gather(*(self._renew(lease) for lease in leases))
+                # One failed renewal must not end the others' (return_exceptions).
+                await asyncio.gather(*(self._renew(lease) for lease in leases), return_exceptions=True)
 
     async def close(self) -> None:
         if self._task is not None:
