@@ -300,27 +300,36 @@ class _Leases:
             raise api_error(f"lease {subject.decode()}", err)
         return int(ack["seq"])
 
-    async def holder(self, subject: bytes) -> bytes | None:
+    async def holder(self, subject: bytes) -> tuple[int, bytes] | None:
+        """``(stream sequence, value)`` of the current lease message, or None."""
         msg = await self.log._last_message(LEASES_STREAM, subject.decode())
-        return None if msg is None else msg[1]
+        return None if msg is None else (msg[0], msg[1])
 
     async def acquire(self, subject: bytes, value: bytes) -> tuple[_Lease | None, bytes | None]:
-        """``(lease, None)``, or ``(None, holder's value)`` when someone holds it."""
+        """``(lease, None)``, or ``(None, holder's value)`` when someone holds
+        it. ``value`` must be unique to this holder: an attempt whose
+        acknowledgement was lost is recognised as ours by it."""
         pending = self._releasing.get(subject)
         if pending is not None:
             await asyncio.shield(pending)
         await self.log._ensure_internal_streams()
         for _ in range(3):
-            rev = await self.log._retrying(lambda: self._put(subject, value, 0))
-            if rev is not None:
-                lease = _Lease(subject, value, rev)
-                self.held.add(lease)
-                if self._task is None or self._task.done():
-                    self._task = asyncio.get_running_loop().create_task(self._keeper())
-                return lease, None
-            held_by = await self.log._retrying(lambda: self.holder(subject))
-            if held_by is not None:
-                return None, held_by
+            try:
+                rev = await self.log._retrying(lambda: self._put(subject, value, 0))
+            except BackendTimeoutError:
+                rev = None  # it may have landed: look below
+            if rev is None:
+                held = await self.log._retrying(lambda: self.holder(subject))
+                if held is None:
+                    continue  # released or expired meanwhile: try again
+                if held[1] != value:
+                    return None, held[1]
+                rev = held[0]  # our own attempt, acknowledgement lost
+            lease = _Lease(subject, value, rev)
+            self.held.add(lease)
+            if self._task is None or self._task.done():
+                self._task = asyncio.get_running_loop().create_task(self._keeper())
+            return lease, None
         return None, b""
 
     async def release(self, lease: _Lease) -> None:
@@ -354,12 +363,14 @@ class _Leases:
     async def _renew(self, lease: _Lease) -> None:
         try:
             rev = await self._put(lease.subject, lease.value, lease.rev)
-            if rev is None:  # expired meanwhile; take it again unless somebody else did
-                rev = await self._put(lease.subject, lease.value, 0)
-        except _TRANSIENT:
+            if rev is None:
+                held = await self.holder(lease.subject)
+                if held is not None and held[1] == lease.value:
+                    rev = held[0]  # an earlier renewal landed unacknowledged
+                elif held is None:  # expired meanwhile; take it again unless somebody else did
+                    rev = await self._put(lease.subject, lease.value, 0)
+        except (BackendError, *_TRANSIENT):
             return  # try again at the next round; the TTL gives us time
-        except BackendError:
-            return
         if rev is None:
             lease.lost = True
             self.held.discard(lease)
@@ -986,8 +997,9 @@ class JetStreamBackend(Backend):
         except BackendError as e:
             if e.err_code in (_E_WRONG_LAST_SEQ, _E_BATCH_DUPLICATE):
                 return await self._resolve(part, pid, st, batches, i, bases, e)
+            st.dirty = True
             raise
-        except _TRANSIENT:
+        except BaseException:
             st.dirty = True  # the outcome is unknown: look before the next attempt
             raise
         last = int(ack["seq"])
@@ -1063,7 +1075,8 @@ class JetStreamBackend(Backend):
 
     async def claim_producer_id(self, producer_id: int, name: str):
         host = socket.gethostname()
-        value = json.dumps({"name": name, "pid": os.getpid(), "host": host}).encode()
+        value = json.dumps({"name": name, "pid": os.getpid(), "host": host,
+                            "claim": uuid.uuid4().hex}).encode()
         lease, holder = await self.log._leases.acquire(f"{_LEASE}.pid.{producer_id}".encode(), value)
         if lease is None:
             try:
