@@ -249,8 +249,11 @@ class Wire:
     async def send(self, data: bytes) -> None:
         """Queue raw protocol frames and flush them."""
         nc = self.nc
-        if nc.is_closed:
-            raise BackendUnavailableError("the NATS connection is closed")
+        if not nc.is_connected:
+            # Not buffered for later: by the time the connection is back the
+            # caller has timed out and retried, and stale copies would follow.
+            raise BackendUnavailableError("the NATS connection is closed" if nc.is_closed else
+                                          "not connected to NATS (reconnecting)")
         await nc._send_command(data)
         await nc._flush_pending()
 
@@ -264,6 +267,9 @@ class Wire:
 
     async def publish_slow(self, subject: bytes, payload: bytes, reply: bytes = b"",
                            hdr: bytes | None = None) -> None:
+        if not self.nc.is_connected:
+            raise BackendUnavailableError("the NATS connection is closed" if self.nc.is_closed else
+                                          "not connected to NATS (reconnecting)")
         headers = None
         if hdr is not None:
             headers = {}
