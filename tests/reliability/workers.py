@@ -1,0 +1,225 @@
+"""Child processes of the reliability suite, and the fork server that starts them.
+
+Run as a script (``python workers.py zygote``) this is a fork server: it
+imports unstoppable once, then forks a fresh child per request, so a kill loop
+pays a few milliseconds per child instead of an interpreter start. The children
+are ordinary processes (their own pid, files and locks); the tests kill them
+with SIGKILL.
+
+Roles (each a function ``role_<name>(args)``, run in the forked child):
+
+produce
+    An idempotent asyncio Producer sending keyed records forever (or until
+    ``stop_file`` exists). Every acknowledged record is written, the moment
+    its delivery future resolves, as one line to ``acks_file`` (O_APPEND, one
+    ``write`` per ack, so it survives SIGKILL)::
+
+        <partition> <offset> <digest> <producer> <incarnation> <i>
+
+    Values are ``b"<producer>|<incarnation>|<i>|<key>|"`` plus padding, so the
+    log itself tells which send a record came from.
+consume
+    A group member applying every record's effect to a SQLite table and saving
+    the offset with SQLiteOffsetStore in the same transaction. Before each
+    transaction it writes ``B <partition> <first> <last>`` to ``progress_file``,
+    after the COMMIT ``C <partition> <last>``: a kill between the two lines
+    landed between effect and commit.
+
+Protocol of the fork server: one JSON object per line on stdin, one answer per
+line on stdout::
+
+    {"op": "spawn", "role": "produce", "args": {...}, "out": path} -> {"pid": n}
+    {"op": "wait", "pid": n, "block": true}  -> {"status": s}   (-signal, exit code, or null)
+    {"op": "exit"}
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import random
+import signal
+import sqlite3
+import sys
+import time
+
+import unstoppable as us
+from unstoppable import TopicPartition
+
+_O_APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+
+
+def digest(value: bytes) -> str:
+    return hashlib.blake2b(bytes(value), digest_size=8).hexdigest()
+
+
+def parse_value(value: bytes):
+    """(producer, incarnation, i, key) of a value written by role_produce."""
+    producer, inc, i, key, _ = bytes(value).split(b"|", 4)
+    return producer.decode(), int(inc), int(i), key
+
+
+# ---------------------------------------------------------------- produce
+
+def role_produce(a: dict) -> int:
+    rnd = random.Random(a.get("seed", 0))
+    name = a["producer"]
+    inc = a["inc"]
+    keys = a.get("keys", 16)
+    pad_max = a.get("pad_max", 200)
+    window = a.get("window", 64)
+    stop_file = a.get("stop_file")
+    fd = os.open(a["acks_file"], _O_APPEND, 0o644)
+    bname = name.encode()
+
+    log = us.Log(a["log"], create=False)
+
+    def on_ack(fut, dig, i):
+        e = fut.exception()
+        if e is not None:
+            os.write(fd, f"E {name} {inc} {i} {type(e).__name__}: {e}\n".encode())
+            return
+        md = fut.result()
+        os.write(fd, b"%d %d %s %s %d %d\n" % (md.partition, md.offset, dig.encode(), bname, inc, i))
+
+    async def main():
+        async with us.Producer(log, a["topic"], acks=a["acks"], producer_id=name,
+                               linger_ms=a.get("linger_ms", 0),
+                               batch_bytes=a.get("batch_bytes", 4096)) as p:
+            i = 0
+            while True:
+                for _ in range(window):
+                    key = b"key%d" % rnd.randrange(keys)
+                    value = b"%s|%d|%d|%s|" % (bname, inc, i, key) + b"." * rnd.randrange(pad_max)
+                    fut = await p.send(value, key=key)
+                    fut.add_done_callback(lambda f, d=digest(value), j=i: on_ack(f, d, j))
+                    i += 1
+                await p.flush()
+                await asyncio.sleep(0)  # let the ack callbacks run
+                if a.get("pause_ms"):
+                    await asyncio.sleep(rnd.random() * a["pause_ms"] / 1000)
+                if stop_file and os.path.exists(stop_file):
+                    return
+
+    asyncio.run(main())
+    log.close()
+    return 0
+
+
+# ---------------------------------------------------------------- consume
+
+EFFECTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS effects (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, part INTEGER NOT NULL, off INTEGER NOT NULL,
+    digest TEXT NOT NULL, member TEXT NOT NULL);
+"""
+
+
+def open_db(path: str) -> sqlite3.Connection:
+    db = sqlite3.connect(path, timeout=60, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA busy_timeout=60000")
+    db.executescript(EFFECTS_SCHEMA)
+    return db
+
+
+def role_consume(a: dict) -> int:
+    group = a["group"]
+    member = a.get("member", str(os.getpid()))
+    hold = a.get("hold_ms", 0) / 1000.0
+    stop_file = a.get("stop_file")
+    prog = os.open(a["progress_file"], _O_APPEND, 0o644)
+    db = open_db(a["db"])
+    store = us.SQLiteOffsetStore(db)
+    log = us.Log(a["log"], create=False)
+    rnd = random.Random(a.get("seed", 0))
+
+    async def main():
+        async with us.Consumer(log, a["topic"], group=group, offset_store=store,
+                               membership_poll_ms=a.get("membership_poll_ms", 50),
+                               max_poll_records=a.get("max_records", 50)) as c:
+            while True:
+                got = await c.getmany(timeout_ms=50)
+                for tp, recs in got.items():
+                    os.write(prog, b"B %d %d %d\n" % (tp.partition, recs[0].offset, recs[-1].offset))
+                    db.execute("BEGIN IMMEDIATE")
+                    db.executemany(
+                        "INSERT INTO effects (part, off, digest, member) VALUES (?, ?, ?, ?)",
+                        [(r.partition, r.offset, digest(r.value), member) for r in recs])
+                    if hold:
+                        time.sleep(rnd.random() * hold)
+                    store.save({TopicPartition(tp.topic, tp.partition): recs[-1].offset + 1},
+                               group=group)
+                    db.execute("COMMIT")
+                    os.write(prog, b"C %d %d\n" % (tp.partition, recs[-1].offset))
+                if not got and stop_file and os.path.exists(stop_file):
+                    return
+
+    asyncio.run(main())
+    log.close()
+    db.close()
+    return 0
+
+
+# ------------------------------------------------------------ fork server
+
+def _child(role: str, args: dict, out: str) -> None:
+    """In the forked child: detach from the server's pipes, run the role, exit."""
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        random.seed()
+        code = globals()[f"role_{role}"](args)
+    except BaseException:
+        import traceback
+        traceback.print_exc()
+        code = 3
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def zygote() -> None:
+    inp = sys.stdin
+    out = sys.stdout
+    for line in inp:
+        req = json.loads(line)
+        op = req["op"]
+        if op == "spawn":
+            pid = os.fork()
+            if pid == 0:
+                _child(req["role"], req["args"], req["out"])
+            reply = {"pid": pid}
+        elif op == "wait":
+            flags = 0 if req.get("block", True) else os.WNOHANG
+            try:
+                got, status = os.waitpid(req["pid"], flags)
+            except ChildProcessError:
+                reply = {"status": None, "error": "no such child"}
+            else:
+                if got == 0:
+                    reply = {"status": None}
+                elif os.WIFSIGNALED(status):
+                    reply = {"status": -os.WTERMSIG(status)}
+                else:
+                    reply = {"status": os.WEXITSTATUS(status)}
+        elif op == "exit":
+            return
+        else:
+            reply = {"error": f"unknown op {op!r}"}
+        out.write(json.dumps(reply) + "\n")
+        out.flush()
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "zygote":
+        zygote()
+    else:  # run one role directly: workers.py ROLE JSON_ARGS
+        sys.exit(globals()[f"role_{sys.argv[1]}"](json.loads(sys.argv[2])))
