@@ -1200,6 +1200,13 @@ class Partition:
         if size > st.active_size:
             rec.truncated_bytes += size - st.active_size
             os.ftruncate(seg.fd, st.active_size)
+        if (os.fstat(seg.oi_fd).st_size < st.oi_count * OFFSET_ENTRY_SIZE
+                or os.fstat(seg.ti_fd).st_size < st.ti_count * TIME_ENTRY_SIZE):
+            # An index file lost entries the head counts (deleted or cut by
+            # something else): extending it would count zeroed entries as
+            # real. Rebuild both from the data, which is whole up to the head.
+            return self._scan_segments(st, self._list_bases(), st.active_base, 0,
+                                       st.active_base, rec)
         for fd, n, esz in ((seg.oi_fd, st.oi_count, OFFSET_ENTRY_SIZE),
                            (seg.ti_fd, st.ti_count, TIME_ENTRY_SIZE)):
             if os.fstat(fd).st_size != n * esz:
