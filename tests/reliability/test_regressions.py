@@ -3,8 +3,12 @@ code before its fix (the commit that added it says what changed)."""
 from __future__ import annotations
 
 import os
+import struct
+
+import pytest
 
 import unstoppable as us
+from unstoppable.errors import CorruptLogError
 
 
 def _fill(p, n, per=3):
@@ -35,3 +39,65 @@ def test_active_index_lost_in_the_same_boot_is_rebuilt_not_zero_filled(tmp_path)
     assert [bytes(r.value) for r in q.read(90, max_records=3)] == [b"v30-0", b"v30-1", b"v30-2"]
     log2.close()
     log.close()
+
+
+def _batch_positions(path):
+    data = open(path, "rb").read()
+    pos, out = 0, []
+    while pos < len(data):
+        base, length = struct.unpack_from("<qI", data, pos)
+        out.append((pos, base))
+        pos += length
+    return out
+
+
+def test_a_damaged_base_offset_never_moves_records_to_other_offsets(tmp_path):
+    """base_offset is not under the batch CRC. Reads used to trust it: a bit
+    flip there returned records under wrong offsets and skipped others (a
+    consumer would have lost them). Now the batch raises CorruptLogError and
+    the batches around it read correctly."""
+    log = us.Log(tmp_path / "l")
+    p = log.create_topic("t", segment_bytes=4096, index_interval_bytes=10_000).partition(0)
+    _fill(p, 100)
+    log.close()
+    seg = os.path.join(p.path, "00000000000000000000.log")
+    (pos, base) = _batch_positions(seg)[1]
+    assert base == 3
+    with open(seg, "r+b") as f:
+        f.seek(pos)
+        f.write(struct.pack("<q", base + 1))
+    with us.Log(tmp_path / "l") as log:
+        p = log.topic("t").partition(0)
+        for off in (3, 4, 5):
+            with pytest.raises(CorruptLogError, match="not consecutive") as ei:
+                p.read(off, max_records=1)
+            assert (ei.value.segment, ei.value.position, ei.value.offset) == (seg, pos, 3)
+        assert [r.offset for r in p.read(0, max_records=3)] == [0, 1, 2]
+        rs = p.read(6, max_records=4)
+        assert [(r.offset, bytes(r.value)) for r in rs] == [
+            (6, b"v2-0"), (7, b"v2-1"), (8, b"v2-2"), (9, b"v3-0")]
+        with pytest.raises(CorruptLogError):
+            p.read(0, max_records=10)          # a run through the damaged batch
+        with pytest.raises(CorruptLogError):
+            p.read_batches(3)
+
+
+def test_an_index_entry_naming_the_wrong_batch_is_not_believed(tmp_path):
+    """An offset-index entry whose relative offset names another batch than
+    the one at its position used to make reads start there and label its
+    records with the asked-for offsets."""
+    log = us.Log(tmp_path / "l")
+    p = log.create_topic("t", segment_bytes=4096, index_interval_bytes=100).partition(0)
+    _fill(p, 100)
+    log.close()
+    idx = os.path.join(p.path, "00000000000000000000.index")
+    data = bytearray(open(idx, "rb").read())
+    rel, ipos = struct.unpack_from("<II", data, 8)
+    struct.pack_into("<II", data, 8, rel - 1, ipos)      # the batch at ipos starts at rel, not rel-1
+    with open(idx, "wb") as f:
+        f.write(data)
+    with us.Log(tmp_path / "l") as log:
+        p = log.topic("t").partition(0)
+        for off in range(0, 60):
+            r = p.read(off, max_records=1)[0]
+            assert r.offset == off and bytes(r.value) == b"v%d-%d" % (off // 3, off % 3)

@@ -408,23 +408,45 @@ cdef inline object _corrupt(int rc, size_t pos, const unsigned char *p, size_t a
     return corrupt_from_code(rc, position=pos, offset=off)
 
 
-def find_batch(Mapping m, size_t pos, size_t end, int64_t offset):
-    """find_batch(mapping, pos, end, offset) -> int
+cdef inline object _not_consecutive(size_t pos, int64_t expected):
+    # base_offset is outside the CRC (docs/FORMAT.md §4.1): a damaged one is
+    # only caught by comparing it with the offset the batch before ends at.
+    return CorruptLogError("batch offsets are not consecutive", position=pos, offset=expected)
+
+
+def find_batch(Mapping m, size_t pos, size_t end, int64_t offset, int64_t expected_base=-1,
+               bint skip_damaged=False):
+    """find_batch(mapping, pos, end, offset, expected_base=-1, skip_damaged=False) -> int
 
     From the batch at ``pos`` (at or before ``offset``), walk headers (no CRC)
     to the batch that holds ``offset``; return its position, or ``end`` when
-    the offset lies past the last batch. Raises CorruptLogError on a header that
-    cannot be walked.
+    the offset lies past the last batch. With ``expected_base`` >= 0 (the base
+    offset the batch at ``pos`` must have), offsets are counted from it and a
+    batch whose stored base_offset disagrees raises CorruptLogError; with
+    ``skip_damaged`` such a batch is walked past unless it would hold
+    ``offset`` (for a walk from a segment's start, whose base is certain).
+    Also raises CorruptLogError on a header that cannot be walked.
     """
     cdef us_batch_header h
     cdef int rc
+    cdef int64_t expect = expected_base
     if end > <size_t>m.length:
         raise ValueError("walk past the mapping")
     while pos < end:
         rc = us_batch_parse_header(m.ptr + pos, end - pos, &h)
         if rc != US_OK:
             raise _corrupt(rc, pos, m.ptr + pos, end - pos)
+        if expect >= 0:
+            if h.base_offset != expect:
+                if not skip_damaged or offset < expect + <int64_t>h.record_count:
+                    raise _not_consecutive(pos, expect)
+                expect += h.record_count
+                pos += h.length
+                continue
+            expect = h.base_offset + <int64_t>h.record_count
         if offset < h.base_offset + <int64_t>h.record_count:
+            if h.base_offset > offset:
+                raise _not_consecutive(pos, offset)
             return pos
         pos += h.length
     return end
@@ -440,6 +462,8 @@ def read_records(Mapping m, size_t pos, size_t end, int64_t offset, size_t max_r
     one batch is read if any is there). Every batch is CRC-checked first.
     ``next_pos`` is where the next unread batch begins (or the batch that the
     record limit cut, so a read from the returned next offset starts there).
+    Each batch must continue the offsets of the one before, and the first
+    batch read must hold ``offset``: records never come with the wrong offsets.
     """
     cdef us_batch_header h
     cdef int rc
@@ -447,6 +471,7 @@ def read_records(Mapping m, size_t pos, size_t end, int64_t offset, size_t max_r
     cdef uint32_t i, start, stop
     cdef RecordBatch b
     cdef Py_ssize_t got = 0
+    cdef int64_t expect = -1
     if end > <size_t>m.length:
         raise ValueError("read past the mapping")
     mv = m.view
@@ -457,9 +482,14 @@ def read_records(Mapping m, size_t pos, size_t end, int64_t offset, size_t max_r
         rc = us_batch_parse_header(m.ptr + pos, end - pos, &h)
         if rc != US_OK:
             raise _corrupt(rc, pos, m.ptr + pos, end - pos)
+        if expect >= 0 and h.base_offset != expect:
+            raise _not_consecutive(pos, expect)
+        expect = h.base_offset + <int64_t>h.record_count
         if h.base_offset + <int64_t>h.record_count <= offset:
             pos += h.length
             continue
+        if h.base_offset > offset:
+            raise _not_consecutive(pos, offset)
         b = make_batch(m, mv, m.ptr + pos, pos, &h, topic, partition)
         b._check_decode()
         start = <uint32_t>(offset - h.base_offset) if offset > h.base_offset else 0
@@ -484,11 +514,13 @@ def read_batches(Mapping m, size_t pos, size_t end, int64_t offset, size_t max_b
 
     Whole CRC-checked batches from the one holding ``offset``, up to about
     ``max_bytes`` (at least one). Records in the first batch may lie before
-    ``offset``; ``RecordBatch.records(offset)`` skips them.
+    ``offset``; ``RecordBatch.records(offset)`` skips them. Each batch must
+    continue the offsets of the one before.
     """
     cdef us_batch_header h
     cdef int rc
     cdef size_t taken = 0
+    cdef int64_t expect = -1
     if end > <size_t>m.length:
         raise ValueError("read past the mapping")
     mv = m.view
@@ -500,6 +532,9 @@ def read_batches(Mapping m, size_t pos, size_t end, int64_t offset, size_t max_b
         rc = us_batch_parse_header(m.ptr + pos, end - pos, &h)
         if rc != US_OK:
             raise _corrupt(rc, pos, m.ptr + pos, end - pos)
+        if expect >= 0 and h.base_offset != expect:
+            raise _not_consecutive(pos, expect)
+        expect = h.base_offset + <int64_t>h.record_count
         if h.base_offset + <int64_t>h.record_count > offset:
             b = make_batch(m, mv, m.ptr + pos, pos, &h, topic, partition)
             b._check_decode()

@@ -438,19 +438,23 @@ class Partition:
 
     def _position_of(self, seg: Segment, offset: int, limit: int, oi_n: int) -> int:
         """Byte position of the batch holding ``offset`` (index floor, then a header walk)."""
-        pos = 0
+        pos, base = 0, seg.base
         if oi_n:
             hit = offset_index_floor(seg.oi_map(oi_n), oi_n, offset - seg.base)
             if hit is not None and hit[1] < limit:
-                pos = hit[1]
+                pos, base = hit[1], seg.base + hit[0]
         m = seg.data(limit)
+        # The walk checks that batch offsets continue from the entry's (or the
+        # segment's) base: a damaged base_offset, which no CRC covers, must
+        # not move records to other offsets.
         try:
-            return find_batch(m, pos, limit, offset)
+            return find_batch(m, pos, limit, offset, base, pos == 0)
         except CorruptLogError:
             if pos == 0:
                 raise
-            # A stale or torn index entry; fall back to walking from the start.
-            return find_batch(m, 0, limit, offset)
+            # A stale or torn index entry (or damage on the way from it); walk
+            # from the start, whose base the file name fixes.
+            return find_batch(m, 0, limit, offset, seg.base, True)
 
     def _wrap_corrupt(self, e: CorruptLogError, seg: Segment) -> CorruptLogError:
         return CorruptLogError(e.reason, topic=self.topic, partition=self.index,
