@@ -101,3 +101,21 @@ def test_an_index_entry_naming_the_wrong_batch_is_not_believed(tmp_path):
         for off in range(0, 60):
             r = p.read(off, max_records=1)[0]
             assert r.offset == off and bytes(r.value) == b"v%d-%d" % (off // 3, off % 3)
+
+
+def test_a_commit_to_an_offsets_file_without_its_header_writes_the_header(tmp_path):
+    """An empty (or shorter than 8 bytes) groups/<g>/offsets file used to get
+    the next commit's record at position 0, without the magic: from then on
+    every reader refused the file (bad magic) and the group lost its offsets."""
+    from unstoppable.storage.groups import OffsetsFile
+    us.Log(tmp_path / "l").close()
+    for junk in (b"", b"USG"):
+        f = OffsetsFile(str(tmp_path / "l"), "g")
+        with open(f.path if os.path.exists(f.path) else os.path.join(f.dir, "offsets"), "wb") as fh:
+            fh.write(junk)
+        assert f.load() == {}
+        f.commit({("t", 0): 42})
+        again = OffsetsFile(str(tmp_path / "l"), "g")
+        assert again.load() == {("t", 0): 42}
+        again.close()
+        f.close()

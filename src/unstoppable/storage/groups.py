@@ -54,7 +54,13 @@ import weakref
 from typing import Iterable, NamedTuple
 
 from unstoppable._core.hashing import crc32c
-from unstoppable.errors import CorruptLogError, InvalidGroupNameError, ProducerIdInUseError
+from unstoppable.errors import (
+    CorruptLogError,
+    DiskFullError,
+    InvalidGroupNameError,
+    ProducerIdInUseError,
+    is_disk_full,
+)
 from unstoppable.storage._fs import O_CLOEXEC, fsync_dir
 
 __all__ = [
@@ -168,6 +174,21 @@ def _encode_record(offsets: dict, now_ms: int) -> bytes:
         body += t
         body += _ENTRY_TAIL.pack(partition, offset)
     return _FRAME.pack(len(body), crc32c(body)) + bytes(body)
+
+
+def _pwrite_all(fd: int, data: bytes, pos: int) -> None:
+    """Write all of ``data`` at ``pos``. A short write means the disk is full:
+    the next call raises the errno, as DiskFullError when that is what it is."""
+    view = memoryview(data)
+    try:
+        while view:
+            n = os.pwrite(fd, view, pos)
+            view, pos = view[n:], pos + n
+    except OSError as e:
+        if is_disk_full(e):
+            raise DiskFullError(e.errno, f"no space to write committed offsets: "
+                                         f"{os.strerror(e.errno)}") from None
+        raise
 
 
 def _decode_body(body) -> tuple[int, list]:
@@ -308,6 +329,12 @@ class OffsetsFile:
             if not self._open_current():
                 self._create()
             size = self._catch_up()
+            if self._pos == 0:
+                # Shorter than its magic (empty, or cut by something else):
+                # without the magic first, every later read would refuse the file.
+                os.ftruncate(self._fd, 0)
+                _pwrite_all(self._fd, MAGIC, 0)
+                self._pos = size = len(MAGIC)
             if size > self._pos:
                 os.ftruncate(self._fd, self._pos)  # a crashed committer's torn record
             if self._pos > self.compact_bytes:
@@ -316,10 +343,11 @@ class OffsetsFile:
                 self._rewrite(merged, now)
             else:
                 rec = _encode_record(clean, now)
-                written = os.pwrite(self._fd, rec, self._pos)
-                if written != len(rec):
+                try:
+                    _pwrite_all(self._fd, rec, self._pos)
+                except BaseException:
                     os.ftruncate(self._fd, self._pos)
-                    raise OSError(errno.EIO, f"short write committing offsets to {self.path}")
+                    raise
                 if sync:
                     os.fdatasync(self._fd)
                 self._pos += len(rec)
@@ -331,10 +359,13 @@ class OffsetsFile:
         tmp = f"{self.path}.tmp{os.getpid()}.{threading.get_ident()}"
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | O_CLOEXEC, 0o644)
         try:
-            os.write(fd, MAGIC)
+            _pwrite_all(fd, MAGIC, 0)
             os.fsync(fd)
-        finally:
+        except BaseException:
             os.close(fd)
+            os.unlink(tmp)
+            raise
+        os.close(fd)
         if os.path.exists(self.path):  # another process won the race
             os.unlink(tmp)
         else:
@@ -347,7 +378,9 @@ class OffsetsFile:
         tmp = f"{self.path}.tmp{os.getpid()}.{threading.get_ident()}"
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | O_CLOEXEC, 0o644)
         try:
-            os.write(fd, MAGIC + _encode_record(offsets, now))
+            # Whole or not at all: a short file renamed over the offsets would
+            # lose every one of them.
+            _pwrite_all(fd, MAGIC + _encode_record(offsets, now), 0)
             os.fsync(fd)
         except BaseException:
             os.close(fd)
