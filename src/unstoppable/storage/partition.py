@@ -249,12 +249,18 @@ class Partition:
         self._headfd = os.open(hp, os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o644)
         try:
             with self._flock:
-                if os.fstat(self._headfd).st_size < HEAD_FILE_SIZE:
-                    os.ftruncate(self._headfd, HEAD_FILE_SIZE)
+                # Allocate the head's blocks, not just its size: a store through
+                # the mapping into a hole of a full file system raises SIGBUS,
+                # and the guard would turn the head into private zero pages
+                # other processes never see.
+                os.posix_fallocate(self._headfd, 0, HEAD_FILE_SIZE)
                 self._head = Head(self._headfd)
                 self.recovery = self._recover()
-        except BaseException:
+        except BaseException as e:
             self._close_files()
+            if isinstance(e, OSError) and is_disk_full(e):
+                raise DiskFullError(e.errno, f"no space to open {self.topic}/{self.index}: "
+                                             f"{os.strerror(e.errno)}") from None
             raise
         self._durable_end = self._head.read().ckpt_end_offset
 
@@ -914,7 +920,17 @@ class Partition:
         return seg
 
     def _roll(self, st):
-        """Seal the active segment and start a new one at the end offset (lock held)."""
+        """Seal the active segment and start a new one at the end offset (lock
+        held). No room for the new files raises DiskFullError."""
+        try:
+            return self._roll_unchecked(st)
+        except OSError as e:
+            if is_disk_full(e):  # the producer snapshot or the new files found no room
+                raise DiskFullError(e.errno, f"no space to roll {self.topic}/{self.index}: "
+                                             f"{os.strerror(e.errno)}") from None
+            raise
+
+    def _roll_unchecked(self, st):
         old = self._segment(st.active_base)
         os.ftruncate(old.fd, st.active_size)  # a dead writer's leftovers past the head
         # Producer state as of the new segment's start, so rebuilding it on

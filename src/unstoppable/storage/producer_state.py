@@ -179,9 +179,14 @@ class ProducerStateTable:
         tmp = f"{path}.tmp{os.getpid()}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            os.write(fd, data)
-        finally:
+            view = memoryview(data)
+            while view:                   # a short write means no room: the next one says so
+                view = view[os.write(fd, view):]
+        except BaseException:
             os.close(fd)
+            os.unlink(tmp)
+            raise
+        os.close(fd)
         os.rename(tmp, path)
 
     def _read_snapshot(self, path: str) -> None:
