@@ -24,6 +24,10 @@ consume
     transaction it writes ``B <partition> <first> <last>`` to ``progress_file``,
     after the COMMIT ``C <partition> <last>``: a kill between the two lines
     landed between effect and commit.
+churn_read, churn_write
+    Read every partition (or append) in a loop while another process truncates
+    the log's files, counting the library's errors and anything else, and
+    write a JSON summary with ``sigbus_absorbed()`` when ``stop_file`` appears.
 
 Protocol of the fork server: one JSON object per line on stdin, one answer per
 line on stdout::
@@ -160,6 +164,77 @@ def role_consume(a: dict) -> int:
     log.close()
     db.close()
     return 0
+
+
+# ------------------------------------------------------ files cut under us
+
+def role_churn_read(a: dict) -> int:
+    """Read every partition over and over while another process truncates the
+    files; every failure must be one of the library's errors. Writes a JSON
+    summary (with the SIGBUS faults the guard absorbed) at the end."""
+    from unstoppable._core.segment import sigbus_absorbed
+    from unstoppable.errors import UnstoppableError
+    counts = {"reads": 0, "records": 0, "errors": {}, "other": []}
+    stop = a["stop_file"]
+    log = us.Log(a["log"], create=False)
+    t = log.topic(a["topic"])
+    while not os.path.exists(stop):
+        for p in t:
+            try:
+                off = p.start_offset
+                end = p.end_offset
+                while off < end:
+                    rs = p.read(off, max_records=200)
+                    if not rs:
+                        break
+                    assert rs[0].offset == off, (rs[0].offset, off)
+                    for r in rs:
+                        bytes(r.value)
+                    counts["records"] += len(rs)
+                    off = rs[-1].offset + 1
+                p.offset_for_time(0)
+                counts["reads"] += 1
+            except UnstoppableError as e:
+                k = type(e).__name__
+                counts["errors"][k] = counts["errors"].get(k, 0) + 1
+            except Exception as e:  # anything else is a finding
+                counts["other"].append(f"{type(e).__name__}: {e}")
+        if counts["reads"] % 7 == 0:
+            try:
+                log.verify()
+            except UnstoppableError as e:
+                k = "verify:" + type(e).__name__
+                counts["errors"][k] = counts["errors"].get(k, 0) + 1
+    counts["sigbus_absorbed"] = sigbus_absorbed()
+    with open(a["counts_file"], "w") as f:
+        json.dump(counts, f)
+    os._exit(0)   # skip close(): its fsync may meet the same cut files
+
+
+def role_churn_write(a: dict) -> int:
+    """Append while another process truncates the files (same summary)."""
+    from unstoppable._core.segment import sigbus_absorbed
+    from unstoppable.errors import UnstoppableError
+    counts = {"appends": 0, "errors": {}, "other": []}
+    stop = a["stop_file"]
+    log = us.Log(a["log"], create=False)
+    t = log.topic(a["topic"])
+    i = 0
+    while not os.path.exists(stop):
+        p = t.partition(i % t.partitions)
+        try:
+            p.append([b"w%d" % i + b"." * (i % 300)])
+            counts["appends"] += 1
+        except UnstoppableError as e:
+            k = type(e).__name__
+            counts["errors"][k] = counts["errors"].get(k, 0) + 1
+        except Exception as e:
+            counts["other"].append(f"{type(e).__name__}: {e}")
+        i += 1
+    counts["sigbus_absorbed"] = sigbus_absorbed()
+    with open(a["counts_file"], "w") as f:
+        json.dump(counts, f)
+    os._exit(0)
 
 
 # ------------------------------------------------------------ fork server
