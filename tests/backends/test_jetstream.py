@@ -345,6 +345,35 @@ def test_replay_by_offset_and_by_time(server):
     run(main())
 
 
+def test_retention_moves_the_start_offset(server):
+    async def main():
+        log = await _connect(server)
+        t = await log.create_topic("t", partitions=1, retention_ms=1000)
+        assert t.retention_ms == 1000
+        be = log.backend()
+        async with us.Producer(log, "t") as p:
+            for i in range(10):
+                await p.send(b"old-%d" % i)
+        deadline = time.monotonic() + 10
+        while (await be.offset_range("t", 0))[0] < 10:
+            assert time.monotonic() < deadline, "records were not removed by max_age"
+            await asyncio.sleep(0.2)
+        async with us.Producer(log, "t") as p:
+            for i in range(5):
+                await p.send(b"new-%d" % i)
+        assert await be.offset_range("t", 0) == (10, 15)
+        with pytest.raises(us.OffsetOutOfRangeError, match="outside"):
+            await be.fetch("t", 0, 3, 10, 1 << 20)
+        async with us.Consumer(log, "t", group="g") as c:  # no commit: earliest is 10
+            got = await c.getmany(timeout_ms=2000)
+            assert [bytes(r.value) for r in got[TP("t", 0)]] == [b"new-%d" % i for i in range(5)]
+            assert got[TP("t", 0)][0].offset == 10
+            c.seek(TP("t", 0), 2)  # below the start: reset to earliest again
+            assert (await c.getmany(timeout_ms=2000))[TP("t", 0)][0].offset == 10
+        await log.close()
+    run(main())
+
+
 def test_wire_without_the_fast_path(server):
     """The same round trip over nats-py's public calls only (``fast=False``)."""
     async def main():

@@ -1408,6 +1408,7 @@ class _JetStreamMember(GroupMember):
         self._owned: dict[TopicPartition, _Lease] = {}
         self._lost: set = set()
         self._infos: dict[str, MemberInfo] = {}
+        self._target: set = set()
         self._left = False
 
     async def _join(self) -> None:
@@ -1421,8 +1422,7 @@ class _JetStreamMember(GroupMember):
 
     async def _members(self) -> list:
         log = self._backend.log
-        si = await log._retrying(lambda: log.wire.api(
-            f"STREAM.INFO.{LEASES_STREAM}", {"subjects_filter": f"{self._g}.m.*"}))
+        si = await log.wire.api(f"STREAM.INFO.{LEASES_STREAM}", {"subjects_filter": f"{self._g}.m.*"})
         subjects = (si.get("state") or {}).get("subjects") or {}
         out = [self.info]
         cut = len(self._g) + 3
@@ -1446,15 +1446,21 @@ class _JetStreamMember(GroupMember):
         return out
 
     async def poll(self) -> set:
-        if self._lease is None or self._lease.lost:
-            await self._join()  # our lease lapsed (a long pause, a partition): join again
         for tp, lease in list(self._owned.items()):
             if lease.lost:  # someone else may own it now: give it up at the next safe point
                 del self._owned[tp]
                 self._lost.add(tp)
-        members = await self._members()
+        try:
+            if self._lease is None or self._lease.lost:
+                await self._join()  # our lease lapsed (a long pause, a partition): join again
+            members = await self._members()
+        except _TRANSIENT:
+            # No answer now (a failover): keep the last view; the leases tell
+            # the truth once the cluster answers again.
+            return self._target - self._lost
         mine = assign_round_robin(members, self._counts).get(self.member_id, ())
-        return {TopicPartition(t, p) for t, p in mine} - self._lost
+        self._target = {TopicPartition(t, p) for t, p in mine}
+        return self._target - self._lost
 
     async def try_acquire(self, tp: TopicPartition) -> bool:
         tp = TopicPartition(*tp)
