@@ -119,3 +119,14 @@ def test_a_commit_to_an_offsets_file_without_its_header_writes_the_header(tmp_pa
         assert again.load() == {("t", 0): 42}
         again.close()
         f.close()
+
+
+def test_a_topic_name_that_is_not_a_str_is_an_invalid_name_everywhere(tmp_path):
+    """Log.topic() looked the name up in its cache before checking it, so an
+    unhashable name raised the dict's TypeError ('unhashable type: list')
+    instead of InvalidTopicNameError, unlike create_topic and delete_topic."""
+    with us.Log(tmp_path / "l") as log:
+        log.create_topic("t")
+        for name in (["t"], {"t": 1}, None, 7, b"t"):
+            with pytest.raises(us.InvalidTopicNameError, match="must be a str"):
+                log.topic(name)

@@ -443,6 +443,8 @@ class Log:
     def topic(self, name: str) -> "Topic":
         """topic(name) -> Topic; raises UnknownTopicError."""
         self._check_open()
+        if not isinstance(name, str):
+            validate_topic_name(name)  # InvalidTopicNameError, not the dict lookup's TypeError
         with self._lock:
             t = self._topics.get(name)
             if t is not None and not t._deleted():
