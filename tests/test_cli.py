@@ -1,6 +1,7 @@
 """The ``unstoppable`` command line, run as real subprocesses on real logs:
 good input does what it says (human and --json output); bad input gives one
 line on stderr, a non-zero exit, and never a traceback."""
+import asyncio
 import json
 import os
 import shutil
@@ -100,7 +101,7 @@ def test_verify_fails_on_a_damaged_log(logdir):
 def test_booking_events_produce_and_dump_protobuf_aware(logdir):
     from unstoppable.booking.service import ServiceConfig, create_topics
     with us.Log(logdir) as log:
-        create_topics(log, ServiceConfig(str(logdir), "x.db"), partitions=4)
+        asyncio.run(create_topics(log, ServiceConfig(str(logdir), "x.db"), partitions=4))
     events = [{"event_id": "e1", "seat_reservation_requested":
                {"booking_id": "b1", "user_id": "u1", "seat_id": "A-12"}},
               {"event_id": "e2", "payment_received":
@@ -125,7 +126,7 @@ def test_dead_letters_list_and_redrive(logdir, tmp_path):
     cfg = ServiceConfig(str(logdir), str(tmp_path / "rm.db"), fail_seats=("B",), backoff_ms=1,
                         max_attempts=2)
     log = us.Log(logdir)
-    create_topics(log, cfg, partitions=2)
+    asyncio.run(create_topics(log, cfg, partitions=2))
     from unstoppable._core.hashing import xxh64_partition
     for seat in ("A", "B"):
         log.topic(cfg.topic).partition(xxh64_partition(seat.encode(), 2)).append(
@@ -238,7 +239,6 @@ def test_produce_and_consume_on_a_jetstream_log(tmp_path):
     pytest.importorskip("nats")
     if nats_servers.server_binary() is None:
         pytest.skip("nats-server is not installed")
-    import asyncio
     srv = nats_servers.start_single(str(tmp_path))
     try:
         asyncio.run(nats_servers.wait_for_jetstream([srv.url]))

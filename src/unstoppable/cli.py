@@ -14,7 +14,7 @@
     unstoppable export TOPIC --format parquet|arrow|csv --out PATH [--from X] [--to Y]
 
 Every command that reads a log takes ``--log DIR`` (default: $UNSTOPPABLE_LOG);
-``topics create``, ``produce``, ``consume`` and ``tail`` also take
+``topics create``, ``produce``, ``consume``, ``tail`` and ``dlq`` also take
 ``--log nats://host:port[,host:port...]`` (a JetStream cluster, through
 ``unstoppable.connect``).
 Output is for people by default; ``--json`` prints JSON for scripts (one
@@ -76,7 +76,7 @@ def _printable(b) -> str | None:
 
 
 _REMOTE = ("nats://", "tls://")
-_REMOTE_COMMANDS = "topics create, produce, consume and tail"
+_REMOTE_COMMANDS = "topics create, produce, consume, tail and dlq list|redrive"
 
 
 def _log_url(args) -> str:
@@ -658,40 +658,39 @@ def _cmd_verify(args) -> int:
 
 def _cmd_dlq(args) -> int:
     from unstoppable.booking import deadletters as dl
-    with _open_log(args) as log:
-        if args.dlq_cmd == "list":
-            letters = dl.read_dead_letters(log.topic(args.topic))
-            if not args.all:
-                letters = [d for d in letters if not d.redriven]
-            if args.json:
-                _emit([{"id": f"{d.partition}/{d.offset}", "origin": f"{d.origin_topic}/"
-                        f"{d.origin_partition}/{d.origin_offset}", "error": d.error,
-                        "attempts": d.attempts, "timestamp": d.timestamp, "key": _text(d.key),
-                        "redriven": d.redriven} for d in letters])
-            elif not letters:
-                print("no dead letters")
-            else:
-                print("ID        ORIGIN                          ATTEMPTS  ERROR")
-                for d in letters:
-                    origin = f"{d.origin_topic}/{d.origin_partition}/{d.origin_offset}"
-                    mark = " (redriven)" if d.redriven else ""
-                    print(f"{d.partition}/{d.offset:<7} {origin:<32} {d.attempts:>8}  {d.error}{mark}")
-            return 0
-        if not args.all and not args.ids:
-            raise CLIError("dlq redrive needs dead-letter ids (PARTITION/OFFSET, see dlq list) or --all",
-                           _EXIT_USAGE)
-        which = None
+    if args.dlq_cmd == "list":
+        letters = _run_on_log(args, lambda log: dl.read_dead_letters(log, args.topic))
         if not args.all:
-            which = []
-            for i in args.ids:
-                a, sep, b = i.partition("/")
-                if not sep or not a.isdigit() or not b.isdigit():
-                    raise CLIError(f"bad dead-letter id {i!r}: write PARTITION/OFFSET", _EXIT_USAGE)
-                which.append((int(a), int(b)))
-        try:
-            done = dl.redrive(log, args.topic, which)
-        except KeyError as e:
-            raise CLIError(str(e.args[0])) from None
+            letters = [d for d in letters if not d.redriven]
+        if args.json:
+            _emit([{"id": f"{d.partition}/{d.offset}", "origin": f"{d.origin_topic}/"
+                    f"{d.origin_partition}/{d.origin_offset}", "error": d.error,
+                    "attempts": d.attempts, "timestamp": d.timestamp, "key": _text(d.key),
+                    "redriven": d.redriven} for d in letters])
+        elif not letters:
+            print("no dead letters")
+        else:
+            print("ID        ORIGIN                          ATTEMPTS  ERROR")
+            for d in letters:
+                origin = f"{d.origin_topic}/{d.origin_partition}/{d.origin_offset}"
+                mark = " (redriven)" if d.redriven else ""
+                print(f"{d.partition}/{d.offset:<7} {origin:<32} {d.attempts:>8}  {d.error}{mark}")
+        return 0
+    if not args.all and not args.ids:
+        raise CLIError("dlq redrive needs dead-letter ids (PARTITION/OFFSET, see dlq list) or --all",
+                       _EXIT_USAGE)
+    which = None
+    if not args.all:
+        which = []
+        for i in args.ids:
+            a, sep, b = i.partition("/")
+            if not sep or not a.isdigit() or not b.isdigit():
+                raise CLIError(f"bad dead-letter id {i!r}: write PARTITION/OFFSET", _EXIT_USAGE)
+            which.append((int(a), int(b)))
+    try:
+        done = _run_on_log(args, lambda log: dl.redrive(log, args.topic, which))
+    except KeyError as e:
+        raise CLIError(str(e.args[0])) from None
     if args.json:
         _emit([{"id": f"{d.partition}/{d.offset}", "to": f"{d.origin_topic}/{d.origin_partition}/{new}"}
                for d, new in done])

@@ -2,6 +2,7 @@
 subprocess: worker processes, one SIGKILLed, duplicates, out-of-order and
 late payments, expiries, poison records; every invariant must hold. Then
 the demo's own checks are shown to fail on a forged double booking."""
+import asyncio
 import json
 import os
 import subprocess
@@ -22,7 +23,8 @@ def test_small_demo_holds_every_invariant(tmp_path):
     assert "Traceback" not in r.stderr, r.stderr
     s = json.loads(r.stdout)
     assert r.returncode == 0 and s["ok"], (s["checks"], s["problems"], r.stderr)
-    assert all(s["checks"].values()) and len(s["checks"]) == 6
+    assert all(s["checks"].values()) and len(s["checks"]) == 6 and s["skipped"] == {}
+    assert s["backend"] == "embedded"
     assert s["worker_killed"] and s["recovery_ms"] is not None
     assert "SIGKILL worker" in r.stderr and "replacement worker joins" in r.stderr
     assert s["requests"] >= 3000 and s["bookings_confirmed"] > 0 and s["rejections"] > 0
@@ -35,13 +37,13 @@ def test_small_demo_holds_every_invariant(tmp_path):
     with us.Log(cfg.log_path) as log:
         db = connect(cfg.db_path)
         live = ReadModel(db)
-        assert _check_outcomes(log, cfg, live)["problems"] == []
+        assert asyncio.run(_check_outcomes(log, cfg, live))["problems"] == []
         seat, booking = db.execute("SELECT seat_id, booking_id FROM seats WHERE state='booked' "
                                    "LIMIT 1").fetchone()
         forged = ev.BookingEvent(event_id="forged", booking_confirmed=ev.BookingConfirmed(
             booking_id="intruder", user_id="u", seat_id=seat))
         log.topic(cfg.outcomes_topic).partition(0).append([(seat.encode(), ev.CODEC.encode(forged))])
-        got = _check_outcomes(log, cfg, live)
+        got = asyncio.run(_check_outcomes(log, cfg, live))
         assert got["double_confirmed"] == [seat] and got["problems"]
         db.close()
 

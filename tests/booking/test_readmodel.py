@@ -7,6 +7,7 @@ one transaction), "crashing" at random points: the connection goes away
 before COMMIT, a new one resumes at the committed offset. The result must
 equal the plain in-memory fold. The process test does the same with the
 real worker, killed with SIGKILL three times mid-stream."""
+import asyncio
 import multiprocessing as mp
 import os
 import random
@@ -85,7 +86,7 @@ def test_workers_killed_mid_stream_lose_and_repeat_nothing(tmp_path):
     cfg = ServiceConfig(log_path=str(tmp_path / "log"), db_path=str(tmp_path / "live.db"),
                         ttl_ms=300, batch=200)
     log = us.Log(cfg.log_path)
-    create_topics(log, cfg, partitions=3)
+    asyncio.run(create_topics(log, cfg, partitions=3))
     rnd = random.Random(7)
     topic = log.topic(cfg.topic)
     batch = {p: [] for p in range(3)}
@@ -122,7 +123,7 @@ def test_workers_killed_mid_stream_lose_and_repeat_nothing(tmp_path):
     total = sum(topic.end_offsets())
     assert 0 < handled[0] < handled[1] < handled[2] < total       # killed mid-stream each time
     run_service(cfg, log, caught_up(log, cfg), timeout=60)
-    rebuilt = rebuild(log, cfg, str(tmp_path / "rebuilt.db"))
+    rebuilt = asyncio.run(rebuild(log, cfg, str(tmp_path / "rebuilt.db")))
     rebuilt.db.close()
     live = snapshot(cfg.db_path)
     assert diff_snapshots(live, snapshot(str(tmp_path / "rebuilt.db"))) == []

@@ -2,6 +2,7 @@
 are retried then dead-lettered with their origin and the partition moves on;
 re-driven dead letters are applied; a pending expiry survives a restart and
 takes effect once even when its timer fires twice; outcomes are published."""
+import asyncio
 import time
 
 import pytest
@@ -31,7 +32,7 @@ def _send(log, cfg, events):
 def test_failing_records_are_retried_then_dead_lettered_and_can_be_redriven(tmp_path):
     cfg = _cfg(tmp_path, fail_seats=("seat-bad",), backoff_ms=1, max_attempts=3, ttl_ms=60_000)
     log = us.Log(cfg.log_path)
-    create_topics(log, cfg, partitions=2)
+    asyncio.run(create_topics(log, cfg, partitions=2))
     _send(log, cfg, [ev.reservation_requested("b1", "u1", "seat-ok"),
                      ev.reservation_requested("b2", "u2", "seat-bad"),
                      ev.payment_received("b1", "seat-ok", "p1", 100, "u1"),
@@ -39,7 +40,7 @@ def test_failing_records_are_retried_then_dead_lettered_and_can_be_redriven(tmp_
     log.topic(cfg.topic).partition(0).append([(b"seat-x", b"\x07garbage")])
     svc = run_service(cfg, log, caught_up(log, cfg))
     assert svc.metrics["dead_letters"] == 3 and svc.metrics["retries"] == 3 * 2
-    letters = dl.read_dead_letters(log.topic(cfg.dlq_topic))
+    letters = asyncio.run(dl.read_dead_letters(log, cfg.dlq_topic))
     assert len(letters) == 3
     by_error = sorted(d.error.split(":")[0] for d in letters)
     assert by_error == ["InjectedFault", "InjectedFault", "ValueDecodeError"]
@@ -55,27 +56,27 @@ def test_failing_records_are_retried_then_dead_lettered_and_can_be_redriven(tmp_
     # The bug is fixed: re-drive the two injected failures (not the garbage).
     fixed = ServiceConfig(**{**cfg.__dict__, "fail_seats": ()})
     redo = [(d.partition, d.offset) for d in letters if d.error.startswith("InjectedFault")]
-    done = dl.redrive(log, cfg.dlq_topic, redo)
+    done = asyncio.run(dl.redrive(log, cfg.dlq_topic, redo))
     assert len(done) == 2
-    assert dl.redrive(log, cfg.dlq_topic, redo) == []          # never twice
-    left = [d for d in dl.read_dead_letters(log.topic(cfg.dlq_topic)) if not d.redriven]
+    assert asyncio.run(dl.redrive(log, cfg.dlq_topic, redo)) == []          # never twice
+    left = [d for d in asyncio.run(dl.read_dead_letters(log, cfg.dlq_topic)) if not d.redriven]
     assert [d.error.split(":")[0] for d in left] == ["ValueDecodeError"]
     run_service(fixed, log, caught_up(log, fixed))
     db = connect(cfg.db_path)
     assert db.execute("SELECT state FROM bookings WHERE booking_id='b2'").fetchone() == ("confirmed",)
     db.close()
     # The rebuild makes the same decisions, dead letters included.
-    rebuild(log, fixed, str(tmp_path / "rebuilt.db")).db.close()
+    asyncio.run(rebuild(log, fixed, str(tmp_path / "rebuilt.db"))).db.close()
     assert diff_snapshots(snapshot(cfg.db_path), snapshot(str(tmp_path / "rebuilt.db"))) == []
     with pytest.raises(KeyError, match="no dead letter"):
-        dl.redrive(log, cfg.dlq_topic, [(0, 999)])
+        asyncio.run(dl.redrive(log, cfg.dlq_topic, [(0, 999)]))
     log.close()
 
 
 def test_a_pending_expiry_survives_a_restart_and_takes_effect_once(tmp_path):
     cfg = _cfg(tmp_path, ttl_ms=400)
     log = us.Log(cfg.log_path)
-    create_topics(log, cfg, partitions=2)
+    asyncio.run(create_topics(log, cfg, partitions=2))
     _send(log, cfg, [ev.reservation_requested("b1", "u1", "A")])
     # Worker 1 holds the seat, then stops before the deadline.
     run_service(cfg, log, caught_up(log, cfg, timers=False))
@@ -87,8 +88,6 @@ def test_a_pending_expiry_survives_a_restart_and_takes_effect_once(tmp_path):
 
     # Worker 2 (a restart) finds the due timer; we make it fire twice, as a
     # crash between appending the expiry and marking the timer fired would.
-    import asyncio
-
     async def fire_twice():
         svc = BookingService(cfg)
         svc.db = connect(cfg.db_path)
@@ -122,12 +121,13 @@ def test_events_on_the_wrong_partition_are_refused(tmp_path):
     from unstoppable._core.hashing import xxh64_partition
     cfg = _cfg(tmp_path, backoff_ms=1, max_attempts=2)
     log = us.Log(cfg.log_path)
-    create_topics(log, cfg, partitions=4)
+    asyncio.run(create_topics(log, cfg, partitions=4))
     home = xxh64_partition(b"A", 4)
     log.topic(cfg.topic).partition((home + 1) % 4).append(
         [(b"A", ev.CODEC.encode(ev.reservation_requested("b1", "u1", "A")))])
     run_service(cfg, log, caught_up(log, cfg))
-    (d,) = dl.read_dead_letters(log.topic(cfg.dlq_topic))
+    (d,) = asyncio.run(dl.read_dead_letters(log, cfg.dlq_topic))
     assert "belong on partition" in d.error and d.origin_partition == (home + 1) % 4
     assert snapshot(cfg.db_path)["seats"] == []
     log.close()
+

@@ -9,6 +9,8 @@ the delivery order, duplicates, crashes or replays.
 * ``service``: the consumer-group worker (exactly-once effects, durable
   timers, retries and dead letters) and ``rebuild``.
 * ``deadletters``: listing and re-driving dead letters.
+* ``logio``: opening, creating topics on and reading either backend (the
+  embedded log or JetStream), so all of the above run on both.
 * ``demo``: the concert-hall simulation behind ``unstoppable demo``.
 
 Needs the ``protobuf`` package (a dependency of unstoppable).

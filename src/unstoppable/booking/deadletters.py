@@ -20,10 +20,18 @@ again in order with what came after, and then appends a marker to the
 dead-letter topic (header ``dlq.redriven`` = ``partition/offset`` of the dead
 letter) so it is not listed or re-driven twice. A dead letter that was
 published twice (a crash between publishing and recording it) is listed once.
+
+Both work on either backend, a ``us.Log`` or a JetStreamLog: they read
+through the backend interface (``logio.LogReader``) and write through
+``Producer``.
 """
 from __future__ import annotations
 
 from typing import NamedTuple
+
+from unstoppable.booking.logio import LogReader
+from unstoppable.client import Producer
+from unstoppable.errors import UnknownTopicError
 
 __all__ = ["DeadLetter", "ORIGIN_TOPIC", "ORIGIN_PARTITION", "ORIGIN_OFFSET", "ERROR", "ATTEMPTS",
            "REDRIVEN", "REDRIVEN_FROM", "headers_for", "read_dead_letters", "redrive"]
@@ -62,77 +70,88 @@ def _h(headers) -> dict:
     return {k: (bytes(v).decode("utf-8", "replace") if v is not None else None) for k, v in headers}
 
 
-def _read_all(part):
-    off = part.start_offset
-    while off < part.end_offset:
-        recs = part.read(off, 5000)
-        if not recs:
-            break
-        yield from recs
-        off = recs[-1].offset + 1
+async def read_dead_letters(log, dlq_topic: str = "booking-dlq", *,
+                            missing_ok: bool = False) -> list[DeadLetter]:
+    """await read_dead_letters(log, dlq_topic="booking-dlq") -> [DeadLetter]
 
-
-def read_dead_letters(topic) -> list[DeadLetter]:
-    """Every dead letter of the dead-letter ``topic`` (a storage Topic), oldest
-    first per partition, one per origin, with ``redriven`` set for those
-    re-driven already."""
+    Every dead letter of the dead-letter topic of ``log`` (a ``us.Log`` or a
+    JetStreamLog), oldest first per partition, one per origin, with
+    ``redriven`` set for those re-driven already. A missing topic raises
+    UnknownTopicError, or gives ``[]`` with ``missing_ok``."""
     redriven = set()
     letters: dict = {}
-    for p in range(topic.partitions):
-        for r in _read_all(topic.partition(p)):
-            h = _h(r.headers)
-            if REDRIVEN in h:
-                a, _, b = (h[REDRIVEN] or "").partition("/")
-                if a.isdigit() and b.isdigit():
-                    redriven.add((int(a), int(b)))
-                continue
-            if ORIGIN_TOPIC not in h:
-                continue
-            try:
-                origin = (h[ORIGIN_TOPIC], int(h.get(ORIGIN_PARTITION) or -1),
-                          int(h.get(ORIGIN_OFFSET) or -1))
-                attempts = int(h.get(ATTEMPTS) or 0)
-            except ValueError:
-                continue
-            if origin in letters:
-                continue        # published twice: the first one counts
-            letters[origin] = DeadLetter(
-                p, r.offset, r.timestamp, origin[0], origin[1], origin[2], h.get(ERROR) or "",
-                attempts, None if r.key is None else bytes(r.key),
-                None if r.value is None else bytes(r.value), False)
+    async with LogReader(log) as reader:
+        try:
+            n = await reader.partitions(dlq_topic)
+        except UnknownTopicError:
+            if missing_ok:
+                return []
+            raise
+        for p in range(n):
+            async for recs in reader.chunks(dlq_topic, p):
+                for r in recs:
+                    h = _h(r.headers)
+                    if REDRIVEN in h:
+                        a, _, b = (h[REDRIVEN] or "").partition("/")
+                        if a.isdigit() and b.isdigit():
+                            redriven.add((int(a), int(b)))
+                        continue
+                    if ORIGIN_TOPIC not in h:
+                        continue
+                    try:
+                        origin = (h[ORIGIN_TOPIC], int(h.get(ORIGIN_PARTITION) or -1),
+                                  int(h.get(ORIGIN_OFFSET) or -1))
+                        attempts = int(h.get(ATTEMPTS) or 0)
+                    except ValueError:
+                        continue
+                    if origin in letters:
+                        continue        # published twice: the first one counts
+                    letters[origin] = DeadLetter(
+                        p, r.offset, r.timestamp, origin[0], origin[1], origin[2], h.get(ERROR) or "",
+                        attempts, None if r.key is None else bytes(r.key),
+                        None if r.value is None else bytes(r.value), False)
     by_pos = {(d.partition, d.offset): d for d in letters.values()}
     return [d._replace(redriven=True) if (d.partition, d.offset) in redriven else d
             for d in sorted(by_pos.values(), key=lambda d: (d.partition, d.offset))]
 
 
-def redrive(log, dlq_topic: str, which=None) -> list[tuple]:
-    """redrive(log, dlq_topic, which=None) -> [(dead letter, new offset)]
+async def redrive(log, dlq_topic: str, which=None) -> list[tuple]:
+    """await redrive(log, dlq_topic, which=None) -> [(dead letter, new offset)]
 
     Re-drive the dead letters of ``dlq_topic`` not re-driven yet: all of
     them, or those whose ``(partition, offset)`` in the dead-letter topic is
-    in ``which``. Each is appended to its origin topic and partition (fsynced)
-    before its marker is written, so a crash in between re-drives it at most
-    once more, never zero times.
+    in ``which``. Each is appended to its origin topic and partition
+    (``acks="fsync"``: fsynced on the embedded log, acknowledged by the
+    stream on JetStream) before its marker is written, so a crash in between
+    re-drives it at most once more, never zero times.
     """
-    t = log.topic(dlq_topic)
-    out = []
     want = None if which is None else {tuple(w) for w in which}
-    letters = read_dead_letters(t)
+    letters = await read_dead_letters(log, dlq_topic)
     if want is not None:
         known = {(d.partition, d.offset) for d in letters}
         missing = sorted(want - known)
         if missing:
             raise KeyError(f"no dead letter at {', '.join(f'{p}/{o}' for p, o in missing)} "
                            f"in topic {dlq_topic!r}")
-    for d in letters:
-        if d.redriven or (want is not None and (d.partition, d.offset) not in want):
-            continue
-        origin = log.topic(d.origin_topic).partition(d.origin_partition)
-        rec = (d.key, d.value, [(REDRIVEN_FROM, f"{dlq_topic}/{d.partition}/{d.offset}".encode())])
-        new = origin.append([rec], acks="fsync")
-        t.partition(d.partition).append(
-            [(None, None, [(REDRIVEN, f"{d.partition}/{d.offset}".encode()),
-                           ("dlq.redriven_to", f"{d.origin_topic}/{d.origin_partition}/{new}".encode())])],
-            acks="fsync")
-        out.append((d, new))
+    todo = [d for d in letters
+            if not d.redriven and (want is None or (d.partition, d.offset) in want)]
+    out = []
+    producers: dict = {}
+    try:
+        marks = producers[dlq_topic] = Producer(log, dlq_topic, acks="fsync")
+        for d in todo:
+            origin = producers.get(d.origin_topic)
+            if origin is None:
+                origin = producers[d.origin_topic] = Producer(log, d.origin_topic, acks="fsync")
+            md = await origin.send_and_wait(
+                d.value, key=d.key, partition=d.origin_partition,
+                headers=[(REDRIVEN_FROM, f"{dlq_topic}/{d.partition}/{d.offset}".encode())])
+            await marks.send_and_wait(
+                None, partition=d.partition,
+                headers=[(REDRIVEN, f"{d.partition}/{d.offset}".encode()),
+                         ("dlq.redriven_to", f"{d.origin_topic}/{d.origin_partition}/{md.offset}".encode())])
+            out.append((d, md.offset))
+    finally:
+        for p in producers.values():
+            await p.close()
     return out

@@ -2,6 +2,11 @@
 machine to the input topic, keeps the SQLite read model, publishes outcomes,
 fires durable timers, and dead-letters what keeps failing. Also ``rebuild``.
 
+It runs on either backend: ``ServiceConfig.log_path`` is the directory of an
+embedded log or a ``nats://host:port[,...]`` URL of a JetStream cluster. The
+log is only ever used through ``Consumer``, ``Producer`` and the backend's
+reads (``logio.LogReader``), so both backends run the same code.
+
 Topics (names in :class:`ServiceConfig`)::
 
     bookings           inputs: SeatReservationRequested, PaymentReceived,
@@ -53,12 +58,13 @@ import os
 import signal
 import time
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import unstoppable as us
 from unstoppable._core.hashing import xxh64_partition
 from unstoppable.booking import deadletters as dl
 from unstoppable.booking import events as ev
+from unstoppable.booking.logio import LogReader, close_log, ensure_topic, open_log
 from unstoppable.booking.machine import InvalidEventError, apply
 from unstoppable.booking.readmodel import ReadModel, connect
 from unstoppable.client import TopicPartition
@@ -74,7 +80,10 @@ class InjectedFault(RuntimeError):
 
 @dataclass
 class ServiceConfig:
-    """Where the service works and how. Plain data, so it can go to worker processes."""
+    """Where the service works and how. Plain data, so it can go to worker processes.
+
+    ``log_path`` is the embedded log's directory or a ``nats://`` URL;
+    ``log_options`` go to the JetStream connection (``lease_ttl`` ...)."""
     log_path: str
     db_path: str
     topic: str = "bookings"
@@ -90,13 +99,15 @@ class ServiceConfig:
     fail_seats: tuple = ()             # seats whose records always fail (tests)
     status_path: str | None = None     # JSON file the worker rewrites with its metrics
     membership_poll_ms: float = 100.0
+    log_options: dict = field(default_factory=dict)
 
 
-def create_topics(log, cfg: ServiceConfig, partitions: int = 8) -> None:
-    """Create the service's topics (if missing) in ``log``."""
+async def create_topics(log, cfg: ServiceConfig, partitions: int = 8, *,
+                        replicas: int | None = None) -> None:
+    """Create the service's topics (if missing) in ``log`` (``replicas``:
+    copies of each partition on JetStream)."""
     for name, n in ((cfg.topic, partitions), (cfg.outcomes_topic, partitions), (cfg.dlq_topic, 1)):
-        if name not in log:
-            log.create_topic(name, partitions=n)
+        await ensure_topic(log, name, n, replicas=replicas)
 
 
 def _faulty(cfg: ServiceConfig, partition: int, offset: int) -> bool:
@@ -143,12 +154,12 @@ class BookingService:
     async def run(self, stop: asyncio.Event, log=None) -> None:
         cfg = self.cfg
         own_log = log is None
-        log = us.Log(cfg.log_path, create=False) if own_log else log
-        self.db = db = connect(cfg.db_path)
-        self.rm = ReadModel(db, outcomes_topic=cfg.outcomes_topic)
-        self.store = us.SQLiteOffsetStore(db)
-        self.partitions = log.topic(cfg.topic).partitions
+        log = await open_log(cfg.log_path, **cfg.log_options) if own_log else log
+        db = None
         try:
+            async with LogReader(log) as reader:
+                self.partitions = await reader.partitions(cfg.topic)
+            db = self.open_db()
             async with us.Consumer(log, cfg.topic, group=cfg.group, offset_store=self.store,
                                    max_poll_records=cfg.batch,
                                    membership_poll_ms=cfg.membership_poll_ms) as c, \
@@ -175,9 +186,18 @@ class BookingService:
                 if cfg.status_path:
                     self._write_status()
         finally:
-            db.close()
+            if db is not None:
+                db.close()
             if own_log:
-                log.close()
+                await close_log(log)
+
+    def open_db(self):
+        """Open the read model (``db``, ``rm``) and the offset store kept in
+        it (``store``), as :meth:`run` does; returns the connection."""
+        self.db = connect(self.cfg.db_path)
+        self.rm = ReadModel(self.db, outcomes_topic=self.cfg.outcomes_topic)
+        self.store = us.SQLiteOffsetStore(self.db)
+        return self.db
 
     def _write_status(self) -> None:
         self.metrics["updated"] = time.time()
@@ -357,52 +377,47 @@ def committed_offsets(db, group: str, topic: str) -> dict:
     return dict(rows)
 
 
-def rebuild(log, cfg: ServiceConfig, db_path, *, progress=None, chunk: int = 5000) -> ReadModel:
-    """rebuild(log, cfg, db_path, *, progress=None) -> ReadModel
+async def rebuild(log, cfg: ServiceConfig, db_path, *, progress=None, chunk: int = 5000) -> ReadModel:
+    """await rebuild(log, cfg, db_path, *, progress=None) -> ReadModel
 
     Replay the input topic from offset 0 into a fresh read model at
     ``db_path`` (which must not exist), with the same state machine and the
     same decisions about dead letters (taken from the dead-letter topic), and
     return it. It must equal the live read model once that has caught up:
-    that is the event-sourcing check. ``progress(done, total)`` is called as
-    records are replayed.
+    that is the event-sourcing check. ``log`` is a ``us.Log`` or a
+    JetStreamLog; records are read through the backend interface.
+    ``progress(done, total)`` is called as records are replayed.
     """
     if os.path.exists(db_path):
         raise FileExistsError(f"{db_path} exists; rebuild writes a fresh read model")
-    topic = log.topic(cfg.topic)
     dead = {}
-    if cfg.dlq_topic in log:
-        for d in dl.read_dead_letters(log.topic(cfg.dlq_topic)):
+    async with LogReader(log) as reader:
+        n = await reader.partitions(cfg.topic)
+        for d in await dl.read_dead_letters(log, cfg.dlq_topic, missing_ok=True):
             if d.origin_topic == cfg.topic:
                 dead[(d.origin_partition, d.origin_offset)] = d.error
-    db = connect(db_path)
-    rm = ReadModel(db, outcomes_topic=cfg.outcomes_topic)
-    store = us.SQLiteOffsetStore(db)
-    n = topic.partitions
-    ends = [topic.partition(p).end_offset for p in range(n)]
-    total, done = sum(ends), 0
-    for p in range(n):
-        part = topic.partition(p)
-        off = part.start_offset
-        rm.partition = p
-        while off < ends[p]:
-            recs = part.read(off, chunk)
-            recs = [r for r in recs if r.offset < ends[p]]
-            db.execute("BEGIN IMMEDIATE")
-            for r in recs:
-                origin = f"{cfg.topic}/{p}/{r.offset}"
-                if (p, r.offset) in dead:
-                    rm.add_dead_letter(cfg.topic, p, r.offset, dead[(p, r.offset)])
-                    continue
-                event = decode_checked(r.value, p, n)
-                apply(rm, event, r.timestamp, cfg.ttl_ms, origin)
-            off = recs[-1].offset + 1
-            store.save({TopicPartition(cfg.topic, p): off}, group=cfg.group)
-            rm.flush_counts()
-            db.execute("COMMIT")
-            done += len(recs)
-            if progress is not None:
-                progress(done, total)
+        db = connect(db_path)
+        rm = ReadModel(db, outcomes_topic=cfg.outcomes_topic)
+        store = us.SQLiteOffsetStore(db)
+        ranges = await reader.ranges(cfg.topic)
+        total, done = sum(e for _s, e in ranges), 0
+        for p, (start, end) in enumerate(ranges):
+            rm.partition = p
+            async for recs in reader.chunks(cfg.topic, p, start, end, chunk):
+                db.execute("BEGIN IMMEDIATE")
+                for r in recs:
+                    origin = f"{cfg.topic}/{p}/{r.offset}"
+                    if (p, r.offset) in dead:
+                        rm.add_dead_letter(cfg.topic, p, r.offset, dead[(p, r.offset)])
+                        continue
+                    event = decode_checked(r.value, p, n)
+                    apply(rm, event, r.timestamp, cfg.ttl_ms, origin)
+                store.save({TopicPartition(cfg.topic, p): recs[-1].offset + 1}, group=cfg.group)
+                rm.flush_counts()
+                db.execute("COMMIT")
+                done += len(recs)
+                if progress is not None:
+                    progress(done, total)
     db.execute("DELETE FROM outbox")   # a rebuild publishes nothing
     return rm
 
