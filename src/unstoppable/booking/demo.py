@@ -469,6 +469,7 @@ async def _run(cfg: DemoConfig, out, d, log, reader, scfg, gateway_group, status
             "dead_letters": stats.get("dead_letters", 0),
             "retries": sum(m.get("retries", 0) for m in metrics),
             "timers_fired": sum(m.get("timers_fired", 0) for m in metrics),
+            "fenced_runs": sum(m.get("fenced", 0) for m in metrics),
             "max_lag": max_lag,
             "peak_events_per_s": round(peak),
             "worker_killed": killed_at is not None,
@@ -608,6 +609,9 @@ def format_summary(s: dict) -> str:
         f"dead letters          {s['dead_letters']:>12,}   (retried first: {s['retries']:,} retries in all)",
         f"max lag               {s['max_lag']:>12,}   records",
     ]
+    if s.get("fenced_runs"):
+        lines.append(f"runs fenced off       {s['fenced_runs']:>12,}   (another owner of the partition had "
+                     "committed them: skipped, not applied twice)")
     if s.get("worker_killed"):
         rec = s.get("recovery_ms")
         lines.append(f"worker SIGKILLed      {'yes':>12}   (partitions owned again after "

@@ -33,6 +33,12 @@ committed offset change in one SQLite transaction. A worker killed at any
 point leaves either all of a run's effects and its offset, or none; the next
 owner of the partition resumes at the committed offset.
 
+Fencing: the transaction first reads the partition's committed offset, and a
+run that starts below it (another worker committed those records while this
+one still held them: a partition moved after a lapsed JetStream lease, say)
+is rolled back and skipped, and the consumer seeks past it. So even two
+workers briefly handling one partition apply each record once.
+
 At-least-once publication: outbox rows are deleted after the producer has
 acknowledged them, so a crash in between publishes them again; outcome event
 ids are derived from the input record (``topic/partition/offset#n``), so
@@ -71,6 +77,15 @@ from unstoppable.client import TopicPartition
 
 __all__ = ["ServiceConfig", "BookingService", "InjectedFault", "create_topics", "run_worker",
            "rebuild", "committed_offsets", "config_dict", "decode_checked"]
+
+
+class _Fenced(Exception):
+    """Another owner of the partition committed up to ``committed``, past the
+    first record of the run being applied."""
+
+    def __init__(self, committed: int):
+        super().__init__(committed)
+        self.committed = committed
 
 
 class InjectedFault(RuntimeError):
@@ -145,7 +160,7 @@ class BookingService:
     def __init__(self, cfg: ServiceConfig):
         self.cfg = cfg
         self.metrics = {"pid": os.getpid(), "handled": 0, "transactions": 0, "retries": 0,
-                        "dead_letters": 0, "published": 0, "timers_fired": 0,
+                        "dead_letters": 0, "published": 0, "timers_fired": 0, "fenced": 0,
                         "assigned": [], "started": time.time(), "updated": 0.0}
         self._fail_seats = frozenset(cfg.fail_seats)
 
@@ -197,6 +212,8 @@ class BookingService:
         self.db = connect(self.cfg.db_path)
         self.rm = ReadModel(self.db, outcomes_topic=self.cfg.outcomes_topic)
         self.store = us.SQLiteOffsetStore(self.db)
+        self._committed_sql = (f"SELECT next_offset FROM {self.store.table} "
+                               "WHERE grp=? AND topic=? AND part=?")
         return self.db
 
     def _write_status(self) -> None:
@@ -217,13 +234,23 @@ class BookingService:
             raise InjectedFault(f"seat {ev.seat_of(event)!r} is configured to fail")
         apply(self.rm, event, rec.timestamp, cfg.ttl_ms, f"{tp.topic}/{tp.partition}/{rec.offset}")
 
+    def _fence(self, tp, first: int) -> None:
+        """Inside the transaction: raise _Fenced (after rolling back) when the
+        committed offset is past ``first``, the offset this run starts at."""
+        row = self.db.execute(self._committed_sql, (self.cfg.group, tp.topic, tp.partition)).fetchone()
+        if row is not None and row[0] > first:
+            self.db.execute("ROLLBACK")
+            raise _Fenced(row[0])
+
     def _try_run(self, tp, recs, attempt: int = 0):
         """Apply ``recs`` and commit them with the offset after the last, in one
         transaction. Returns None, or the (index, exception) of the first
-        failure, in which case nothing was committed."""
+        failure, in which case nothing was committed. Raises _Fenced when
+        another owner committed past the first record."""
         db, rm = self.db, self.rm
         rm.partition = tp.partition
         db.execute("BEGIN IMMEDIATE")
+        self._fence(tp, recs[0].offset)
         try:
             for i, r in enumerate(recs):
                 try:
@@ -246,6 +273,20 @@ class BookingService:
 
     async def _handle(self, tp, recs) -> None:
         while recs:
+            try:
+                await self._handle_run(tp, recs)
+                return
+            except _Fenced as f:
+                # Someone else applied the records below f.committed: skip
+                # them (and seek past them when this run held no more).
+                self.metrics["fenced"] += 1
+                recs = [r for r in recs if r.offset >= f.committed]
+                c = getattr(self, "consumer", None)
+                if not recs and c is not None and tp in c.assignment() and c.position(tp) < f.committed:
+                    c.seek(tp, f.committed)
+
+    async def _handle_run(self, tp, recs) -> None:
+        while recs:
             failed = self._try_run(tp, recs)
             if failed is None:
                 return
@@ -254,7 +295,7 @@ class BookingService:
                 # The records before the failing one succeeded: commit them
                 # (if one of them fails now, that was transient: recurse).
                 if self._try_run(tp, recs[:k]) is not None:
-                    await self._handle(tp, recs[:k])
+                    await self._handle_run(tp, recs[:k])
             await self._one(tp, recs[k], 1, err)
             recs = recs[k + 1:]
 
@@ -276,6 +317,7 @@ class BookingService:
         headers = dl.headers_for(tp.topic, tp.partition, rec.offset, error, attempts)
         rm.partition = tp.partition
         db.execute("BEGIN IMMEDIATE")
+        self._fence(tp, rec.offset)
         try:
             rm.add_dead_letter(tp.topic, tp.partition, rec.offset, error,
                                publish=(cfg.dlq_topic,
