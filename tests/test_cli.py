@@ -248,6 +248,22 @@ def test_produce_and_consume_on_a_jetstream_log(tmp_path):
         recs = [json.loads(x) for x in cli("consume", "t", "--json", log=url).stdout.splitlines()]
         assert sorted((r["key"], r["value"]) for r in recs) == [("a", "1"), ("a", "3"), ("b", "2")]
         assert len(cli("tail", "t", "-n", "1", log=url).stdout.splitlines()) == 1
+        cli("topics", "create", "u.v", log=url)
+        assert json.loads(cli("topics", "list", "--json", log=url).stdout) == [
+            {"name": "t", "partitions": 2, "records": 3}, {"name": "u.v", "partitions": 1, "records": 0}]
+        out = cli("topics", "list", log=url).stdout.splitlines()
+        assert out[0].split() == ["TOPIC", "PARTITIONS", "RECORDS"] and out[1].split() == ["t", "2", "3"]
+        desc = json.loads(cli("topics", "describe", "t", "--json", log=url).stdout)
+        assert desc["name"] == "t" and desc["partitions"] == 2 and desc["records"] == 3
+        assert desc["config"]["replicas"] == 1 and desc["config"]["retention_ms"] is None
+        by_key = {r["key"]: r["partition"] for r in recs}
+        ends = {p["partition"]: p["end_offset"] for p in desc["partition_offsets"]}
+        assert ends[by_key["a"]] >= 2 and sum(ends.values()) == 3
+        assert all(p["start_offset"] == 0 for p in desc["partition_offsets"])
+        text = cli("topics", "describe", "t", log=url).stdout
+        assert "2 partitions, 3 records" in text and "replicas = 1" in text and "END OFFSET" in text
+        assert "no topic 'nope'" in bad("topics", "describe", "nope", log=url)
+        assert "no dead letters" in cli("dlq", "list", "--topic", "t", log=url).stdout
         assert "embedded log" in bad("verify", log=url)
         msg = bad("consume", "nope", log=url)
         assert "no topic 'nope'" in msg

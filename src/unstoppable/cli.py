@@ -14,7 +14,7 @@
     unstoppable export TOPIC --format parquet|arrow|csv --out PATH [--from X] [--to Y]
 
 Every command that reads a log takes ``--log DIR`` (default: $UNSTOPPABLE_LOG);
-``topics create``, ``produce``, ``consume``, ``tail`` and ``dlq`` also take
+``topics``, ``produce``, ``consume``, ``tail`` and ``dlq`` also take
 ``--log nats://host:port[,host:port...]`` (a JetStream cluster, through
 ``unstoppable.connect``).
 Output is for people by default; ``--json`` prints JSON for scripts (one
@@ -76,7 +76,7 @@ def _printable(b) -> str | None:
 
 
 _REMOTE = ("nats://", "tls://")
-_REMOTE_COMMANDS = "topics create, produce, consume, tail and dlq list|redrive"
+_REMOTE_COMMANDS = "topics create|list|describe, produce, consume, tail and dlq list|redrive"
 
 
 def _log_url(args) -> str:
@@ -248,6 +248,25 @@ def _topic_info(t) -> dict:
             "partition_offsets": parts}
 
 
+async def _remote_topic_info(log, name: str) -> dict:
+    """What _topic_info says of an embedded topic, for a JetStream topic
+    (JetStream acknowledges only what it stored: no separate durable offset)."""
+    from unstoppable.client.backend import backend_for
+    t = await log.describe_topic(name)
+    be = backend_for(log)
+    try:
+        ranges = await asyncio.gather(*(be.offset_range(name, p) for p in range(t.partitions)))
+    finally:
+        await be.close()
+    parts = [{"partition": p, "start_offset": start, "end_offset": end}
+             for p, (start, end) in enumerate(ranges)]
+    return {"name": name, "partitions": t.partitions,
+            "config": {"replicas": t.replicas, "max_record_bytes": t.max_record_bytes,
+                       "retention_ms": t.retention_ms, "retention_bytes": t.retention_bytes},
+            "records": sum(p["end_offset"] - p["start_offset"] for p in parts),
+            "partition_offsets": parts}
+
+
 def _cmd_topics(args) -> int:
     if args.topics_cmd == "create":
         import unstoppable as us
@@ -273,31 +292,39 @@ def _cmd_topics(args) -> int:
         else:
             print(f"topic {info['name']!r}: {info['partitions']} partitions (in {os.path.abspath(path)})")
         return 0
-    with _open_log(args) as log:
-        if args.topics_cmd == "list":
-            infos = [_topic_info(log.topic(n)) for n in log.topics()]
-            if args.json:
-                _emit([{k: i[k] for k in ("name", "partitions", "records")} for i in infos])
-            elif not infos:
-                print("no topics")
-            else:
-                w = max(len(i["name"]) for i in infos)
-                print(f"{'TOPIC':<{w}}  PARTITIONS      RECORDS")
-                for i in infos:
-                    print(f"{i['name']:<{w}}  {i['partitions']:>10}  {i['records']:>11,}")
-            return 0
-        info = _topic_info(log.topic(args.name))
+    listing = args.topics_cmd == "list"
+    if _is_remote(_log_url(args)):
+        async def describe(log):
+            names = await log.topics() if listing else [args.name]
+            return [await _remote_topic_info(log, n) for n in names]
+        infos = _run_on_log(args, describe)
+    else:
+        with _open_log(args) as log:
+            infos = [_topic_info(log.topic(n)) for n in (log.topics() if listing else [args.name])]
+    if listing:
         if args.json:
-            _emit(info)
-            return 0
-        print(f"topic {info['name']!r}: {info['partitions']} partitions, {info['records']:,} records")
-        for k, v in info["config"].items():
-            print(f"  {k} = {v}")
-        print("  PARTITION  START OFFSET    END OFFSET  DURABLE OFFSET")
-        for p in info["partition_offsets"]:
-            print(f"  {p['partition']:>9}  {p['start_offset']:>12,}  {p['end_offset']:>12,}  "
-                  f"{p['durable_offset']:>14,}")
+            _emit([{k: i[k] for k in ("name", "partitions", "records")} for i in infos])
+        elif not infos:
+            print("no topics")
+        else:
+            w = max(len(i["name"]) for i in infos)
+            print(f"{'TOPIC':<{w}}  PARTITIONS      RECORDS")
+            for i in infos:
+                print(f"{i['name']:<{w}}  {i['partitions']:>10}  {i['records']:>11,}")
         return 0
+    (info,) = infos
+    if args.json:
+        _emit(info)
+        return 0
+    print(f"topic {info['name']!r}: {info['partitions']} partitions, {info['records']:,} records")
+    for k, v in info["config"].items():
+        print(f"  {k} = {v}")
+    durable = all("durable_offset" in p for p in info["partition_offsets"])
+    print("  PARTITION  START OFFSET    END OFFSET" + ("  DURABLE OFFSET" if durable else ""))
+    for p in info["partition_offsets"]:
+        print(f"  {p['partition']:>9}  {p['start_offset']:>12,}  {p['end_offset']:>12,}" +
+              (f"  {p['durable_offset']:>14,}" if durable else ""))
+    return 0
 
 
 # ---------------------------------------------------------------- produce

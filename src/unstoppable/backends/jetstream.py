@@ -618,6 +618,36 @@ class JetStreamLog:
                               int(meta["unstoppable.max_record_bytes"]), age // 1_000_000 or None,
                               mb if mb and mb > 0 else None)
 
+    async def topics(self) -> list[str]:
+        """Names of the topics on the cluster, sorted (as ``us.Log.topics()``):
+        those whose partition 0 stream exists, made by unstoppable (that stream
+        is created last, so a listed topic has all its partitions)."""
+        names: set = set()
+        offset = 0
+        while True:
+            r = await self._retrying(lambda offset=offset: self.wire.api(
+                "STREAM.LIST", {"offset": offset, "subject": "us.>"}))
+            streams = r.get("streams") or []
+            for s in streams:
+                cfg = s.get("config") or {}
+                meta = cfg.get("metadata") or {}
+                name = meta.get("unstoppable.topic")
+                if (name and meta.get("unstoppable.partition") == "0"
+                        and cfg.get("name") == _Part(name, 0).stream):
+                    names.add(name)
+            offset += len(streams)
+            if not streams or offset >= int(r.get("total") or 0):
+                return sorted(names)
+
+    async def describe_topic(self, name: str) -> JetStreamTopic:
+        """The topic as :meth:`create_topic` made it (partitions, replicas,
+        limits); UnknownTopicError when there is none."""
+        validate_topic_name(name)
+        t = await self._topic_streams(name)
+        if t is None:
+            raise UnknownTopicError(f"no topic {name!r} on {', '.join(self.servers)}")
+        return t
+
     async def topic_info(self, name: str) -> TopicInfo:
         """Partition count and limits of a topic (cached: they never change)."""
         info = self._topics.get(name)
