@@ -204,6 +204,8 @@ def test_bad_input_gives_one_line_and_a_nonzero_exit(logdir, tmp_path):
     bad(code=2)
     bad("demo", "--workers", "1", code=2)
     bad("demo", "--seats", "x", code=2)
+    assert "JetStream URL" in bad("demo", "--log", str(tmp_path), code=2)
+    assert "needs --log nats://" in bad("demo", "--replicas", "3", code=2)
     bad("groups", "--sqlite", str(tmp_path / "none.db"), log=logdir)
 
 

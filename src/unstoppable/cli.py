@@ -1,6 +1,6 @@
 """The ``unstoppable`` command line (also ``python -m unstoppable``).
 
-    unstoppable demo [--dir DIR] [--seats N] [--users N] [--workers N] ...
+    unstoppable demo [--dir DIR] [--log nats://...] [--seats N] [--users N] [--workers N] ...
     unstoppable topics create NAME [--partitions N] [--config KEY=VALUE ...]
     unstoppable topics list | describe NAME
     unstoppable produce TOPIC [--format lines|json] [--codec C] [--key K | --key-field F]
@@ -16,7 +16,7 @@
 Every command that reads a log takes ``--log DIR`` (default: $UNSTOPPABLE_LOG);
 ``topics``, ``produce``, ``consume``, ``tail`` and ``dlq`` also take
 ``--log nats://host:port[,host:port...]`` (a JetStream cluster, through
-``unstoppable.connect``).
+``unstoppable.connect``), and ``demo --log nats://...`` runs the demo there.
 Output is for people by default; ``--json`` prints JSON for scripts (one
 document, or one per line for record streams). Long work shows a progress bar
 on stderr when it is a terminal (``--progress`` forces it). Bad input gives a
@@ -76,7 +76,7 @@ def _printable(b) -> str | None:
 
 
 _REMOTE = ("nats://", "tls://")
-_REMOTE_COMMANDS = "topics create|list|describe, produce, consume, tail and dlq list|redrive"
+_REMOTE_COMMANDS = "topics create|list|describe, produce, consume, tail, dlq list|redrive and demo"
 
 
 def _log_url(args) -> str:
@@ -194,29 +194,43 @@ def _cmd_demo(args) -> int:
     if args.kill and args.workers < 2:
         raise CLIError("--workers must be at least 2 to survive a killed worker (or pass --no-kill)",
                        _EXIT_USAGE)
+    url = getattr(args, "log", None)
+    if url is not None and not _is_remote(url):
+        raise CLIError(f"demo --log takes a JetStream URL (nats://host:port[,host:port...]), not {url!r}; "
+                       "the embedded demo makes its own log in --dir", _EXIT_USAGE)
+    if args.replicas is not None:
+        if url is None:
+            raise CLIError("--replicas needs --log nats://... (an embedded log keeps one copy)", _EXIT_USAGE)
+        if args.replicas < 1:
+            raise CLIError("--replicas must be at least 1", _EXIT_USAGE)
     tmp = None
     path = args.dir
     if path is None:
         tmp = tempfile.mkdtemp(prefix="unstoppable-demo-")
         path = tmp
+    kept = tmp is None or args.keep
     cfg = DemoConfig(dir=path, seats=args.seats, users=args.users, workers=args.workers,
                      producers=args.producers, partitions=args.partitions, window_s=args.window,
                      ttl_ms=args.ttl_ms, poison=args.poison, fault_rate=args.fault_rate,
                      kill=args.kill, seed=args.seed, timeout_s=args.timeout,
-                     progress=True if args.progress else None)
+                     progress=True if args.progress else None, log=url, replicas=args.replicas,
+                     delete_topics=not kept)
     say = (lambda line: print(line, file=sys.stderr)) if args.json else print
     try:
         summary = run_demo(cfg, out=say)
     finally:
-        if tmp is not None and not args.keep:
+        if not kept:
             shutil.rmtree(tmp, ignore_errors=True)
     if args.json:
-        summary["dir"] = None if (tmp is not None and not args.keep) else os.path.abspath(path)
+        summary["dir"] = os.path.abspath(path) if kept else None
         _emit(summary)
     else:
         print(format_summary(summary))
-        if args.dir or args.keep:
+        if kept and url is None:
             print(f"log, read model (readmodel.db) and rebuild (rebuilt.db) kept in {os.path.abspath(path)}")
+        elif kept:
+            print(f"topics {', '.join(summary['topics'].values())} kept on {url}; read model "
+                  f"(readmodel.db) and rebuild (rebuilt.db) kept in {os.path.abspath(path)}")
     return 0 if summary["ok"] else 1
 
 
@@ -922,7 +936,13 @@ def _parser() -> argparse.ArgumentParser:
                        description="A concert hall sells out: users, payments, a consumer group of "
                                    "worker processes (one SIGKILLed), then a rebuild and the invariants.")
     d.add_argument("--dir", help="work in this directory and keep it (default: a temporary one)")
-    d.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    d.add_argument("--keep", action="store_true",
+                   help="keep the temporary directory (and, on JetStream, the run's topics)")
+    d.add_argument("--log", metavar="URL", default=argparse.SUPPRESS,
+                   help="run on this JetStream cluster, nats://host:port[,host:port...] (default: an "
+                        "embedded log in the demo directory); the run's topics are deleted at the end "
+                        "unless the directory is kept (--dir or --keep)")
+    d.add_argument("--replicas", type=int, help="JetStream: copies of each partition (default 1)")
     d.add_argument("--seats", type=int, default=10_000)
     d.add_argument("--users", type=int, default=100_000)
     d.add_argument("--workers", type=int, default=3, help="booking worker processes")
