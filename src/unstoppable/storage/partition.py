@@ -123,7 +123,7 @@ def _pwrite_all(fd: int, data, pos: int) -> None:
 
 
 _MAX_APPEND_BYTES = (1 << 31) - 1  # index positions are u32; segments stay below 2**32
-_STREAM_MIN = 4096          # records: appends at least this large are pipelined
+_STREAM_MIN = 32768         # records: appends at least this large are pipelined
 _STREAM_TARGET = 1 << 20     # bytes per pipelined chunk
 
 
