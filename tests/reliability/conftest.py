@@ -89,7 +89,7 @@ class Scale:
     producer_kills = 500 if SOAK else 50          # per acks mode
     consumer_kills = 200 if SOAK else 20
     many_seconds = 180.0 if SOAK else 20.0
-    fuzz_examples = 20000 if SOAK else 1500       # per fuzz target
+    fuzz_examples = 20000 if SOAK else 2500       # per fuzz target
     truncation_rounds = 300 if SOAK else 40
 
 
