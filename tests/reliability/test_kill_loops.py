@@ -1,9 +1,11 @@
 """Kill loops: a producer process SIGKILLed at random moments, again and
 again, on one log; after every kill the log is reopened and checked against
 everything the producer had acknowledged. Then the same for consumers killed
-between applying a record's effect and committing its offset."""
+between applying a record's effect and committing its offset, with
+SQLiteOffsetStore and with the booking service's read model."""
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import sqlite3
@@ -205,3 +207,82 @@ def test_consumers_sigkilled_between_effect_and_commit(tmp_path, zygote, figures
     assert not lost, lost[:5]
     assert all(v == list(range(ends[p])) for p, v in per_part.items())
     assert in_txn > 0, "no kill landed between effect and commit; the test proved nothing"
+
+
+def test_booking_workers_sigkilled_at_random(tmp_path, zygote, figures, scale):
+    """The booking service's read model (effects, outbox and offset in one
+    SQLite transaction) with two workers in its group, SIGKILLed at random
+    moments and restarted: once caught up it equals the fold of the whole
+    input log (rebuild), so no record's effect was lost or applied twice."""
+    from unstoppable._core.hashing import xxh64_partition
+    from unstoppable.booking import events as ev
+    from unstoppable.booking.readmodel import ReadModel, connect, diff_snapshots
+    from unstoppable.booking.service import (ServiceConfig, committed_offsets, config_dict,
+                                             create_topics, rebuild)
+    rnd = random.Random("booking")
+    cfg = ServiceConfig(log_path=str(tmp_path / "log"), db_path=str(tmp_path / "live.db"),
+                        ttl_ms=600_000, batch=100, membership_poll_ms=50)
+    parts = 4
+    with us.Log(cfg.log_path) as log:
+        asyncio.run(create_topics(log, cfg, partitions=parts))
+        recs = {p: [] for p in range(parts)}
+        for i in range(15000):
+            seat = f"s{rnd.randrange(500)}"
+            p = xxh64_partition(seat.encode(), parts)
+            recs[p].append((seat.encode(), ev.CODEC.encode(ev.reservation_requested(f"b{i}", f"u{i}", seat))))
+            if rnd.random() < 0.6:
+                recs[p].append((seat.encode(), ev.CODEC.encode(
+                    ev.payment_received(f"b{i}", seat, f"p{i}", 100, f"u{i}"))))
+        t = log.topic(cfg.topic)
+        for p, rs in recs.items():
+            for k in range(0, len(rs), 500):
+                t.partition(p).append(rs[k:k + 500])
+        ends = t.end_offsets()
+    total = sum(ends)
+
+    def worker(k, inc):
+        return zygote.spawn("booking_worker", {"cfg": config_dict(cfg)}, tmp_path / f"w{k}.{inc}.out")
+
+    workers = {0: (worker(0, 0), 0), 1: (worker(1, 0), 0)}
+    kills = mid_stream = 0
+    db = connect(cfg.db_path)
+    for _ in range(max(scale.consumer_kills // 2, 10)):
+        time.sleep(rnd.uniform(0.03, 0.2))
+        k = rnd.randrange(2)
+        pid, inc = workers[k]
+        assert zygote.kill(pid) == -9, _out_of(tmp_path / f"w{k}.{inc}.out")
+        kills += 1
+        mid_stream += sum(committed_offsets(db, cfg.group, cfg.topic).values()) < total
+        workers[k] = (worker(k, inc + 1), inc + 1)
+    db.close()
+    assert mid_stream >= kills // 2, (mid_stream, kills)   # most kills found work left
+    db = connect(cfg.db_path)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            com = committed_offsets(db, cfg.group, cfg.topic)
+            pending = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+            if all(com.get(p, 0) == e for p, e in enumerate(ends)) and pending == 0:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError(f"the workers did not catch up: {com} of {ends}")
+        handled_events = ReadModel(db).stats().get("events", 0)
+    finally:
+        db.close()
+    for k, (pid, inc) in workers.items():
+        os.kill(pid, 15)
+        assert zygote.wait(pid) == 0, _out_of(tmp_path / f"w{k}.{inc}.out")
+    with us.Log(cfg.log_path) as log:
+        rebuilt = asyncio.run(rebuild(log, cfg, str(tmp_path / "rebuilt.db")))
+        want = rebuilt.snapshot()
+        rebuilt.db.close()
+    live_db = connect(cfg.db_path)
+    try:
+        live = ReadModel(live_db).snapshot()
+    finally:
+        live_db.close()
+    assert diff_snapshots(live, want) == []
+    assert handled_events == total                   # every input record counted once
+    figures.add("kills_survived", kills)
+    figures.add("effects_checked", total)

@@ -24,6 +24,8 @@ consume
     transaction it writes ``B <partition> <first> <last>`` to ``progress_file``,
     after the COMMIT ``C <partition> <last>``: a kill between the two lines
     landed between effect and commit.
+booking_worker
+    One worker of the booking service (``run_worker``), until SIGTERM.
 churn_read, churn_write
     Read every partition (or append) in a loop while another process truncates
     the log's files, counting the library's errors and anything else, and
@@ -237,6 +239,15 @@ def role_churn_write(a: dict) -> int:
     os._exit(0)
 
 
+# ---------------------------------------------------------------- booking
+
+def role_booking_worker(a: dict) -> int:
+    """One worker of the booking service (until SIGTERM)."""
+    from unstoppable.booking.service import run_worker
+    run_worker(a["cfg"])
+    return 0
+
+
 # ------------------------------------------------------------ fork server
 
 def _child(role: str, args: dict, out: str) -> None:
@@ -262,6 +273,10 @@ def _child(role: str, args: dict, out: str) -> None:
 
 
 def zygote() -> None:
+    try:  # imported once here, not in every booking worker
+        import unstoppable.booking.service  # noqa: F401
+    except ImportError:
+        pass
     inp = sys.stdin
     out = sys.stdout
     for line in inp:
