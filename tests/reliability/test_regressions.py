@@ -130,3 +130,32 @@ def test_a_topic_name_that_is_not_a_str_is_an_invalid_name_everywhere(tmp_path):
         for name in (["t"], {"t": 1}, None, 7, b"t"):
             with pytest.raises(us.InvalidTopicNameError, match="must be a str"):
                 log.topic(name)
+
+
+def test_oldest_segments_deleted_by_hand_move_the_start(tmp_path):
+    """After the oldest sealed segment files were deleted (by hand, to free
+    space), a same-boot reopen kept the head's start_offset below the first
+    segment: start_offset still said 0, every read there raised
+    OffsetOutOfRangeError, and a consumer with auto_offset_reset="earliest"
+    kept resetting to that missing start instead of the first record left."""
+    import asyncio
+    log = us.Log(tmp_path / "l")
+    p = log.create_topic("t", segment_bytes=4096).partition(0)
+    for i in range(300):
+        p.append([b"v%03d" % i + b"." * 40])
+    segs = sorted(f for f in os.listdir(p.path) if f.endswith(".log"))
+    for f in segs[:2]:
+        os.unlink(os.path.join(p.path, f))
+    first = int(segs[2][:20])
+    with us.Log(tmp_path / "l") as log2:
+        q = log2.topic("t").partition(0)
+        assert q.start_offset == first and q.end_offset == 300
+        assert bytes(q.read(first, max_records=1)[0].value[:4]) == b"v%03d" % first
+
+        async def consume():
+            async with us.Consumer(log2, "t", auto_offset_reset="earliest") as c:
+                got = await c.getmany(timeout_ms=1000)
+                return min(r.offset for rs in got.values() for r in rs)
+
+        assert asyncio.run(consume()) == first
+    log.close()

@@ -1233,6 +1233,10 @@ class Partition:
                 os.ftruncate(fd, n * esz)
         if st.start_offset > st.end_offset:
             st.start_offset = st.end_offset
+        if bases and st.start_offset < bases[0] <= st.active_base:
+            # The oldest segments' files are gone (removed by hand to free
+            # space, say): the log starts where the data does, as in modes 1-2.
+            st.start_offset = bases[0]
         return st
 
     # ------------------------------------------------------------------ close
