@@ -223,10 +223,11 @@ def test_booking_workers_sigkilled_at_random(tmp_path, zygote, figures, scale):
     cfg = ServiceConfig(log_path=str(tmp_path / "log"), db_path=str(tmp_path / "live.db"),
                         ttl_ms=600_000, batch=100, membership_poll_ms=50)
     parts = 4
+    n_kills = max(scale.consumer_kills // 2, 10)
     with us.Log(cfg.log_path) as log:
         asyncio.run(create_topics(log, cfg, partitions=parts))
         recs = {p: [] for p in range(parts)}
-        for i in range(15000):
+        for i in range(1500 * n_kills):             # work enough for the kills to land in
             seat = f"s{rnd.randrange(500)}"
             p = xxh64_partition(seat.encode(), parts)
             recs[p].append((seat.encode(), ev.CODEC.encode(ev.reservation_requested(f"b{i}", f"u{i}", seat))))
@@ -246,7 +247,7 @@ def test_booking_workers_sigkilled_at_random(tmp_path, zygote, figures, scale):
     workers = {0: (worker(0, 0), 0), 1: (worker(1, 0), 0)}
     kills = mid_stream = 0
     db = connect(cfg.db_path)
-    for _ in range(max(scale.consumer_kills // 2, 10)):
+    for _ in range(n_kills):
         time.sleep(rnd.uniform(0.03, 0.2))
         k = rnd.randrange(2)
         pid, inc = workers[k]
