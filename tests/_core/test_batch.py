@@ -86,6 +86,57 @@ def test_split_into_batches_and_sequences():
     assert [bytes(r.value)[0] for b in bs for r in b.records()] == list(range(50))
 
 
+def test_bare_bytes_fast_path_encodes_like_the_general_path():
+    """Exact bytes take a C fast path; memoryviews of the same values take the
+    general one. Both must give the same bytes, across batch splits and
+    records with their own timestamps in between."""
+    vals = [bytes([i % 251]) * (i % 300) for i in range(600)]
+    mixed = list(vals)
+    mixed[10] = (None, vals[10], None, 5)        # an earlier timestamp: negative delta
+    mixed[400] = (None, vals[400], None, 99_000)
+    general = [memoryview(v) if isinstance(v, bytes) else v for v in mixed]
+    for kw in ({}, {"max_batch_bytes": 4096}):
+        a, da = encode(mixed, ts=1000, **kw)
+        b, db = encode(general, ts=1000, **kw)
+        assert da == db
+        assert a.batches == b.batches and a.records == 600
+        assert a.max_timestamp == b.max_timestamp == 99_000
+        c, dc = encode(tuple(mixed), ts=1000, **kw)  # a tuple takes the same path
+        assert dc == da
+
+
+def test_bytes_subclass_takes_the_general_path():
+    class Value(bytes):
+        pass
+
+    e, data = encode([Value(b"k")] + [b"c"] * 3)
+    assert [bytes(r.value) for r in decode_batches(data)[0].records()] == [b"k", b"c", b"c", b"c"]
+
+
+def test_a_list_resized_during_encode_is_refused_cleanly():
+    """The fast path walks the list's item array directly; Python code run by
+    the general path (here a timestamp's __int__) may shrink the list, which
+    must give a clean error, never a read past the end."""
+    class Ts:
+        def __init__(self, lst):
+            self.lst = lst
+
+        def __index__(self):
+            del self.lst[4:]
+            return 7
+
+        __int__ = __index__
+
+    recs = [b"a"] * 3 + [None] + [b"b"] * 300
+    recs[3] = (None, b"v", None, Ts(recs))
+    e = BatchEncoder()
+    e.encode([b"ok"], 1)
+    before = bytes(e.view())
+    with pytest.raises(RuntimeError, match="changed size"):
+        e.encode(recs, 1)
+    assert bytes(e.view()) == before
+
+
 def test_view_pins_buffer():
     e = BatchEncoder()
     e.encode([b"a"], 1)

@@ -42,6 +42,13 @@ us_crc32c_init()
 
 cdef extern from "Python.h":
     const char *PyUnicode_AsUTF8AndSize(object, Py_ssize_t *) except NULL
+    # Borrowed-pointer forms, for the encoder's loop over a list of bytes:
+    # no reference-count writes into a million scattered objects.
+    PyObject **PySequence_Fast_ITEMS(object)
+    Py_ssize_t PySequence_Fast_GET_SIZE(object)
+    bint _bytes_exact "PyBytes_CheckExact"(PyObject *)
+    char *_bytes_ptr "PyBytes_AS_STRING"(PyObject *)
+    Py_ssize_t _bytes_len "PyBytes_GET_SIZE"(PyObject *)
 
 HEADER_SIZE = US_BATCH_HEADER_SIZE
 MAGIC = US_MAGIC
@@ -497,6 +504,9 @@ cdef class BatchEncoder:
         a producer id, each batch's base_sequence continues from ``base_sequence``.
         """
         cdef Py_ssize_t i = 0, n, tn
+        cdef PyObject **items
+        cdef PyObject *o
+        cdef Py_ssize_t vlen
         cdef size_t start_size
         cdef uint32_t start_records, start_batches
         cdef int64_t start_max_ts, start_first_ts
@@ -529,8 +539,49 @@ cdef class BatchEncoder:
         h.producer_epoch = <int16_t>producer_epoch
         h.attributes = 0
         try:
-            for i in range(n):
-                r = records[i]
+            while i < n:
+                # Re-read each time: the general path below can run Python code
+                # (buffer exporters, __index__) that might resize the list.
+                if PySequence_Fast_GET_SIZE(records) != n:
+                    raise RuntimeError("the records list changed size during the append")
+                items = PySequence_Fast_ITEMS(records)
+                o = items[i]
+                if _bytes_exact(o):
+                    # Fast path, the common case of a bare value: no key, no
+                    # headers, the call's timestamp. Pure C, borrowed pointers.
+                    vlen = _bytes_len(o)
+                    if count == 0:
+                        h.first_timestamp = timestamp
+                        h.max_timestamp = timestamp
+                    rec_size = us_record_size(timestamp - h.first_timestamp, -1, vlen, 0, 0)
+                    if rec_size > self.max_record_bytes:
+                        raise RecordTooLargeError(
+                            f"record {i} encodes to {rec_size} bytes, more than max_record_bytes="
+                            f"{self.max_record_bytes}")
+                    if count and (self.size - batch_start) + rec_size > self.max_batch_bytes:
+                        self._close_batch(batch_start, count, &h, seq)
+                        if seq >= 0:
+                            seq = (seq + count) & 0x7fffffff
+                        count = 0
+                        h.first_timestamp = timestamp
+                        h.max_timestamp = timestamp
+                        rec_size = us_record_size(0, -1, vlen, 0, 0)
+                    if count == 0:
+                        if self.size + US_BATCH_HEADER_SIZE > self.cap:
+                            self._reserve(US_BATCH_HEADER_SIZE)
+                        batch_start = self.size
+                        self.size += US_BATCH_HEADER_SIZE
+                    if self.size + rec_size > self.cap:
+                        self._reserve(rec_size)
+                    us_write_record(self.buf + self.size, timestamp - h.first_timestamp, NULL, -1,
+                                    _bytes_ptr(o), vlen, NULL, 0, 0)
+                    self.size += rec_size
+                    if timestamp > h.max_timestamp:
+                        h.max_timestamp = timestamp
+                    count += 1
+                    i += 1
+                    continue
+                r = <object>o
                 headers = None
                 ts = timestamp
                 hsrc = NULL
@@ -601,6 +652,7 @@ cdef class BatchEncoder:
                     if vheld:
                         PyBuffer_Release(&vview)
                         vheld = False
+                i += 1
             self._close_batch(batch_start, count, &h, seq)
         except BaseException:
             self.size = start_size
