@@ -41,6 +41,10 @@ HEAD_FLAG_DELETED = US_HEAD_FLAG_DELETED
 cdef extern from "unistd.h" nogil:
     long sysconf(int name)
     int _SC_PAGESIZE
+    int fdatasync(int fd)
+
+cdef extern from "errno.h" nogil:
+    int EINTR
 
 cdef size_t PAGE = <size_t>sysconf(_SC_PAGESIZE)
 
@@ -781,3 +785,40 @@ def start_writeback(fds):
     for fd in fds:
         with nogil:
             us_start_writeback(fd)
+
+
+def sync_files(fds):
+    """sync_files(fds) -> list[int]
+
+    The data half of a group commit in one call that holds no GIL throughout:
+    start writeback of every file (as :func:`start_writeback`), then
+    fdatasync each in turn. Returns one errno per descriptor, 0 where the file
+    is on stable storage. One GIL hand-off per round instead of one per
+    syscall matters: a thread waking from a syscall waits for the GIL while
+    the event loop runs Python (measured: 1.75 ms per round for 4 files under
+    a busy producer, against 0.05 ms alone).
+    """
+    cdef Py_ssize_t n = len(fds), i
+    cdef int *arr = <int *>PyMem_Malloc((n if n else 1) * 2 * sizeof(int))
+    cdef int *errs
+    cdef int rc
+    if arr == NULL:
+        raise MemoryError()
+    errs = arr + n
+    try:
+        for i in range(n):
+            arr[i] = fds[i]
+            errs[i] = 0
+        with nogil:
+            for i in range(n):
+                us_start_writeback(arr[i])
+            for i in range(n):
+                while True:
+                    rc = fdatasync(arr[i])
+                    if rc == 0 or errno != EINTR:
+                        break
+                if rc != 0:
+                    errs[i] = errno
+        return [errs[i] for i in range(n)]
+    finally:
+        PyMem_Free(arr)

@@ -1023,6 +1023,17 @@ class Partition:
         """
         self._log._group_commit.wait(self, end_offset)
 
+    def when_durable(self, end_offset: int, callback) -> None:
+        """Call ``callback(error)`` once every offset below ``end_offset`` is
+        on stable storage (``error`` is None), or with the error that keeps
+        it from getting there. The non-blocking form of :meth:`wait_durable`
+        for event loops: it shares the log's group commit, and the callback
+        runs on the log's sync thread, so it must only hand the result over
+        (``loop.call_soon_threadsafe``)."""
+        if end_offset > self._state().end_offset:
+            raise ValueError(f"end_offset {end_offset} is past the end of {self.topic}/{self.index}")
+        self._log._group_commit.request(self, end_offset, callback)
+
     def flush(self) -> None:
         """fsync everything appended so far (in any process) and move the checkpoint."""
         self._check_open()
