@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import collections
 import threading
 from typing import Callable, Iterable, Sequence
 
@@ -68,6 +69,12 @@ class Backend(abc.ABC):
     #: whose writes never wait on the network or the disk sets this to a
     #: callable ``(topic, partition, batch) -> base offset``.
     append_now: Callable | None = None
+
+    #: The optional companion of ``append_now`` for ``acks="fsync"``: a
+    #: callable ``(topic, partition, end_offset, fn)`` that returns at once
+    #: and later calls ``fn(error)`` on the running loop, ``error`` None once
+    #: every offset below ``end_offset`` is durable.
+    when_durable: Callable | None = None
 
     # -- topics
 
@@ -134,6 +141,41 @@ class Backend(abc.ABC):
 
     async def close(self) -> None:
         """Release what the backend holds for this client."""
+
+
+class _LoopPoster:
+    """Hands results from the log's sync thread to one event loop, with at
+    most one ``call_soon_threadsafe`` (one wake-up of the loop) per batch of
+    results however many waiters a sync round answers."""
+
+    __slots__ = ("loop", "queue", "scheduled")
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.queue: collections.deque = collections.deque()
+        self.scheduled = False
+
+    def callback(self, fn):
+        def post(err, fn=fn):
+            self.queue.append((fn, err))
+            if not self.scheduled:
+                self.scheduled = True
+                try:
+                    self.loop.call_soon_threadsafe(self._drain)
+                except RuntimeError:  # the loop is closed: nobody is left to tell
+                    pass
+        return post
+
+    def _drain(self):
+        self.scheduled = False  # before popping: a later post schedules another drain
+        q = self.queue
+        while q:
+            fn, err = q.popleft()
+            try:
+                fn(err)
+            except Exception as e:
+                self.loop.call_exception_handler({"message": "unstoppable: durability callback failed",
+                                                  "exception": e})
 
 
 def backend_for(log) -> Backend:
@@ -207,6 +249,8 @@ class EmbeddedBackend(Backend):
         self.fast_poll_for = fast_poll_for
         self._parts: dict = {}
         self.append_now = self._append_now
+        self.when_durable = self._when_durable
+        self._poster: _LoopPoster | None = None
 
     def _partition(self, topic: str, partition: int):
         key = (topic, partition)
@@ -229,6 +273,13 @@ class EmbeddedBackend(Backend):
 
     def _append_now(self, topic: str, partition: int, batch) -> int:
         return self._write(self._partition(topic, partition), batch)
+
+    def _when_durable(self, topic: str, partition: int, end_offset: int, fn) -> None:
+        loop = asyncio.get_running_loop()
+        poster = self._poster
+        if poster is None or poster.loop is not loop:
+            poster = self._poster = _LoopPoster(loop)
+        self._partition(topic, partition).when_durable(end_offset, poster.callback(fn))
 
     def _append_blocking(self, part, batches, acks):
         bases = []

@@ -13,11 +13,17 @@ How a record travels::
   batch that fails with a retriable error is retried (same sequence numbers)
   before any later batch of that partition is written, so order within a
   partition always holds.
-* **Where the work happens**: with ``acks="written"`` on the embedded log the
-  write is a synchronous C encode plus pwrite, done right on the event loop
-  when a batch is sealed; ``acks="fsync"`` writes the same way and waits for
-  the fsync on the client's thread pool, while later batches of the partition
-  gather behind it (they are then written together and share one fsync).
+* **Where the work happens**: on the embedded log the write is a synchronous
+  C encode plus pwrite, done right on the event loop when a batch is sealed.
+  With ``acks="written"`` the batch completes there. With ``acks="fsync"`` it
+  waits in the partition's ``unsynced`` queue until the log's sync thread
+  (group commit: one round syncs every partition written since the last)
+  reports it durable, with one loop wake-up per round; meanwhile later
+  batches keep being written and join the next round.
+* **Waking senders**: a task awaiting a delivery future sleeps on a private
+  waiter; a settled batch wakes all of its waiters from one loop callback
+  rather than one ``call_soon`` each (about 1.6 us apiece on the reference
+  machine, which was a third of a record's cost with 1,000 senders).
 * **Backpressure**: accepted records that are not yet written count against
   ``max_buffer_bytes``. When a record would pass it, the producer seals every
   open batch at once (so space frees up as soon as possible) and then, per
@@ -45,8 +51,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import random
 import time
+import types
 import warnings
 
 from unstoppable._core.hashing import murmur2_partition, xxh64, xxh64_partition
@@ -178,7 +186,8 @@ class Batch:
 
     __slots__ = ("topic", "partition", "records", "nbytes", "created", "timestamp",
                  "producer_id", "producer_epoch", "base_sequence", "state", "base_offset",
-                 "error", "waiters", "callbacks", "loop", "error_seen", "timer", "__weakref__")
+                 "error", "waiters", "callbacks", "loop", "error_seen", "timer", "own_ts",
+                 "__weakref__")
 
     def __init__(self, topic: str, partition: int, loop, timestamp: int):
         self.topic = topic
@@ -198,32 +207,26 @@ class Batch:
         self.callbacks: list | None = None
         self.error_seen = False
         self.timer = None
+        self.own_ts = False  # some record carries its own timestamp
 
     def _finish(self) -> None:
+        """The batch is settled: wake everything that waits on it, all from
+        one loop callback (a call_soon per waiter would cost about 1.6 us
+        each here, a large part of a record's whole trip)."""
+        wake = []
         if self.waiters:
-            if self.state == _DONE:
-                topic, part, base, ts, recs = (self.topic, self.partition, self.base_offset,
-                                               self.timestamp, self.records)
-                for w, i in self.waiters:
-                    if not w.done():
-                        if i < 0:  # a flush() waiting for the batch
-                            w.set_result(None)
-                            continue
-                        r = recs[i]
-                        w.set_result(_new_tuple(RecordMetadata, (
-                            topic, part, base + i,
-                            r[3] if r.__class__ is tuple and len(r) > 3 and r[3] is not None else ts)))
-            else:
-                if any(i >= 0 for _, i in self.waiters):
-                    self.error_seen = True  # a sender awaits: the error is reported to it
-                for w, _ in self.waiters:
-                    if not w.done():
-                        w.set_exception(self.error)
+            if self.state == _FAILED and any(w.index >= 0 for w in self.waiters):
+                self.error_seen = True  # a sender awaits: the error is reported to it
+            for w in self.waiters:
+                if w.callback is not None:
+                    wake.append((w.callback, w, w.context))
+                    w.callback = None
             self.waiters = None
         if self.callbacks:
-            for fn, fut, ctx in self.callbacks:
-                self.loop.call_soon(fn, fut, context=ctx)
+            wake.extend(self.callbacks)
             self.callbacks = None
+        if wake:
+            self.loop.call_soon(_wake_all, self.loop, wake)
 
     def __len__(self):
         return len(self.records)
@@ -245,6 +248,112 @@ class Batch:
         return f"<Batch {self.topic}/{self.partition} records={len(self.records)} {st}>"
 
 
+def _wake_all(loop, wake) -> None:
+    """Run the wake-ups of a settled batch: the tasks awaiting its records
+    (each step runs here, as a Handle would run it) and done callbacks."""
+    for fn, fut, ctx in wake:
+        try:
+            if ctx is None:
+                fn(fut)
+            else:
+                ctx.run(fn, fut)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as e:
+            loop.call_exception_handler({
+                "message": f"Exception in callback {fn!r}", "exception": e, "future": fut})
+
+
+@types.coroutine
+def _park(w):
+    """Wait for a _Waiter (for flush(): the outcome is not needed)."""
+    yield w
+
+
+class _Waiter:
+    """What a task awaiting a DeliveryFuture (or flush) sleeps on.
+
+    asyncio's Task accepts any object with the Future protocol
+    (``_asyncio_future_blocking``, ``get_loop``, ``add_done_callback``,
+    ``cancel``, ``result``). A loop future would wake its task through its
+    own ``call_soon``; these wake in one callback per batch (``_wake_all``).
+    ``result()`` only says whether the wait ended well: the value comes from
+    the DeliveryFuture.
+    """
+
+    __slots__ = ("_asyncio_future_blocking", "batch", "index", "callback", "context",
+                 "cancelled_msg")
+
+    def __init__(self, batch, index):
+        self._asyncio_future_blocking = True
+        self.batch = batch
+        self.index = index
+        self.callback = None
+        self.context = None
+        self.cancelled_msg = None   # a tuple (msg,) once cancelled
+
+    def get_loop(self):
+        return self.batch.loop
+
+    def add_done_callback(self, fn, *, context=None) -> None:
+        if self.callback is not None:
+            raise RuntimeError("a delivery waiter has one callback (its task)")
+        if self.done():
+            self.batch.loop.call_soon(fn, self, context=context)
+        else:
+            self.callback = fn
+            self.context = context
+
+    def remove_done_callback(self, fn) -> int:
+        if self.callback is not None and self.callback == fn:
+            self.callback = self.context = None
+            return 1
+        return 0
+
+    def done(self) -> bool:
+        return self.cancelled_msg is not None or self.batch.state != _PENDING
+
+    def cancelled(self) -> bool:
+        return self.cancelled_msg is not None
+
+    def cancel(self, msg=None) -> bool:
+        """Stop waiting (the record is still written): wakes the task with
+        CancelledError at once."""
+        if self.done():
+            return False
+        self.cancelled_msg = (msg,)
+        b = self.batch
+        if b.waiters is not None:
+            try:
+                b.waiters.remove(self)
+            except ValueError:
+                pass
+        if self.callback is not None:
+            b.loop.call_soon(self.callback, self, context=self.context)
+            self.callback = self.context = None
+        return True
+
+    def result(self):
+        if self.cancelled_msg is not None:
+            raise asyncio.CancelledError(*[m for m in self.cancelled_msg if m is not None])
+        b = self.batch
+        if b.state == _FAILED and self.index >= 0:
+            b.error_seen = True
+            raise b.error
+        if b.state == _PENDING:
+            raise asyncio.InvalidStateError("the record is not written yet")
+        return None
+
+    def exception(self):
+        try:
+            self.result()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:
+            return e
+        return None
+
+
 class DeliveryFuture:
     """The outcome of one ``send``: awaiting it returns the record's
     :class:`RecordMetadata` once it is written at the producer's ``acks``
@@ -257,22 +366,17 @@ class DeliveryFuture:
         self._i = index
 
     def __await__(self):
-        # A private future per waiter, resolved with this record's metadata:
-        # cancelling one waiter never touches the batch or other waiters, and
-        # awaiting costs no generator of our own.
+        # A private waiter per await (see _Waiter): cancelling one waiter
+        # never touches the batch or other waiters.
         b = self._b
-        w = b.loop.create_future()
         if b.state == _PENDING:
+            w = _Waiter(b, self._i)
             if b.waiters is None:
-                b.waiters = [(w, self._i)]
+                b.waiters = [w]
             else:
-                b.waiters.append((w, self._i))
-        else:
-            try:
-                w.set_result(self.result())
-            except BaseException as e:
-                w.set_exception(e)
-        return w.__await__()
+                b.waiters.append(w)
+            yield w  # a failure or cancellation is thrown in here by the task
+        return self.result()
 
     __iter__ = __await__
 
@@ -289,9 +393,12 @@ class DeliveryFuture:
     def result(self) -> RecordMetadata:
         b = self._b
         if b.state == _DONE:
-            r = b.records[self._i]
-            ts = r[3] if r.__class__ is tuple and len(r) > 3 and r[3] is not None else b.timestamp
-            return RecordMetadata(b.topic, b.partition, b.base_offset + self._i, ts)
+            ts = b.timestamp
+            if b.own_ts:
+                r = b.records[self._i]
+                if r.__class__ is tuple and len(r) > 3 and r[3] is not None:
+                    ts = r[3]
+            return _new_tuple(RecordMetadata, (b.topic, b.partition, b.base_offset + self._i, ts))
         if b.state == _FAILED:
             b.error_seen = True
             raise b.error
@@ -338,16 +445,20 @@ class PartitionBuffers:
     whether a flush is in flight. (The producer keeps the buffered byte count
     itself: it is read on every send.)"""
 
-    __slots__ = ("open", "ready", "in_flight")
+    __slots__ = ("open", "ready", "in_flight", "unsynced")
 
     def __init__(self, partitions: int):
         self.open: list[Batch | None] = [None] * partitions
         self.ready: list[collections.deque] = [collections.deque() for _ in range(partitions)]
         self.in_flight = [False] * partitions
+        #: Written batches waiting for their fsync (acks="fsync" written
+        #: inline), oldest first; they complete in this order.
+        self.unsynced: list[collections.deque] = [collections.deque() for _ in range(partitions)]
 
     def pending(self) -> int:
         """Batches not yet completed (open ones included)."""
-        return sum(len(q) for q in self.ready) + sum(b is not None for b in self.open)
+        return (sum(len(q) for q in self.ready) + sum(len(q) for q in self.unsynced)
+                + sum(b is not None for b in self.open))
 
 
 # ---------------------------------------------------------------------------
@@ -440,6 +551,8 @@ class Producer:
         self._seq_dirty: list[bool] = []
         self._id_lock = None
         self._inline = False
+        self._unsynced: list = []
+        self._when_durable = None
         self._sweep_pending = False
 
     # ------------------------------------------------------------ lifecycle
@@ -471,8 +584,11 @@ class Producer:
             self._sticky = random.randrange(n)
             self._buffered = 0
             self._linger = self.linger_ms / 1000.0
-            self._inline = self.acks == "written" and self._backend.append_now is not None
+            self._when_durable = self._backend.when_durable
+            self._inline = self._backend.append_now is not None and (
+                self.acks == "written" or self._when_durable is not None)
             self._append_now = self._backend.append_now
+            self._unsynced = self._buffers.unsynced
             self._seq_dirty = [False] * n
             if self._pid >= 0:
                 self._id_lock = await self._backend.claim_producer_id(self._pid, self.producer_id)
@@ -500,18 +616,15 @@ class Producer:
         if self._state == _NEW:
             return
         self._seal_all()
-        last = [q[-1] for q in self._ready if q]
+        last = [q[-1] if q else u[-1] for q, u in zip(self._ready, self._unsynced) if q or u]
         for b in last:
             if b.state == _PENDING:
-                w = self._loop.create_future()
+                w = _Waiter(b, -1)
                 if b.waiters is None:
-                    b.waiters = [(w, -1)]
+                    b.waiters = [w]
                 else:
-                    b.waiters.append((w, -1))
-                try:
-                    await w
-                except Exception:
-                    pass  # flush waits; failures are reported on the delivery futures
+                    b.waiters.append(w)
+                await _park(w)  # failures are reported on the delivery futures
 
     async def close(self) -> None:
         """Flush, then release the producer id. Further sends raise
@@ -593,6 +706,8 @@ class Producer:
             b = self._new_batch(p)
         i = len(b.records)
         b.records.append(rec)
+        if timestamp is not None:
+            b.own_ts = True
         b.nbytes += size
         if b.nbytes >= self._batch_bytes:
             self._seal(p, True)
@@ -770,6 +885,8 @@ class Producer:
         ready = self._ready[p]
         if self._inline and not self._seq_dirty[p]:
             append_now = self._append_now
+            synced = self.acks == "written"
+            end = -1
             while ready:
                 b = ready[0]
                 self._stamp(b, p)
@@ -784,7 +901,19 @@ class Producer:
                         break  # the flush task resyncs the sequence first
                     continue
                 ready.popleft()
-                self._complete(b, base)
+                if synced:
+                    self._complete(b, base)
+                else:
+                    # acks="fsync": written on the loop; it completes when the
+                    # log's group commit (its own thread) says it is durable.
+                    b.base_offset = base
+                    self._unsynced[p].append(b)
+                    end = base + len(b.records)
+            if end >= 0:
+                try:
+                    self._when_durable(self.topic, p, end, functools.partial(self._durable, p, end))
+                except Exception as e:
+                    self._durable(p, end, e)
             if not ready:
                 return
         self._in_flight[p] = True
@@ -803,6 +932,8 @@ class Producer:
                 for b in batches:
                     self._stamp(b, p)
                 bases, err = await backend.append(self.topic, p, batches, self.acks)
+                if bases and self._unsynced[p]:
+                    self._durable(p, bases[0], None)  # earlier written batches: durable too
                 for b, base in zip(batches, bases):
                     ready.popleft()
                     self._complete(b, base)
@@ -837,6 +968,17 @@ class Producer:
         for b in self._ready[p]:
             b.base_sequence = -1  # not yet attempted: restamp from the log's state
         self._seq_dirty[p] = False
+
+    def _durable(self, p: int, end: int, err: BaseException | None) -> None:
+        """The log says partition p is durable below ``end`` (``err`` None),
+        or cannot get there: settle the written batches that end by then."""
+        q = self._unsynced[p]
+        while q and q[0].base_offset + len(q[0].records) <= end:
+            b = q.popleft()
+            if err is None:
+                self._complete(b, b.base_offset)
+            else:
+                self._fail(b, err)
 
     def _complete(self, b: Batch, base: int) -> None:
         b.base_offset = base

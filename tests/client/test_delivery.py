@@ -1,0 +1,131 @@
+"""Delivery futures and acks="fsync": what a task awaiting a record sees.
+
+A task awaiting a DeliveryFuture sleeps on a private waiter that the batch
+wakes in one loop callback; these tests pin down that it still behaves like an
+asyncio future for the task (cancellation, errors, several awaiters), and
+that acks="fsync" resolves only once the log says the record is durable.
+"""
+import asyncio
+
+import pytest
+
+import unstoppable as us
+from unstoppable.errors import LogClosedError
+
+from client_util import make_log, run
+
+
+def test_cancelling_a_wait_is_prompt_and_never_cancels_the_write(tmp_path):
+    log = make_log(tmp_path / "log", partitions=1)
+
+    async def main():
+        # A long linger keeps the record in an open batch: its delivery is pending.
+        async with us.Producer(log, "t", linger_ms=60_000, batch_bytes=1 << 20) as p:
+            fut = await p.send(b"v")
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(fut, 0.05)
+            waited = loop.time() - t0
+            # A second task awaiting the same record is not disturbed.
+            other = asyncio.ensure_future(_await(fut))
+            victim = asyncio.ensure_future(_await(fut))
+            await asyncio.sleep(0.01)
+            victim.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await victim
+            assert not other.done() and not fut.done()
+            await p.flush()
+            return waited, await fut, await other
+
+    waited, md, md2 = run(main())
+    assert waited < 1.0
+    assert md == md2 and md.offset == 0
+    assert bytes(log.topic("t").partition(0).read(0, 1)[0].value) == b"v"
+    log.close()
+
+
+async def _await(fut):
+    return await fut
+
+
+def test_a_failed_delivery_raises_in_every_awaiting_task(tmp_path):
+    log = make_log(tmp_path / "log", partitions=1, max_record_bytes=1000)
+
+    async def main():
+        async with us.Producer(log, "t", linger_ms=60_000) as p:
+            ok = await p.send(b"fine")
+            # Refused before it is accepted: send raises, nothing is buffered.
+            with pytest.raises(us.RecordTooLargeError):
+                await p.send(b"x" * 5000)
+            log.delete_topic("t")  # the write will fail: the topic is gone
+            tasks = [asyncio.ensure_future(_await(ok)) for _ in range(3)]
+            await asyncio.sleep(0)
+            await p.flush()
+            return await asyncio.gather(*tasks, return_exceptions=True), ok
+
+    results, ok = run(main())
+    assert len(results) == 3
+    assert all(isinstance(r, us.UnstoppableError) for r in results), results
+    assert ok.done() and isinstance(ok.exception(), us.UnstoppableError)
+    log.close()
+
+
+def test_fsync_acks_resolve_only_when_durable(tmp_path):
+    log = make_log(tmp_path / "log", partitions=4)
+    parts = list(log.topic("t"))
+    seen = []
+
+    async def sender(p, i):
+        for k in range(50):
+            md = await (await p.send(b"%d-%d" % (i, k)))
+            # Resolved means durable: the log's own durable offset covers it.
+            seen.append(parts[md.partition].durable_offset > md.offset)
+
+    async def main():
+        async with us.Producer(log, "t", acks="fsync") as p:
+            await asyncio.gather(*(sender(p, i) for i in range(40)))
+
+    run(main())
+    assert len(seen) == 2000 and all(seen)
+    assert sum(p.end_offset for p in parts) == 2000
+    log.close()
+
+
+def test_many_awaiters_of_fsync_records_in_order_per_partition(tmp_path):
+    log = make_log(tmp_path / "log", partitions=2)
+
+    async def main():
+        async with us.Producer(log, "t", acks="fsync", batch_bytes=512) as p:
+            futs = [await p.send(b"r%d" % i, partition=i % 2) for i in range(3000)]
+            done_order = []
+            for f in futs:
+                f.add_done_callback(lambda f: done_order.append(f.result()))
+            mds = await asyncio.gather(*futs)
+            return mds, done_order
+
+    mds, done_order = run(main())
+    for part in (0, 1):
+        offs = [m.offset for m in mds if m.partition == part]
+        assert offs == list(range(1500))
+        # Done callbacks of one partition run in offset order.
+        cb = [m.offset for m in done_order if m.partition == part]
+        assert cb == sorted(cb) and len(cb) == 1500
+    log.close()
+
+
+def test_durability_requests_are_answered_when_the_log_closes(tmp_path):
+    """Partition.when_durable: answered with None once durable, or with an
+    error when the partition is closed first (never left hanging)."""
+    log = make_log(tmp_path / "log", partitions=1)
+    p = log.topic("t").partition(0)
+    p.append([b"a", b"b"])
+    got = []
+    p.when_durable(2, got.append)
+    with pytest.raises(ValueError, match="past the end"):
+        p.when_durable(3, got.append)
+    log.close()  # syncs, then stops the sync thread: every request has its answer
+    assert got == [None]
+    late = []
+    log._group_commit.request(p, 10, late.append)  # after close: answered at once
+    assert len(late) == 1 and isinstance(late[0], LogClosedError)
