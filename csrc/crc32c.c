@@ -94,6 +94,15 @@ static uint32_t crc_hw(uint32_t crc, const unsigned char *p, size_t len) {
             const unsigned char *p1 = p + BLOCK, *p2 = p + 2 * BLOCK;
             for (size_t i = 0; i < BLOCK; i += 8) {
                 uint64_t w0, w1, w2;
+                /* Prefetch two KiB ahead of each stream, once per cache line:
+                 * on data not in cache (a batch read from the page cache) this
+                 * took a 1 GiB check from 7.4-7.9 to 11.0-11.3 GB/s here; on
+                 * cached data it changes nothing (26 GB/s either way). */
+                if ((i & 63) == 0) {
+                    __builtin_prefetch(p + i + 2048);
+                    __builtin_prefetch(p1 + i + 2048);
+                    __builtin_prefetch(p2 + i + 2048);
+                }
                 memcpy(&w0, p + i, 8); memcpy(&w1, p1 + i, 8); memcpy(&w2, p2 + i, 8);
                 c0 = _mm_crc32_u64(c0, w0);
                 c1 = _mm_crc32_u64(c1, w1);

@@ -227,3 +227,25 @@ def test_decoder_on_resealed_garbage_never_crashes(body):
                 r.headers
     except CorruptLogError:
         pass
+
+
+def test_recycled_record_view_arrays_never_mix_batches():
+    """Decoded batches borrow their per-record arrays from a small cache of
+    freed ones; batches alive at the same time must never share one."""
+    import random
+    rnd = random.Random(5)
+    alive = []
+    for round_ in range(60):
+        n = rnd.choice([1, 7, 300, 5000, 12000])
+        vals = [b"%d-%d-" % (round_, i) + bytes(rnd.randrange(0, 40)) for i in range(n)]
+        _, data = encode(vals)
+        (b,) = decode_batches(data)
+        assert len(b.records()) == n  # decoded now: its array is taken
+        alive.append((b, vals))
+        rnd.shuffle(alive)
+        for _ in range(rnd.randrange(0, 3)):  # drop some: their arrays go back to the cache
+            if alive:
+                del alive[rnd.randrange(len(alive))]
+        for bb, vv in alive:
+            rs = bb.records()
+            assert [bytes(r.value) for r in rs] == vv
