@@ -249,3 +249,17 @@ def test_recycled_record_view_arrays_never_mix_batches():
         for bb, vv in alive:
             rs = bb.records()
             assert [bytes(r.value) for r in rs] == vv
+
+
+def test_encode_a_range_of_a_list_equals_encoding_its_slice():
+    vals = [b"v%d" % i for i in range(100)] + [(b"k", b"v", [("h", b"x")], 9)] + [b"w"] * 50
+    for start, stop in [(0, -1), (0, 151), (10, 20), (95, 120), (150, 151), (151, 151), (30, 1000)]:
+        a = BatchEncoder()
+        na = a.encode(vals, 5, start=start, stop=stop)
+        b = BatchEncoder()
+        nb = b.encode(vals[start:None if stop < 0 else stop], 5)
+        assert na == nb and bytes(a.view()) == bytes(b.view())
+    with pytest.raises(ValueError, match="start"):
+        BatchEncoder().encode(vals, 5, start=20, stop=10)
+    with pytest.raises(ValueError, match="start"):
+        BatchEncoder().encode(vals, 5, start=-1)

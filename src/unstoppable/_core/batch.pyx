@@ -542,12 +542,15 @@ cdef class BatchEncoder:
         return memoryview(_BufferView(self))
 
     def encode(self, records, int64_t timestamp, int64_t producer_id=-1,
-               int producer_epoch=-1, int64_t base_sequence=-1):
-        """encode(records, timestamp, producer_id=-1, producer_epoch=-1, base_sequence=-1) -> int
+               int producer_epoch=-1, int64_t base_sequence=-1, Py_ssize_t start=0,
+               Py_ssize_t stop=-1):
+        """encode(records, timestamp, producer_id=-1, producer_epoch=-1, base_sequence=-1, start=0, stop=-1) -> int
 
         Append the records, as batches, to the buffer; return how many were
         encoded. ``timestamp`` (ms) is used for records that carry none. With
         a producer id, each batch's base_sequence continues from ``base_sequence``.
+        ``start``/``stop`` encode only ``records[start:stop]`` of a list or
+        tuple (``stop=-1``: to the end) without making that slice.
         """
         cdef Py_ssize_t i = 0, n, tn
         cdef PyObject **items
@@ -574,8 +577,13 @@ cdef class BatchEncoder:
         if not isinstance(records, (list, tuple)):
             records = list(records)
         n = len(records)
-        if n == 0:
+        if stop < 0 or stop > n:
+            stop = n
+        if start < 0 or start > stop:
+            raise ValueError(f"start={start} is outside 0 .. {stop}")
+        if start == stop:
             return 0
+        i = start
         start_size = self.size
         start_records = self.records
         start_batches = self.batches
@@ -585,7 +593,7 @@ cdef class BatchEncoder:
         h.producer_epoch = <int16_t>producer_epoch
         h.attributes = 0
         try:
-            while i < n:
+            while i < stop:
                 # Re-read each time: the general path below can run Python code
                 # (buffer exporters, __index__) that might resize the list.
                 if PySequence_Fast_GET_SIZE(records) != n:
@@ -707,7 +715,7 @@ cdef class BatchEncoder:
             self.max_timestamp = start_max_ts
             self.first_timestamp = start_first_ts
             raise
-        return n
+        return stop - start
 
     cdef int _close_batch(self, size_t start, uint32_t count, us_batch_header *h,
                           int64_t seq) except -1:
