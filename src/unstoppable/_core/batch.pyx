@@ -603,6 +603,11 @@ cdef class BatchEncoder:
                 if _bytes_exact(o):
                     # Fast path, the common case of a bare value: no key, no
                     # headers, the call's timestamp. Pure C, borrowed pointers.
+                    # It repeats the placement code of the general path below
+                    # on purpose: sharing it (an inline helper taking the
+                    # batch state by pointer, or one placement block after
+                    # both paths) took encoding 1M x 100 B from 14.6 to
+                    # 18.5-19 ms here, the hot variables no longer in registers.
                     vlen = _bytes_len(o)
                     if count == 0:
                         h.first_timestamp = timestamp

@@ -269,16 +269,7 @@ class _GroupCommit:
                 # joins the next one, which starts as soon as this one ends.
                 for part, end, _ in self._requests:
                     self._pending[part] = max(self._pending.get(part, 0), end)
-                self._syncing = True
-                batch = list(self._pending)
-                self._pending.clear()
-                cond.release()
-                try:
-                    self._sync(batch)
-                finally:
-                    cond.acquire()
-                    self._syncing = False
-                    cond.notify_all()
+                self._round()
         finally:
             cond.release()
 
@@ -299,15 +290,11 @@ class _GroupCommit:
         cond = self._cond
         with cond:
             while partition._durable_end < end_offset:
-                if partition._failed is not None:
-                    raise UnstoppableError(
-                        f"fsync of {partition.topic}/{partition.index} failed") from partition._failed
-                if partition._closed:
-                    # Closed under us (topic deleted or log closed): nothing
-                    # will sync it again, so say so instead of waiting forever.
-                    raise LogClosedError(
-                        f"partition {partition.topic}/{partition.index} was closed before "
-                        f"offset {end_offset} was known durable")
+                if partition._failed is not None or partition._closed:
+                    # Failed for good, or closed under us (topic deleted or
+                    # log closed): nothing will sync it again, so say so
+                    # instead of waiting forever.
+                    raise self._why_not(partition, end_offset)
                 self._pending[partition] = max(self._pending.get(partition, 0), end_offset)
                 if self._syncing:
                     cond.wait()
@@ -323,15 +310,22 @@ class _GroupCommit:
                     if len(self._pending) == seen or time.monotonic() > deadline:
                         break
                     seen = len(self._pending)
-                batch = list(self._pending)
-                self._pending.clear()
-                cond.release()
-                try:
-                    self._sync(batch)
-                finally:
-                    cond.acquire()
-                    self._syncing = False
-                    cond.notify_all()  # the syncer thread answers async requests
+                self._round()
+
+    def _round(self) -> None:
+        """(Lock held.) Sync every pending partition, with the lock released
+        meanwhile; then wake every waiter (the syncer thread answers the
+        asynchronous requests)."""
+        self._syncing = True
+        batch = list(self._pending)
+        self._pending.clear()
+        self._cond.release()
+        try:
+            self._sync(batch)
+        finally:
+            self._cond.acquire()
+            self._syncing = False
+            self._cond.notify_all()
 
     @staticmethod
     def _sync(partitions) -> None:
