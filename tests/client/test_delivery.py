@@ -129,3 +129,44 @@ def test_durability_requests_are_answered_when_the_log_closes(tmp_path):
     late = []
     log._group_commit.request(p, 10, late.append)  # after close: answered at once
     assert len(late) == 1 and isinstance(late[0], LogClosedError)
+
+
+_INTERRUPTED = r"""
+import asyncio, sys
+import unstoppable as us
+
+log = us.Log(sys.argv[1])
+log.create_topic("t", partitions=1)
+
+async def first(fut):
+    await fut
+    raise KeyboardInterrupt  # escapes the loop from inside the batch's wake-ups
+
+async def second(fut):
+    await fut
+
+async def main():
+    p = us.Producer(log, "t", linger_ms=60_000)
+    await p.start()
+    fut = await p.send(b"x")
+    tasks = [asyncio.ensure_future(first(fut)), asyncio.ensure_future(second(fut))]
+    await asyncio.sleep(0)
+    await p.flush()
+    await asyncio.sleep(30)
+
+try:
+    asyncio.run(main())
+except KeyboardInterrupt:
+    print("interrupted, and asyncio.run finished its clean-up")
+"""
+
+
+def test_an_interrupt_in_one_woken_task_does_not_strand_the_others(tmp_path):
+    """A KeyboardInterrupt raised by one task that a batch wakes stops the
+    loop; the tasks after it in that batch must still wake, or asyncio.run's
+    clean-up (cancel every task, then wait for them) would wait forever."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", _INTERRUPTED, str(tmp_path / "log")],
+                         capture_output=True, text=True, timeout=60)
+    assert "interrupted, and asyncio.run finished its clean-up" in out.stdout, out.stderr

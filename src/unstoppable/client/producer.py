@@ -251,13 +251,15 @@ class Batch:
 def _wake_all(loop, wake) -> None:
     """Run the wake-ups of a settled batch: the tasks awaiting its records
     (each step runs here, as a Handle would run it) and done callbacks."""
-    for fn, fut, ctx in wake:
+    for k, (fn, fut, ctx) in enumerate(wake):
         try:
             if ctx is None:
                 fn(fut)
             else:
                 ctx.run(fn, fut)
         except (SystemExit, KeyboardInterrupt):
+            if k + 1 < len(wake):  # the others still wake, if the loop runs on
+                loop.call_soon(_wake_all, loop, wake[k + 1:])
             raise
         except BaseException as e:
             loop.call_exception_handler({
