@@ -12,6 +12,7 @@ struct us_writer {
     us_write_job *head, *tail;
     int stop;
     pthread_t thread;
+    pid_t owner;                  /* the process whose thread this is */
 };
 
 static int write_all(us_write_job *j) {
@@ -55,6 +56,7 @@ static void *run(void *arg) {
 us_writer *us_writer_new(void) {
     us_writer *w = calloc(1, sizeof *w);
     if (!w) return NULL;
+    w->owner = getpid();
     pthread_mutex_init(&w->mu, NULL);
     pthread_cond_init(&w->work, NULL);
     pthread_cond_init(&w->finished, NULL);
@@ -72,6 +74,11 @@ us_writer *us_writer_new(void) {
 
 void us_writer_free(us_writer *w) {
     if (!w) return;
+    if (w->owner != getpid()) {
+        /* A forked child's copy: the thread does not exist here and the
+         * mutex may have been held at the fork. Leave it all alone. */
+        return;
+    }
     pthread_mutex_lock(&w->mu);
     w->stop = 1;
     pthread_cond_signal(&w->work);

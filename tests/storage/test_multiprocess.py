@@ -85,3 +85,49 @@ def test_many_processes_append_and_read(tmp_path):
             if part == 0:
                 # The live reader in another process saw exactly the same records.
                 assert live == vals
+
+
+def _wait_child(pid, timeout):
+    """waitpid with a deadline: SIGKILL the child if it hangs."""
+    import signal
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.02)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return "hung"
+
+
+def test_a_forked_child_can_append_and_sync_a_log_its_parent_had_open(tmp_path):
+    """A child forked while the parent's sync thread and writer thread exist
+    (and here, while the group-commit lock is held, as it is during a round)
+    must start its own: none of the parent's threads exist in the child."""
+    log = us.Log(tmp_path / "log")
+    p = log.create_topic("t", partitions=1).partition(0)
+    p.append([b"x" * 10] * 40_000)           # starts the C writer thread (pipelined append)
+    got = []
+    p.when_durable(p.end_offset, got.append)  # starts the sync thread
+    deadline = time.monotonic() + 10
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert got == [None]
+    with log._group_commit._cond:             # a round in progress at the fork
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                base = p.append([b"y" * 10] * 40_000)   # pipelined: needs a writer thread
+                p.flush()                               # group commit: needs the lock
+                answers = []
+                p.when_durable(p.end_offset, answers.append)
+                assert answers == [None]                # already durable: answered at once
+                assert bytes(p.read(base, 1)[0].value) == b"y" * 10
+                code = 0
+            finally:
+                os._exit(code)
+    assert _wait_child(pid, 60) == 0
+    assert p.end_offset == 80_000
+    log.close()

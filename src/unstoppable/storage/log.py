@@ -21,6 +21,7 @@ import struct
 import threading
 import time
 import uuid
+import weakref
 from dataclasses import asdict, dataclass, fields
 from typing import Iterator
 
@@ -178,6 +179,12 @@ class _GroupCommit:
     """
 
     def __init__(self):
+        self._reset()
+        _THREAD_OWNERS.add(self)
+
+    def _reset(self) -> None:
+        """Fresh state (also in a forked child, which has none of the
+        parent's threads and may have inherited the lock held)."""
         self._cond = threading.Condition(threading.Lock())
         self._syncing = False
         self._pending: dict = {}
@@ -202,7 +209,7 @@ class _GroupCommit:
             else:
                 self._requests.append((partition, end_offset, callback))
                 self._pending[partition] = max(self._pending.get(partition, 0), end_offset)
-                if self._syncer is None or not self._syncer.is_alive():  # (dead: a forked child)
+                if self._syncer is None:
                     self._syncer = threading.Thread(target=self._run_syncer,
                                                     name="unstoppable-sync", daemon=True)
                     self._syncer.start()
@@ -362,12 +369,32 @@ class _GroupCommit:
                     os.close(fd)
 
 
+# Objects that own a thread and its lock: a forked child has none of the
+# parent's threads, and a lock one of them held at the fork would never be
+# released there, so each starts over (``_reset``) in the child. The parent's
+# pending requests belong to its own event loops and stay with it.
+_THREAD_OWNERS: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def _reset_thread_owners_in_child() -> None:
+    for owner in list(_THREAD_OWNERS):
+        owner._reset()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_thread_owners_in_child)
+
+
 class _Flusher:
     """One background thread per log that fsyncs segments sealed by a roll and
     moves their partition's recovery checkpoint past them, so recovery after a
     power loss never has to rescan more than about the active segment."""
 
     def __init__(self):
+        self._reset()
+        _THREAD_OWNERS.add(self)
+
+    def _reset(self) -> None:
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -417,6 +444,7 @@ class Log:
         self._flusher = _Flusher()
         self._group_commit = _GroupCommit()
         self._writer_pool = None
+        self._writer_pid = -1
         self._open_dir(create)
         self._topics_dir = os.path.join(self.path, "topics")
         # Topics are built and torn down in staging/, outside topics/, and
@@ -469,8 +497,11 @@ class Log:
     def _writer(self) -> Writer:
         """The C thread that writes chunks of pipelined appends (started on first use)."""
         with self._lock:
-            if self._writer_pool is None:
+            if self._writer_pool is None or self._writer_pid != os.getpid():
+                # (In a forked child the parent's writer thread does not exist:
+                # start another, and leave the copy alone.)
                 self._writer_pool = Writer()
+                self._writer_pid = os.getpid()
             return self._writer_pool
 
     def _check_open(self):
@@ -647,7 +678,7 @@ class Log:
         first = None
         try:
             self._flusher.stop()
-            if self._writer_pool is not None:
+            if self._writer_pool is not None and self._writer_pid == os.getpid():
                 self._writer_pool.close()
             for t in list(self._topics.values()):
                 try:
