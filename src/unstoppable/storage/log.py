@@ -896,6 +896,19 @@ def _verify(log: Log, progress) -> VerifyReport:
     return rep
 
 
+def _read_entries(fd: int, n: int, size: int, rep, where: dict) -> bytes:
+    """The first ``n`` entries of an index file; a file that turns out
+    shorter (cut by someone, or shrinking while we read) is reported, and the
+    whole entries it does hold are returned."""
+    data = os.pread(fd, n * size, 0)
+    if len(data) < n * size:
+        rep.problems.append(CorruptLogError(
+            f"index file holds {len(data) // size} whole entries of the {n} expected",
+            position=len(data), **where))
+        data = data[:len(data) - len(data) % size]
+    return data
+
+
 def _verify_index(seg, m, valid_end, rep, where, st, b_active):
     """Index entries must name real batch starts (checked by walking headers,
     so damage inside a batch is reported once, by the batch scan)."""
@@ -905,7 +918,8 @@ def _verify_index(seg, m, valid_end, rep, where, st, b_active):
         oi_n = os.fstat(seg.oi_fd).st_size // OFFSET_ENTRY_SIZE
         ti_n = os.fstat(seg.ti_fd).st_size // TIME_ENTRY_SIZE
     if oi_n:
-        data = os.pread(seg.oi_fd, oi_n * OFFSET_ENTRY_SIZE, 0)
+        data = _read_entries(seg.oi_fd, oi_n, OFFSET_ENTRY_SIZE, rep,
+                             {**where, "segment": where["segment"][:-4] + ".index"})
         for i, (rel, pos) in enumerate(struct.iter_unpack("<II", data)):
             ok = pos < valid_end
             if ok:
@@ -921,7 +935,8 @@ def _verify_index(seg, m, valid_end, rep, where, st, b_active):
                     **{**where, "segment": where["segment"][:-4] + ".index"}))
                 break
     if ti_n:
-        data = os.pread(seg.ti_fd, ti_n * TIME_ENTRY_SIZE, 0)
+        data = _read_entries(seg.ti_fd, ti_n, TIME_ENTRY_SIZE, rep,
+                             {**where, "segment": where["segment"][:-4] + ".timeindex"})
         prev = None
         for i, (ts, rel, pos) in enumerate(struct.iter_unpack("<qII", data)):
             ok = pos < valid_end and (prev is None or (ts >= prev[0] and rel > prev[1]))
