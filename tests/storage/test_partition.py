@@ -326,3 +326,44 @@ def test_durability_wait_on_a_partition_closed_under_it_raises(log):
     from unstoppable.errors import LogClosedError
     with pytest.raises(LogClosedError, match="closed before"):
         p.wait_durable(1)
+
+
+def _disk_bytes(path):
+    return os.stat(path).st_blocks * 512
+
+
+def test_appends_reserve_blocks_ahead_and_give_them_back(log_dir):
+    """The active segment's blocks are reserved ahead of its data (fallocate
+    KEEP_SIZE) without changing its size; a roll and a clean close give the
+    unused ones back, so sealed and closed segments take what their data takes."""
+    from unstoppable._core.segment import preallocate
+    probe = os.path.join(os.path.dirname(str(log_dir)), "probe")
+    fd = os.open(probe, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if preallocate(fd, 0, 4096) != 0:
+            pytest.skip("this filesystem cannot reserve blocks")
+    finally:
+        os.close(fd)
+        os.unlink(probe)
+    log = us.Log(log_dir)
+    p = log.create_topic("t", partitions=1, segment_bytes=8 << 20).partition(0)
+    p.append([b"x" * 1000] * 1000)                 # ~1 MB
+    seg = os.path.join(p.path, sorted(f for f in os.listdir(p.path) if f.endswith(".log"))[0])
+    size = os.path.getsize(seg)
+    assert size < 1_100_000
+    assert _disk_bytes(seg) >= size + (2 << 20)    # reserved ahead, size unchanged
+    for _ in range(10):                            # past 8 MiB: a roll
+        p.append([b"y" * 1000] * 1000)
+    logs = sorted(f for f in os.listdir(p.path) if f.endswith(".log"))
+    assert len(logs) >= 2
+    sealed = os.path.join(p.path, logs[0])
+    assert _disk_bytes(sealed) < os.path.getsize(sealed) + (64 << 10)
+    active = os.path.join(p.path, logs[-1])
+    end = p.end_offset
+    log.close()
+    assert _disk_bytes(active) < os.path.getsize(active) + (64 << 10)
+    with us.Log(log_dir) as again:                 # nothing of it shows in the data
+        q = again.topic("t").partition(0)
+        assert q.end_offset == end
+        assert bytes(q.read(end - 1, 1)[0].value) == b"y" * 1000
+        assert again.verify().ok

@@ -57,6 +57,7 @@ from unstoppable._core.segment import (
     find_batch,
     find_time,
     new_head_state,
+    preallocate,
     offset_index_entry,
     offset_index_floor,
     offset_index_valid,
@@ -122,6 +123,33 @@ def _pwrite_all(fd: int, data, pos: int) -> None:
         mv.release()
 
 
+# Appends reserve the active segment's disk blocks ahead of the data, in
+# steps of this many bytes, without changing the file's size (fallocate
+# KEEP_SIZE): writing into reserved blocks skips ext4's per-page delayed
+# allocation work (106 MB of 1 MiB pwrites: 16 ms instead of 22-23 ms; 10k-record
+# appends of 1M x 100 B: 34-36 ms instead of 41-44). The file still ends at its
+# data, so the format and recovery see nothing of it; a roll, a torn-tail cut
+# or a clean close gives the unused blocks back (ftruncate to the data size).
+_RESERVE_STEP = 4 << 20
+_RESERVE_OFF = 1 << 62   # reserving failed or is unsupported here: stop trying
+
+
+def _reserve_blocks(seg: "Segment", pos: int, need: int) -> None:
+    """Reserve blocks so that writing up to ``need`` (from ``pos``) lands in them."""
+    start = max(seg.reserved_end, pos)  # (another process may have written past ours)
+    end = max(need, start + _RESERVE_STEP)
+    if preallocate(seg.fd, start, end - start) == 0:
+        seg.reserved_end = end
+        return
+    # EOPNOTSUPP, ENOSPC, EFBIG...: stop reserving here; the pwrite itself
+    # will say what is wrong. A reservation that failed for space may have
+    # taken some blocks before it gave up: give them back (the append lock is
+    # held and the data ends at pos), or they would take the write's room.
+    seg.reserved_end = _RESERVE_OFF
+    if os.fstat(seg.fd).st_size >= pos:  # (never extend a file someone cut short)
+        os.ftruncate(seg.fd, pos)
+
+
 _MAX_APPEND_BYTES = (1 << 31) - 1  # index positions are u32; segments stay below 2**32
 _STREAM_MIN = 32768         # records: appends at least this large are pipelined
 _STREAM_TARGET = 1 << 20     # bytes per pipelined chunk
@@ -131,7 +159,7 @@ class Segment:
     """One segment file and its two indexes, as seen by this process."""
 
     __slots__ = ("base", "path", "fd", "oi_fd", "ti_fd", "_map", "_oi_map", "_ti_map",
-                 "sealed_size", "oi_n", "ti_n", "_max_ts", "_map_hint", "_oi_hint")
+                 "sealed_size", "oi_n", "ti_n", "_max_ts", "_map_hint", "_oi_hint", "reserved_end")
 
     def __init__(self, dirpath: str, base: int, map_hint: int, oi_hint: int, create: bool = False):
         self.base = base
@@ -148,6 +176,7 @@ class Segment:
         self._map = None
         self._oi_map = None
         self._ti_map = None
+        self.reserved_end = 0      # blocks reserved (preallocated) up to here, as far as we know
         self.sealed_size = -1      # known final size once sealed, else -1
         self.oi_n = -1             # entry counts of a sealed segment's indexes (-1 = not loaded)
         self.ti_n = -1
@@ -725,6 +754,8 @@ class Partition:
                 builder.add_encoded(mv, pos, base)
                 oi, ti = builder.take()
                 try:
+                    if pos + nbytes > seg.reserved_end:
+                        _reserve_blocks(seg, pos, pos + nbytes)
                     _pwrite_all(seg.fd, mv, pos)
                     if oi:
                         _pwrite_all(seg.oi_fd, oi, st.oi_count * OFFSET_ENTRY_SIZE)
@@ -826,6 +857,8 @@ class Partition:
                                 finish(k)
                         if not new_segs:
                             self._producers.catch_up(self, st)
+                        if seg.reserved_end > pos:
+                            os.ftruncate(seg.fd, pos)  # give back its unused reserved blocks
                         seg = self._new_segment(off)
                         new_segs.append(seg)
                         pos, oi_n, ti_n, max_ts = 0, 0, 0, -1
@@ -833,6 +866,8 @@ class Partition:
                     base = off
                     off = enc.set_base_offset(base)
                     mv = enc.view()
+                    if pos + nb > seg.reserved_end:
+                        _reserve_blocks(seg, pos, pos + nb)
                     pending[slot] = (writer.submit(seg.fd, mv, pos), mv)
                     builder.add_encoded(mv, pos, base)
                     oi, ti = builder.take()
@@ -1267,9 +1302,27 @@ class Partition:
             st = self._head.read()
             if self._failed is None and st is not None and not st.flags & HEAD_FLAG_DELETED:
                 self.wait_durable(st.end_offset)
+                self._give_back_reserved()
         finally:
             self._closed = True
             self._close_files()
+
+    def _give_back_reserved(self) -> None:
+        """Release the blocks this process reserved past the active segment's
+        data (ftruncate to the data size, under the append lock so no append
+        is half done). Only an optimization: errors are ignored."""
+        try:
+            with self._lock, self._flock:
+                st = self._head.read()
+                if st is None:
+                    return
+                seg = self._segments.get(st.active_base)
+                if (seg is not None and st.active_size < seg.reserved_end < _RESERVE_OFF
+                        and seg.size() == st.active_size):
+                    os.ftruncate(seg.fd, st.active_size)
+                    seg.reserved_end = st.active_size
+        except OSError:
+            pass
 
     def _close_files(self):
         for seg in list(self._segments.values()):
