@@ -163,9 +163,9 @@ class _GroupCommit:
 
     A thread that needs durability registers (partition, end offset). If no
     sync is running it becomes the leader: it takes every registered
-    partition, asks the kernel to start writing all their dirty segment files
-    at once and fdatasyncs them one by one (``sync_files``, without the GIL), and moves
-    each checkpoint. Threads that arrive meanwhile wait and are covered by the
+    partition, has the kernel start writing all their dirty segment files at
+    once and then fdatasyncs them one by one (``sync_files``, without the
+    GIL), and moves each checkpoint. Threads that arrive meanwhile wait and are covered by the
     next round. Measured here: 8 files of 13 KB took 2.3 ms as 8 plain
     fdatasyncs and 1.2 ms with the writeback started for all first.
 
