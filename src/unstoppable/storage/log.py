@@ -158,6 +158,9 @@ _COMMIT_DELAY_STEP = 0.0001   # s: wait this long for more partitions to join a 
 _COMMIT_DELAY_MAX = 0.001     # s: but never longer than this in all
 
 
+_WAIT = object()  # a durability request that needs another round
+
+
 class _GroupCommit:
     """Group commit for every partition of a log.
 
@@ -200,15 +203,10 @@ class _GroupCommit:
         ``partition`` below ``end_offset`` is on stable storage, or it can no
         longer get there. The callback runs on a sync thread (or right here
         when nothing is left to do); it must be quick and must not block."""
-        err = None
         with self._cond:
-            if partition._durable_end >= end_offset:
-                pass
-            elif partition._failed is not None or partition._closed or self._stopping:
-                err = self._why_not(partition, end_offset)
-            else:
+            err = self._outcome(partition, end_offset)
+            if err is _WAIT:
                 self._requests.append((partition, end_offset, callback))
-                self._pending[partition] = max(self._pending.get(partition, 0), end_offset)
                 if self._syncer is None:
                     self._syncer = threading.Thread(target=self._run_syncer,
                                                     name="unstoppable-sync", daemon=True)
@@ -217,6 +215,15 @@ class _GroupCommit:
                     self._cond.notify_all()
                 return
         callback(err)
+
+    def _outcome(self, partition, end_offset):
+        """(Lock held.) None when the offsets are durable, the error when they
+        never will be, or _WAIT."""
+        if partition._durable_end >= end_offset:
+            return None
+        if partition._failed is not None or partition._closed or self._stopping:
+            return self._why_not(partition, end_offset)
+        return _WAIT
 
     @staticmethod
     def _why_not(partition, end_offset):
@@ -234,13 +241,11 @@ class _GroupCommit:
             return []
         done, keep = [], []
         for req in self._requests:
-            part, end, cb = req
-            if part._durable_end >= end:
-                done.append((cb, None))
-            elif part._failed is not None or part._closed or self._stopping:
-                done.append((cb, self._why_not(part, end)))
-            else:
+            err = self._outcome(req[0], req[1])
+            if err is _WAIT:
                 keep.append(req)
+            else:
+                done.append((req[2], err))
         self._requests = keep
         return done
 
@@ -274,6 +279,8 @@ class _GroupCommit:
                 # Requests need a round and none is running: run one now. No
                 # commit delay: whatever is written while this round runs
                 # joins the next one, which starts as soon as this one ends.
+                # (What they need goes into _pending here, not at request():
+                # a blocking leader's round may have taken it since.)
                 for part, end, _ in self._requests:
                     self._pending[part] = max(self._pending.get(part, 0), end)
                 self._round()
@@ -917,9 +924,10 @@ def _verify_index(seg, m, valid_end, rep, where, st, b_active):
     else:
         oi_n = os.fstat(seg.oi_fd).st_size // OFFSET_ENTRY_SIZE
         ti_n = os.fstat(seg.ti_fd).st_size // TIME_ENTRY_SIZE
+    oi_where = {**where, "segment": where["segment"][:-4] + ".index"}
+    ti_where = {**where, "segment": where["segment"][:-4] + ".timeindex"}
     if oi_n:
-        data = _read_entries(seg.oi_fd, oi_n, OFFSET_ENTRY_SIZE, rep,
-                             {**where, "segment": where["segment"][:-4] + ".index"})
+        data = _read_entries(seg.oi_fd, oi_n, OFFSET_ENTRY_SIZE, rep, oi_where)
         for i, (rel, pos) in enumerate(struct.iter_unpack("<II", data)):
             ok = pos < valid_end
             if ok:
@@ -932,11 +940,10 @@ def _verify_index(seg, m, valid_end, rep, where, st, b_active):
                 rep.problems.append(CorruptLogError(
                     f"offset index entry {i} (relative offset {rel}, position {pos}) does not "
                     "point at the batch it names", offset=seg.base + rel, position=pos,
-                    **{**where, "segment": where["segment"][:-4] + ".index"}))
+                    **oi_where))
                 break
     if ti_n:
-        data = _read_entries(seg.ti_fd, ti_n, TIME_ENTRY_SIZE, rep,
-                             {**where, "segment": where["segment"][:-4] + ".timeindex"})
+        data = _read_entries(seg.ti_fd, ti_n, TIME_ENTRY_SIZE, rep, ti_where)
         prev = None
         for i, (ts, rel, pos) in enumerate(struct.iter_unpack("<qII", data)):
             ok = pos < valid_end and (prev is None or (ts >= prev[0] and rel > prev[1]))
@@ -948,7 +955,6 @@ def _verify_index(seg, m, valid_end, rep, where, st, b_active):
             if not ok:
                 rep.problems.append(CorruptLogError(
                     f"time index entry {i} (timestamp {ts}, position {pos}) is inconsistent",
-                    offset=seg.base + rel, position=pos,
-                    **{**where, "segment": where["segment"][:-4] + ".timeindex"}))
+                    offset=seg.base + rel, position=pos, **ti_where))
                 break
             prev = (ts, rel)

@@ -57,10 +57,10 @@ from unstoppable._core.segment import (
     find_batch,
     find_time,
     new_head_state,
-    preallocate,
     offset_index_entry,
     offset_index_floor,
     offset_index_valid,
+    preallocate,
     read_batches,
     read_records,
     scan,
@@ -135,7 +135,9 @@ _RESERVE_OFF = 1 << 62   # reserving failed or is unsupported here: stop trying
 
 
 def _reserve_blocks(seg: "Segment", pos: int, need: int) -> None:
-    """Reserve blocks so that writing up to ``need`` (from ``pos``) lands in them."""
+    """Make sure writing ``[pos, need)`` lands in reserved blocks (append lock held)."""
+    if need <= seg.reserved_end:
+        return
     start = max(seg.reserved_end, pos)  # (another process may have written past ours)
     end = max(need, start + _RESERVE_STEP)
     if preallocate(seg.fd, start, end - start) == 0:
@@ -754,8 +756,7 @@ class Partition:
                 builder.add_encoded(mv, pos, base)
                 oi, ti = builder.take()
                 try:
-                    if pos + nbytes > seg.reserved_end:
-                        _reserve_blocks(seg, pos, pos + nbytes)
+                    _reserve_blocks(seg, pos, pos + nbytes)
                     _pwrite_all(seg.fd, mv, pos)
                     if oi:
                         _pwrite_all(seg.oi_fd, oi, st.oi_count * OFFSET_ENTRY_SIZE)
@@ -866,8 +867,7 @@ class Partition:
                     base = off
                     off = enc.set_base_offset(base)
                     mv = enc.view()
-                    if pos + nb > seg.reserved_end:
-                        _reserve_blocks(seg, pos, pos + nb)
+                    _reserve_blocks(seg, pos, pos + nb)
                     pending[slot] = (writer.submit(seg.fd, mv, pos), mv)
                     builder.add_encoded(mv, pos, base)
                     oi, ti = builder.take()
