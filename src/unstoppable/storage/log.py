@@ -51,7 +51,7 @@ from unstoppable.errors import (
     corrupt_from_code,
 )
 from unstoppable.storage._fs import O_CLOEXEC, fsync_dir
-from unstoppable.storage.partition import Partition
+from unstoppable.storage.partition import Partition, segment_name
 
 __all__ = ["Log", "Topic", "TopicConfig", "validate_topic_name", "VerifyReport"]
 
@@ -863,12 +863,22 @@ def _verify(log: Log, progress) -> VerifyReport:
             st = p._state()
             p._refresh_segments(st)
             for b in list(p._bases):
-                seg = p._segment(b)
-                limit = st.active_size if b == st.active_base else seg.size()
-                work.append((t, p, seg, limit, st))
+                if b == st.active_base:
+                    limit = st.active_size
+                else:
+                    try:
+                        limit = os.stat(os.path.join(p.path, segment_name(b) + ".log")).st_size
+                    except FileNotFoundError:
+                        continue  # removed by retention meanwhile
+                work.append((t, p, b, limit, st))
     total = sum(w[3] for w in work)
     done = 0
-    for t, p, seg, limit, st in work:
+    # One segment open at a time (a partition keeps only OPEN_SEGMENTS open).
+    for t, p, b, limit, st in work:
+        try:
+            seg = p._segment(b)
+        except FileNotFoundError:
+            continue
         rep.segments += 1
         where = dict(topic=t.name, partition=p.index, segment=seg.path)
         if limit:

@@ -35,6 +35,7 @@ Recovery (on open, under the append lock):
 from __future__ import annotations
 
 import bisect
+import collections
 import errno
 import fcntl
 import os
@@ -152,6 +153,12 @@ def _reserve_blocks(seg: "Segment", pos: int, need: int) -> None:
         os.ftruncate(seg.fd, pos)
 
 
+# Sealed segments whose files one Partition keeps open (3 descriptors and up
+# to 3 mappings each) beyond the newest; the least recently used one past this
+# is let go and opened again when next needed. Its size and index counts stay
+# known (``Partition._sealed``), so opening it again costs a few syscalls.
+OPEN_SEGMENTS = 16
+
 _MAX_APPEND_BYTES = (1 << 31) - 1  # index positions are u32; segments stay below 2**32
 _STREAM_MIN = 32768         # records: appends at least this large are pipelined
 _STREAM_TARGET = 1 << 20     # bytes per pipelined chunk
@@ -168,16 +175,17 @@ class Segment:
         stem = os.path.join(dirpath, segment_name(base))
         self.path = stem + ".log"
         flags = os.O_RDWR | _O_CLOEXEC | (os.O_CREAT if create else 0)
-        self.fd = os.open(self.path, flags, 0o644)
-        try:
-            self.oi_fd = os.open(stem + ".index", os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o644)
-            self.ti_fd = os.open(stem + ".timeindex", os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o644)
-        except BaseException:
-            os.close(self.fd)
-            raise
+        self.fd = self.oi_fd = self.ti_fd = -1
         self._map = None
         self._oi_map = None
         self._ti_map = None
+        try:
+            self.fd = os.open(self.path, flags, 0o644)
+            self.oi_fd = os.open(stem + ".index", os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o644)
+            self.ti_fd = os.open(stem + ".timeindex", os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o644)
+        except BaseException:
+            self.close()
+            raise
         self.reserved_end = 0      # blocks reserved (preallocated) up to here, as far as we know
         self.sealed_size = -1      # known final size once sealed, else -1
         self.oi_n = -1             # entry counts of a sealed segment's indexes (-1 = not loaded)
@@ -212,13 +220,21 @@ class Segment:
 
     def close(self) -> None:
         for fd in (self.fd, self.oi_fd, self.ti_fd):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
         self.fd = self.oi_fd = self.ti_fd = -1
         # Mappings stay alive as long as record views reference them.
         self._map = self._oi_map = self._ti_map = None
+
+    def __del__(self):
+        # A segment let go of (OPEN_SEGMENTS, retention) closes its files when
+        # the last user is done with it: a reader in another thread that still
+        # holds it never sees its descriptors closed, or reused, under it.
+        if self.fd >= 0 or self.oi_fd >= 0 or self.ti_fd >= 0:
+            self.close()
 
 
 class _Flock:
@@ -263,7 +279,14 @@ class Partition:
         self._closed = False
         self._failed: BaseException | None = None
         self._listeners: list[Callable[[], None]] = []
-        self._segments: dict[int, Segment] = {}
+        # Open segments, least recently used first (at most OPEN_SEGMENTS
+        # sealed ones besides the newest), and what is known of sealed ones
+        # whether open or not: base -> [size, oi_n, ti_n, max_ts or None].
+        # Readers take no partition lock; _seg_lock guards these (and _bases)
+        # for the moments they change, never across I/O.
+        self._segments: collections.OrderedDict[int, Segment] = collections.OrderedDict()
+        self._sealed: dict[int, list] = {}
+        self._seg_lock = threading.RLock()
         self._bases: list[int] = []
         self._map_hint = config.segment_bytes + config.max_batch_bytes
         self._oi_hint = config.segment_bytes // max(config.index_interval_bytes, 1) + 64
@@ -362,13 +385,33 @@ class Partition:
 
     def _segment(self, base: int, create: bool = False) -> Segment:
         """The Segment for ``base``, its files opened on first use (sealed
-        segments cost no file descriptors until they are read)."""
-        seg = self._segments.get(base)
-        if seg is None:
-            seg = Segment(self.path, base, self._map_hint, self._oi_hint, create=create)
-            self._segments[base] = seg
+        segments cost no file descriptors until they are read). At most
+        OPEN_SEGMENTS sealed segments stay open besides the newest: the least
+        recently used one is let go (its files close once no reader holds it)."""
+        segs = self._segments
+        with self._seg_lock:
+            seg = segs.get(base)
+            if seg is not None:
+                segs.move_to_end(base)
+                return seg
+        seg = Segment(self.path, base, self._map_hint, self._oi_hint, create=create)
+        with self._seg_lock:
+            other = segs.get(base)
+            if other is not None:  # another thread opened it meanwhile: ours closes
+                segs.move_to_end(base)
+                return other
+            known = self._sealed.get(base)
+            if known is not None:
+                seg.sealed_size, seg.oi_n, seg.ti_n, seg._max_ts = known
+            segs[base] = seg
             if base not in self._bases:
                 bisect.insort(self._bases, base)
+            if len(segs) > OPEN_SEGMENTS + 1:
+                newest = self._bases[-1]
+                for b in segs:
+                    if b != newest and b != base:
+                        del segs[b]
+                        break
         return seg
 
     def _refresh_segments(self, st) -> None:
@@ -376,18 +419,22 @@ class Partition:
         with self._lock:
             on_disk = [b for b in self._list_bases() if b <= st.active_base]
             keep = set(on_disk)
-            for base in list(self._segments):
-                if base not in keep:
-                    self._drop_segment(base, unlink=False)
-            self._bases = on_disk
+            with self._seg_lock:
+                for base in list(self._segments):
+                    if base not in keep:
+                        self._drop_segment(base, unlink=False)
+                for base in [b for b in self._sealed if b not in keep]:
+                    del self._sealed[base]
+                self._bases = on_disk
 
     def _drop_segment(self, base: int, unlink: bool) -> None:
-        seg = self._segments.pop(base, None)
-        if base in self._bases:
-            self._bases.remove(base)
+        # The Segment's files close when the last reader lets go of it.
+        with self._seg_lock:
+            self._segments.pop(base, None)
+            self._sealed.pop(base, None)
+            if base in self._bases:
+                self._bases.remove(base)
         stem = os.path.join(self.path, segment_name(base))
-        if seg is not None:
-            seg.close()
         if unlink:
             for ext in (".log", ".index", ".timeindex", ".producers"):
                 try:
@@ -430,6 +477,7 @@ class Partition:
                 oi_n, ti_n = self._repair_sealed_index(seg, size, oi_n, ti_n)
             seg.oi_n, seg.ti_n = oi_n, ti_n
             seg.sealed_size = size
+            self._sealed[seg.base] = [size, oi_n, ti_n, seg._max_ts]
         return seg.sealed_size, seg.oi_n, seg.ti_n
 
     def _repair_sealed_index(self, seg: Segment, size: int, oi_n: int, ti_n: int):
@@ -576,6 +624,10 @@ class Partition:
             return None
         self._refresh_segments(st)
         for base in list(self._bases):
+            known = self._sealed.get(base)
+            if base != st.active_base and known is not None and known[3] is not None \
+                    and known[3] < ts_ms:
+                continue  # older than ts_ms throughout, as far as is known: no need to open it
             try:
                 seg = self._segment(base)
             except FileNotFoundError:
@@ -598,6 +650,22 @@ class Partition:
                 return max(found, st.start_offset)
         return None
 
+    def _sealed_size(self, base: int) -> int:
+        """Size of a sealed segment, opening it only when not yet known."""
+        known = self._sealed.get(base)
+        if known is not None:
+            return known[0]
+        return self._sealed_info(self._segment(base))[0]
+
+    def _sealed_max_ts(self, base: int) -> int:
+        """Largest timestamp in a sealed segment, opening it only when not yet known."""
+        known = self._sealed.get(base)
+        if known is not None and known[3] is not None:
+            return known[3]
+        seg = self._segment(base)
+        size, oi_n, _ = self._sealed_info(seg)
+        return self._segment_max_ts(seg, size, oi_n)
+
     def _segment_max_ts(self, seg: Segment, limit: int, oi_n: int) -> int:
         """Largest timestamp in a sealed segment: the last index entry's batch and after."""
         if seg._max_ts is None:
@@ -615,6 +683,9 @@ class Partition:
             if ti_n:
                 best = max(best, time_index_entry(seg.ti_map(ti_n), ti_n - 1)[0])
             seg._max_ts = best
+            known = self._sealed.get(seg.base)
+            if known is not None:
+                known[3] = best
         return seg._max_ts
 
     # ---------------------------------------------------------------- appends
@@ -836,6 +907,7 @@ class Partition:
             builder = IndexBuilder(seg.base, cfg.index_interval_bytes, st.oi_last_pos,
                                    st.ti_last_ts, st.max_timestamp)
             new_segs: list[Segment] = []
+            first = seg  # held: with many new segments it may leave the open set
             i = j = 0
             try:
                 while i < n:
@@ -891,9 +963,7 @@ class Partition:
                             finish(k)
                         except OSError:
                             pass
-                first = self._segments.get(orig.active_base)
-                if first is not None:
-                    self._undo_write(first, orig.active_size, orig)
+                self._undo_write(first, orig.active_size, orig)
                 for sg in new_segs:
                     self._drop_segment(sg.base, unlink=True)
                 if isinstance(e, OSError) and is_disk_full(e):
@@ -1023,18 +1093,16 @@ class Partition:
         sealed = [b for b in self._bases if b < st.active_base]
         if not sealed:
             return 0
-        sizes = {b: self._sealed_info(self._segment(b))[0] for b in sealed}
+        sizes = {b: self._sealed_size(b) for b in sealed}
         total = sum(sizes.values()) + st.active_size
         now = _now_ms()
         doomed = []
         for b in sealed:
-            seg = self._segment(b)
             too_big = cfg.retention_bytes is not None and total > cfg.retention_bytes
             too_old = False
             if cfg.retention_ms is not None and not too_big:
-                size, oi_n, _ = self._sealed_info(seg)
                 try:
-                    too_old = self._segment_max_ts(seg, size, oi_n) < now - cfg.retention_ms
+                    too_old = self._sealed_max_ts(b) < now - cfg.retention_ms
                 except CorruptLogError:
                     too_old = False
             if not (too_big or too_old):
@@ -1090,8 +1158,15 @@ class Partition:
                 return None
             if not self._bases or self._bases[-1] != st.active_base or st.ckpt_base not in self._bases:
                 self._refresh_segments(st)
-            segs = [self._segment(b) for b in self._bases if b >= st.ckpt_base]
-            fds = [os.dup(s.fd) for s in segs]  # survive a concurrent retention close
+            # Duplicated: they outlive the segment (retention, OPEN_SEGMENTS).
+            fds = []
+            try:
+                for b in [b for b in self._bases if b >= st.ckpt_base]:
+                    fds.append(os.dup(self._segment(b).fd))
+            except BaseException:
+                for fd in fds:
+                    os.close(fd)
+                raise
         return st, fds
 
     def _sync_done(self, st) -> int:
@@ -1135,6 +1210,12 @@ class Partition:
             rec.mode = "tail"
             st = self._cut_torn_tail(st, bases, rec)
         self._head.write(st)
+        # A rebuild may have cut what was a sealed segment: learn sizes anew.
+        with self._seg_lock:
+            self._sealed.clear()
+            for seg in self._segments.values():
+                seg.sealed_size = seg.oi_n = seg.ti_n = -1
+                seg._max_ts = None
         self._refresh_segments(st)
         rec.state = st
         rec.seconds = time.perf_counter() - t0
@@ -1325,10 +1406,12 @@ class Partition:
             pass
 
     def _close_files(self):
-        for seg in list(self._segments.values()):
+        with self._seg_lock:
+            segs = list(self._segments.values())
+            self._segments.clear()
+            self._bases.clear()
+        for seg in segs:
             seg.close()
-        self._segments.clear()
-        self._bases.clear()
         for attr in ("_headfd", "_dirfd"):
             fd = getattr(self, attr, -1)
             if fd >= 0:

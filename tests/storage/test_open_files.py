@@ -1,0 +1,123 @@
+"""A partition with many segments keeps a bounded number of them open: a
+long-lived writer, a full replay, a time lookup, retention and verify() each
+touch every segment, and none of them may run out of file descriptors."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+
+SCRIPT = textwrap.dedent(r"""
+    import os, resource, sys, time
+    import unstoppable as us
+    from unstoppable.storage import partition as P
+
+    path, segments = sys.argv[1], int(sys.argv[2])
+
+    def open_fds():
+        return len(os.listdir("/proc/self/fd"))
+
+    with us.Log(path) as log:
+        # 4 KiB segments: each 1 KiB record batch, four per segment.
+        t = log.create_topic("t", partitions=1, segment_bytes=4096,
+                             retention_bytes=None)
+        p = t.partition(0)
+        base_fds = open_fds()
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        # Two partitions' worth of open segments and a few more, far fewer
+        # descriptors than 3 per segment would need.
+        limit = base_fds + 2 * 3 * (P.OPEN_SEGMENTS + 2) + 24
+        assert limit < 3 * segments, (limit, segments)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+        n = segments * 4 + 4
+        for i in range(n):
+            p.append([(None, b"%08d" % i + b"x" * 900, None, 1000 + i)])
+        nseg = sum(f.endswith(".log") for f in os.listdir(p.path))
+        assert nseg >= segments, nseg
+        # A full replay from the start.
+        off, got = 0, 0
+        while off < p.end_offset:
+            rs = p.read(off, max_records=7)
+            assert [bytes(r.value)[:8] for r in rs] == [b"%08d" % k for k in range(off, off + len(rs))]
+            got += len(rs)
+            off = rs[-1].offset + 1
+        assert got == n
+        # A lookup by time that must pass every segment's time index.
+        assert p.offset_for_time(1000 + n - 1) == n - 1
+        assert p.offset_for_time(1000 + n) is None
+        # verify() reads every segment and its indexes.
+        rep = log.verify()
+        assert rep.ok, rep.problems
+        assert rep.segments == nseg
+        # fsync everything (a group commit over every unsynced segment).
+        p.flush()
+        assert p.durable_offset == n
+        # Retention that has to size every sealed segment.
+        t2 = log.create_topic("r", partitions=1, segment_bytes=4096, retention_bytes=40960)
+        q = t2.partition(0)
+        for i in range(n):
+            q.append([b"y" * 900])
+        assert q.start_offset > 0
+        assert open_fds() <= limit
+        print("ok", nseg, open_fds(), limit)
+""")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_many_segments_stay_within_a_small_descriptor_limit(tmp_path):
+    r = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "log"), "300"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.startswith("ok"), r.stdout
+
+
+def test_readers_in_threads_while_segments_come_and_go(tmp_path):
+    """Threads reading at random offsets across many more segments than stay
+    open, while another appends (rolling) and retention deletes: every read
+    returns the right records, and none fails on a descriptor let go under it."""
+    import random
+    import threading
+
+    import unstoppable as us
+    from unstoppable.errors import OffsetOutOfRangeError
+    from unstoppable.storage import partition as P
+
+    with us.Log(tmp_path / "log") as log:
+        p = log.create_topic("t", partitions=1, segment_bytes=4096,
+                             retention_bytes=4096 * 120).partition(0)
+        for i in range(400):
+            p.append([b"%08d" % i + b"x" * 900])
+        errors, stop = [], threading.Event()
+
+        def reader(seed):
+            rnd = random.Random(seed)
+            try:
+                while not stop.is_set():
+                    lo, hi = p.start_offset, p.end_offset
+                    off = rnd.randrange(lo, hi)
+                    try:
+                        rs = p.read(off, max_records=3)
+                    except OffsetOutOfRangeError:
+                        continue  # retention moved the start past it meanwhile
+                    assert rs and rs[0].offset == off
+                    for r in rs:
+                        assert bytes(r.value)[:8] == b"%08d" % r.offset
+            except BaseException as e:  # reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=reader, args=(k,)) for k in range(3)]
+        for t in threads:
+            t.start()
+        try:
+            for i in range(400, 1600):
+                p.append([b"%08d" % i + b"x" * 900])
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        assert not errors, errors[0]
+        assert p.start_offset > 0                      # retention ran
+        assert len(p._segments) <= P.OPEN_SEGMENTS + 1
+        assert log.verify().ok
