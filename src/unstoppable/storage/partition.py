@@ -1153,21 +1153,32 @@ class Partition:
         of every segment past the checkpoint (the caller closes them), or None
         when everything is already durable."""
         with self._lock:
-            st = self._state()
-            if st.ckpt_base == st.active_base and st.ckpt_size == st.active_size:
-                return None
-            if not self._bases or self._bases[-1] != st.active_base or st.ckpt_base not in self._bases:
-                self._refresh_segments(st)
-            # Duplicated: they outlive the segment (retention, OPEN_SEGMENTS).
-            fds = []
-            try:
-                for b in [b for b in self._bases if b >= st.ckpt_base]:
-                    fds.append(os.dup(self._segment(b).fd))
-            except BaseException:
-                for fd in fds:
-                    os.close(fd)
-                raise
-        return st, fds
+            for attempt in range(3):
+                st = self._state()
+                if st.ckpt_base == st.active_base and st.ckpt_size == st.active_size:
+                    return None
+                if (attempt or not self._bases or self._bases[-1] != st.active_base
+                        or st.ckpt_base not in self._bases):
+                    self._refresh_segments(st)
+                # Duplicated: they outlive the segment (retention, OPEN_SEGMENTS).
+                fds = []
+                try:
+                    for b in [b for b in self._bases if b >= st.ckpt_base]:
+                        fds.append(os.dup(self._segment(b).fd))
+                except FileNotFoundError:
+                    # A segment that is not open here was deleted by retention
+                    # in another process, which moved the checkpoint past it
+                    # first: read the head again.
+                    for fd in fds:
+                        os.close(fd)
+                    if attempt == 2:
+                        raise
+                    continue
+                except BaseException:
+                    for fd in fds:
+                        os.close(fd)
+                    raise
+                return st, fds
 
     def _sync_done(self, st) -> int:
         """After the fdatasyncs of a plan: the directory if needed, then move
