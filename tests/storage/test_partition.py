@@ -367,3 +367,57 @@ def test_appends_reserve_blocks_ahead_and_give_them_back(log_dir):
         assert q.end_offset == end
         assert bytes(q.read(end - 1, 1)[0].value) == b"y" * 1000
         assert again.verify().ok
+
+
+def test_file_lock_excludes_other_processes_and_dies_with_them(tmp_path):
+    """lock_file/unlock_file (the append lock, taken without letting go of
+    the GIL when free) still exclude another process, and a waiter gets the
+    lock once the holder releases it."""
+    import subprocess
+    import sys
+    from unstoppable._core.segment import lock_file, unlock_file
+    path = str(tmp_path / "lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    probe = ("import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR)\n"
+             "try:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); print('free')\n"
+             "except BlockingIOError:\n    print('held')")
+    try:
+        lock_file(fd)
+        out = subprocess.run([sys.executable, "-c", probe, path], capture_output=True, text=True)
+        assert out.stdout.strip() == "held"
+        unlock_file(fd)
+        out = subprocess.run([sys.executable, "-c", probe, path], capture_output=True, text=True)
+        assert out.stdout.strip() == "free"
+        # Held by another process: lock_file blocks until it lets go.
+        holder = subprocess.Popen(
+            [sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); "
+             "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(0.3)", path],
+            stdout=subprocess.PIPE, text=True)
+        assert holder.stdout.readline().strip() == "locked"
+        lock_file(fd)  # returns once the holder exits (the kernel drops its lock)
+        assert holder.wait() == 0
+        unlock_file(fd)
+        with pytest.raises(OSError):
+            lock_file(-1)
+    finally:
+        os.close(fd)
+
+
+def test_sync_files_closes_duplicates(tmp_path):
+    import errno
+    from unstoppable._core.segment import dup_fd, sync_files
+    fd = os.open(str(tmp_path / "f"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b"x" * 100)
+        dups = [dup_fd(fd), dup_fd(fd)]
+        assert all(d != fd for d in dups)
+        assert all(os.get_inheritable(d) is False for d in dups)
+        assert sync_files(dups, True) == [0, 0]
+        for d in dups:
+            with pytest.raises(OSError):
+                os.fstat(d)
+        assert sync_files([fd]) == [0]
+        os.fstat(fd)  # close defaults to False
+        assert sync_files([-1]) == [errno.EBADF]  # reported, not raised
+    finally:
+        os.close(fd)

@@ -16,6 +16,7 @@ from libc.stdint cimport int16_t, int32_t, int64_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 from libc.errno cimport errno
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
+from cpython.exc cimport PyErr_CheckSignals
 from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
 
 from unstoppable._core.includes.batch cimport *
@@ -800,8 +801,70 @@ def preallocate(int fd, long long offset, long long length):
     return rc
 
 
-def sync_files(fds):
-    """sync_files(fds) -> list[int]
+cdef extern from *:
+    """
+    #include <errno.h>
+    #include <sys/file.h>
+    #include <fcntl.h>
+    #include <unistd.h>
+    static int us_flock(int fd, int op) { return flock(fd, op) == 0 ? 0 : errno; }
+    static int us_dup_cloexec(int fd) { return fcntl(fd, F_DUPFD_CLOEXEC, 0); }
+    static void us_close(int fd) { (void)close(fd); }
+    """
+    int us_flock(int fd, int op) nogil
+    int us_dup_cloexec(int fd) nogil
+    void us_close(int fd) nogil
+    int LOCK_EX, LOCK_NB, LOCK_UN, EWOULDBLOCK
+
+
+def lock_file(int fd):
+    """lock_file(fd) -> None
+
+    flock(fd, LOCK_EX), as ``fcntl.flock`` does it, but without letting go
+    of the GIL unless the lock is taken: a non-blocking try first, and only
+    when another process holds it a blocking wait with the GIL released.
+    ``fcntl.flock`` releases and re-takes the GIL on every call; each
+    re-take while another thread runs Python waits for that thread to drop
+    the GIL (a forced switch after ``sys.getswitchinterval()``, or its next
+    blocking call), and the append path and the sync thread take this lock
+    once per append and per partition synced.
+    """
+    cdef int err = us_flock(fd, LOCK_EX | LOCK_NB)
+    while err != 0:
+        if err == EINTR:
+            PyErr_CheckSignals()  # runs handlers; raises what they raise
+        elif err != EWOULDBLOCK:
+            raise OSError(err, os.strerror(err))
+        with nogil:
+            err = us_flock(fd, LOCK_EX)
+
+
+def unlock_file(int fd):
+    """unlock_file(fd) -> None
+
+    flock(fd, LOCK_UN) holding the GIL (releasing never waits); see
+    :func:`lock_file`."""
+    cdef int err = us_flock(fd, LOCK_UN)
+    if err != 0:
+        raise OSError(err, os.strerror(err))
+
+
+def dup_fd(int fd):
+    """dup_fd(fd) -> int
+
+    ``os.dup`` (a close-on-exec duplicate: fcntl F_DUPFD_CLOEXEC) holding
+    the GIL, so a sync round that duplicates every segment descriptor it
+    covers does not hand the GIL away once per file; see :func:`lock_file`.
+    """
+    cdef int r = us_dup_cloexec(fd)
+    if r < 0:
+        r = errno
+        raise OSError(r, os.strerror(r))
+    return r
+
+
+def sync_files(fds, bint close=False):
+    """sync_files(fds, close=False) -> list[int]
 
     The data half of a group commit in one call that holds no GIL throughout:
     ask the kernel to start writing back every file's dirty pages
@@ -813,11 +876,17 @@ def sync_files(fds):
     syscall matters: a thread waking from a syscall waits for the GIL while
     the event loop runs Python (measured: 1.75 ms per round for 4 files under
     a busy producer, against 0.05 ms alone).
+
+    With ``close`` the descriptors (the sync's own duplicates) are closed
+    in the same GIL-free stretch, after their fdatasync, instead of one
+    GIL hand-off per ``os.close``. They are all closed when this returns,
+    and none is when it raises (it can only raise before touching them).
     """
     cdef Py_ssize_t n = len(fds), i
     cdef int *arr = <int *>PyMem_Malloc((n if n else 1) * 2 * sizeof(int))
     cdef int *errs
     cdef int rc
+    cdef list result
     if arr == NULL:
         raise MemoryError()
     errs = arr + n
@@ -825,6 +894,7 @@ def sync_files(fds):
         for i in range(n):
             arr[i] = fds[i]
             errs[i] = 0
+        result = [0] * n  # allocated before the closes: nothing after them can fail
         with nogil:
             for i in range(n):
                 us_start_writeback(arr[i])
@@ -835,6 +905,12 @@ def sync_files(fds):
                         break
                 if rc != 0:
                     errs[i] = errno
-        return [errs[i] for i in range(n)]
+            if close:
+                for i in range(n):
+                    us_close(arr[i])  # no retry on EINTR: Linux has closed it anyway
+        for i in range(n):
+            if errs[i]:
+                result[i] = errs[i]
+        return result
     finally:
         PyMem_Free(arr)

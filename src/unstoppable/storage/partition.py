@@ -37,7 +37,6 @@ from __future__ import annotations
 import bisect
 import collections
 import errno
-import fcntl
 import os
 import re
 import threading
@@ -55,8 +54,10 @@ from unstoppable._core.segment import (
     IndexBuilder,
     Mapping,
     batch_at_or_after,
+    dup_fd,
     find_batch,
     find_time,
+    lock_file,
     new_head_state,
     offset_index_entry,
     offset_index_floor,
@@ -68,6 +69,7 @@ from unstoppable._core.segment import (
     time_index_below,
     time_index_entry,
     time_index_valid,
+    unlock_file,
 )
 from unstoppable.storage.producer_state import ProducerStateTable, snapshot_path
 from unstoppable.errors import (
@@ -251,11 +253,11 @@ class _Flock:
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o644)
 
     def __enter__(self):
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        lock_file(self.fd)  # keeps the GIL unless another process holds the lock
         return self
 
     def __exit__(self, *exc):
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        unlock_file(self.fd)
 
     def close(self):
         os.close(self.fd)
@@ -1164,7 +1166,7 @@ class Partition:
                 fds = []
                 try:
                     for b in [b for b in self._bases if b >= st.ckpt_base]:
-                        fds.append(os.dup(self._segment(b).fd))
+                        fds.append(dup_fd(self._segment(b).fd))
                 except FileNotFoundError:
                     # A segment that is not open here was deleted by retention
                     # in another process, which moved the checkpoint past it
