@@ -447,11 +447,21 @@ class Partition:
     def _segment_for(self, offset: int, st) -> Segment:
         if not self._bases or self._bases[-1] != st.active_base or self._bases[0] > offset:
             self._refresh_segments(st)
-        i = bisect.bisect_right(self._bases, offset) - 1
-        if i < 0:
-            raise OffsetOutOfRangeError(
-                f"offset {offset} is below the start of {self.topic}/{self.index}")
-        return self._segment(self._bases[i])
+        for attempt in range(3):
+            i = bisect.bisect_right(self._bases, offset) - 1
+            if i < 0:
+                break
+            try:
+                return self._segment(self._bases[i])
+            except FileNotFoundError:
+                # Not open here, and deleted by retention (in any process)
+                # since ``st`` was read: the head says where the log starts now.
+                st = self._state()
+                if offset < st.start_offset:
+                    break
+                self._refresh_segments(st)
+        raise OffsetOutOfRangeError(
+            f"offset {offset} is below the start of {self.topic}/{self.index}")
 
     def _sealed_info(self, seg: Segment):
         """Size and valid index entry counts of a sealed segment (loaded once)."""
