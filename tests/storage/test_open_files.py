@@ -121,3 +121,58 @@ def test_readers_in_threads_while_segments_come_and_go(tmp_path):
         assert p.start_offset > 0                      # retention ran
         assert len(p._segments) <= P.OPEN_SEGMENTS + 1
         assert log.verify().ok
+
+
+SYNC_SCRIPT = textwrap.dedent(r"""
+    import os, resource, sys, threading
+    import unstoppable as us
+    from unstoppable.errors import UnstoppableError
+
+    path = sys.argv[1]
+    with us.Log(path) as log:
+        p = log.create_topic("t", partitions=1, segment_bytes=4096).partition(0)
+        p.flush()
+        # Segments written after the checkpoint and no longer open here, so
+        # a sync round has to open and duplicate descriptors for them.
+        log._flusher.submit = lambda part: None   # keep them unsynced (no flush after rolls)
+        for i in range(200):
+            p.append([b"x" * 900])
+        assert p.durable_offset < p.end_offset
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        fill = []
+        resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 8, hard))
+        try:
+            while True:                      # use up every descriptor left
+                fill.append(os.open("/dev/null", os.O_RDONLY))
+        except OSError:
+            pass
+        try:
+            p.flush()
+            raise SystemExit("flush succeeded without descriptors")
+        except UnstoppableError as e:
+            assert "could not sync" in str(e) and isinstance(e.__cause__, OSError), e
+        got = []
+        done = threading.Event()
+        p.when_durable(p.end_offset, lambda err: (got.append(err), done.set()))
+        assert done.wait(10)
+        assert isinstance(got[0], UnstoppableError) and "could not sync" in str(got[0]), got
+        for fd in fill:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        # Not failed for good: the next round syncs, appends go on.
+        p.flush()
+        assert p.durable_offset == p.end_offset
+        p.append([b"more"])
+        got.clear(); done.clear()
+        p.when_durable(p.end_offset, lambda err: (got.append(err), done.set()))
+        assert done.wait(10) and got == [None], got
+        print("ok")
+""")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_a_sync_round_that_cannot_open_files_fails_its_waiters_not_the_partition(tmp_path):
+    r = subprocess.run([sys.executable, "-c", SYNC_SCRIPT, str(tmp_path / "log")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.strip() == "ok", r.stdout

@@ -178,7 +178,9 @@ class _GroupCommit:
 
     A failed fdatasync marks its partition failed for good (after a failed
     fsync the kernel may have dropped the dirty pages, so a retry could report
-    success for lost data: PostgreSQL's "fsyncgate").
+    success for lost data: PostgreSQL's "fsyncgate"). A failure before any
+    fdatasync (opening or duplicating a segment's descriptor: EMFILE, say)
+    fails only the waiters that round was for; a later request gets a new round.
     """
 
     def __init__(self):
@@ -197,6 +199,12 @@ class _GroupCommit:
         self._requests: list = []
         self._syncer: threading.Thread | None = None
         self._stopping = False
+        # Rounds are numbered as they start. A request registered while round
+        # k runs (or after it) is served by round k+1 or later, so a round
+        # that could not even start syncing a partition (_plan_errors:
+        # partition -> (round, error)) fails just the requests before it.
+        self._round_no = 0
+        self._plan_errors: dict = {}
 
     def request(self, partition: Partition, end_offset: int, callback) -> None:
         """Call ``callback(error)`` (``None`` on success) once every offset of
@@ -204,9 +212,10 @@ class _GroupCommit:
         longer get there. The callback runs on a sync thread (or right here
         when nothing is left to do); it must be quick and must not block."""
         with self._cond:
-            err = self._outcome(partition, end_offset)
+            reg = self._round_no
+            err = self._outcome(partition, end_offset, reg)
             if err is _WAIT:
-                self._requests.append((partition, end_offset, callback))
+                self._requests.append((partition, end_offset, callback, reg))
                 if self._syncer is None:
                     self._syncer = threading.Thread(target=self._run_syncer,
                                                     name="unstoppable-sync", daemon=True)
@@ -216,13 +225,21 @@ class _GroupCommit:
                 return
         callback(err)
 
-    def _outcome(self, partition, end_offset):
+    def _outcome(self, partition, end_offset, reg):
         """(Lock held.) None when the offsets are durable, the error when they
-        never will be, or _WAIT."""
+        never will be or the round for them failed, or _WAIT. ``reg`` is the
+        round number when the request was made."""
         if partition._durable_end >= end_offset:
             return None
         if partition._failed is not None or partition._closed or self._stopping:
             return self._why_not(partition, end_offset)
+        pe = self._plan_errors.get(partition)
+        if pe is not None and pe[0] > reg:
+            e = UnstoppableError(
+                f"could not sync {partition.topic}/{partition.index} (the records are "
+                f"written, not known durable): {pe[1]}")
+            e.__cause__ = pe[1]
+            return e
         return _WAIT
 
     @staticmethod
@@ -241,7 +258,7 @@ class _GroupCommit:
             return []
         done, keep = [], []
         for req in self._requests:
-            err = self._outcome(req[0], req[1])
+            err = self._outcome(req[0], req[1], req[3])
             if err is _WAIT:
                 keep.append(req)
             else:
@@ -281,7 +298,7 @@ class _GroupCommit:
                 # joins the next one, which starts as soon as this one ends.
                 # (What they need goes into _pending here, not at request():
                 # a blocking leader's round may have taken it since.)
-                for part, end, _ in self._requests:
+                for part, end, _, _ in self._requests:
                     self._pending[part] = max(self._pending.get(part, 0), end)
                 self._round()
         finally:
@@ -303,12 +320,16 @@ class _GroupCommit:
     def wait(self, partition: Partition, end_offset: int) -> None:
         cond = self._cond
         with cond:
+            reg = self._round_no
             while partition._durable_end < end_offset:
                 if partition._failed is not None or partition._closed:
                     # Failed for good, or closed under us (topic deleted or
                     # log closed): nothing will sync it again, so say so
                     # instead of waiting forever.
                     raise self._why_not(partition, end_offset)
+                err = self._outcome(partition, end_offset, reg)
+                if err is not _WAIT and err is not None:
+                    raise err  # the round for these offsets failed before syncing
                 self._pending[partition] = max(self._pending.get(partition, 0), end_offset)
                 if self._syncing:
                     cond.wait()
@@ -331,18 +352,23 @@ class _GroupCommit:
         meanwhile; then wake every waiter (the syncer thread answers the
         asynchronous requests)."""
         self._syncing = True
+        self._round_no += 1
+        no = self._round_no
         batch = list(self._pending)
         self._pending.clear()
         self._cond.release()
+        errors = {}
         try:
-            self._sync(batch)
+            self._sync(batch, errors)
         finally:
             self._cond.acquire()
+            for p, e in errors.items():
+                self._plan_errors[p] = (no, e)
             self._syncing = False
             self._cond.notify_all()
 
     @staticmethod
-    def _sync(partitions) -> None:
+    def _sync(partitions, errors: dict) -> None:
         plans = []
         for p in partitions:
             if p._failed is not None or p._closed:
@@ -350,7 +376,8 @@ class _GroupCommit:
             try:
                 plan = p._sync_plan()
             except Exception as e:
-                p._failed = e
+                # Nothing was fdatasync'ed: no fsyncgate here, only this round fails.
+                errors[p] = e
                 continue
             if plan is None:
                 p._durable_end = max(p._durable_end, p._state().end_offset)
