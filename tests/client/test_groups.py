@@ -11,7 +11,7 @@ import pytest
 
 import unstoppable as us
 from unstoppable import TopicPartition as TP
-from unstoppable.storage.groups import MemberInfo, Membership, assign_round_robin, owners
+from unstoppable.storage.groups import MemberInfo, Membership, assign_round_robin, assign_sticky, owners
 
 from client_util import SPAWN, make_log, run, wait_until
 
@@ -20,20 +20,51 @@ def _m(i, topics=("t",)):
     return MemberInfo(f"m{i:03d}", tuple(topics), 0, "", 0)
 
 
-@pytest.mark.parametrize("members,parts", [(1, 8), (3, 8), (8, 8), (5, 3), (4, 17)])
-def test_round_robin_assignment_is_complete_exclusive_and_fair(members, parts):
+@pytest.mark.parametrize("assign", [assign_round_robin, assign_sticky])
+@pytest.mark.parametrize("members,parts", [(1, 8), (3, 8), (8, 8), (5, 3), (4, 17), (7, 100)])
+def test_assignment_is_complete_exclusive_and_fair(assign, members, parts):
     ms = [_m(i) for i in range(members)]
-    a = assign_round_robin(ms, {"t": parts})
+    a = assign(ms, {"t": parts})
     owned = [tp for tps in a.values() for tp in tps]
     assert sorted(owned) == [("t", p) for p in range(parts)]        # each exactly once
     sizes = [len(v) for v in a.values()]
     assert max(sizes) - min(sizes) <= 1
-    assert a == assign_round_robin(list(reversed(ms)), {"t": parts})  # same from any view
+    assert a == assign(list(reversed(ms)), {"t": parts})  # same from any view
+    # Several topics: still each pair once, counts within one of each other.
+    ms3 = [_m(i, ("t", "u", "v")) for i in range(members)]
+    b = assign(ms3, {"t": parts, "u": 5, "v": 1})
+    assert sorted(tp for tps in b.values() for tp in tps) == sorted(
+        [("t", p) for p in range(parts)] + [("u", p) for p in range(5)] + [("v", 0)])
+    sizes = [len(v) for v in b.values()]
+    assert max(sizes) - min(sizes) <= 1
+
+
+@pytest.mark.parametrize("members,parts", [(3, 8), (4, 64), (8, 64), (7, 100)])
+def test_sticky_assignment_moves_little_when_a_member_dies_or_joins(members, parts):
+    """When a member dies only its own pairs must move, give or take a few
+    for balance; round-robin dealing moves most of the survivors' pairs too."""
+    ms = [_m(i) for i in range(members)]
+    full = assign_sticky(ms, {"t": parts})
+    owner = {tp: mid for mid, tps in full.items() for tp in tps}
+    worst = 0
+    for dead in ms:
+        rest = assign_sticky([m for m in ms if m is not dead], {"t": parts})
+        moved = sum(1 for mid, tps in rest.items() for tp in tps
+                    if owner[tp] != mid and owner[tp] != dead.member_id)
+        worst = max(worst, moved)  # (a member joining is the same change reversed)
+    rr_full = assign_round_robin(ms, {"t": parts})
+    rr_owner = {tp: mid for mid, tps in rr_full.items() for tp in tps}
+    rr_rest = assign_round_robin(ms[1:], {"t": parts})
+    rr_moved = sum(1 for mid, tps in rr_rest.items() for tp in tps
+                   if rr_owner[tp] != mid and rr_owner[tp] != ms[0].member_id)
+    # At most about one share more than the dead member's own.
+    assert worst <= max(2, parts // members), (worst, parts, members)
+    assert worst < rr_moved or rr_moved <= 2
 
 
 def test_assignment_with_different_subscriptions():
     ms = [_m(0, ("a", "b")), _m(1, ("a",)), _m(2, ("b",))]
-    a = assign_round_robin(ms, {"a": 4, "b": 4})
+    a = assign_sticky(ms, {"a": 4, "b": 4})
     assert all(t in ("a", "b") for tps in a.values() for t, _ in tps)
     assert all(t == "a" for t, _ in a["m001"]) and all(t == "b" for t, _ in a["m002"])
     assert sorted(tp for tps in a.values() for tp in tps) == \

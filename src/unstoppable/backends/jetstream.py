@@ -64,7 +64,7 @@ from unstoppable.errors import (
     TopicExistsError,
     UnknownTopicError,
 )
-from unstoppable.storage.groups import MemberInfo, assign_round_robin, validate_group_name
+from unstoppable.storage.groups import MemberInfo, assign_sticky, validate_group_name
 from unstoppable.storage.log import validate_topic_name
 
 __all__ = ["JetStreamLog", "JetStreamBackend", "JetStreamTopic", "JetStreamRecord",
@@ -1422,7 +1422,7 @@ class _JetStreamMember(GroupMember):
     (value: the member's description) and, per owned partition,
     ``usx.lease.g.<group>.o.<topic>.<partition>`` (value: the member id).
     Every member lists the live member leases and computes the same
-    round-robin assignment as on the embedded log."""
+    sticky assignment as on the embedded log (``assign_sticky``)."""
 
     def __init__(self, backend: JetStreamBackend, group: str, topics: list, counts: dict):
         self._backend = backend
@@ -1488,7 +1488,7 @@ class _JetStreamMember(GroupMember):
             # No answer now (a failover): keep the last view; the leases tell
             # the truth once the cluster answers again.
             return self._target - self._lost
-        mine = assign_round_robin(members, self._counts).get(self.member_id, ())
+        mine = assign_sticky(members, self._counts).get(self.member_id, ())
         self._target = {TopicPartition(t, p) for t, p in mine}
         return self._target - self._lost
 

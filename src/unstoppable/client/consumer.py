@@ -14,7 +14,8 @@ Groups
     partitions of their topics. On the embedded log a member is alive while it
     holds a lock file the kernel releases when its process dies; each member
     checks the others every ``membership_poll_ms`` and every member computes
-    the same round-robin assignment from the live member list. A partition is
+    the same assignment from the live member list (``assign_sticky``:
+    balanced, and a death or a join moves few other partitions). A partition is
     taken over only through its owner lock, so two members never consume it at
     once. A member gives a partition up only at a *safe point*, the start of
     the next ``getmany`` or ``__anext__`` call, after the application has
