@@ -199,6 +199,17 @@ class DuplicateSequenceError(OutOfOrderSequenceError):
 __all__.append("DuplicateSequenceError")
 
 
+class UnknownProducerError(OutOfOrderSequenceError):
+    """The log holds no state for this idempotent producer (it never wrote
+    to the partition, or retention deleted everything it wrote, and the log
+    forgot it) and the batch does not start at sequence 0. Nothing of the
+    batch was written. The Producer restarts the partition's sequence from 0
+    and writes the batch again, as Kafka's client does for UNKNOWN_PRODUCER_ID."""
+
+
+__all__.append("UnknownProducerError")
+
+
 # Client layer (producer, consumer, consumer groups).
 
 class InvalidGroupNameError(UnstoppableError, ValueError):

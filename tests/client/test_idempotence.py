@@ -218,3 +218,36 @@ def test_after_a_refused_batch_later_batches_continue_from_the_logs_sequence(tmp
     vals = [bytes(r.value)[:2] for r in log.topic("t").partition(0).read(0)]
     assert vals == [b"fi", b"t1", b"t2", b"r1", b"r2", b"r3"]
     log.close()
+
+
+def test_a_producer_the_log_forgot_starts_its_sequence_over(tmp_path):
+    """Retention deleted everything an idempotent producer wrote while it was
+    idle, so the log forgot it (UnknownProducerError for its next sequence).
+    The Producer starts the sequence over from 0 and writes the batch: the
+    application sees no error, and nothing is lost or written twice."""
+    log = us.Log(tmp_path / "log")
+    part = log.create_topic("t", partitions=1, segment_bytes=4096,
+                            retention_bytes=4096 * 3).partition(0)
+    pid = producer_id_for("idle")
+
+    async def main():
+        async with us.Producer(log, "t", producer_id="idle") as p:
+            first = await p.send_and_wait(b"before")
+            # Others write while it is idle: rolls, and retention deletes its segment.
+            for _ in range(30):
+                part.append([b"x" * 900])
+            assert part.start_offset > first.offset
+            assert part.producer_state(pid) is None          # forgotten by the log
+            with pytest.raises(us.UnknownProducerError):     # what the log says to sequence 1
+                part.append([b"probe"], producer_id=pid, producer_epoch=0, base_sequence=1)
+            after = await p.send_and_wait(b"after")           # no error for the application
+            again = await p.send_and_wait(b"after-2")
+            return after, again
+
+    after, again = run(main())
+    recs = part.read(after.offset, 10)
+    assert [bytes(r.value) for r in recs] == [b"after", b"after-2"]
+    batches = part.read_batches(after.offset, 1 << 20)
+    assert [(b.producer_id, b.base_sequence) for b in batches] == [(pid, 0), (pid, 1)]
+    assert part.producer_state(pid) == (0, 2)
+    log.close()

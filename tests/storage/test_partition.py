@@ -421,3 +421,40 @@ def test_sync_files_closes_duplicates(tmp_path):
         assert sync_files([-1]) == [errno.EBADF]  # reported, not raised
     finally:
         os.close(fd)
+
+
+def test_producer_state_of_producers_retention_deleted_is_forgotten(log_dir):
+    """The dedup table does not keep every producer id that ever wrote: once
+    retention has deleted all of a producer's batches, it is forgotten (in
+    the table and the snapshots), and its next batch counts as a new
+    producer's. Producers with records still in the log keep their dedup."""
+    log = us.Log(log_dir)
+    p = log.create_topic("t", partitions=1, segment_bytes=4096,
+                         retention_bytes=4096 * 4).partition(0)
+    for pid in range(200):                         # 200 short-lived producer ids
+        p.append([b"x" * 10], producer_id=pid, producer_epoch=0, base_sequence=0)
+    assert len(p._producers.producers) == 200
+    for _ in range(40):                            # rolls; retention deletes the early segments
+        p.append([b"y" * 900])
+    assert p.start_offset > 200
+    base = p.append([b"recent"], producer_id=999, producer_epoch=0, base_sequence=0)
+    p.append([b"z" * 900])
+    assert p.producer_state(999) == (0, 1)
+    assert p.producer_state(5) is None             # forgotten
+    assert set(p._producers.producers) == {999}
+    # A retry from a producer still in the log is still answered with its offset.
+    assert p.append([b"recent"], producer_id=999, producer_epoch=0, base_sequence=0) == base
+    # A forgotten producer continuing its sequence is a gap (the client resyncs)...
+    with pytest.raises(OutOfOrderSequenceError):
+        p.append([b"again"], producer_id=5, producer_epoch=0, base_sequence=1)
+    # ...and starting over from 0 is written.
+    p.append([b"again"], producer_id=5, producer_epoch=0, base_sequence=0)
+    for _ in range(8):
+        p.append([b"w" * 900])                     # a roll writes a snapshot of the table
+    snaps = sorted(f for f in os.listdir(p.path) if f.endswith(".producers"))
+    assert snaps and os.path.getsize(os.path.join(p.path, snaps[-1])) < 200
+    log.close()
+    with us.Log(log_dir) as again:                 # rebuilt from the snapshot: the same
+        q = again.topic("t").partition(0)
+        assert q.producer_state(5) == (0, 1) and q.producer_state(999) == (0, 1)
+        assert q.producer_state(7) is None

@@ -68,6 +68,7 @@ from unstoppable.errors import (
     PartitionOutOfRangeError,
     ProducerClosedError,
     RecordTooLargeError,
+    UnknownProducerError,
 )
 from unstoppable.storage.partition import ACKS
 
@@ -186,7 +187,7 @@ class Batch:
 
     __slots__ = ("topic", "partition", "records", "nbytes", "created", "timestamp",
                  "producer_id", "producer_epoch", "base_sequence", "state", "base_offset",
-                 "error", "waiters", "callbacks", "loop", "error_seen", "timer", "own_ts",
+                 "error", "waiters", "callbacks", "loop", "error_seen", "timer", "own_ts", "restarted",
                  "__weakref__")
 
     def __init__(self, topic: str, partition: int, loop, timestamp: int):
@@ -208,6 +209,7 @@ class Batch:
         self.error_seen = False
         self.timer = None
         self.own_ts = False  # some record carries its own timestamp
+        self.restarted = False  # rewritten once after UnknownProducerError
 
     def _finish(self) -> None:
         """The batch is settled: wake everything that waits on it, all from
@@ -897,6 +899,10 @@ class Producer:
                 except Exception as e:
                     if is_retriable(e):
                         break  # the flush task retries it, in order
+                    if isinstance(e, UnknownProducerError) and not b.restarted:
+                        b.restarted = True
+                        self._seq_dirty[p] = True
+                        break  # the flush task starts the sequence over and retries it
                     ready.popleft()
                     self._fail(b, e)
                     if self._seq_dirty[p]:
@@ -944,6 +950,13 @@ class Producer:
                 b = ready[0]
                 if is_retriable(err) and self._loop.time() - b.created < self.delivery_timeout:
                     await asyncio.sleep(self.retry_backoff)
+                    continue
+                if isinstance(err, UnknownProducerError) and not b.restarted:
+                    # The log forgot this producer (retention deleted all it
+                    # wrote) and wrote nothing of the batch: start the
+                    # sequence over from what the log holds, and write it again.
+                    b.restarted = True
+                    self._seq_dirty[p] = True
                     continue
                 ready.popleft()
                 if is_retriable(err):

@@ -13,6 +13,14 @@ offset). An idempotent append is checked against it under the append lock:
   between were never written; the gap is an error, never silent loss);
 * a newer epoch must start at sequence 0; an older epoch is fenced.
 
+A producer whose every remembered batch lies below the partition's start
+offset (retention deleted what it wrote) is forgotten, as Kafka expires
+producer state: without that the table, and each snapshot, would grow with
+every producer id that ever wrote. Its next batch is then taken as a new
+producer's (sequence 0 is written; any other is a gap, on which the client
+resyncs from the log). The rule reads only the shared head's start offset,
+so every process forgets the same producers.
+
 The table is derived from the log itself (the producer fields of each batch
 header), so it survives restarts of the producer and of the log and sees
 appends made by other processes: before each check it walks the headers
@@ -41,6 +49,7 @@ from unstoppable.errors import (
     DuplicateSequenceError,
     OutOfOrderSequenceError,
     ProducerFencedError,
+    UnknownProducerError,
 )
 
 __all__ = ["ProducerStateTable", "REMEMBERED_BATCHES"]
@@ -73,6 +82,7 @@ class ProducerStateTable:
     def __init__(self):
         self.producers: dict[int, _Producer] = {}
         self.synced = None  # (segment base, position) the table reflects, or None (not loaded)
+        self.expired_below = 0  # producers wholly below this offset are forgotten
 
     # ------------------------------------------------------------ bookkeeping
 
@@ -92,6 +102,7 @@ class ProducerStateTable:
             return
         base, pos = self.synced
         if (base, pos) == (st.active_base, st.active_size):
+            self.expire(st.start_offset)
             return
         if base not in partition._bases or partition._bases[-1] != st.active_base:
             partition._refresh_segments(st)
@@ -107,11 +118,25 @@ class ProducerStateTable:
                 for rec in found:
                     self.apply(*rec)
         self.synced = (st.active_base, st.active_size)
+        self.expire(st.start_offset)
+
+    def expire(self, start_offset: int) -> int:
+        """Forget the producers whose batches all end at or below
+        ``start_offset``. Returns how many were forgotten."""
+        if start_offset <= self.expired_below:
+            return 0
+        self.expired_below = start_offset
+        gone = [pid for pid, p in self.producers.items()
+                if not p.batches or p.batches[-1][2] + p.batches[-1][1] <= start_offset]
+        for pid in gone:
+            del self.producers[pid]
+        return len(gone)
 
     def _load(self, partition, st) -> None:
         """Initialise from the newest snapshot at or below the active segment,
         then walk forward from that segment's start."""
         self.producers.clear()
+        self.expired_below = 0
         partition._refresh_segments(st)
         start = st.active_base
         for b in reversed(partition._bases):
@@ -133,7 +158,11 @@ class ProducerStateTable:
         """Decide an idempotent append: None to write it, ``(base, end)`` of the
         original when it is a retry; raises for gaps, stale retries and fencing."""
         p = self.producers.get(pid)
-        if p is None or epoch > (p.epoch if p else -1):
+        if p is None and base_seq != 0:
+            raise UnknownProducerError(
+                f"producer {pid} has no batch left here (it never wrote here, or retention "
+                f"deleted what it wrote), so its first batch must have sequence 0, not {base_seq}")
+        if p is None or epoch > p.epoch:
             if base_seq != 0:
                 raise OutOfOrderSequenceError(
                     f"producer {pid} epoch {epoch} has written nothing here yet, so its first "
