@@ -892,6 +892,8 @@ def _verify(log: Log, progress) -> VerifyReport:
             st = p._state()
             p._refresh_segments(st)
             for b in list(p._bases):
+                if b > st.active_base:
+                    break  # rolled meanwhile (by another thread): past this view
                 if b == st.active_base:
                     limit = st.active_size
                 else:

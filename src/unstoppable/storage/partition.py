@@ -417,7 +417,11 @@ class Partition:
         return seg
 
     def _refresh_segments(self, st) -> None:
-        """Learn of segments other processes created; forget those retention removed."""
+        """Learn of segments other processes created; forget those retention
+        removed. ``st`` must be the newest head state the caller can know:
+        segments past its active one are taken as not yet published and
+        dropped from the list every thread shares (readers pass the current
+        head, not the one they started with)."""
         with self._lock:
             on_disk = [b for b in self._list_bases() if b <= st.active_base]
             keep = set(on_disk)
@@ -445,8 +449,11 @@ class Partition:
                     pass
 
     def _segment_for(self, offset: int, st) -> Segment:
-        if not self._bases or self._bases[-1] != st.active_base or self._bases[0] > offset:
-            self._refresh_segments(st)
+        if not self._bases or self._bases[-1] < st.active_base or self._bases[0] > offset:
+            # The current head, not ``st``: another thread may have rolled
+            # since, and a list cut back to ``st`` would hide its segment from
+            # a reader that already saw it (that reader found no records).
+            self._refresh_segments(self._state())
         for attempt in range(3):
             i = bisect.bisect_right(self._bases, offset) - 1
             if i < 0:
@@ -459,7 +466,7 @@ class Partition:
                 st = self._state()
                 if offset < st.start_offset:
                     break
-                self._refresh_segments(st)
+                self._refresh_segments(self._state())
         raise OffsetOutOfRangeError(
             f"offset {offset} is below the start of {self.topic}/{self.index}")
 
@@ -634,8 +641,10 @@ class Partition:
         st = self._state()
         if st.end_offset == st.start_offset:
             return None
-        self._refresh_segments(st)
+        self._refresh_segments(self._state())
         for base in list(self._bases):
+            if base > st.active_base:
+                break  # rolled after ``st`` was read: past what it knows
             known = self._sealed.get(base)
             if base != st.active_base and known is not None and known[3] is not None \
                     and known[3] < ts_ms:
