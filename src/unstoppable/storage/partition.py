@@ -289,6 +289,8 @@ class Partition:
         self._segments: collections.OrderedDict[int, Segment] = collections.OrderedDict()
         self._sealed: dict[int, list] = {}
         self._seg_lock = threading.RLock()
+        # Sorted bases of the segments. Replaced, never changed in place:
+        # readers bisect and index a list they hold without a lock.
         self._bases: list[int] = []
         self._map_hint = config.segment_bytes + config.max_batch_bytes
         self._oi_hint = config.segment_bytes // max(config.index_interval_bytes, 1) + 64
@@ -407,7 +409,9 @@ class Partition:
                 seg.sealed_size, seg.oi_n, seg.ti_n, seg._max_ts = known
             segs[base] = seg
             if base not in self._bases:
-                bisect.insort(self._bases, base)
+                bases = list(self._bases)
+                bisect.insort(bases, base)
+                self._bases = bases
             if len(segs) > OPEN_SEGMENTS + 1:
                 newest = self._bases[-1]
                 for b in segs:
@@ -418,12 +422,18 @@ class Partition:
 
     def _refresh_segments(self, st) -> None:
         """Learn of segments other processes created; forget those retention
-        removed. ``st`` must be the newest head state the caller can know:
-        segments past its active one are taken as not yet published and
-        dropped from the list every thread shares (readers pass the current
-        head, not the one they started with)."""
+        removed. Segments past the active one are not yet published (a roll
+        or a streamed append in progress) and stay out of the list every
+        thread shares. The active one is the newer of ``st``'s and the head's
+        now: a caller's ``st`` may be older than what another thread has put
+        in the list, and cutting the list back to it would hide a segment
+        from readers who already know it."""
         with self._lock:
-            on_disk = [b for b in self._list_bases() if b <= st.active_base]
+            active = st.active_base
+            cur = self._head.read()
+            if cur is not None and cur.active_base > active:
+                active = cur.active_base
+            on_disk = [b for b in self._list_bases() if b <= active]
             keep = set(on_disk)
             with self._seg_lock:
                 for base in list(self._segments):
@@ -439,7 +449,7 @@ class Partition:
             self._segments.pop(base, None)
             self._sealed.pop(base, None)
             if base in self._bases:
-                self._bases.remove(base)
+                self._bases = [b for b in self._bases if b != base]
         stem = os.path.join(self.path, segment_name(base))
         if unlink:
             for ext in (".log", ".index", ".timeindex", ".producers"):
@@ -449,17 +459,16 @@ class Partition:
                     pass
 
     def _segment_for(self, offset: int, st) -> Segment:
-        if not self._bases or self._bases[-1] < st.active_base or self._bases[0] > offset:
-            # The current head, not ``st``: another thread may have rolled
-            # since, and a list cut back to ``st`` would hide its segment from
-            # a reader that already saw it (that reader found no records).
+        bases = self._bases  # one list throughout: another thread may replace it
+        if not bases or bases[-1] < st.active_base or bases[0] > offset:
             self._refresh_segments(self._state())
+            bases = self._bases
         for attempt in range(3):
-            i = bisect.bisect_right(self._bases, offset) - 1
+            i = bisect.bisect_right(bases, offset) - 1
             if i < 0:
                 break
             try:
-                return self._segment(self._bases[i])
+                return self._segment(bases[i])
             except FileNotFoundError:
                 # Not open here, and deleted by retention (in any process)
                 # since ``st`` was read: the head says where the log starts now.
@@ -467,6 +476,7 @@ class Partition:
                 if offset < st.start_offset:
                     break
                 self._refresh_segments(self._state())
+                bases = self._bases
         raise OffsetOutOfRangeError(
             f"offset {offset} is below the start of {self.topic}/{self.index}")
 
@@ -1178,13 +1188,15 @@ class Partition:
                 st = self._state()
                 if st.ckpt_base == st.active_base and st.ckpt_size == st.active_size:
                     return None
-                if (attempt or not self._bases or self._bases[-1] != st.active_base
-                        or st.ckpt_base not in self._bases):
+                bases = self._bases
+                if (attempt or not bases or bases[-1] != st.active_base
+                        or st.ckpt_base not in bases):
                     self._refresh_segments(st)
+                    bases = self._bases
                 # Duplicated: they outlive the segment (retention, OPEN_SEGMENTS).
                 fds = []
                 try:
-                    for b in [b for b in self._bases if b >= st.ckpt_base]:
+                    for b in [b for b in bases if b >= st.ckpt_base]:
                         fds.append(dup_fd(self._segment(b).fd))
                 except FileNotFoundError:
                     # A segment that is not open here was deleted by retention
@@ -1441,7 +1453,7 @@ class Partition:
         with self._seg_lock:
             segs = list(self._segments.values())
             self._segments.clear()
-            self._bases.clear()
+            self._bases = []
         for seg in segs:
             seg.close()
         for attr in ("_headfd", "_dirfd"):
