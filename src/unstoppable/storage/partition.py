@@ -236,7 +236,10 @@ class Segment:
         # the last user is done with it: a reader in another thread that still
         # holds it never sees its descriptors closed, or reused, under it.
         if self.fd >= 0 or self.oi_fd >= 0 or self.ti_fd >= 0:
-            self.close()
+            try:
+                self.close()
+            except Exception:  # at interpreter exit, os may be gone already
+                pass
 
 
 class _Flock:
