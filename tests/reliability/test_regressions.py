@@ -177,3 +177,33 @@ def test_verify_reports_an_index_file_cut_short_instead_of_crashing(tmp_path, su
         rep = log.verify()
         assert not rep.ok
         assert any("whole entries" in str(e) and e.segment.endswith(suffix) for e in rep.problems)
+
+
+def test_a_damaged_index_entry_and_first_batch_leave_later_batches_readable(tmp_path):
+    """The partition fuzz target (seed 218): an offset-index entry whose
+    position became huge, and the segment's first batch zeroed. The floor
+    entry was unusable, so the lookup walked from the segment's start, hit the
+    damaged first batch and raised for every later offset, even a batch
+    appended after the damage. Now it falls back to the floor among the
+    index's leading well-formed entries first."""
+    log = us.Log(tmp_path / "l")
+    p = log.create_topic("t", index_interval_bytes=128).partition(0)
+    _fill(p, 40)
+    st = p._head.read()
+    assert st.oi_count > 6
+    stem = os.path.join(p.path, f"{st.active_base:020d}")
+    log.close()
+    with open(stem + ".index", "r+b") as f:        # the last entry's position: far past the data
+        f.seek((st.oi_count - 1) * 8 + 4)
+        f.write(struct.pack("<I", 0x7FFF0000))
+    with open(stem + ".log", "r+b") as f:          # the first batch: zeroed
+        f.write(bytes(16))
+    with us.Log(tmp_path / "l") as log2:
+        q = log2.topic("t").partition(0)
+        with pytest.raises(CorruptLogError):
+            q.read(0)                              # the damage itself is reported
+        for off in (60, 90, 119):                  # what lies past it is readable
+            assert bytes(q.read(off, 1)[0].value) == b"v%d-%d" % (off // 3, off % 3)
+        n = q.end_offset
+        assert q.append([b"after"]) == n
+        assert bytes(q.read(n)[0].value) == b"after"

@@ -566,12 +566,23 @@ class Partition:
         # not move records to other offsets.
         try:
             return find_batch(m, pos, limit, offset, base, pos == 0)
-        except CorruptLogError:
-            if pos == 0:
-                raise
-            # A stale or torn index entry (or damage on the way from it); walk
-            # from the start, whose base the file name fixes.
-            return find_batch(m, 0, limit, offset, seg.base, True)
+        except CorruptLogError as e:
+            first = e
+        # A stale or torn index entry (or damage on the way from it). Before
+        # walking from the segment's start (whose base the file name fixes),
+        # try the floor among the leading well-formed entries: damage early in
+        # the segment must not make every later batch unreadable.
+        if oi_n:
+            k = offset_index_valid(seg.oi_map(oi_n), oi_n, limit)
+            hit = offset_index_floor(seg.oi_map(oi_n), k, offset - seg.base) if k else None
+            if hit is not None and 0 < hit[1] < limit and hit[1] != pos:
+                try:
+                    return find_batch(m, hit[1], limit, offset, seg.base + hit[0], False)
+                except CorruptLogError:
+                    pass
+        if pos == 0:
+            raise first
+        return find_batch(m, 0, limit, offset, seg.base, True)
 
     def _wrap_corrupt(self, e: CorruptLogError, seg: Segment) -> CorruptLogError:
         return CorruptLogError(e.reason, topic=self.topic, partition=self.index,
