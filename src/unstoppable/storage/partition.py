@@ -166,6 +166,26 @@ _STREAM_MIN = 32768         # records: appends at least this large are pipelined
 _STREAM_TARGET = 1 << 20     # bytes per pipelined chunk
 
 
+def _head_consistent(st) -> bool:
+    """Whether a head's fields agree with each other, as every writer leaves
+    them. A head can pass its magic and seqlock checks and still be wrong: a
+    file cut short keeps its first fields and reads zeros after them (the
+    partition fuzz target found a checkpoint at segment 80 claiming end
+    offset 0, from which recovery cut the log back to nothing and the next
+    append reused offset 0). Recovery rebuilds from the segments instead."""
+    if not 0 <= st.start_offset <= st.active_base <= st.end_offset:
+        return False
+    if (st.active_size == 0) != (st.end_offset == st.active_base):
+        return False
+    if not st.ckpt_base <= st.active_base or not st.ckpt_base <= st.ckpt_end_offset <= st.end_offset:
+        return False
+    if (st.ckpt_size == 0) != (st.ckpt_end_offset == st.ckpt_base):
+        return False
+    if st.ckpt_base == st.active_base and st.ckpt_size > st.active_size:
+        return False
+    return True
+
+
 class Segment:
     """One segment file and its two indexes, as seen by this process."""
 
@@ -1258,7 +1278,8 @@ class Partition:
         st = self._head.read() if valid_head else None
         if st is not None and st.flags & HEAD_FLAG_DELETED:
             raise UnknownTopicError(f"topic {self.topic!r} was deleted")
-        if st is None or force_scan or st.active_base not in bases and bases:
+        if st is None or force_scan or not _head_consistent(st) or (
+                st.active_base not in bases and bases):
             rec.mode = "rebuild"
             st = self._rebuild_from_segments(bases, rec)
         elif st.boot_id != BOOT_ID:
