@@ -899,9 +899,7 @@ class Producer:
                 except Exception as e:
                     if is_retriable(e):
                         break  # the flush task retries it, in order
-                    if isinstance(e, UnknownProducerError) and not b.restarted:
-                        b.restarted = True
-                        self._seq_dirty[p] = True
+                    if self._restart_sequence(e, b, p):
                         break  # the flush task starts the sequence over and retries it
                     ready.popleft()
                     self._fail(b, e)
@@ -951,12 +949,7 @@ class Producer:
                 if is_retriable(err) and self._loop.time() - b.created < self.delivery_timeout:
                     await asyncio.sleep(self.retry_backoff)
                     continue
-                if isinstance(err, UnknownProducerError) and not b.restarted:
-                    # The log forgot this producer (retention deleted all it
-                    # wrote) and wrote nothing of the batch: start the
-                    # sequence over from what the log holds, and write it again.
-                    b.restarted = True
-                    self._seq_dirty[p] = True
+                if self._restart_sequence(err, b, p):
                     continue
                 ready.popleft()
                 if is_retriable(err):
@@ -973,6 +966,17 @@ class Producer:
             raise
         finally:
             self._in_flight[p] = False
+
+    def _restart_sequence(self, err: BaseException, b: Batch, p: int) -> bool:
+        """After UnknownProducerError (the log forgot this producer: retention
+        deleted all it wrote, and nothing of ``b`` was written), have the
+        flush task start partition p's sequence over from what the log holds
+        and write ``b`` again, once. True when it will."""
+        if not isinstance(err, UnknownProducerError) or b.restarted:
+            return False
+        b.restarted = True
+        self._seq_dirty[p] = True
+        return True
 
     async def _resync(self, p: int) -> None:
         """After a batch failed for good, continue the sequence from what the log holds."""

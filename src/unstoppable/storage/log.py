@@ -322,14 +322,12 @@ class _GroupCommit:
         with cond:
             reg = self._round_no
             while partition._durable_end < end_offset:
-                if partition._failed is not None or partition._closed:
-                    # Failed for good, or closed under us (topic deleted or
-                    # log closed): nothing will sync it again, so say so
-                    # instead of waiting forever.
-                    raise self._why_not(partition, end_offset)
+                # Failed for good, closed under us (topic deleted or log
+                # closed), or the round for these offsets failed before
+                # syncing: say so instead of waiting forever.
                 err = self._outcome(partition, end_offset, reg)
-                if err is not _WAIT and err is not None:
-                    raise err  # the round for these offsets failed before syncing
+                if err is not _WAIT:
+                    raise err
                 self._pending[partition] = max(self._pending.get(partition, 0), end_offset)
                 if self._syncing:
                     cond.wait()

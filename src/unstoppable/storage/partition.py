@@ -484,7 +484,7 @@ class Partition:
     def _segment_for(self, offset: int, st) -> Segment:
         bases = self._bases  # one list throughout: another thread may replace it
         if not bases or bases[-1] < st.active_base or bases[0] > offset:
-            self._refresh_segments(self._state())
+            self._refresh_segments(st)
             bases = self._bases
         for attempt in range(3):
             i = bisect.bisect_right(bases, offset) - 1
@@ -498,7 +498,7 @@ class Partition:
                 st = self._state()
                 if offset < st.start_offset:
                     break
-                self._refresh_segments(self._state())
+                self._refresh_segments(st)
                 bases = self._bases
         raise OffsetOutOfRangeError(
             f"offset {offset} is below the start of {self.topic}/{self.index}")
@@ -685,7 +685,7 @@ class Partition:
         st = self._state()
         if st.end_offset == st.start_offset:
             return None
-        self._refresh_segments(self._state())
+        self._refresh_segments(st)
         for base in list(self._bases):
             if base > st.active_base:
                 break  # rolled after ``st`` was read: past what it knows
