@@ -170,3 +170,70 @@ def test_an_interrupt_in_one_woken_task_does_not_strand_the_others(tmp_path):
     out = subprocess.run([sys.executable, "-c", _INTERRUPTED, str(tmp_path / "log")],
                          capture_output=True, text=True, timeout=60)
     assert "interrupted, and asyncio.run finished its clean-up" in out.stdout, out.stderr
+
+
+def test_fsync_rounds_run_on_the_loop_with_at_most_two_in_flight(tmp_path):
+    """The producer's group commit (_LoopCommitter): each acknowledged
+    record is below the partition's on-disk checkpoint when its task
+    resumes, rounds overlap (at most two), and a round covers several
+    partitions' writes."""
+    from unstoppable.client.backend import _LoopCommitter
+    log = make_log(tmp_path / "log", partitions=8)
+    parts = list(log.topic("t"))
+    seen, most, sizes = [], [0], []
+    real_start = _LoopCommitter._start
+
+    def spy(self):
+        before = len(self._busy)
+        real_start(self)
+        if len(self._busy) > before:
+            sizes.append(len(self._busy[next(reversed(self._busy))]))
+        most[0] = max(most[0], len(self._busy))
+
+    async def sender(p, i):
+        for k in range(40):
+            md = await (await p.send(b"%d-%d" % (i, k), partition=(i + k) % 8))
+            seen.append(parts[md.partition].durable_offset > md.offset)
+
+    async def main():
+        async with us.Producer(log, "t", acks="fsync") as p:
+            await asyncio.gather(*(sender(p, i) for i in range(200)))
+
+    _LoopCommitter._start = spy
+    try:
+        run(main())
+    finally:
+        _LoopCommitter._start = real_start
+    assert len(seen) == 8000 and all(seen)
+    assert most[0] == 2, most
+    assert max(sizes) > 1 and sum(sizes) < 8000, sizes  # rounds are shared
+    log.close()
+
+
+def test_fsync_producers_leave_no_threads_or_descriptors_behind(tmp_path):
+    """Each producer's group commit stops its sync threads and closes its
+    pipes when the producer closes, even while the loop runs on."""
+    import gc
+    import os
+    if not os.path.isdir("/proc/self/task"):
+        pytest.skip("needs /proc")
+    log = make_log(tmp_path / "log", partitions=4)
+
+    async def one():
+        async with us.Producer(log, "t", acks="fsync") as p:
+            futs = [await p.send(b"x%d" % i, partition=i % 4) for i in range(300)]
+            await asyncio.gather(*futs)
+
+    async def main():
+        await one()  # warm-up: the client's thread pool, the log's files
+        gc.collect()
+        threads = len(os.listdir("/proc/self/task"))
+        fds = len(os.listdir("/proc/self/fd"))
+        for _ in range(15):
+            await one()
+        gc.collect()
+        return threads, fds, len(os.listdir("/proc/self/task")), len(os.listdir("/proc/self/fd"))
+
+    threads, fds, threads_after, fds_after = run(main())
+    assert threads_after <= threads and fds_after <= fds, (threads, threads_after, fds, fds_after)
+    log.close()

@@ -181,3 +181,46 @@ def test_a_sync_round_that_cannot_open_files_fails_its_waiters_not_the_partition
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.strip() == "ok", r.stdout
+
+
+PRODUCER_SYNC_SCRIPT = textwrap.dedent(r"""
+    import asyncio, os, resource, sys
+    import unstoppable as us
+    from unstoppable.errors import UnstoppableError
+
+    async def main(log, p1):
+        async with us.Producer(log, "t", acks="fsync") as prod:
+            await (await prod.send(b"warm", partition=0))   # the loop's committer exists
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 8, hard))
+            fill = []
+            try:
+                while True:
+                    fill.append(os.open("/dev/null", os.O_RDONLY))
+            except OSError:
+                pass
+            try:
+                await (await prod.send(b"x" * 100, partition=1))
+                raise SystemExit("delivered as durable without descriptors to sync")
+            except UnstoppableError as e:
+                assert "could not sync" in str(e) and isinstance(e.__cause__, OSError), repr(e)
+            for fd in fill:
+                os.close(fd)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            md = await (await prod.send(b"y", partition=1))   # not failed for good
+            assert p1.durable_offset > md.offset == 2, (p1.durable_offset, md)
+
+    with us.Log(sys.argv[1]) as log:
+        p1 = log.create_topic("t", partitions=2).partition(1)
+        p1.append([b"first"])   # written, not synced: a round must duplicate its descriptor
+        asyncio.run(main(log, p1))
+    print("ok")
+""")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_the_producers_sync_round_without_descriptors_fails_those_records_only(tmp_path):
+    r = subprocess.run([sys.executable, "-c", PRODUCER_SYNC_SCRIPT, str(tmp_path / "log")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.strip() == "ok", r.stdout

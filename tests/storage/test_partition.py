@@ -423,6 +423,41 @@ def test_sync_files_closes_duplicates(tmp_path):
         os.close(fd)
 
 
+def test_loop_syncer_runs_one_round_at_a_time_and_owns_its_descriptors(tmp_path):
+    import errno
+    import select
+    from unstoppable._core.segment import LoopSyncer, dup_fd
+    fd = os.open(str(tmp_path / "f"), os.O_RDWR | os.O_CREAT, 0o644)
+    sy = LoopSyncer()
+    try:
+        os.write(fd, b"x" * 100)
+        assert sy.take(1) is None                     # nothing submitted yet
+        dups = [dup_fd(fd), dup_fd(fd)]
+        sy.submit(dups)
+        other = dup_fd(fd)
+        # One round at a time: refused until its result is taken, done or
+        # not, and the refused descriptor is closed all the same.
+        with pytest.raises(OSError) as ei:
+            sy.submit([other])
+        assert ei.value.errno == errno.EBUSY
+        with pytest.raises(OSError):
+            os.fstat(other)
+        assert select.select([sy], [], [], 10)[0] == [sy]
+        assert sy.take(2) == [0, 0]
+        assert sy.take(2) is None                     # taken once
+        for d in dups:
+            with pytest.raises(OSError):
+                os.fstat(d)                           # closed after their fdatasync
+        sy.submit([-1])
+        assert select.select([sy], [], [], 10)[0]
+        assert sy.take(1) == [errno.EBADF]            # reported, not raised
+    finally:
+        sy.close()
+        os.close(fd)
+    with pytest.raises(ValueError):
+        sy.fileno()
+
+
 def test_producer_state_of_producers_retention_deleted_is_forgotten(log_dir):
     """The dedup table does not keep every producer id that ever wrote: once
     retention has deleted all of a producer's batches, it is forgotten (in

@@ -815,6 +815,7 @@ cdef extern from *:
     int us_dup_cloexec(int fd) nogil
     void us_close(int fd) nogil
     int LOCK_EX, LOCK_NB, LOCK_UN, EWOULDBLOCK
+    int EBUSY_ "EBUSY"
 
 
 def lock_file(int fd):
@@ -914,3 +915,109 @@ def sync_files(fds, bint close=False):
         return result
     finally:
         PyMem_Free(arr)
+
+
+# ---------------------------------------------------------------------------
+# Event-loop sync thread
+
+from unstoppable._core.includes.syncer cimport (
+    us_syncer, us_syncer_new, us_syncer_submit, us_syncer_take, us_syncer_free)
+
+
+cdef class LoopSyncer:
+    """LoopSyncer()
+
+    A thread with no Python in it that runs one group-commit round at a time
+    for an event loop: :meth:`submit` hands it descriptors (duplicates it then
+    owns and closes); it starts writeback of all, fdatasyncs each, and makes
+    :meth:`fileno` readable. The loop then calls :meth:`take` for one errno per
+    descriptor. Nothing of a round needs the GIL on the sync thread, so the
+    loop, which runs a round's Python itself, never waits for a thread to hand
+    the GIL back (see csrc/syncer.h).
+    """
+    cdef us_syncer *s
+    cdef int rfd, wfd
+
+    def __cinit__(self):
+        self.s = NULL
+        self.rfd = self.wfd = -1
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.rfd, self.wfd = r, w
+        self.s = us_syncer_new(w)
+        if self.s == NULL:
+            err = errno
+            os.close(r)
+            os.close(w)
+            self.rfd = self.wfd = -1
+            raise OSError(err, "cannot start the sync thread")
+
+    def fileno(self):
+        """The descriptor that becomes readable when a round is done."""
+        if self.rfd < 0:
+            raise ValueError("syncer is closed")
+        return self.rfd
+
+    def submit(self, fds):
+        """submit(fds) -> None: sync and close these descriptors (owned from
+        here on, also when this raises)."""
+        cdef Py_ssize_t n = len(fds), i
+        cdef int *arr = <int *>PyMem_Malloc((n if n else 1) * sizeof(int))
+        cdef int rc
+        if arr == NULL:
+            for fd in fds:
+                os.close(fd)
+            raise MemoryError()
+        try:
+            for i in range(n):
+                arr[i] = fds[i]
+            rc = EBUSY_ if self.s == NULL else us_syncer_submit(self.s, arr, <int>n)
+            if rc != 0:
+                for i in range(n):
+                    us_close(arr[i])
+                raise OSError(rc, "sync round not started: " + os.strerror(rc))
+        finally:
+            PyMem_Free(arr)
+
+    def take(self, Py_ssize_t n):
+        """take(n) -> list[int] | None: the errnos (0 = synced) of the round
+        that finished, or None while it runs. Drains the notification."""
+        cdef int *errs = <int *>PyMem_Malloc((n if n else 1) * sizeof(int))
+        cdef int k, i
+        if errs == NULL:
+            raise MemoryError()
+        try:
+            try:
+                while os.read(self.rfd, 64):
+                    pass
+            except BlockingIOError:
+                pass
+            if self.s == NULL:
+                return None
+            k = us_syncer_take(self.s, errs, <int>n)
+            if k < 0:
+                return None
+            return [errs[i] for i in range(k)]
+        finally:
+            PyMem_Free(errs)
+
+    def close(self):
+        """Wait for the round in flight (its descriptors are then closed) and
+        stop the thread."""
+        if self.s != NULL:
+            with nogil:
+                us_syncer_free(self.s)
+            self.s = NULL
+        for fd in (self.rfd, self.wfd):
+            if fd >= 0:
+                os.close(fd)
+        self.rfd = self.wfd = -1
+
+    def __dealloc__(self):
+        if self.s != NULL:
+            with nogil:
+                us_syncer_free(self.s)
+            self.s = NULL
+        if self.rfd >= 0:
+            us_close(self.rfd)
+        if self.wfd >= 0:
+            us_close(self.wfd)

@@ -16,10 +16,11 @@ How a record travels::
 * **Where the work happens**: on the embedded log the write is a synchronous
   C encode plus pwrite, done right on the event loop when a batch is sealed.
   With ``acks="written"`` the batch completes there. With ``acks="fsync"`` it
-  waits in the partition's ``unsynced`` queue until the log's sync thread
-  (group commit: one round syncs every partition written since the last)
-  reports it durable, with one loop wake-up per round; meanwhile later
-  batches keep being written and join the next round.
+  waits in the partition's ``unsynced`` queue until the backend's group
+  commit reports it durable: on the embedded log the loop itself plans each
+  round (every partition written since the last) and C threads, which never
+  take the GIL, run its fdatasyncs, at most two rounds at a time; meanwhile
+  later batches keep being written and join the next round.
 * **Waking senders**: a task awaiting a delivery future sleeps on a private
   waiter; a settled batch wakes all of its waiters from one loop callback
   rather than one ``call_soon`` each (about 1.6 us apiece on the reference

@@ -1,0 +1,8 @@
+cdef extern from "syncer.h" nogil:
+    ctypedef struct us_syncer:
+        pass
+
+    us_syncer *us_syncer_new(int notify_fd)
+    int us_syncer_submit(us_syncer *s, const int *fds, int n)
+    int us_syncer_take(us_syncer *s, int *errs, int n)
+    void us_syncer_free(us_syncer *s)
