@@ -11,6 +11,7 @@ import pytest
 
 import unstoppable as us
 from unstoppable import TopicPartition as TP
+from unstoppable.storage import groups
 from unstoppable.storage.groups import MemberInfo, Membership, assign_round_robin, assign_sticky, owners
 
 from client_util import SPAWN, make_log, run, wait_until
@@ -18,6 +19,48 @@ from client_util import SPAWN, make_log, run, wait_until
 
 def _m(i, topics=("t",)):
     return MemberInfo(f"m{i:03d}", tuple(topics), 0, "", 0)
+
+
+def test_members_of_different_versions_agree_on_one_assignor(tmp_path):
+    """Every member computes the assignment with the first assignor of the
+    member with the smallest id that all live members can run; a member
+    whose description names none (written before members named theirs) runs
+    "sticky"; an assignor this version does not know is never chosen."""
+    def m(i, assignors):
+        return MemberInfo(f"m{i:03d}", ("t",), 0, "", 0, assignors)
+
+    now = tuple(groups.ASSIGNORS)
+    assert now[0] == "sticky" and "round-robin" in now
+    assert groups.choose_assignor([m(1, now), m(2, now)]) == "sticky"
+    # A newer member preferring something this version lacks: the common one.
+    assert groups.choose_assignor([m(1, ("magic", "sticky")), m(2, now)]) == "sticky"
+    # The leader (smallest id) prefers round-robin, everyone can: round-robin.
+    ms = [m(1, ("round-robin", "sticky")), m(2, now), m(3, now)]
+    assert groups.choose_assignor(ms) == "round-robin"
+    assert groups.assign(ms, {"t": 9}) == assign_round_robin(ms, {"t": 9})
+    # One member that can only run round-robin: everyone runs round-robin.
+    ms = [m(1, now), m(2, ("round-robin",))]
+    assert groups.assign(ms, {"t": 9}) == assign_round_robin(ms, {"t": 9}) != assign_sticky(ms, {"t": 9})
+    # Descriptions as members publish them, old and new.
+    new = groups.member_description(m(7, now))
+    assert groups.parse_member_description(new, "x") == m(7, now)
+    old = b'{"member_id": "m008", "topics": ["t"], "pid": 1, "host": "h", "started_ms": 5}'
+    assert groups.parse_member_description(old, "x").assignors == ("sticky",)
+    assert groups.parse_member_description(b"{not json", "m009") == MemberInfo("m009", (), 0, "", 0)
+    # And through real member files: each member's target is its share of one assignment.
+    log = make_log(tmp_path / "log", partitions=6)
+    a = Membership(str(tmp_path / "log"), "g", ["t"])
+    b = Membership(str(tmp_path / "log"), "g", ["t"])
+    try:
+        assert a.info.assignors == now
+        members = a.refresh()
+        assert [x.assignors for x in members] == [now, now]
+        ta, tb = a.target(members, {"t": 6}), b.target(b.refresh(), {"t": 6})
+        assert ta | tb == {("t", p) for p in range(6)} and not ta & tb
+    finally:
+        a.leave()
+        b.leave()
+        log.close()
 
 
 @pytest.mark.parametrize("assign", [assign_round_robin, assign_sticky])

@@ -64,7 +64,8 @@ from unstoppable.errors import (
     TopicExistsError,
     UnknownTopicError,
 )
-from unstoppable.storage.groups import MemberInfo, assign_sticky, validate_group_name
+from unstoppable.storage.groups import (ASSIGNORS, MemberInfo, assign, member_description,
+                                        parse_member_description, validate_group_name)
 from unstoppable.storage.log import validate_topic_name
 
 __all__ = ["JetStreamLog", "JetStreamBackend", "JetStreamTopic", "JetStreamRecord",
@@ -1422,7 +1423,7 @@ class _JetStreamMember(GroupMember):
     (value: the member's description) and, per owned partition,
     ``usx.lease.g.<group>.o.<topic>.<partition>`` (value: the member id).
     Every member lists the live member leases and computes the same
-    sticky assignment as on the embedded log (``assign_sticky``)."""
+    assignment as on the embedded log (``groups.assign``)."""
 
     def __init__(self, backend: JetStreamBackend, group: str, topics: list, counts: dict):
         self._backend = backend
@@ -1432,7 +1433,7 @@ class _JetStreamMember(GroupMember):
         self._counts = counts
         self.member_id = f"{int(time.time() * 1000):013d}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.info = MemberInfo(self.member_id, self.topics, os.getpid(), socket.gethostname(),
-                               time.time_ns() // 1_000_000)
+                               time.time_ns() // 1_000_000, tuple(ASSIGNORS))
         self._g = f"{_LEASE}.g.{_enc(group)}"
         self._lease: _Lease | None = None
         self._owned: dict[TopicPartition, _Lease] = {}
@@ -1442,9 +1443,7 @@ class _JetStreamMember(GroupMember):
         self._left = False
 
     async def _join(self) -> None:
-        value = json.dumps({"member_id": self.member_id, "topics": list(self.topics),
-                            "pid": self.info.pid, "host": self.info.host,
-                            "started_ms": self.info.started_ms}).encode()
+        value = member_description(self.info)
         lease, _ = await self._leases.acquire(f"{self._g}.m.{self.member_id}".encode(), value)
         if lease is None:
             raise BackendError(f"member id {self.member_id} of group {self.group!r} is taken")
@@ -1465,12 +1464,7 @@ class _JetStreamMember(GroupMember):
                 msg = await log._retrying(lambda subject=subject: log._last_message(LEASES_STREAM, subject))
                 if msg is None:
                     continue  # left meanwhile
-                try:
-                    d = json.loads(msg[1])
-                    info = MemberInfo(str(d["member_id"]), tuple(d["topics"]), int(d["pid"]),
-                                      str(d.get("host", "")), int(d.get("started_ms", 0)))
-                except (ValueError, KeyError, TypeError):
-                    info = MemberInfo(mid, (), 0, "", 0)
+                info = parse_member_description(msg[1], mid)
                 self._infos[mid] = info
             out.append(info)
         return out
@@ -1488,7 +1482,7 @@ class _JetStreamMember(GroupMember):
             # No answer now (a failover): keep the last view; the leases tell
             # the truth once the cluster answers again.
             return self._target - self._lost
-        mine = assign_sticky(members, self._counts).get(self.member_id, ())
+        mine = assign(members, self._counts).get(self.member_id, ())
         self._target = {TopicPartition(t, p) for t, p in mine}
         return self._target - self._lost
 

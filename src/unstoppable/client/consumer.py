@@ -14,8 +14,10 @@ Groups
     partitions of their topics. On the embedded log a member is alive while it
     holds a lock file the kernel releases when its process dies; each member
     checks the others every ``membership_poll_ms`` and every member computes
-    the same assignment from the live member list (``assign_sticky``:
-    balanced, and a death or a join moves few other partitions). A partition is
+    the same assignment from the live member list (``groups.assign``:
+    ``assign_sticky`` by default, balanced, and a death or a join moves few
+    other partitions; members advertise the assignors they can run, so
+    members of different versions agree on one). A partition is
     taken over only through its owner lock, so two members never consume it at
     once. A member gives a partition up only at a *safe point*, the start of
     the next ``getmany`` or ``__anext__`` call, after the application has

@@ -69,8 +69,13 @@ __all__ = [
     "Membership",
     "MemberInfo",
     "ProducerIdLock",
+    "ASSIGNORS",
+    "assign",
     "assign_round_robin",
     "assign_sticky",
+    "choose_assignor",
+    "member_description",
+    "parse_member_description",
     "validate_group_name",
     "group_dir",
     "list_groups",
@@ -422,12 +427,36 @@ class _FlockCtx:
 # Membership and ownership
 
 class MemberInfo(NamedTuple):
-    """A live member as described by its member file."""
+    """A live member as described by its member file (or lease)."""
     member_id: str
     topics: tuple
     pid: int
     host: str
     started_ms: int
+    #: The assignment functions this member can run, by name, most preferred
+    #: first. A description without them was written before members named
+    #: theirs, when every member ran "sticky".
+    assignors: tuple = ("sticky",)
+
+
+def member_description(info: MemberInfo) -> bytes:
+    """The JSON a member publishes about itself (member file or lease value)."""
+    return json.dumps({"member_id": info.member_id, "topics": list(info.topics),
+                       "pid": info.pid, "host": info.host, "started_ms": info.started_ms,
+                       "assignors": list(info.assignors)}).encode()
+
+
+def parse_member_description(raw, fallback_id: str) -> MemberInfo:
+    """The MemberInfo in ``raw`` (see :func:`member_description`); one that
+    cannot be read counts as a member subscribed to nothing."""
+    try:
+        d = json.loads(raw)
+        a = d.get("assignors")
+        return MemberInfo(str(d["member_id"]), tuple(d["topics"]), int(d["pid"]),
+                          str(d.get("host", "")), int(d.get("started_ms", 0)),
+                          tuple(str(x) for x in a) if a else ("sticky",))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return MemberInfo(fallback_id, (), 0, "", 0)
 
 
 def assign_round_robin(members: Iterable[MemberInfo], partitions: dict[str, int]) -> dict[str, list]:
@@ -516,6 +545,31 @@ def _assign_sticky(ms: list, partitions: dict[str, int]) -> dict[str, list]:
     return out
 
 
+def assign(members: Iterable[MemberInfo], partitions: dict[str, int]) -> dict[str, list]:
+    """The group's assignment, as every member computes it: with the first
+    assignor of the member with the smallest id that every live member can
+    run (:data:`ASSIGNORS` here). Members of different versions therefore
+    agree on one function, and a version that adds a better one uses it only
+    once every member has it; two members computing different functions would
+    each leave partitions to the other, and nobody would read those."""
+    ms = sorted(members, key=lambda m: m.member_id)
+    return ASSIGNORS[choose_assignor(ms)](ms, partitions)
+
+
+def choose_assignor(members: list[MemberInfo]) -> str:
+    """The name :func:`assign` uses for these members (see there)."""
+    if members:
+        leader = min(members, key=lambda m: m.member_id)
+        for name in leader.assignors:
+            if name in ASSIGNORS and all(name in m.assignors for m in members):
+                return name
+    return "sticky"  # nothing in common that this version knows: its default
+
+
+#: Assignment functions by the name members advertise, most preferred first.
+ASSIGNORS: dict = {"sticky": assign_sticky, "round-robin": assign_round_robin}
+
+
 class Membership:
     """One member of a group: registered while its member file is locked.
 
@@ -538,16 +592,14 @@ class Membership:
         self._owned: dict[tuple[str, int], int] = {}                # (topic, p) -> locked fd
         self._closed = False
         self.info = MemberInfo(self.member_id, self.topics, os.getpid(), socket.gethostname(),
-                               time.time_ns() // 1_000_000)
+                               time.time_ns() // 1_000_000, tuple(ASSIGNORS))
         # Write the description under a temporary name, lock it, then rename
         # it into members/: nobody can see it unlocked and take it for dead.
         tmp = os.path.join(self.dir, f".member-{self.member_id}.tmp")
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            os.write(fd, json.dumps({"member_id": self.member_id, "topics": list(self.topics),
-                                     "pid": self.info.pid, "host": self.info.host,
-                                     "started_ms": self.info.started_ms}).encode())
+            os.write(fd, member_description(self.info))
             self._name = f"{self.member_id}.member"
             os.rename(tmp, os.path.join(self._members_dir, self._name))
         except BaseException:
@@ -592,13 +644,7 @@ class Membership:
                 del self._peers[name]
                 continue
             if info is None:
-                try:
-                    raw = os.pread(fd, 1 << 16, 0)
-                    d = json.loads(raw)
-                    info = MemberInfo(str(d["member_id"]), tuple(d["topics"]), int(d["pid"]),
-                                      str(d.get("host", "")), int(d.get("started_ms", 0)))
-                except (ValueError, KeyError, TypeError):
-                    info = MemberInfo(name[:-len(".member")], (), 0, "", 0)
+                info = parse_member_description(os.pread(fd, 1 << 16, 0), name[:-len(".member")])
                 self._peers[name] = (fd, info)
             live.append(info)
         live.sort(key=lambda m: m.member_id)
@@ -606,7 +652,7 @@ class Membership:
 
     def target(self, members: list[MemberInfo], partitions: dict[str, int]) -> set:
         """This member's share of ``partitions`` ({topic: count}) among ``members``."""
-        return set(assign_sticky(members, partitions).get(self.member_id, ()))
+        return set(assign(members, partitions).get(self.member_id, ()))
 
     def try_acquire(self, topic: str, partition: int) -> bool:
         """Take the owner lock of a partition if nobody holds it."""
