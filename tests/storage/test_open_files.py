@@ -175,12 +175,16 @@ SYNC_SCRIPT = textwrap.dedent(r"""
 """)
 
 
-@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
-def test_a_sync_round_that_cannot_open_files_fails_its_waiters_not_the_partition(tmp_path):
-    r = subprocess.run([sys.executable, "-c", SYNC_SCRIPT, str(tmp_path / "log")],
+def _run_ok(script: str, tmp_path) -> None:
+    r = subprocess.run([sys.executable, "-c", script, str(tmp_path / "log")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.strip() == "ok", r.stdout
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_a_sync_round_that_cannot_open_files_fails_its_waiters_not_the_partition(tmp_path):
+    _run_ok(SYNC_SCRIPT, tmp_path)
 
 
 PRODUCER_SYNC_SCRIPT = textwrap.dedent(r"""
@@ -220,7 +224,4 @@ PRODUCER_SYNC_SCRIPT = textwrap.dedent(r"""
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
 def test_the_producers_sync_round_without_descriptors_fails_those_records_only(tmp_path):
-    r = subprocess.run([sys.executable, "-c", PRODUCER_SYNC_SCRIPT, str(tmp_path / "log")],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.strip() == "ok", r.stdout
+    _run_ok(PRODUCER_SYNC_SCRIPT, tmp_path)

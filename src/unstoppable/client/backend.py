@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import os
 import select
 import threading
 import weakref
@@ -27,9 +26,9 @@ from unstoppable.client import _executor
 from unstoppable.client._inotify import Watcher
 from unstoppable.client._types import TopicInfo, TopicPartition
 from unstoppable.client.offsets import GroupOffsetStore, OffsetStore
-from unstoppable.errors import DiskFullError, LogClosedError, UnstoppableError
+from unstoppable.errors import DiskFullError, LogClosedError
 from unstoppable.storage.groups import Membership, ProducerIdLock
-from unstoppable.storage.log import Log
+from unstoppable.storage.log import Log, _GroupCommit
 
 __all__ = ["Backend", "GroupMember", "EmbeddedBackend", "backend_for", "is_retriable"]
 
@@ -266,20 +265,9 @@ class _LoopCommitter:
         self._idle.append(sy)
         i = 0
         for part, st, n in plans:
-            failed = [e for e in errs[i:i + n] if e]
+            if not part._closed:
+                part._sync_result(st, errs[i:i + n])
             i += n
-            if part._closed:
-                continue
-            try:
-                if failed:
-                    raise OSError(failed[0], f"fdatasync of {part.topic}/{part.index}: "
-                                  f"{os.strerror(failed[0])}")
-                done = part._sync_done(st)
-            except OSError as e:
-                part._failed = e  # fsyncgate: never retried
-                continue
-            if done > part._durable_end:
-                part._durable_end = done
         self._answer()
         self._start()
 
@@ -291,10 +279,7 @@ class _LoopCommitter:
             if err is _WAIT:
                 pe = self._plan_errors.get(part)
                 if pe is not None and pe[0] > reg:
-                    err = UnstoppableError(
-                        f"could not sync {part.topic}/{part.index} (the records are "
-                        f"written, not known durable): {pe[1]}")
-                    err.__cause__ = pe[1]
+                    err = _GroupCommit._not_synced(part, pe[1])
                 elif self._closed:
                     err = LogClosedError(f"{part.topic}/{part.index}: the producer's loop "
                                          f"closed before offset {end} was known durable")
@@ -335,15 +320,11 @@ _WAIT = object()
 
 
 def _outcome(part, end):
+    """None when durable below ``end``, the error when it never will be, or _WAIT."""
     if part._durable_end >= end:
         return None
-    if part._failed is not None:
-        e = UnstoppableError(f"fsync of {part.topic}/{part.index} failed")
-        e.__cause__ = part._failed
-        return e
-    if part._closed:
-        return LogClosedError(f"partition {part.topic}/{part.index} was closed before "
-                              f"offset {end} was known durable")
+    if part._failed is not None or part._closed:
+        return _GroupCommit._why_not(part, end)
     return _WAIT
 
 

@@ -235,12 +235,18 @@ class _GroupCommit:
             return self._why_not(partition, end_offset)
         pe = self._plan_errors.get(partition)
         if pe is not None and pe[0] > reg:
-            e = UnstoppableError(
-                f"could not sync {partition.topic}/{partition.index} (the records are "
-                f"written, not known durable): {pe[1]}")
-            e.__cause__ = pe[1]
-            return e
+            return self._not_synced(partition, pe[1])
         return _WAIT
+
+    @staticmethod
+    def _not_synced(partition, cause):
+        """The error for waiters of a round that could not start syncing
+        ``partition`` (``cause``: EMFILE, say); the partition is not failed."""
+        e = UnstoppableError(
+            f"could not sync {partition.topic}/{partition.index} (the records are "
+            f"written, not known durable): {cause}")
+        e.__cause__ = cause
+        return e
 
     @staticmethod
     def _why_not(partition, end_offset):
@@ -390,17 +396,7 @@ class _GroupCommit:
                 os.close(fd)
             raise
         for p, st, fds in plans:
-            failed = [e for e in (next(errs) for _ in fds) if e]
-            try:
-                if failed:
-                    raise OSError(failed[0], f"fdatasync of {p.topic}/{p.index}: "
-                                  f"{os.strerror(failed[0])}")
-                done = p._sync_done(st)
-            except OSError as e:
-                p._failed = e
-                continue
-            if done > p._durable_end:
-                p._durable_end = done
+            p._sync_result(st, [next(errs) for _ in fds])
 
 
 # Objects that own a thread and its lock: a forked child has none of the

@@ -1247,6 +1247,24 @@ class Partition:
                     raise
                 return st, fds
 
+    def _sync_result(self, st, errnos) -> None:
+        """After the fdatasyncs of a plan (one errno per descriptor, 0 when
+        synced): move the checkpoint and the durable offset, or fail the
+        partition for good. A failed fdatasync is never retried: the kernel
+        may have dropped the dirty pages, so a retry could report success
+        for lost data (PostgreSQL's "fsyncgate")."""
+        failed = [e for e in errnos if e]
+        try:
+            if failed:
+                raise OSError(failed[0], f"fdatasync of {self.topic}/{self.index}: "
+                              f"{os.strerror(failed[0])}")
+            done = self._sync_done(st)
+        except OSError as e:
+            self._failed = e
+            return
+        if done > self._durable_end:
+            self._durable_end = done
+
     def _sync_done(self, st) -> int:
         """After the fdatasyncs of a plan: the directory if needed, then move
         the checkpoint to what was synced. Returns the durable end offset."""
