@@ -59,6 +59,6 @@ __all__ += [
     "OffsetAndTimestamp", "OffsetStore", "GroupOffsetStore", "SQLiteOffsetStore",
 ]
 
-from unstoppable.connect import connect  # noqa: E402
+from unstoppable.connect import connect as connect  # noqa: E402  (re-exported)
 
 __all__.append("connect")

@@ -1,6 +1,5 @@
 """Another process truncating a mapped segment must not kill a reader with
 SIGBUS: the read fails with CorruptLogError instead."""
-import os
 import subprocess
 import sys
 import textwrap
