@@ -20,7 +20,7 @@ struct us_syncer {
     pid_t owner;
 };
 
-static void sync_round(int *fds, int *errs, int n) {
+void us_sync_round(const int *fds, int *errs, int n, int close_them) {
     for (int i = 0; i < n; i++) {
 #if defined(__linux__) && defined(SYNC_FILE_RANGE_WRITE)
         (void)sync_file_range(fds[i], 0, 0, SYNC_FILE_RANGE_WRITE);
@@ -31,7 +31,8 @@ static void sync_round(int *fds, int *errs, int n) {
         do rc = fdatasync(fds[i]); while (rc != 0 && errno == EINTR);
         errs[i] = rc == 0 ? 0 : errno;
     }
-    for (int i = 0; i < n; i++) (void)close(fds[i]);  /* Linux closes even on EINTR */
+    if (close_them)
+        for (int i = 0; i < n; i++) (void)close(fds[i]);
 }
 
 static void *run(void *arg) {
@@ -41,7 +42,7 @@ static void *run(void *arg) {
         while (s->state != 1 && !s->stop) pthread_cond_wait(&s->work, &s->mu);
         if (s->state != 1) break;  /* stop, nothing submitted */
         pthread_mutex_unlock(&s->mu);
-        sync_round(s->fds, s->errs, s->n);  /* fds/errs/n are ours until state 2 */
+        us_sync_round(s->fds, s->errs, s->n, 1);  /* fds/errs/n are ours until state 2 */
         pthread_mutex_lock(&s->mu);
         s->state = 2;
         char b = 1;

@@ -14,6 +14,12 @@
 #define US_SYNCER_H
 #include <stddef.h>
 
+/* One group-commit round, on the calling thread: start writeback of every
+ * file (sync_file_range SYNC_FILE_RANGE_WRITE; skipped off Linux), then
+ * fdatasync each in turn, errs[i] = 0 or its errno; with close, close each
+ * after (no retry on EINTR: Linux has closed it anyway). */
+void us_sync_round(const int *fds, int *errs, int n, int close_them);
+
 typedef struct us_syncer us_syncer;
 
 us_syncer *us_syncer_new(int notify_fd);            /* NULL on failure (errno set) */

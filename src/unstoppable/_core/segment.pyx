@@ -42,7 +42,6 @@ HEAD_FLAG_DELETED = US_HEAD_FLAG_DELETED
 cdef extern from "unistd.h" nogil:
     long sysconf(int name)
     int _SC_PAGESIZE
-    int fdatasync(int fd)
 
 cdef extern from "errno.h" nogil:
     int EINTR
@@ -761,14 +760,6 @@ cdef class Writer:
 cdef extern from *:
     """
     #include <fcntl.h>
-    static int us_start_writeback(int fd) {
-    #if defined(__linux__) && defined(SYNC_FILE_RANGE_WRITE)
-        return sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
-    #else
-        (void)fd;
-        return 0;
-    #endif
-    }
     #include <errno.h>
     static int us_preallocate(int fd, long long offset, long long length) {
     #if defined(__linux__) && defined(FALLOC_FL_KEEP_SIZE)
@@ -779,7 +770,6 @@ cdef extern from *:
     #endif
     }
     """
-    int us_start_writeback(int fd) nogil
     int us_preallocate(int fd, long long offset, long long length) nogil
 
 
@@ -864,6 +854,10 @@ def dup_fd(int fd):
     return r
 
 
+from unstoppable._core.includes.syncer cimport (
+    us_sync_round, us_syncer, us_syncer_new, us_syncer_submit, us_syncer_take, us_syncer_free)
+
+
 def sync_files(fds, bint close=False):
     """sync_files(fds, close=False) -> list[int]
 
@@ -886,7 +880,6 @@ def sync_files(fds, bint close=False):
     cdef Py_ssize_t n = len(fds), i
     cdef int *arr = <int *>PyMem_Malloc((n if n else 1) * 2 * sizeof(int))
     cdef int *errs
-    cdef int rc
     cdef list result
     if arr == NULL:
         raise MemoryError()
@@ -897,18 +890,7 @@ def sync_files(fds, bint close=False):
             errs[i] = 0
         result = [0] * n  # allocated before the closes: nothing after them can fail
         with nogil:
-            for i in range(n):
-                us_start_writeback(arr[i])
-            for i in range(n):
-                while True:
-                    rc = fdatasync(arr[i])
-                    if rc == 0 or errno != EINTR:
-                        break
-                if rc != 0:
-                    errs[i] = errno
-            if close:
-                for i in range(n):
-                    us_close(arr[i])  # no retry on EINTR: Linux has closed it anyway
+            us_sync_round(arr, errs, <int>n, close)  # csrc/syncer.c, as LoopSyncer's thread
         for i in range(n):
             if errs[i]:
                 result[i] = errs[i]
@@ -920,8 +902,6 @@ def sync_files(fds, bint close=False):
 # ---------------------------------------------------------------------------
 # Event-loop sync thread
 
-from unstoppable._core.includes.syncer cimport (
-    us_syncer, us_syncer_new, us_syncer_submit, us_syncer_take, us_syncer_free)
 
 
 cdef class LoopSyncer:
