@@ -552,7 +552,7 @@ def assign(members: Iterable[MemberInfo], partitions: dict[str, int]) -> dict[st
     agree on one function, and a version that adds a better one uses it only
     once every member has it; two members computing different functions would
     each leave partitions to the other, and nobody would read those."""
-    ms = sorted(members, key=lambda m: m.member_id)
+    ms = list(members)  # (each assignor sorts by member id itself)
     return ASSIGNORS[choose_assignor(ms)](ms, partitions)
 
 

@@ -51,7 +51,7 @@ from unstoppable.errors import (
     corrupt_from_code,
 )
 from unstoppable.storage._fs import O_CLOEXEC, fsync_dir
-from unstoppable.storage.partition import Partition, segment_name
+from unstoppable.storage.partition import Partition, segment_stem
 
 __all__ = ["Log", "Topic", "TopicConfig", "validate_topic_name", "VerifyReport"]
 
@@ -892,7 +892,7 @@ def _verify(log: Log, progress) -> VerifyReport:
                     limit = st.active_size
                 else:
                     try:
-                        limit = os.stat(os.path.join(p.path, segment_name(b) + ".log")).st_size
+                        limit = os.stat(segment_stem(p.path, b) + ".log").st_size
                     except FileNotFoundError:
                         continue  # removed by retention meanwhile
                 work.append((t, p, b, limit, st))

@@ -113,6 +113,12 @@ def segment_name(base: int) -> str:
     return f"{base:020d}"
 
 
+def segment_stem(dirpath: str, base: int) -> str:
+    """The path of a segment's files without their extension (``.log``,
+    ``.index``, ``.timeindex``, ``.producers``)."""
+    return os.path.join(dirpath, segment_name(base))
+
+
 def _pwrite_all(fd: int, data, pos: int) -> None:
     mv = memoryview(data)
     try:
@@ -194,7 +200,7 @@ class Segment:
 
     def __init__(self, dirpath: str, base: int, map_hint: int, oi_hint: int, create: bool = False):
         self.base = base
-        stem = os.path.join(dirpath, segment_name(base))
+        stem = segment_stem(dirpath, base)
         self.path = stem + ".log"
         flags = os.O_RDWR | _O_CLOEXEC | (os.O_CREAT if create else 0)
         self.fd = self.oi_fd = self.ti_fd = -1
@@ -473,7 +479,7 @@ class Partition:
             self._sealed.pop(base, None)
             if base in self._bases:
                 self._bases = [b for b in self._bases if b != base]
-        stem = os.path.join(self.path, segment_name(base))
+        stem = segment_stem(self.path, base)
         if unlink:
             for ext in (".log", ".index", ".timeindex", ".producers"):
                 try:
@@ -545,7 +551,7 @@ class Partition:
             # Write new files and rename them over the old ones: another process
             # may have the old index mapped, and truncating a mapped file would
             # fault its reads (SIGBUS). The old inode lives on for it.
-            stem = os.path.join(self.path, segment_name(seg.base))
+            stem = segment_stem(self.path, seg.base)
             try:
                 for ext, data in ((".index", oi), (".timeindex", ti)):
                     tmp = f"{stem}{ext}.tmp{os.getpid()}"
