@@ -431,8 +431,7 @@ class EmbeddedBackend(Backend):
         if c is None or c._closed:
             c = self._committers[loop] = _LoopCommitter(loop)
         part = self._partition(topic, partition)
-        if end_offset > part._state().end_offset:
-            raise ValueError(f"end_offset {end_offset} is past the end of {topic}/{partition}")
+        part._check_written(end_offset)
         c.request(part, end_offset, fn)
 
     def _append_blocking(self, part, batches, acks):

@@ -1210,9 +1210,13 @@ class Partition:
         for event loops: it shares the log's group commit, and the callback
         runs on the log's sync thread, so it must only hand the result over
         (``loop.call_soon_threadsafe``)."""
+        self._check_written(end_offset)
+        self._log._group_commit.request(self, end_offset, callback)
+
+    def _check_written(self, end_offset: int) -> None:
+        """A durability request may only name offsets already written."""
         if end_offset > self._state().end_offset:
             raise ValueError(f"end_offset {end_offset} is past the end of {self.topic}/{self.index}")
-        self._log._group_commit.request(self, end_offset, callback)
 
     def flush(self) -> None:
         """fsync everything appended so far (in any process) and move the checkpoint."""
