@@ -44,6 +44,7 @@ extensions = [
     ext("batch", "batch.c", "crc32c.c"),
     ext("segment", "batch.c", "crc32c.c", "writer.c", "guard.c", "syncer.c"),
     ext("arrow", "batch.c", "crc32c.c", "xxhash64.c", "murmur2.c"),
+    ext("delivery"),
 ]
 
 setup(

@@ -6,9 +6,9 @@ import os
 import pytest
 
 import unstoppable
-from unstoppable._core import batch, hashing, segment
+from unstoppable._core import batch, delivery, hashing, segment
 
-for _mod in (batch, hashing, segment):
+for _mod in (batch, delivery, hashing, segment):
     assert _mod.__file__.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)), (
         f"{_mod.__name__} was loaded from {_mod.__file__}, not a compiled extension")
 assert hashing.crc32c(b"123456789") == 0xE3069283

@@ -9,7 +9,8 @@ semantics, and an asyncio producer and consumer on top of it.
             print(r.offset, bytes(r.value))
 """
 try:
-    from unstoppable._core import batch as _batch, hashing as _hashing, segment as _segment  # noqa: F401
+    from unstoppable._core import (  # noqa: F401
+        batch as _batch, delivery as _delivery, hashing as _hashing, segment as _segment)
 except ImportError as _e:  # pragma: no cover - exercised only on a broken install
     raise ImportError(
         "unstoppable's compiled core (unstoppable._core) is not built, so the package "

@@ -24,7 +24,10 @@ How a record travels::
 * **Waking senders**: a task awaiting a delivery future sleeps on a private
   waiter; a settled batch wakes all of its waiters from one loop callback
   rather than one ``call_soon`` each (about 1.6 us apiece on the reference
-  machine, which was a third of a record's cost with 1,000 senders).
+  machine, which was a third of a record's cost with 1,000 senders). The
+  futures, the waiters and the wake-up are compiled
+  (``unstoppable._core.delivery``): with 1,000 senders, most of a record's
+  time on the loop is the trip between a task and what it awaits.
 * **Backpressure**: accepted records that are not yet written count against
   ``max_buffer_bytes``. When a record would pass it, the producer seals every
   open batch at once (so space frees up as soon as possible) and then, per
@@ -42,8 +45,8 @@ How a record travels::
   second one gets ProducerIdInUseError (the embedded log enforces this with a
   lock the kernel releases when the holder dies).
 
-Delivery futures are light objects (one real asyncio future per batch, made
-only when someone awaits); they support ``await``, ``done()``, ``result()``,
+Delivery futures are light objects (a batch and an index; no asyncio
+future behind them); they support ``await``, ``done()``, ``result()``,
 ``exception()`` and ``add_done_callback()``, and work with
 ``asyncio.gather``/``wait_for``/``wait``. Cancelling a wait never cancels the
 write.
@@ -60,6 +63,7 @@ import warnings
 
 from unstoppable._core.hashing import murmur2_partition, xxh64, xxh64_partition
 from unstoppable.client._types import RecordMetadata, TopicPartition
+from unstoppable._core.delivery import DeliveryFuture, finish as _finish, new_waiter as _new_waiter
 from unstoppable.client import _executor
 from unstoppable.client.backend import EmbeddedBackend, backend_for, is_retriable
 from unstoppable.errors import (
@@ -100,7 +104,6 @@ _SEQ_MASK = 0x7FFF_FFFF
 _PID_MASK = 0x7FFF_FFFF_FFFF_FFFF
 
 _NEW, _RUNNING, _CLOSING, _CLOSED = 0, 1, 2, 3
-_new_tuple = tuple.__new__  # RecordMetadata without the Python-level namedtuple __new__
 _PENDING, _DONE, _FAILED = 0, 1, 2
 
 
@@ -216,20 +219,7 @@ class Batch:
         """The batch is settled: wake everything that waits on it, all from
         one loop callback (a call_soon per waiter would cost about 1.6 us
         each here, a large part of a record's whole trip)."""
-        wake = []
-        if self.waiters:
-            if self.state == _FAILED and any(w.index >= 0 for w in self.waiters):
-                self.error_seen = True  # a sender awaits: the error is reported to it
-            for w in self.waiters:
-                if w.callback is not None:
-                    wake.append((w.callback, w, w.context))
-                    w.callback = None
-            self.waiters = None
-        if self.callbacks:
-            wake.extend(self.callbacks)
-            self.callbacks = None
-        if wake:
-            self.loop.call_soon(_wake_all, self.loop, wake)
+        _finish(self)
 
     def __len__(self):
         return len(self.records)
@@ -251,197 +241,10 @@ class Batch:
         return f"<Batch {self.topic}/{self.partition} records={len(self.records)} {st}>"
 
 
-def _wake_all(loop, wake) -> None:
-    """Run the wake-ups of a settled batch: the tasks awaiting its records
-    (each step runs here, as a Handle would run it) and done callbacks."""
-    for k, (fn, fut, ctx) in enumerate(wake):
-        try:
-            if ctx is None:
-                fn(fut)
-            else:
-                ctx.run(fn, fut)
-        except (SystemExit, KeyboardInterrupt):
-            if k + 1 < len(wake):  # the others still wake, if the loop runs on
-                loop.call_soon(_wake_all, loop, wake[k + 1:])
-            raise
-        except BaseException as e:
-            loop.call_exception_handler({
-                "message": f"Exception in callback {fn!r}", "exception": e, "future": fut})
-
-
 @types.coroutine
 def _park(w):
-    """Wait for a _Waiter (for flush(): the outcome is not needed)."""
+    """Wait on a delivery waiter (for flush(): the outcome is not needed)."""
     yield w
-
-
-class _Waiter:
-    """What a task awaiting a DeliveryFuture (or flush) sleeps on.
-
-    asyncio's Task accepts any object with the Future protocol
-    (``_asyncio_future_blocking``, ``get_loop``, ``add_done_callback``,
-    ``cancel``, ``result``). A loop future would wake its task through its
-    own ``call_soon``; these wake in one callback per batch (``_wake_all``).
-    ``result()`` only says whether the wait ended well: the value comes from
-    the DeliveryFuture.
-    """
-
-    __slots__ = ("_asyncio_future_blocking", "batch", "index", "callback", "context",
-                 "cancelled_msg")
-
-    def __init__(self, batch, index):
-        self._asyncio_future_blocking = True
-        self.batch = batch
-        self.index = index
-        self.callback = None
-        self.context = None
-        self.cancelled_msg = None   # a tuple (msg,) once cancelled
-
-    def get_loop(self):
-        return self.batch.loop
-
-    def add_done_callback(self, fn, *, context=None) -> None:
-        if self.callback is not None:
-            raise RuntimeError("a delivery waiter has one callback (its task)")
-        if self.done():
-            self.batch.loop.call_soon(fn, self, context=context)
-        else:
-            self.callback = fn
-            self.context = context
-
-    def remove_done_callback(self, fn) -> int:
-        if self.callback is not None and self.callback == fn:
-            self.callback = self.context = None
-            return 1
-        return 0
-
-    def done(self) -> bool:
-        return self.cancelled_msg is not None or self.batch.state != _PENDING
-
-    def cancelled(self) -> bool:
-        return self.cancelled_msg is not None
-
-    def cancel(self, msg=None) -> bool:
-        """Stop waiting (the record is still written): wakes the task with
-        CancelledError at once."""
-        if self.done():
-            return False
-        self.cancelled_msg = (msg,)
-        b = self.batch
-        if b.waiters is not None:
-            try:
-                b.waiters.remove(self)
-            except ValueError:
-                pass
-        if self.callback is not None:
-            b.loop.call_soon(self.callback, self, context=self.context)
-            self.callback = self.context = None
-        return True
-
-    def result(self):
-        if self.cancelled_msg is not None:
-            raise asyncio.CancelledError(*[m for m in self.cancelled_msg if m is not None])
-        b = self.batch
-        if b.state == _FAILED and self.index >= 0:
-            b.error_seen = True
-            raise b.error
-        if b.state == _PENDING:
-            raise asyncio.InvalidStateError("the record is not written yet")
-        return None
-
-    def exception(self):
-        try:
-            self.result()
-        except asyncio.CancelledError:
-            raise
-        except BaseException as e:
-            return e
-        return None
-
-
-class DeliveryFuture:
-    """The outcome of one ``send``: awaiting it returns the record's
-    :class:`RecordMetadata` once it is written at the producer's ``acks``
-    level, or raises why it could not be."""
-
-    __slots__ = ("_b", "_i")
-
-    def __init__(self, batch: Batch, index: int):
-        self._b = batch
-        self._i = index
-
-    def __await__(self):
-        # A private waiter per await (see _Waiter): cancelling one waiter
-        # never touches the batch or other waiters.
-        b = self._b
-        if b.state == _PENDING:
-            w = _Waiter(b, self._i)
-            if b.waiters is None:
-                b.waiters = [w]
-            else:
-                b.waiters.append(w)
-            yield w  # a failure or cancellation is thrown in here by the task
-        return self.result()
-
-    __iter__ = __await__
-
-    def done(self) -> bool:
-        return self._b.state != _PENDING
-
-    def cancelled(self) -> bool:
-        return False
-
-    def cancel(self, msg=None) -> bool:
-        """Delivery cannot be cancelled once a record is accepted; returns False."""
-        return False
-
-    def result(self) -> RecordMetadata:
-        b = self._b
-        if b.state == _DONE:
-            ts = b.timestamp
-            if b.own_ts:
-                r = b.records[self._i]
-                if r.__class__ is tuple and len(r) > 3 and r[3] is not None:
-                    ts = r[3]
-            return _new_tuple(RecordMetadata, (b.topic, b.partition, b.base_offset + self._i, ts))
-        if b.state == _FAILED:
-            b.error_seen = True
-            raise b.error
-        raise asyncio.InvalidStateError("the record is not written yet")
-
-    def exception(self) -> BaseException | None:
-        b = self._b
-        if b.state == _PENDING:
-            raise asyncio.InvalidStateError("the record is not written yet")
-        if b.state == _FAILED:
-            b.error_seen = True
-        return b.error
-
-    def add_done_callback(self, fn, *, context=None) -> None:
-        b = self._b
-        if b.state != _PENDING:
-            b.loop.call_soon(fn, self, context=context)
-        elif b.callbacks is None:
-            b.callbacks = [(fn, self, context)]
-        else:
-            b.callbacks.append((fn, self, context))
-
-    def remove_done_callback(self, fn) -> int:
-        b = self._b
-        if not b.callbacks:
-            return 0
-        keep = [c for c in b.callbacks if not (c[0] == fn and c[1] is self)]
-        n = len(b.callbacks) - len(keep)
-        b.callbacks = keep
-        return n
-
-    def get_loop(self):
-        return self._b.loop
-
-    def __repr__(self):
-        b = self._b
-        st = ("pending", "done", "failed")[b.state]
-        return f"<DeliveryFuture {b.topic}/{b.partition} #{self._i} {st}>"
 
 
 class PartitionBuffers:
@@ -624,12 +427,7 @@ class Producer:
         last = [q[-1] if q else u[-1] for q, u in zip(self._ready, self._unsynced) if q or u]
         for b in last:
             if b.state == _PENDING:
-                w = _Waiter(b, -1)
-                if b.waiters is None:
-                    b.waiters = [w]
-                else:
-                    b.waiters.append(w)
-                await _park(w)  # failures are reported on the delivery futures
+                await _park(_new_waiter(b, -1))  # failures are reported on the delivery futures
 
     async def close(self) -> None:
         """Flush, then release the producer id. Further sends raise
