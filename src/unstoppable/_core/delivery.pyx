@@ -43,6 +43,25 @@ cdef extern from "Python.h":
     ctypedef struct PyTypeObject_async "PyTypeObject":
         PyAsyncMethods *tp_as_async
 
+cdef extern from *:
+    """
+    /* An instance of a tuple subclass (RecordMetadata) with four items, as
+       tuple.__new__(cls, (a, b, c, d)) makes it, without the argument
+       tuples and the copy. */
+    static PyObject *us_new_tuple4(PyObject *cls, PyObject *a, PyObject *b,
+                                   PyObject *c, PyObject *d) {
+        PyTypeObject *t = (PyTypeObject *)cls;
+        PyObject *r = t->tp_alloc(t, 4);
+        if (r == NULL) return NULL;
+        Py_INCREF(a); PyTuple_SET_ITEM(r, 0, a);
+        Py_INCREF(b); PyTuple_SET_ITEM(r, 1, b);
+        Py_INCREF(c); PyTuple_SET_ITEM(r, 2, c);
+        Py_INCREF(d); PyTuple_SET_ITEM(r, 3, d);
+        return r;
+    }
+    """
+    object us_new_tuple4(object cls, object a, object b, object c, object d)
+
 cdef enum:
     PENDING = 0
     DONE = 1
@@ -50,7 +69,6 @@ cdef enum:
 
 cdef object InvalidStateError = asyncio.InvalidStateError
 cdef object CancelledError = asyncio.CancelledError
-cdef object tuple_new = tuple.__new__
 cdef object _RecordMetadata = None  # unstoppable.client._types.RecordMetadata, on first use
 
 
@@ -68,7 +86,7 @@ cdef object _metadata(object b, Py_ssize_t i):
             r = b.records[i]
             if type(r) is tuple and len(r) > 3 and r[3] is not None:
                 ts = r[3]
-        return tuple_new(_RecordMetadata, (b.topic, b.partition, b.base_offset + i, ts))
+        return us_new_tuple4(_RecordMetadata, b.topic, b.partition, b.base_offset + i, ts)
     if state == FAILED:
         b.error_seen = True
         raise b.error
