@@ -227,7 +227,9 @@ def _parse(outdir, wid):
     path = os.path.join(outdir, f"w{wid}.txt")
     if not os.path.exists(path):
         return handled, commits
-    for line in open(path):
+    with open(path) as f:
+        lines = f.read().splitlines()
+    for line in lines:
         parts = line.split()
         if parts[0] == "H" and len(parts) == 4:
             handled.append((int(parts[1]), int(parts[2]), float(parts[3])))

@@ -27,7 +27,8 @@ def _fill(log, n, partitions):
 def decode_offsets_file(path):
     """Independent reader of <group>/offsets, written from the format table in
     storage/groups.py: returns the latest {(topic, partition): offset}."""
-    data = open(path, "rb").read()
+    with open(path, "rb") as f:
+        data = f.read()
     assert data[:8] == b"USGOFF1\n"
     pos, out = 8, {}
     while pos + 8 <= len(data):
