@@ -5,6 +5,7 @@ All functions accept any object that supports the buffer protocol (bytes,
 bytearray, memoryview, numpy arrays). They release the GIL for inputs of
 64 KiB and more, where the work pays for the switch.
 """
+cimport cython
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_CheckExact
 from libc.stdint cimport uint32_t, uint64_t
@@ -55,8 +56,12 @@ def crc32c_software(data, uint32_t crc=0):
     return out
 
 
+@cython.embedsignature(False)
 def crc32c_hardware():
-    """crc32c_hardware() -> bool
+    """crc32c_hardware()
+--
+
+    crc32c_hardware() -> bool
 
     True when CRC-32C runs on the CPU's crc32 instruction (SSE4.2).
     """

@@ -99,8 +99,12 @@ cdef class Mapping:
         return self._mv
 
 
+@cython.embedsignature(False)
 def sigbus_absorbed():
-    """sigbus_absorbed() -> int
+    """sigbus_absorbed()
+--
+
+    sigbus_absorbed() -> int
 
     How many SIGBUS faults in mapped log files (a file truncated by someone
     else) were turned into zero pages instead of killing the process.
