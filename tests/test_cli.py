@@ -230,7 +230,8 @@ def test_consume_follow_prints_new_records_as_they_come(logdir):
     finally:
         proc.terminate()
         proc.wait(20)
-    assert "Traceback" not in proc.stderr.read()
+    with proc:
+        assert "Traceback" not in proc.stderr.read()
 
 
 def test_produce_and_consume_on_a_jetstream_log(tmp_path):

@@ -3,11 +3,12 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 README = os.path.join(os.path.dirname(__file__), "..", "README.md")
-BLOCKS = re.findall(r"```python\n(.*?)```", open(README).read(), re.S)
+BLOCKS = re.findall(r"```python\n(.*?)```", Path(README).read_text(), re.S)
 
 
 def test_readme_has_examples():

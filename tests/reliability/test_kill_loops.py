@@ -10,6 +10,7 @@ import os
 import random
 import sqlite3
 import time
+from pathlib import Path
 
 import pytest
 
@@ -119,7 +120,7 @@ def _effects_state(dbpath):
 def _progress(path):
     """(records handed out, whether the last transaction began but never committed)."""
     try:
-        lines = open(path, "rb").read().split(b"\n")[:-1]
+        lines = Path(path).read_bytes().split(b"\n")[:-1]
     except FileNotFoundError:
         return 0, False
     delivered = 0

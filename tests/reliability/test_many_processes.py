@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import sqlite3
 import time
+from pathlib import Path
 
 import pytest
 
@@ -30,7 +31,7 @@ def zygote():
 
 def _out(path) -> str:
     try:
-        return open(path).read()[-3000:]
+        return Path(path).read_text()[-3000:]
     except FileNotFoundError:
         return ""
 
@@ -75,7 +76,7 @@ def test_producers_and_a_consumer_group_killed_at_random(tmp_path, zygote, figur
         if kind == "p":
             drop_torn_line(tmp_path / f"acks-p{k}")
         if kind == "c":
-            lines = open(tmp_path / f"progress-c{k}.{inc}", "rb").read().split(b"\n")[:-1] \
+            lines = Path(tmp_path / f"progress-c{k}.{inc}").read_bytes().split(b"\n")[:-1] \
                 if (tmp_path / f"progress-c{k}.{inc}").exists() else []
             in_txn += bool(lines) and lines[-1].startswith(b"B ")
         kills[kind] += 1
@@ -135,7 +136,7 @@ def test_producers_and_a_consumer_group_killed_at_random(tmp_path, zygote, figur
     wrong = [k for k, dig in applied.items() if digests.get(k) != dig]
     deliveries = 0
     for f in tmp_path.glob("progress-c*"):
-        for ln in open(f, "rb").read().split(b"\n")[:-1]:
+        for ln in Path(f).read_bytes().split(b"\n")[:-1]:
             if ln.startswith(b"B "):
                 _, _p, first, lst = ln.split()
                 deliveries += int(lst) - int(first) + 1

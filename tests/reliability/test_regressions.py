@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -42,7 +43,7 @@ def test_active_index_lost_in_the_same_boot_is_rebuilt_not_zero_filled(tmp_path)
 
 
 def _batch_positions(path):
-    data = open(path, "rb").read()
+    data = Path(path).read_bytes()
     pos, out = 0, []
     while pos < len(data):
         base, length = struct.unpack_from("<qI", data, pos)
@@ -91,7 +92,7 @@ def test_an_index_entry_naming_the_wrong_batch_is_not_believed(tmp_path):
     _fill(p, 100)
     log.close()
     idx = os.path.join(p.path, "00000000000000000000.index")
-    data = bytearray(open(idx, "rb").read())
+    data = bytearray(Path(idx).read_bytes())
     rel, ipos = struct.unpack_from("<II", data, 8)
     struct.pack_into("<II", data, 8, rel - 1, ipos)      # the batch at ipos starts at rel, not rel-1
     with open(idx, "wb") as f:

@@ -9,6 +9,7 @@ import os
 import random
 import shutil
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -321,7 +322,7 @@ def test_sealed_segment_damage_is_reported_never_returned(tmp_path, figures, dam
     src = tmp_path / "src"
     rel, segs, expected = _sealed_template(src)
     victim_name = segs[1]
-    data = open(os.path.join(src, rel, victim_name), "rb").read()
+    data = Path(os.path.join(src, rel, victim_name)).read_bytes()
     batches = _batches(data)
     rnd = random.Random(damage)
     # Positions to damage: every byte of two batches for flips, a sample otherwise.
@@ -358,7 +359,7 @@ def test_sealed_segment_damage_is_reported_never_returned(tmp_path, figures, dam
             # Index entries that point at the wrong places (inside batches, at
             # the wrong batch), with the data intact.
             idx = os.path.join(part, victim_name[:-4] + ".index")
-            ib = bytearray(open(idx, "rb").read())
+            ib = bytearray(Path(idx).read_bytes())
             assert len(ib) >= 16
             k = rnd.randrange(len(ib) // 8)
             irel, ipos = struct.unpack_from("<II", ib, 8 * k)
@@ -373,7 +374,7 @@ def test_sealed_segment_damage_is_reported_never_returned(tmp_path, figures, dam
             with open(victim, "wb") as f:
                 f.write(buf)
         changed = bytes(buf) != data
-        before = {n: open(os.path.join(part, n), "rb").read() for n in os.listdir(part)
+        before = {n: Path(os.path.join(part, n)).read_bytes() for n in os.listdir(part)
                   if n.endswith(".log")}
         with us.Log(dst) as log:
             p = log.topic("t").partition(0)
@@ -395,7 +396,7 @@ def test_sealed_segment_damage_is_reported_never_returned(tmp_path, figures, dam
                     assert got is None or 0 <= got < len(expected)
                 except CorruptLogError as e:
                     assert e.segment == victim, e
-        after = {n: open(os.path.join(part, n), "rb").read() for n in os.listdir(part)
+        after = {n: Path(os.path.join(part, n)).read_bytes() for n in os.listdir(part)
                  if n.endswith(".log")}
         assert after == before                            # reads and verify changed no data
         figures.add("sealed_corruption_cases")

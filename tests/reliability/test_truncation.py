@@ -10,6 +10,7 @@ import json
 import os
 import random
 import time
+from pathlib import Path
 
 import pytest
 
@@ -72,8 +73,8 @@ def test_files_truncated_under_readers_and_writers(tmp_path, zygote, figures, sc
     absorbed = 0
     for pid, counts, out in kids:
         status = zygote.wait(pid)
-        assert status == 0, f"a child died ({status}):\n{open(out).read()[-3000:]}"
-        c = json.load(open(counts))
+        assert status == 0, f"a child died ({status}):\n{Path(out).read_text()[-3000:]}"
+        c = json.loads(Path(counts).read_text())
         assert not c["other"], c["other"][:5]
         absorbed += c["sigbus_absorbed"]
     figures.add("truncations_under_readers", cuts)

@@ -393,9 +393,10 @@ def test_file_lock_excludes_other_processes_and_dies_with_them(tmp_path):
             [sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); "
              "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(0.3)", path],
             stdout=subprocess.PIPE, text=True)
-        assert holder.stdout.readline().strip() == "locked"
-        lock_file(fd)  # returns once the holder exits (the kernel drops its lock)
-        assert holder.wait() == 0
+        with holder:
+            assert holder.stdout.readline().strip() == "locked"
+            lock_file(fd)  # returns once the holder exits (the kernel drops its lock)
+            assert holder.wait() == 0
         unlock_file(fd)
         with pytest.raises(OSError):
             lock_file(-1)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -27,7 +28,7 @@ def build(path, appends=12, per=3, segment_bytes=1 << 20):
     for i in range(appends):
         recs = [(b"k%d" % i, b"value-%d-%d-" % (i, j) + b"z" * 20, [("n", b"%d" % j)]) for j in range(per)]
         if i == appends - 1:
-            head_before = open(os.path.join(p.path, "head"), "rb").read()
+            head_before = Path(os.path.join(p.path, "head")).read_bytes()
             pos_before = os.path.getsize(os.path.join(p.path, SEG + ".log"))
         p.append(recs, timestamp=1_000 + i)
         expected += [r[1] for r in recs]
@@ -215,7 +216,7 @@ def test_corruption_in_sealed_data_is_reported_with_its_place(tmp_path):
         b = f.read(1)[0]
         f.seek(70)
         f.write(bytes([b ^ 1]))
-    before = open(victim, "rb").read()
+    before = Path(victim).read_bytes()
     with us.Log(tmp_path / "l") as log:
         p = log.topic("t").partition(0)
         assert p.end_offset == len(expected)      # sealed data is not truncated
@@ -229,7 +230,7 @@ def test_corruption_in_sealed_data_is_reported_with_its_place(tmp_path):
         rep = log.verify()
         assert not rep.ok
         assert [(x.segment, x.offset) for x in rep.problems] == [(victim, base)]
-    assert open(victim, "rb").read() == before  # verify and reads changed nothing
+    assert Path(victim).read_bytes() == before  # verify and reads changed nothing
 
 
 WRITER = textwrap.dedent("""
