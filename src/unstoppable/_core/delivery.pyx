@@ -121,7 +121,9 @@ cdef class _Waiter:
         self.index = index
         self._asyncio_future_blocking = True
 
-    # -- the await protocol (DeliveryFuture.__await__ returns a fresh waiter)
+    # -- the await protocol (DeliveryFuture.__await__ returns a fresh waiter).
+    # __await__ is here so that the type has the tp_as_async slots whose
+    # am_send is set below; a flush waiter (new_waiter) is only yielded.
 
     def __await__(self):
         return self
@@ -210,6 +212,23 @@ cdef class _Waiter:
         return f"<delivery waiter {self.batch!r} #{self.index}>"
 
 
+cdef inline _Waiter _new_waiter(object batch, Py_ssize_t index):
+    cdef _Waiter w = _Waiter.__new__(_Waiter)
+    w.batch = batch
+    w.index = index
+    w._asyncio_future_blocking = True
+    return w
+
+
+cdef inline void _register(object b, _Waiter w) except *:
+    """Add ``w`` to the waiters a pending batch wakes when it settles."""
+    waiters = b.waiters
+    if waiters is None:
+        b.waiters = [w]
+    else:
+        waiters.append(w)
+
+
 cdef object _step(_Waiter w, bint *suspend):
     """One step of ``await fut``: the first registers the waiter with a
     pending batch and yields it to the task; the next one (or the first, if
@@ -218,11 +237,7 @@ cdef object _step(_Waiter w, bint *suspend):
     if not w.yielded:
         w.yielded = True
         if b.state == PENDING:
-            waiters = b.waiters
-            if waiters is None:
-                b.waiters = [w]
-            else:
-                waiters.append(w)
+            _register(b, w)
             suspend[0] = True
             return w
     return _metadata(b, w.index)
@@ -311,14 +326,10 @@ cdef class DeliveryFuture:
         self._i = index
 
     def __await__(self):
-        cdef _Waiter w = _Waiter.__new__(_Waiter)
-        w.batch = self._b
-        w.index = self._i
-        w._asyncio_future_blocking = True
-        return w
+        return _new_waiter(self._b, self._i)
 
     def __iter__(self):
-        return self.__await__()
+        return _new_waiter(self._b, self._i)
 
     def done(self):
         return self._b.state != PENDING
@@ -373,13 +384,9 @@ cdef class DeliveryFuture:
 
 def new_waiter(batch, Py_ssize_t index=-1):
     """A waiter registered with a pending batch (flush waits on index -1)."""
-    cdef _Waiter w = _Waiter(batch, index)
+    cdef _Waiter w = _new_waiter(batch, index)
     w.yielded = True
-    waiters = batch.waiters
-    if waiters is None:
-        batch.waiters = [w]
-    else:
-        waiters.append(w)
+    _register(batch, w)
     return w
 
 
