@@ -7,41 +7,40 @@ Layout::
     <log>/staging/              topics being created or deleted (renamed in/out whole)
     <log>/topics/<name>/topic.json
     <log>/topics/<name>/<partition>/...     (see storage/partition.py)
-    <log>/groups/...            consumer-group state (client layer)
+    <log>/groups/...            consumer-group state (storage/groups.py)
+
+The directory itself (marker, staging, topic.json) is storage/admin.py's; the
+group commit and the flusher thread are storage/durability.py's; verify() is
+storage/verify.py's.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import threading
-import time
-import uuid
 from dataclasses import asdict, dataclass, fields
 from typing import Iterator
 
-from unstoppable._core.segment import HEAD_FLAG_DELETED, Head, Writer
-from unstoppable._names import is_valid_name, validate_topic_name
+from unstoppable._core.segment import Writer
+from unstoppable._names import validate_topic_name
 from unstoppable.errors import (
     CorruptLogError,
     LogClosedError,
-    NotALogError,
     PartitionOutOfRangeError,
     TopicConfigError,
     TopicExistsError,
-    UnknownTopicError,
-    UnsupportedFormatError,
 )
-from unstoppable.storage._fs import O_CLOEXEC, Flock, fsync_dir
+from unstoppable.storage import admin
+from unstoppable.storage._fs import Flock
 from unstoppable.storage.durability import Flusher, ThreadCommitter
 from unstoppable.storage.partition import Partition, PartitionServices
 from unstoppable.storage.verify import VerifyReport, verify
 
 __all__ = ["Log", "Topic", "TopicConfig", "validate_topic_name", "VerifyReport"]
 
-FORMAT_NAME = "unstoppable-log"
-FORMAT_VERSION = 1
-MARKER = "unstoppable.json"
+FORMAT_NAME = admin.FORMAT_NAME
+FORMAT_VERSION = admin.FORMAT_VERSION
+MARKER = admin.MARKER
 
 
 @dataclass(frozen=True)
@@ -109,16 +108,6 @@ class TopicConfig:
         return d
 
 
-def _write_json_atomic(path: str, obj) -> None:
-    tmp = f"{path}.tmp{os.getpid()}.{threading.get_ident()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, path)
-
-
 class Log:
     """Log(path, *, create=True)
 
@@ -136,7 +125,7 @@ class Log:
         self._group_commit = ThreadCommitter()
         self._writer_pool = None
         self._writer_pid = -1
-        self._open_dir(create)
+        admin.open_log_dir(self.path, create)
         self._topics_dir = os.path.join(self.path, "topics")
         # Topics are built and torn down in staging/, outside topics/, and
         # renamed in or out in one step; a crash leaves debris only there.
@@ -145,43 +134,7 @@ class Log:
         self._meta_lock = Flock(os.path.join(self.path, "meta.lock"))
         self._services = PartitionServices(self._group_commit, self._flusher, self._writer)
         with self._meta_lock:
-            for leftover in os.listdir(self._staging_dir):
-                shutil.rmtree(os.path.join(self._staging_dir, leftover), ignore_errors=True)
-
-    def _open_dir(self, create: bool) -> None:
-        marker = os.path.join(self.path, MARKER)
-        if os.path.exists(self.path) and not os.path.isdir(self.path):
-            raise NotALogError(f"{self.path} exists and is not a directory")
-        if not os.path.exists(self.path):
-            if not create:
-                raise NotALogError(f"no log at {self.path}")
-            os.makedirs(self.path, exist_ok=True)
-        if os.path.exists(marker):
-            try:
-                with open(marker) as f:
-                    meta = json.load(f)
-            except (OSError, ValueError) as e:
-                raise NotALogError(f"{marker} is unreadable: {e}") from None
-            if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-                raise NotALogError(f"{marker} does not describe an unstoppable log")
-            version = meta.get("version")
-            if not isinstance(version, int) or version > FORMAT_VERSION:
-                raise UnsupportedFormatError(
-                    f"{self.path} was written by log format version {version!r}; this "
-                    f"library reads version {FORMAT_VERSION} (upgrade unstoppable)")
-            if version < 1:
-                raise UnsupportedFormatError(f"{self.path}: invalid format version {version!r}")
-            os.makedirs(os.path.join(self.path, "topics"), exist_ok=True)
-            return
-        entries = [e for e in os.listdir(self.path) if e != "meta.lock"]
-        if entries:
-            raise NotALogError(
-                f"{self.path} is not empty and has no {MARKER}; refusing to treat it as a log")
-        if not create:
-            raise NotALogError(f"no log at {self.path}")
-        os.makedirs(os.path.join(self.path, "topics"), exist_ok=True)
-        _write_json_atomic(marker, {"format": FORMAT_NAME, "version": FORMAT_VERSION})
-        fsync_dir(self.path)
+            admin.clear_staging(self._staging_dir)
 
     # ---------------------------------------------------------------- helpers
 
@@ -204,17 +157,7 @@ class Log:
 
     @staticmethod
     def _read_topic_json(tdir: str, name: str) -> TopicConfig:
-        path = os.path.join(tdir, "topic.json")
-        try:
-            with open(path) as f:
-                meta = json.load(f)
-        except FileNotFoundError:
-            raise UnknownTopicError(f"unknown topic {name!r}") from None
-        except ValueError as e:
-            raise CorruptLogError(f"{path} is not valid JSON: {e}", topic=name) from None
-        version = meta.get("version")
-        if version != FORMAT_VERSION:
-            raise UnsupportedFormatError(f"topic {name!r} has format version {version!r}")
+        meta, path = admin.read_topic_meta(tdir, name)
         try:
             return TopicConfig.build(meta["partitions"], meta["config"])
         except (KeyError, TypeError, TopicConfigError) as e:
@@ -243,24 +186,8 @@ class Log:
                         f"topic {name!r} exists with a different configuration: "
                         + ", ".join(f"{k}={a!r} (asked {b!r})" for k, (a, b) in diff.items()))
                 return self.topic(name)
-            tmp = os.path.join(self._staging_dir, f"creating-{uuid.uuid4().hex}")
-            os.makedirs(tmp)
-            try:
-                for i in range(cfg.partitions):
-                    os.makedirs(os.path.join(tmp, str(i)))
-                _write_json_atomic(os.path.join(tmp, "topic.json"), {
-                    "version": FORMAT_VERSION, "name": name, "partitions": cfg.partitions,
-                    "config": cfg.settings(), "created_ms": time.time_ns() // 1_000_000})
-                for i in range(cfg.partitions):
-                    fsync_dir(os.path.join(tmp, str(i)))
-                fsync_dir(tmp)
-                if os.path.exists(tdir):  # a leftover without topic.json
-                    shutil.rmtree(tdir)
-                os.rename(tmp, tdir)
-                fsync_dir(self._topics_dir)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
+            admin.create_topic_dir(self._staging_dir, self._topics_dir, tdir, name,
+                                   cfg.partitions, cfg.settings())
         return self.topic(name)
 
     def topic(self, name: str) -> "Topic":
@@ -284,12 +211,7 @@ class Log:
     def topics(self) -> list[str]:
         """Names of all topics, sorted."""
         self._check_open()
-        out = []
-        for name in os.listdir(self._topics_dir):
-            if is_valid_name(name) and \
-                    os.path.exists(os.path.join(self._topics_dir, name, "topic.json")):
-                out.append(name)
-        return sorted(out)
+        return admin.list_topic_names(self._topics_dir)
 
     def __contains__(self, name) -> bool:
         return isinstance(name, str) and name in self.topics()
@@ -301,30 +223,8 @@ class Log:
         tdir = self._topic_dir(name)
         with self._lock, self._meta_lock:
             cfg = self._read_topic_json(tdir, name)
-            # Mark every partition deleted under its append lock, so no other
-            # process can append into files that are about to disappear.
-            for i in range(cfg.partitions):
-                pdir = os.path.join(tdir, str(i))
-                hp = os.path.join(pdir, "head")
-                if not os.path.exists(hp):
-                    continue
-                lock = Flock(os.path.join(pdir, "lock"))
-                hfd = os.open(hp, os.O_RDWR | O_CLOEXEC)
-                try:
-                    with lock:
-                        if os.fstat(hfd).st_size >= 4096:
-                            head = Head(hfd)
-                            st = head.read()
-                            if st is not None and head.valid():
-                                st.flags |= HEAD_FLAG_DELETED
-                                head.write(st)
-                            del head
-                finally:
-                    os.close(hfd)
-                    lock.close()
-            trash = os.path.join(self._staging_dir, f"deleted-{uuid.uuid4().hex}")
-            os.rename(tdir, trash)
-            fsync_dir(self._topics_dir)
+            trash = admin.delete_topic_dir(self._staging_dir, self._topics_dir, tdir,
+                                           cfg.partitions)
             t = self._topics.pop(name, None)
             if t is not None:
                 t._close(flush=False)

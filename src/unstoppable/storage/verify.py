@@ -53,6 +53,28 @@ class VerifyReport:
 def verify(log, progress=None) -> VerifyReport:
     """Check every partition of ``log``; ``progress(done_bytes, total_bytes)`` is called as it goes."""
     rep = VerifyReport()
+    work = _segments_to_check(log, rep)
+    total = sum(w[3] for w in work)
+    done = 0
+    # One segment open at a time (a partition keeps only OPEN_SEGMENTS open).
+    for t, p, b, limit, st in work:
+        try:
+            seg = p.catalog.get(b)
+        except FileNotFoundError:
+            continue
+        rep.segments += 1
+        if limit:
+            _verify_segment(seg, limit, st, t.name, p.index, rep)
+        rep.bytes += limit
+        done += limit
+        if progress is not None:
+            progress(done, total)
+    return rep
+
+
+def _segments_to_check(log, rep: VerifyReport) -> list:
+    """``(topic, partition, base, size, head state)`` of every segment, as
+    each partition's head has them now."""
     work = []
     for name in log.topics():
         t = log.topic(name)
@@ -73,46 +95,35 @@ def verify(log, progress=None) -> VerifyReport:
                     except FileNotFoundError:
                         continue  # removed by retention meanwhile
                 work.append((t, p, b, limit, st))
-    total = sum(w[3] for w in work)
-    done = 0
-    # One segment open at a time (a partition keeps only OPEN_SEGMENTS open).
-    for t, p, b, limit, st in work:
+    return work
+
+
+def _verify_segment(seg, limit: int, st, topic: str, partition: int, rep: VerifyReport) -> None:
+    where = dict(topic=topic, partition=partition, segment=seg.path)
+    m = seg.data(limit)
+    # Framing, CRC and dense offsets of every batch...
+    r = scan(m, 0, limit, seg.base)
+    rep.batches += r.batches
+    if r.position != limit:
+        reason = ("batch offsets are not consecutive" if r.code == OFFSET_MISMATCH
+                  else corrupt_from_code(r.code).reason)
+        rep.problems.append(CorruptLogError(
+            reason, position=r.position,
+            offset=r.bad_offset if r.bad_offset >= 0 else r.next_offset, **where))
+    # ...then every record of the valid part must parse.
+    pos = 0
+    while pos < r.position:
         try:
-            seg = p.catalog.get(b)
-        except FileNotFoundError:
-            continue
-        rep.segments += 1
-        where = dict(topic=t.name, partition=p.index, segment=seg.path)
-        if limit:
-            m = seg.data(limit)
-            # Framing, CRC and dense offsets of every batch...
-            r = scan(m, 0, limit, seg.base)
-            rep.batches += r.batches
-            if r.position != limit:
-                reason = ("batch offsets are not consecutive" if r.code == OFFSET_MISMATCH
-                          else corrupt_from_code(r.code).reason)
-                rep.problems.append(CorruptLogError(
-                    reason, position=r.position,
-                    offset=r.bad_offset if r.bad_offset >= 0 else r.next_offset, **where))
-            # ...then every record of the valid part must parse.
-            pos = 0
-            while pos < r.position:
-                try:
-                    batches, npos = read_batches(m, pos, r.position, -1, 16 << 20, t.name, p.index)
-                except CorruptLogError as e:
-                    rep.problems.append(CorruptLogError(e.reason, position=e.position,
-                                                        offset=e.offset, **where))
-                    break
-                rep.records += sum(len(b) for b in batches)
-                if npos == pos:
-                    break
-                pos = npos
-            _verify_index(seg, m, limit, rep, where, st, b_active=(seg.base == st.active_base))
-        rep.bytes += limit
-        done += limit
-        if progress is not None:
-            progress(done, total)
-    return rep
+            batches, npos = read_batches(m, pos, r.position, -1, 16 << 20, topic, partition)
+        except CorruptLogError as e:
+            rep.problems.append(CorruptLogError(e.reason, position=e.position,
+                                                offset=e.offset, **where))
+            break
+        rep.records += sum(len(b) for b in batches)
+        if npos == pos:
+            break
+        pos = npos
+    _verify_index(seg, m, limit, rep, where, st, b_active=(seg.base == st.active_base))
 
 
 def _read_entries(fd: int, n: int, size: int, rep, where: dict) -> bytes:
