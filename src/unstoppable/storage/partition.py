@@ -71,6 +71,11 @@ class Partition:
     Obtained with ``topic.partition(i)``. Safe to use from several threads; any
     number of processes may open the same partition, and appends from all of
     them are serialized by an OS lock the kernel releases on death.
+
+    ``recovery`` says what opening it had to do (a :class:`Recovery`);
+    ``durability`` is its :class:`~unstoppable.storage.durability.DurableState`,
+    which the group-commit drivers (the log's threads, a producer's event
+    loop) share.
     """
 
     def __init__(self, topic: str, index: int, path: str, config, services: PartitionServices):
@@ -143,6 +148,11 @@ class Partition:
         A consistent snapshot of the partition's shared head (offsets, active
         segment, checkpoint): what ``verify()`` and tools read."""
         return self._state()
+
+    @property
+    def config(self):
+        """The topic's settings (a ``TopicConfig``)."""
+        return self._config
 
     @property
     def catalog(self) -> SegmentCatalog:
