@@ -35,7 +35,8 @@ def ext(name, *c_sources):
         include_dirs=["csrc"],
         extra_compile_args=cflags,
         extra_link_args=ldflags,
-        depends=[f"csrc/{h}" for h in os.listdir("csrc") if h.endswith(".h")],
+        depends=[f"csrc/{h}" for h in os.listdir("csrc") if h.endswith(".h")]
+        + [f"{CORE}/{p}" for p in os.listdir(CORE) if p.startswith(f"{name}_") and p.endswith(".pxi")],
     )
 
 

@@ -48,6 +48,12 @@
 
 #define US_MAGIC 1
 #define US_BATCH_HEADER_SIZE 52
+/* Upper bounds of one record's framing around its key, value and header
+ * bytes: body_length <= 5 bytes, timestamp_delta <= 10 (any two timestamps
+ * may share a batch), key_length <= 5, value_length <= 5, header_count <= 5.
+ * Without a key and headers, key_length and header_count take 1 byte each. */
+#define US_RECORD_MAX_OVERHEAD 30
+#define US_RECORD_MAX_OVERHEAD_PLAIN 22
 #define US_BATCH_MAX_LENGTH 0x7fffffffu
 #define US_ATTR_COMPRESSION_MASK 0x07
 #define US_ATTR_RESERVED_MASK 0xf8

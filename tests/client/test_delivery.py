@@ -127,7 +127,7 @@ def test_durability_requests_are_answered_when_the_log_closes(tmp_path):
     log.close()  # syncs, then stops the sync thread: every request has its answer
     assert got == [None]
     late = []
-    log._group_commit.request(p, 10, late.append)  # after close: answered at once
+    log._group_commit.request(p.durability, 10, late.append)  # after close: answered at once
     assert len(late) == 1 and isinstance(late[0], LogClosedError)
 
 
@@ -177,7 +177,7 @@ def test_fsync_rounds_run_on_the_loop_with_at_most_two_in_flight(tmp_path):
     record is below the partition's on-disk checkpoint when its task
     resumes, rounds overlap (at most two), and a round covers several
     partitions' writes."""
-    from unstoppable.client.backend import _LoopCommitter
+    from unstoppable.storage.durability import LoopCommitter as _LoopCommitter
     log = make_log(tmp_path / "log", partitions=8)
     parts = list(log.topic("t"))
     seen, most, sizes = [], [0], []

@@ -6,7 +6,7 @@ import threading
 import pytest
 
 import unstoppable as us
-import unstoppable.storage.partition as P
+from unstoppable.storage.appender import STREAM_MIN
 from unstoppable.errors import (
     DuplicateSequenceError, InvalidRecordError, OffsetOutOfRangeError, OutOfOrderSequenceError,
     ProducerFencedError, RecordTooLargeError)
@@ -281,7 +281,7 @@ def test_large_pipelined_append_across_many_segments(log_dir):
     with us.Log(log_dir) as log:
         p = log.create_topic("t", segment_bytes=65536, index_interval_bytes=1024).partition(0)
         p.append([b"first"], timestamp=1)
-        n = P._STREAM_MIN + 5000  # large enough to take the pipelined path
+        n = STREAM_MIN + 5000  # large enough to take the pipelined path
         vals = [b"%07d" % i + b"~" * (i % 90) for i in range(n)]
         assert p.append(vals, timestamp=7) == 1
         assert p.append([b"last"]) == n + 1
@@ -308,7 +308,7 @@ def test_pipelined_append_is_atomic_for_readers(log):
         while not stop.is_set():
             seen.append(p.end_offset)
 
-    n = P._STREAM_MIN  # the pipelined path
+    n = STREAM_MIN  # the pipelined path
     th = threading.Thread(target=watch)
     th.start()
     for k in range(5):

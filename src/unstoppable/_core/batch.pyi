@@ -3,6 +3,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Union
 
 HEADER_SIZE: int
+RECORD_MAX_OVERHEAD: int
+RECORD_MAX_OVERHEAD_PLAIN: int
 MAGIC: int
 MAX_TIMESTAMP: int
 

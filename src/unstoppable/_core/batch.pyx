@@ -51,6 +51,10 @@ cdef extern from "Python.h":
     Py_ssize_t _bytes_len "PyBytes_GET_SIZE"(PyObject *)
 
 HEADER_SIZE = US_BATCH_HEADER_SIZE
+# Upper bounds of one record's encoded size beyond its key, value and header
+# bytes (csrc/batch.h): any record, and one without key or headers.
+RECORD_MAX_OVERHEAD = US_RECORD_MAX_OVERHEAD
+RECORD_MAX_OVERHEAD_PLAIN = US_RECORD_MAX_OVERHEAD_PLAIN
 MAGIC = US_MAGIC
 MAX_TIMESTAMP = (1 << 62) - 1
 

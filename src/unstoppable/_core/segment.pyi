@@ -7,6 +7,7 @@ TIME_ENTRY_SIZE: int
 HEAD_FILE_SIZE: int
 HEAD_FLAG_DELETED: int
 OFFSET_MISMATCH: int
+BAD_RECORDS: int
 
 def sigbus_absorbed() -> int: ...
 

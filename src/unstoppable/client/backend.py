@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import select
 import threading
 import weakref
 from typing import Callable, Iterable, Sequence
@@ -26,9 +25,10 @@ from unstoppable.client import _executor
 from unstoppable.client._inotify import Watcher
 from unstoppable.client._types import TopicInfo, TopicPartition
 from unstoppable.client.offsets import GroupOffsetStore, OffsetStore
-from unstoppable.errors import DiskFullError, LogClosedError
+from unstoppable.errors import DiskFullError
 from unstoppable.storage.groups import Membership, ProducerIdLock
-from unstoppable.storage.log import Log, _GroupCommit
+from unstoppable.storage.durability import LoopCommitter
+from unstoppable.storage.log import Log
 
 __all__ = ["Backend", "GroupMember", "EmbeddedBackend", "backend_for", "is_retriable"]
 
@@ -144,190 +144,6 @@ class Backend(abc.ABC):
         """Release what the backend holds for this client."""
 
 
-class _LoopCommitter:
-    """Group commit for ``acks="fsync"`` appends made on one event loop, run
-    by that loop.
-
-    The loop writes a batch, then asks for it to become durable. If fewer
-    than ``max_rounds`` rounds are in flight, a round starts at once: the
-    loop plans it (``Partition._sync_plan``: duplicated descriptors of what
-    lies past each checkpoint) and hands the descriptors to a
-    :class:`~unstoppable._core.segment.LoopSyncer`, a C thread that starts
-    writeback of all, fdatasyncs each and makes a pipe readable. Otherwise
-    the request waits for the next round, which starts as soon as one ends
-    and covers everything asked for meanwhile. When a round ends the loop
-    moves each checkpoint (``Partition._sync_done``) and answers every
-    request that is now durable.
-
-    Why the loop and not the log's sync thread (``_GroupCommit``) runs the
-    Python of a round: a thread that wakes from fdatasync must take the GIL
-    back from the loop, and each hand-off costs the loop time in both
-    directions. With 1,000 fsync senders the log's sync thread ran 1,700
-    rounds of 1.3 partitions each, 0.6 ms per round, and the loop's small
-    pwrites took 15.7 us at the median instead of 2.4 (9,500-10,800
-    voluntary context switches per 300k records). Here the sync threads
-    never take the GIL. Two rounds in flight rather than one: with one, the
-    senders fell into two cohorts taking turns and the loop sat idle 0.15-0.19 s
-    per 300k records waiting for rounds; with two it never idled (see the
-    README for the measured rates).
-
-    Durability state is the partition's (``_durable_end``, ``_failed``), as
-    with ``_GroupCommit``: a failed fdatasync fails the partition for good
-    (fsyncgate); a round that fails before any fdatasync (no descriptor to
-    duplicate: EMFILE) fails only the requests made before it started.
-    """
-
-    def __init__(self, loop, max_rounds: int = 2):
-        self.loop = loop
-        self._max_rounds = max_rounds
-        self._idle: list = []       # LoopSyncers with no round in flight
-        self._busy: dict = {}       # LoopSyncer -> its round: [(partition, state, n_fds)]
-        self._waiters: list = []    # [partition, end_offset, callback, round_no at request]
-        self._pending: dict = {}    # partition -> end offset a round must reach
-        self._round_no = 0
-        self._plan_errors: dict = {}  # partition -> (round_no, error)
-        self._scheduled = False
-        self._closed = False
-
-    def request(self, part, end_offset: int, fn) -> None:
-        """Call ``fn(error)`` on the loop once ``part`` is durable below
-        ``end_offset`` (``error`` None), or cannot get there."""
-        if self._closed:
-            raise RuntimeError("durability requests after the committer closed")
-        self._waiters.append([part, end_offset, fn, self._round_no])
-        if part._durable_end < end_offset:
-            self._pending[part] = max(self._pending.get(part, 0), end_offset)
-        if len(self._busy) < self._max_rounds:
-            self._start()
-
-    def _syncer(self):
-        if self._idle:
-            return self._idle.pop()
-        from unstoppable._core.segment import LoopSyncer
-        sy = LoopSyncer()
-        self.loop.add_reader(sy.fileno(), self._round_done, sy)
-        return sy
-
-    def _start(self) -> None:
-        """Plan and hand over a round for what is pending. Requests this
-        answers (already durable, or the plan failed) are answered from a
-        loop callback, never from inside ``request``."""
-        if self._closed or not self._pending or len(self._busy) >= self._max_rounds:
-            return
-        pending, self._pending = self._pending, {}
-        self._round_no += 1
-        no = self._round_no
-        plans, fds = [], []
-        for part in pending:
-            if part._failed is not None or part._closed:
-                continue
-            try:
-                plan = part._sync_plan()
-            except Exception as e:  # nothing was synced: only this round fails
-                self._plan_errors[part] = (no, e)
-                continue
-            if plan is None:
-                st = part._state()
-                if st.end_offset > part._durable_end:
-                    part._durable_end = st.end_offset
-            else:
-                plans.append((part, plan[0], len(plan[1])))
-                fds.extend(plan[1])
-        started = False
-        if fds:
-            try:
-                sy = self._syncer()
-                sy.submit(fds)  # owns the descriptors from here on
-            except Exception as e:
-                for part, _, _ in plans:
-                    self._plan_errors[part] = (no, e)
-            else:
-                self._busy[sy] = plans
-                started = True
-        if not started and not self._scheduled:
-            self._scheduled = True
-            self.loop.call_soon(self._answer_later)
-
-    def _answer_later(self) -> None:
-        self._scheduled = False
-        self._answer()
-        self._start()
-
-    def _round_done(self, sy) -> None:
-        plans = self._busy.get(sy)
-        if plans is None:
-            sy.take(0)  # (a stray wake-up: drain it)
-            return
-        errs = sy.take(sum(n for _, _, n in plans))
-        if errs is None:
-            return
-        del self._busy[sy]
-        self._idle.append(sy)
-        i = 0
-        for part, st, n in plans:
-            if not part._closed:
-                part._sync_result(st, errs[i:i + n])
-            i += n
-        self._answer()
-        self._start()
-
-    def _answer(self) -> None:
-        keep, done = [], []
-        for w in self._waiters:
-            part, end, fn, reg = w
-            err = _outcome(part, end)
-            if err is _WAIT:
-                pe = self._plan_errors.get(part)
-                if pe is not None and pe[0] > reg:
-                    err = _GroupCommit._not_synced(part, pe[1])
-                elif self._closed:
-                    err = LogClosedError(f"{part.topic}/{part.index}: the producer's loop "
-                                         f"closed before offset {end} was known durable")
-            if err is _WAIT:
-                keep.append(w)
-                if part._durable_end < end and not self._busy:
-                    self._pending[part] = max(self._pending.get(part, 0), end)
-            else:
-                done.append((fn, err))
-        self._waiters = keep
-        for fn, err in done:
-            try:
-                fn(err)
-            except Exception as e:  # one callback's bug must not strand the others
-                self.loop.call_exception_handler({"message": "unstoppable: durability callback failed",
-                                                  "exception": e})
-
-    def close(self) -> None:
-        """Finish the rounds in flight (waiting for them: milliseconds),
-        answer every waiter (those not durable by then get LogClosedError)
-        and stop the threads."""
-        if self._closed:
-            return
-        self._closed = True  # no new rounds
-        while self._busy:
-            ready, _, _ = select.select(list(self._busy), [], [])
-            for sy in ready:
-                self._round_done(sy)
-        for sy in self._idle:
-            if not self.loop.is_closed():
-                self.loop.remove_reader(sy.fileno())
-            sy.close()
-        self._idle.clear()
-        self._answer()
-
-
-_WAIT = object()
-
-
-def _outcome(part, end):
-    """None when durable below ``end``, the error when it never will be, or _WAIT."""
-    if part._durable_end >= end:
-        return None
-    if part._failed is not None or part._closed:
-        return _GroupCommit._why_not(part, end)
-    return _WAIT
-
-
 def backend_for(log) -> Backend:
     """The backend for what the application passed as ``log``: a ``us.Log``,
     a Backend, or an object with ``__unstoppable_backend__()``."""
@@ -370,7 +186,7 @@ class EmbeddedBackend(Backend):
 
     Appends are synchronous pwrites, done on the event loop; for
     ``acks="fsync"`` batches the loop then runs the group commit itself
-    (``_LoopCommitter``), with the fdatasyncs on C threads. Offset commits and
+    (``storage.durability.LoopCommitter``), with the fdatasyncs on C threads. Offset commits and
     writes of more than ``inline_bytes`` at once go to the client's thread
     pool.
 
@@ -411,7 +227,7 @@ class EmbeddedBackend(Backend):
     def _partition(self, topic: str, partition: int):
         key = (topic, partition)
         p = self._parts.get(key)
-        if p is None or p._closed:
+        if p is None or p.closed:
             p = self._parts[key] = self.log.topic(topic).partition(partition)
         return p
 
@@ -433,11 +249,11 @@ class EmbeddedBackend(Backend):
     def _when_durable(self, topic: str, partition: int, end_offset: int, fn) -> None:
         loop = asyncio.get_running_loop()
         c = self._committers.get(loop)
-        if c is None or c._closed:
-            c = self._committers[loop] = _LoopCommitter(loop)
-        part = self._partition(topic, partition)
-        part._check_written(end_offset)
-        c.request(part, end_offset, fn)
+        if c is None or c.closed:
+            c = self._committers[loop] = LoopCommitter(loop)
+        durability = self._partition(topic, partition).durability
+        durability.check_written(end_offset)
+        c.request(durability, end_offset, fn)
 
     def _append_blocking(self, part, batches, acks):
         bases = []
@@ -470,11 +286,6 @@ class EmbeddedBackend(Backend):
                 bases.append(self._write(part, b))
         except Exception as e:
             return bases, e
-        if acks == "fsync" and bases:
-            try:
-                await _executor.run(part.wait_durable, bases[-1] + len(batches[-1].records))
-            except Exception as e:
-                return [], e
         return bases, None
 
     async def producer_state(self, topic: str, partition: int, producer_id: int):
@@ -488,11 +299,6 @@ class EmbeddedBackend(Backend):
 
     async def fetch(self, topic: str, partition: int, offset: int, max_records: int,
                     max_bytes: int) -> list:
-        return self._partition(topic, partition).read(offset, max_records, max_bytes)
-
-    def fetch_now(self, topic: str, partition: int, offset: int, max_records: int,
-                  max_bytes: int) -> list:
-        """The synchronous form of :meth:`fetch` (reads are mmap'ed views)."""
         return self._partition(topic, partition).read(offset, max_records, max_bytes)
 
     async def offset_range(self, topic: str, partition: int) -> tuple[int, int]:

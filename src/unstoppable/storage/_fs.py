@@ -1,7 +1,13 @@
-"""Small file-system helpers shared by the storage modules."""
+"""Small file-system helpers shared by the storage modules: one ``pwrite``
+loop, one ``flock`` wrapper and a directory fsync."""
 from __future__ import annotations
 
+import errno
 import os
+
+from unstoppable._core.segment import lock_file, unlock_file
+
+__all__ = ["O_CLOEXEC", "fsync_dir", "pwrite_all", "Flock"]
 
 O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
@@ -13,3 +19,52 @@ def fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def pwrite_all(fd: int, data, pos: int) -> None:
+    """Write all of ``data`` at ``pos`` (``pwrite`` may write less than asked;
+    a full disk then raises on the next call, as OSError ENOSPC)."""
+    mv = memoryview(data)
+    try:
+        while len(mv):
+            n = os.pwrite(fd, mv, pos)
+            if n <= 0:  # pragma: no cover - pwrite reports errors by raising
+                raise OSError(errno.EIO, "pwrite wrote nothing")
+            mv = mv[n:]
+            pos += n
+    finally:
+        mv.release()
+
+
+class Flock:
+    """An exclusive ``flock`` on a file, as a context manager.
+
+    ``Flock(path)`` opens (creating) the file and owns the descriptor;
+    ``Flock(fd=fd)`` locks a descriptor someone else owns. The kernel drops
+    the lock when the holding process dies, so a crashed holder never wedges
+    anyone. flock does not exclude threads sharing one file description:
+    callers pair it with a ``threading`` lock.
+    """
+
+    __slots__ = ("fd", "_owned")
+
+    def __init__(self, path: str | None = None, *, fd: int = -1):
+        if path is not None:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | O_CLOEXEC, 0o644)
+        if fd < 0:
+            raise ValueError("Flock needs a path or a descriptor")
+        self.fd = fd
+        self._owned = path is not None
+
+    def __enter__(self):
+        lock_file(self.fd)  # keeps the GIL unless another process holds the lock
+        return self
+
+    def __exit__(self, *exc):
+        unlock_file(self.fd)
+
+    def close(self) -> None:
+        """Close the descriptor when this object opened it (dropping the lock)."""
+        if self._owned and self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import os
 import socket
 import struct
@@ -51,9 +50,9 @@ import threading
 import time
 import uuid
 import weakref
-from typing import Iterable, NamedTuple
+from typing import Iterable
 
-from unstoppable._core.hashing import crc32c, xxh64
+from unstoppable._core.hashing import crc32c
 from unstoppable.errors import (
     CorruptLogError,
     DiskFullError,
@@ -61,7 +60,18 @@ from unstoppable.errors import (
     ProducerIdInUseError,
     is_disk_full,
 )
-from unstoppable.storage._fs import O_CLOEXEC, fsync_dir
+from unstoppable._names import validate_group_name
+from unstoppable.groups.assign import (  # re-exported here as well
+    ASSIGNORS,
+    MemberInfo,
+    assign,
+    assign_round_robin,
+    assign_sticky,
+    choose_assignor,
+    member_description,
+    parse_member_description,
+)
+from unstoppable.storage._fs import O_CLOEXEC, Flock, fsync_dir, pwrite_all
 
 __all__ = [
     "GROUPS_DIR",
@@ -89,19 +99,6 @@ _BODY_HEAD = struct.Struct("<qI")      # commit time, entry count
 _ENTRY_TAIL = struct.Struct("<Iq")     # partition, offset
 _U16 = struct.Struct("<H")
 _MAX_BODY = 64 << 20
-_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
-
-
-def validate_group_name(name) -> str:
-    """A group name follows the topic-name rules: 1-249 of ``[A-Za-z0-9._-]``,
-    not ``.`` or ``..`` (it becomes a directory name)."""
-    if not isinstance(name, str):
-        raise InvalidGroupNameError(f"group name must be a str, got {type(name).__name__}")
-    if not name or len(name) > 249 or name in (".", "..") or not set(name) <= _NAME_CHARS:
-        raise InvalidGroupNameError(
-            f"invalid group name {name!r}: use 1-249 of letters, digits, '.', '_' and '-' "
-            "(not '.' or '..')")
-    return name
 
 
 def group_dir(log_path: str, group: str) -> str:
@@ -183,13 +180,9 @@ def _encode_record(offsets: dict, now_ms: int) -> bytes:
 
 
 def _pwrite_all(fd: int, data: bytes, pos: int) -> None:
-    """Write all of ``data`` at ``pos``. A short write means the disk is full:
-    the next call raises the errno, as DiskFullError when that is what it is."""
-    view = memoryview(data)
+    """Write all of ``data`` at ``pos``; a full disk raises DiskFullError."""
     try:
-        while view:
-            n = os.pwrite(fd, view, pos)
-            view, pos = view[n:], pos + n
+        pwrite_all(fd, data, pos)
     except OSError as e:
         if is_disk_full(e):
             raise DiskFullError(e.errno, f"no space to write committed offsets: "
@@ -317,7 +310,7 @@ class OffsetsFile:
         if self._lock_fd < 0:
             self._lock_fd = os.open(os.path.join(self.dir, "offsets.lock"),
                                     os.O_RDWR | os.O_CREAT | O_CLOEXEC, 0o644)
-        return _FlockCtx(self._lock_fd)
+        return Flock(fd=self._lock_fd)
 
     def commit(self, offsets: dict, *, sync: bool = True) -> None:
         """Append ``{(topic, partition): offset}`` durably (fdatasync unless
@@ -410,165 +403,8 @@ class OffsetsFile:
                     setattr(self, attr, -1)
 
 
-class _FlockCtx:
-    __slots__ = ("fd",)
-
-    def __init__(self, fd):
-        self.fd = fd
-
-    def __enter__(self):
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-
-    def __exit__(self, *exc):
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-
-
 # ---------------------------------------------------------------------------
 # Membership and ownership
-
-class MemberInfo(NamedTuple):
-    """A live member as described by its member file (or lease)."""
-    member_id: str
-    topics: tuple
-    pid: int
-    host: str
-    started_ms: int
-    #: The assignment functions this member can run, by name, most preferred
-    #: first. A description without them was written before members named
-    #: theirs, when every member ran "sticky".
-    assignors: tuple = ("sticky",)
-
-
-def member_description(info: MemberInfo) -> bytes:
-    """The JSON a member publishes about itself (member file or lease value)."""
-    return json.dumps({"member_id": info.member_id, "topics": list(info.topics),
-                       "pid": info.pid, "host": info.host, "started_ms": info.started_ms,
-                       "assignors": list(info.assignors)}).encode()
-
-
-def parse_member_description(raw, fallback_id: str) -> MemberInfo:
-    """The MemberInfo in ``raw`` (see :func:`member_description`); one that
-    cannot be read counts as a member subscribed to nothing."""
-    try:
-        d = json.loads(raw)
-        a = d.get("assignors")
-        return MemberInfo(str(d["member_id"]), tuple(d["topics"]), int(d["pid"]),
-                          str(d.get("host", "")), int(d.get("started_ms", 0)),
-                          tuple(str(x) for x in a) if a else ("sticky",))
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return MemberInfo(fallback_id, (), 0, "", 0)
-
-
-def assign_round_robin(members: Iterable[MemberInfo], partitions: dict[str, int]) -> dict[str, list]:
-    """The assignment members computed before ``assign_sticky`` (kept for
-    comparison): the (topic, partition) pairs of all
-    subscribed topics, sorted, dealt round-robin over the members sorted by id,
-    skipping members not subscribed to a pair's topic. With identical
-    subscriptions, member counts differ by at most one."""
-    ms = sorted(members, key=lambda m: m.member_id)
-    out: dict[str, list] = {m.member_id: [] for m in ms}
-    if not ms:
-        return out
-    i = 0
-    for topic in sorted(partitions):
-        for p in range(partitions[topic]):
-            for k in range(len(ms)):
-                m = ms[(i + k) % len(ms)]
-                if topic in m.topics:
-                    out[m.member_id].append((topic, p))
-                    i = (i + k + 1) % len(ms)
-                    break
-    return out
-
-
-def _weight(member_id: str, topic: str, partition: int) -> int:
-    return xxh64(b"%s\0%s\0%d" % (member_id.encode(), topic.encode(), partition))
-
-
-def assign_sticky(members: Iterable[MemberInfo], partitions: dict[str, int]) -> dict[str, list]:
-    """The assignment every member computes (the default): rendezvous hashing
-    with bounded loads. Each (topic, partition) of the subscribed topics, in a
-    fixed hashed order, goes to the subscribed member that ranks it highest
-    (xxh64 of member id, topic and partition) among those with room. Room: with
-    P pairs and M members, every member gets P // M and the first P % M to
-    fill up one more, so with identical subscriptions counts differ by at most
-    one, as round-robin dealing gives. What it adds: when a member joins or
-    dies, few pairs move between the others (round-robin dealing shifts
-    nearly all of them), so fewer consumers drop a partition and re-read it
-    from its last commit. Members subscribed to different topics take what the
-    others cannot (the least loaded subscribed member). A function of the set
-    of live members alone: every member computes the same answer from its
-    own view. The last answer is kept, as members ask again on every poll
-    (1,000 partitions over 100 members take about 50 ms to compute)."""
-    ms = sorted(members, key=lambda m: m.member_id)
-    key = (tuple((m.member_id, tuple(m.topics)) for m in ms), tuple(sorted(partitions.items())))
-    global _last_sticky
-    hit = _last_sticky  # one read: another thread may replace it meanwhile
-    if hit is not None and hit[0] == key:
-        out = hit[1]
-    else:
-        out = _assign_sticky(ms, partitions)
-        _last_sticky = (key, out)
-    return {k: list(v) for k, v in out.items()}
-
-
-_last_sticky: tuple | None = None
-
-
-def _assign_sticky(ms: list, partitions: dict[str, int]) -> dict[str, list]:
-    out: dict[str, list] = {m.member_id: [] for m in ms}
-    if not ms:
-        return out
-    pairs = [(t, p) for t in sorted(partitions) for p in range(partitions[t])]
-    pairs.sort(key=lambda tp: (xxh64(b"%s\0%d" % (tp[0].encode(), tp[1])), tp))
-    base, extra = divmod(len(pairs), len(ms))
-    counts = {m.member_id: 0 for m in ms}
-    for topic, p in pairs:
-        eligible = [m.member_id for m in ms if topic in m.topics]
-        if not eligible:
-            continue
-        ranked = sorted(eligible, key=lambda mid: (-_weight(mid, topic, p), mid))
-        pick = None
-        for mid in ranked:
-            c = counts[mid]
-            if c < base or (c == base and extra > 0):
-                pick = mid
-                if c == base:
-                    extra -= 1
-                break
-        if pick is None:  # different subscriptions: every subscriber is full
-            pick = min(ranked, key=lambda mid: counts[mid])
-        counts[pick] += 1
-        out[pick].append((topic, p))
-    for v in out.values():
-        v.sort()
-    return out
-
-
-def assign(members: Iterable[MemberInfo], partitions: dict[str, int]) -> dict[str, list]:
-    """The group's assignment, as every member computes it: with the first
-    assignor of the member with the smallest id that every live member can
-    run (:data:`ASSIGNORS` here). Members of different versions therefore
-    agree on one function, and a version that adds a better one uses it only
-    once every member has it; two members computing different functions would
-    each leave partitions to the other, and nobody would read those."""
-    ms = list(members)  # (each assignor sorts by member id itself)
-    return ASSIGNORS[choose_assignor(ms)](ms, partitions)
-
-
-def choose_assignor(members: list[MemberInfo]) -> str:
-    """The name :func:`assign` uses for these members (see there)."""
-    if members:
-        leader = min(members, key=lambda m: m.member_id)
-        for name in leader.assignors:
-            if name in ASSIGNORS and all(name in m.assignors for m in members):
-                return name
-    return "sticky"  # nothing in common that this version knows: its default
-
-
-#: Assignment functions by the name members advertise, most preferred first.
-ASSIGNORS: dict = {"sticky": assign_sticky, "round-robin": assign_round_robin}
-
 
 class Membership:
     """One member of a group: registered while its member file is locked.

@@ -95,23 +95,24 @@ class ProducerStateTable:
             return  # a fenced writer's batch that raced the fence; it changes nothing
         p.batches.append((base_seq, count, base_offset))
 
-    def catch_up(self, partition, st) -> None:
-        """Walk the headers appended (by anyone) since the table last looked."""
+    def catch_up(self, catalog, st) -> None:
+        """Walk the headers appended (by anyone) since the table last looked;
+        ``catalog`` is the partition's SegmentCatalog, ``st`` its head state."""
         if self.synced is None:
-            self._load(partition, st)
+            self._load(catalog, st)
             return
         base, pos = self.synced
         if (base, pos) == (st.active_base, st.active_size):
             self.expire(st.start_offset)
             return
-        if base not in partition._bases or partition._bases[-1] != st.active_base:
-            partition._refresh_segments(st)
-            if base not in partition._bases:
-                self._load(partition, st)  # our segment was deleted by retention
+        if base not in catalog.bases or catalog.bases[-1] != st.active_base:
+            catalog.refresh(st)
+            if base not in catalog.bases:
+                self._load(catalog, st)  # our segment was deleted by retention
                 return
-        for b in [b for b in partition._bases if base <= b <= st.active_base]:
-            seg = partition._segment(b)
-            limit = st.active_size if b == st.active_base else partition._sealed_info(seg)[0]
+        for b in [b for b in catalog.bases if base <= b <= st.active_base]:
+            seg = catalog.get(b)
+            limit = st.active_size if b == st.active_base else catalog.sealed(seg).size
             start = pos if b == base else 0
             if start < limit:
                 found, _ = producer_batches(seg.data(limit), start, limit)
@@ -132,15 +133,15 @@ class ProducerStateTable:
             del self.producers[pid]
         return len(gone)
 
-    def _load(self, partition, st) -> None:
+    def _load(self, catalog, st) -> None:
         """Initialise from the newest snapshot at or below the active segment,
         then walk forward from that segment's start."""
         self.producers.clear()
         self.expired_below = 0
-        partition._refresh_segments(st)
+        catalog.refresh(st)
         start = st.active_base
-        for b in reversed(partition._bases):
-            path = snapshot_path(partition.path, b)
+        for b in reversed(catalog.bases):
+            path = snapshot_path(catalog.path, b)
             if b <= st.active_base and os.path.exists(path):
                 try:
                     self._read_snapshot(path)
@@ -150,7 +151,7 @@ class ProducerStateTable:
                     self.producers.clear()
                     continue  # an older snapshot plus a longer walk still gives the right state
         self.synced = (start, 0)
-        self.catch_up(partition, st)
+        self.catch_up(catalog, st)
 
     # ------------------------------------------------------------------ check
 

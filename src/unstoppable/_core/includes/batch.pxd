@@ -4,6 +4,8 @@ cdef extern from "batch.h" nogil:
     enum:
         US_MAGIC
         US_BATCH_HEADER_SIZE
+        US_RECORD_MAX_OVERHEAD
+        US_RECORD_MAX_OVERHEAD_PLAIN
         US_BATCH_MAX_LENGTH
         US_OFF_BASE_OFFSET
         US_OFF_LENGTH
