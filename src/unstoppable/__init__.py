@@ -63,3 +63,7 @@ __all__ += [
 from unstoppable.connect import connect as connect  # noqa: E402  (re-exported)
 
 __all__.append("connect")
+
+# Arrow and Parquet (pyarrow is imported on first use). Importing the package
+# gives Topic and Partition their Arrow methods (see unstoppable.columnar).
+from unstoppable import arrow  # noqa: E402,F401

@@ -177,7 +177,7 @@ def test_fsync_rounds_run_on_the_loop_with_at_most_two_in_flight(tmp_path):
     record is below the partition's on-disk checkpoint when its task
     resumes, rounds overlap (at most two), and a round covers several
     partitions' writes."""
-    from unstoppable.client.backend import _LoopCommitter
+    from unstoppable.client.embedded import _LoopCommitter
     log = make_log(tmp_path / "log", partitions=8)
     parts = list(log.topic("t"))
     seen, most, sizes = [], [0], []

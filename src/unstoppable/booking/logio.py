@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 
 import unstoppable as us
-from unstoppable.client.backend import EmbeddedBackend, backend_for
+from unstoppable.client.embedded import EmbeddedBackend, backend_for
 
 __all__ = ["is_remote", "open_log", "close_log", "ensure_topic", "LogReader"]
 

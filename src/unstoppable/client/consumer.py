@@ -46,7 +46,7 @@ import inspect
 from typing import Callable
 
 from unstoppable.client._types import ConsumerRecord, OffsetAndTimestamp, TopicPartition
-from unstoppable.client.backend import backend_for
+from unstoppable.client.embedded import backend_for
 from unstoppable.errors import (
     CommitError,
     ConsumerClosedError,

@@ -1,147 +1,26 @@
-"""The small interface the Producer and Consumer run on, and its implementation
-over the embedded log.
-
-A backend is what stands between the asyncio client and the storage: it
-appends batches, reads records, waits for new ones, and provides group
-membership and committed offsets. :class:`Backend` lists everything the client
-needs; a second backend (NATS JetStream) implements the same methods.
-
-Contract for the batches handed to :meth:`Backend.append`: each has
-``records`` (a list of storage records: bytes, None, or ``(key, value,
-headers, timestamp)`` tuples), ``timestamp`` (ms, for records without one),
-``nbytes`` (an upper bound of the encoded size), and ``producer_id``,
-``producer_epoch``, ``base_sequence`` (-1 when not idempotent). A batch always
-fits in one storage batch of its topic.
+"""The Backend over the embedded log (:class:`EmbeddedBackend`), the loop's
+group commit for ``acks="fsync"`` appends (``_LoopCommitter``), and
+:func:`backend_for`, which picks the backend for what the application passed.
+The interface is in backend.py.
 """
 from __future__ import annotations
 
-import abc
 import asyncio
 import select
 import threading
 import weakref
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 from unstoppable.client import _executor
 from unstoppable.client._inotify import Watcher
+from unstoppable.client.backend import Backend, GroupMember
 from unstoppable.client._types import TopicInfo, TopicPartition
 from unstoppable.client.offsets import GroupOffsetStore, OffsetStore
-from unstoppable.errors import DiskFullError, LogClosedError
+from unstoppable.errors import LogClosedError
 from unstoppable.storage.groups import Membership, ProducerIdLock
 from unstoppable.storage.log import Log, _GroupCommit
 
-__all__ = ["Backend", "GroupMember", "EmbeddedBackend", "backend_for", "is_retriable"]
-
-
-def is_retriable(exc: BaseException) -> bool:
-    """Errors worth retrying with the same batch: the write may succeed later
-    (space returns, a timeout was transient). Idempotence makes a retry of a
-    batch that did land harmless."""
-    return isinstance(exc, (DiskFullError, TimeoutError, ConnectionError, InterruptedError))
-
-
-class GroupMember(abc.ABC):
-    """This consumer's membership of a group, as a backend provides it."""
-
-    member_id: str
-
-    @abc.abstractmethod
-    async def poll(self) -> set:
-        """Refresh the view of live members; return this member's target
-        assignment (a set of TopicPartition)."""
-
-    @abc.abstractmethod
-    async def try_acquire(self, tp: TopicPartition) -> bool:
-        """Take exclusive ownership of a partition if nobody holds it."""
-
-    @abc.abstractmethod
-    async def release(self, tp: TopicPartition) -> None:
-        """Give a partition up (after its offsets are committed)."""
-
-    @abc.abstractmethod
-    async def leave(self) -> None:
-        """Release everything and leave the group."""
-
-
-class Backend(abc.ABC):
-    """What the Producer and Consumer need from a log."""
-
-    #: The optional synchronous fast path for ``acks="written"``: a backend
-    #: whose writes never wait on the network or the disk sets this to a
-    #: callable ``(topic, partition, batch) -> base offset``.
-    append_now: Callable | None = None
-
-    #: The optional companion of ``append_now`` for ``acks="fsync"``: a
-    #: callable ``(topic, partition, end_offset, fn)`` that returns at once
-    #: and later calls ``fn(error)`` on the running loop, ``error`` None once
-    #: every offset below ``end_offset`` is durable.
-    when_durable: Callable | None = None
-
-    # -- topics
-
-    @abc.abstractmethod
-    async def topic_info(self, topic: str) -> TopicInfo:
-        """Partition count and limits of a topic; raises UnknownTopicError."""
-
-    # -- producing
-
-    @abc.abstractmethod
-    async def append(self, topic: str, partition: int, batches: Sequence, acks: str):
-        """Append ``batches`` in order; return ``(bases, error)``: the base
-        offsets of the leading batches that are written (and durable, for
-        ``acks="fsync"``), and the error that stopped the rest (None when all
-        succeeded)."""
-
-    @abc.abstractmethod
-    async def producer_state(self, topic: str, partition: int, producer_id: int):
-        """``(epoch, next_sequence)`` of an idempotent producer id, or None."""
-
-    @abc.abstractmethod
-    async def claim_producer_id(self, producer_id: int, name: str):
-        """Make sure no other live producer uses this id; returns an object
-        with ``release()``. Raises ProducerIdInUseError."""
-
-    # -- consuming
-
-    @abc.abstractmethod
-    async def fetch(self, topic: str, partition: int, offset: int, max_records: int,
-                    max_bytes: int) -> list:
-        """Records from ``offset`` on (empty at the end); raises
-        OffsetOutOfRangeError outside [start, end]."""
-
-    @abc.abstractmethod
-    async def offset_range(self, topic: str, partition: int) -> tuple[int, int]:
-        """``(start_offset, end_offset)``."""
-
-    @abc.abstractmethod
-    async def offset_for_time(self, topic: str, partition: int, ts_ms: int) -> int | None:
-        """First offset with a timestamp >= ts_ms, or None."""
-
-    @abc.abstractmethod
-    def known_end_offset(self, topic: str, partition: int) -> int:
-        """The end offset as far as this client knows it without waiting
-        (exact on the embedded log; the last value seen on a remote one)."""
-
-    @abc.abstractmethod
-    async def wait_for_data(self, positions: dict, timeout: float | None,
-                            interrupt: asyncio.Future | None = None) -> bool:
-        """Sleep until some partition in ``{TopicPartition: offset}`` may hold
-        records at or past its offset, ``interrupt`` completes, or ``timeout``
-        seconds pass. Returns False on timeout. Spurious wake-ups are allowed;
-        busy-waiting is not."""
-
-    # -- groups
-
-    @abc.abstractmethod
-    async def join_group(self, group: str, topics: Iterable[str]) -> GroupMember:
-        """Register as a member of ``group`` consuming ``topics``."""
-
-    @abc.abstractmethod
-    def offset_store(self, group: str) -> OffsetStore:
-        """The default committed-offset store of a group."""
-
-    async def close(self) -> None:
-        """Release what the backend holds for this client."""
+__all__ = ["EmbeddedBackend", "backend_for"]
 
 
 class _LoopCommitter:
@@ -406,6 +285,7 @@ class EmbeddedBackend(Backend):
         self._parts: dict = {}
         self.append_now = self._append_now
         self.when_durable = self._when_durable
+        self.append_arrow = self._append_arrow
         self._committers: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
     def _partition(self, topic: str, partition: int):
@@ -470,12 +350,16 @@ class EmbeddedBackend(Backend):
                 bases.append(self._write(part, b))
         except Exception as e:
             return bases, e
-        if acks == "fsync" and bases:
-            try:
-                await _executor.run(part.wait_durable, bases[-1] + len(batches[-1].records))
-            except Exception as e:
-                return [], e
         return bases, None
+
+    async def _append_arrow(self, topic: str, table, value, key, timestamp, headers,
+                            partitioner, acks: str) -> dict:
+        """Arrow ingest (the ``append_arrow`` capability): the rows are split
+        and encoded in C from the Arrow buffers, on the client's thread pool."""
+        t = self.log.topic(topic)
+        return await _executor.run(
+            lambda: t.append_arrow(table, value, key, timestamp, headers,
+                                   partitioner=partitioner, acks=acks))
 
     async def producer_state(self, topic: str, partition: int, producer_id: int):
         part = self._partition(topic, partition)
@@ -488,11 +372,6 @@ class EmbeddedBackend(Backend):
 
     async def fetch(self, topic: str, partition: int, offset: int, max_records: int,
                     max_bytes: int) -> list:
-        return self._partition(topic, partition).read(offset, max_records, max_bytes)
-
-    def fetch_now(self, topic: str, partition: int, offset: int, max_records: int,
-                  max_bytes: int) -> list:
-        """The synchronous form of :meth:`fetch` (reads are mmap'ed views)."""
         return self._partition(topic, partition).read(offset, max_records, max_bytes)
 
     async def offset_range(self, topic: str, partition: int) -> tuple[int, int]:
