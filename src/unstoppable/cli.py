@@ -75,7 +75,6 @@ def _printable(b) -> str | None:
     return None if t is None else t.translate(_CONTROL)
 
 
-_REMOTE = ("nats://", "tls://")
 _REMOTE_COMMANDS = "topics create|list|describe, produce, consume, tail, dlq list|redrive and demo"
 
 
@@ -87,7 +86,8 @@ def _log_url(args) -> str:
 
 
 def _is_remote(url: str) -> bool:
-    return url.lower().startswith(_REMOTE)
+    from unstoppable.connect import is_remote_url
+    return is_remote_url(url)
 
 
 def _open_log(args):
