@@ -105,35 +105,15 @@ def append_arrow(target, table, value: str = "value", key: str | None = "key",
     """
     pa = _pa()
     if isinstance(table, pa.RecordBatchReader):
-        first = None
-        for b in table:
-            r = append_arrow(target, b, value, key, timestamp, headers, partition=partition,
-                             partitioner=partitioner, default_timestamp=default_timestamp,
-                             acks=acks)
-            if first is None:
-                first = r
-            elif isinstance(first, dict):
-                for p, o in r.items():
-                    first.setdefault(p, o)
-        return first if first is not None else ({} if not isinstance(target, Partition)
-                                                else target.end_offset)
+        return _append_reader(target, table, value, key, timestamp, headers, partition=partition,
+                              partitioner=partitioner, default_timestamp=default_timestamp,
+                              acks=acks)
     batches = _batches_of(pa, table)
-    schema_ = table.schema
-    if key == "key" and schema_.get_field_index("key") < 0:
+    if key == "key" and table.schema.get_field_index("key") < 0:
         key = None
-    for name, what in ((value, "value"), (key, "key"), (timestamp, "timestamp"),
-                       (headers, "headers"), (partition, "partition")):
-        if name is not None:
-            if not isinstance(name, str):
-                raise TypeError(f"{what} must name a column (a str), got {type(name).__name__}")
-            if schema_.get_field_index(name) < 0:
-                raise ValueError(f"no {what} column {name!r}; the columns are {schema_.names}")
-    if default_timestamp is None:
-        ts = time.time_ns() // 1_000_000
-    else:
-        ts = _ms(default_timestamp, "default_timestamp")
-    if not 0 <= ts < (1 << 62):
-        raise InvalidRecordError(f"default_timestamp {ts} is outside 0 .. 2**62-1 ms")
+    _check_columns(table.schema, value=value, key=key, timestamp=timestamp, headers=headers,
+                   partition=partition)
+    ts = _default_ms(default_timestamp)
     src = _source(pa, batches, value, key, timestamp, headers)
 
     if isinstance(target, Partition):
@@ -145,9 +125,55 @@ def append_arrow(target, table, value: str = "value", key: str | None = "key",
         return _append_rows(target, src, ts, acks)
     if not (hasattr(target, "partition") and hasattr(target, "partitions")):
         raise TypeError(f"expected a Topic or a Partition, got {type(target).__name__}")
-    n = target.partitions
     if len(src) == 0:
         return {}
+    parts = _split(pa, target, src, batches, key, partition, partitioner)
+    out = {}
+    for i, rows in enumerate(parts):
+        if rows is not None:
+            out[i] = _append_rows(target.partition(i), rows, ts, acks)
+    return out
+
+
+def _append_reader(target, reader, *args, **kwargs):
+    """append_arrow of a RecordBatchReader: batch by batch; the first result
+    (for a Topic, each partition's first offset)."""
+    first = None
+    for b in reader:
+        r = append_arrow(target, b, *args, **kwargs)
+        if first is None:
+            first = r
+        elif isinstance(first, dict):
+            for p, o in r.items():
+                first.setdefault(p, o)
+    return first if first is not None else ({} if not isinstance(target, Partition)
+                                            else target.end_offset)
+
+
+def _check_columns(schema_, **names) -> None:
+    """Each given name (``what=name``) names a column of ``schema_``."""
+    for what, name in names.items():
+        if name is not None:
+            if not isinstance(name, str):
+                raise TypeError(f"{what} must name a column (a str), got {type(name).__name__}")
+            if schema_.get_field_index(name) < 0:
+                raise ValueError(f"no {what} column {name!r}; the columns are {schema_.names}")
+
+
+def _default_ms(default_timestamp) -> int:
+    """The timestamp (ms) of rows without their own: ``default_timestamp`` or now."""
+    if default_timestamp is None:
+        ts = time.time_ns() // 1_000_000
+    else:
+        ts = _ms(default_timestamp, "default_timestamp")
+    if not 0 <= ts < (1 << 62):
+        raise InvalidRecordError(f"default_timestamp {ts} is outside 0 .. 2**62-1 ms")
+    return ts
+
+
+def _split(pa, target, src, batches, key, partition, partitioner) -> list:
+    """The rows of ``src`` per partition of the topic ``target`` (None where none)."""
+    n = target.partitions
     if partition is not None:
         if partitioner is not None:
             raise ValueError("give either partition= (a column) or partitioner=, not both")
@@ -158,27 +184,20 @@ def append_arrow(target, table, value: str = "value", key: str | None = "key",
             raise ValueError(f"partition column {partition!r} has {col.null_count} null(s)")
         col = _checked(pa, col.cast(pa.int64()), "partition", partition)
         try:
-            parts = src.split(n, 0, col)
+            return src.split(n, 0, col)
         except ValueError as e:
             raise PartitionOutOfRangeError(
                 f"topic {target.name!r} has partitions 0 .. {n - 1}; partition column "
                 f"{partition!r}: {e}") from None
-    elif partitioner is None or partitioner == "xxh64" or partitioner_kind(partitioner) == "xxh64":
-        parts = src.split(n, _c.PARTITION_XXH64)
-    elif partitioner == "murmur2" or partitioner_kind(partitioner) == "murmur2":
-        parts = src.split(n, _c.PARTITION_MURMUR2)
-    elif callable(partitioner):
-        ids = _call_partitioner(pa, partitioner, batches, key, n)
-        parts = src.split(n, 0, ids)
-    else:
-        raise TypeError(f"partitioner must be 'xxh64', 'murmur2' or a callable (key, n) -> int, "
-                        f"got {partitioner!r}")
-    out = {}
-    for i, rows in enumerate(parts):
-        if rows is not None:
-            out[i] = _append_rows(target.partition(i), rows, ts, acks)
-    return out
-
+    kind = partitioner if isinstance(partitioner, str) else partitioner_kind(partitioner)
+    if partitioner is None or kind == "xxh64":
+        return src.split(n, _c.PARTITION_XXH64)
+    if kind == "murmur2":
+        return src.split(n, _c.PARTITION_MURMUR2)
+    if callable(partitioner):
+        return src.split(n, 0, _call_partitioner(pa, partitioner, batches, key, n))
+    raise TypeError(f"partitioner must be 'xxh64', 'murmur2' or a callable (key, n) -> int, "
+                    f"got {partitioner!r}")
 
 
 def _call_partitioner(pa, fn, batches, key, n):

@@ -394,107 +394,32 @@ class EmbeddedBackend(Backend):
                             interrupt: asyncio.Future | None = None) -> bool:
         loop = asyncio.get_running_loop()
         parts = [(self._partition(tp.topic, tp.partition), pos) for tp, pos in positions.items()]
-        fut = loop.create_future()
-        loop_thread = threading.get_ident()
-
-        def wake(_=None):
-            if not fut.done():
-                fut.set_result(True)
-
-        def listener():  # runs in whichever thread appended
-            if fut.done():
-                return
-            if threading.get_ident() == loop_thread:
-                wake()
-            else:
-                loop.call_soon_threadsafe(wake)
-
-        handle = None
-        watcher = None
+        w = _DataWait(self, loop, parts, timeout)
         for p, _ in parts:
-            p.add_listener(listener)
+            p.add_listener(w.listener)
         try:
             if interrupt is not None:
                 if interrupt.done():
                     return True
-                interrupt.add_done_callback(wake)
-            w = self._inotify() if parts else None
-            if w is not None and all(w.watch(p.path) for p, _ in parts):
-                w.drain()  # stale events: the counters below are the truth
-                watcher = w
+                interrupt.add_done_callback(w.wake)
+            watcher = self._inotify() if parts else None
+            if watcher is not None and all(watcher.watch(p.path) for p, _ in parts):
+                watcher.drain()  # stale events: the counters below are the truth
+                w.watcher = watcher
             # Look after registering, so an append in between is not missed.
-            counters = [p.change_counter for p, _ in parts]
+            w.counters = [p.change_counter for p, _ in parts]
             if any(p.end_offset > pos for p, pos in parts):
                 return True
-            start = loop.time()
-            deadline = None if timeout is None else start + timeout
-            burst_until = 0.0
-            last_event = start
-
-            def changed() -> bool:
-                for (p, _), c in zip(parts, counters):
-                    if p.change_counter != c:
-                        return True
-                return False
-
-            def poll():
-                nonlocal handle
-                if fut.done():
-                    return
-                if changed():
-                    fut.set_result(True)
-                    return
-                now = loop.time()
-                if deadline is not None and now >= deadline:
-                    fut.set_result(False)
-                    return
-                if watcher is not None and now >= burst_until:
-                    # inotify wakes us; this is the safety net (a head
-                    # published long after its segment write raises no event)
-                    delay = self.max_poll if now - last_event < self.fast_poll_for else self.idle_poll
-                elif now - start < self.fast_poll_for or now < burst_until:
-                    delay = self.min_poll
-                else:
-                    delay = self.max_poll
-                if deadline is not None:
-                    delay = min(delay, deadline - now)
-                handle = loop.call_at(now + delay, poll)
-
-            def on_event():
-                # A segment was written; its end offset is published in the
-                # mmap'ed head right after, which raises no event of its own:
-                # look now, then every min_poll for a short while.
-                nonlocal burst_until, last_event, handle
-                watcher.drain()
-                if fut.done():
-                    return
-                if changed():
-                    fut.set_result(True)
-                    return
-                last_event = loop.time()
-                burst_until = last_event + 0.02
-                if handle is not None:
-                    handle.cancel()
-                handle = loop.call_soon(poll)
-
-            if watcher is not None:
-                loop.add_reader(watcher.fd, on_event)
+            w.arm()
+            if w.watcher is not None:
                 self._reader_loops.add(loop)
-            if parts:
-                first = self.max_poll if watcher is not None else self.min_poll
-                handle = loop.call_at(start + (first if timeout is None else min(first, timeout)), poll)
-            elif deadline is not None:  # nothing to watch: sleep until the deadline
-                handle = loop.call_at(deadline, poll)
-            return await fut
+            return await w.fut
         finally:
-            if watcher is not None and watcher.fd >= 0:  # close() may have come first
-                loop.remove_reader(watcher.fd)
-            if handle is not None:
-                handle.cancel()
+            w.disarm()
             if interrupt is not None:
-                interrupt.remove_done_callback(wake)
+                interrupt.remove_done_callback(w.wake)
             for p, _ in parts:
-                p.remove_listener(listener)
+                p.remove_listener(w.listener)
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
@@ -524,3 +449,103 @@ class EmbeddedBackend(Backend):
     def __repr__(self):
         return f"<EmbeddedBackend {self.log.path}>"
 
+
+class _DataWait:
+    """One wait_for_data call: its future, and the three ways it ends
+    (an append in this process calls ``listener``; inotify calls
+    ``on_event``; ``poll`` checks the shared change counters on a timer,
+    and ends the wait at its deadline)."""
+
+    def __init__(self, backend: "EmbeddedBackend", loop, parts: list, timeout: float | None):
+        self.b = backend
+        self.loop = loop
+        self.parts = parts
+        self.fut = loop.create_future()
+        self.thread = threading.get_ident()
+        self.watcher = None
+        self.counters: list = []
+        self.handle = None
+        self.timeout = timeout
+        self.start = self.last_event = 0.0
+        self.deadline = None
+        self.burst_until = 0.0
+
+    def wake(self, _=None) -> None:
+        if not self.fut.done():
+            self.fut.set_result(True)
+
+    def listener(self) -> None:  # runs in whichever thread appended
+        if self.fut.done():
+            return
+        if threading.get_ident() == self.thread:
+            self.wake()
+        else:
+            self.loop.call_soon_threadsafe(self.wake)
+
+    def changed(self) -> bool:
+        for (p, _), c in zip(self.parts, self.counters):
+            if p.change_counter != c:
+                return True
+        return False
+
+    def _delay(self, now: float) -> float:
+        b = self.b
+        if self.watcher is not None and now >= self.burst_until:
+            # inotify wakes us; this is the safety net (a head
+            # published long after its segment write raises no event)
+            return b.max_poll if now - self.last_event < b.fast_poll_for else b.idle_poll
+        if now - self.start < b.fast_poll_for or now < self.burst_until:
+            return b.min_poll
+        return b.max_poll
+
+    def poll(self) -> None:
+        if self.fut.done():
+            return
+        if self.changed():
+            self.fut.set_result(True)
+            return
+        now = self.loop.time()
+        if self.deadline is not None and now >= self.deadline:
+            self.fut.set_result(False)
+            return
+        delay = self._delay(now)
+        if self.deadline is not None:
+            delay = min(delay, self.deadline - now)
+        self.handle = self.loop.call_at(now + delay, self.poll)
+
+    def on_event(self) -> None:
+        # A segment was written; its end offset is published in the
+        # mmap'ed head right after, which raises no event of its own:
+        # look now, then every min_poll for a short while.
+        self.watcher.drain()
+        if self.fut.done():
+            return
+        if self.changed():
+            self.fut.set_result(True)
+            return
+        self.last_event = self.loop.time()
+        self.burst_until = self.last_event + 0.02
+        if self.handle is not None:
+            self.handle.cancel()
+        self.handle = self.loop.call_soon(self.poll)
+
+    def arm(self) -> None:
+        """Start the inotify reader and the first poll (the wait's clock starts now)."""
+        self.start = self.last_event = self.loop.time()
+        if self.timeout is not None:
+            self.deadline = self.start + self.timeout
+        if self.watcher is not None:
+            self.loop.add_reader(self.watcher.fd, self.on_event)
+        timeout = self.timeout
+        if self.parts:
+            first = self.b.max_poll if self.watcher is not None else self.b.min_poll
+            self.handle = self.loop.call_at(
+                self.start + (first if timeout is None else min(first, timeout)), self.poll)
+        elif self.deadline is not None:  # nothing to watch: sleep until the deadline
+            self.handle = self.loop.call_at(self.deadline, self.poll)
+
+    def disarm(self) -> None:
+        if self.watcher is not None and self.watcher.fd >= 0:  # close() may have come first
+            self.loop.remove_reader(self.watcher.fd)
+        if self.handle is not None:
+            self.handle.cancel()

@@ -298,10 +298,7 @@ class Producer:
         if self._state != _RUNNING:
             await self._ensure_running()
         if self._serialize:
-            if value is not None and self.value_serializer is not None:
-                value = self.value_serializer(value)
-            if key is not None and self.key_serializer is not None:
-                key = self.key_serializer(key)
+            value, key = self._serialized(value, key)
         if headers is None and timestamp is None and value.__class__ is bytes:
             if key is None:
                 rec = value
@@ -437,6 +434,14 @@ class Producer:
             await self.start()
         if self._state != _RUNNING:
             raise ProducerClosedError(f"producer for {self.topic!r} is closed; send refused")
+
+    def _serialized(self, value, key):
+        """``(value, key)`` through the serializers (None stays None)."""
+        if value is not None and self.value_serializer is not None:
+            value = self.value_serializer(value)
+        if key is not None and self.key_serializer is not None:
+            key = self.key_serializer(key)
+        return value, key
 
     def _custom_partition(self, key) -> int:
         p = self._part_fn(key, self._n)
