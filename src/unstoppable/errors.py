@@ -19,26 +19,19 @@ import errno as _errno
 
 __all__ = [
     "UnstoppableError",
-    "CorruptLogError",
-    "NotALogError",
-    "UnsupportedFormatError",
-    "InvalidTopicNameError",
-    "UnknownTopicError",
-    "TopicExistsError",
-    "TopicConfigError",
-    "PartitionOutOfRangeError",
-    "OffsetOutOfRangeError",
-    "RecordTooLargeError",
-    "InvalidRecordError",
-    "DiskFullError",
-    "LogClosedError",
-    "BufferFullError",
-    "ProducerClosedError",
-    "ConsumerClosedError",
-    "OutOfOrderSequenceError",
-    "ProducerFencedError",
-    "CommitError",
-    "NoOffsetForPartitionError",
+    # the log: files, topics, partitions
+    "CorruptLogError", "NotALogError", "UnsupportedFormatError", "InvalidTopicNameError",
+    "UnknownTopicError", "TopicExistsError", "TopicConfigError", "PartitionOutOfRangeError",
+    "OffsetOutOfRangeError", "DiskFullError", "LogClosedError",
+    # records and idempotent producers
+    "RecordTooLargeError", "InvalidRecordError", "OutOfOrderSequenceError",
+    "DuplicateSequenceError", "UnknownProducerError", "ProducerFencedError",
+    # the asyncio client
+    "BufferFullError", "ProducerClosedError", "ConsumerClosedError", "CommitError",
+    "NoOffsetForPartitionError", "InvalidGroupNameError", "NotAssignedError",
+    "ProducerIdInUseError", "DeliveryTimeoutError", "ValueDecodeError",
+    # remote backends
+    "InvalidURLError", "BackendUnavailableError", "BackendTimeoutError", "BackendError",
 ]
 # (ERROR_MAP, for_code and is_retriable are used as unstoppable.errors.<name>;
 # `from unstoppable.errors import *` brings only the exception classes.)
@@ -238,8 +231,6 @@ class DuplicateSequenceError(OutOfOrderSequenceError):
     longer known, so it is refused rather than written twice."""
 
 
-__all__.append("DuplicateSequenceError")
-
 
 class UnknownProducerError(OutOfOrderSequenceError):
     """The log holds no state for this idempotent producer (it never wrote
@@ -248,8 +239,6 @@ class UnknownProducerError(OutOfOrderSequenceError):
     batch was written. The Producer restarts the partition's sequence from 0
     and writes the batch again, as Kafka's client does for UNKNOWN_PRODUCER_ID."""
 
-
-__all__.append("UnknownProducerError")
 
 
 # Client layer (producer, consumer, consumer groups).
@@ -275,9 +264,6 @@ class DeliveryTimeoutError(UnstoppableError, TimeoutError):
     retriable = True  # a TimeoutError, and as retriable as one
 
 
-__all__ += ["InvalidGroupNameError", "NotAssignedError", "ProducerIdInUseError",
-            "DeliveryTimeoutError"]
-
 
 class ValueDecodeError(UnstoppableError, ValueError):
     """A value codec of a decoded export could not decode a record's value.
@@ -292,8 +278,6 @@ class ValueDecodeError(UnstoppableError, ValueError):
         self.partition = partition
         self.offset = offset
 
-
-__all__.append("ValueDecodeError")
 
 
 # Remote backends (unstoppable.backends: NATS JetStream).
@@ -334,5 +318,3 @@ class BackendError(UnstoppableError):
 def _rebuild_backend_error(message, code, err_code, description):
     return BackendError(message, code=code, err_code=err_code, description=description)
 
-
-__all__ += ["InvalidURLError", "BackendUnavailableError", "BackendTimeoutError", "BackendError"]
