@@ -379,10 +379,12 @@ class Producer:
         Send the rows of a ``pyarrow.Table`` (or RecordBatch) as records,
         partitioned like ``send`` (the producer's partitioner on the key
         column; rows without a key round-robin). Everything sent before is
-        flushed first, so the rows come after it in every partition. On the
-        embedded log the rows are partitioned and encoded in C straight from
-        the Arrow buffers (``unstoppable.arrow.append_arrow``), each
-        partition's rows visible at once; other backends send them row by row.
+        flushed first, so the rows come after it in every partition. On a
+        backend with the Arrow ingest capability (``Backend.append_arrow``;
+        the embedded log has it) the rows are partitioned and encoded in C
+        straight from the Arrow buffers (``unstoppable.arrow.append_arrow``),
+        each partition's rows visible at once; on others they are sent row by
+        row.
         Returns ``{partition: offset of its first row}``, once written at the
         producer's ``acks``. Key/value serializers do not apply (the columns
         are bytes already). Rows are not covered by idempotent sequence numbers.
