@@ -25,6 +25,7 @@ pc = pytest.importorskip("pyarrow.compute")
 
 import unstoppable as us  # noqa: E402
 from unstoppable import arrow as ua  # noqa: E402
+from unstoppable.arrow import ingest as ua_ingest  # noqa: E402
 from unstoppable._core import arrow as core_arrow  # noqa: E402
 from unstoppable._core.batch import BatchEncoder  # noqa: E402
 from unstoppable._core.hashing import murmur2_partition, xxh64_partition  # noqa: E402
@@ -235,7 +236,7 @@ def test_ingest_matches_python_encoder_byte_for_byte():
     for max_batch in (256, 4096, 1 << 20):
         py = BatchEncoder(max_batch)
         py.encode([(k, v, h or None, ts) for k, v, h, ts in rows], 1)
-        src = ua._source(pa, table.to_batches(), "value", "key", "ts", "headers")
+        src = ua_ingest._source(pa, table.to_batches(), "value", "key", "ts", "headers")
         c = core_arrow.ArrowEncoder(max_batch)
         assert c.encode(src[:], 1) == len(rows)
         assert (c.records, c.batches, c.max_timestamp, c.first_timestamp) == \

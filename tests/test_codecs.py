@@ -72,3 +72,15 @@ def test_codecs_plug_into_producer_and_consumer(tmp_path):
 
     assert asyncio.run(main()) == [{"seat": "A"}]
     log.close()
+
+
+def test_booking_alias_resolves_like_a_proto_spec():
+    """codecs.py names the demo's message only as a proto: spec string."""
+    import ast
+    import unstoppable.codecs as c
+    tree = ast.parse(open(c.__file__).read())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | \
+        {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not any(m and m.startswith("unstoppable.booking") for m in imported)
+    assert c.ALIASES["booking"].startswith("proto:")
+    assert c.get("booking").message_class is c.get(c.ALIASES["booking"]).message_class

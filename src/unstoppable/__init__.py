@@ -18,34 +18,17 @@ except ImportError as _e:  # pragma: no cover - exercised only on a broken insta
         "`python -m pip install -e .` (needs a C compiler and Cython), or install a "
         f"wheel. Original error: {_e}") from _e
 
-from unstoppable import errors
+# arrow: Arrow and Parquet (pyarrow is imported on first use); importing it
+# gives Topic and Partition their Arrow methods (see unstoppable.columnar).
+from unstoppable import arrow, errors  # noqa: F401
 from unstoppable._core.batch import Record, RecordBatch
-from unstoppable.errors import *  # noqa: F401,F403
-from unstoppable.storage import Log, Partition, Topic, TopicConfig, VerifyReport
-
-__version__ = "0.1.0"
-
-__all__ = [
-    "Log",
-    "Topic",
-    "TopicConfig",
-    "Partition",
-    "Record",
-    "RecordBatch",
-    "VerifyReport",
-    "errors",
-] + list(errors.__all__)
-
-# The asyncio client (producer, consumer, groups).
-from unstoppable.client import (  # noqa: E402
+from unstoppable.client import (
     Block,
     BlockWithTimeout,
     Consumer,
     ConsumerRecord,
-    DefaultPartitioner,
     FailImmediately,
     GroupOffsetStore,
-    Murmur2Partitioner,
     OffsetAndTimestamp,
     OffsetStore,
     Producer,
@@ -53,13 +36,23 @@ from unstoppable.client import (  # noqa: E402
     SQLiteOffsetStore,
     TopicPartition,
 )
+from unstoppable.connect import connect
+from unstoppable.errors import *  # noqa: F401,F403
+from unstoppable.partitioning import DefaultPartitioner, Murmur2Partitioner
+from unstoppable.storage import Log, Partition, Topic, TopicConfig, VerifyReport
 
-__all__ += [
-    "Producer", "Consumer", "ConsumerRecord", "Block", "BlockWithTimeout", "FailImmediately",
-    "DefaultPartitioner", "Murmur2Partitioner", "RecordMetadata", "TopicPartition",
-    "OffsetAndTimestamp", "OffsetStore", "GroupOffsetStore", "SQLiteOffsetStore",
+__version__ = "0.1.0"
+
+__all__ = [
+    # the log (synchronous storage API)
+    "Log", "Topic", "TopicConfig", "Partition", "Record", "RecordBatch", "VerifyReport",
+    # the asyncio client
+    "Producer", "Block", "BlockWithTimeout", "FailImmediately", "RecordMetadata",
+    "DefaultPartitioner", "Murmur2Partitioner",
+    "Consumer", "ConsumerRecord", "TopicPartition", "OffsetAndTimestamp",
+    "OffsetStore", "GroupOffsetStore", "SQLiteOffsetStore",
+    # any backend from a URL
+    "connect",
+    # errors (the classes are also importable from here)
+    "errors", *errors.__all__,
 ]
-
-from unstoppable.connect import connect as connect  # noqa: E402  (re-exported)
-
-__all__.append("connect")

@@ -75,7 +75,6 @@ def _printable(b) -> str | None:
     return None if t is None else t.translate(_CONTROL)
 
 
-_REMOTE = ("nats://", "tls://")
 _REMOTE_COMMANDS = "topics create|list|describe, produce, consume, tail, dlq list|redrive and demo"
 
 
@@ -87,7 +86,8 @@ def _log_url(args) -> str:
 
 
 def _is_remote(url: str) -> bool:
-    return url.lower().startswith(_REMOTE)
+    from unstoppable.connect import is_remote_url
+    return is_remote_url(url)
 
 
 def _open_log(args):
@@ -265,7 +265,7 @@ def _topic_info(t) -> dict:
 async def _remote_topic_info(log, name: str) -> dict:
     """What _topic_info says of an embedded topic, for a JetStream topic
     (JetStream acknowledges only what it stored: no separate durable offset)."""
-    from unstoppable.client.backend import backend_for
+    from unstoppable.client.embedded import backend_for
     t = await log.describe_topic(name)
     be = backend_for(log)
     try:
@@ -471,7 +471,7 @@ def _cmd_consume(args, tail: bool = False) -> int:
     group = None if tail else args.group
 
     async def run(log):
-        from unstoppable.client.backend import backend_for
+        from unstoppable.client.embedded import backend_for
         be = backend_for(log)
         n = (await be.topic_info(args.topic)).partitions
         parts = list(range(n))

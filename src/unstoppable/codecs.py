@@ -14,13 +14,17 @@ Three come with the library:
   protobuf wire format.
 
 :func:`get` turns a name into a codec, for command lines and configuration:
-``"bytes"``, ``"str"``, ``"json"``, ``"booking"`` (the booking service's
-``BookingEvent``) or ``"proto:package.module:MessageClass"``.
+``"bytes"``, ``"str"``, ``"json"``, ``"proto:package.module:MessageClass"``,
+or an alias from :data:`ALIASES` (``"booking"``: the booking demo's
+``BookingEvent``, resolved like any ``proto:`` name, so this module imports
+nothing of the demo).
 
 A value that does not decode raises :class:`unstoppable.errors.ValueDecodeError`;
-one that cannot be encoded raises ``TypeError`` or ``ValueError``. The
-producer and consumer move bytes; until they grow serializer hooks, call
-``codec.encode`` before ``send`` and ``codec.decode`` on ``record.value``.
+one that cannot be encoded raises ``TypeError`` or ``ValueError``. A codec
+plugs into the client as ``Producer(..., value_serializer=codec)`` (and
+``key_serializer``), which calls ``codec.encode`` in ``send``, and
+``Consumer(..., value_deserializer=codec)`` (and ``key_deserializer``), which
+calls ``codec.decode`` and yields ConsumerRecord tuples.
 
 These are value codecs for records. The column codecs of
 :mod:`unstoppable.arrow` (``arrow.ProtobufCodec`` and friends) turn a whole
@@ -35,7 +39,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from unstoppable.errors import ValueDecodeError
 
-__all__ = ["Codec", "BytesCodec", "StrCodec", "JsonCodec", "ProtobufCodec", "get", "NAMES"]
+__all__ = ["Codec", "BytesCodec", "StrCodec", "JsonCodec", "ProtobufCodec", "get", "NAMES", "ALIASES"]
 
 
 @runtime_checkable
@@ -163,17 +167,20 @@ class ProtobufCodec:
         return f"ProtobufCodec({self.message_class.DESCRIPTOR.full_name})"
 
 
+#: Names :func:`get` resolves to another spec.
+ALIASES = {"booking": "proto:unstoppable.booking.booking_pb2:BookingEvent"}
+
 #: The names :func:`get` knows besides ``proto:module:Class``.
-NAMES = ("bytes", "str", "json", "booking")
+NAMES = ("bytes", "str", "json", *ALIASES)
 
 
 def get(spec) -> Codec:
     """get(spec) -> codec
 
     ``spec`` is a codec (returned as is), a protobuf message class, or a name:
-    ``"bytes"``, ``"str"``, ``"json"``, ``"booking"`` (the booking service's
-    BookingEvent) or ``"proto:package.module:MessageClass"``. Unknown names
-    raise ValueError.
+    ``"bytes"``, ``"str"``, ``"json"``, an alias of :data:`ALIASES`
+    (``"booking"``: the booking service's BookingEvent) or
+    ``"proto:package.module:MessageClass"``. Unknown names raise ValueError.
     """
     if isinstance(spec, str):
         if spec == "bytes":
@@ -182,9 +189,7 @@ def get(spec) -> Codec:
             return StrCodec()
         if spec == "json":
             return JsonCodec()
-        if spec == "booking":
-            from unstoppable.booking.booking_pb2 import BookingEvent
-            return ProtobufCodec(BookingEvent)
+        spec = ALIASES.get(spec, spec)
         if spec.startswith("proto:"):
             mod, _, cls = spec[len("proto:"):].partition(":")
             if not mod or not cls:

@@ -15,9 +15,35 @@ import urllib.parse
 
 from unstoppable.errors import InvalidURLError
 
-__all__ = ["connect"]
+__all__ = ["connect", "is_remote_url", "nats_servers", "NATS_SCHEMES"]
 
-_NATS_SCHEMES = ("nats", "tls")
+#: URL schemes of a NATS JetStream cluster (``tls://`` is NATS over TLS).
+NATS_SCHEMES = ("nats", "tls")
+
+
+def is_remote_url(url) -> bool:
+    """is_remote_url(url) -> bool
+
+    Whether ``url`` names a NATS JetStream cluster (``nats://`` or ``tls://``,
+    any case) rather than an embedded log (a path or ``file://`` URL). The one
+    test of this in the package; :func:`nats_servers` checks the rest."""
+    if not isinstance(url, str):
+        return False
+    scheme, sep, _ = url.partition("://")
+    return bool(sep) and scheme.lower() in NATS_SCHEMES
+
+
+def nats_servers(url: str) -> list[str]:
+    """nats_servers(url) -> list[str]
+
+    The server URLs of a ``nats://host:port[,host:port...]`` (or ``tls://``)
+    URL, each checked: ``nats://a:1,b`` -> ``["nats://a:1", "nats://b:4222"]``.
+    Raises InvalidURLError naming what is wrong."""
+    if not is_remote_url(url):
+        raise InvalidURLError(f"{url!r} is not a NATS URL: use nats://host:port[,host:port...] "
+                              "or tls://host:port[,host:port...]")
+    scheme, _, rest = url.partition("://")
+    return _nats_servers(url, scheme.lower(), rest)
 
 
 async def connect(url, **options):
@@ -46,7 +72,7 @@ async def connect(url, **options):
             raise InvalidURLError(f"file URL {url!r} names host {host!r}; only local paths "
                                   "(file:///path) are supported")
         return _embedded("/" + urllib.parse.unquote(path), options)
-    if scheme in _NATS_SCHEMES:
+    if scheme in NATS_SCHEMES:
         from unstoppable.backends.jetstream import JetStreamLog
         return await JetStreamLog.connect(_nats_servers(url, scheme, rest), **options)
     raise InvalidURLError(f"unknown scheme {scheme!r} in log URL {url!r}: use nats://host:port[,host:port...], "

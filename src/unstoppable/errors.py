@@ -5,8 +5,13 @@ where a built-in exception describes the same kind of failure the class also
 derives from it (``CorruptLogError`` is a ``ValueError``, ``DiskFullError`` an
 ``OSError``), so callers can catch either.
 
+Each class says whether the failed operation is worth retrying as it was
+(``retriable``, as in aiokafka's errors.py): the producer's sender asks
+:func:`is_retriable`, which reads that attribute, and knows no classes itself.
+
 The compiled core reports failures as small integer codes (see csrc/batch.h);
-:func:`corrupt_from_code` is the one place that turns them into exceptions.
+:data:`ERROR_MAP` is the one table from those codes to exceptions, and
+:func:`for_code` the one function that applies it (py-lmdb's ``error_map[]``).
 """
 from __future__ import annotations
 
@@ -14,31 +19,32 @@ import errno as _errno
 
 __all__ = [
     "UnstoppableError",
-    "CorruptLogError",
-    "NotALogError",
-    "UnsupportedFormatError",
-    "InvalidTopicNameError",
-    "UnknownTopicError",
-    "TopicExistsError",
-    "TopicConfigError",
-    "PartitionOutOfRangeError",
-    "OffsetOutOfRangeError",
-    "RecordTooLargeError",
-    "InvalidRecordError",
-    "DiskFullError",
-    "LogClosedError",
-    "BufferFullError",
-    "ProducerClosedError",
-    "ConsumerClosedError",
-    "OutOfOrderSequenceError",
-    "ProducerFencedError",
-    "CommitError",
-    "NoOffsetForPartitionError",
+    # the log: files, topics, partitions
+    "CorruptLogError", "NotALogError", "UnsupportedFormatError", "InvalidTopicNameError",
+    "UnknownTopicError", "TopicExistsError", "TopicConfigError", "PartitionOutOfRangeError",
+    "OffsetOutOfRangeError", "DiskFullError", "LogClosedError",
+    # records and idempotent producers
+    "RecordTooLargeError", "InvalidRecordError", "OutOfOrderSequenceError",
+    "DuplicateSequenceError", "UnknownProducerError", "ProducerFencedError",
+    # the asyncio client
+    "BufferFullError", "ProducerClosedError", "ConsumerClosedError", "CommitError",
+    "NoOffsetForPartitionError", "InvalidGroupNameError", "NotAssignedError",
+    "ProducerIdInUseError", "DeliveryTimeoutError", "ValueDecodeError",
+    # remote backends
+    "InvalidURLError", "BackendUnavailableError", "BackendTimeoutError", "BackendError",
 ]
+# (ERROR_MAP, for_code and is_retriable are used as unstoppable.errors.<name>;
+# `from unstoppable.errors import *` brings only the exception classes.)
 
 
 class UnstoppableError(Exception):
-    """Base class of every error raised by unstoppable."""
+    """Base class of every error raised by unstoppable.
+
+    ``retriable`` (a class attribute) is True when the same operation may
+    succeed if tried again unchanged (space returns, a server comes back).
+    """
+
+    retriable = False
 
 
 class CorruptLogError(UnstoppableError, ValueError):
@@ -130,6 +136,8 @@ class DiskFullError(UnstoppableError, OSError):
     readable, and appends work again once space returns.
     """
 
+    retriable = True
+
 
 class LogClosedError(UnstoppableError, RuntimeError):
     """The log, topic or partition was used after ``close()``."""
@@ -165,21 +173,32 @@ class NoOffsetForPartitionError(UnstoppableError):
     """No committed offset and ``auto_offset_reset="error"``."""
 
 
-# Codes from csrc/batch.h, mapped once.
-_REASONS = {
-    1: "incomplete batch (torn write)",
-    2: "unknown batch magic (format version)",
-    3: "impossible batch length",
-    4: "CRC-32C mismatch",
-    5: "unknown batch attributes",
-    6: "records do not parse within the batch",
-    7: "batch with zero records",
+# The one table from the C result codes (csrc/batch.h, enum US_*) to
+# exceptions: code -> (class, reason). Code 0 (US_OK) is not an error.
+ERROR_MAP: dict[int, tuple[type, str]] = {
+    1: (CorruptLogError, "incomplete batch (torn write)"),          # US_INCOMPLETE
+    2: (CorruptLogError, "unknown batch magic (format version)"),   # US_BAD_MAGIC
+    3: (CorruptLogError, "impossible batch length"),                # US_BAD_LENGTH
+    4: (CorruptLogError, "CRC-32C mismatch"),                       # US_BAD_CRC
+    5: (CorruptLogError, "unknown batch attributes"),               # US_BAD_ATTRIBUTES
+    6: (CorruptLogError, "records do not parse within the batch"),  # US_BAD_RECORDS
+    7: (CorruptLogError, "batch with zero records"),                # US_BAD_COUNT
 }
 
 
+def for_code(code: int, **where) -> UnstoppableError:
+    """for_code(code, **where) -> UnstoppableError
+
+    The exception for a C result code (``where`` names the place: topic,
+    partition, segment, position, offset). An unknown code still gives a
+    CorruptLogError that names it."""
+    cls, reason = ERROR_MAP.get(code, (CorruptLogError, f"batch check failed (code {code})"))
+    return cls(reason, **where)
+
+
 def corrupt_from_code(code: int, **where) -> CorruptLogError:
-    """The exception for a C result code from the batch checker."""
-    return CorruptLogError(_REASONS.get(code, f"batch check failed (code {code})"), **where)
+    """The exception for a C result code from the batch checker (:func:`for_code`)."""
+    return for_code(code, **where)
 
 
 _DISK_FULL = {_errno.ENOSPC, _errno.EFBIG, getattr(_errno, "EDQUOT", _errno.ENOSPC)}
@@ -190,13 +209,27 @@ def is_disk_full(exc: OSError) -> bool:
     return exc.errno in _DISK_FULL
 
 
+# Built-in exceptions carry no ``retriable`` attribute: these are the ones an
+# operation may raise that are worth retrying (a timeout, a dropped
+# connection, an interrupted call).
+_RETRIABLE_BUILTINS = (TimeoutError, ConnectionError, InterruptedError)
+
+
+def is_retriable(exc: BaseException) -> bool:
+    """Whether retrying the same operation may succeed: ``exc.retriable`` for
+    the library's errors, and for built-in exceptions True for timeouts,
+    connection errors and interrupted calls."""
+    r = getattr(exc, "retriable", None)
+    if r is not None:
+        return bool(r)
+    return isinstance(exc, _RETRIABLE_BUILTINS)
+
+
 class DuplicateSequenceError(OutOfOrderSequenceError):
     """A retry of an idempotent batch older than the last five the log
     remembers for that producer: it was written before, but its offsets are no
     longer known, so it is refused rather than written twice."""
 
-
-__all__.append("DuplicateSequenceError")
 
 
 class UnknownProducerError(OutOfOrderSequenceError):
@@ -206,8 +239,6 @@ class UnknownProducerError(OutOfOrderSequenceError):
     batch was written. The Producer restarts the partition's sequence from 0
     and writes the batch again, as Kafka's client does for UNKNOWN_PRODUCER_ID."""
 
-
-__all__.append("UnknownProducerError")
 
 
 # Client layer (producer, consumer, consumer groups).
@@ -230,9 +261,8 @@ class DeliveryTimeoutError(UnstoppableError, TimeoutError):
     """A batch could not be written within the producer's ``delivery_timeout_ms``;
     the last error is its ``__cause__``."""
 
+    retriable = True  # a TimeoutError, and as retriable as one
 
-__all__ += ["InvalidGroupNameError", "NotAssignedError", "ProducerIdInUseError",
-            "DeliveryTimeoutError"]
 
 
 class ValueDecodeError(UnstoppableError, ValueError):
@@ -249,8 +279,6 @@ class ValueDecodeError(UnstoppableError, ValueError):
         self.offset = offset
 
 
-__all__.append("ValueDecodeError")
-
 
 # Remote backends (unstoppable.backends: NATS JetStream).
 
@@ -263,10 +291,14 @@ class BackendUnavailableError(UnstoppableError, ConnectionError):
     unreachable, or the partition has no leader (an election is under way).
     Retriable: the producer retries it within ``delivery_timeout_ms``."""
 
+    retriable = True
+
 
 class BackendTimeoutError(UnstoppableError, TimeoutError):
     """A request to a remote backend got no answer in time, so its outcome is
     unknown. Retriable: an idempotent producer's retry cannot duplicate."""
+
+    retriable = True
 
 
 class BackendError(UnstoppableError):
@@ -286,5 +318,3 @@ class BackendError(UnstoppableError):
 def _rebuild_backend_error(message, code, err_code, description):
     return BackendError(message, code=code, err_code=err_code, description=description)
 
-
-__all__ += ["InvalidURLError", "BackendUnavailableError", "BackendTimeoutError", "BackendError"]

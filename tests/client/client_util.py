@@ -8,7 +8,7 @@ import time
 
 import unstoppable as us
 from unstoppable.client import _executor
-from unstoppable.client.backend import EmbeddedBackend
+from unstoppable.client.embedded import EmbeddedBackend
 
 SPAWN = mp.get_context("spawn")
 

@@ -8,7 +8,8 @@ import pytest
 
 import unstoppable as us
 from unstoppable import TopicPartition as TP
-from unstoppable.client.backend import Backend, EmbeddedBackend, backend_for
+from unstoppable.client.backend import Backend
+from unstoppable.client.embedded import EmbeddedBackend, backend_for
 
 from client_util import run
 

@@ -9,7 +9,7 @@ import time
 import pytest
 
 import unstoppable as us
-from unstoppable.client.backend import EmbeddedBackend
+from unstoppable.client.embedded import EmbeddedBackend
 
 from client_util import SPAWN, make_log, run
 

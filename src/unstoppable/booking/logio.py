@@ -15,16 +15,15 @@ from __future__ import annotations
 import asyncio
 
 import unstoppable as us
-from unstoppable.client.backend import EmbeddedBackend, backend_for
+from unstoppable.client.embedded import EmbeddedBackend, backend_for
+from unstoppable.connect import is_remote_url
 
 __all__ = ["is_remote", "open_log", "close_log", "ensure_topic", "LogReader"]
 
-_REMOTE = ("nats://", "tls://")
-
-
 def is_remote(url) -> bool:
-    """Whether ``url`` names a JetStream cluster rather than an embedded log."""
-    return isinstance(url, str) and url.lower().startswith(_REMOTE)
+    """Whether ``url`` names a JetStream cluster rather than an embedded log
+    (:func:`unstoppable.connect.is_remote_url`)."""
+    return is_remote_url(url)
 
 
 async def open_log(url: str, *, create: bool = False, **options):

@@ -1,5 +1,12 @@
 """The asyncio client: Producer and Consumer over a backend (the embedded log
-by default). See producer.py and consumer.py."""
+by default).
+
+Modules: producer.py (the public Producer) over accumulator.py (batches,
+backpressure) and sender.py (writes, retries); consumer.py over positions.py;
+backend.py (the Backend interface) with embedded.py (the embedded log) and
+offsets.py (committed-offset stores). Internals are imported from their own
+modules.
+"""
 from unstoppable.client._types import (
     ConsumerRecord,
     OffsetAndTimestamp,
@@ -7,26 +14,28 @@ from unstoppable.client._types import (
     TopicInfo,
     TopicPartition,
 )
-from unstoppable.client.backend import Backend, EmbeddedBackend, GroupMember, backend_for
+from unstoppable.client.backend import Backend, GroupMember
 from unstoppable.client.consumer import Consumer
+from unstoppable.client.embedded import EmbeddedBackend
 from unstoppable.client.offsets import GroupOffsetStore, OffsetStore, SQLiteOffsetStore
 from unstoppable.client.producer import (
-    Batch,
     Block,
     BlockWithTimeout,
-    DefaultPartitioner,
     DeliveryFuture,
     FailImmediately,
-    Murmur2Partitioner,
-    PartitionBuffers,
     Producer,
     producer_id_for,
 )
+from unstoppable.partitioning import DefaultPartitioner, Murmur2Partitioner
 
 __all__ = [
-    "Producer", "PartitionBuffers", "Batch", "DeliveryFuture", "Block", "BlockWithTimeout",
-    "FailImmediately", "DefaultPartitioner", "Murmur2Partitioner", "RecordMetadata",
-    "TopicPartition", "OffsetAndTimestamp", "TopicInfo", "Backend", "EmbeddedBackend",
-    "GroupMember", "backend_for", "OffsetStore", "GroupOffsetStore", "SQLiteOffsetStore",
-    "producer_id_for", "Consumer", "ConsumerRecord",
+    # producing
+    "Producer", "DeliveryFuture", "RecordMetadata", "producer_id_for",
+    "Block", "BlockWithTimeout", "FailImmediately",
+    "DefaultPartitioner", "Murmur2Partitioner",
+    # consuming
+    "Consumer", "ConsumerRecord", "OffsetAndTimestamp",
+    "OffsetStore", "GroupOffsetStore", "SQLiteOffsetStore",
+    # backends and shared types
+    "Backend", "GroupMember", "EmbeddedBackend", "TopicPartition", "TopicInfo",
 ]

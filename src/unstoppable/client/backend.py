@@ -1,10 +1,14 @@
-"""The small interface the Producer and Consumer run on, and its implementation
-over the embedded log.
+"""The interface the Producer and Consumer run on: :class:`Backend` and
+:class:`GroupMember`. Interfaces only; the implementations are
+:class:`~unstoppable.client.embedded.EmbeddedBackend` (the embedded log) and
+:class:`~unstoppable.backends.jetstream.JetStreamBackend` (NATS JetStream).
 
 A backend is what stands between the asyncio client and the storage: it
 appends batches, reads records, waits for new ones, and provides group
 membership and committed offsets. :class:`Backend` lists everything the client
-needs; a second backend (NATS JetStream) implements the same methods.
+needs. Optional capabilities are attributes that are None when a backend
+lacks them (``append_now``, ``when_durable``, ``append_arrow``); the client
+asks for the capability, never for the backend's class.
 
 Contract for the batches handed to :meth:`Backend.append`: each has
 ``records`` (a list of storage records: bytes, None, or ``(key, value,
@@ -17,27 +21,12 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import threading
-import weakref
 from typing import Callable, Iterable, Sequence
 
-from unstoppable.client import _executor
-from unstoppable.client._inotify import Watcher
 from unstoppable.client._types import TopicInfo, TopicPartition
-from unstoppable.client.offsets import GroupOffsetStore, OffsetStore
-from unstoppable.errors import DiskFullError
-from unstoppable.storage.groups import Membership, ProducerIdLock
-from unstoppable.storage.durability import LoopCommitter
-from unstoppable.storage.log import Log
+from unstoppable.client.offsets import OffsetStore
 
-__all__ = ["Backend", "GroupMember", "EmbeddedBackend", "backend_for", "is_retriable"]
-
-
-def is_retriable(exc: BaseException) -> bool:
-    """Errors worth retrying with the same batch: the write may succeed later
-    (space returns, a timeout was transient). Idempotence makes a retry of a
-    batch that did land harmless."""
-    return isinstance(exc, (DiskFullError, TimeoutError, ConnectionError, InterruptedError))
+__all__ = ["Backend", "GroupMember"]
 
 
 class GroupMember(abc.ABC):
@@ -76,6 +65,14 @@ class Backend(abc.ABC):
     #: and later calls ``fn(error)`` on the running loop, ``error`` None once
     #: every offset below ``end_offset`` is durable.
     when_durable: Callable | None = None
+
+    #: The optional Arrow ingest: a coroutine function ``(topic, table,
+    #: value, key, timestamp, headers, partitioner, acks) -> {partition:
+    #: first offset}`` that partitions and encodes the rows of a
+    #: ``pyarrow.Table`` without a Python object per row (``partitioner`` is
+    #: ``"xxh64"``, ``"murmur2"`` or a callable ``(key, n) -> int``). Without
+    #: it, ``Producer.send_arrow`` sends the rows one by one.
+    append_arrow: Callable | None = None
 
     # -- topics
 
@@ -142,312 +139,3 @@ class Backend(abc.ABC):
 
     async def close(self) -> None:
         """Release what the backend holds for this client."""
-
-
-def backend_for(log) -> Backend:
-    """The backend for what the application passed as ``log``: a ``us.Log``,
-    a Backend, or an object with ``__unstoppable_backend__()``."""
-    if isinstance(log, Backend):
-        return log
-    make = getattr(log, "__unstoppable_backend__", None)
-    if make is not None:
-        return make()
-    if isinstance(log, Log):
-        return EmbeddedBackend(log)
-    raise TypeError(f"expected a unstoppable Log (or a backend), got {type(log).__name__}")
-
-
-# ---------------------------------------------------------------------------
-# The embedded log
-
-class _EmbeddedMember(GroupMember):
-    def __init__(self, membership: Membership, counts: dict):
-        self._m = membership
-        self._counts = counts
-        self.member_id = membership.member_id
-
-    async def poll(self) -> set:
-        members = self._m.refresh()
-        return {TopicPartition(t, p) for t, p in self._m.target(members, self._counts)}
-
-    async def try_acquire(self, tp) -> bool:
-        return self._m.try_acquire(tp.topic, tp.partition)
-
-    async def release(self, tp) -> None:
-        self._m.release(tp.topic, tp.partition)
-
-    async def leave(self) -> None:
-        self._m.leave()
-
-
-class EmbeddedBackend(Backend):
-    """The Backend over an embedded ``us.Log`` (in this process; other
-    processes may have the same directory open).
-
-    Appends are synchronous pwrites, done on the event loop; for
-    ``acks="fsync"`` batches the loop then runs the group commit itself
-    (``storage.durability.LoopCommitter``), with the fdatasyncs on C threads. Offset commits and
-    writes of more than ``inline_bytes`` at once go to the client's thread
-    pool.
-
-    Waiting consumers are woken
-      * by appends made in this process, directly: a partition listener plus
-        ``call_soon_threadsafe``;
-      * by appends from other processes, through inotify on the partition
-        directories (the segment write raises IN_MODIFY; the shared change
-        counter then says whether the end offset moved), with a poll of the
-        change counters as the safety net: every ``max_poll`` seconds for
-        ``fast_poll_for`` seconds after the wait began or the last event,
-        then every ``idle_poll`` seconds (an idle consumer costs next to no
-        CPU; a 4 ms poll kept one at about 2% of a core here);
-      * without inotify (``use_inotify=False``, not Linux, or out of watches),
-        by polling the counters every ``min_poll`` seconds for the first
-        ``fast_poll_for`` seconds of a wait, then every ``max_poll`` seconds.
-    Measured p50/p99 from another process: see bench/test_client_bench.py.
-    """
-
-    def __init__(self, log: Log, *, inline_bytes: int = 1 << 20, min_poll: float = 0.001,
-                 max_poll: float = 0.004, fast_poll_for: float = 0.5, idle_poll: float = 0.1,
-                 use_inotify: bool = True):
-        self.log = log
-        self.use_inotify = use_inotify
-        self._watcher = None
-        self._watch_tried = False
-        self._reader_loops: set = set()
-        self.inline_bytes = inline_bytes
-        self.min_poll = min_poll
-        self.max_poll = max_poll
-        self.fast_poll_for = fast_poll_for
-        self.idle_poll = idle_poll
-        self._parts: dict = {}
-        self.append_now = self._append_now
-        self.when_durable = self._when_durable
-        self._committers: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-    def _partition(self, topic: str, partition: int):
-        key = (topic, partition)
-        p = self._parts.get(key)
-        if p is None or p.closed:
-            p = self._parts[key] = self.log.topic(topic).partition(partition)
-        return p
-
-    async def topic_info(self, topic: str) -> TopicInfo:
-        t = self.log.topic(topic)
-        cfg = t.config
-        return TopicInfo(topic, t.partitions, cfg.max_record_bytes, cfg.max_batch_bytes)
-
-    # -- producing
-
-    @staticmethod
-    def _write(part, b) -> int:
-        return part.append(b.records, timestamp=b.timestamp, producer_id=b.producer_id,
-                           producer_epoch=b.producer_epoch, base_sequence=b.base_sequence)
-
-    def _append_now(self, topic: str, partition: int, batch) -> int:
-        return self._write(self._partition(topic, partition), batch)
-
-    def _when_durable(self, topic: str, partition: int, end_offset: int, fn) -> None:
-        loop = asyncio.get_running_loop()
-        c = self._committers.get(loop)
-        if c is None or c.closed:
-            c = self._committers[loop] = LoopCommitter(loop)
-        durability = self._partition(topic, partition).durability
-        durability.check_written(end_offset)
-        c.request(durability, end_offset, fn)
-
-    def _append_blocking(self, part, batches, acks):
-        bases = []
-        try:
-            for b in batches:
-                bases.append(self._write(part, b))
-        except Exception as e:
-            return bases, e
-        if acks == "fsync":
-            try:
-                part.wait_durable(bases[-1] + len(batches[-1].records))
-            except Exception as e:
-                return [], e
-        return bases, None
-
-    async def append(self, topic: str, partition: int, batches: Sequence, acks: str):
-        try:
-            part = self._partition(topic, partition)
-        except Exception as e:
-            return [], e
-        if acks == "fsync" or sum(b.nbytes for b in batches) > self.inline_bytes:
-            # With fsync acks the write goes to the thread too: a pwrite into
-            # pages another partition's fsync is writing back can stall for
-            # the length of that fsync (measured: 175 us per 16 KiB batch on
-            # the loop versus 24 us without concurrent fsyncs).
-            return await _executor.run(self._append_blocking, part, batches, acks)
-        bases = []
-        try:
-            for b in batches:
-                bases.append(self._write(part, b))
-        except Exception as e:
-            return bases, e
-        return bases, None
-
-    async def producer_state(self, topic: str, partition: int, producer_id: int):
-        part = self._partition(topic, partition)
-        return await _executor.run(part.producer_state, producer_id)
-
-    async def claim_producer_id(self, producer_id: int, name: str):
-        return ProducerIdLock(self.log.path, producer_id, name)
-
-    # -- consuming
-
-    async def fetch(self, topic: str, partition: int, offset: int, max_records: int,
-                    max_bytes: int) -> list:
-        return self._partition(topic, partition).read(offset, max_records, max_bytes)
-
-    async def offset_range(self, topic: str, partition: int) -> tuple[int, int]:
-        p = self._partition(topic, partition)
-        return p.start_offset, p.end_offset
-
-    async def offset_for_time(self, topic: str, partition: int, ts_ms: int) -> int | None:
-        return self._partition(topic, partition).offset_for_time(ts_ms)
-
-    def known_end_offset(self, topic: str, partition: int) -> int:
-        return self._partition(topic, partition).end_offset
-
-    def _inotify(self):
-        if not self._watch_tried:
-            self._watch_tried = True
-            self._watcher = Watcher.create() if self.use_inotify else None
-        return self._watcher
-
-    async def wait_for_data(self, positions: dict, timeout: float | None,
-                            interrupt: asyncio.Future | None = None) -> bool:
-        loop = asyncio.get_running_loop()
-        parts = [(self._partition(tp.topic, tp.partition), pos) for tp, pos in positions.items()]
-        fut = loop.create_future()
-        loop_thread = threading.get_ident()
-
-        def wake(_=None):
-            if not fut.done():
-                fut.set_result(True)
-
-        def listener():  # runs in whichever thread appended
-            if fut.done():
-                return
-            if threading.get_ident() == loop_thread:
-                wake()
-            else:
-                loop.call_soon_threadsafe(wake)
-
-        handle = None
-        watcher = None
-        for p, _ in parts:
-            p.add_listener(listener)
-        try:
-            if interrupt is not None:
-                if interrupt.done():
-                    return True
-                interrupt.add_done_callback(wake)
-            w = self._inotify() if parts else None
-            if w is not None and all(w.watch(p.path) for p, _ in parts):
-                w.drain()  # stale events: the counters below are the truth
-                watcher = w
-            # Look after registering, so an append in between is not missed.
-            counters = [p.change_counter for p, _ in parts]
-            if any(p.end_offset > pos for p, pos in parts):
-                return True
-            start = loop.time()
-            deadline = None if timeout is None else start + timeout
-            burst_until = 0.0
-            last_event = start
-
-            def changed() -> bool:
-                for (p, _), c in zip(parts, counters):
-                    if p.change_counter != c:
-                        return True
-                return False
-
-            def poll():
-                nonlocal handle
-                if fut.done():
-                    return
-                if changed():
-                    fut.set_result(True)
-                    return
-                now = loop.time()
-                if deadline is not None and now >= deadline:
-                    fut.set_result(False)
-                    return
-                if watcher is not None and now >= burst_until:
-                    # inotify wakes us; this is the safety net (a head
-                    # published long after its segment write raises no event)
-                    delay = self.max_poll if now - last_event < self.fast_poll_for else self.idle_poll
-                elif now - start < self.fast_poll_for or now < burst_until:
-                    delay = self.min_poll
-                else:
-                    delay = self.max_poll
-                if deadline is not None:
-                    delay = min(delay, deadline - now)
-                handle = loop.call_at(now + delay, poll)
-
-            def on_event():
-                # A segment was written; its end offset is published in the
-                # mmap'ed head right after, which raises no event of its own:
-                # look now, then every min_poll for a short while.
-                nonlocal burst_until, last_event, handle
-                watcher.drain()
-                if fut.done():
-                    return
-                if changed():
-                    fut.set_result(True)
-                    return
-                last_event = loop.time()
-                burst_until = last_event + 0.02
-                if handle is not None:
-                    handle.cancel()
-                handle = loop.call_soon(poll)
-
-            if watcher is not None:
-                loop.add_reader(watcher.fd, on_event)
-                self._reader_loops.add(loop)
-            if parts:
-                first = self.max_poll if watcher is not None else self.min_poll
-                handle = loop.call_at(start + (first if timeout is None else min(first, timeout)), poll)
-            elif deadline is not None:  # nothing to watch: sleep until the deadline
-                handle = loop.call_at(deadline, poll)
-            return await fut
-        finally:
-            if watcher is not None and watcher.fd >= 0:  # close() may have come first
-                loop.remove_reader(watcher.fd)
-            if handle is not None:
-                handle.cancel()
-            if interrupt is not None:
-                interrupt.remove_done_callback(wake)
-            for p, _ in parts:
-                p.remove_listener(listener)
-
-    async def close(self) -> None:
-        loop = asyncio.get_running_loop()
-        c = self._committers.pop(loop, None)
-        if c is not None:
-            c.close()
-        if self._watcher is not None:
-            for loop in self._reader_loops:  # a wait may still be registered
-                if not loop.is_closed():
-                    loop.remove_reader(self._watcher.fd)
-            self._reader_loops.clear()
-            self._watcher.close()
-            self._watcher = None
-
-    # -- groups
-
-    async def join_group(self, group: str, topics: Iterable[str]) -> GroupMember:
-        topics = sorted(set(topics))
-        counts = {}
-        for t in topics:
-            counts[t] = (await self.topic_info(t)).partitions
-        return _EmbeddedMember(Membership(self.log.path, group, topics), counts)
-
-    def offset_store(self, group: str) -> OffsetStore:
-        return GroupOffsetStore(self.log.path)
-
-    def __repr__(self):
-        return f"<EmbeddedBackend {self.log.path}>"
-

@@ -46,7 +46,8 @@ import inspect
 from typing import Callable
 
 from unstoppable.client._types import ConsumerRecord, OffsetAndTimestamp, TopicPartition
-from unstoppable.client.backend import backend_for
+from unstoppable.client.embedded import backend_for
+from unstoppable.client.positions import Positions
 from unstoppable.errors import (
     CommitError,
     ConsumerClosedError,
@@ -60,23 +61,6 @@ from unstoppable.storage.groups import validate_group_name
 __all__ = ["Consumer", "OFFSET_RESETS"]
 
 OFFSET_RESETS = ("earliest", "latest", "error")
-
-
-class _PState:
-    """What the consumer knows about one assigned partition."""
-
-    __slots__ = ("position", "committed", "initial")
-
-    def __init__(self, position, committed):
-        self.position = position      # next offset to hand out (None: unknown, reset "error")
-        self.committed = committed    # last committed offset known (None: none)
-        self.initial = position       # where consumption started (auto-commit skips unmoved ones)
-
-    def moved(self, pos) -> bool:
-        """Whether committing ``pos`` would record progress."""
-        if self.committed is not None:
-            return pos != self.committed
-        return pos != self.initial
 
 
 class Consumer:
@@ -161,9 +145,9 @@ class Consumer:
         self._started = False
         self._closed = False
         self._loop = None
-        self._assigned: dict[TopicPartition, _PState] = {}
-        self._order: list[TopicPartition] = []     # round-robin order of fetches
-        self._rr = 0
+        self._pos = Positions()                    # every position, and the __anext__ cursor
+        self._cursor = self._pos.cursor
+        self._assigned = self._pos.states          # TopicPartition -> PartitionState
         self._member = None
         self._held: set = set()                    # partitions whose owner lock we hold
         self._pending_assign: set = set()
@@ -172,13 +156,6 @@ class Consumer:
         self._bg_error: BaseException | None = None
         self._interrupt = None
         self._last_auto_commit = 0.0
-        self._unconsumed: dict[TopicPartition, int] = {}
-        # The chunk being iterated by __anext__: records of one partition.
-        self._chunk: list = []
-        self._ctp: TopicPartition | None = None
-        self._cstart = 0
-        self._ci = 0
-        self._cend = 0
 
     # ------------------------------------------------------------ lifecycle
 
@@ -236,7 +213,7 @@ class Consumer:
         try:
             if self._auto_commit and self._started:
                 offs = {tp: pos for tp in self._assigned
-                        if (pos := self._consumed_position(tp)) is not None
+                        if (pos := self._pos.consumed(tp)) is not None
                         and self._assigned[tp].moved(pos)}
                 if offs:
                     await self._store.commit(self._group, offs)
@@ -246,10 +223,7 @@ class Consumer:
                 await self._store.close()
             if self._own_backend:
                 await self._backend.close()
-            self._assigned.clear()
-            self._order = []
-            self._chunk = []
-            self._ci = self._cend = 0
+            self._pos.clear()
 
     async def _leave(self):
         if self._member is not None:
@@ -269,30 +243,27 @@ class Consumer:
         return self
 
     async def __anext__(self):
-        i = self._ci
-        if i < self._cend:
-            self._ci = i + 1
-            return self._chunk[i]
+        c = self._cursor
+        i = c.i
+        if i < c.end:
+            c.i = i + 1
+            return c.records[i]
         return await self._next_slow()
 
     async def _next_slow(self):
         if not self._started and not self._closed:
             await self.start()
         while True:
-            self._fold_chunk()
             if self._closed:
+                self._pos.fold()
                 raise StopAsyncIteration
-            self._unconsumed.clear()
+            self._pos.next_call()
             await self._safe_point()
-            got = await self._fetch_round(self.max_poll_records, one=True)
-            if got:
-                tp, recs = got[0]
-                self._chunk = recs
-                self._ctp = tp
-                self._cstart = recs[0].offset
-                self._ci = 1
-                self._cend = len(recs)
-                return recs[0]
+            for tp in self._pos.fetch_order():
+                recs, _ = await self._fetch(tp, self.max_poll_records)
+                if recs:
+                    self._pos.fetched_up_to(tp)
+                    return self._pos.hand_out_one(tp, recs)
             await self._wait(None)
 
     async def getmany(self, *partitions, max_records: int | None = None,
@@ -318,15 +289,11 @@ class Consumer:
                 if tp not in self._assigned:
                     raise NotAssignedError(f"{tp.topic}/{tp.partition} is not assigned to this consumer")
                 only.add(tp)
-        self._fold_chunk()
-        self._unconsumed.clear()
+        self._pos.next_call()
         deadline = None
         while True:
             await self._safe_point()
-            out = {}
-            for tp, recs in await self._fetch_round(limit, one=False, only=only):
-                out[tp] = recs
-                self._unconsumed[tp] = recs[0].offset
+            out = await self._fetch_many(limit, only)
             if out or self._closed:
                 return out
             if deadline is None:
@@ -336,55 +303,46 @@ class Consumer:
                 return out
             await self._wait(left)
 
-    def _fold_chunk(self) -> None:
-        """Bring the position of the chunk's partition up to what was handed out."""
-        if self._ctp is not None:
-            st = self._assigned.get(self._ctp)
-            if st is not None and self._ci > 0:
-                st.position = self._cstart + self._ci
-            self._ctp = None
-            self._chunk = []
-            self._ci = self._cend = 0
-
-    async def _fetch_round(self, limit: int, one: bool, only=None) -> list:
-        """Fetch from the assigned partitions round-robin; with ``one``, stop at
-        the first partition that has records. Positions move past what is returned."""
-        order = self._order
-        n = len(order)
-        out = []
-        if not n:
-            return out
-        start = self._rr
+    async def _fetch(self, tp, limit: int):
+        """Records of ``tp`` from its position (at most ``limit``), and the
+        error of a record that does not deserialize (the records before it
+        are returned; with none before it, it is raised, and the position
+        stays at that record)."""
+        st = self._assigned[tp]
+        if st.position is None:
+            raise NoOffsetForPartitionError(
+                f"{tp.topic}/{tp.partition} has no committed offset and auto_offset_reset='error'; "
+                "seek() to choose where to start")
         fetch = self._backend.fetch
-        for k in range(n):
-            tp = order[(start + k) % n]
+        try:
+            recs = await fetch(tp.topic, tp.partition, st.position, limit, self.fetch_max_bytes)
+        except OffsetOutOfRangeError:
+            await self._reset_out_of_range(tp, st)
+            recs = await fetch(tp.topic, tp.partition, st.position, limit, self.fetch_max_bytes)
+        bad = None
+        if recs:
+            if len(recs) > limit:
+                recs = recs[:limit]
+            if self._decode:
+                recs, bad = self._decode_records(tp, recs)
+                if bad is not None and not recs:
+                    raise bad
+        return recs, bad
+
+    async def _fetch_many(self, limit: int, only) -> dict:
+        """getmany's round: from the partitions round-robin, at most ``limit``
+        records in all; each partition's records are handed out at once."""
+        out = {}
+        for tp in self._pos.fetch_order():
             if only is not None and tp not in only:
                 continue
-            st = self._assigned[tp]
-            if st.position is None:
-                raise NoOffsetForPartitionError(
-                    f"{tp.topic}/{tp.partition} has no committed offset and auto_offset_reset='error'; "
-                    "seek() to choose where to start")
-            try:
-                recs = await fetch(tp.topic, tp.partition, st.position, limit, self.fetch_max_bytes)
-            except OffsetOutOfRangeError:
-                await self._reset_out_of_range(tp, st)
-                recs = await fetch(tp.topic, tp.partition, st.position, limit, self.fetch_max_bytes)
+            recs, bad = await self._fetch(tp, limit)
             if recs:
-                if len(recs) > limit:
-                    recs = recs[:limit]
-                if self._decode:
-                    recs, bad = self._decode_records(tp, recs)
-                    if bad is not None and not recs:
-                        raise bad  # position stays at the record that does not decode
-                if one:
-                    self._rr = (start + k + 1) % n
-                    return [(tp, recs)]
-                st.position = recs[-1].offset + 1
-                out.append((tp, recs))
+                self._pos.hand_out_all(tp, recs)
+                out[tp] = recs
                 limit -= len(recs)
-                if limit <= 0 or (self._decode and bad is not None):
-                    self._rr = (start + k + 1) % n
+                if limit <= 0 or bad is not None:
+                    self._pos.fetched_up_to(tp)
                     break
         return out
 
@@ -429,20 +387,6 @@ class Consumer:
 
     # -------------------------------------------------------------- commits
 
-    def _consumed_position(self, tp):
-        """Position after the records the application has moved past."""
-        st = self._assigned.get(tp)
-        if st is None:
-            return None
-        pos = self.position(tp) if st.position is not None else None
-        if pos is None:
-            return None
-        if tp in self._unconsumed:
-            pos = min(pos, self._unconsumed[tp])
-        if self._ctp == tp and self._ci > 0:
-            pos = min(pos, self._cstart + self._ci - 1)
-        return pos
-
     async def commit(self, offsets: dict | None = None) -> None:
         """commit(offsets=None)
 
@@ -483,10 +427,7 @@ class Consumer:
         if not offsets:
             return
         await self._store.commit(self._group, offsets)
-        for tp, off in offsets.items():
-            st = self._assigned.get(tp)
-            if st is not None:
-                st.committed = off
+        self._pos.committed(offsets)
         self._last_auto_commit = self._loop.time()
 
     async def committed(self, tp) -> int | None:
@@ -506,23 +447,12 @@ class Consumer:
         return set(self._assigned)
 
     def _state(self, tp) -> tuple:
-        tp = TopicPartition(*tp)
-        st = self._assigned.get(tp)
-        if st is None:
-            raise NotAssignedError(f"{tp.topic}/{tp.partition} is not assigned to this consumer "
-                                   f"(assigned: {sorted(self._assigned)})")
-        return tp, st
+        return self._pos.state(tp)
 
     def position(self, tp) -> int:
         """The offset of the next record this consumer will hand out for ``tp``."""
-        tp, st = self._state(tp)
-        if self._ctp == tp:
-            return self._cstart + self._ci
-        if st.position is None:
-            raise NoOffsetForPartitionError(
-                f"{tp.topic}/{tp.partition} has no position yet (no committed offset and "
-                "auto_offset_reset='error'); seek() to choose one")
-        return st.position
+        tp, _ = self._pos.state(tp)
+        return self._pos.position(tp)
 
     def lag(self) -> dict:
         """``{TopicPartition: end offset - committed offset}`` for the assigned
@@ -543,12 +473,7 @@ class Consumer:
         tp, st = self._state(tp)
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
             raise ValueError(f"offset must be an int >= 0, got {offset!r}")
-        if self._ctp == tp:
-            self._ctp = None
-            self._chunk = []
-            self._ci = self._cend = 0
-        self._unconsumed.pop(tp, None)
-        st.position = offset
+        self._pos.seek(tp, offset)
 
     async def seek_to_beginning(self, *partitions) -> None:
         """Seek the given partitions (default: all assigned) to their first offset."""
@@ -610,8 +535,7 @@ class Consumer:
                 pos = end
             else:
                 pos = None
-            self._assigned[tp] = _PState(pos, c)
-        self._order = sorted(self._assigned)
+            self._pos.assign(tp, pos, c)
 
     async def _poll_membership(self) -> bool:
         """Refresh the group view: mark partitions to give up, take free ones we
@@ -621,8 +545,7 @@ class Consumer:
         give_up = (self._held - target) - self._pending_revoke
         if give_up:
             self._pending_revoke |= give_up
-            if self._ctp in give_up:
-                self._cend = self._ci  # stop handing out its records; the safe point revokes it
+            self._pos.stop(give_up)  # hand out no more of them; the safe point revokes them
             changed = True
         for tp in sorted(target - self._held):
             if await self._member.try_acquire(tp):
@@ -659,8 +582,7 @@ class Consumer:
             await self._apply_changes()
         if self._auto_commit and self._loop.time() - self._last_auto_commit >= self._auto_commit_interval:
             self._last_auto_commit = self._loop.time()
-            offs = {tp: pos for tp, st in self._assigned.items()
-                    if st.position is not None and st.moved(pos := self.position(tp))}
+            offs = self._pos.moved()
             if offs:
                 await self.commit(offs)
 
@@ -675,22 +597,17 @@ class Consumer:
             if self._on_change is not None:
                 await _call(self._on_change, set(), set(revoked))
             if self._auto_commit:
-                offs = {tp: self.position(tp) for tp in revoked
-                        if self._assigned[tp].position is not None
-                        and self._assigned[tp].moved(self.position(tp))}
+                moved = self._pos.moved()
+                offs = {tp: moved[tp] for tp in revoked if tp in moved}
                 if offs:
                     await self._store.commit(self._group, offs)
             for tp in revoked:
-                if self._ctp == tp:
-                    self._fold_chunk()
-                del self._assigned[tp]
-                self._unconsumed.pop(tp, None)
+                self._pos.remove(tp)
         for tp in releasing:
             if tp in self._held:
                 self._held.discard(tp)
                 await self._member.release(tp)
         self._pending_revoke -= releasing
-        self._order = sorted(self._assigned)
         if assigned:
             await self._assign(assigned)
             if self._on_change is not None:

@@ -1,5 +1,6 @@
-"""The asyncio Producer: partitioning, per-partition batches, backpressure,
-idempotence.
+"""The asyncio Producer: the public API. Batches and backpressure are in
+accumulator.py, writing and retries in sender.py, partitioners in
+unstoppable.partitioning.
 
 How a record travels::
 
@@ -8,7 +9,7 @@ How a record travels::
     flush()/close() -> the partition's ready queue -> one flush at a time per
     partition -> backend.append -> delivery futures resolve
 
-* **Buffers** (:class:`PartitionBuffers`): one open batch per partition and a
+* **Buffers** (accumulator.PartitionBuffers): one open batch per partition and a
   queue of sealed ones. At most one flush per partition is in flight, and a
   batch that fails with a retriable error is retried (same sequence numbers)
   before any later batch of that partition is written, so order within a
@@ -54,33 +55,39 @@ write.
 from __future__ import annotations
 
 import asyncio
-import collections
-import functools
-import random
-import time
 import types
 import warnings
 
-from unstoppable._core.hashing import murmur2_partition, xxh64, xxh64_partition
+from unstoppable._core.delivery import DeliveryFuture, new_waiter as _new_waiter
+from unstoppable._core.hashing import xxh64
 from unstoppable.client._types import RecordMetadata, TopicPartition
-from unstoppable._core.delivery import DeliveryFuture, finish as _finish, new_waiter as _new_waiter
-from unstoppable.client import _executor
-from unstoppable.client.backend import EmbeddedBackend, backend_for, is_retriable
+from unstoppable.client.accumulator import (
+    BACKPRESSURE_MODES,
+    BATCH_HEADER_SIZE,
+    KEYLESS_RECORD_OVERHEAD,
+    PENDING,
+    RECORD_OVERHEAD,
+    Block,
+    BlockWithTimeout,
+    BufferSpace,
+    FailImmediately,
+    PartitionBuffers,
+    make_record,
+)
+from unstoppable.client.embedded import backend_for
+from unstoppable.client.sender import Sender
 from unstoppable.errors import (
-    BufferFullError,
-    DeliveryTimeoutError,
     InvalidRecordError,
     PartitionOutOfRangeError,
     ProducerClosedError,
     RecordTooLargeError,
-    UnknownProducerError,
 )
+from unstoppable.partitioning import DefaultPartitioner, Murmur2Partitioner, compiled_partition_fn, partitioner_kind
 from unstoppable.storage.partition import ACKS
 
 __all__ = [
     "Producer",
-    "PartitionBuffers",
-    "Batch",
+    "DeliveryFuture",
     "Block",
     "BlockWithTimeout",
     "FailImmediately",
@@ -91,20 +98,9 @@ __all__ = [
     "producer_id_for",
 ]
 
-# Upper bounds of one record's framing around its key, value and headers
-# (csrc/batch.h): body length <= 5 bytes, timestamp delta <= 10 (any two
-# timestamps may share a batch), key length <= 5, value length <= 5, header
-# count <= 5. A keyless, headerless record needs at most 22 of them (its key
-# length and header count take 1 byte each). The sums are upper bounds, so a
-# batch estimated below max_batch_bytes always encodes as one storage batch.
-_FAST_OVERHEAD = 22
-_SLOW_OVERHEAD = 30
-_BATCH_HEADER = 52
-_SEQ_MASK = 0x7FFF_FFFF
 _PID_MASK = 0x7FFF_FFFF_FFFF_FFFF
 
 _NEW, _RUNNING, _CLOSING, _CLOSED = 0, 1, 2, 3
-_PENDING, _DONE, _FAILED = 0, 1, 2
 
 
 def producer_id_for(name: str) -> int:
@@ -112,159 +108,11 @@ def producer_id_for(name: str) -> int:
     return xxh64(name.encode()) & _PID_MASK
 
 
-# ---------------------------------------------------------------------------
-# Backpressure modes
-
-class Block:
-    """When the buffer is full, wait until enough of it is written (the default)."""
-
-    __slots__ = ()
-    timeout = None
-
-    def __repr__(self):
-        return "Block()"
-
-
-class BlockWithTimeout:
-    """When the buffer is full, wait at most ``seconds``, then raise BufferFullError."""
-
-    __slots__ = ("timeout",)
-
-    def __init__(self, seconds: float):
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
-            raise ValueError(f"BlockWithTimeout needs a positive number of seconds, got {seconds!r}")
-        self.timeout = float(seconds)
-
-    def __repr__(self):
-        return f"BlockWithTimeout({self.timeout})"
-
-
-class FailImmediately:
-    """When the buffer is full, raise BufferFullError at once."""
-
-    __slots__ = ()
-    timeout = 0.0
-
-    def __repr__(self):
-        return "FailImmediately()"
-
-
-# ---------------------------------------------------------------------------
-# Partitioners (any callable (key, n) -> int works as well)
-
-class DefaultPartitioner:
-    """The default: ``xxh64(key) % n`` (in C)."""
-
-    __slots__ = ()
-
-    def __call__(self, key, n: int) -> int:
-        return xxh64_partition(key, n)
-
-    def __repr__(self):
-        return "DefaultPartitioner()"
-
-
-class Murmur2Partitioner:
-    """Kafka's partitioner, ``toPositive(murmur2(key)) % n``: a key lands on the
-    same partition number as with a Kafka producer."""
-
-    __slots__ = ()
-
-    def __call__(self, key, n: int) -> int:
-        return murmur2_partition(key, n)
-
-    def __repr__(self):
-        return "Murmur2Partitioner()"
-
-
-# ---------------------------------------------------------------------------
-# Batches and delivery futures
-
-class Batch:
-    """Records bound for one partition, written together as one storage batch.
-
-    ``records`` holds storage records (bytes, or ``(key, value, headers,
-    timestamp)`` tuples); ``nbytes`` is an upper bound of their encoded size;
-    ``created`` is the loop time it was opened, ``timestamp`` the ms
-    timestamp of records without their own.
-    """
-
-    __slots__ = ("topic", "partition", "records", "nbytes", "created", "timestamp",
-                 "producer_id", "producer_epoch", "base_sequence", "state", "base_offset",
-                 "error", "waiters", "callbacks", "loop", "error_seen", "timer", "own_ts", "restarted",
-                 "__weakref__")
-
-    def __init__(self, topic: str, partition: int, loop, timestamp: int):
-        self.topic = topic
-        self.partition = partition
-        self.records: list = []
-        self.nbytes = 0
-        self.loop = loop
-        self.created = loop.time()
-        self.timestamp = timestamp
-        self.producer_id = -1
-        self.producer_epoch = -1
-        self.base_sequence = -1
-        self.state = _PENDING
-        self.base_offset = -1
-        self.error: BaseException | None = None
-        self.waiters: list | None = None
-        self.callbacks: list | None = None
-        self.error_seen = False
-        self.timer = None
-        self.own_ts = False  # some record carries its own timestamp
-        self.restarted = False  # rewritten once after UnknownProducerError
-
-    def __len__(self):
-        return len(self.records)
-
-    def __del__(self):
-        if self.state == _FAILED and not self.error_seen:
-            try:
-                self.loop.call_exception_handler({
-                    "message": (f"unstoppable: {len(self.records)} records for "
-                                f"{self.topic}/{self.partition} failed delivery and no delivery "
-                                "future was awaited to see the error"),
-                    "exception": self.error,
-                })
-            except Exception:
-                pass
-
-    def __repr__(self):
-        st = ("pending", "done", "failed")[self.state]
-        return f"<Batch {self.topic}/{self.partition} records={len(self.records)} {st}>"
-
-
 @types.coroutine
 def _park(w):
     """Wait on a delivery waiter (for flush(): the outcome is not needed)."""
     yield w
 
-
-class PartitionBuffers:
-    """The accumulator: per partition one open batch, a queue of sealed
-    batches waiting to be written (the first of which may be in flight), and
-    whether a flush is in flight. (The producer keeps the buffered byte count
-    itself: it is read on every send.)"""
-
-    __slots__ = ("open", "ready", "in_flight", "unsynced")
-
-    def __init__(self, partitions: int):
-        self.open: list[Batch | None] = [None] * partitions
-        self.ready: list[collections.deque] = [collections.deque() for _ in range(partitions)]
-        self.in_flight = [False] * partitions
-        #: Written batches waiting for their fsync (acks="fsync" written
-        #: inline), oldest first; they complete in this order.
-        self.unsynced: list[collections.deque] = [collections.deque() for _ in range(partitions)]
-
-    def pending(self) -> int:
-        """Batches not yet completed (open ones included)."""
-        return (sum(len(q) for q in self.ready) + sum(len(q) for q in self.unsynced)
-                + sum(b is not None for b in self.open))
-
-
-# ---------------------------------------------------------------------------
-# The producer
 
 class Producer:
     """Producer(log, topic, *, partitioner=None, batch_bytes=16384, linger_ms=0,
@@ -312,7 +160,7 @@ class Producer:
                 raise ValueError(f"{name} must be a number >= 0, got {v!r}")
         if backpressure is None:
             backpressure = Block()
-        if not isinstance(backpressure, (Block, BlockWithTimeout, FailImmediately)):
+        if not isinstance(backpressure, BACKPRESSURE_MODES):
             raise TypeError(f"backpressure must be Block(), BlockWithTimeout(s) or "
                             f"FailImmediately(), got {backpressure!r}")
         if partitioner is not None and not callable(partitioner):
@@ -332,12 +180,8 @@ class Producer:
         self.value_serializer = _encoder_of(value_serializer, "value_serializer")
         self._serialize = self.key_serializer is not None or self.value_serializer is not None
         self.partitioner = partitioner if partitioner is not None else DefaultPartitioner()
-        if isinstance(self.partitioner, DefaultPartitioner):
-            self._part_fn, self._trusted = xxh64_partition, True
-        elif isinstance(self.partitioner, Murmur2Partitioner):
-            self._part_fn, self._trusted = murmur2_partition, True
-        else:
-            self._part_fn, self._trusted = self.partitioner, False
+        fn = compiled_partition_fn(self.partitioner)
+        self._part_fn, self._trusted = (fn, True) if fn is not None else (self.partitioner, False)
         self._backend = backend_for(log)
         self._own_backend = self._backend is not log
         self._state = _NEW
@@ -345,17 +189,10 @@ class Producer:
         self._loop = None
         self._n = 0
         self._buffers: PartitionBuffers | None = None
-        self._space_waiters: collections.deque = collections.deque()
-        self._tasks: set = set()
+        self._space = BufferSpace(max_buffer_bytes, backpressure, topic)
+        self._sender: Sender | None = None
         self._pid = -1 if producer_id is None else producer_id_for(producer_id)
-        self._epochs: list[int] = []
-        self._next_seq: list[int] = []
-        self._seq_dirty: list[bool] = []
         self._id_lock = None
-        self._inline = False
-        self._unsynced: list = []
-        self._when_durable = None
-        self._sweep_pending = False
 
     # ------------------------------------------------------------ lifecycle
 
@@ -376,33 +213,29 @@ class Producer:
             info = await self._backend.topic_info(self.topic)
             self._loop = loop
             self._n = n = info.partitions
-            self._hard_limit = max(info.max_batch_bytes - _BATCH_HEADER, 1)
+            self._hard_limit = max(info.max_batch_bytes - BATCH_HEADER_SIZE, 1)
             self._batch_bytes = min(self.batch_bytes, self._hard_limit)
             self._max_record = info.max_record_bytes
-            self._buffers = PartitionBuffers(n)
-            self._open = self._buffers.open
-            self._ready = self._buffers.ready
-            self._in_flight = self._buffers.in_flight
-            self._sticky = random.randrange(n)
-            self._buffered = 0
-            self._linger = self.linger_ms / 1000.0
-            self._when_durable = self._backend.when_durable
-            self._inline = self._backend.append_now is not None and (
-                self.acks == "written" or self._when_durable is not None)
-            self._append_now = self._backend.append_now
-            self._unsynced = self._buffers.unsynced
-            self._seq_dirty = [False] * n
+            epochs, next_seq = [], []
             if self._pid >= 0:
                 self._id_lock = await self._backend.claim_producer_id(self._pid, self.producer_id)
                 try:
                     for p in range(n):
                         st = await self._backend.producer_state(self.topic, p, self._pid)
                         epoch, seq = st if st is not None else (0, 0)
-                        self._epochs.append(epoch)
-                        self._next_seq.append(seq)
+                        epochs.append(epoch)
+                        next_seq.append(seq)
                 except BaseException:
                     self._id_lock.release()
                     raise
+            buffers = PartitionBuffers(n, self.topic, loop, self.linger_ms / 1000.0)
+            self._sender = Sender(self.topic, self._backend, self.acks, buffers, self._space, loop,
+                                  producer_id=self._pid, epochs=epochs, next_seq=next_seq,
+                                  delivery_timeout=self.delivery_timeout,
+                                  retry_backoff=self.retry_backoff)
+            buffers.on_sealed = self._sender.kick
+            self._buffers = buffers
+            self._open = buffers.open
             self._state = _RUNNING
         return self
 
@@ -417,10 +250,9 @@ class Producer:
         written (or has failed; failures are reported on the delivery futures)."""
         if self._state == _NEW:
             return
-        self._seal_all()
-        last = [q[-1] if q else u[-1] for q, u in zip(self._ready, self._unsynced) if q or u]
-        for b in last:
-            if b.state == _PENDING:
+        self._buffers.seal_all()
+        for b in self._buffers.last_batches():
+            if b.state == PENDING:
                 await _park(_new_waiter(b, -1))  # failures are reported on the delivery futures
 
     async def close(self) -> None:
@@ -435,9 +267,7 @@ class Producer:
                 await self.flush()
         finally:
             self._state = _CLOSED
-            for entry in list(self._space_waiters):
-                if not entry[1].done():
-                    entry[1].set_exception(ProducerClosedError(f"producer for {self.topic!r} closed"))
+            self._space.close()
             if self._id_lock is not None:
                 self._id_lock.release()
                 self._id_lock = None
@@ -447,7 +277,7 @@ class Producer:
     @property
     def buffered_bytes(self) -> int:
         """Bytes of accepted records not yet written (the backpressure count)."""
-        return self._buffered if self._buffers is not None else 0
+        return self._space.used if self._buffers is not None else 0
 
     @property
     def partitions(self) -> int:
@@ -468,24 +298,21 @@ class Producer:
         if self._state != _RUNNING:
             await self._ensure_running()
         if self._serialize:
-            if value is not None and self.value_serializer is not None:
-                value = self.value_serializer(value)
-            if key is not None and self.key_serializer is not None:
-                key = self.key_serializer(key)
+            value, key = self._serialized(value, key)
         if headers is None and timestamp is None and value.__class__ is bytes:
             if key is None:
                 rec = value
-                size = len(value) + _FAST_OVERHEAD
+                size = len(value) + KEYLESS_RECORD_OVERHEAD
             elif key.__class__ is bytes:
                 rec = (key, value)
-                size = len(key) + len(value) + _SLOW_OVERHEAD
+                size = len(key) + len(value) + RECORD_OVERHEAD
             else:
-                rec, size = _make_record(value, key, headers, timestamp)
+                rec, size = make_record(value, key, headers, timestamp)
         else:
-            rec, size = _make_record(value, key, headers, timestamp)
+            rec, size = make_record(value, key, headers, timestamp)
         if partition is None:
             if key is None:
-                p = self._sticky
+                p = self._buffers.sticky
             elif self._trusted:
                 p = self._part_fn(key, self._n)
             else:
@@ -494,20 +321,21 @@ class Producer:
             p = self._check_partition(partition)
         if size > self._max_record:
             self._too_large(size)
-        if self._buffered + size > self.max_buffer_bytes or self._space_waiters:
+        space = self._space
+        if space.used + size > space.limit or space.waiters:
             await self._reserve(size)
         else:
-            self._buffered += size
+            space.used += size
         b = self._open[p]
         if b is None or b.nbytes + size > self._hard_limit:
-            b = self._new_batch(p)
+            b = self._buffers.new_batch(p)
         i = len(b.records)
         b.records.append(rec)
         if timestamp is not None:
             b.own_ts = True
         b.nbytes += size
         if b.nbytes >= self._batch_bytes:
-            self._seal(p, True)
+            self._buffers.seal(p, True)
         return DeliveryFuture(b, i)
 
     async def send_and_wait(self, value, key=None, headers=None, timestamp=None, partition=None):
@@ -551,10 +379,12 @@ class Producer:
         Send the rows of a ``pyarrow.Table`` (or RecordBatch) as records,
         partitioned like ``send`` (the producer's partitioner on the key
         column; rows without a key round-robin). Everything sent before is
-        flushed first, so the rows come after it in every partition. On the
-        embedded log the rows are partitioned and encoded in C straight from
-        the Arrow buffers (``unstoppable.arrow.append_arrow``), each
-        partition's rows visible at once; other backends send them row by row.
+        flushed first, so the rows come after it in every partition. On a
+        backend with the Arrow ingest capability (``Backend.append_arrow``;
+        the embedded log has it) the rows are partitioned and encoded in C
+        straight from the Arrow buffers (``unstoppable.arrow.append_arrow``),
+        each partition's rows visible at once; on others they are sent row by
+        row.
         Returns ``{partition: offset of its first row}``, once written at the
         producer's ``acks``. Key/value serializers do not apply (the columns
         are bytes already). Rows are not covered by idempotent sequence numbers.
@@ -562,20 +392,19 @@ class Producer:
         if self._state != _RUNNING:
             await self._ensure_running()
         await self.flush()
-        from unstoppable import arrow as _arrow
+        append_arrow = self._backend.append_arrow
+        if append_arrow is not None:
+            # A built-in partitioner's hash runs in C per row; any other is
+            # called per row, as send() would.
+            kind = partitioner_kind(self.partitioner) or self.partitioner
+            return await append_arrow(self.topic, table, value, key, timestamp, headers, kind,
+                                      self.acks)
+        return await self._send_rows(table, value, key, timestamp, headers)
 
-        if isinstance(self._backend, EmbeddedBackend):
-            if isinstance(self.partitioner, Murmur2Partitioner):
-                kind = "murmur2"
-            elif isinstance(self.partitioner, DefaultPartitioner):
-                kind = "xxh64"
-            else:
-                kind = self.partitioner  # called per row, as send() would
-            topic = self._backend.log.topic(self.topic)
-            return await _executor.run(
-                lambda: _arrow.append_arrow(topic, table, value, key, timestamp, headers,
-                                            partitioner=kind, acks=self.acks))
-        pa = _arrow._pa()
+    async def _send_rows(self, table, value, key, timestamp, headers) -> dict:
+        """send_arrow without the backend capability: row by row through send()."""
+        from unstoppable.arrow import require_pyarrow
+        pa = require_pyarrow()
         cols = table.to_pydict() if hasattr(table, "to_pydict") else pa.table(table).to_pydict()
         if value not in cols:
             raise KeyError(f"send_arrow: the table has no column {value!r}")
@@ -608,6 +437,14 @@ class Producer:
         if self._state != _RUNNING:
             raise ProducerClosedError(f"producer for {self.topic!r} is closed; send refused")
 
+    def _serialized(self, value, key):
+        """``(value, key)`` through the serializers (None stays None)."""
+        if value is not None and self.value_serializer is not None:
+            value = self.value_serializer(value)
+        if key is not None and self.key_serializer is not None:
+            key = self.key_serializer(key)
+        return value, key
+
     def _custom_partition(self, key) -> int:
         p = self._part_fn(key, self._n)
         if isinstance(p, bool) or not isinstance(p, int) or not 0 <= p < self._n:
@@ -628,248 +465,14 @@ class Producer:
             f"record needs up to {size} bytes encoded, more than the topic's "
             f"max_record_bytes={self._max_record}")
 
-    def _new_batch(self, p: int) -> Batch:
-        if self._open[p] is not None:
-            self._seal(p, True)
-        b = self._open[p] = Batch(self.topic, p, self._loop, time.time_ns() // 1_000_000)
-        if self._linger:
-            b.timer = self._loop.call_later(self._linger, self._linger_expired, b)
-        elif not self._sweep_pending:
-            # linger_ms=0: one callback per loop iteration seals whatever is
-            # open then (not one per batch: a send loop that never yields
-            # would pile them up, each holding a written batch alive).
-            self._sweep_pending = True
-            self._loop.call_soon(self._sweep)
-        return b
-
-    def _linger_expired(self, b: Batch) -> None:
-        b.timer = None
-        if self._open[b.partition] is b:
-            self._seal(b.partition, False)
-
-    def _sweep(self) -> None:
-        self._sweep_pending = False
-        if self._buffers is not None:
-            self._seal_all()
-
-    def _seal(self, p: int, full: bool) -> None:
-        b = self._open[p]
-        self._open[p] = None
-        if b.timer is not None:
-            b.timer.cancel()  # drops the timer's reference to the batch
-            b.timer = None
-        self._ready[p].append(b)
-        if full and p == self._sticky and self._n > 1:
-            self._sticky = (p + 1) % self._n
-        if not self._in_flight[p]:
-            self._kick(p)
-
-    def _seal_all(self) -> None:
-        for p in range(self._n):
-            if self._open[p] is not None:
-                self._seal(p, False)
-
-    def _stamp(self, b: Batch, p: int) -> None:
-        """Give a batch its producer id, epoch and sequence (once: retries keep them)."""
-        if self._pid >= 0 and b.base_sequence < 0:
-            b.producer_id = self._pid
-            b.producer_epoch = self._epochs[p]
-            b.base_sequence = self._next_seq[p]
-            self._next_seq[p] = (b.base_sequence + len(b.records)) & _SEQ_MASK
-
-    def _kick(self, p: int) -> None:
-        """Start writing partition p's ready batches (at most one flush in flight)."""
-        ready = self._ready[p]
-        if self._inline and not self._seq_dirty[p]:
-            append_now = self._append_now
-            synced = self.acks == "written"
-            end = -1
-            while ready:
-                b = ready[0]
-                self._stamp(b, p)
-                try:
-                    base = append_now(self.topic, p, b)
-                except Exception as e:
-                    if is_retriable(e):
-                        break  # the flush task retries it, in order
-                    if self._restart_sequence(e, b, p):
-                        break  # the flush task starts the sequence over and retries it
-                    ready.popleft()
-                    self._fail(b, e)
-                    if self._seq_dirty[p]:
-                        break  # the flush task resyncs the sequence first
-                    continue
-                ready.popleft()
-                if synced:
-                    self._complete(b, base)
-                else:
-                    # acks="fsync": written on the loop; it completes when the
-                    # log's group commit (its own thread) says it is durable.
-                    b.base_offset = base
-                    self._unsynced[p].append(b)
-                    end = base + len(b.records)
-            if end >= 0:
-                try:
-                    self._when_durable(self.topic, p, end, functools.partial(self._durable, p, end))
-                except Exception as e:
-                    self._durable(p, end, e)
-            if not ready:
-                return
-        self._in_flight[p] = True
-        t = self._loop.create_task(self._flush_partition(p))
-        self._tasks.add(t)
-        t.add_done_callback(self._tasks.discard)
-
-    async def _flush_partition(self, p: int) -> None:
-        ready = self._ready[p]
-        backend = self._backend
-        try:
-            while ready:
-                if self._seq_dirty[p]:
-                    await self._resync(p)
-                batches = list(ready)
-                for b in batches:
-                    self._stamp(b, p)
-                bases, err = await backend.append(self.topic, p, batches, self.acks)
-                if bases and self._unsynced[p]:
-                    self._durable(p, bases[0], None)  # earlier written batches: durable too
-                for b, base in zip(batches, bases):
-                    ready.popleft()
-                    self._complete(b, base)
-                if err is None:
-                    continue
-                b = ready[0]
-                if is_retriable(err) and self._loop.time() - b.created < self.delivery_timeout:
-                    await asyncio.sleep(self.retry_backoff)
-                    continue
-                if self._restart_sequence(err, b, p):
-                    continue
-                ready.popleft()
-                if is_retriable(err):
-                    e2 = DeliveryTimeoutError(
-                        f"{len(b.records)} records for {self.topic}/{p} could not be written "
-                        f"within delivery_timeout_ms={self.delivery_timeout * 1000:g}: {err}")
-                    e2.__cause__ = err
-                    err = e2
-                self._fail(b, err)
-        except BaseException as e:  # cancelled (loop shutting down) or a bug: fail, never drop
-            while ready:
-                self._fail(ready.popleft(), e if isinstance(e, Exception) else
-                           ProducerClosedError(f"flush of {self.topic}/{p} was cancelled"))
-            raise
-        finally:
-            self._in_flight[p] = False
-
-    def _restart_sequence(self, err: BaseException, b: Batch, p: int) -> bool:
-        """After UnknownProducerError (the log forgot this producer: retention
-        deleted all it wrote, and nothing of ``b`` was written), have the
-        flush task start partition p's sequence over from what the log holds
-        and write ``b`` again, once. True when it will."""
-        if not isinstance(err, UnknownProducerError) or b.restarted:
-            return False
-        b.restarted = True
-        self._seq_dirty[p] = True
-        return True
-
-    async def _resync(self, p: int) -> None:
-        """After a batch failed for good, continue the sequence from what the log holds."""
-        st = await self._backend.producer_state(self.topic, p, self._pid)
-        epoch, seq = st if st is not None else (0, 0)
-        self._epochs[p] = epoch
-        self._next_seq[p] = seq
-        for b in self._ready[p]:
-            b.base_sequence = -1  # not yet attempted: restamp from the log's state
-        self._seq_dirty[p] = False
-
-    def _durable(self, p: int, end: int, err: BaseException | None) -> None:
-        """The log says partition p is durable below ``end`` (``err`` None),
-        or cannot get there: settle the written batches that end by then."""
-        q = self._unsynced[p]
-        while q and q[0].base_offset + len(q[0].records) <= end:
-            b = q.popleft()
-            if err is None:
-                self._complete(b, b.base_offset)
-            else:
-                self._fail(b, err)
-
-    def _complete(self, b: Batch, base: int) -> None:
-        b.base_offset = base
-        b.state = _DONE
-        _finish(b)  # wakes its waiters and callbacks from one loop callback
-        self._release(b.nbytes)
-
-    def _fail(self, b: Batch, exc: BaseException) -> None:
-        b.error = exc
-        b.state = _FAILED
-        if self._pid >= 0:
-            # The failed batch may or may not have used its sequence numbers:
-            # the next batch continues from what the log holds.
-            self._seq_dirty[b.partition] = True
-        _finish(b)  # wakes its waiters and callbacks from one loop callback
-        self._release(b.nbytes)
-
-    # ---------------------------------------------------------- backpressure
-
-    def _release(self, nbytes: int) -> None:
-        self._buffered -= nbytes
-        waiters = self._space_waiters
-        while waiters:
-            entry = waiters[0]
-            if entry[1].done():
-                waiters.popleft()
-                continue
-            if self._buffered + entry[0] > self.max_buffer_bytes:
-                break
-            waiters.popleft()
-            self._buffered += entry[0]  # reserved for that sender
-            entry[1].set_result(None)
-
     async def _reserve(self, size: int) -> None:
         """Wait until ``size`` bytes fit in the buffer, then take them."""
-        if size > self.max_buffer_bytes:
-            raise RecordTooLargeError(
-                f"a record of up to {size} bytes can never fit in max_buffer_bytes="
-                f"{self.max_buffer_bytes}")
-        # Space frees up only when batches are written: seal them all now
-        # rather than waiting for batch_bytes or linger_ms.
-        self._seal_all()
-        if self._buffered + size <= self.max_buffer_bytes and not self._space_waiters:
-            self._buffered += size
-            return
-        mode = self.backpressure
-        if isinstance(mode, FailImmediately):
-            raise BufferFullError(
-                f"producer buffer for {self.topic!r} holds {self._buffered} bytes of "
-                f"max_buffer_bytes={self.max_buffer_bytes}; a record of up to {size} bytes "
-                "was refused (backpressure=FailImmediately())")
-        w = self._loop.create_future()
-        entry = (size, w)
-        self._space_waiters.append(entry)
-        timer = None
-        if mode.timeout is not None:
-            def expire():
-                if not w.done():
-                    w.set_exception(BufferFullError(
-                        f"producer buffer for {self.topic!r} stayed full ({self._buffered} bytes "
-                        f"of max_buffer_bytes={self.max_buffer_bytes}) for {mode.timeout:g} s; "
-                        f"a record of up to {size} bytes was refused (backpressure={mode!r})"))
-            timer = self._loop.call_later(mode.timeout, expire)
-        try:
-            await w
-        except BaseException:
-            if w.done() and not w.cancelled() and w.exception() is None:
-                self._release(size)  # granted, but the sender went away
-            try:
-                self._space_waiters.remove(entry)
-            except ValueError:
-                pass
-            raise
-        finally:
-            if timer is not None:
-                timer.cancel()
-        if self._state != _RUNNING and self._state != _CLOSING:
-            self._release(size)
-            raise ProducerClosedError(f"producer for {self.topic!r} closed while waiting for space")
+        if size <= self.max_buffer_bytes:
+            # Space frees up only when batches are written: seal them all now
+            # rather than waiting for batch_bytes or linger_ms.
+            self._buffers.seal_all()
+        await self._space.reserve(size, self._loop,
+                                  lambda: self._state == _RUNNING or self._state == _CLOSING)
 
     def __del__(self):
         if getattr(self, "_state", None) == _RUNNING and self._buffers is not None and self._buffers.pending():
@@ -879,6 +482,7 @@ class Producer:
     def __repr__(self):
         st = ("new", "running", "closing", "closed")[self._state]
         return f"<Producer topic={self.topic!r} acks={self.acks!r} {st}>"
+
 
 
 def _encoder_of(ser, what: str):
@@ -891,46 +495,3 @@ def _encoder_of(ser, what: str):
     if callable(ser):
         return ser
     raise TypeError(f"{what} must be a callable obj -> bytes or a codec with encode(), got {ser!r}")
-
-
-def _as_bytes(obj, what: str):
-    if obj is None or obj.__class__ is bytes:
-        return obj
-    if isinstance(obj, str):
-        raise InvalidRecordError(f"{what} must be bytes-like or None, got str (encode it first)")
-    try:
-        return bytes(memoryview(obj))  # a copy: the caller may reuse its buffer
-    except TypeError:
-        raise InvalidRecordError(
-            f"{what} must be bytes-like or None, got {type(obj).__name__}") from None
-
-
-def _make_record(value, key, headers, timestamp):
-    """Validate one record; return (storage record, upper bound of its encoded size)."""
-    value = _as_bytes(value, "value")
-    key = _as_bytes(key, "key")
-    size = _SLOW_OVERHEAD + (len(value) if value is not None else 0) + (len(key) if key is not None else 0)
-    hs = None
-    if headers is not None:
-        items = headers.items() if isinstance(headers, dict) else headers
-        if not isinstance(items, (list, tuple, type({}.items()))):
-            raise InvalidRecordError(
-                f"headers must be a list of (str, bytes | None) pairs or a dict, got {type(headers).__name__}")
-        hs = []
-        for h in items:
-            if not isinstance(h, tuple) or len(h) != 2:
-                raise InvalidRecordError(f"each header must be a (str, bytes | None) pair, got {h!r}")
-            k, v = h
-            if not isinstance(k, str):
-                raise InvalidRecordError(f"header key must be str, got {type(k).__name__}")
-            v = _as_bytes(v, f"header {k!r} value")
-            size += len(k.encode("utf-8", "surrogateescape")) + (len(v) if v is not None else 0) + 10
-            hs.append((k, v))
-    if timestamp is not None:
-        if isinstance(timestamp, bool) or not isinstance(timestamp, int) or not 0 <= timestamp < (1 << 62):
-            raise InvalidRecordError(
-                f"timestamp must be an int of ms since the epoch in 0 .. 2**62-1, got {timestamp!r}")
-        return (key, value, hs, timestamp), size
-    if hs is not None:
-        return (key, value, hs), size
-    return (key, value), size

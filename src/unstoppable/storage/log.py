@@ -348,18 +348,18 @@ class Topic:
 
     def to_arrow(self, *args, **kwargs):
         """A range of this topic as a ``pyarrow.Table``: :func:`unstoppable.arrow.to_arrow`."""
-        from unstoppable.arrow import to_arrow
-        return to_arrow(self, *args, **kwargs)
+        from unstoppable import columnar  # registered by unstoppable.arrow, which builds on storage
+        return columnar.implementation().to_arrow(self, *args, **kwargs)
 
     def to_batches(self, *args, **kwargs):
         """A range of this topic as a ``pyarrow.RecordBatchReader``: :func:`unstoppable.arrow.to_batches`."""
-        from unstoppable.arrow import to_batches
-        return to_batches(self, *args, **kwargs)
+        from unstoppable import columnar  # registered by unstoppable.arrow, which builds on storage
+        return columnar.implementation().to_batches(self, *args, **kwargs)
 
     def append_arrow(self, table, *args, **kwargs) -> dict[int, int]:
         """Append a ``pyarrow.Table``, split over the partitions: :func:`unstoppable.arrow.append_arrow`."""
-        from unstoppable.arrow import append_arrow
-        return append_arrow(self, table, *args, **kwargs)
+        from unstoppable import columnar  # registered by unstoppable.arrow, which builds on storage
+        return columnar.implementation().append_arrow(self, table, *args, **kwargs)
 
     def flush(self) -> None:
         for p in self._partitions:

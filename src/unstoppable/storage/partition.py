@@ -429,8 +429,8 @@ class Partition:
     def append_arrow(self, table, *args, **kwargs) -> int:
         """Append the rows of a ``pyarrow.Table``, encoded in C from its
         buffers: :func:`unstoppable.arrow.append_arrow`. Returns the first offset."""
-        from unstoppable.arrow import append_arrow
-        return append_arrow(self, table, *args, **kwargs)
+        from unstoppable import columnar  # registered by unstoppable.arrow, which builds on storage
+        return columnar.implementation().append_arrow(self, table, *args, **kwargs)
 
     @staticmethod
     def _check_acks(acks):

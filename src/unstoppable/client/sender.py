@@ -1,0 +1,228 @@
+"""The producer's sender: writes the sealed batches of each partition, in
+order, through the backend, and settles their delivery futures.
+
+* At most one flush per partition is in flight. A batch that fails with a
+  retriable error is retried (same sequence numbers) before any later batch
+  of that partition is written, so order within a partition always holds.
+* With a backend that can write synchronously (``append_now``) the batches
+  are written on the loop as soon as they are sealed; with ``acks="fsync"``
+  they then wait in the partition's ``unsynced`` queue until the backend's
+  group commit (``when_durable``) reports them durable. Otherwise, and for
+  every retry, a flush task per partition awaits ``backend.append``.
+* Idempotence: each batch is stamped once with the producer id, the epoch and
+  the partition's next sequence number; retries keep them.
+
+What happens to a batch whose write failed is decided in one place,
+:func:`decide`, from the error's ``retriable`` attribute
+(:func:`unstoppable.errors.is_retriable`).
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+
+from unstoppable._core.delivery import finish as _finish
+from unstoppable.client.accumulator import DONE, FAILED, Batch
+from unstoppable.errors import DeliveryTimeoutError, ProducerClosedError, UnknownProducerError, is_retriable
+
+__all__ = ["Sender", "decide", "RETRY", "RESTART", "FAIL", "TIMEOUT"]
+
+SEQ_MASK = 0x7FFF_FFFF
+
+# The retry/restart table: what the sender does with a batch whose write failed.
+#
+#   the error                            | within delivery_timeout | past it
+#   -------------------------------------+-------------------------+---------
+#   retriable (error.retriable)          | RETRY                   | TIMEOUT
+#   UnknownProducerError, first time     | RESTART                 | RESTART
+#   anything else                        | FAIL                    | FAIL
+#
+# RETRY: write the same batch again (same sequence numbers) after
+# retry_backoff_ms. RESTART: the log forgot this producer (retention deleted
+# all it wrote) and nothing of the batch was written: continue the sequence
+# from what the log holds and write the batch again, once. TIMEOUT: fail the
+# batch with DeliveryTimeoutError, the last error as its cause. FAIL: fail it
+# with the error.
+RETRY, RESTART, FAIL, TIMEOUT = "retry", "restart", "fail", "timeout"
+
+
+def decide(err: BaseException, batch: Batch, expired: bool) -> str:
+    """The table above: the action for ``batch`` after ``err``; ``expired``
+    when the batch is older than delivery_timeout_ms."""
+    if is_retriable(err):
+        return TIMEOUT if expired else RETRY
+    if isinstance(err, UnknownProducerError) and not batch.restarted:
+        return RESTART
+    return FAIL
+
+
+class Sender:
+    """Writes one producer's sealed batches (see the module docstring).
+
+    It owns the per-partition sequence state of an idempotent producer
+    (``epochs``, ``next_seq`` and ``seq_dirty``: the next batch must first
+    ask the log where the sequence continues) and the flush tasks.
+    """
+
+    def __init__(self, topic: str, backend, acks: str, buffers, space, loop, *, producer_id: int,
+                 epochs: list, next_seq: list, delivery_timeout: float, retry_backoff: float):
+        self.topic = topic
+        self.acks = acks
+        self._backend = backend
+        self._buffers = buffers
+        self._ready = buffers.ready
+        self._unsynced = buffers.unsynced
+        self._in_flight = buffers.in_flight
+        self._release = space.release
+        self._loop = loop
+        self._pid = producer_id
+        self.epochs = epochs
+        self.next_seq = next_seq
+        self.seq_dirty = [False] * len(buffers.ready)
+        self.delivery_timeout = delivery_timeout
+        self.retry_backoff = retry_backoff
+        self._tasks: set = set()
+        self._when_durable = backend.when_durable
+        self._append_now = backend.append_now
+        self._inline = self._append_now is not None and (
+            acks == "written" or self._when_durable is not None)
+
+    def _stamp(self, b: Batch, p: int) -> None:
+        """Give a batch its producer id, epoch and sequence (once: retries keep them)."""
+        if self._pid >= 0 and b.base_sequence < 0:
+            b.producer_id = self._pid
+            b.producer_epoch = self.epochs[p]
+            b.base_sequence = self.next_seq[p]
+            self.next_seq[p] = (b.base_sequence + len(b.records)) & SEQ_MASK
+
+    def kick(self, p: int) -> None:
+        """Start writing partition p's ready batches (at most one flush in flight)."""
+        ready = self._ready[p]
+        if self._inline and not self.seq_dirty[p]:
+            self._write_inline(p, ready)
+            if not ready:
+                return
+        self._in_flight[p] = True
+        t = self._loop.create_task(self._flush_partition(p))
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    def _write_inline(self, p: int, ready) -> None:
+        """Write p's ready batches on the loop until one fails with something
+        the flush task must handle (a retry, a sequence restart or resync)."""
+        append_now = self._append_now
+        synced = self.acks == "written"
+        end = -1
+        while ready:
+            b = ready[0]
+            self._stamp(b, p)
+            try:
+                base = append_now(self.topic, p, b)
+            except Exception as e:
+                action = decide(e, b, False)
+                if action == RESTART:
+                    b.restarted = True
+                    self.seq_dirty[p] = True
+                if action != FAIL:
+                    break  # the flush task retries it, in order (after a restart: resynced)
+                ready.popleft()
+                self._fail(b, e)
+                if self.seq_dirty[p]:
+                    break  # the flush task resyncs the sequence first
+                continue
+            ready.popleft()
+            if synced:
+                self._complete(b, base)
+            else:
+                # acks="fsync": written on the loop; it completes when the
+                # log's group commit (its own thread) says it is durable.
+                b.base_offset = base
+                self._unsynced[p].append(b)
+                end = base + len(b.records)
+        if end >= 0:
+            try:
+                self._when_durable(self.topic, p, end, functools.partial(self._durable, p, end))
+            except Exception as e:
+                self._durable(p, end, e)
+
+    async def _flush_partition(self, p: int) -> None:
+        ready = self._ready[p]
+        backend = self._backend
+        try:
+            while ready:
+                if self.seq_dirty[p]:
+                    await self._resync(p)
+                batches = list(ready)
+                for b in batches:
+                    self._stamp(b, p)
+                bases, err = await backend.append(self.topic, p, batches, self.acks)
+                if bases and self._unsynced[p]:
+                    self._durable(p, bases[0], None)  # earlier written batches: durable too
+                for b, base in zip(batches, bases):
+                    ready.popleft()
+                    self._complete(b, base)
+                if err is not None:
+                    await self._after_error(p, ready[0], err)
+        except BaseException as e:  # cancelled (loop shutting down) or a bug: fail, never drop
+            while ready:
+                self._fail(ready.popleft(), e if isinstance(e, Exception) else
+                           ProducerClosedError(f"flush of {self.topic}/{p} was cancelled"))
+            raise
+        finally:
+            self._in_flight[p] = False
+
+    async def _after_error(self, p: int, b: Batch, err: BaseException) -> None:
+        """Apply the table to the first unwritten batch of partition p."""
+        action = decide(err, b, self._loop.time() - b.created >= self.delivery_timeout)
+        if action == RETRY:
+            await asyncio.sleep(self.retry_backoff)
+            return
+        if action == RESTART:
+            b.restarted = True
+            self.seq_dirty[p] = True
+            return
+        self._ready[p].popleft()
+        if action == TIMEOUT:
+            e2 = DeliveryTimeoutError(
+                f"{len(b.records)} records for {self.topic}/{p} could not be written "
+                f"within delivery_timeout_ms={self.delivery_timeout * 1000:g}: {err}")
+            e2.__cause__ = err
+            err = e2
+        self._fail(b, err)
+
+    async def _resync(self, p: int) -> None:
+        """After a batch failed for good, continue the sequence from what the log holds."""
+        st = await self._backend.producer_state(self.topic, p, self._pid)
+        epoch, seq = st if st is not None else (0, 0)
+        self.epochs[p] = epoch
+        self.next_seq[p] = seq
+        for b in self._ready[p]:
+            b.base_sequence = -1  # not yet attempted: restamp from the log's state
+        self.seq_dirty[p] = False
+
+    def _durable(self, p: int, end: int, err: BaseException | None) -> None:
+        """The log says partition p is durable below ``end`` (``err`` None),
+        or cannot get there: settle the written batches that end by then."""
+        q = self._unsynced[p]
+        while q and q[0].base_offset + len(q[0].records) <= end:
+            b = q.popleft()
+            if err is None:
+                self._complete(b, b.base_offset)
+            else:
+                self._fail(b, err)
+
+    def _complete(self, b: Batch, base: int) -> None:
+        b.base_offset = base
+        b.state = DONE
+        _finish(b)  # wakes its waiters and callbacks from one loop callback
+        self._release(b.nbytes)
+
+    def _fail(self, b: Batch, exc: BaseException) -> None:
+        b.error = exc
+        b.state = FAILED
+        if self._pid >= 0:
+            # The failed batch may or may not have used its sequence numbers:
+            # the next batch continues from what the log holds.
+            self.seq_dirty[b.partition] = True
+        _finish(b)  # wakes its waiters and callbacks from one loop callback
+        self._release(b.nbytes)
