@@ -28,19 +28,20 @@ import sys as _sys
 from typing import TYPE_CHECKING
 
 from unstoppable import columnar
-from unstoppable.arrow.codecs import JsonCodec, ProtobufCodec, RecordCodec
-from unstoppable.arrow.columns import header_type, require_pyarrow, schema
-from unstoppable.arrow.export import (
-    DEFAULT_BATCH_BYTES,
-    DEFAULT_ROW_GROUP_BYTES,
-    export_parquet,
-    to_arrow,
-    to_batches,
-)
-from unstoppable.arrow.ingest import append_arrow
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
+
+    from unstoppable.arrow.codecs import JsonCodec, ProtobufCodec, RecordCodec
+    from unstoppable.arrow.columns import header_type, require_pyarrow, schema
+    from unstoppable.arrow.export import (
+        DEFAULT_BATCH_BYTES,
+        DEFAULT_ROW_GROUP_BYTES,
+        export_parquet,
+        to_arrow,
+        to_batches,
+    )
+    from unstoppable.arrow.ingest import append_arrow
 
 __all__ = [
     # export
@@ -56,11 +57,36 @@ __all__ = [
 
 SCHEMA: "pa.Schema"  # the export schema; built on first access (pyarrow is imported lazily)
 
+# `import unstoppable` imports this package (see the end of this file), so its
+# submodules load on first use: that keeps the import of the package as
+# cheap as before Arrow became a package.
+_EXPORT = {"to_arrow", "to_batches", "export_parquet", "DEFAULT_BATCH_BYTES",
+           "DEFAULT_ROW_GROUP_BYTES"}
+_CODECS = {"ProtobufCodec", "JsonCodec", "RecordCodec"}
+_COLUMNS = {"schema", "header_type", "require_pyarrow"}
+
 
 def __getattr__(name):
     if name == "SCHEMA":
+        from unstoppable.arrow.columns import schema
         return schema()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name in _EXPORT:
+        from unstoppable.arrow import export as m
+    elif name in _CODECS:
+        from unstoppable.arrow import codecs as m
+    elif name in _COLUMNS:
+        from unstoppable.arrow import columns as m
+    elif name == "append_arrow":
+        from unstoppable.arrow import ingest as m
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(m, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
 
 
 # Topic.to_arrow, Topic.to_batches and the append_arrow methods of Topic and
