@@ -255,10 +255,14 @@ def test_writer_killed_with_sigkill(tmp_path, acks):
     for round_ in range(5):
         d = tmp_path / f"k{round_}"
         proc = subprocess.Popen([sys.executable, str(script), str(d), acks], stdout=subprocess.PIPE)
-        time.sleep(0.3 + 0.1 * round_)
+        # Kill while it writes: wait for its first ack (start-up under load can
+        # take longer than any fixed sleep), then let it run a little.
+        first = proc.stdout.readline()
+        time.sleep(0.05 + 0.1 * round_)
         proc.send_signal(signal.SIGKILL)
         out, _ = proc.communicate()
-        acked = [tuple(map(int, line.split())) for line in out.decode().splitlines() if line.count(" ") == 2]
+        lines = (first + out).decode().splitlines()
+        acked = [tuple(map(int, line.split())) for line in lines if line.count(" ") == 2]
         assert acked, "the writer acknowledged nothing"
         t0 = time.perf_counter()
         with us.Log(d) as log:
