@@ -282,7 +282,7 @@ class SegmentCatalog:
         if not bases or bases[-1] < st.active_base or bases[0] > offset:
             self.refresh(st)
             bases = self._bases
-        for attempt in range(3):
+        for _attempt in range(3):
             i = bisect.bisect_right(bases, offset) - 1
             if i < 0:
                 break
