@@ -59,7 +59,7 @@ def _batches_of(pa, table) -> list:
 
 def _append_rows(part, src, ts: int, acks) -> int:
     """Write all rows of ``src`` to one partition, atomically; returns the first offset."""
-    cfg = part._config
+    cfg = part.config
     if len(src) >= _STREAM_ROWS:
         encs = (_c.ArrowEncoder(cfg.max_batch_bytes, cfg.max_record_bytes),
                 _c.ArrowEncoder(cfg.max_batch_bytes, cfg.max_record_bytes))

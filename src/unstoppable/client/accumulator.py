@@ -21,6 +21,7 @@ import collections
 import random
 import time
 
+from unstoppable._core import batch as _batch
 from unstoppable.errors import BufferFullError, InvalidRecordError, ProducerClosedError, RecordTooLargeError
 
 __all__ = [
@@ -30,18 +31,15 @@ __all__ = [
 ]
 
 # ---------------------------------------------------------------------------
-# Sizes of the storage format (csrc/batch.h), the one place in client/ that
-# states them. Upper bounds of one record's framing around its key, value and
-# headers: body length <= 5 bytes, timestamp delta <= 10 (any two timestamps
-# may share a batch), key length <= 5, value length <= 5, header count <= 5.
-# A keyless, headerless record needs at most 22 of them (its key length and
-# header count take 1 byte each). The sums are upper bounds, so a batch
+# Sizes of the storage format, from the compiled core that defines it
+# (csrc/batch.h). Upper bounds of one record's framing around its key, value
+# and headers; a keyless, headerless record needs at most
+# KEYLESS_RECORD_OVERHEAD of them. The sums are upper bounds, so a batch
 # estimated below max_batch_bytes always encodes as one storage batch.
-# (These are facts of the C format: they belong in _core, as named constants.)
-KEYLESS_RECORD_OVERHEAD = 22
-RECORD_OVERHEAD = 30
-#: US_BATCH_HEADER_SIZE: the fixed header of a record batch.
-BATCH_HEADER_SIZE = 52
+KEYLESS_RECORD_OVERHEAD = _batch.RECORD_MAX_OVERHEAD_PLAIN
+RECORD_OVERHEAD = _batch.RECORD_MAX_OVERHEAD
+#: The fixed header of a record batch.
+BATCH_HEADER_SIZE = _batch.HEADER_SIZE
 #: Framing bytes of one header beyond its key and value (key length <= 5,
 #: value length <= 5).
 HEADER_OVERHEAD = 10

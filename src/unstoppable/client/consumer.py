@@ -56,7 +56,7 @@ from unstoppable.errors import (
     OffsetOutOfRangeError,
     PartitionOutOfRangeError,
 )
-from unstoppable.storage.groups import validate_group_name
+from unstoppable._names import validate_group_name
 
 __all__ = ["Consumer", "OFFSET_RESETS"]
 
