@@ -125,12 +125,13 @@ class Appender:
 
     ``locked_state()`` reads the head with the append lock held (repairing a
     half-written one); ``on_roll(st)`` runs after each roll (retention and
-    the flusher); ``notify()`` tells this process's listeners of an append;
-    ``writer()`` gives the log's C writer thread.
+    the flusher); ``listeners`` is the partition's list of callbacks to call
+    after each append (the list itself, shared); ``writer()`` gives the log's
+    C writer thread.
     """
 
     def __init__(self, topic: str, index: int, config, head, catalog, producers, flock,
-                 locked_state, on_roll, notify, writer):
+                 locked_state, on_roll, listeners: list, writer):
         self.name = f"{topic}/{index}"
         self._topic = topic
         self._index = index
@@ -141,7 +142,7 @@ class Appender:
         self._flock = flock
         self._locked_state = locked_state
         self._on_roll = on_roll
-        self._notify = notify
+        self._listeners = listeners
         self._writer = writer
         self.encoder = BatchEncoder(config.max_batch_bytes, config.max_record_bytes)
         self._encoder2 = BatchEncoder(config.max_batch_bytes, config.max_record_bytes)
@@ -169,7 +170,9 @@ class Appender:
                 "(index positions are 32-bit); pass the records as a list to stream them, "
                 "or split the call")
         with self._flock:
-            st = self._live_state()
+            st = self._locked_state()
+            if st.flags & HEAD_FLAG_DELETED:
+                raise UnknownTopicError(f"topic {self._topic!r} was deleted")
             if idem is not None:
                 self._producers.catch_up(self._catalog, st)
                 dup = self._producers.check(*idem)
@@ -187,7 +190,8 @@ class Appender:
                 pid, epoch, seq, count = idem
                 self._producers.apply(base, count, pid, epoch, seq)
                 self._producers.synced = (st.active_base, st.active_size)
-        self._notify()
+        for cb in self._listeners:
+            cb()
         return base, end
 
     def _write_at(self, seg: Segment, st, enc: BatchEncoder, nbytes: int):
@@ -255,7 +259,8 @@ class Appender:
                     raise self._disk_full(e, f"append {len(records)} records to") from None
                 raise
             first_base = run.publish()
-        self._notify()
+        for cb in self._listeners:
+            cb()
         return first_base, st.end_offset
 
     # ---------------------------------------------------------------- rolls

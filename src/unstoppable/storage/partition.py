@@ -119,7 +119,7 @@ class Partition:
                                        self._catalog, self._state, self._locked_state)
         self._appender = Appender(topic, index, config, self._head, self._catalog,
                                   self._producers, self._flock, self._locked_state,
-                                  self._after_roll, self._notify, services.writer)
+                                  self._after_roll, self._listeners, services.writer)
         self.durability.durable_end = self._head.read().ckpt_end_offset
 
     # ------------------------------------------------------------------ state
@@ -222,10 +222,6 @@ class Partition:
             self._listeners.remove(callback)
         except ValueError:
             pass
-
-    def _notify(self) -> None:
-        for cb in self._listeners:
-            cb()
 
     # ------------------------------------------------------------------ reads
 
