@@ -163,6 +163,16 @@ class DefaultPartitioner:
     def __repr__(self):
         return "DefaultPartitioner()"
 
+    def partition_many(self, keys, n: int):
+        """partition_many(keys, n) -> numpy.ndarray[int32]
+
+        This partitioner's partition of every key, in C without the GIL:
+        ``keys`` is a list of bytes, a numpy bytes array or a pyarrow binary
+        array (``unstoppable._core.hashing.xxh64_partition_many``). Needs numpy.
+        """
+        from unstoppable._core.hashing import xxh64_partition_many
+        return xxh64_partition_many(keys, n)
+
 
 class Murmur2Partitioner:
     """Kafka's partitioner, ``toPositive(murmur2(key)) % n``: a key lands on the
@@ -175,6 +185,16 @@ class Murmur2Partitioner:
 
     def __repr__(self):
         return "Murmur2Partitioner()"
+
+    def partition_many(self, keys, n: int):
+        """partition_many(keys, n) -> numpy.ndarray[int32]
+
+        This partitioner's partition of every key, in C without the GIL:
+        ``keys`` is a list of bytes, a numpy bytes array or a pyarrow binary
+        array (``unstoppable._core.hashing.murmur2_partition_many``). Needs numpy.
+        """
+        from unstoppable._core.hashing import murmur2_partition_many
+        return murmur2_partition_many(keys, n)
 
 
 # ---------------------------------------------------------------------------
