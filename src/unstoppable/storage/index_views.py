@@ -137,6 +137,10 @@ def index_view(part, kind: str, segment=None):
     part._refresh_segments(st)
     bases = [b for b in part._bases if b <= st.active_base]
     if segment is not None:
+        if segment not in bases and segment < st.start_offset:
+            raise OffsetOutOfRangeError(
+                f"segment {segment} of {part.topic}/{part.index} is below its start offset "
+                f"{st.start_offset}: deleted by retention")
         if segment not in bases:
             i = bisect.bisect_right(bases, segment) - 1
             hint = f"; offset {segment} is in segment {bases[i]}" if i >= 0 and segment < st.end_offset else ""
