@@ -452,3 +452,27 @@ def test_import_without_numpy(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                        env={**os.environ, "PYTHONPATH": SRC})
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_view_of_an_index_truncated_by_someone_else_reads_zeros(tmp_path):
+    """Not the library's doing, but never a crash: a view over an index file
+    that another program cut short reads zeros where the pages went (the
+    SIGBUS guard), in a child process so that a failure cannot take pytest down."""
+    code = textwrap.dedent(f"""
+        import os, unstoppable as us
+        from unstoppable._core.segment import sigbus_absorbed
+        with us.Log({str(tmp_path / "log")!r}) as log:
+            p = log.create_topic("t", segment_bytes=1 << 20, index_interval_bytes=64).partition(0)
+            for i in range(2000):
+                p.append([(None, b"v" * 100, None, i)])
+            v = p.offset_index(0)
+            n = len(v)
+            assert n > 1000 and v["position"][-1] > 0
+            os.truncate(v.segment[:-4] + ".index", 0)
+            assert int(v["position"].sum()) == 0, v[:3]
+            assert sigbus_absorbed() > 0
+        print("ok", n)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": SRC})
+    assert r.returncode == 0 and r.stdout.startswith("ok"), (r.returncode, r.stderr)
