@@ -5,6 +5,7 @@ independent reference decoder, and against the process's own memory map
 (/proc/self/maps) to prove that the views are not copies.
 """
 import asyncio
+import contextlib
 import gc
 import os
 import subprocess
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 
 import unstoppable as us
 from unstoppable._core import hashing
+from unstoppable.storage import index_views
 from unstoppable.storage.index_views import OFFSET_INDEX_DTYPE, TIME_INDEX_DTYPE, IndexArray
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -50,6 +52,16 @@ def fill(p, n_appends=300, seed=1, size=200):
     for _ in range(n_appends):
         p.append([(b"k", b"x" * rng.randint(1, size), None, rng.randint(0, 10_000))
                   for _ in range(rng.randint(1, 5))])
+
+
+@contextlib.contextmanager
+def walk_thresholds(queries, window):
+    old = index_views._WALK_MIN_QUERIES, index_views._WALK_MIN_WINDOW
+    index_views._WALK_MIN_QUERIES, index_views._WALK_MIN_WINDOW = queries, window
+    try:
+        yield
+    finally:
+        index_views._WALK_MIN_QUERIES, index_views._WALK_MIN_WINDOW = old
 
 
 def scalar_offsets(p, qs):
@@ -208,7 +220,11 @@ def test_offsets_for_times_equals_scalar_on_a_rolled_partition(log):
     p = log.create_topic("t", segment_bytes=64 * 1024, index_interval_bytes=256).partition(0)
     fill(p, n_appends=400, seed=3)
     qs = np.arange(-3, 10_005)
-    assert (p.offsets_for_times(qs) == scalar_offsets(p, qs)).all()
+    ref = scalar_offsets(p, qs)
+    assert (p.offsets_for_times(qs) == ref).all()
+    for walk in ((10**9, 1 << 40), (1, 0)):
+        with walk_thresholds(*walk):
+            assert (p.offsets_for_times(qs) == ref).all(), walk
     # Shapes are kept, duplicates and any order allowed, datetime64 accepted.
     q2 = np.array([[5000, 5], [5000, 10_001]])
     assert p.offsets_for_times(q2).tolist() == scalar_offsets(p, q2.ravel()).reshape(2, 2).tolist()
@@ -243,9 +259,13 @@ def test_offsets_for_times_equals_brute_force(tmp_path_factory, batches, sizes, 
         qs = sorted({t for _, t in recs} | {t + 1 for _, t in recs} | {t - 1 for _, t in recs}
                     | set(extra))
         brute = [next((o for o, t in recs if t >= q), -1) for q in qs]
-        got = p.offsets_for_times(np.array(qs, dtype=np.int64))
-        assert got.tolist() == brute
-        assert got.tolist() == scalar_offsets(p, qs).tolist()
+        assert scalar_offsets(p, qs).tolist() == brute
+        # Both ways of answering a group of queries: find_time per query, and
+        # decoding the group's batches once.
+        for walk in ((10**9, 1 << 40), (1, 0)):
+            with walk_thresholds(*walk):
+                got = p.offsets_for_times(np.array(qs, dtype=np.int64))
+            assert got.tolist() == brute, walk
 
 
 @pytest.mark.parametrize("bad,exc,match", [
