@@ -257,12 +257,14 @@ def offsets_for_times(part, ts):
     return out.reshape(shape)
 
 
-# A group of queries that start at the same batch is answered by decoding the
-# batches from there once (a Python object per record, ~0.15 us each) when
-# find_time per query (a C scan with a CRC check of every batch passed, from
-# the start each time) would cover more bytes than that costs.
+# A group of queries that start at the same batch is answered either by
+# find_time per query (a C scan from the start batch, CRC-checking every batch
+# it passes, up to the batch of the next time-index entry) or by decoding those
+# batches once (a Python object per record, ~0.15 us each, plus a few us per
+# batch). Decoding wins for several queries over large batches; over small
+# batches (about ``index_interval_bytes`` between entries) find_time is cheap.
 _WALK_MIN_QUERIES = 8
-_WALK_MIN_WINDOW = 32 << 10
+_WALK_MIN_WINDOW = 32 << 10   # bytes from the start batch to the end of the next entry's batch
 
 
 def _scan(part, m, limit: int, qc, starts, ends):
@@ -277,7 +279,8 @@ def _scan(part, m, limit: int, qc, starts, ends):
         if idx.size == 0:
             continue
         start = int(starts[idx[0]])
-        window = int(ends[idx[0]]) - start
+        end = int(ends[idx[0]])
+        window = end - start + (_batch_length(m, end) if end < limit else 0)
         if idx.size < _WALK_MIN_QUERIES or window < _WALK_MIN_WINDOW:
             for i in idx.tolist():
                 found[i] = find_time(m, start, limit, int(qc[i]))
@@ -304,3 +307,8 @@ def _scan(part, m, limit: int, qc, starts, ends):
                 rem = rem[~ok]
             pos = nxt
     return found
+
+
+def _batch_length(m, pos: int) -> int:
+    """The ``length`` field of the batch header at ``pos`` (FORMAT.md §4)."""
+    return int.from_bytes(m.view[pos + 8:pos + 12], "little")
