@@ -496,3 +496,14 @@ def test_view_of_an_index_truncated_by_someone_else_reads_zeros(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                        env={**os.environ, "PYTHONPATH": SRC})
     assert r.returncode == 0 and r.stdout.startswith("ok"), (r.returncode, r.stderr)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 64, 1000, 65537, 2**30, 2**31 - 3, 2**31 - 1])
+def test_partition_many_remainders_for_every_kind_of_count(n):
+    """The loops compute remainders without a divide (csrc/fastmod.h): check
+    them against the scalar partitioners' ``%`` for counts of every shape."""
+    import random
+    rng = random.Random(n)
+    keys = [rng.randbytes(rng.randint(0, 30)) for _ in range(20_000)]
+    for part, scalar in PARTITIONERS:
+        assert part.partition_many(keys, n).tolist() == [scalar(k, n) for k in keys]

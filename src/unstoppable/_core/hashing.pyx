@@ -156,13 +156,35 @@ cdef enum:
     _ALG_MURMUR2 = 1
     _MAX_PARTITIONS = 0x7fffffff   # results are int32
 
+cdef extern from "fastmod.h" nogil:
+    ctypedef struct us_fastmod_m64_t:
+        pass
+    uint64_t us_fastmod_m32(uint32_t d)
+    uint32_t us_fastmod_u32(uint32_t a, uint64_t M, uint32_t d)
+    us_fastmod_m64_t us_fastmod_m64(uint64_t d)
+    uint64_t us_fastmod_u64(uint64_t a, us_fastmod_m64_t m, uint64_t d)
+
 cdef char _EMPTY[1]
 
 
-cdef inline int32_t _part(int alg, const char *p, size_t l, uint64_t n) noexcept nogil:
+cdef struct _Divisor:
+    # n and its fastmod constants: the loops divide by the same n millions of times.
+    uint64_t n
+    uint64_t m32
+    us_fastmod_m64_t m64
+
+
+cdef inline void _divisor(_Divisor *d, uint64_t n) noexcept nogil:
+    d.n = n
+    d.m32 = us_fastmod_m32(<uint32_t>n)
+    d.m64 = us_fastmod_m64(n)
+
+
+cdef inline int32_t _part(int alg, const char *p, size_t l, const _Divisor *d) noexcept nogil:
+    # Equal to xxh64_partition / murmur2_partition (tests check key for key).
     if alg == _ALG_XXH64:
-        return <int32_t>(us_xxh64(p, l, 0) % n)
-    return <int32_t>((us_murmur2(p, l) & 0x7fffffffu) % <uint32_t>n)
+        return <int32_t>us_fastmod_u64(us_xxh64(p, l, 0), d.m64, d.n)
+    return <int32_t>us_fastmod_u32(us_murmur2(p, l) & 0x7fffffffu, d.m32, <uint32_t>d.n)
 
 
 cdef inline const char *_address(object buf, Py_ssize_t *size) except? NULL:
@@ -178,7 +200,7 @@ cdef inline const char *_address(object buf, Py_ssize_t *size) except? NULL:
     return <const char *>v.buf if v.buf != NULL else _EMPTY
 
 
-cdef int _arrow_chunk(int alg, object arr, uint64_t n, int32_t *out, Py_ssize_t row0) except -1:
+cdef int _arrow_chunk(int alg, object arr, const _Divisor *n, int32_t *out, Py_ssize_t row0) except -1:
     """Partition numbers of one pyarrow (large_)binary/(large_)string array."""
     cdef Py_ssize_t count = len(arr), i, nbytes = 0, obytes = 0
     cdef Py_ssize_t off = arr.offset
@@ -232,7 +254,7 @@ cdef int _arrow_chunk(int alg, object arr, uint64_t n, int32_t *out, Py_ssize_t 
     return 0
 
 
-cdef int _numpy_bytes(int alg, object keys, uint64_t n, int32_t *out) except -1:
+cdef int _numpy_bytes(int alg, object keys, const _Divisor *n, int32_t *out) except -1:
     """Partition numbers of a 1-d numpy array of dtype 'S<w>'. As numpy reads
     such an element (``bytes(a[i])``), trailing NUL bytes are not part of the key."""
     cdef Py_buffer v
@@ -255,7 +277,7 @@ cdef int _numpy_bytes(int alg, object keys, uint64_t n, int32_t *out) except -1:
     return 0
 
 
-cdef int _sequence(int alg, object keys, uint64_t n, int32_t *out) except -1:
+cdef int _sequence(int alg, object keys, const _Divisor *n, int32_t *out) except -1:
     """Partition numbers of a list or tuple of bytes-like keys."""
     cdef tuple seq = tuple(keys)   # our own references: nothing can free a key while we hash
     cdef Py_ssize_t count = len(seq), i, held = 0
@@ -303,6 +325,7 @@ cdef object _partition_many(int alg, object keys, object count):
     cdef int32_t[::1] outv
     cdef Py_ssize_t row
     cdef long n
+    cdef _Divisor div
     if isinstance(count, bool):
         raise TypeError("partition count must be an int, got bool")
     try:
@@ -314,6 +337,7 @@ cdef object _partition_many(int alg, object keys, object count):
     if count > _MAX_PARTITIONS:
         raise ValueError(f"partition count must be at most {_MAX_PARTITIONS}, got {count}")
     n = count
+    _divisor(&div, <uint64_t>n)
     if n <= 0:
         raise ValueError(f"partition count must be positive, got {n}")
     if n > _MAX_PARTITIONS:
@@ -328,7 +352,7 @@ cdef object _partition_many(int alg, object keys, object count):
             out = np.empty(len(keys), dtype=np.int32)
             if len(keys):
                 outv = out
-                _numpy_bytes(alg, keys, <uint64_t>n, &outv[0])
+                _numpy_bytes(alg, keys, &div, &outv[0])
             return out
         if keys.dtype.kind == "O":
             keys = keys.tolist()
@@ -348,7 +372,7 @@ cdef object _partition_many(int alg, object keys, object count):
             outv = out
             row = 0
             for c in chunks:
-                _arrow_chunk(alg, c, <uint64_t>n, &outv[row], row)
+                _arrow_chunk(alg, c, &div, &outv[row], row)
                 row += len(c)
         return out
     if not isinstance(keys, (list, tuple)):
@@ -357,7 +381,7 @@ cdef object _partition_many(int alg, object keys, object count):
     out = np.empty(len(keys), dtype=np.int32)
     if len(keys):
         outv = out
-        _sequence(alg, keys, <uint64_t>n, &outv[0])
+        _sequence(alg, keys, &div, &outv[0])
     return out
 
 
