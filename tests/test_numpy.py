@@ -23,7 +23,11 @@ from hypothesis import strategies as st
 import unstoppable as us
 from unstoppable._core import hashing
 from unstoppable.storage import index_views
-from unstoppable.storage.index_views import OFFSET_INDEX_DTYPE, TIME_INDEX_DTYPE, IndexArray
+from unstoppable.storage.index_views import (
+    OFFSET_INDEX_DTYPE,
+    TIME_INDEX_DTYPE,
+    IndexArray,
+)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import format_reference as fr  # noqa: E402

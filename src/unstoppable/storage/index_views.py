@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import bisect
 
-from unstoppable._numpy import require
 from unstoppable._core.segment import find_time, read_batches
+from unstoppable._numpy import require
 from unstoppable.errors import CorruptLogError, OffsetOutOfRangeError
 
 np = require()
