@@ -11,7 +11,12 @@ This module sits at the bottom layer: it imports only the compiled hashing.
 """
 from __future__ import annotations
 
-from unstoppable._core.hashing import murmur2_partition, xxh64_partition
+from unstoppable._core.hashing import (
+    murmur2_partition,
+    murmur2_partition_many,
+    xxh64_partition,
+    xxh64_partition_many,
+)
 
 __all__ = ["DefaultPartitioner", "Murmur2Partitioner", "compiled_partition_fn", "partitioner_kind"]
 
@@ -29,6 +34,15 @@ class DefaultPartitioner:
     def __repr__(self):
         return "DefaultPartitioner()"
 
+    def partition_many(self, keys, n: int):
+        """partition_many(keys, n) -> numpy.ndarray[int32]
+
+        This partitioner's partition of every key, in C without the GIL:
+        ``keys`` is a list of bytes, a numpy bytes array or a pyarrow binary
+        array (``unstoppable._core.hashing.xxh64_partition_many``). Needs numpy.
+        """
+        return xxh64_partition_many(keys, n)
+
 
 class Murmur2Partitioner:
     """Kafka's partitioner, ``toPositive(murmur2(key)) % n``: a key lands on the
@@ -43,6 +57,15 @@ class Murmur2Partitioner:
 
     def __repr__(self):
         return "Murmur2Partitioner()"
+
+    def partition_many(self, keys, n: int):
+        """partition_many(keys, n) -> numpy.ndarray[int32]
+
+        This partitioner's partition of every key, in C without the GIL:
+        ``keys`` is a list of bytes, a numpy bytes array or a pyarrow binary
+        array (``unstoppable._core.hashing.murmur2_partition_many``). Needs numpy.
+        """
+        return murmur2_partition_many(keys, n)
 
 
 _COMPILED = {DefaultPartitioner: xxh64_partition, Murmur2Partitioner: murmur2_partition}

@@ -498,8 +498,12 @@ class Consumer:
         For each partition, the first record whose timestamp is >= ts_ms (None
         when every record is older). Works for any partition of the topics,
         assigned or not. Replay from a time with ``seek(tp, result.offset)``.
+        With arrays of timestamps (numpy or lists of ints) as values, the
+        result is ``{tp: numpy int64 array of offsets}`` with -1 for None.
         """
         self._check()
+        if any(isinstance(ts, (list, tuple)) or hasattr(ts, "__array__") for ts in timestamps.values()):
+            return await self._offsets_for_times_arrays(timestamps)
         out = {}
         for tp, ts in timestamps.items():
             tp = TopicPartition(*tp)
@@ -616,6 +620,11 @@ class Consumer:
     def __repr__(self):
         st = "closed" if self._closed else ("running" if self._started else "new")
         return f"<Consumer topics={self._topics} group={self._group!r} {st}>"
+
+    async def _offsets_for_times_arrays(self, timestamps: dict) -> dict:
+        """offsets_for_times with arrays of timestamps (client/_arrays.py)."""
+        from unstoppable.client import _arrays
+        return await _arrays.offsets_for_times(self._backend, timestamps)
 
 
 def _decoder_of(des, what: str):

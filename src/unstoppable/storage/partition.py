@@ -541,3 +541,37 @@ class Partition:
 
     def __repr__(self):
         return f"<Partition {self.topic}/{self.index} at {self.path}>"
+
+    # ------------------------------------------- numpy views (storage/index_views.py)
+
+    def offset_index(self, segment: int | None = None):
+        """offset_index(segment=None) -> IndexArray | PartitionIndex
+
+        The offset index as a read-only numpy structured array (fields
+        ``relative_offset``, ``position``; attribute ``base_offset``) over the
+        mapped index file, never a copy: of the segment whose base offset is
+        ``segment``, or with None a tuple of every segment's view. Needs numpy.
+        """
+        from unstoppable.storage import index_views
+        return index_views.index_view(self, "offset", segment)
+
+    def time_index(self, segment: int | None = None):
+        """time_index(segment=None) -> IndexArray | PartitionIndex
+
+        The time index as a read-only numpy structured array (fields
+        ``timestamp``, ``relative_offset``, ``position``), like
+        :meth:`offset_index`. Needs numpy.
+        """
+        from unstoppable.storage import index_views
+        return index_views.index_view(self, "time", segment)
+
+    def offsets_for_times(self, timestamps):
+        """offsets_for_times(timestamps) -> numpy.ndarray[int64]
+
+        :meth:`offset_for_time` of every timestamp (int milliseconds, or
+        datetime64) in one call, in the input's shape; -1 where it is None.
+        Needs numpy.
+        """
+        from unstoppable.storage import index_views
+        return index_views.offsets_for_times(self, timestamps)
+
