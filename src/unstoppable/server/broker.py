@@ -203,6 +203,9 @@ class Broker:
                 except P.ProtocolError as e:
                     log.warning("closing %s: %s", peer, e)
                     return
+                except Exception:  # noqa: BLE001  (a bug must not take the server down)
+                    log.exception("closing %s: the request failed", peer)
+                    return
                 if out is not None:
                     writer.write(out)
                     await writer.drain()

@@ -295,16 +295,18 @@ class Coordinator:
         g = self.groups.get(req.group_id)
         ids = [req.member_id] if ver < 3 else [mi.member_id for mi in req.members]
         now = time.monotonic()
-        results = []
+        codes = []
         for mid in ids:
             known = g is not None and mid in g.members
             if known:
                 g.remove(mid, now, self.initial_delay)
-            results.append(P.build(P.nested(13, ver, "MemberResponse"), member_id=mid,
-                                   group_instance_id=None,
-                                   error_code=NONE if known else UNKNOWN_MEMBER_ID))
-        top = NONE if ver >= 3 or (results and results[0].error_code == NONE) else UNKNOWN_MEMBER_ID
-        return P.response(13, ver, error_code=top, members=tuple(results))
+            codes.append((mid, NONE if known else UNKNOWN_MEMBER_ID))
+        item = P.nested(13, ver, "MemberResponse")     # v3+: one result per member
+        results = () if item is None else tuple(
+            P.build(item, member_id=mid, group_instance_id=None, error_code=code)
+            for mid, code in codes)
+        top = NONE if ver >= 3 else codes[0][1]
+        return P.response(13, ver, error_code=top, members=results)
 
     async def list_groups(self, req, ver):
         names = {gid: g.protocol_type for gid, g in self.groups.items()}
