@@ -80,9 +80,10 @@ def run(args) -> int:
             metrics.shutdown()
         print("stopped", flush=True)
 
+    from unstoppable.errors import UnstoppableError
     try:
         asyncio.run(serve())
-    except OSError as e:
+    except (OSError, UnstoppableError) as e:
         print(f"unstoppable serve: {e}", file=sys.stderr)
         return 1
     return 0

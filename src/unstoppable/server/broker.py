@@ -101,6 +101,8 @@ def append_error(exc: BaseException) -> int:
         return MESSAGE_TOO_LARGE
     if isinstance(exc, (UnknownTopicError, PartitionOutOfRangeError)):
         return UNKNOWN_TOPIC_OR_PARTITION
+    if isinstance(exc, InvalidTopicNameError):
+        return INVALID_TOPIC_EXCEPTION
     if isinstance(exc, DiskFullError):
         return KAFKA_STORAGE_ERROR
     if isinstance(exc, InvalidBatchError):
@@ -242,8 +244,6 @@ class Broker:
     def api_versions(self, ver: int, corr: int) -> bytes:
         keys = [dict(api_key=k, min_version=lo, max_version=hi)
                 for k, (lo, hi) in sorted(P.SUPPORTED.items())]
-        keys.append(dict(api_key=18, min_version=0, max_version=2))
-        keys.sort(key=lambda d: d["api_key"])
         err = NONE
         if ver > 2 or ver < 0:
             # KIP-511: an unsupported version gets error 35 and a v0 body,
@@ -518,6 +518,9 @@ class Broker:
                 except (UnknownTopicError, PartitionOutOfRangeError):
                     err = UNKNOWN_TOPIC_OR_PARTITION
                     failed = True
+                except InvalidTopicNameError:
+                    err = INVALID_TOPIC_EXCEPTION
+                    failed = True
                 if err and self.metrics:
                     self.metrics.error("Fetch", err)
                 parts.append(P.build(mod.PartitionData, partition_index=fp.partition,
@@ -551,6 +554,8 @@ class Broker:
                             ts = p.read(found, max_records=1)[0].timestamp
                 except (UnknownTopicError, PartitionOutOfRangeError):
                     err = UNKNOWN_TOPIC_OR_PARTITION
+                except InvalidTopicNameError:
+                    err = INVALID_TOPIC_EXCEPTION
                 parts.append(P.build(mod.ListOffsetsPartitionResponse,
                                      partition_index=lp.partition_index, error_code=err,
                                      old_style_offsets=(), timestamp=ts, offset=off,
