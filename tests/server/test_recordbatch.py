@@ -108,3 +108,23 @@ def test_encode_reads_back_with_kafka_python(tmp_path):
     # and our decoder agrees with our encoder
     [b] = decode_batches(data)
     assert [r[1] for r in b.records] == [v for _, v, _, _ in SAMPLE[1:]] + [b"later"]
+
+
+def test_damaged_records_with_a_valid_crc_raise_only_invalid_batch():
+    """Bytes a client got wrong before computing the CRC: every outcome is a
+    decoded batch or InvalidBatchError, never another exception or a crash."""
+    import random
+    from unstoppable._core.hashing import crc32c
+    rnd = random.Random(17)
+    for codec in (0, 1, 4):
+        good = build(SAMPLE * 3, codec)
+        for _ in range(300):
+            data = bytearray(good)
+            for _ in range(rnd.randint(1, 4)):
+                data[rnd.randrange(61, len(data))] = rnd.randrange(256)
+            struct.pack_into(">I", data, 17, crc32c(bytes(data[21:])))
+            try:
+                [b] = decode_batches(bytes(data))
+            except InvalidBatchError:
+                continue
+            assert len(b.records) == len(SAMPLE) * 3
