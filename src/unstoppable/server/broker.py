@@ -156,6 +156,7 @@ class Broker:
 
     async def start(self) -> None:
         """Listen on (host, port)."""
+        P.preload()
         self._server = await asyncio.start_server(self._connection, self.host, self.port,
                                                   limit=1 << 16, backlog=2048)
         self.port = self._server.sockets[0].getsockname()[1]

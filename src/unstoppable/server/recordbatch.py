@@ -47,6 +47,9 @@ from __future__ import annotations
 
 import struct
 
+from aiokafka.errors import UnsupportedCodecError
+from aiokafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
+
 from unstoppable._core.hashing import crc32c
 
 __all__ = [
@@ -102,8 +105,6 @@ class ProducedBatch:
 # CRC-32C (this library's hardware CRC) and the counts are checked here first.
 
 def _records_of(batch_bytes, count: int, max_ts: int) -> list:
-    from aiokafka.errors import UnsupportedCodecError
-    from aiokafka.record.default_records import DefaultRecordBatch
     try:
         b = DefaultRecordBatch(batch_bytes)
         log_append_time = b.timestamp_type == 1
@@ -169,7 +170,6 @@ def encode_records(records) -> bytes:
     One uncompressed RecordBatch v2 holding ``records`` (Record views of one
     partition with dense offsets, as ``Partition.read`` returns them).
     """
-    from aiokafka.record.default_records import DefaultRecordBatchBuilder
     b = DefaultRecordBatchBuilder(2, 0, 0, -1, -1, -1, 1 << 30)
     base = records[0].offset
     append = b.append
