@@ -105,6 +105,14 @@ def test_confluent_kafka(server):
     assert " 42 " in out.stdout and "ck" in out.stdout
 
 
+def test_confluent_kafka_transactions_get_unsupported_version(server):
+    ck = pytest.importorskip("confluent_kafka")
+    p = ck.Producer({"bootstrap.servers": server.bootstrap, "transactional.id": "tx-1"})
+    with pytest.raises(ck.KafkaException) as e:
+        p.init_transactions(3)
+    assert e.value.args[0].code() == ck.KafkaError.UNSUPPORTED_VERSION
+
+
 # ---------------------------------------------------------------- aiokafka
 
 def test_aiokafka(server):

@@ -201,10 +201,10 @@ class Coordinator:
 
     async def find_coordinator(self, req, ver):
         b = self.broker
-        if getattr(req, "key_type", 0) != 0:
-            return P.response(10, ver, error_code=UNSUPPORTED_VERSION,
-                              error_message="transactions are not supported", node_id=-1,
-                              host="", port=-1)
+        # Transaction coordinators (key_type 1) are found here too: the
+        # transactional InitProducerId that follows answers UNSUPPORTED_VERSION,
+        # which clients take as "transactions not supported" at once, where an
+        # error here would only be retried until their timeout.
         return P.response(10, ver, error_code=NONE, error_message=None, node_id=0,
                           host=b.advertised_host, port=b.port)
 
@@ -322,9 +322,12 @@ class Coordinator:
         for gid in req.groups:
             g = self.groups.get(gid)
             if g is None:
+                # a group with committed offsets in the log but no members is Empty
+                known = gid in list_groups(self.broker.log_path)
                 out.append(P.build(mod.DescribedGroup, error_code=NONE, group_id=gid,
-                                   group_state="Dead", protocol_type="", protocol_data="",
-                                   members=()))
+                                   group_state="Empty" if known else "Dead",
+                                   protocol_type="consumer" if known else "",
+                                   protocol_data="", members=()))
                 continue
             members = tuple(P.build(
                 mod.DescribedGroupMember, member_id=m.member_id, group_instance_id=None,
