@@ -165,14 +165,15 @@ def test_produce_and_consume(tmp_path, values, report):
                   f"same run: {m(nc) / 1e3:.0f} k/s -> {m(kc) / m(nc):.0%}; aim >= 1 M/s")
 
 
-def test_produce_latency_at_50k(tmp_path, report):
-    """p99 from produce() to the delivery report, paced at 50k msg/s for 3 s."""
+@pytest.mark.parametrize("rate", [10_000, 50_000])
+def test_produce_latency(tmp_path, report, rate):
+    """p99 from produce() to the delivery report, paced at ``rate`` msg/s for 3 s."""
     _fresh_log(tmp_path / "lat").close()
     srv = _Server(tmp_path / "lat")
     try:
         p = ck.Producer({"bootstrap.servers": srv.bootstrap, "linger.ms": 1, "acks": 1})
         lat = []
-        rate, secs = 50_000, 3.0
+        secs = 3.0
         value = b"x" * 100
         t_start = time.perf_counter()
         sent = 0
@@ -194,5 +195,5 @@ def test_produce_latency_at_50k(tmp_path, report):
         srv.stop()
     lat.sort()
     p50, p99 = lat[len(lat) // 2] * 1e3, lat[int(len(lat) * 0.99)] * 1e3
-    report.append(f"server produce latency at {achieved / 1e3:.0f} k msg/s offered (aim 50 k): "
-                  f"p50 {p50:.2f} ms, p99 {p99:.2f} ms; aim p99 <= 5 ms")
+    report.append(f"server produce latency, paced at {rate / 1e3:.0f} k msg/s (achieved "
+                  f"{achieved / 1e3:.0f} k/s): p50 {p50:.2f} ms, p99 {p99:.2f} ms; aim p99 <= 5 ms at 50 k/s")
