@@ -1,5 +1,10 @@
 """A consumer-group member in its own process, for tests/server/test_clients.py.
 
+A commit refused because the group is rebalancing (REBALANCE_IN_PROGRESS,
+ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID) is reported on stderr and the member
+goes on, as an application does: the records are consumed again by whoever
+owns the partition next.
+
     python group_member.py CLIENT BOOTSTRAP TOPIC GROUP SESSION_MS
 
 Prints one JSON line per poll round in which something changed:
@@ -35,10 +40,14 @@ if client == "confluent":
         msgs = c.consume(500, 0.2)
         total += sum(1 for m in msgs if not m.error())
         if msgs:
-            c.commit(asynchronous=False)
+            try:
+                c.commit(asynchronous=False)
+            except ck.KafkaException as e:
+                print(f"commit refused: {e}", file=sys.stderr, flush=True)
         report(tp.partition for tp in c.assignment())
 elif client == "kafka-python":
     from kafka import KafkaConsumer
+    from kafka.errors import CommitFailedError, KafkaError
     c = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group,
                       auto_offset_reset="earliest", enable_auto_commit=False,
                       session_timeout_ms=session_ms, heartbeat_interval_ms=200)
@@ -47,10 +56,14 @@ elif client == "kafka-python":
         n = sum(len(v) for v in got.values())
         total += n
         if n:
-            c.commit()
+            try:
+                c.commit()
+            except (CommitFailedError, KafkaError) as e:
+                print(f"commit refused: {e!r}", file=sys.stderr, flush=True)
         report(tp.partition for tp in c.assignment())
 elif client == "aiokafka":
     from aiokafka import AIOKafkaConsumer
+    from aiokafka.errors import CommitFailedError, KafkaError
 
     async def main():
         global total
@@ -63,7 +76,10 @@ elif client == "aiokafka":
             n = sum(len(v) for v in got.values())
             total += n
             if n:
-                await c.commit()
+                try:
+                    await c.commit()
+                except (CommitFailedError, KafkaError) as e:
+                    print(f"commit refused: {e!r}", file=sys.stderr, flush=True)
             report(tp.partition for tp in c.assignment())
     asyncio.run(main())
 else:

@@ -228,10 +228,11 @@ def test_kcat(server):
 # ---------------------------------------------------------------- groups of 3
 
 class Member:
-    def __init__(self, client, bootstrap, topic, group, session_ms):
-        self.proc = subprocess.Popen(
-            [sys.executable, os.path.join(HERE, "group_member.py"), client, bootstrap, topic,
-             group, str(session_ms)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    def __init__(self, client, bootstrap, topic, group, session_ms, stderr_path):
+        with open(stderr_path, "w") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, os.path.join(HERE, "group_member.py"), client, bootstrap, topic,
+                 group, str(session_ms)], stdout=subprocess.PIPE, stderr=err, text=True)
         self.state = {"assigned": [], "consumed": 0}
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
@@ -248,22 +249,23 @@ class Member:
 
 
 @pytest.mark.parametrize("client", ["confluent", "aiokafka", "kafka-python"])
-def test_group_of_three_rebalances_after_sigkill(server, client):
+def test_group_of_three_rebalances_after_sigkill(server, client, tmp_path):
     pytest.importorskip({"confluent": "confluent_kafka", "aiokafka": "aiokafka",
                          "kafka-python": "kafka"}[client])
     with us.Log(server.log_dir) as log:
         p = log.create_topic("g3", partitions=6)
         for i in range(6):
             p.partition(i).append([b"before-%d" % j for j in range(50)])
-    session_ms = 3000
-    members = [Member(client, server.bootstrap, "g3", f"grp-{client}", session_ms)
-               for _ in range(3)]
+    session_ms = 6000                 # Kafka's group.min.session.timeout.ms
+    members = [Member(client, server.bootstrap, "g3", f"grp-{client}", session_ms,
+                      tmp_path / f"member-{i}.err") for i in range(3)]
     try:
         def settled(ms):
             parts = [m.state["assigned"] for m in ms]
             flat = sorted(x for ps in parts for x in ps)
             return flat == list(range(6)) and all(parts)
-        assert wait_until(lambda: settled(members), 60), [m.state for m in members]
+        assert wait_until(lambda: settled(members), 60), (
+            [m.state for m in members], [m.proc.poll() for m in members])
         assert wait_until(lambda: sum(m.state["consumed"] for m in members) >= 300, 30)
         members[0].kill()
         t0 = time.monotonic()

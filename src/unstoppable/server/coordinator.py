@@ -26,6 +26,8 @@ UNKNOWN_MEMBER_ID and join again, as after a Kafka coordinator failover.
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
 import time
 import uuid
 
@@ -34,6 +36,8 @@ from unstoppable.server import protocol as P
 from unstoppable.server._log import OffsetsFile, list_groups, validate_group_name
 
 __all__ = ["Coordinator", "Group"]
+
+log = logging.getLogger("unstoppable.server.groups")
 
 NONE = 0
 UNKNOWN_TOPIC_OR_PARTITION = 3
@@ -98,7 +102,8 @@ class Group:
         if len(waiting) < len(self.members) and now < self.rebalance_deadline:
             return
         for mid in [mid for mid, m in self.members.items() if m.join is None]:
-            del self.members[mid]          # did not rejoin within the rebalance timeout
+            log.info("group %s: %s did not rejoin within the rebalance timeout", self.group_id, mid)
+            del self.members[mid]
         if not self.members:
             self.state = EMPTY
             self.generation += 1
@@ -121,6 +126,8 @@ class Group:
         if self.leader not in self.members:
             self.leader = next(iter(self.members))
         self.state = COMPLETING
+        log.info("group %s: generation %d, leader %s, members %s", self.group_id, self.generation,
+                 self.leader, sorted(self.members))
         metas = tuple((m.member_id, dict(m.protocols)[self.protocol]) for m in self.members.values())
         for m in self.members.values():
             m.last_seen = now
@@ -157,6 +164,7 @@ class Coordinator:
         self.initial_delay = initial_delay
         self.groups: dict[str, Group] = {}
         self._offsets: dict[str, OffsetsFile] = {}
+        self._files_lock = threading.Lock()   # files are opened on the executor's threads
         self._ticker: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -181,6 +189,8 @@ class Coordinator:
             for g in list(self.groups.values()):
                 for m in list(g.members.values()):
                     if m.join is None and now - m.last_seen > m.session_ms / 1000:
+                        log.info("group %s: %s silent for %.1f s, past its session timeout",
+                                 g.group_id, m.member_id, now - m.last_seen)
                         g.remove(m.member_id, now, self.initial_delay)
                 g.try_complete_join(now)
 
@@ -192,10 +202,24 @@ class Coordinator:
         return g
 
     def _file(self, group_id: str) -> OffsetsFile:
-        f = self._offsets.get(group_id)
-        if f is None:
-            f = self._offsets[group_id] = OffsetsFile(self.broker.log_path, group_id)
-        return f
+        """The group's offsets file (opening one fsyncs directories: call it
+        through :meth:`_run`, off the event loop)."""
+        with self._files_lock:
+            f = self._offsets.get(group_id)
+            if f is None:
+                f = self._offsets[group_id] = OffsetsFile(self.broker.log_path, group_id)
+            return f
+
+    async def _run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.broker._sync_pool, fn, *args)
+
+    def _commit(self, group_id: str, offsets: dict) -> None:
+        self._file(group_id).commit(offsets)
+
+    def _load(self, group_id: str) -> dict:
+        if group_id not in self._offsets and group_id not in list_groups(self.broker.log_path):
+            return {}   # never committed: nothing to read, and no directory to create
+        return self._file(group_id).load()
 
     # ------------------------------------------------------------ membership
 
@@ -376,9 +400,7 @@ class Coordinator:
                     offsets[(t.name, p.partition_index)] = p.committed_offset
                 codes[(t.name, p.partition_index)] = code
         if offsets:
-            f = self._file(req.group_id)
-            await asyncio.get_running_loop().run_in_executor(self.broker._sync_pool,
-                                                             f.commit, offsets)
+            await self._run(self._commit, req.group_id, offsets)
         topics = []
         for t in req.topics:
             topics.append(P.build(mod.OffsetCommitResponseTopic, name=t.name, partitions=tuple(
@@ -392,8 +414,7 @@ class Coordinator:
             validate_group_name(req.group_id)
         except UnstoppableError:
             return P.response(9, ver, error_code=INVALID_GROUP_ID, topics=())
-        committed = await asyncio.get_running_loop().run_in_executor(
-            self.broker._sync_pool, self._file(req.group_id).load)
+        committed = await self._run(self._load, req.group_id)
         if req.topics is None:
             wanted: dict = {}
             for (t, p) in sorted(committed):

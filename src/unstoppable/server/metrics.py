@@ -52,7 +52,7 @@ class _LogCollector:
         from unstoppable.server._log import list_groups
         for gid in list_groups(b.log_path):
             try:
-                committed = b.coordinator._file(gid).load()
+                committed = b.coordinator._load(gid)
             except Exception:  # noqa: BLE001
                 continue
             for (t, i), off in committed.items():
