@@ -188,7 +188,10 @@ class Coordinator:
             now = time.monotonic()
             for g in list(self.groups.values()):
                 for m in list(g.members.values()):
-                    if m.join is None and now - m.last_seen > m.session_ms / 1000:
+                    # a member waiting in JoinGroup or SyncGroup is alive: the
+                    # group's progress, not the member, is what it waits for
+                    if m.join is None and m.sync is None \
+                            and now - m.last_seen > m.session_ms / 1000:
                         log.info("group %s: %s silent for %.1f s, past its session timeout",
                                  g.group_id, m.member_id, now - m.last_seen)
                         g.remove(m.member_id, now, self.initial_delay)
