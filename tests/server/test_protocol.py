@@ -26,12 +26,12 @@ import datetime
 import unstoppable as us
 
 
-def batch(values, pid=-1, epoch=-1, seq=-1):
+def batch(values, pid=-1, epoch=-1, seq=-1, timestamp=None):
     b = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=False,
                                   producer_id=pid, producer_epoch=epoch, base_sequence=seq,
                                   batch_size=1 << 30)
     for i, v in enumerate(values):
-        b.append(i, timestamp=None, key=None, value=v, headers=[])
+        b.append(i, timestamp=timestamp, key=None, value=v, headers=[])
     return bytes(b.build())
 
 
@@ -96,6 +96,7 @@ def test_produce_fetch_and_errors(server, client):
     bad[-1] ^= 1
     assert produce(client, "t", 0, bytes(bad))[0] == 2             # CRC: CORRUPT_MESSAGE
     assert produce(client, "t", 0, batch([b"t"]), transactional_id="tx")[0] == 35
+    assert produce(client, "t", 0, batch([b"t"], timestamp=-5))[0] == 87   # INVALID_RECORD
     p = fetch(client, "t", 0, 1)
     assert int(p.error_code) == 0 and p.high_watermark == 3
     from kafka.record.default_records import DefaultRecordBatch

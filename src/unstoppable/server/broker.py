@@ -23,6 +23,7 @@ import unstoppable as us
 from unstoppable.errors import (
     DiskFullError,
     DuplicateSequenceError,
+    InvalidRecordError,
     InvalidTopicNameError,
     OffsetOutOfRangeError,
     OutOfOrderSequenceError,
@@ -73,6 +74,7 @@ INVALID_PRODUCER_EPOCH = 47
 KAFKA_STORAGE_ERROR = 56
 UNKNOWN_PRODUCER_ID = 59
 UNSUPPORTED_COMPRESSION_TYPE = 76
+INVALID_RECORD = 87
 UNKNOWN_SERVER_ERROR = -1
 
 # Kafka topic config name -> (TopicConfig field or None, value for a topic).
@@ -108,6 +110,8 @@ def append_error(exc: BaseException) -> int:
     if isinstance(exc, InvalidBatchError):
         return UNSUPPORTED_COMPRESSION_TYPE if isinstance(exc, UnsupportedCompressionError) \
             else CORRUPT_MESSAGE
+    if isinstance(exc, InvalidRecordError):
+        return INVALID_RECORD
     if isinstance(exc, ValueError) and "one batch" in str(exc):
         return RECORD_LIST_TOO_LARGE
     return UNKNOWN_SERVER_ERROR
