@@ -369,7 +369,7 @@ class Broker:
             if r.resource_type == 2:      # TOPIC
                 try:
                     t = self._topic(r.resource_name)
-                    c = t.config if hasattr(t, "config") else t._config
+                    c = t.config
                     values = {
                         "retention.ms": -1 if c.retention_ms is None else c.retention_ms,
                         "retention.bytes": -1 if c.retention_bytes is None else c.retention_bytes,
