@@ -108,6 +108,30 @@ def test_produce_fetch_and_errors(server, client):
         assert log.verify().ok
 
 
+def test_acks_zero(server, client):
+    create(client, "z")
+    req = pr8.ProduceRequest(transactional_id=None, acks=0, timeout=datetime.timedelta(seconds=5),
+                             topic_data=(pr8.TopicProduceData(name="z", partition_data=(
+                                 pr8.PartitionProduceData(index=0, records=batch([b"a"])),)),))
+    import io
+    from kio.serial import entity_writer
+    buf = io.BytesIO()
+    entity_writer(pr8.ProduceRequest)(buf, req)
+    client.send_frame(client.header(0, 8) + buf.getvalue())     # no answer comes
+    r = client.request(AV0())                                   # the next answer is this one's
+    assert int(r.error_code) == 0
+    # a failed acks=0 produce closes the connection: the only way to tell the client
+    bad = pr8.ProduceRequest(transactional_id=None, acks=0, timeout=datetime.timedelta(seconds=5),
+                             topic_data=(pr8.TopicProduceData(name="z", partition_data=(
+                                 pr8.PartitionProduceData(index=7, records=batch([b"b"])),)),))
+    buf = io.BytesIO()
+    entity_writer(pr8.ProduceRequest)(buf, bad)
+    client.send_frame(client.header(0, 8) + buf.getvalue())
+    assert _closed(client.sock)
+    with us.Log(server.log_dir) as log:
+        assert [bytes(r.value) for r in log.topic("z").partition(0).read(0)] == [b"a"]
+
+
 def test_fetch_long_poll_wakes_on_produce_from_another_process(server, client):
     create(client, "lp")
     t0 = time.monotonic()

@@ -407,6 +407,7 @@ class Broker:
         acks = req.acks
         fsync = acks == -1
         topics = []
+        failed: list[str] = []
         for td in req.topic_data:
             parts = []
             for pd in td.partition_data:
@@ -429,8 +430,10 @@ class Broker:
                     err = append_error(e)
                     if err == UNKNOWN_SERVER_ERROR:
                         log.exception("produce to %s/%d failed", td.name, pd.index)
-                if err and self.metrics:
-                    self.metrics.error("Produce", err)
+                if err:
+                    failed.append(f"{td.name}/{pd.index}: error {err}")
+                    if self.metrics:
+                        self.metrics.error("Produce", err)
                 parts.append(P.build(mod.PartitionProduceResponse, index=pd.index,
                                      error_code=err, base_offset=base, log_append_time=-1,
                                      log_start_offset=start, record_errors=(),
@@ -440,6 +443,10 @@ class Broker:
         self._appended.set()
         self._appended = asyncio.Event()
         if acks == 0:
+            if failed:
+                # No response carries the error with acks=0: closing the
+                # connection is how Kafka tells the client (it reconnects).
+                raise P.ProtocolError(f"closing after an acks=0 produce that failed: {failed}")
             return None
         return P.response(0, ver, responses=tuple(topics))
 
