@@ -1,0 +1,16 @@
+"""``unstoppable serve``: the embedded log behind a Kafka-protocol port.
+
+Any Kafka client (librdkafka and everything built on it, kcat, aiokafka,
+kafka-python, Java) can produce to and consume from a log directory through
+:class:`Broker`, while Python processes keep using the same directory through
+``us.Log``. Run it with ``python -m unstoppable.server --log DIR``. Needs the
+``server`` extra (``pip install 'unstoppable[server]'``).
+
+Modules: ``broker`` (the listener and the data APIs), ``coordinator`` (the
+classic group protocol and committed offsets), ``protocol`` (framing and the
+kio codecs), ``recordbatch`` (RecordBatch v2 to and from the log's records),
+``metrics`` (Prometheus), ``_log`` (the storage internals the server uses).
+"""
+from unstoppable.server.broker import Broker
+
+__all__ = ["Broker"]

@@ -1,0 +1,587 @@
+"""The Kafka-protocol server: one asyncio listener in front of an embedded log.
+
+Requests on one connection are answered one at a time and in order, as a Kafka
+broker does (it mutes a connection while a request is in flight), so a client
+that stops reading stops being read: the server's memory per connection is
+bounded by one request (at most ``max_request_bytes``) and the transport's
+write buffer. A frame larger than ``max_request_bytes`` is refused from its
+size field, before its body is read.
+
+Appends with ``acks=-1`` wait for fdatasync (``acks="fsync"``) on a thread, so
+the event loop goes on serving other connections meanwhile.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import struct
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import unstoppable as us
+from unstoppable.errors import (
+    DiskFullError,
+    DuplicateSequenceError,
+    InvalidRecordError,
+    InvalidTopicNameError,
+    OffsetOutOfRangeError,
+    OutOfOrderSequenceError,
+    PartitionOutOfRangeError,
+    ProducerFencedError,
+    RecordTooLargeError,
+    TopicConfigError,
+    TopicExistsError,
+    UnknownProducerError,
+    UnknownTopicError,
+)
+from unstoppable.server import protocol as P
+from unstoppable.server._log import ProducerIdCounter, validate_topic_name
+from unstoppable.server.recordbatch import (
+    InvalidBatchError,
+    UnsupportedCompressionError,
+    decode_batches,
+    encode_records,
+)
+
+__all__ = ["Broker", "DEFAULT_MAX_REQUEST_BYTES"]
+
+log = logging.getLogger("unstoppable.server")
+
+#: Kafka's socket.request.max.bytes default.
+DEFAULT_MAX_REQUEST_BYTES = 100 << 20
+_SIZE = struct.Struct(">i")
+NODE_ID = 0
+CLUSTER_ID = "unstoppable"
+
+# Kafka error codes used here (org.apache.kafka.common.protocol.Errors).
+NONE = 0
+OFFSET_OUT_OF_RANGE = 1
+CORRUPT_MESSAGE = 2
+UNKNOWN_TOPIC_OR_PARTITION = 3
+MESSAGE_TOO_LARGE = 10
+INVALID_TOPIC_EXCEPTION = 17
+RECORD_LIST_TOO_LARGE = 18
+UNSUPPORTED_VERSION = 35
+TOPIC_ALREADY_EXISTS = 36
+INVALID_PARTITIONS = 37
+INVALID_REPLICATION_FACTOR = 38
+INVALID_REQUEST = 42
+INVALID_CONFIG = 40
+OUT_OF_ORDER_SEQUENCE_NUMBER = 45
+DUPLICATE_SEQUENCE_NUMBER = 46
+INVALID_PRODUCER_EPOCH = 47
+KAFKA_STORAGE_ERROR = 56
+UNKNOWN_PRODUCER_ID = 59
+UNSUPPORTED_COMPRESSION_TYPE = 76
+INVALID_RECORD = 87
+UNKNOWN_SERVER_ERROR = -1
+
+# Kafka topic config name -> (TopicConfig field or None, value for a topic).
+_TOPIC_CONFIGS = {
+    "retention.ms": "retention_ms",
+    "retention.bytes": "retention_bytes",
+    "segment.bytes": "segment_bytes",
+    "segment.ms": "segment_ms",
+    "max.message.bytes": "max_record_bytes",
+}
+# Settings the log always has; a request for these values is accepted, any other refused.
+_FIXED_CONFIGS = {"cleanup.policy": "delete", "compression.type": "producer"}
+
+
+def append_error(exc: BaseException) -> int:
+    """The Kafka error code for an exception raised by ``Partition.append``."""
+    if isinstance(exc, DuplicateSequenceError):
+        return DUPLICATE_SEQUENCE_NUMBER
+    if isinstance(exc, UnknownProducerError):
+        return UNKNOWN_PRODUCER_ID
+    if isinstance(exc, OutOfOrderSequenceError):
+        return OUT_OF_ORDER_SEQUENCE_NUMBER
+    if isinstance(exc, ProducerFencedError):
+        return INVALID_PRODUCER_EPOCH
+    if isinstance(exc, RecordTooLargeError):
+        return MESSAGE_TOO_LARGE
+    if isinstance(exc, (UnknownTopicError, PartitionOutOfRangeError)):
+        return UNKNOWN_TOPIC_OR_PARTITION
+    if isinstance(exc, InvalidTopicNameError):
+        return INVALID_TOPIC_EXCEPTION
+    if isinstance(exc, DiskFullError):
+        return KAFKA_STORAGE_ERROR
+    if isinstance(exc, InvalidBatchError):
+        return UNSUPPORTED_COMPRESSION_TYPE if isinstance(exc, UnsupportedCompressionError) \
+            else CORRUPT_MESSAGE
+    if isinstance(exc, InvalidRecordError):
+        return INVALID_RECORD
+    if isinstance(exc, ValueError) and "one batch" in str(exc):
+        return RECORD_LIST_TOO_LARGE
+    return UNKNOWN_SERVER_ERROR
+
+
+class Broker:
+    """A single-node Kafka broker over the log at ``log_path``.
+
+    ``await broker.start()`` listens; ``await broker.close()`` stops listening,
+    closes every connection and the log. ``port=0`` picks a free port
+    (``broker.port`` tells which). ``advertised_host`` is the host clients are
+    told to connect to (default: ``host``).
+    """
+
+    def __init__(self, log_path: str, host: str = "127.0.0.1", port: int = 9092, *,
+                 advertised_host: str | None = None, auto_create_topics: bool = True,
+                 default_partitions: int = 1, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+                 metrics=None):
+        self.log_path = os.path.abspath(log_path)
+        self.log = us.Log(self.log_path)
+        self.host = host
+        self.port = port
+        self.advertised_host = advertised_host or host
+        self.auto_create_topics = auto_create_topics
+        self.default_partitions = default_partitions
+        self.max_request_bytes = max_request_bytes
+        self.metrics = metrics
+        self.producer_ids = ProducerIdCounter(self.log_path)
+        self._server: asyncio.base_events.Server | None = None
+        self._conns: set[asyncio.Task] = set()
+        self._appended = asyncio.Event()
+        self._sync_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="us-server-sync")
+        from unstoppable.server.coordinator import Coordinator
+        self.coordinator = Coordinator(self)
+        self._handlers = {
+            0: self.produce, 1: self.fetch, 2: self.list_offsets, 3: self.metadata,
+            8: self.coordinator.offset_commit, 9: self.coordinator.offset_fetch,
+            10: self.coordinator.find_coordinator, 11: self.coordinator.join_group,
+            12: self.coordinator.heartbeat, 13: self.coordinator.leave_group,
+            14: self.coordinator.sync_group, 15: self.coordinator.describe_groups,
+            16: self.coordinator.list_groups, 19: self.create_topics,
+            20: self.delete_topics, 22: self.init_producer_id, 32: self.describe_configs,
+        }
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Listen on (host, port)."""
+        P.preload()
+        self._server = await asyncio.start_server(self._connection, self.host, self.port,
+                                                  limit=1 << 16, backlog=2048)
+        self.port = self._server.sockets[0].getsockname()[1]
+        self.coordinator.start()
+        log.info("serving %s on %s:%d", self.log_path, self.host, self.port)
+
+    async def close(self) -> None:
+        """Stop listening, end every connection, and close the log cleanly."""
+        if self._server is not None:
+            self._server.close()
+        for t in list(self._conns):
+            t.cancel()
+        if self._conns:
+            await asyncio.gather(*self._conns, return_exceptions=True)
+        await self.coordinator.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+        self._sync_pool.shutdown(wait=True)
+        self.log.close()
+
+    # ------------------------------------------------------------ connections
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        task = asyncio.current_task()
+        self._conns.add(task)
+        m = self.metrics
+        if m:
+            m.connections.inc()
+        peer = writer.get_extra_info("peername")
+        try:
+            while True:
+                try:
+                    head = await reader.readexactly(4)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                (size,) = _SIZE.unpack(head)
+                if size < 8 or size > self.max_request_bytes:
+                    log.warning("closing %s: request size %d is outside 8 .. %d bytes",
+                                peer, size, self.max_request_bytes)
+                    return
+                try:
+                    frame = await reader.readexactly(size)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                try:
+                    out = await self._dispatch(frame)
+                except P.ProtocolError as e:
+                    log.warning("closing %s: %s", peer, e)
+                    return
+                except Exception:  # noqa: BLE001  (a bug must not take the server down)
+                    log.exception("closing %s: the request failed", peer)
+                    return
+                if out is not None:
+                    writer.write(out)
+                    await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            self._conns.discard(task)
+            if m:
+                m.connections.dec()
+            writer.close()
+
+    async def _dispatch(self, frame: bytes):
+        key, ver, corr, off = P.parse_header(frame)
+        t0 = time.perf_counter()
+        name = P.API_NAMES.get(key, str(key))
+        if key == 18:
+            out = self.api_versions(ver, corr)
+        else:
+            rng = P.SUPPORTED.get(key)
+            if rng is None:
+                raise P.ProtocolError(f"API key {key} ({name}) is not supported")
+            if not rng[0] <= ver <= rng[1]:
+                raise P.ProtocolError(
+                    f"{name} v{ver} is not supported (this server answers v{rng[0]}-v{rng[1]})")
+            req = P.decode_body(key, ver, frame, off)
+            resp = await self._handlers[key](req, ver)
+            out = None if resp is None else P.encode_response(corr, resp)
+        if self.metrics:
+            self.metrics.request(name, time.perf_counter() - t0)
+        return out
+
+    # ------------------------------------------------------------ ApiVersions
+
+    def api_versions(self, ver: int, corr: int) -> bytes:
+        keys = [dict(api_key=k, min_version=lo, max_version=hi)
+                for k, (lo, hi) in sorted(P.SUPPORTED.items())]
+        err = NONE
+        if ver > 2 or ver < 0:
+            # KIP-511: an unsupported version gets error 35 and a v0 body,
+            # from which the client picks a version both sides know.
+            ver, err = 0, UNSUPPORTED_VERSION
+        item = P.nested(18, ver, "ApiVersion")
+        resp = P.response(18, ver, error_code=err,
+                          api_keys=tuple(P.build(item, **k) for k in keys))
+        if err and self.metrics:
+            self.metrics.error("ApiVersions", err)
+        return P.encode_response(corr, resp)
+
+    # ------------------------------------------------------------ topics
+
+    def _topic(self, name: str, create: bool = False):
+        """The topic, auto-created when allowed; raises UnknownTopicError."""
+        try:
+            return self.log.topic(name)
+        except UnknownTopicError:
+            if not (create and self.auto_create_topics):
+                raise
+        validate_topic_name(name)
+        return self.log.create_topic(name, partitions=self.default_partitions)
+
+    async def metadata(self, req, ver):
+        mod = P.response_module(3, ver)
+        if req.topics is None:
+            names = self.log.topics()
+            create = False
+        else:
+            names = [t.name for t in req.topics]
+            create = bool(getattr(req, "allow_auto_topic_creation", True))
+        topics = []
+        for name in names:
+            try:
+                t = self._topic(name, create)
+                parts = tuple(P.build(mod.MetadataResponsePartition, error_code=NONE,
+                                      partition_index=i, leader_id=NODE_ID, leader_epoch=0,
+                                      replica_nodes=(NODE_ID,), isr_nodes=(NODE_ID,))
+                              for i in range(t.partitions))
+                err = NONE
+            except InvalidTopicNameError:
+                parts, err = (), INVALID_TOPIC_EXCEPTION
+            except UnknownTopicError:
+                parts, err = (), UNKNOWN_TOPIC_OR_PARTITION
+            topics.append(P.build(mod.MetadataResponseTopic, error_code=err, name=name,
+                                  partitions=parts))
+        broker = P.build(mod.MetadataResponseBroker, node_id=NODE_ID,
+                         host=self.advertised_host, port=self.port)
+        return P.response(3, ver, brokers=(broker,), cluster_id=CLUSTER_ID,
+                          controller_id=NODE_ID, topics=tuple(topics))
+
+    async def create_topics(self, req, ver):
+        mod = P.response_module(19, ver)
+        out = []
+        for t in req.topics:
+            err, msg = NONE, None
+            try:
+                config = {}
+                for c in t.configs:
+                    if c.name in _TOPIC_CONFIGS:
+                        config[_TOPIC_CONFIGS[c.name]] = None if c.value is None else int(c.value)
+                    elif c.name in _FIXED_CONFIGS and c.value == _FIXED_CONFIGS[c.name]:
+                        pass
+                    else:
+                        raise TopicConfigError(
+                            f"topic config {c.name}={c.value} is not supported; supported: "
+                            + ", ".join(sorted(_TOPIC_CONFIGS)) + ", "
+                            + ", ".join(f"{k}={v}" for k, v in _FIXED_CONFIGS.items()))
+                parts = self.default_partitions if t.num_partitions == -1 else t.num_partitions
+                if t.assignments:
+                    parts = len(t.assignments)
+                if t.replication_factor not in (-1, 1) and not t.assignments:
+                    err = INVALID_REPLICATION_FACTOR
+                    msg = (f"replication factor {t.replication_factor}: this is a single "
+                           "node, only 1 is possible")
+                elif parts < 1:
+                    err, msg = INVALID_PARTITIONS, f"{parts} partitions: need at least 1"
+                else:
+                    validate_topic_name(t.name)
+                    if t.name in self.log:
+                        err, msg = TOPIC_ALREADY_EXISTS, f"topic {t.name!r} already exists"
+                    elif not req.validate_only:
+                        self.log.create_topic(t.name, partitions=parts, **config)
+            except InvalidTopicNameError as e:
+                err, msg = INVALID_TOPIC_EXCEPTION, str(e)
+            except (TopicConfigError, ValueError) as e:
+                err, msg = INVALID_CONFIG, str(e)
+            except TopicExistsError as e:
+                err, msg = TOPIC_ALREADY_EXISTS, str(e)
+            if err and self.metrics:
+                self.metrics.error("CreateTopics", err)
+            out.append(P.build(mod.CreatableTopicResult, name=t.name, error_code=err,
+                               error_message=msg))
+        return P.response(19, ver, topics=tuple(out))
+
+    async def delete_topics(self, req, ver):
+        mod = P.response_module(20, ver)
+        out = []
+        for name in req.topic_names:
+            err = NONE
+            try:
+                validate_topic_name(name)
+                self.log.delete_topic(name)
+            except InvalidTopicNameError:
+                err = INVALID_TOPIC_EXCEPTION
+            except UnknownTopicError:
+                err = UNKNOWN_TOPIC_OR_PARTITION
+            out.append(P.build(mod.DeletableTopicResult, name=name, error_code=err))
+        return P.response(20, ver, responses=tuple(out))
+
+    async def describe_configs(self, req, ver):
+        mod = P.response_module(32, ver)
+        res_cls = mod.DescribeConfigsResult
+        cfg_cls = mod.DescribeConfigsResourceResult
+        out = []
+        for r in req.resources:
+            if r.resource_type == 2:      # TOPIC
+                try:
+                    t = self._topic(r.resource_name)
+                    c = t.config
+                    values = {
+                        "retention.ms": -1 if c.retention_ms is None else c.retention_ms,
+                        "retention.bytes": -1 if c.retention_bytes is None else c.retention_bytes,
+                        "cleanup.policy": "delete",
+                        "compression.type": "producer",
+                        "max.message.bytes": c.max_record_bytes,
+                        "segment.bytes": c.segment_bytes,
+                    }
+                    if r.configuration_keys:
+                        values = {k: v for k, v in values.items() if k in r.configuration_keys}
+                    configs = tuple(P.build(cfg_cls, name=k, value=str(v), read_only=False,
+                                            is_default=False, config_source=1, is_sensitive=False,
+                                            synonyms=()) for k, v in values.items())
+                    out.append(P.build(res_cls, error_code=NONE, error_message=None,
+                                       resource_type=2, resource_name=r.resource_name,
+                                       configs=configs))
+                except (UnknownTopicError, InvalidTopicNameError) as e:
+                    out.append(P.build(res_cls, error_code=UNKNOWN_TOPIC_OR_PARTITION,
+                                       error_message=str(e), resource_type=2,
+                                       resource_name=r.resource_name, configs=()))
+            elif r.resource_type == 4:    # BROKER: nothing configurable
+                out.append(P.build(res_cls, error_code=NONE, error_message=None,
+                                   resource_type=4, resource_name=r.resource_name, configs=()))
+            else:
+                out.append(P.build(res_cls, error_code=INVALID_REQUEST,
+                                   error_message=f"resource type {r.resource_type} is not supported",
+                                   resource_type=r.resource_type, resource_name=r.resource_name,
+                                   configs=()))
+        return P.response(32, ver, results=tuple(out))
+
+    # ------------------------------------------------------------ produce
+
+    async def produce(self, req, ver):
+        mod = P.response_module(0, ver)
+        acks = req.acks
+        fsync = acks == -1
+        topics = []
+        failed: list[str] = []
+        for td in req.topic_data:
+            parts = []
+            for pd in td.partition_data:
+                err, base, start = NONE, -1, -1
+                try:
+                    if req.transactional_id is not None:
+                        err = UNSUPPORTED_VERSION     # transactions are not supported
+                    else:
+                        p = self.log.topic(td.name).partition(pd.index)
+                        batches = decode_batches(pd.records or b"")
+                        if any(b.transactional or b.control for b in batches):
+                            err = UNSUPPORTED_VERSION
+                        else:
+                            base = await self._append(p, batches, fsync)
+                            start = p.start_offset
+                            if self.metrics:
+                                self.metrics.produced.labels(td.name, str(pd.index)).inc(
+                                    len(pd.records or b""))
+                except Exception as e:  # noqa: BLE001  (mapped to Kafka's codes; unknown -> -1)
+                    err = append_error(e)
+                    if err == UNKNOWN_SERVER_ERROR:
+                        log.exception("produce to %s/%d failed", td.name, pd.index)
+                if err:
+                    failed.append(f"{td.name}/{pd.index}: error {err}")
+                    if self.metrics:
+                        self.metrics.error("Produce", err)
+                parts.append(P.build(mod.PartitionProduceResponse, index=pd.index,
+                                     error_code=err, base_offset=base, log_append_time=-1,
+                                     log_start_offset=start, record_errors=(),
+                                     error_message=None))
+            topics.append(P.build(mod.TopicProduceResponse, name=td.name,
+                                  partition_responses=tuple(parts)))
+        self._appended.set()
+        self._appended = asyncio.Event()
+        if acks == 0:
+            if failed:
+                # No response carries the error with acks=0: closing the
+                # connection is how Kafka tells the client (it reconnects).
+                raise P.ProtocolError(f"closing after an acks=0 produce that failed: {failed}")
+            return None
+        return P.response(0, ver, responses=tuple(topics))
+
+    async def _append(self, p, batches, fsync: bool) -> int:
+        first = -1
+        end = None
+        for b in batches:
+            if not b.records:
+                continue
+            if b.producer_id >= 0:
+                base = p.append(b.records, producer_id=b.producer_id,
+                                producer_epoch=b.producer_epoch, base_sequence=b.base_sequence)
+            else:
+                base = p.append(b.records)
+            if first < 0:
+                first = base
+            end = base + len(b.records)
+        if fsync and end is not None:
+            await asyncio.get_running_loop().run_in_executor(self._sync_pool, p.wait_durable, end)
+        return first if first >= 0 else p.end_offset
+
+    # ------------------------------------------------------------ fetch
+
+    async def fetch(self, req, ver):
+        mod = P.response_module(1, ver)
+        deadline = time.monotonic() + P.ms(req.max_wait) / 1000
+        min_bytes = req.min_bytes
+        while True:
+            waiter = self._appended
+            counters = []
+            topics, total = self._fetch_once(req, mod, counters)
+            remaining = deadline - time.monotonic()
+            if total >= min_bytes or remaining <= 0 or total < 0:
+                break
+            # Wait for an append through this server, or poll for appends made
+            # by other processes (their change counter) every 20 ms.
+            try:
+                await asyncio.wait_for(waiter.wait(), min(remaining, 0.02))
+            except asyncio.TimeoutError:
+                pass
+            if not waiter.is_set() and all(p.change_counter == c for p, c in counters) \
+                    and deadline - time.monotonic() > 0:
+                while deadline - time.monotonic() > 0:
+                    try:
+                        await asyncio.wait_for(self._appended.wait(),
+                                               min(deadline - time.monotonic(), 0.02))
+                        break
+                    except asyncio.TimeoutError:
+                        if any(p.change_counter != c for p, c in counters):
+                            break
+        return P.response(1, ver, error_code=NONE, session_id=0, responses=tuple(topics))
+
+    def _fetch_once(self, req, mod, counters):
+        budget = req.max_bytes if req.max_bytes > 0 else DEFAULT_MAX_REQUEST_BYTES
+        total = 0
+        topics = []
+        failed = False
+        for ft in req.topics:
+            parts = []
+            for fp in ft.partitions:
+                err, hw, start, data = NONE, -1, -1, b""
+                try:
+                    p = self.log.topic(ft.topic).partition(fp.partition)
+                    counters.append((p, p.change_counter))
+                    hw, start = p.end_offset, p.start_offset
+                    if budget > 0 and fp.fetch_offset != hw:
+                        limit = min(fp.partition_max_bytes, budget) if total else \
+                            fp.partition_max_bytes
+                        recs = p.read(fp.fetch_offset, max_records=1 << 20,
+                                      max_bytes=max(limit, 1))
+                        if recs:
+                            data = encode_records(recs)
+                            total += len(data)
+                            if self.metrics:
+                                self.metrics.fetched.labels(ft.topic, str(fp.partition)).inc(
+                                    len(data))
+                            budget -= len(data)
+                except OffsetOutOfRangeError:
+                    err = OFFSET_OUT_OF_RANGE
+                    failed = True
+                except (UnknownTopicError, PartitionOutOfRangeError):
+                    err = UNKNOWN_TOPIC_OR_PARTITION
+                    failed = True
+                except InvalidTopicNameError:
+                    err = INVALID_TOPIC_EXCEPTION
+                    failed = True
+                if err and self.metrics:
+                    self.metrics.error("Fetch", err)
+                parts.append(P.build(mod.PartitionData, partition_index=fp.partition,
+                                     error_code=err, high_watermark=hw, last_stable_offset=hw,
+                                     log_start_offset=start, aborted_transactions=None,
+                                     preferred_read_replica=-1, records=data))
+            topics.append(P.build(mod.FetchableTopicResponse, topic=ft.topic,
+                                  partitions=tuple(parts)))
+        return topics, (-1 if failed and total == 0 else total)
+
+    # ------------------------------------------------------------ offsets
+
+    async def list_offsets(self, req, ver):
+        mod = P.response_module(2, ver)
+        topics = []
+        for t in req.topics:
+            parts = []
+            for lp in t.partitions:
+                err, ts, off = NONE, -1, -1
+                try:
+                    p = self.log.topic(t.name).partition(lp.partition_index)
+                    want = lp.timestamp
+                    if want == -1:
+                        off = p.end_offset
+                    elif want == -2:
+                        off = p.start_offset
+                    else:
+                        found = p.offset_for_time(want)
+                        if found is not None:
+                            off = found
+                            ts = p.read(found, max_records=1)[0].timestamp
+                except (UnknownTopicError, PartitionOutOfRangeError):
+                    err = UNKNOWN_TOPIC_OR_PARTITION
+                except InvalidTopicNameError:
+                    err = INVALID_TOPIC_EXCEPTION
+                parts.append(P.build(mod.ListOffsetsPartitionResponse,
+                                     partition_index=lp.partition_index, error_code=err,
+                                     old_style_offsets=(), timestamp=ts, offset=off,
+                                     leader_epoch=0))
+            topics.append(P.build(mod.ListOffsetsTopicResponse, name=t.name,
+                                  partitions=tuple(parts)))
+        return P.response(2, ver, topics=tuple(topics))
+
+    # ------------------------------------------------------------ producer ids
+
+    async def init_producer_id(self, req, ver):
+        if req.transactional_id is not None:
+            return P.response(22, ver, error_code=UNSUPPORTED_VERSION, producer_id=-1,
+                              producer_epoch=-1)
+        pid = await asyncio.get_running_loop().run_in_executor(self._sync_pool,
+                                                               self.producer_ids.allocate)
+        return P.response(22, ver, error_code=NONE, producer_id=pid, producer_epoch=0)
