@@ -19,7 +19,7 @@ from kio.schema.metadata.v8 import request as md8
 from kio.schema.produce.v8 import request as pr8
 from kio.serial import entity_reader
 from kafka.record.default_records import DefaultRecordBatchBuilder
-from server_util import RawClient, wait_until
+from server_util import RawClient
 
 import datetime
 

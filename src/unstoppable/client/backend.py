@@ -137,5 +137,5 @@ class Backend(abc.ABC):
     def offset_store(self, group: str) -> OffsetStore:
         """The default committed-offset store of a group."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027  (optional hook: nothing to release by default)
         """Release what the backend holds for this client."""

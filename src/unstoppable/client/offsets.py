@@ -42,7 +42,7 @@ class OffsetStore(abc.ABC):
     async def commit(self, group: str, offsets: dict) -> None:
         """Store ``{TopicPartition: offset}`` durably before returning."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027  (optional hook: nothing to release by default)
         """Release resources (the consumer calls this when it closes)."""
 
 

@@ -114,6 +114,9 @@ def _park(w):
     yield w
 
 
+#: The default backpressure mode (stateless, so one instance serves every producer).
+_BLOCK = Block()
+
 class Producer:
     """Producer(log, topic, *, partitioner=None, batch_bytes=16384, linger_ms=0,
     max_buffer_bytes=32 MiB, backpressure=Block(), acks="written",
@@ -143,7 +146,7 @@ class Producer:
     """
 
     def __init__(self, log, topic: str, *, partitioner=None, batch_bytes: int = 16384,
-                 linger_ms: float = 0, max_buffer_bytes: int = 32 << 20, backpressure=Block(),
+                 linger_ms: float = 0, max_buffer_bytes: int = 32 << 20, backpressure=_BLOCK,
                  acks: str = "written", producer_id: str | None = None,
                  delivery_timeout_ms: float = 120_000, retry_backoff_ms: float = 100,
                  key_serializer=None, value_serializer=None):
