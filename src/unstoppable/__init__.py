@@ -63,3 +63,7 @@ __all__ += [
 from unstoppable.connect import connect as connect  # noqa: E402  (re-exported)
 
 __all__.append("connect")
+
+from unstoppable.processor import Processor, RecordFailed  # noqa: E402
+
+__all__ += ["Processor", "RecordFailed"]

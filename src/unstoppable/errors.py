@@ -288,3 +288,12 @@ def _rebuild_backend_error(message, code, err_code, description):
 
 
 __all__ += ["InvalidURLError", "BackendUnavailableError", "BackendTimeoutError", "BackendError"]
+
+
+class HandlerTransactionError(UnstoppableError, RuntimeError):
+    """A :class:`~unstoppable.Processor` handler ran BEGIN, COMMIT or ROLLBACK
+    (``db.commit()``, ``with db:``): the processor owns the transaction, which
+    commits the handler's effects together with the offset past them."""
+
+
+__all__ += ["HandlerTransactionError"]
