@@ -12,7 +12,8 @@ payments        every payment seen, with what happened to it (captured/parked/re
 history         every step of every booking, per user (index on user_id)
 timers          pending deadlines (holds, parked payments): the durable timer
 stats           counters per partition (events, duplicates absorbed, ...)
-outbox          records decided but not yet published (outcome events, dead letters)
+outbox          records decided but not yet published: a run's outcome events packed in
+                one row (key NULL, see pack_outcomes), or one dead letter
 dead_letters    origins of input records sent to the dead-letter topic
 unstoppable_offsets   the consumer group's committed offsets (SQLiteOffsetStore)
 ==============  ====================================================================
@@ -29,10 +30,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import struct
 
 from unstoppable.booking.machine import Booking, Seat, Store
 
-__all__ = ["ReadModel", "RunStore", "SCHEMA", "INDEXES", "SNAPSHOT_TABLES", "connect",
+__all__ = ["ReadModel", "RunStore", "pack_outcomes", "unpack_outcomes", "SCHEMA", "INDEXES", "SNAPSHOT_TABLES", "connect",
            "diff_snapshots"]
 
 SCHEMA = """
@@ -262,6 +264,28 @@ class ReadModel(Store):
             "ORDER BY ts_ms, seat_id, booking_id, seq", (user_id,)).fetchall()
 
 
+_LENS = struct.Struct("<II")
+
+
+def pack_outcomes(pairs) -> bytes:
+    """A run's outcomes ``[(key, value)]`` as one outbox value: for each,
+    key length and value length (u32 LE each), then the key and value bytes."""
+    pack = _LENS.pack
+    return b"".join(pack(len(k), len(v)) + k + v for k, v in pairs)
+
+
+def unpack_outcomes(blob: bytes) -> list:
+    """The ``[(key, value)]`` that :func:`pack_outcomes` packed."""
+    out, pos, n = [], 0, len(blob)
+    unpack = _LENS.unpack_from
+    while pos < n:
+        kl, vl = unpack(blob, pos)
+        pos += 8
+        out.append((blob[pos:pos + kl], blob[pos + kl:pos + kl + vl]))
+        pos += kl + vl
+    return out
+
+
 _SEAT_SQL = ("SELECT s.seat_id, s.state, s.booking_id, s.user_id, s.updated_ms "
              "FROM json_each(?) j JOIN seats s ON s.seat_id = j.value")
 _BOOKING_SQL = ("SELECT b.seat_id, b.booking_id, b.user_id, b.state, b.reason, b.payment_id, "
@@ -343,7 +367,10 @@ class RunStore(ReadModel):
                 em("INSERT OR REPLACE INTO timers (seat_id, booking_id, part, deadline_ms, fired) "
                    "VALUES (?,?,?,?,0)", sets)
         if self._outbox:
-            em("INSERT INTO outbox (part, topic, key, value) VALUES (?,?,?,?)", self._outbox)
+            # One row for the run's outcomes (key NULL, value packed): one row
+            # per run instead of one per outcome.
+            self._x("INSERT INTO outbox (part, topic, key, value) VALUES (?,?,NULL,?)",
+                    (self.partition, self.outcomes_topic, pack_outcomes(self._outbox)))
         self.flush_counts()
         self.discard()
 
@@ -385,8 +412,7 @@ class RunStore(ReadModel):
     def emit(self, event):
         if self.outbox:
             seat = getattr(event, event.WhichOneof("kind")).seat_id
-            self._outbox.append((self.partition, self.outcomes_topic, seat.encode(),
-                                 event.SerializeToString(deterministic=True)))
+            self._outbox.append((seat.encode(), event.SerializeToString(deterministic=True)))
         self.pending_outcomes += 1
 
 

@@ -71,7 +71,7 @@ from unstoppable.booking import deadletters as dl
 from unstoppable.booking import events as ev
 from unstoppable.booking.logio import LogReader, close_log, ensure_topic, open_log
 from unstoppable.booking.machine import InvalidEventError, apply
-from unstoppable.booking.readmodel import ReadModel, RunStore, connect, create_indexes
+from unstoppable.booking.readmodel import ReadModel, RunStore, connect, create_indexes, unpack_outcomes
 
 __all__ = ["ServiceConfig", "BookingService", "InjectedFault", "create_topics", "run_worker",
            "rebuild", "committed_offsets", "config_dict", "decode_checked", "apply_run"]
@@ -312,7 +312,7 @@ class BookingService:
 
     # ------------------------------------------------------ outbox, timers
 
-    async def publish_outbox(self, owned: list, limit: int = 20000) -> int:
+    async def publish_outbox(self, owned: list, limit: int = 500) -> int:
         """Publish the outbox rows of the partitions this worker owns, in order,
         and delete them once acknowledged. Returns how many were published."""
         if not owned:
@@ -325,7 +325,11 @@ class BookingService:
             return 0
         futs = []
         for _seq, topic, key, value, headers in rows:
-            if topic == self.cfg.outcomes_topic:
+            if topic == self.cfg.outcomes_topic and key is None:     # a run's outcomes, packed
+                send = self.out_p.send
+                for k, v in unpack_outcomes(value):
+                    futs.append(await send(v, key=k))
+            elif topic == self.cfg.outcomes_topic:
                 futs.append(await self.out_p.send(value, key=key))
             else:
                 hs = [(k, v.encode()) for k, v in json.loads(headers or "[]")]
@@ -333,9 +337,13 @@ class BookingService:
         await self.out_p.flush()
         await self.dlq_p.flush()
         _raise_failed(futs)
-        self.db.executemany("DELETE FROM outbox WHERE seq=?", [(r[0],) for r in rows])
-        self.metrics["published"] += len(rows)
-        return len(rows)
+        # The rows selected are every owned row up to the last seq: one statement
+        # (an executemany outside a transaction would commit once per row).
+        self.db.execute(f"DELETE FROM outbox WHERE part IN ({marks}) AND seq <= ?",
+                        (*owned, rows[-1][0]))
+        published = len(futs)
+        self.metrics["published"] += published
+        return published
 
     async def fire_timers(self, owned: list, now_ms: int | None = None, limit: int = 5000) -> int:
         """Append ReservationExpired for every due, unfired timer of the owned
@@ -355,10 +363,25 @@ class BookingService:
             futs.append(await self.in_p.send(e, key=seat.encode(), partition=part))
         await self.in_p.flush()
         _raise_failed(futs)
-        self.db.executemany("UPDATE timers SET fired=1 WHERE seat_id=? AND booking_id=? "
-                            "AND deadline_ms=?", [(s, b, d) for s, b, _p, d in rows])
+        with _transaction(self.db):
+            self.db.executemany("UPDATE timers SET fired=1 WHERE seat_id=? AND booking_id=? "
+                                "AND deadline_ms=?", [(s, b, d) for s, b, _p, d in rows])
         self.metrics["timers_fired"] += len(rows)
         return len(rows)
+
+
+class _transaction:
+    """``with _transaction(db):`` one BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error)
+    on an autocommit connection."""
+
+    def __init__(self, db):
+        self.db = db
+
+    def __enter__(self):
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, et, e, tb):
+        self.db.execute("COMMIT" if et is None else "ROLLBACK")
 
 
 def _raise_failed(futs) -> None:
