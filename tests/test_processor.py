@@ -196,6 +196,28 @@ def test_a_run_another_owner_committed_is_fenced_off(tmp_path):
     log.close()
 
 
+def test_a_vectorized_handler_gets_the_run_as_arrow_columns(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pc = pytest.importorskip("pyarrow.compute")
+    log = _log(tmp_path, n=120)
+    seen = []
+
+    def handler(db, tp, records, columns):
+        assert isinstance(columns, pa.RecordBatch) and columns.num_rows == len(records)
+        assert columns.column("offset").to_pylist() == [r.offset for r in records]
+        assert pc.all(pc.equal(columns.column("partition"), tp.partition)).as_py()
+        seen.append(columns.num_rows)
+        db.executemany("INSERT INTO effects VALUES (?,?,?,?)",
+                       zip([tp.topic] * columns.num_rows, columns.column("partition").to_pylist(),
+                           columns.column("offset").to_pylist(), columns.column("value").to_pylist()))
+
+    proc, db = asyncio.run(_run_until(log, tmp_path / "a.db", handler, [120, 120], arrow=True))
+    assert sum(seen) == 240
+    assert db.execute("SELECT value FROM effects WHERE part=1 AND off=5").fetchone() == (b"v1-5",)
+    db.close()
+    log.close()
+
+
 def test_bad_configuration_is_refused_clearly(tmp_path):
     db = sqlite3.connect(str(tmp_path / "a.db"))        # default: implicit transactions
     with pytest.raises(ValueError, match="autocommit mode"):

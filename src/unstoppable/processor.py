@@ -122,6 +122,10 @@ class Processor:
     connection must be in autocommit mode (``isolation_level=None``): the
     processor issues BEGIN IMMEDIATE and COMMIT itself.
 
+    With ``arrow=True`` the handler is called as ``handler(db, tp, records,
+    columns)``, ``columns`` being the run as a ``pyarrow.RecordBatch``
+    (partition, offset, timestamp, key, value) for vectorized handlers.
+
     ``dead_letter(db, tp, record, error: str, attempts)`` replaces the default
     dead-letter row (it runs inside the transaction that moves past the record).
     ``metrics`` counts handled records, transactions, retries, dead letters,
@@ -132,7 +136,8 @@ class Processor:
                  max_attempts: int = 4, backoff_ms: float = 10.0,
                  dead_letter: Callable | None = None,
                  dead_letter_table: str = "unstoppable_dead_letters",
-                 lock_backoff_ms: float = 5.0, max_lock_backoff_ms: float = 1000.0):
+                 lock_backoff_ms: float = 5.0, max_lock_backoff_ms: float = 1000.0,
+                 arrow: bool = False):
         db = getattr(store, "db", None)
         if not isinstance(db, sqlite3.Connection):
             raise TypeError(f"store must be an SQLiteOffsetStore (its connection holds the "
@@ -168,6 +173,19 @@ class Processor:
             self.dead_letter_table = None
         self.dead_letter = dead_letter
         self._tx_violation: str | None = None
+        if arrow:
+            try:
+                import pyarrow as pa
+            except ImportError as e:      # pragma: no cover - pyarrow is installed in the tests
+                raise ImportError("Processor(arrow=True) needs pyarrow "
+                                  "(pip install 'unstoppable[arrow]')") from e
+            self._pa = pa
+            self._schema = pa.schema([
+                pa.field("partition", pa.int32(), nullable=False),
+                pa.field("offset", pa.int64(), nullable=False),
+                pa.field("timestamp", pa.timestamp("ms"), nullable=False),
+                pa.field("key", pa.binary()), pa.field("value", pa.binary())])
+        self.arrow = arrow
 
     # ------------------------------------------------------------ running
 
@@ -258,7 +276,10 @@ class Processor:
 
         def body():
             try:
-                self.handler(self.db, tp, recs)
+                if self.arrow:
+                    self.handler(self.db, tp, recs, self.columns(tp, recs))
+                else:
+                    self.handler(self.db, tp, recs)
             except HandlerTransactionError:
                 raise
             except RecordFailed as e:
@@ -333,6 +354,16 @@ class Processor:
             self._tx_violation = arg1 or "a transaction statement"
             return sqlite3.SQLITE_DENY
         return sqlite3.SQLITE_OK
+
+    def columns(self, tp, recs: list):
+        """The run ``recs`` of ``tp`` as a ``pyarrow.RecordBatch`` (needs ``arrow=True``)."""
+        b = lambda v: None if v is None else bytes(v)  # noqa: E731
+        return self._pa.RecordBatch.from_arrays([
+            self._pa.array([tp.partition] * len(recs), self._pa.int32()),
+            self._pa.array([r.offset for r in recs], self._pa.int64()),
+            self._pa.array([r.timestamp for r in recs], self._pa.timestamp("ms")),
+            self._pa.array([b(r.key) for r in recs], self._pa.binary()),
+            self._pa.array([b(r.value) for r in recs], self._pa.binary())], schema=self._schema)
 
     # ------------------------------------------------------------ reading
 
