@@ -80,7 +80,8 @@ def test_every_record_is_applied_once_with_its_offset(tmp_path):
     log.close()
 
 
-@pytest.mark.parametrize("locate", [True, False], ids=["RecordFailed", "plain-exception"])
+@pytest.mark.parametrize("locate", [True, "applied", False],
+                         ids=["RecordFailed", "RecordFailed-applied", "plain-exception"])
 def test_poison_records_are_retried_then_dead_lettered_and_the_rest_committed(tmp_path, locate):
     log = _log(tmp_path, n=250)
     poison = {(0, 7), (0, 8), (1, 120), (1, 249)}
@@ -94,7 +95,7 @@ def test_poison_records_are_retried_then_dead_lettered_and_the_rest_committed(tm
                 err = ValueError(f"cannot handle {r.offset}")
                 if locate:
                     _insert(db, tp, records[:i])
-                    raise us.RecordFailed(i, err)
+                    raise us.RecordFailed(i, err, applied=locate == "applied")
                 raise err
         _insert(db, tp, records)
 

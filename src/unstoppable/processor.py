@@ -83,15 +83,20 @@ class RecordFailed(Exception):
 
     Raised by a handler to say that ``records[index]`` failed with ``cause``
     (and the records before it did not). The processor then commits
-    ``records[:index]`` (running the handler on them again, in a fresh
-    transaction) and retries the failing record alone. A handler that raises
-    anything else gets the failing record found by halving the run.
+    ``records[:index]`` and retries the failing record alone. By default the
+    transaction is rolled back and the handler runs again on
+    ``records[:index]``; with ``applied=True`` the handler says the effects of
+    ``records[:index]``, and nothing of the failing record, are already
+    written in the transaction, which is then committed as it is (with the
+    offset of the failing record). A handler that raises anything else gets
+    the failing record found by halving the run.
     """
 
-    def __init__(self, index: int, cause: BaseException):
+    def __init__(self, index: int, cause: BaseException, *, applied: bool = False):
         super().__init__(index, cause)
         self.index = index
         self.cause = cause
+        self.applied = applied
 
     def __str__(self):
         return f"record {self.index} of the run failed: {type(self.cause).__name__}: {self.cause}"
@@ -228,7 +233,11 @@ class Processor:
             failed = await self._attempt(tp, recs)
             if failed is None:
                 return
-            k, err = failed
+            k, err, committed = failed
+            if committed:                       # the prefix is committed already
+                await self._retry_one(tp, recs[k], err)
+                recs = recs[k + 1:]
+                continue
             if k is None:                       # not located: halve the run
                 if len(recs) == 1:
                     k = 0
@@ -252,7 +261,8 @@ class Processor:
             if failed is None:
                 return
             err = failed[1]
-        await self._transaction(tp, rec.offset, rec.offset + 1, self._dead_letter_body(tp, rec, err))
+        await self._transaction(tp, rec.offset, lambda: rec.offset + 1,
+                                self._dead_letter_body(tp, rec, err))
         self.metrics["dead_letters"] += 1
 
     def _dead_letter_body(self, tp, rec, err):
@@ -271,8 +281,13 @@ class Processor:
 
     async def _attempt(self, tp, recs):
         """One transaction applying ``recs``: None when committed, else
-        ``(index or None, exception)`` with nothing committed."""
+        ``(index or None, exception, prefix committed)``: with the last true,
+        ``recs[:index]`` were committed (RecordFailed(applied=True)), else nothing was."""
         failure = []
+
+        def next_offset():
+            # The offset after what commits: the run, or a prefix the handler applied.
+            return recs[failure[0][0]].offset if failure else recs[-1].offset + 1
 
         def body():
             try:
@@ -286,19 +301,22 @@ class Processor:
                 if not 0 <= e.index < len(recs):
                     raise ValueError(f"the handler raised RecordFailed({e.index}) for a run of "
                                      f"{len(recs)} records") from e
-                failure.append((e.index, e.cause))
+                failure.append((e.index, e.cause, e.applied and e.index > 0))
             except Exception as e:
-                failure.append((None, e))
-        await self._transaction(tp, recs[0].offset, recs[-1].offset + 1, body,
-                                abort=lambda: bool(failure))
+                failure.append((None, e, False))
+        await self._transaction(tp, recs[0].offset, next_offset, body,
+                                abort=lambda: bool(failure) and not failure[0][2])
         if failure:
+            k, err, committed = failure[0]
+            if committed:
+                self.metrics["handled"] += k
             return failure[0]
         self.metrics["handled"] += len(recs)
         return None
 
-    async def _transaction(self, tp, first: int, next_offset: int, body, abort=lambda: False):
-        """BEGIN IMMEDIATE, fence, body(), save the offset, COMMIT; rolled back
-        when ``abort()`` is true after body. Waits out a locked database."""
+    async def _transaction(self, tp, first: int, next_offset, body, abort=lambda: False):
+        """BEGIN IMMEDIATE, fence, body(), save ``next_offset()``, COMMIT; rolled
+        back when ``abort()`` is true after body. Waits out a locked database."""
         db = self.db
         delay = self.lock_backoff_ms
         while True:
@@ -332,7 +350,7 @@ class Processor:
             if abort():
                 db.execute("ROLLBACK")
                 return
-            self.store.save({tp: next_offset}, group=self.group)
+            self.store.save({tp: next_offset()}, group=self.group)
             while True:
                 try:
                     db.execute("COMMIT")

@@ -282,7 +282,8 @@ def role_processor(a: dict) -> int:
                 if i and rnd.random() < 0.5:
                     db.executemany("INSERT INTO effects VALUES (?,?,?)",
                                    [(tp.partition, x.offset, member) for x in records[:i]])
-                    raise us.RecordFailed(i, ValueError(f"cannot handle {r.offset}"))
+                    raise us.RecordFailed(i, ValueError(f"cannot handle {r.offset}"),
+                                          applied=rnd.random() < 0.5)
                 raise ValueError(f"cannot handle {r.offset}")
         db.executemany("INSERT INTO effects VALUES (?,?,?)",
                        [(tp.partition, r.offset, member) for r in records])

@@ -153,7 +153,10 @@ def apply_run(rm: RunStore, topic: str, partition: int, partitions: int, recs: l
     (the rebuild), which are recorded as dead letters instead of applied.
 
     Raises ``us.RecordFailed(index, cause)`` for the first record that does
-    not decode, fails ``check`` or cannot be applied; nothing is flushed then.
+    not decode, fails ``check`` or cannot be applied. When the record did not
+    decode or failed ``check``, the records before it are flushed first
+    (``applied=True``: the processor commits them as they are); when the state
+    machine raised, nothing is flushed (its changes may be partial).
     """
     rm.discard()
     rm.partition = partition
@@ -166,10 +169,8 @@ def apply_run(rm: RunStore, topic: str, partition: int, partitions: int, recs: l
         try:
             events.append(decode_checked(r.value, partition, partitions))
         except Exception as e:
-            failed = us.RecordFailed(i, e)
+            failed = us.RecordFailed(i, e, applied=True)
             break
-    if failed is not None:
-        raise failed            # the processor commits the records before it, then retries it
     keys = []
     for e in events:
         if e is not None:
@@ -183,14 +184,20 @@ def apply_run(rm: RunStore, topic: str, partition: int, partitions: int, recs: l
         if e is None:
             rm.add_dead_letter(topic, partition, r.offset, dead[(partition, r.offset)])
             continue
-        try:
-            if check is not None:
+        if check is not None:
+            try:
                 check(tp, r, e)
+            except Exception as exc:       # before apply: the prefix's state is whole
+                rm.flush()
+                raise us.RecordFailed(i, exc, applied=True) from exc
+        try:
             apply(rm, e, r.timestamp, ttl_ms, prefix + str(r.offset))
         except Exception as exc:
             rm.discard()
             raise us.RecordFailed(i, exc) from exc
     rm.flush()
+    if failed is not None:
+        raise failed            # the records before it are flushed: the processor commits them
 
 
 class BookingService:
