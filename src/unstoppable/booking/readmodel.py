@@ -34,8 +34,8 @@ import struct
 
 from unstoppable.booking.machine import Booking, Seat, Store
 
-__all__ = ["ReadModel", "RunStore", "pack_outcomes", "unpack_outcomes", "SCHEMA", "INDEXES", "SNAPSHOT_TABLES", "connect",
-           "diff_snapshots"]
+__all__ = ["ReadModel", "RunStore", "pack_outcomes", "unpack_outcomes", "SCHEMA", "INDEXES",
+           "SNAPSHOT_TABLES", "connect", "create_indexes", "diff_snapshots"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS seats (
