@@ -39,6 +39,7 @@ from unstoppable.client import (
 from unstoppable.connect import connect
 from unstoppable.errors import *  # noqa: F401,F403
 from unstoppable.partitioning import DefaultPartitioner, Murmur2Partitioner
+from unstoppable.processor import Processor, RecordFailed
 from unstoppable.storage import Log, Partition, Topic, TopicConfig, VerifyReport
 
 __version__ = "0.1.0"
@@ -51,6 +52,8 @@ __all__ = [
     "DefaultPartitioner", "Murmur2Partitioner",
     "Consumer", "ConsumerRecord", "TopicPartition", "OffsetAndTimestamp",
     "OffsetStore", "GroupOffsetStore", "SQLiteOffsetStore",
+    # exactly-once processing: a run of records and its offset in one SQLite transaction
+    "Processor", "RecordFailed",
     # any backend from a URL
     "connect",
     # errors (the classes are also importable from here)

@@ -30,6 +30,8 @@ __all__ = [
     "BufferFullError", "ProducerClosedError", "ConsumerClosedError", "CommitError",
     "NoOffsetForPartitionError", "InvalidGroupNameError", "NotAssignedError",
     "ProducerIdInUseError", "DeliveryTimeoutError", "ValueDecodeError",
+    # the exactly-once processor
+    "HandlerTransactionError",
     # remote backends
     "InvalidURLError", "BackendUnavailableError", "BackendTimeoutError", "BackendError",
 ]
@@ -318,3 +320,9 @@ class BackendError(UnstoppableError):
 def _rebuild_backend_error(message, code, err_code, description):
     return BackendError(message, code=code, err_code=err_code, description=description)
 
+
+
+class HandlerTransactionError(UnstoppableError, RuntimeError):
+    """A :class:`~unstoppable.Processor` handler ran BEGIN, COMMIT or ROLLBACK
+    (``db.commit()``, ``with db:``): the processor owns the transaction, which
+    commits the handler's effects together with the offset past them."""

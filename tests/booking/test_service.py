@@ -22,11 +22,10 @@ def _cfg(tmp_path, **kw):
 
 def _send(log, cfg, events):
     """Append events keyed by seat, on the seat's partition (like the Producer)."""
-    from unstoppable._core.hashing import xxh64_partition
     t = log.topic(cfg.topic)
     for e in events:
         seat = ev.seat_of(e).encode()
-        t.partition(xxh64_partition(seat, t.partitions)).append([(seat, ev.CODEC.encode(e))])
+        t.partition(us.DefaultPartitioner()(seat, t.partitions)).append([(seat, ev.CODEC.encode(e))])
 
 
 def test_failing_records_are_retried_then_dead_lettered_and_can_be_redriven(tmp_path):
@@ -118,11 +117,10 @@ def test_a_pending_expiry_survives_a_restart_and_takes_effect_once(tmp_path):
 def test_events_on_the_wrong_partition_are_refused(tmp_path):
     """Two workers must never decide on one seat: an event whose seat lives on
     another partition is dead-lettered, not applied."""
-    from unstoppable._core.hashing import xxh64_partition
     cfg = _cfg(tmp_path, backoff_ms=1, max_attempts=2)
     log = us.Log(cfg.log_path)
     asyncio.run(create_topics(log, cfg, partitions=4))
-    home = xxh64_partition(b"A", 4)
+    home = us.DefaultPartitioner()(b"A", 4)
     log.topic(cfg.topic).partition((home + 1) % 4).append(
         [(b"A", ev.CODEC.encode(ev.reservation_requested("b1", "u1", "A")))])
     run_service(cfg, log, caught_up(log, cfg))
@@ -136,8 +134,8 @@ def test_a_run_another_owner_committed_is_fenced_off(tmp_path):
     """Two workers holding one partition at once (a JetStream lease that
     lapsed under a stalled owner, say) still apply each record once: a run
     that starts below the committed offset is rolled back and skipped."""
-    from unstoppable.client import TopicPartition
     from unstoppable.booking.readmodel import ReadModel
+    TopicPartition = us.TopicPartition
     cfg = _cfg(tmp_path, ttl_ms=60_000)
     log = us.Log(cfg.log_path)
     asyncio.run(create_topics(log, cfg, partitions=1))
@@ -153,11 +151,11 @@ def test_a_run_another_owner_committed_is_fenced_off(tmp_path):
         return svc
 
     a, b = worker(), worker()
-    asyncio.run(a._handle(tp, first))
-    asyncio.run(b._handle(tp, first))                       # stale: a committed these
+    asyncio.run(a.process(tp, first))
+    asyncio.run(b.process(tp, first))                       # stale: a committed these
     assert (a.metrics["handled"], b.metrics["handled"], b.metrics["fenced"]) == (3, 0, 1)
     _send(log, cfg, [ev.reservation_requested("b3", "u3", "S3")])
-    asyncio.run(b._handle(tp, first[1:] + part.read(3, 1)))  # two stale, one new
+    asyncio.run(b.process(tp, first[1:] + part.read(3, 1)))  # two stale, one new
     assert (b.metrics["handled"], b.metrics["fenced"]) == (1, 2)
     stats = ReadModel(b.db).stats()
     assert stats["requests"] == 4 and stats.get("duplicates", 0) == 0

@@ -26,6 +26,13 @@ consume
     landed between effect and commit.
 booking_worker
     One worker of the booking service (``run_worker``), until SIGTERM.
+processor
+    A group member running ``us.Processor`` whose handler writes one effect
+    row per record, fails on poison records (``poison`` in the value) always
+    and on others now and then (a transient failure), and dead-letters into a
+    table of its own. Writes ``B <partition> <first> <last>`` to
+    ``progress_file`` as a run's transaction begins and ``C <partition>``
+    after it was processed, until ``stop_file`` exists.
 churn_read, churn_write
     Read every partition (or append) in a loop while another process truncates
     the log's files, counting the library's errors and anything else, and
@@ -245,6 +252,63 @@ def role_booking_worker(a: dict) -> int:
     """One worker of the booking service (until SIGTERM)."""
     from unstoppable.booking.service import run_worker
     run_worker(a["cfg"])
+    return 0
+
+
+# -------------------------------------------------------------- processor
+
+PROCESSOR_SCHEMA = """
+CREATE TABLE IF NOT EXISTS effects (part INTEGER NOT NULL, off INTEGER NOT NULL, member TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS dead (part INTEGER NOT NULL, off INTEGER NOT NULL, error TEXT NOT NULL,
+                                 attempts INTEGER NOT NULL, member TEXT NOT NULL);
+"""
+
+
+def role_processor(a: dict) -> int:
+    """us.Processor with a handler that fails on some records (see the module docstring)."""
+    rnd = random.Random()
+    member = a["member"]
+    db = sqlite3.connect(a["db"], timeout=60, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.executescript(PROCESSOR_SCHEMA)
+    store = us.SQLiteOffsetStore(db)
+    prog = os.open(a["progress_file"], _O_APPEND, 0o644)
+    hold = a.get("hold_ms", 3) / 1000
+
+    def handler(db, tp, records):
+        os.write(prog, b"B %d %d %d\n" % (tp.partition, records[0].offset, records[-1].offset))
+        for i, r in enumerate(records):
+            if b"poison" in bytes(r.value) or rnd.random() < a.get("flaky", 0.002):
+                if i and rnd.random() < 0.5:
+                    db.executemany("INSERT INTO effects VALUES (?,?,?)",
+                                   [(tp.partition, x.offset, member) for x in records[:i]])
+                    raise us.RecordFailed(i, ValueError(f"cannot handle {r.offset}"),
+                                          applied=rnd.random() < 0.5)
+                raise ValueError(f"cannot handle {r.offset}")
+        db.executemany("INSERT INTO effects VALUES (?,?,?)",
+                       [(tp.partition, r.offset, member) for r in records])
+        time.sleep(hold)                 # widen the window for a kill inside the transaction
+
+    def dead_letter(db, tp, rec, error, attempts):
+        db.execute("INSERT INTO dead VALUES (?,?,?,?,?)", (tp.partition, rec.offset, error, attempts, member))
+
+    async def main():
+        log = us.Log(a["log"], create=False)
+        try:
+            async with us.Consumer(log, a["topic"], group=a["group"], offset_store=store,
+                                   max_poll_records=a.get("max_records", 50),
+                                   membership_poll_ms=50) as c:
+                proc = us.Processor(c, store, handler, group=a["group"], max_attempts=3, backoff_ms=1,
+                                    dead_letter=dead_letter)
+                while not os.path.exists(a["stop_file"]):
+                    for tp, recs in (await c.getmany(timeout_ms=20)).items():
+                        await proc.process(tp, recs)
+                        os.write(prog, b"C %d\n" % tp.partition)
+        finally:
+            log.close()
+
+    asyncio.run(main())
+    db.close()
     return 0
 
 

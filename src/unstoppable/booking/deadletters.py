@@ -29,8 +29,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import unstoppable as us
 from unstoppable.booking.logio import LogReader
-from unstoppable.client import Producer
 from unstoppable.errors import UnknownTopicError
 
 __all__ = ["DeadLetter", "ORIGIN_TOPIC", "ORIGIN_PARTITION", "ORIGIN_OFFSET", "ERROR", "ATTEMPTS",
@@ -138,11 +138,11 @@ async def redrive(log, dlq_topic: str, which=None) -> list[tuple]:
     out = []
     producers: dict = {}
     try:
-        marks = producers[dlq_topic] = Producer(log, dlq_topic, acks="fsync")
+        marks = producers[dlq_topic] = us.Producer(log, dlq_topic, acks="fsync")
         for d in todo:
             origin = producers.get(d.origin_topic)
             if origin is None:
-                origin = producers[d.origin_topic] = Producer(log, d.origin_topic, acks="fsync")
+                origin = producers[d.origin_topic] = us.Producer(log, d.origin_topic, acks="fsync")
             md = await origin.send_and_wait(
                 d.value, key=d.key, partition=d.origin_partition,
                 headers=[(REDRIVEN_FROM, f"{dlq_topic}/{d.partition}/{d.offset}".encode())])

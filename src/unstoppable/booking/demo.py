@@ -143,8 +143,7 @@ def _user_process(log_path: str, topic: str, idx: int, cfg: dict, t0: float, sta
                 add_value = b"\xff\x00 not a BookingEvent %d" % i
                 sched.append((t, seq, seat.encode(), add_value, None))
             else:   # a valid event on a partition its seat does not live on
-                from unstoppable._core.hashing import xxh64_partition
-                home = xxh64_partition(seat.encode(), log_partitions)
+                home = us.DefaultPartitioner()(seat.encode(), log_partitions)
                 bad = ev.CODEC.encode(ev.reservation_requested(f"bk-poison-{i}", "user-poison", seat,
                                                                event_id=f"poison-{i}"))
                 sched.append((t, seq, seat.encode(), bad, (home + 1) % n))

@@ -12,7 +12,8 @@ payments        every payment seen, with what happened to it (captured/parked/re
 history         every step of every booking, per user (index on user_id)
 timers          pending deadlines (holds, parked payments): the durable timer
 stats           counters per partition (events, duplicates absorbed, ...)
-outbox          records decided but not yet published (outcome events, dead letters)
+outbox          records decided but not yet published: a run's outcome events packed in
+                one row (key NULL, see pack_outcomes), or one dead letter
 dead_letters    origins of input records sent to the dead-letter topic
 unstoppable_offsets   the consumer group's committed offsets (SQLiteOffsetStore)
 ==============  ====================================================================
@@ -29,10 +30,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import struct
 
 from unstoppable.booking.machine import Booking, Seat, Store
 
-__all__ = ["ReadModel", "SCHEMA", "SNAPSHOT_TABLES", "connect", "diff_snapshots"]
+__all__ = ["ReadModel", "RunStore", "pack_outcomes", "unpack_outcomes", "SCHEMA", "INDEXES",
+           "SNAPSHOT_TABLES", "connect", "create_indexes", "diff_snapshots"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS seats (
@@ -82,16 +85,42 @@ SNAPSHOT_TABLES = {
 }
 
 
-def connect(path, *, timeout: float = 60.0) -> sqlite3.Connection:
+#: The secondary indexes of SCHEMA; a bulk load (``connect(..., bulk=True)``)
+#: creates them after the rows are in (``create_indexes``).
+INDEXES = [line for line in SCHEMA.splitlines() if line.startswith("CREATE INDEX")]
+
+
+def connect(path, *, timeout: float = 60.0, bulk: bool = False) -> sqlite3.Connection:
     """Open (creating if needed) a read-model database: WAL, NORMAL sync
     (durable at each checkpoint, atomic always), autocommit mode so that the
-    worker's explicit BEGIN/COMMIT are the transactions."""
+    worker's explicit BEGIN/COMMIT are the transactions.
+
+    ``bulk=True`` is for a fresh database filled once (the rebuild): no
+    journal, no sync, no secondary indexes until :func:`create_indexes`.
+    A crash during a bulk load leaves a file to throw away, not to use."""
     db = sqlite3.connect(str(path), timeout=timeout, isolation_level=None, check_same_thread=False)
+    if bulk:
+        db.execute("PRAGMA journal_mode=OFF")
+        db.execute("PRAGMA synchronous=OFF")
+        db.execute("PRAGMA cache_size=-262144")
+        db.executescript("\n".join(line for line in SCHEMA.splitlines() if line not in INDEXES))
+        return db
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+    # The read model's keys arrive in no order: a page cache that holds the
+    # tables' working set keeps random upserts off the disk (default: 2 MiB).
+    db.execute("PRAGMA cache_size=-131072")
     db.executescript(SCHEMA)
     return db
+
+
+def create_indexes(db: sqlite3.Connection) -> None:
+    """Create the secondary indexes a bulk load left out, then switch the
+    database to WAL like any read model."""
+    db.executescript("\n".join(INDEXES))
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
 
 
 class ReadModel(Store):
@@ -236,6 +265,159 @@ class ReadModel(Store):
         return self.db.execute(
             "SELECT ts_ms, seat_id, booking_id, kind, detail FROM history WHERE user_id=? "
             "ORDER BY ts_ms, seat_id, booking_id, seq", (user_id,)).fetchall()
+
+
+_LENS = struct.Struct("<II")
+
+
+def pack_outcomes(pairs) -> bytes:
+    """A run's outcomes ``[(key, value)]`` as one outbox value: for each,
+    key length and value length (u32 LE each), then the key and value bytes."""
+    pack = _LENS.pack
+    return b"".join(pack(len(k), len(v)) + k + v for k, v in pairs)
+
+
+def unpack_outcomes(blob: bytes) -> list:
+    """The ``[(key, value)]`` that :func:`pack_outcomes` packed."""
+    out, pos, n = [], 0, len(blob)
+    unpack = _LENS.unpack_from
+    while pos < n:
+        kl, vl = unpack(blob, pos)
+        pos += 8
+        out.append((blob[pos:pos + kl], blob[pos + kl:pos + kl + vl]))
+        pos += kl + vl
+    return out
+
+
+_SEAT_SQL = ("SELECT s.seat_id, s.state, s.booking_id, s.user_id, s.updated_ms "
+             "FROM json_each(?) j JOIN seats s ON s.seat_id = j.value")
+_BOOKING_SQL = ("SELECT b.seat_id, b.booking_id, b.user_id, b.state, b.reason, b.payment_id, "
+                "b.amount_cents, b.created_ms, b.updated_ms, b.deadline_ms, b.nevents "
+                "FROM json_each(?) j JOIN bookings b ON b.seat_id = json_extract(j.value, '$[0]') "
+                "AND b.booking_id = json_extract(j.value, '$[1]')")
+_PAYMENT_SQL = ("SELECT p.seat_id, p.booking_id, p.payment_id "
+                "FROM json_each(?) j JOIN payments p ON p.seat_id = json_extract(j.value, '$[0]') "
+                "AND p.booking_id = json_extract(j.value, '$[1]')")
+
+
+class RunStore(ReadModel):
+    """RunStore(db, partition=0, outcomes_topic="booking-outcomes", outbox=True)
+
+    The read model a run of records at a time: :meth:`load` reads the seats,
+    bookings and payments the run touches in three set queries, the state
+    machine decides in memory, and :meth:`flush` writes what changed with
+    one ``executemany`` per table (inside the caller's transaction). Between
+    ``load`` and ``flush`` the Store methods touch no database; after a
+    rollback, :meth:`discard` forgets the run. ``outbox=False`` (the
+    rebuild) keeps outcomes out of the outbox, since nothing is published.
+    """
+
+    def __init__(self, db: sqlite3.Connection, partition: int = 0,
+                 outcomes_topic: str = "booking-outcomes", outbox: bool = True):
+        super().__init__(db, partition, outcomes_topic)
+        self.outbox = outbox
+        self.discard()
+
+    def discard(self) -> None:
+        """Forget the current run (and its counters)."""
+        self._seats: dict = {}
+        self._bookings: dict = {}
+        self._paid: set = set()
+        self._dirty_seats: set = set()
+        self._dirty_bookings: set = set()
+        self._new_payments: dict = {}
+        self._timers: dict = {}
+        self._history: list = []
+        self._outbox: list = []
+        self.discard_counts()
+
+    def load(self, keys) -> None:
+        """Start a run touching ``keys``, ``[(seat_id, booking_id)]``: read
+        their seats, bookings and payments."""
+        self.discard()
+        pairs = json.dumps(list({k: None for k in keys}))
+        seats = json.dumps(list({s: None for s, _b in keys}))
+        x = self._x
+        self._seats = {r[0]: Seat(*r) for r in x(_SEAT_SQL, (seats,))}
+        self._bookings = {(r[0], r[1]): Booking(*r) for r in x(_BOOKING_SQL, (pairs,))}
+        self._paid = set(x(_PAYMENT_SQL, (pairs,)).fetchall())
+
+    def flush(self) -> None:
+        """Write the run's changes (inside the caller's transaction)."""
+        em = self.db.executemany
+        if self._dirty_seats:
+            seats = self._seats
+            em("INSERT OR REPLACE INTO seats VALUES (?,?,?,?,?)",
+               [(s.seat_id, s.state, s.booking_id, s.user_id, s.updated_ms)
+                for s in (seats[k] for k in sorted(self._dirty_seats))])
+        if self._dirty_bookings:
+            bks = self._bookings
+            em("INSERT OR REPLACE INTO bookings VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+               [(b.seat_id, b.booking_id, b.user_id, b.state, b.reason, b.payment_id,
+                 b.amount_cents, b.created_ms, b.updated_ms, b.deadline_ms, b.nevents)
+                for b in (bks[k] for k in sorted(self._dirty_bookings))])
+        if self._new_payments:
+            em("INSERT OR REPLACE INTO payments VALUES (?,?,?,?,?)",
+               sorted(k + v for k, v in self._new_payments.items()))
+        if self._history:
+            self._history.sort()       # key order: fewer B-tree pages touched per run
+            em("INSERT OR REPLACE INTO history VALUES (?,?,?,?,?,?,?)", self._history)
+        if self._timers:
+            sets = [k + v for k, v in self._timers.items() if v is not None]
+            dels = [k for k, v in self._timers.items() if v is None]
+            if dels:
+                em("DELETE FROM timers WHERE seat_id=? AND booking_id=?", dels)
+            if sets:
+                em("INSERT OR REPLACE INTO timers (seat_id, booking_id, part, deadline_ms, fired) "
+                   "VALUES (?,?,?,?,0)", sets)
+        if self._outbox:
+            # One row for the run's outcomes (key NULL, value packed): one row
+            # per run instead of one per outcome.
+            self._x("INSERT INTO outbox (part, topic, key, value) VALUES (?,?,NULL,?)",
+                    (self.partition, self.outcomes_topic, pack_outcomes(self._outbox)))
+        self.flush_counts()
+        self.discard()
+
+    # -- Store, in memory. The machine writes back every object it changes,
+    #    so the loaded objects are handed out without copies.
+    def get_seat(self, seat_id):
+        return self._seats.get(seat_id)
+
+    def put_seat(self, s):
+        self._seats[s.seat_id] = s
+        self._dirty_seats.add(s.seat_id)
+
+    def get_booking(self, seat_id, booking_id):
+        return self._bookings.get((seat_id, booking_id))
+
+    def put_booking(self, b):
+        k = (b.seat_id, b.booking_id)
+        self._bookings[k] = b
+        self._dirty_bookings.add(k)
+
+    def has_payment(self, seat_id, booking_id, payment_id):
+        return (seat_id, booking_id, payment_id) in self._paid
+
+    def add_payment(self, seat_id, booking_id, payment_id, outcome, amount_cents):
+        k = (seat_id, booking_id, payment_id)
+        self._paid.add(k)
+        self._new_payments[k] = (outcome, amount_cents)
+
+    def set_timer(self, seat_id, booking_id, deadline_ms):
+        self._timers[(seat_id, booking_id)] = (self.partition, deadline_ms)
+
+    def clear_timer(self, seat_id, booking_id):
+        self._timers[(seat_id, booking_id)] = None
+
+    def add_history(self, b, ts_ms, kind, detail):
+        self._history.append((b.seat_id, b.booking_id, b.nevents, b.user_id, ts_ms, kind, detail))
+        b.nevents += 1
+
+    def emit(self, event):
+        if self.outbox:
+            seat = getattr(event, event.WhichOneof("kind")).seat_id
+            self._outbox.append((seat.encode(), event.SerializeToString(deterministic=True)))
+        self.pending_outcomes += 1
 
 
 def diff_snapshots(a: dict, b: dict, limit: int = 5) -> list[str]:

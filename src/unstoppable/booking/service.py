@@ -67,25 +67,16 @@ import zlib
 from dataclasses import asdict, dataclass, field
 
 import unstoppable as us
-from unstoppable._core.hashing import xxh64_partition
 from unstoppable.booking import deadletters as dl
 from unstoppable.booking import events as ev
 from unstoppable.booking.logio import LogReader, close_log, ensure_topic, open_log
 from unstoppable.booking.machine import InvalidEventError, apply
-from unstoppable.booking.readmodel import ReadModel, connect
-from unstoppable.client import TopicPartition
+from unstoppable.booking.readmodel import ReadModel, RunStore, connect, create_indexes, unpack_outcomes
 
 __all__ = ["ServiceConfig", "BookingService", "InjectedFault", "create_topics", "run_worker",
-           "rebuild", "committed_offsets", "config_dict", "decode_checked"]
+           "rebuild", "committed_offsets", "config_dict", "decode_checked", "apply_run"]
 
-
-class _Fenced(Exception):
-    """Another owner of the partition committed up to ``committed``, past the
-    first record of the run being applied."""
-
-    def __init__(self, committed: int):
-        super().__init__(committed)
-        self.committed = committed
+_home = us.DefaultPartitioner()   # the producer's partitioner: where a seat's events belong
 
 
 class InjectedFault(RuntimeError):
@@ -142,11 +133,71 @@ def decode_checked(value, partition: int, partitions: int):
     seat = ev.seat_of(event)
     if not seat:
         raise InvalidEventError(f"event {ev.kind_of(event)!r} has no seat_id")
-    home = xxh64_partition(seat.encode(), partitions)
+    home = _home(seat.encode(), partitions)
     if home != partition:
         raise InvalidEventError(f"event for seat {seat!r} is on partition {partition}, but the "
                                 f"seat's events belong on partition {home}")
     return event
+
+
+def apply_run(rm: RunStore, topic: str, partition: int, partitions: int, recs: list,
+              ttl_ms: int, *, check=None, dead: dict | None = None) -> None:
+    """apply_run(rm, topic, partition, partitions, recs, ttl_ms, *, check=None, dead=None)
+
+    Decide a run of input records of one partition and write the effects
+    through ``rm`` (a RunStore) in the caller's transaction: decode and check
+    every record, load what the run touches in a few set queries, apply the
+    state machine in memory, flush with one ``executemany`` per table.
+    ``check(tp, rec, event)`` may raise to fail a record; ``dead`` maps the
+    ``(partition, offset)`` of records already dead-lettered to their error
+    (the rebuild), which are recorded as dead letters instead of applied.
+
+    Raises ``us.RecordFailed(index, cause)`` for the first record that does
+    not decode, fails ``check`` or cannot be applied. When the record did not
+    decode or failed ``check``, the records before it are flushed first
+    (``applied=True``: the processor commits them as they are); when the state
+    machine raised, nothing is flushed (its changes may be partial).
+    """
+    rm.discard()
+    rm.partition = partition
+    events = []
+    failed = None
+    for i, r in enumerate(recs):
+        if dead and (partition, r.offset) in dead:
+            events.append(None)
+            continue
+        try:
+            events.append(decode_checked(r.value, partition, partitions))
+        except Exception as e:
+            failed = us.RecordFailed(i, e, applied=True)
+            break
+    keys = []
+    for e in events:
+        if e is not None:
+            b = getattr(e, e.WhichOneof("kind"))
+            keys.append((b.seat_id, b.booking_id))
+    rm.load(keys)
+    tp = us.TopicPartition(topic, partition) if check is not None else None
+    prefix = f"{topic}/{partition}/"
+    for i, e in enumerate(events):
+        r = recs[i]
+        if e is None:
+            rm.add_dead_letter(topic, partition, r.offset, dead[(partition, r.offset)])
+            continue
+        if check is not None:
+            try:
+                check(tp, r, e)
+            except Exception as exc:       # before apply: the prefix's state is whole
+                rm.flush()
+                raise us.RecordFailed(i, exc, applied=True) from exc
+        try:
+            apply(rm, e, r.timestamp, ttl_ms, prefix + str(r.offset))
+        except Exception as exc:
+            rm.discard()
+            raise us.RecordFailed(i, exc) from exc
+    rm.flush()
+    if failed is not None:
+        raise failed            # the records before it are flushed: the processor commits them
 
 
 class BookingService:
@@ -162,11 +213,14 @@ class BookingService:
         self.metrics = {"pid": os.getpid(), "handled": 0, "transactions": 0, "retries": 0,
                         "dead_letters": 0, "published": 0, "timers_fired": 0, "fenced": 0,
                         "assigned": [], "started": time.time(), "updated": 0.0}
+        self.metrics["lock_waits"] = 0
         self._fail_seats = frozenset(cfg.fail_seats)
+        self._injected: set = set()
 
     # ------------------------------------------------------------------ run
 
     async def run(self, stop: asyncio.Event, log=None) -> None:
+        """Work until ``stop`` is set (on ``log``, or on the log the config names)."""
         cfg = self.cfg
         own_log = log is None
         log = await open_log(cfg.log_path, **cfg.log_options) if own_log else log
@@ -181,12 +235,12 @@ class BookingService:
                     us.Producer(log, cfg.outcomes_topic) as self.out_p, \
                     us.Producer(log, cfg.topic, value_serializer=ev.CODEC) as self.in_p, \
                     us.Producer(log, cfg.dlq_topic, acks="fsync") as self.dlq_p:
-                self.consumer = c
+                self.consumer = self.processor.consumer = c
                 last_status = 0.0
                 while not stop.is_set():
                     got = await c.getmany(timeout_ms=cfg.timer_interval_ms)
                     for tp, recs in got.items():
-                        await self._handle(tp, recs)
+                        await self.processor.process(tp, recs)
                     owned = sorted(tp.partition for tp in c.assignment())
                     await self.publish_outbox(owned)
                     await self.fire_timers(owned)
@@ -207,14 +261,23 @@ class BookingService:
                 await close_log(log)
 
     def open_db(self):
-        """Open the read model (``db``, ``rm``) and the offset store kept in
-        it (``store``), as :meth:`run` does; returns the connection."""
-        self.db = connect(self.cfg.db_path)
-        self.rm = ReadModel(self.db, outcomes_topic=self.cfg.outcomes_topic)
+        """Open the read model (``db``, ``rm``), the offset store kept in it
+        (``store``) and the exactly-once processor over them (``processor``),
+        as :meth:`run` does; returns the connection."""
+        cfg = self.cfg
+        self.db = connect(cfg.db_path)
+        self.rm = RunStore(self.db, outcomes_topic=cfg.outcomes_topic)
         self.store = us.SQLiteOffsetStore(self.db)
-        self._committed_sql = (f"SELECT next_offset FROM {self.store.table} "
-                               "WHERE grp=? AND topic=? AND part=?")
+        self.processor = us.Processor(getattr(self, "consumer", None), self.store, self._apply_run,
+                                      group=cfg.group, max_attempts=cfg.max_attempts,
+                                      backoff_ms=cfg.backoff_ms, dead_letter=self._dead_letter)
+        self.processor.metrics = self.metrics        # one set of counters
         return self.db
+
+    async def process(self, tp, recs) -> None:
+        """Apply a run of records of partition ``tp`` exactly once (what
+        :meth:`run` does with each run ``getmany`` hands out)."""
+        await self.processor.process(tp, recs)
 
     def _write_status(self) -> None:
         self.metrics["updated"] = time.time()
@@ -225,117 +288,38 @@ class BookingService:
 
     # ------------------------------------------------------------- handling
 
-    def _apply_one(self, tp, rec, attempt: int) -> None:
+    def _check(self, tp, rec, event) -> None:
+        """The configured failures (``fault_rate``: each chosen record fails
+        once in this worker; ``fail_seats``: always)."""
         cfg = self.cfg
-        event = decode_checked(rec.value, tp.partition, self.partitions)
-        if attempt == 0 and _faulty(cfg, tp.partition, rec.offset):
+        if _faulty(cfg, tp.partition, rec.offset) and (tp.partition, rec.offset) not in self._injected:
+            self._injected.add((tp.partition, rec.offset))
             raise InjectedFault(f"injected transient failure at {tp.topic}/{tp.partition}/{rec.offset}")
         if self._fail_seats and ev.seat_of(event) in self._fail_seats:
             raise InjectedFault(f"seat {ev.seat_of(event)!r} is configured to fail")
-        apply(self.rm, event, rec.timestamp, cfg.ttl_ms, f"{tp.topic}/{tp.partition}/{rec.offset}")
 
-    def _fence(self, tp, first: int) -> None:
-        """Inside the transaction: raise _Fenced (after rolling back) when the
-        committed offset is past ``first``, the offset this run starts at."""
-        row = self.db.execute(self._committed_sql, (self.cfg.group, tp.topic, tp.partition)).fetchone()
-        if row is not None and row[0] > first:
-            self.db.execute("ROLLBACK")
-            raise _Fenced(row[0])
+    def _apply_run(self, db, tp, recs) -> None:
+        """The processor's handler: the run's effects, inside its transaction."""
+        check = self._check if (self.cfg.fault_rate > 0 or self._fail_seats) else None
+        apply_run(self.rm, tp.topic, tp.partition, self.partitions, recs, self.cfg.ttl_ms,
+                  check=check)
 
-    def _try_run(self, tp, recs, attempt: int = 0):
-        """Apply ``recs`` and commit them with the offset after the last, in one
-        transaction. Returns None, or the (index, exception) of the first
-        failure, in which case nothing was committed. Raises _Fenced when
-        another owner committed past the first record."""
-        db, rm = self.db, self.rm
-        rm.partition = tp.partition
-        db.execute("BEGIN IMMEDIATE")
-        self._fence(tp, recs[0].offset)
-        try:
-            for i, r in enumerate(recs):
-                try:
-                    self._apply_one(tp, r, attempt)
-                except Exception as e:
-                    db.execute("ROLLBACK")
-                    rm.discard_counts()
-                    return i, e
-            self.store.save({tp: recs[-1].offset + 1}, group=self.cfg.group)
-            rm.flush_counts()
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            rm.discard_counts()
-            raise
-        self.metrics["handled"] += len(recs)
-        self.metrics["transactions"] += 1
-        return None
-
-    async def _handle(self, tp, recs) -> None:
-        while recs:
-            try:
-                await self._handle_run(tp, recs)
-                return
-            except _Fenced as f:
-                # Someone else applied the records below f.committed: skip
-                # them (and seek past them when this run held no more).
-                self.metrics["fenced"] += 1
-                recs = [r for r in recs if r.offset >= f.committed]
-                c = getattr(self, "consumer", None)
-                if not recs and c is not None and tp in c.assignment() and c.position(tp) < f.committed:
-                    c.seek(tp, f.committed)
-
-    async def _handle_run(self, tp, recs) -> None:
-        while recs:
-            failed = self._try_run(tp, recs)
-            if failed is None:
-                return
-            k, err = failed
-            if k > 0:
-                # The records before the failing one succeeded: commit them
-                # (if one of them fails now, that was transient: recurse).
-                if self._try_run(tp, recs[:k]) is not None:
-                    await self._handle_run(tp, recs[:k])
-            await self._one(tp, recs[k], 1, err)
-            recs = recs[k + 1:]
-
-    async def _one(self, tp, rec, first_attempt: int, err) -> None:
-        cfg = self.cfg
-        for attempt in range(first_attempt, cfg.max_attempts):
-            if attempt > 0:
-                self.metrics["retries"] += 1
-                await asyncio.sleep(cfg.backoff_ms / 1000.0 * (2 ** (attempt - 1)))
-            failed = self._try_run(tp, [rec], attempt)
-            if failed is None:
-                return
-            err = failed[1]
-        self._dead_letter(tp, rec, err, max(cfg.max_attempts, first_attempt))
-
-    def _dead_letter(self, tp, rec, err, attempts: int) -> None:
-        cfg, db, rm = self.cfg, self.db, self.rm
-        error = f"{type(err).__name__}: {err}"
+    def _dead_letter(self, db, tp, rec, error: str, attempts: int) -> None:
+        """The processor's dead-letter hook: a ``dead_letters`` row and the
+        dead letter in the outbox, in the transaction that moves past it."""
+        cfg, rm = self.cfg, self.rm
         headers = dl.headers_for(tp.topic, tp.partition, rec.offset, error, attempts)
+        rm.discard()
         rm.partition = tp.partition
-        db.execute("BEGIN IMMEDIATE")
-        self._fence(tp, rec.offset)
-        try:
-            rm.add_dead_letter(tp.topic, tp.partition, rec.offset, error,
-                               publish=(cfg.dlq_topic,
-                                        None if rec.key is None else bytes(rec.key),
-                                        None if rec.value is None else bytes(rec.value), headers))
-            self.store.save({tp: rec.offset + 1}, group=cfg.group)
-            rm.flush_counts()
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            rm.discard_counts()
-            raise
-        self.metrics["dead_letters"] += 1
+        rm.add_dead_letter(tp.topic, tp.partition, rec.offset, error,
+                           publish=(cfg.dlq_topic,
+                                    None if rec.key is None else bytes(rec.key),
+                                    None if rec.value is None else bytes(rec.value), headers))
+        rm.flush_counts()
 
     # ------------------------------------------------------ outbox, timers
 
-    async def publish_outbox(self, owned: list, limit: int = 20000) -> int:
+    async def publish_outbox(self, owned: list, limit: int = 500) -> int:
         """Publish the outbox rows of the partitions this worker owns, in order,
         and delete them once acknowledged. Returns how many were published."""
         if not owned:
@@ -348,7 +332,11 @@ class BookingService:
             return 0
         futs = []
         for _seq, topic, key, value, headers in rows:
-            if topic == self.cfg.outcomes_topic:
+            if topic == self.cfg.outcomes_topic and key is None:     # a run's outcomes, packed
+                send = self.out_p.send
+                for k, v in unpack_outcomes(value):
+                    futs.append(await send(v, key=k))
+            elif topic == self.cfg.outcomes_topic:
                 futs.append(await self.out_p.send(value, key=key))
             else:
                 hs = [(k, v.encode()) for k, v in json.loads(headers or "[]")]
@@ -356,9 +344,13 @@ class BookingService:
         await self.out_p.flush()
         await self.dlq_p.flush()
         _raise_failed(futs)
-        self.db.executemany("DELETE FROM outbox WHERE seq=?", [(r[0],) for r in rows])
-        self.metrics["published"] += len(rows)
-        return len(rows)
+        # The rows selected are every owned row up to the last seq: one statement
+        # (an executemany outside a transaction would commit once per row).
+        self.db.execute(f"DELETE FROM outbox WHERE part IN ({marks}) AND seq <= ?",
+                        (*owned, rows[-1][0]))
+        published = len(futs)
+        self.metrics["published"] += published
+        return published
 
     async def fire_timers(self, owned: list, now_ms: int | None = None, limit: int = 5000) -> int:
         """Append ReservationExpired for every due, unfired timer of the owned
@@ -378,10 +370,25 @@ class BookingService:
             futs.append(await self.in_p.send(e, key=seat.encode(), partition=part))
         await self.in_p.flush()
         _raise_failed(futs)
-        self.db.executemany("UPDATE timers SET fired=1 WHERE seat_id=? AND booking_id=? "
-                            "AND deadline_ms=?", [(s, b, d) for s, b, _p, d in rows])
+        with _transaction(self.db):
+            self.db.executemany("UPDATE timers SET fired=1 WHERE seat_id=? AND booking_id=? "
+                                "AND deadline_ms=?", [(s, b, d) for s, b, _p, d in rows])
         self.metrics["timers_fired"] += len(rows)
         return len(rows)
+
+
+class _transaction:
+    """``with _transaction(db):`` one BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error)
+    on an autocommit connection."""
+
+    def __init__(self, db):
+        self.db = db
+
+    def __enter__(self):
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, et, e, tb):
+        self.db.execute("COMMIT" if et is None else "ROLLBACK")
 
 
 def _raise_failed(futs) -> None:
@@ -419,14 +426,16 @@ def committed_offsets(db, group: str, topic: str) -> dict:
     return dict(rows)
 
 
-async def rebuild(log, cfg: ServiceConfig, db_path, *, progress=None, chunk: int = 5000) -> ReadModel:
+async def rebuild(log, cfg: ServiceConfig, db_path, *, progress=None, chunk: int = 20000) -> ReadModel:
     """await rebuild(log, cfg, db_path, *, progress=None) -> ReadModel
 
     Replay the input topic from offset 0 into a fresh read model at
-    ``db_path`` (which must not exist), with the same state machine and the
-    same decisions about dead letters (taken from the dead-letter topic), and
-    return it. It must equal the live read model once that has caught up:
-    that is the event-sourcing check. ``log`` is a ``us.Log`` or a
+    ``db_path`` (which must not exist), with the same state machine, the same
+    batch path as the workers (:func:`apply_run`) and the same decisions about
+    dead letters (taken from the dead-letter topic), and return it. It must
+    equal the live read model once that has caught up: that is the
+    event-sourcing check. The fresh database is bulk-loaded (no journal, no
+    sync, secondary indexes built at the end). ``log`` is a ``us.Log`` or a
     JetStreamLog; records are read through the backend interface.
     ``progress(done, total)`` is called as records are replayed.
     """
@@ -438,29 +447,24 @@ async def rebuild(log, cfg: ServiceConfig, db_path, *, progress=None, chunk: int
         for d in await dl.read_dead_letters(log, cfg.dlq_topic, missing_ok=True):
             if d.origin_topic == cfg.topic:
                 dead[(d.origin_partition, d.origin_offset)] = d.error
-        db = connect(db_path)
-        rm = ReadModel(db, outcomes_topic=cfg.outcomes_topic)
+        db = connect(db_path, bulk=True)
+        rm = RunStore(db, outcomes_topic=cfg.outcomes_topic, outbox=False)
         store = us.SQLiteOffsetStore(db)
         ranges = await reader.ranges(cfg.topic)
         total, done = sum(e for _s, e in ranges), 0
         for p, (start, end) in enumerate(ranges):
-            rm.partition = p
             async for recs in reader.chunks(cfg.topic, p, start, end, chunk):
-                db.execute("BEGIN IMMEDIATE")
-                for r in recs:
-                    origin = f"{cfg.topic}/{p}/{r.offset}"
-                    if (p, r.offset) in dead:
-                        rm.add_dead_letter(cfg.topic, p, r.offset, dead[(p, r.offset)])
-                        continue
-                    event = decode_checked(r.value, p, n)
-                    apply(rm, event, r.timestamp, cfg.ttl_ms, origin)
-                store.save({TopicPartition(cfg.topic, p): recs[-1].offset + 1}, group=cfg.group)
-                rm.flush_counts()
+                db.execute("BEGIN")
+                try:
+                    apply_run(rm, cfg.topic, p, n, recs, cfg.ttl_ms, dead=dead)
+                except us.RecordFailed as f:
+                    raise f.cause from None    # the live workers would have dead-lettered it
+                store.save({us.TopicPartition(cfg.topic, p): recs[-1].offset + 1}, group=cfg.group)
                 db.execute("COMMIT")
                 done += len(recs)
                 if progress is not None:
                     progress(done, total)
-    db.execute("DELETE FROM outbox")   # a rebuild publishes nothing
+    create_indexes(db)
     return rm
 
 

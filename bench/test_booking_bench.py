@@ -1,0 +1,254 @@
+"""The booking service over a prefilled log of about 1 M booking events with
+the demo's mix (requests, payments, duplicates, late and early payments,
+expiries, poison records), each figure beside the same-run ``getmany`` rate
+over the same log:
+
+* one worker (its own process), cold start to the end of the log;
+* three workers in three processes (shared read model), same;
+* rebuild into a fresh database.
+
+A worker is "at the end" when every partition's committed offset is the
+partition's end and the outbox is empty (every outcome published).
+
+    python -m pytest -q -s bench/test_booking_bench.py      # BOOKING_EVENTS=200000 for a quick run
+"""
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import os
+import random
+import sqlite3
+import time
+
+import pytest
+
+import unstoppable as us
+from unstoppable.booking import events as ev
+from unstoppable.booking.readmodel import connect, diff_snapshots, ReadModel
+from unstoppable.booking.service import ServiceConfig, config_dict, create_topics, rebuild, run_worker
+
+N_TARGET = int(os.environ.get("BOOKING_EVENTS", 1_000_000))
+PARTITIONS = 8
+TTL_MS = 2000
+
+
+def make_booking_log(path: str, n_target: int = N_TARGET, seed: int = 7) -> tuple[ServiceConfig, int]:
+    """Fill an embedded log at ``path``/log with about ``n_target`` booking
+    events in the demo's mix; returns the service config and the event count.
+
+    Per user: a request; 70% pay 0.5 s later, 5% of those after the hold
+    expired (the expiry comes first); the unpaid get an expiry at the
+    deadline; 2% pay before requesting; 3% of events are delivered twice;
+    6 poison records (3 undecodable, 3 on the wrong partition). One user in
+    ten contends for a popular seat (seats ~ users / 10, skewed like the demo)."""
+    rnd = random.Random(seed)
+    users = int(n_target / 2.08)
+    seats = max(1, users // 10)
+    home = us.DefaultPartitioner()
+    parts: list[list] = [[] for _ in range(PARTITIONS)]
+    t0 = int(time.time() * 1000)      # timers (ttl 1 h) stay in the future: the log carries the expiries
+    enc = ev.CODEC.encode
+
+    def add(ts, seat, value, part=None):
+        k = seat.encode()
+        p = home(k, PARTITIONS) if part is None else part
+        parts[p].append((ts, k, value))
+        if rnd.random() < 0.03:
+            parts[p].append((ts + rnd.randrange(10, 1000), k, value))
+
+    for u in range(users):
+        ts = t0 + u * 20
+        seat = f"seat-{min(int(seats * rnd.random() ** 1.6), seats - 1):06d}"
+        user, bk = f"user-{u:07d}", f"bk-{u:07d}"
+        if rnd.random() < 0.02:
+            add(ts, seat, enc(ev.payment_received(bk, seat, f"pay-{u}", 4900, user, event_id=f"pay-{u}")))
+            ts += 100
+        add(ts, seat, enc(ev.reservation_requested(bk, user, seat, event_id=f"req-{u}")))
+        if rnd.random() < 0.7:
+            if rnd.random() < 0.05:
+                add(ts + TTL_MS, seat, enc(ev.reservation_expired(bk, seat, ts + TTL_MS)))
+                add(ts + TTL_MS + 500, seat, enc(ev.payment_received(bk, seat, f"pay-{u}", 4900, user,
+                                                                     event_id=f"pay-{u}")))
+            else:
+                add(ts + 500, seat, enc(ev.payment_received(bk, seat, f"pay-{u}", 4900, user,
+                                                            event_id=f"pay-{u}")))
+        else:
+            add(ts + TTL_MS, seat, enc(ev.reservation_expired(bk, seat, ts + TTL_MS)))
+    for i in range(6):
+        seat = f"seat-{rnd.randrange(seats):06d}"
+        ts = t0 + rnd.randrange(users * 20)
+        if i % 2 == 0:
+            parts[home(seat.encode(), PARTITIONS)].append((ts, seat.encode(), b"\xff\x00 poison %d" % i))
+        else:
+            p = (home(seat.encode(), PARTITIONS) + 1) % PARTITIONS
+            parts[p].append((ts, seat.encode(), enc(ev.reservation_requested(
+                f"bk-poison-{i}", "user-poison", seat, event_id=f"poison-{i}"))))
+    cfg = ServiceConfig(log_path=os.path.join(path, "log"), db_path=os.path.join(path, "live.db"),
+                        ttl_ms=3_600_000, batch=5000, backoff_ms=1, max_attempts=2)
+    log = us.Log(cfg.log_path)
+    asyncio.run(create_topics(log, cfg, partitions=PARTITIONS))
+    total = 0
+    for p, recs in enumerate(parts):
+        recs.sort(key=lambda r: r[0])
+        part = log.topic(cfg.topic).partition(p)
+        for i in range(0, len(recs), 20000):
+            part.append([(k, v, [], ts) for ts, k, v in recs[i:i + 20000]])
+        total += len(recs)
+    log.close()
+    return cfg, total
+
+
+def getmany_rate(cfg: ServiceConfig, n: int) -> float:
+    """Baseline: records/s of a Consumer's getmany over the whole input topic."""
+    async def main():
+        log = us.Log(cfg.log_path)
+        try:
+            async with us.Consumer(log, cfg.topic, max_poll_records=5000) as c:
+                t0 = time.perf_counter()
+                got = 0
+                while got < n:
+                    for recs in (await c.getmany(timeout_ms=100)).values():
+                        got += len(recs)
+                return n / (time.perf_counter() - t0)
+        finally:
+            log.close()
+    return asyncio.run(main())
+
+
+def _caught_up(cfg: ServiceConfig, ends: list) -> bool:
+    db = sqlite3.connect(cfg.db_path, timeout=60)
+    try:
+        rows = dict(db.execute("SELECT part, next_offset FROM unstoppable_offsets WHERE grp=? "
+                               "AND topic=?", (cfg.group, cfg.topic)).fetchall())
+        if any(rows.get(p) != e for p, e in enumerate(ends)):
+            return False
+        return db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0
+    except sqlite3.OperationalError:      # the workers have not made their tables yet
+        return False
+    finally:
+        db.close()
+
+
+def run_workers(cfg: ServiceConfig, n_workers: int, timeout: float = 600) -> float:
+    """Seconds from starting ``n_workers`` worker processes on a fresh read
+    model until they have handled the whole log."""
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(cfg.db_path + suffix):
+            os.unlink(cfg.db_path + suffix)
+    log = us.Log(cfg.log_path)
+    ends = log.topic(cfg.topic).end_offsets()
+    log.close()
+    connect(cfg.db_path).close()
+    ctx = mp.get_context("fork")
+    t0 = time.perf_counter()
+    procs = [ctx.Process(target=run_worker, args=(config_dict(cfg),)) for _ in range(n_workers)]
+    for p in procs:
+        p.start()
+    try:
+        while not _caught_up(cfg, ends):
+            assert all(p.is_alive() for p in procs), "a worker died"
+            assert time.perf_counter() - t0 < timeout, "the workers did not catch up in time"
+            time.sleep(0.05)
+        return time.perf_counter() - t0
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.join(30)
+
+
+@pytest.fixture(scope="module")
+def booking_log(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("booking"))
+    t = time.perf_counter()
+    cfg, n = make_booking_log(d)
+    print(f"\nprefilled {n:,} booking events in {time.perf_counter() - t:.1f} s")
+    return cfg, n
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_workers_to_the_end_of_the_log(benchmark, booking_log, report, workers):
+    cfg, n = booking_log
+    out = {}
+
+    def run():
+        out["base"] = getmany_rate(cfg, n)
+        out["s"] = run_workers(cfg, workers)
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    rate = n / out["s"]
+    report.append(f"booking, {workers} worker process(es), cold start to the end of {n:,} events: "
+                  f"{rate:,.0f} events/s ({out['s']:.1f} s); same-run getmany {out['base']:,.0f} "
+                  f"records/s (ratio {rate / out['base']:.3f})")
+    db = connect(cfg.db_path)
+    stats = ReadModel(db).stats()
+    db.close()
+    assert stats["events"] + stats["dead_letters"] == n
+    assert stats["dead_letters"] == 6
+
+
+def test_rebuild(benchmark, booking_log, report, tmp_path):
+    cfg, n = booking_log
+    if not os.path.exists(cfg.db_path):
+        run_workers(cfg, 1)
+    out = {}
+    k = [0]
+
+    def run():
+        k[0] += 1
+        path = str(tmp_path / f"rebuilt{k[0]}.db")
+        out["base"] = getmany_rate(cfg, n)
+        log = us.Log(cfg.log_path)
+        t = time.perf_counter()
+        rm = asyncio.run(rebuild(log, cfg, path))
+        out["s"] = time.perf_counter() - t
+        out["snap"] = rm.snapshot()
+        rm.db.close()
+        log.close()
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    rate = n / out["s"]
+    report.append(f"booking rebuild of {n:,} events: {rate:,.0f} events/s ({out['s']:.1f} s); "
+                  f"same-run getmany {out['base']:,.0f} records/s (ratio {rate / out['base']:.3f})")
+    db = connect(cfg.db_path)
+    live = ReadModel(db).snapshot()
+    db.close()
+    assert diff_snapshots(live, out["snap"]) == []
+
+
+def test_sqlite_floor_of_the_read_model(benchmark, booking_log, report, tmp_path):
+    """The floor under the workers: the read model's final rows (seats,
+    bookings, payments, history, timers, dead letters), written with
+    ``executemany`` into a fresh read model (same schema, WAL, NORMAL sync) in
+    transactions of the worker's size, with no decisions, decoding or
+    publishing. The workers upsert more rows than this (a row changed twice
+    in two runs is written twice), so this is a lower bound of their SQLite
+    cost."""
+    cfg, n = booking_log
+    if not os.path.exists(cfg.db_path):
+        run_workers(cfg, 1)
+    src = connect(cfg.db_path)
+    tables = ("seats", "bookings", "payments", "history", "timers", "dead_letters")
+    rows = {t: src.execute(f"SELECT * FROM {t}").fetchall() for t in tables}
+    src.close()
+    out = {}
+    k = [0]
+
+    def run():
+        k[0] += 1
+        db = connect(str(tmp_path / f"floor{k[0]}.db"))
+        runs = max(1, n // cfg.batch)
+        t = time.perf_counter()
+        for i in range(runs):
+            db.execute("BEGIN IMMEDIATE")
+            for tbl, rs in rows.items():
+                chunk = rs[i * len(rs) // runs:(i + 1) * len(rs) // runs]
+                if chunk:
+                    db.executemany(f"INSERT OR REPLACE INTO {tbl} VALUES "
+                                   f"({','.join('?' * len(chunk[0]))})", chunk)
+            db.execute("COMMIT")
+        out["s"] = time.perf_counter() - t
+        db.close()
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    nrows = sum(len(r) for r in rows.values())
+    report.append(f"SQLite floor of the read model: {nrows:,} final rows ({nrows / n:.2f} per event) "
+                  f"in {out['s']:.1f} s = {n / out['s']:,.0f} events/s, {nrows / out['s']:,.0f} rows/s")

@@ -1,0 +1,397 @@
+"""The exactly-once processor: apply a run of records and the offset after it
+in one SQLite transaction.
+
+A consumer that keeps its state in SQLite gets exactly-once effects by
+writing its effects and its committed offset in the same transaction
+(``SQLiteOffsetStore``). :class:`Processor` does that a run at a time::
+
+    import sqlite3, unstoppable as us
+
+    db = sqlite3.connect("app.db", isolation_level=None)     # autocommit: the processor owns BEGIN/COMMIT
+    db.execute("CREATE TABLE IF NOT EXISTS totals (k TEXT PRIMARY KEY, n INTEGER)")
+    store = us.SQLiteOffsetStore(db)
+
+    def handle(db, tp, records):                             # inside the processor's transaction
+        db.executemany("INSERT INTO totals VALUES (?, 1) "
+                       "ON CONFLICT (k) DO UPDATE SET n = n + 1",
+                       [(bytes(r.key).decode(),) for r in records])
+
+    async with us.Consumer(log, "clicks", group="totals", offset_store=store) as c:
+        await us.Processor(c, store, handle, group="totals").run(stop)
+
+Per run of one partition's records (as ``getmany`` hands them out)::
+
+    BEGIN IMMEDIATE
+      fence: the committed offset must not be past the run's first record
+      handler(db, tp, records)
+      SQLiteOffsetStore.save(tp: last offset + 1)
+    COMMIT
+
+Fencing: a run that starts below the partition's committed offset (another
+owner of the partition committed those records: a JetStream lease that
+lapsed under a stalled worker, say) is rolled back; the records below the
+committed offset are dropped and the consumer seeks past them. Two
+processors briefly holding one partition still apply each record once.
+
+Failures: when the handler raises, the transaction is rolled back. If it
+raised :class:`RecordFailed` naming the index of the failing record, the
+records before it are applied again and committed; otherwise the run is
+split in halves until the failing record is alone. The failing record is
+then retried alone ``max_attempts - 1`` more times with exponential backoff
+(``backoff_ms``, doubling), and when every attempt failed it is
+dead-lettered: ``dead_letter(db, tp, record, error, attempts)`` runs in the
+same transaction as the offset past it (by default a row of the
+``unstoppable_dead_letters`` table: origin topic, partition, offset, key,
+value, error, attempts), and the partition moves on. Nothing is skipped
+silently and nothing is applied twice.
+
+The processor owns the transaction: a handler that runs COMMIT, ROLLBACK
+or BEGIN (``db.commit()``, ``with db:``) is stopped by SQLite's authorizer
+and :class:`~unstoppable.errors.HandlerTransactionError` is raised from
+:meth:`Processor.process`; nothing of that run is committed.
+
+A database locked by another writer (``BEGIN IMMEDIATE`` or ``COMMIT``
+failing with SQLITE_BUSY after the connection's busy timeout) is retried
+with backoff, without limit, doubling up to ``max_lock_backoff_ms``.
+
+It runs on any backend the Consumer runs on (the embedded log, JetStream).
+"""
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from typing import Callable
+
+from unstoppable.errors import HandlerTransactionError
+
+__all__ = ["Processor", "RecordFailed", "DEAD_LETTER_SCHEMA"]
+
+# sqlite3 authorizer action code for BEGIN/COMMIT/ROLLBACK (SQLITE_TRANSACTION).
+_SQLITE_TRANSACTION = 22
+
+DEAD_LETTER_SCHEMA = """
+CREATE TABLE IF NOT EXISTS {table} (
+    topic TEXT NOT NULL, part INTEGER NOT NULL, off INTEGER NOT NULL,
+    key BLOB, value BLOB, error TEXT NOT NULL, attempts INTEGER NOT NULL,
+    ts_ms INTEGER NOT NULL, PRIMARY KEY (topic, part, off)) WITHOUT ROWID
+"""
+
+
+class RecordFailed(Exception):
+    """RecordFailed(index, cause)
+
+    Raised by a handler to say that ``records[index]`` failed with ``cause``
+    (and the records before it did not). The processor then commits
+    ``records[:index]`` and retries the failing record alone. By default the
+    transaction is rolled back and the handler runs again on
+    ``records[:index]``; with ``applied=True`` the handler says the effects of
+    ``records[:index]``, and nothing of the failing record, are already
+    written in the transaction, which is then committed as it is (with the
+    offset of the failing record). A handler that raises anything else gets
+    the failing record found by halving the run.
+    """
+
+    def __init__(self, index: int, cause: BaseException, *, applied: bool = False):
+        super().__init__(index, cause)
+        self.index = index
+        self.cause = cause
+        self.applied = applied
+
+    def __str__(self):
+        return f"record {self.index} of the run failed: {type(self.cause).__name__}: {self.cause}"
+
+
+class _Fenced(Exception):
+    """Another owner of the partition committed up to ``committed``, past the
+    first record of the run being applied."""
+
+    def __init__(self, committed: int):
+        super().__init__(committed)
+        self.committed = committed
+
+
+def _is_locked(e: sqlite3.OperationalError) -> bool:
+    m = str(e).lower()
+    return "locked" in m or "busy" in m
+
+
+class Processor:
+    """Processor(consumer, store, handler, *, group, max_attempts=4, backoff_ms=10.0,
+    dead_letter=None, dead_letter_table="unstoppable_dead_letters")
+
+    Applies runs of records with ``handler(db, tp, records)`` and commits each
+    run's effects with the offset after it in one SQLite transaction of
+    ``store``'s connection (``store`` is the consumer's
+    :class:`~unstoppable.SQLiteOffsetStore`; ``group`` its group). The
+    connection must be in autocommit mode (``isolation_level=None``): the
+    processor issues BEGIN IMMEDIATE and COMMIT itself.
+
+    With ``arrow=True`` the handler is called as ``handler(db, tp, records,
+    columns)``, ``columns`` being the run as a ``pyarrow.RecordBatch``
+    (partition, offset, timestamp, key, value) for vectorized handlers.
+
+    ``dead_letter(db, tp, record, error: str, attempts)`` replaces the default
+    dead-letter row (it runs inside the transaction that moves past the record).
+    ``metrics`` counts handled records, transactions, retries, dead letters,
+    fenced runs and lock waits. See the module docstring for the semantics.
+    """
+
+    def __init__(self, consumer, store, handler: Callable, *, group: str,
+                 max_attempts: int = 4, backoff_ms: float = 10.0,
+                 dead_letter: Callable | None = None,
+                 dead_letter_table: str = "unstoppable_dead_letters",
+                 lock_backoff_ms: float = 5.0, max_lock_backoff_ms: float = 1000.0,
+                 arrow: bool = False):
+        db = getattr(store, "db", None)
+        if not isinstance(db, sqlite3.Connection):
+            raise TypeError(f"store must be an SQLiteOffsetStore (its connection holds the "
+                            f"transaction), got {type(store).__name__}")
+        if db.isolation_level is not None:
+            raise ValueError("the store's sqlite3 connection must be in autocommit mode "
+                             "(sqlite3.connect(..., isolation_level=None)): the processor "
+                             f"issues BEGIN and COMMIT itself; isolation_level is {db.isolation_level!r}")
+        if not isinstance(max_attempts, int) or max_attempts < 1:
+            raise ValueError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
+        if not group or not isinstance(group, str):
+            raise ValueError(f"group must be the consumer's group name, got {group!r}")
+        self.consumer = consumer
+        self.store = store
+        self.db = db
+        self.handler = handler
+        self.group = group
+        self.max_attempts = max_attempts
+        self.backoff_ms = float(backoff_ms)
+        self.lock_backoff_ms = float(lock_backoff_ms)
+        self.max_lock_backoff_ms = float(max_lock_backoff_ms)
+        self.metrics = {"handled": 0, "transactions": 0, "retries": 0, "dead_letters": 0,
+                        "fenced": 0, "lock_waits": 0}
+        self._committed_sql = (f"SELECT next_offset FROM {store.table} "
+                               "WHERE grp=? AND topic=? AND part=?")
+        if dead_letter is None:
+            if not dead_letter_table.replace("_", "").isalnum():
+                raise ValueError(f"table name {dead_letter_table!r} must be letters, digits and underscores")
+            self.dead_letter_table = dead_letter_table
+            db.execute(DEAD_LETTER_SCHEMA.format(table=dead_letter_table))
+            dead_letter = self._default_dead_letter
+        else:
+            self.dead_letter_table = None
+        self.dead_letter = dead_letter
+        self._tx_violation: str | None = None
+        if arrow:
+            try:
+                import pyarrow as pa
+            except ImportError as e:      # pragma: no cover - pyarrow is installed in the tests
+                raise ImportError("Processor(arrow=True) needs pyarrow "
+                                  "(pip install 'unstoppable[arrow]')") from e
+            self._pa = pa
+            self._schema = pa.schema([
+                pa.field("partition", pa.int32(), nullable=False),
+                pa.field("offset", pa.int64(), nullable=False),
+                pa.field("timestamp", pa.timestamp("ms"), nullable=False),
+                pa.field("key", pa.binary()), pa.field("value", pa.binary())])
+        self.arrow = arrow
+
+    # ------------------------------------------------------------ running
+
+    async def run(self, stop: asyncio.Event | None = None, *, timeout_ms: float = 100.0,
+                  max_records: int | None = None, idle: Callable | None = None) -> None:
+        """await run(stop=None, *, timeout_ms=100, max_records=None, idle=None)
+
+        Fetch runs with ``consumer.getmany`` and :meth:`process` them until
+        ``stop`` is set (forever without one). ``idle()`` (a coroutine
+        function), when given, is awaited after each poll, for work such as
+        publishing an outbox."""
+        while stop is None or not stop.is_set():
+            got = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+            for tp, recs in got.items():
+                await self.process(tp, recs)
+            if idle is not None:
+                await idle()
+
+    async def process(self, tp, records: list) -> None:
+        """Apply ``records`` (one partition's, in offset order) exactly once:
+        commit what applies, retry and then dead-letter what keeps failing,
+        skip what another owner already committed."""
+        recs = list(records)
+        while recs:
+            try:
+                await self._process(tp, recs)
+                return
+            except _Fenced as f:
+                # Someone else applied the records below f.committed: skip
+                # them (and seek past them when this run held no more).
+                self.metrics["fenced"] += 1
+                recs = [r for r in recs if r.offset >= f.committed]
+                c = self.consumer
+                if (not recs and c is not None and tp in c.assignment()
+                        and c.position(tp) < f.committed):
+                    c.seek(tp, f.committed)
+
+    async def _process(self, tp, recs: list) -> None:
+        while recs:
+            failed = await self._attempt(tp, recs)
+            if failed is None:
+                return
+            k, err, committed = failed
+            if committed:                       # the prefix is committed already
+                await self._retry_one(tp, recs[k], err)
+                recs = recs[k + 1:]
+                continue
+            if k is None:                       # not located: halve the run
+                if len(recs) == 1:
+                    k = 0
+                else:
+                    half = len(recs) // 2
+                    await self._process(tp, recs[:half])
+                    recs = recs[half:]
+                    continue
+            if k > 0:
+                # The records before the failing one succeeded: commit them
+                # (if one of them fails now, that was transient: recurse).
+                await self._process(tp, recs[:k])
+            await self._retry_one(tp, recs[k], err)
+            recs = recs[k + 1:]
+
+    async def _retry_one(self, tp, rec, err) -> None:
+        for attempt in range(1, self.max_attempts):
+            self.metrics["retries"] += 1
+            await asyncio.sleep(self.backoff_ms / 1000.0 * (2 ** (attempt - 1)))
+            failed = await self._attempt(tp, [rec])
+            if failed is None:
+                return
+            err = failed[1]
+        await self._transaction(tp, rec.offset, lambda: rec.offset + 1,
+                                self._dead_letter_body(tp, rec, err))
+        self.metrics["dead_letters"] += 1
+
+    def _dead_letter_body(self, tp, rec, err):
+        error = f"{type(err).__name__}: {err}"
+
+        def body():
+            self.dead_letter(self.db, tp, rec, error, self.max_attempts)
+        return body
+
+    def _default_dead_letter(self, db, tp, rec, error: str, attempts: int) -> None:
+        db.execute(f"INSERT OR REPLACE INTO {self.dead_letter_table} VALUES (?,?,?,?,?,?,?,?)",
+                   (tp.topic, tp.partition, rec.offset,
+                    None if rec.key is None else bytes(rec.key),
+                    None if rec.value is None else bytes(rec.value),
+                    error, attempts, int(rec.timestamp)))
+
+    async def _attempt(self, tp, recs):
+        """One transaction applying ``recs``: None when committed, else
+        ``(index or None, exception, prefix committed)``: with the last true,
+        ``recs[:index]`` were committed (RecordFailed(applied=True)), else nothing was."""
+        failure = []
+
+        def next_offset():
+            # The offset after what commits: the run, or a prefix the handler applied.
+            return recs[failure[0][0]].offset if failure else recs[-1].offset + 1
+
+        def body():
+            try:
+                if self.arrow:
+                    self.handler(self.db, tp, recs, self.columns(tp, recs))
+                else:
+                    self.handler(self.db, tp, recs)
+            except HandlerTransactionError:
+                raise
+            except RecordFailed as e:
+                if not 0 <= e.index < len(recs):
+                    raise ValueError(f"the handler raised RecordFailed({e.index}) for a run of "
+                                     f"{len(recs)} records") from e
+                failure.append((e.index, e.cause, e.applied and e.index > 0))
+            except Exception as e:
+                failure.append((None, e, False))
+        await self._transaction(tp, recs[0].offset, next_offset, body,
+                                abort=lambda: bool(failure) and not failure[0][2])
+        if failure:
+            k, err, committed = failure[0]
+            if committed:
+                self.metrics["handled"] += k
+            return failure[0]
+        self.metrics["handled"] += len(recs)
+        return None
+
+    async def _transaction(self, tp, first: int, next_offset, body, abort=lambda: False):
+        """BEGIN IMMEDIATE, fence, body(), save ``next_offset()``, COMMIT; rolled
+        back when ``abort()`` is true after body. Waits out a locked database."""
+        db = self.db
+        delay = self.lock_backoff_ms
+        while True:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError as e:
+                if not _is_locked(e):
+                    raise
+                self.metrics["lock_waits"] += 1
+                await asyncio.sleep(delay / 1000.0)
+                delay = min(delay * 2, self.max_lock_backoff_ms)
+        try:
+            row = db.execute(self._committed_sql, (self.group, tp.topic, tp.partition)).fetchone()
+            if row is not None and row[0] > first:
+                raise _Fenced(row[0])
+            self._tx_violation = None
+            db.set_authorizer(self._authorize)
+            try:
+                body()
+            except sqlite3.DatabaseError:
+                if self._tx_violation is None:
+                    raise
+            finally:
+                db.set_authorizer(None)
+            if self._tx_violation is not None:
+                raise HandlerTransactionError(
+                    f"the handler for {tp.topic}/{tp.partition} ran {self._tx_violation}: the "
+                    "processor owns the transaction (it commits the effects with the offset); "
+                    "a handler must not BEGIN, COMMIT or ROLLBACK (db.commit(), `with db:`)")
+            if abort():
+                db.execute("ROLLBACK")
+                return
+            self.store.save({tp: next_offset()}, group=self.group)
+            while True:
+                try:
+                    db.execute("COMMIT")
+                    break
+                except sqlite3.OperationalError as e:
+                    if not _is_locked(e):
+                        raise
+                    self.metrics["lock_waits"] += 1
+                    time.sleep(delay / 1000.0)   # the write lock is held: do not yield
+                    delay = min(delay * 2, self.max_lock_backoff_ms)
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        self.metrics["transactions"] += 1
+
+    def _authorize(self, action, arg1, arg2, dbname, source):
+        if action == _SQLITE_TRANSACTION:
+            self._tx_violation = arg1 or "a transaction statement"
+            return sqlite3.SQLITE_DENY
+        return sqlite3.SQLITE_OK
+
+    def columns(self, tp, recs: list):
+        """The run ``recs`` of ``tp`` as a ``pyarrow.RecordBatch`` (needs ``arrow=True``)."""
+        b = lambda v: None if v is None else bytes(v)  # noqa: E731
+        return self._pa.RecordBatch.from_arrays([
+            self._pa.array([tp.partition] * len(recs), self._pa.int32()),
+            self._pa.array([r.offset for r in recs], self._pa.int64()),
+            self._pa.array([r.timestamp for r in recs], self._pa.timestamp("ms")),
+            self._pa.array([b(r.key) for r in recs], self._pa.binary()),
+            self._pa.array([b(r.value) for r in recs], self._pa.binary())], schema=self._schema)
+
+    # ------------------------------------------------------------ reading
+
+    def dead_letters(self, topic: str | None = None) -> list[tuple]:
+        """Rows of the default dead-letter table: ``(topic, partition, offset,
+        key, value, error, attempts, timestamp_ms)``, in origin order."""
+        if self.dead_letter_table is None:
+            raise ValueError("this processor was given its own dead_letter function; "
+                             "its dead letters are wherever that function put them")
+        sql = f"SELECT * FROM {self.dead_letter_table}"
+        rows = (self.db.execute(sql + " WHERE topic=? ORDER BY part, off", (topic,)) if topic
+                else self.db.execute(sql + " ORDER BY topic, part, off"))
+        return rows.fetchall()
