@@ -1,0 +1,165 @@
+"""The ``produce`` command: records from stdin."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+
+from unstoppable.cli._common import _EXIT_USAGE, CLIError, _codec, _emit, _run_on_log
+
+
+async def _stdin_lines():
+    """Lines of stdin (bytes, without the newline), read in chunks off the
+    event loop so that the producer keeps writing while input trickles in."""
+    loop = asyncio.get_running_loop()
+    fd = sys.stdin.fileno()
+    buf = b""
+    while True:
+        chunk = await loop.run_in_executor(None, os.read, fd, 1 << 16)
+        if not chunk:
+            break
+        buf += chunk
+        *lines, buf = buf.split(b"\n")
+        for line in lines:
+            yield line
+    if buf:
+        yield buf
+
+
+def _check_args(args, codec) -> None:
+    from unstoppable.codecs import JsonCodec, ProtobufCodec
+    if args.key is not None and (args.key_field or args.key_separator):
+        raise CLIError("--key cannot be combined with --key-field or --key-separator", _EXIT_USAGE)
+    if args.format == "lines" and args.key_field:
+        raise CLIError("--key-field needs --format json", _EXIT_USAGE)
+    if args.format == "json" and args.key_separator:
+        raise CLIError("--key-separator needs --format lines", _EXIT_USAGE)
+    if args.format == "lines" and isinstance(codec, (JsonCodec, ProtobufCodec)):
+        raise CLIError(f"--codec {args.codec} needs --format json", _EXIT_USAGE)
+
+
+class _RecordMaker:
+    """``(key, value)`` of each input line, as the options say."""
+
+    def __init__(self, args, codec):
+        self.args = args
+        self.codec = codec
+        self.key = None if args.key is None else args.key.encode()
+        self.sep = args.key_separator.encode() if args.key_separator else None
+
+    def __call__(self, line: bytes, n: int):
+        if self.args.format == "lines":
+            if self.sep is not None:
+                k, sep, v = line.partition(self.sep)
+                if not sep:
+                    raise CLIError(f"line {n}: no key separator {self.args.key_separator!r}")
+                return k, v
+            return self.key, line
+        try:
+            obj = json.loads(line)
+        except ValueError as e:
+            raise CLIError(f"line {n}: not valid JSON ({e})") from None
+        key = self.key
+        if self.args.key_field:
+            if not isinstance(obj, dict) or self.args.key_field not in obj:
+                raise CLIError(f"line {n}: no field {self.args.key_field!r} for the key")
+            key = str(obj[self.args.key_field]).encode()
+        return self._encode(obj, key, n)
+
+    def _encode(self, obj, key, n: int):
+        from unstoppable.codecs import BytesCodec, JsonCodec, ProtobufCodec, StrCodec
+        codec = self.codec
+        if isinstance(codec, ProtobufCodec):
+            try:
+                msg = codec.from_json(obj)
+            except ValueError as e:
+                raise CLIError(f"line {n}: {e}") from None
+            if key is None and "kind" in msg.DESCRIPTOR.oneofs_by_name:
+                from unstoppable.booking.events import seat_of
+                seat = seat_of(msg) if msg.DESCRIPTOR.full_name.endswith("BookingEvent") else ""
+                key = seat.encode() if seat else None
+            return key, codec.encode(msg)
+        if isinstance(codec, (BytesCodec, StrCodec)):
+            if not isinstance(obj, str):
+                raise CLIError(f"line {n}: --codec {self.args.codec} wants JSON strings")
+            return key, obj.encode()
+        return key, JsonCodec().encode(obj)
+
+
+class _Producing:
+    """One run of ``produce``: sends every line, counts what was acknowledged."""
+
+    def __init__(self, args, make):
+        self.args = args
+        self.make = make
+        self.counts: dict = {}
+        self.total = 0
+
+    async def run(self, log) -> None:
+        import unstoppable as us
+        args = self.args
+        n = 0
+        async with us.Producer(log, args.topic, acks=args.acks) as p:
+            if args.partition is not None and not 0 <= args.partition < p.partitions:
+                raise CLIError(f"topic {args.topic!r} has partitions 0 .. {p.partitions - 1}, "
+                               f"not {args.partition}")
+            futs: list = []
+            try:
+                async for line in _stdin_lines():
+                    n += 1
+                    if line.endswith(b"\r"):
+                        line = line[:-1]
+                    if not line.strip() and args.format == "json":
+                        continue
+                    key, value = self.make(line, n)
+                    futs.append(await p.send(value, key=key, partition=args.partition))
+                    if len(futs) >= 10000:
+                        await self._settle(p, futs)
+            finally:
+                await self._settle(p, futs)
+
+    async def _settle(self, p, futs: list) -> None:
+        await p.flush()
+        for f in futs:
+            e = f.exception()
+            if e is not None:
+                raise e
+            md = f.result()
+            self.counts[md.partition] = self.counts.get(md.partition, 0) + 1
+            self.total += 1
+        futs.clear()
+
+
+def _cmd_produce(args) -> int:
+    codec = _codec(args.codec) if args.codec else None
+    _check_args(args, codec)
+    run = _Producing(args, _RecordMaker(args, codec))
+    try:
+        _run_on_log(args, run.run)
+    except CLIError as e:
+        if run.total:
+            raise CLIError(f"{e} ({run.total} records before it were produced)", e.code) from None
+        raise
+    if args.json:
+        _emit({"topic": args.topic, "records": run.total,
+               "partitions": {str(k): v for k, v in sorted(run.counts.items())}})
+    else:
+        print(f"produced {run.total:,} records to {args.topic!r}", file=sys.stderr)
+    return 0
+
+
+def register(sub, common, withlog) -> None:
+    """Add the command's parser to ``sub``."""
+    pr = sub.add_parser("produce", parents=[withlog], help="append records read from stdin")
+    pr.add_argument("topic")
+    pr.add_argument("--format", choices=("lines", "json"), default="lines",
+                    help="lines: each line is a value; json: each line is a JSON document")
+    pr.add_argument("--codec", help="encode JSON input: json (default), booking, "
+                                    "proto:module:Class, str, bytes")
+    pr.add_argument("--key", help="the key of every record")
+    pr.add_argument("--key-field", help="(json) take the key from this field")
+    pr.add_argument("--key-separator", help="(lines) split KEY<sep>VALUE at the first separator")
+    pr.add_argument("--partition", type=int, help="write to this partition")
+    pr.add_argument("--acks", choices=("written", "fsync"), default="written")
+    pr.set_defaults(func=_cmd_produce)

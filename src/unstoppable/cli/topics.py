@@ -1,0 +1,113 @@
+"""The ``topics`` commands: create, list, describe."""
+from __future__ import annotations
+
+import os
+
+from unstoppable.cli._common import (
+    _EXIT_USAGE,
+    CLIError,
+    _emit,
+    _is_remote,
+    _log_url,
+    _Parser,
+    _run_admin,
+)
+
+
+def _parse_config(items) -> dict:
+    out = {}
+    for item in items or []:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise CLIError(f"--config wants KEY=VALUE, got {item!r}", _EXIT_USAGE)
+        if v.lower() in ("none", "null", ""):
+            out[k] = None
+            continue
+        try:
+            out[k] = int(v)
+        except ValueError:
+            raise CLIError(f"--config {k}: {v!r} is not an integer", _EXIT_USAGE) from None
+    return out
+
+
+def _description(d) -> dict:
+    """A :class:`unstoppable.admin.TopicDescription` as the CLI shows it
+    (no ``durable_offset`` where the backend has none)."""
+    parts = []
+    for p in d.offsets:
+        row = {"partition": p.partition, "start_offset": p.start_offset, "end_offset": p.end_offset}
+        if p.durable_offset is not None:
+            row["durable_offset"] = p.durable_offset
+        parts.append(row)
+    return {"name": d.name, "partitions": d.partitions, "config": d.config, "records": d.records,
+            "partition_offsets": parts}
+
+
+def _where(args) -> str:
+    url = _log_url(args)
+    return f"on {url}" if _is_remote(url) else f"in {os.path.abspath(url)}"
+
+
+def _cmd_create(args) -> int:
+    if args.partitions < 1:
+        raise CLIError("--partitions must be at least 1", _EXIT_USAGE)
+    cfg = _parse_config(args.config)
+
+    async def create(admin):
+        return _description(await admin.create_topic(args.name, args.partitions, **cfg))
+    info = _run_admin(args, create, create=True)
+    if args.json:
+        _emit(info)
+    else:
+        print(f"topic {info['name']!r}: {info['partitions']} partitions ({_where(args)})")
+    return 0
+
+
+def _cmd_list(args) -> int:
+    async def describe(admin):
+        return [_description(await admin.describe_topic(n)) for n in await admin.list_topics()]
+    infos = _run_admin(args, describe)
+    if args.json:
+        _emit([{k: i[k] for k in ("name", "partitions", "records")} for i in infos])
+    elif not infos:
+        print("no topics")
+    else:
+        w = max(len(i["name"]) for i in infos)
+        print(f"{'TOPIC':<{w}}  PARTITIONS      RECORDS")
+        for i in infos:
+            print(f"{i['name']:<{w}}  {i['partitions']:>10}  {i['records']:>11,}")
+    return 0
+
+
+def _cmd_describe(args) -> int:
+    async def describe(admin):
+        return _description(await admin.describe_topic(args.name))
+    info = _run_admin(args, describe)
+    if args.json:
+        _emit(info)
+        return 0
+    print(f"topic {info['name']!r}: {info['partitions']} partitions, {info['records']:,} records")
+    for k, v in info["config"].items():
+        print(f"  {k} = {v}")
+    durable = all("durable_offset" in p for p in info["partition_offsets"])
+    print("  PARTITION  START OFFSET    END OFFSET" + ("  DURABLE OFFSET" if durable else ""))
+    for p in info["partition_offsets"]:
+        print(f"  {p['partition']:>9}  {p['start_offset']:>12,}  {p['end_offset']:>12,}" +
+              (f"  {p['durable_offset']:>14,}" if durable else ""))
+    return 0
+
+
+def register(sub, common, withlog) -> None:
+    """Add the command's parser to ``sub``."""
+    t = sub.add_parser("topics", help="create, list and describe topics")
+    tsub = t.add_subparsers(dest="topics_cmd", required=True, metavar="ACTION", parser_class=_Parser)
+    tc = tsub.add_parser("create", parents=[withlog], help="create a topic (and the log if needed)")
+    tc.add_argument("name")
+    tc.set_defaults(func=_cmd_create)
+    tc.add_argument("--partitions", type=int, default=1)
+    tc.add_argument("--config", action="append", metavar="KEY=VALUE",
+                    help="a topic setting, e.g. retention_bytes=1073741824 (repeatable)")
+    tsub.add_parser("list", parents=[withlog], help="list topics").set_defaults(func=_cmd_list)
+    td = tsub.add_parser("describe", parents=[withlog], help="settings and offsets of a topic")
+    td.add_argument("name")
+    td.set_defaults(func=_cmd_describe)
