@@ -89,11 +89,19 @@ def main(argv=None) -> int:
         # /dev/null so the interpreter's final flush does not complain.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (us.UnstoppableError, OSError, ValueError, KeyError, TypeError, ImportError,
-            TimeoutError, RuntimeError) as e:
+    except (us.UnstoppableError, OSError, ValueError, KeyError, ImportError, TimeoutError,
+            RuntimeError) as e:
         if os.environ.get("UNSTOPPABLE_DEBUG") == "1":
             raise
         text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
         msg, code = text or type(e).__name__, _EXIT_ERROR
+    except Exception as e:
+        # A bug of the command line itself, not bad input: say so, and how to see it.
+        if os.environ.get("UNSTOPPABLE_DEBUG") == "1":
+            raise
+        text = f"{type(e).__name__}: {e}".splitlines()[0]
+        print(f"unstoppable: internal error: {text} (a bug; UNSTOPPABLE_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return _EXIT_ERROR
     print(f"unstoppable: error: {msg}".splitlines()[0], file=sys.stderr)
     return code

@@ -35,7 +35,8 @@ def _bound(s: str, what: str):
 
 def _csv_ready(pa, batch):
     """CSV has no binary or list columns: keys and values become text
-    (UTF-8, invalid bytes escaped), headers a JSON object."""
+    (UTF-8, invalid bytes escaped as in ``_printable``), headers a JSON array
+    of ``[key, value]`` pairs (a header key may repeat), decoded columns JSON."""
     cols, names = [], []
     for name, col in zip(batch.schema.names, batch.columns, strict=True):
         t = col.type
@@ -43,7 +44,7 @@ def _csv_ready(pa, batch):
             col = pa.array([_printable(v) for v in col.to_pylist()], pa.string())
         elif pa.types.is_list(t) or pa.types.is_struct(t) or pa.types.is_map(t):
             col = pa.array([None if v is None else json.dumps(
-                {k: _text(x) for k, x in v} if name == "headers" else v, default=_text)
+                [[h["key"], _text(h["value"])] for h in v] if name == "headers" else v, default=_text)
                 for v in col.to_pylist()], pa.string())
         cols.append(col)
         names.append(name)
