@@ -34,3 +34,22 @@ def test_csv_export_of_records_with_headers(logdir, tmp_path):
     assert [row["value"] for row in rows] == ["v1", "v2", "v3"]
     assert [json.loads(row["headers"]) for row in rows] == [
         [["trace", "1"], ["trace", "\\xff"]], [], [["dlq-error", "boom"]]]
+
+
+def _three_partitions(logdir, ends=(5, 6, 7)):
+    with us.Log(str(logdir)) as log:
+        t = log.create_topic("t", partitions=len(ends))
+        for i, n in enumerate(ends):
+            t.partition(i).append([b"p%d-%d" % (i, o) for o in range(n)])
+
+
+def test_consume_offset_past_a_partitions_end_does_not_rewind(logdir):
+    """Bug 2: ``consume --offset N`` past a partition's end printed that
+    partition from 0 (and --offset 99 the whole topic)."""
+    _three_partitions(logdir)
+    out = cli("consume", "t", "--offset", "6", "--json", log=logdir).stdout.splitlines()
+    assert [(r["partition"], r["offset"]) for r in map(json.loads, out)] == [(2, 6)]
+    assert cli("consume", "t", "--offset", "99", log=logdir).stdout == ""
+    out = cli("consume", "t", "--offset", "6", "--group", "g", "--json", log=logdir).stdout.splitlines()
+    assert [(r["partition"], r["offset"]) for r in map(json.loads, out)] == [(2, 6)]
+    assert cli("consume", "t", "--offset", "99", "--group", "g2", log=logdir).stdout == ""

@@ -66,7 +66,10 @@ class _Session:
                 return await self._tail(c, ranges)
             if self.args.offset is not None:
                 for tp in c.assignment():
-                    c.seek(tp, self.args.offset)
+                    # Past a partition's end means "nothing yet", not "out of
+                    # range, start over": clamp into [start, end].
+                    start, end = ranges[tp.partition]
+                    c.seek(tp, min(max(self.args.offset, start), end))
             return await self._consume(c, {p: end for p, (_, end) in ranges.items()})
 
     def _print(self, r) -> None:
