@@ -53,3 +53,35 @@ def test_consume_offset_past_a_partitions_end_does_not_rewind(logdir):
     out = cli("consume", "t", "--offset", "6", "--group", "g", "--json", log=logdir).stdout.splitlines()
     assert [(r["partition"], r["offset"]) for r in map(json.loads, out)] == [(2, 6)]
     assert cli("consume", "t", "--offset", "99", "--group", "g2", log=logdir).stdout == ""
+
+
+def test_a_long_stdin_line_is_refused_once_it_passes_the_limit(logdir):
+    """Bug 3: a long line was gathered with ``buf += chunk`` and re-split
+    every 64 KiB (quadratic: a 200 MB line took 4 minutes) before being
+    refused. Now it is refused as soon as it passes max_record_bytes: the CLI
+    stops reading, so our writes hit a closed pipe long before the line ends."""
+    import subprocess
+    import sys
+    cli("topics", "create", "t", "--config", "max_record_bytes=100000", log=logdir)
+    cmd = [sys.executable, "-m", "unstoppable", "produce", "t", "--log", str(logdir)]
+    chunk = b"x" * (1 << 16)
+    written = 0
+    with subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, bufsize=0) as proc:
+        proc.stdin.write(b"short line\n")
+        try:
+            while written < (1 << 30):           # a 1 GiB line, if it read it all
+                proc.stdin.write(chunk)
+                written += len(chunk)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        err = proc.stderr.read().decode()
+        assert proc.wait(60) == 1
+    assert written < (64 << 20), written         # stopped reading within the first MiBs
+    assert "Traceback" not in err
+    assert err.strip().splitlines() == [
+        "unstoppable: error: line 2 is longer than 100,000 bytes, the topic's max_record_bytes "
+        "(nothing of it was produced) (1 records before it were produced)"]
+    r = cli("consume", "t", log=logdir)
+    assert r.stdout.splitlines() == ["0/0\t\tshort line"]

@@ -9,22 +9,39 @@ import sys
 from unstoppable.cli._common import _EXIT_USAGE, CLIError, _codec, _emit, _run_on_log
 
 
-async def _stdin_lines():
+async def _stdin_lines(limit: int | None = None):
     """Lines of stdin (bytes, without the newline), read in chunks off the
-    event loop so that the producer keeps writing while input trickles in."""
+    event loop so that the producer keeps writing while input trickles in.
+
+    Linear in the input: each byte is searched for a newline once. A line
+    longer than ``limit`` bytes is refused as soon as that many bytes of it
+    have arrived (CLIError), without reading the rest of it."""
     loop = asyncio.get_running_loop()
     fd = sys.stdin.fileno()
-    buf = b""
+    buf = bytearray()
+    n = 0
     while True:
         chunk = await loop.run_in_executor(None, os.read, fd, 1 << 16)
         if not chunk:
             break
+        scan = len(buf)            # the bytes before hold no newline
         buf += chunk
-        *lines, buf = buf.split(b"\n")
-        for line in lines:
-            yield line
+        start = 0
+        while (i := buf.find(b"\n", scan)) >= 0:
+            n += 1
+            _check_length(n, i - start, limit)
+            yield bytes(buf[start:i])
+            start = scan = i + 1
+        del buf[:start]
+        _check_length(n + 1, len(buf), limit)
     if buf:
-        yield buf
+        yield bytes(buf)
+
+
+def _check_length(n: int, length: int, limit: int | None) -> None:
+    if limit is not None and length > limit:
+        raise CLIError(f"line {n} is longer than {limit:,} bytes, the topic's max_record_bytes "
+                       "(nothing of it was produced)")
 
 
 def _check_args(args, codec) -> None:
@@ -87,6 +104,15 @@ class _RecordMaker:
         return key, JsonCodec().encode(obj)
 
 
+async def _max_record_bytes(log, topic: str) -> int | None:
+    from unstoppable.admin import admin_for
+    admin = admin_for(log)
+    try:
+        return (await admin.describe_topic(topic)).config.get("max_record_bytes")
+    finally:
+        await admin.close()
+
+
 class _Producing:
     """One run of ``produce``: sends every line, counts what was acknowledged."""
 
@@ -106,7 +132,7 @@ class _Producing:
                                f"not {args.partition}")
             futs: list = []
             try:
-                async for line in _stdin_lines():
+                async for line in _stdin_lines(await _max_record_bytes(log, args.topic)):
                     n += 1
                     if line.endswith(b"\r"):
                         line = line[:-1]
