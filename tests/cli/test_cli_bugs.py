@@ -85,3 +85,30 @@ def test_a_long_stdin_line_is_refused_once_it_passes_the_limit(logdir):
         "(nothing of it was produced) (1 records before it were produced)"]
     r = cli("consume", "t", log=logdir)
     assert r.stdout.splitlines() == ["0/0\t\tshort line"]
+
+
+def test_tabs_and_backslashes_are_escaped_in_line_output(logdir, tmp_path):
+    """Bug 4: a tab in a key or value went out raw in the tab-separated output
+    of consume, tail and dump (key and value could not be told apart); a
+    literal backslash looked like an escaped byte, in CSV too."""
+    with us.Log(str(logdir)) as log:
+        log.create_topic("t", partitions=1).partition(0).append([
+            (b"k\tey", b"va\tl\nue", [("h\tk", b"h\tv")]),
+            (b"plain", b"\\xff"),          # a literal backslash, x, f, f
+            (b"plain", b"\xff")])          # one byte that is not UTF-8
+    lines = cli("consume", "t", log=logdir).stdout.splitlines()
+    assert [line.split("\t") for line in lines] == [
+        ["0/0", "k\\tey", "va\\tl\\nue"], ["0/1", "plain", "\\\\xff"], ["0/2", "plain", "\\xff"]]
+    assert cli("tail", "t", "-n", "3", log=logdir).stdout.splitlines() == lines
+    for codec in ("bytes", "str"):
+        assert cli("consume", "t", "--codec", codec, log=logdir).stdout.splitlines()[0].split("\t") == [
+            "0/0", "k\\tey", "va\\tl\\nue"]
+    dump = cli("dump", "t", log=logdir).stdout
+    assert "key='k\\\\tey'  h\\tk=h\\tv  va\\tl\\nue" in dump and "\t" not in dump
+    pytest.importorskip("pyarrow")
+    out = tmp_path / "t.csv"
+    cli("export", "t", "--format", "csv", "--out", out, log=logdir)
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["key"], r["value"]) for r in rows] == [
+        ("k\\tey", "va\\tl\\nue"), ("plain", "\\\\xff"), ("plain", "\\xff")]

@@ -35,13 +35,22 @@ def _text(b) -> str | None:
     return bytes(b).decode("utf-8", "backslashreplace")
 
 
-_CONTROL = {i: f"\\x{i:02x}" for i in list(range(0x20)) + [0x7f] if i != 0x09}
+# For _printable: control characters, a backslash itself, and the bytes that
+# are not UTF-8 (decoded as the surrogates U+DC80..U+DCFF by "surrogateescape").
+_ESCAPES = {i: f"\\x{i:02x}" for i in [*range(0x20), 0x7f]}
+_ESCAPES.update({0x09: "\\t", 0x0a: "\\n", 0x0d: "\\r", 0x5c: "\\\\"})
+_ESCAPES.update({0xdc00 + i: f"\\x{i:02x}" for i in range(0x80, 0x100)})
 
 
 def _printable(b) -> str | None:
-    """Bytes as one printable line: like _text, and control characters as \\xNN."""
-    t = _text(b)
-    return None if t is None else t.translate(_CONTROL)
+    """Bytes as one field of a line (tab-separated output, CSV cells): UTF-8,
+    with tab, newline and CR as ``\\t``, ``\\n``, ``\\r``, other control
+    characters and bytes that are not UTF-8 as ``\\xNN``, and a backslash as
+    ``\\\\``, so a field never contains a separator and every escape is
+    unambiguous."""
+    if b is None:
+        return None
+    return bytes(b).decode("utf-8", "surrogateescape").translate(_ESCAPES)
 
 
 _REMOTE = ("nats://", "tls://")
@@ -143,7 +152,9 @@ def _show_value(codec, value, as_json: bool):
         return d if as_json else json.dumps(d, separators=(",", ":"))
     if isinstance(obj, bytes):
         return _text(obj) if as_json else _printable(obj)
-    return obj if as_json else (obj if isinstance(obj, str) else json.dumps(obj))
+    if as_json:
+        return obj
+    return _printable(obj.encode()) if isinstance(obj, str) else json.dumps(obj)
 
 
 def _record_dict(topic, r, codec):

@@ -51,7 +51,7 @@ def _cmd_dump(args) -> int:
                               f"bytes={b.length} crc=0x{b.crc:08x} (ok) "
                               f"time={_iso(b.first_timestamp)}{pid}")
                         for r in recs:
-                            hs = " ".join(f"{k}={_printable(v)}" for k, v in r.headers)
+                            hs = " ".join(f"{_printable(k.encode())}={_printable(v)}" for k, v in r.headers)
                             key = _printable(r.key)
                             print(f"  {r.offset}  {_iso(r.timestamp)}  key={key!r}"
                                   f"{'  ' + hs if hs else ''}  {_show_value(codec, r.value, False)}")
