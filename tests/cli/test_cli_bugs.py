@@ -112,3 +112,90 @@ def test_tabs_and_backslashes_are_escaped_in_line_output(logdir, tmp_path):
         rows = list(csv.DictReader(f))
     assert [(r["key"], r["value"]) for r in rows] == [
         ("k\\tey", "va\\tl\\nue"), ("plain", "\\\\xff"), ("plain", "\\xff")]
+
+
+def _processes() -> dict[int, tuple[int, str]]:
+    """``{pid: (parent pid, state)}`` of every process."""
+    import os
+    out = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        out[int(d)] = (int(fields[1]), fields[0])
+    return out
+
+
+def _descendants(pid: int) -> set[int]:
+    """Live (not zombie) descendants of ``pid``."""
+    procs = _processes()
+    found, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        for child, (parent, state) in procs.items():
+            if parent == p and child not in found:
+                found.add(child)
+                todo.append(child)
+    return {p for p in found if procs[p][1] != "Z"}
+
+
+def _alive(pids) -> set[int]:
+    procs = _processes()
+    return {p for p in pids if p in procs and procs[p][1] != "Z"}
+
+
+def _start_demo_as_a_terminal_job(tmp_path):
+    """``unstoppable demo`` started as a shell starts a job (its own process
+    group); returns it and its descendants once the demo's worker processes run."""
+    import subprocess
+    import sys
+    import time
+    proc = subprocess.Popen([sys.executable, "-m", "unstoppable", "demo", "--dir", str(tmp_path / "d"),
+                             "--seats", "300", "--users", "3000", "--window", "30", "--no-kill"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        kids = _descendants(proc.pid)
+        if len(kids) >= 6:       # 3 workers, 2 producers, a gateway (and the coordinator)
+            time.sleep(1.0)      # let them get going
+            return proc, _descendants(proc.pid)
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("the demo did not start its processes within 60 s")
+
+
+def test_ctrl_c_during_demo_prints_no_tracebacks(tmp_path):
+    """Bug 5: Ctrl-C during ``demo`` printed about six tracebacks, one per
+    child process. A terminal's Ctrl-C is SIGINT to the job's process group."""
+    import os
+    import signal
+    import time
+    proc, kids = _start_demo_as_a_terminal_job(tmp_path)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (proc.returncode, err.decode())
+    assert b"Traceback" not in err and b"KeyboardInterrupt" not in err, err.decode()
+    deadline = time.monotonic() + 10
+    while _alive(kids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _alive(kids) == set()                # no process left behind
+
+
+def test_demo_cleans_up_when_the_command_is_sigkilled(tmp_path):
+    """The coordinator runs in its own process group; when the command's
+    process that started it dies by SIGKILL, it stops and takes its
+    children with it instead of running on unseen."""
+    import signal
+    import time
+    proc, kids = _start_demo_as_a_terminal_job(tmp_path)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    deadline = time.monotonic() + 30
+    while _alive(kids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _alive(kids) == set()

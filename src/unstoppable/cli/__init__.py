@@ -78,7 +78,9 @@ def main(argv=None) -> int:
     """Run the command line; returns the exit status."""
     import unstoppable as us
     try:
+        argv = list(sys.argv[1:] if argv is None else argv)
         args = _parser().parse_args(argv)
+        args.argv = argv
         return args.func(args)
     except CLIError as e:
         msg, code = str(e), e.code

@@ -1,13 +1,60 @@
 """The ``demo`` command: the ticket-booking demo."""
 from __future__ import annotations
 
+import _thread
 import argparse
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
+import time
 
 from unstoppable.cli._common import _EXIT_USAGE, CLIError, _emit, _is_remote
+
+
+_INNER = "UNSTOPPABLE_DEMO_PARENT"
+
+
+def _in_own_process_group(args) -> int:
+    """Run this same demo command in a child process in its own process group,
+    and pass Ctrl-C (and SIGTERM) on to it alone.
+
+    A terminal sends Ctrl-C's SIGINT to its whole foreground process group.
+    The demo's coordinator stops and cleans up its worker, producer and
+    gateway processes itself, so SIGINT reaching those too only made each of
+    them print a KeyboardInterrupt traceback. Out of the terminal's group,
+    only this process gets it; it forwards it to the coordinator."""
+    import subprocess
+    env = dict(os.environ, **{_INNER: str(os.getpid())})
+    # Its own process group (Python 3.10 has no process_group= yet).
+    group = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
+    proc = subprocess.Popen([sys.executable, "-m", "unstoppable", *args.argv], env=env, **group)
+    old_term = signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))
+    try:
+        while True:
+            try:
+                code = proc.wait()
+                break
+            except KeyboardInterrupt:
+                proc.send_signal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+    return code if code >= 0 else 128 - code
+
+
+def _stop_if_orphaned() -> None:
+    """In the coordinator: act as if Ctrl-C came when the command's process
+    that started it is gone (killed with SIGKILL), so the demo cleans up
+    rather than running on unseen."""
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        _thread.interrupt_main(signal.SIGINT)
+    threading.Thread(target=watch, name="unstoppable-demo-parent", daemon=True).start()
 
 
 def _cmd_demo(args) -> int:
@@ -30,6 +77,9 @@ def _cmd_demo(args) -> int:
             raise CLIError("--replicas needs --log nats://... (an embedded log keeps one copy)", _EXIT_USAGE)
         if args.replicas < 1:
             raise CLIError("--replicas must be at least 1", _EXIT_USAGE)
+    if os.environ.get(_INNER) != str(os.getppid()):
+        return _in_own_process_group(args)
+    _stop_if_orphaned()
     tmp = None
     path = args.dir
     if path is None:
