@@ -113,6 +113,17 @@ async def _max_record_bytes(log, topic: str) -> int | None:
         await admin.close()
 
 
+def _headers(items: list) -> list | None:
+    """``[(key, value bytes)]`` of the -H KEY=VALUE options."""
+    out = []
+    for item in items:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise CLIError(f"-H/--header wants KEY=VALUE, got {item!r}", _EXIT_USAGE)
+        out.append((k, v.encode()))
+    return out or None
+
+
 class _Producing:
     """One run of ``produce``: sends every line, counts what was acknowledged."""
 
@@ -121,6 +132,7 @@ class _Producing:
         self.make = make
         self.counts: dict = {}
         self.total = 0
+        self.headers = _headers(args.header or [])
 
     async def run(self, log) -> None:
         import unstoppable as us
@@ -139,7 +151,11 @@ class _Producing:
                     if not line.strip() and args.format == "json":
                         continue
                     key, value = self.make(line, n)
-                    futs.append(await p.send(value, key=key, partition=args.partition))
+                    if args.null_empty:
+                        key = key or None
+                        value = value or None
+                    futs.append(await p.send(value, key=key, headers=self.headers,
+                                             partition=args.partition))
                     if len(futs) >= 10000:
                         await self._settle(p, futs)
             finally:
@@ -178,7 +194,7 @@ def _cmd_produce(args) -> int:
 def register(sub, common, withlog) -> None:
     """Add the command's parser to ``sub``."""
     pr = sub.add_parser("produce", parents=[withlog], help="append records read from stdin")
-    pr.add_argument("topic")
+    pr.add_argument("topic", help="the topic to append to")
     pr.add_argument("--format", choices=("lines", "json"), default="lines",
                     help="lines: each line is a value; json: each line is a JSON document")
     pr.add_argument("--codec", help="encode JSON input: json (default), booking, "
@@ -186,6 +202,13 @@ def register(sub, common, withlog) -> None:
     pr.add_argument("--key", help="the key of every record")
     pr.add_argument("--key-field", help="(json) take the key from this field")
     pr.add_argument("--key-separator", help="(lines) split KEY<sep>VALUE at the first separator")
-    pr.add_argument("--partition", type=int, help="write to this partition")
-    pr.add_argument("--acks", choices=("written", "fsync"), default="written")
+    pr.add_argument("-p", "--partition", type=int, metavar="P",
+                    help="write every record to this partition (default: by key, or spread)")
+    pr.add_argument("-H", "--header", action="append", metavar="KEY=VALUE",
+                    help="add this header to every record (repeatable)")
+    pr.add_argument("-Z", "--null-empty", action="store_true",
+                    help="an empty value (or key) becomes null, as kcat -Z: an empty line is a tombstone")
+    pr.add_argument("--acks", choices=("written", "fsync"), default="written",
+                    help="written (default): acknowledged once written (survives a crash of this "
+                         "process); fsync: once on disk (survives power loss)")
     pr.set_defaults(func=_cmd_produce)
