@@ -18,7 +18,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol, runtime_checkable
 
-__all__ = ["Admin", "EmbeddedAdmin", "PartitionOffsets", "TopicDescription", "admin_for"]
+__all__ = ["Admin", "EmbeddedAdmin", "GroupDescription", "PartitionOffsets", "TopicDescription", "admin_for"]
 
 
 class PartitionOffsets(NamedTuple):
@@ -44,6 +44,31 @@ class TopicDescription:
     def records(self) -> int:
         """Records held now (end minus start, summed over the partitions)."""
         return sum(p.end_offset - p.start_offset for p in self.offsets)
+
+
+@dataclass(frozen=True)
+class GroupDescription:
+    """A consumer group now: its live members (``MemberInfo``: member id,
+    topics, pid, host, join time, assignors) and ``assignment``, ``{member
+    id: [(topic, partition), ...]}``."""
+    group: str
+    members: tuple
+    assignment: dict
+
+
+def assignment_of(members: list, partitions: dict) -> dict:
+    """``{member id: sorted [(topic, partition)]}`` as the group's assignor
+    computes it for ``members`` over ``partitions`` ({topic: count})."""
+    from unstoppable.storage.groups import assign
+    return {m: sorted(tps) for m, tps in assign(members, partitions).items()} if members else {}
+
+
+def refuse_if_active(group: str, d: GroupDescription, what: str) -> None:
+    """CommitError when ``d`` has live members (they would undo the change)."""
+    from unstoppable.errors import CommitError
+    if d.members:
+        raise CommitError(f"cannot {what} group {group!r}: it has {len(d.members)} live "
+                          f"member{'s' if len(d.members) != 1 else ''} (stop its consumers first)")
 
 
 @runtime_checkable
@@ -79,6 +104,10 @@ class Admin(Protocol):
         """The end offset of every partition of ``topic``."""
         ...
 
+    async def offset_for_time(self, topic: str, partition: int, ts_ms: int) -> int | None:
+        """The first offset whose record has a timestamp >= ``ts_ms`` (None: none yet)."""
+        ...
+
     async def list_groups(self) -> list[str]:
         """Names of the consumer groups that have committed offsets, sorted."""
         ...
@@ -86,6 +115,25 @@ class Admin(Protocol):
     async def committed_offsets(self, group: str) -> dict[tuple[str, int], int]:
         """``{(topic, partition): next offset}`` committed by ``group``
         (empty for a group without commits)."""
+        ...
+
+    async def describe_group(self, group: str) -> GroupDescription:
+        """The live members of ``group`` and the partitions each one is
+        assigned (as the group's assignor computes it)."""
+        ...
+
+    async def set_committed_offsets(self, group: str, offsets: dict[tuple[str, int], int]) -> None:
+        """Commit ``{(topic, partition): next offset}`` for ``group`` (a reset:
+        refused while the group has live members, who would overwrite it)."""
+        ...
+
+    async def delete_group(self, group: str) -> None:
+        """Forget ``group``'s committed offsets (refused while it has live members)."""
+        ...
+
+    async def alter_topic_config(self, name: str, **config) -> TopicDescription:
+        """Change settings of an existing topic, where the backend can
+        (TopicConfigError naming what cannot be changed, and why)."""
         ...
 
     async def close(self) -> None:
@@ -127,6 +175,9 @@ class EmbeddedAdmin:
     async def end_offsets(self, topic: str) -> list[int]:
         return self.log.topic(topic).end_offsets()
 
+    async def offset_for_time(self, topic: str, partition: int, ts_ms: int) -> int | None:
+        return await asyncio.to_thread(self.log.topic(topic).partition(partition).offset_for_time, ts_ms)
+
     async def list_groups(self) -> list[str]:
         from unstoppable.storage.groups import list_groups
         return list_groups(self.log.path)
@@ -141,6 +192,75 @@ class EmbeddedAdmin:
             return dict(f.load())
         finally:
             f.close()
+
+    def _live_members(self, group: str) -> list:
+        """Members whose member file is locked by a live process (probed
+        with a shared non-blocking flock; nothing is changed)."""
+        import fcntl
+        import os
+
+        from unstoppable.storage.groups import group_dir, parse_member_description
+        d = os.path.join(group_dir(self.log.path, group), "members")
+        try:
+            names = sorted(os.listdir(d))
+        except FileNotFoundError:
+            return []
+        out = []
+        for name in names:
+            if not name.endswith(".member"):
+                continue
+            try:
+                fd = os.open(os.path.join(d, name), os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    continue        # nobody holds it: that member is gone
+                except BlockingIOError:
+                    pass
+                out.append(parse_member_description(os.pread(fd, 1 << 16, 0), name[:-len(".member")]))
+            finally:
+                os.close(fd)
+        return out
+
+    async def describe_group(self, group: str) -> GroupDescription:
+        from unstoppable.storage.groups import validate_group_name
+        validate_group_name(group)
+        members = self._live_members(group)
+        topics = sorted({t for m in members for t in m.topics} & set(self.log.topics()))
+        counts = {t: self.log.topic(t).partitions for t in topics}
+        return GroupDescription(group, tuple(members), assignment_of(members, counts))
+
+    async def set_committed_offsets(self, group: str, offsets: dict[tuple[str, int], int]) -> None:
+        from unstoppable.storage.groups import OffsetsFile
+        refuse_if_active(group, await self.describe_group(group), "reset the offsets of")
+        f = OffsetsFile(self.log.path, group)
+        try:
+            await asyncio.to_thread(f.commit, dict(offsets))
+        finally:
+            f.close()
+
+    async def delete_group(self, group: str) -> None:
+        import os
+        import shutil
+
+        from unstoppable.errors import CommitError
+        from unstoppable.storage.groups import group_dir
+        if group not in await self.list_groups():
+            raise CommitError(f"no group {group!r} in {self.log.path}")
+        refuse_if_active(group, await self.describe_group(group), "delete")
+        d = group_dir(self.log.path, group)
+        trash = f"{d}.deleting-{os.getpid()}"
+        os.rename(d, trash)       # gone for everyone at once, then removed
+        await asyncio.to_thread(shutil.rmtree, trash, True)
+
+    async def alter_topic_config(self, name: str, **config) -> TopicDescription:
+        from unstoppable.errors import TopicConfigError
+        self.log.topic(name)      # UnknownTopicError first
+        raise TopicConfigError(
+            f"the embedded log cannot change topic {name!r}'s settings: they are fixed when it is "
+            "created (topic.json); create a new topic with the settings and copy the records")
 
     async def close(self) -> None:
         return None

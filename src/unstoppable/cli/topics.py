@@ -54,6 +54,11 @@ def _cmd_create(args) -> int:
     cfg = _parse_config(args.config)
 
     async def create(admin):
+        if args.name in await admin.list_topics():
+            if not args.if_not_exists:
+                raise CLIError(f"topic {args.name!r} exists ({_where(args)}); "
+                               "pass --if-not-exists to accept an existing topic")
+            return _description(await admin.describe_topic(args.name))
         return _description(await admin.create_topic(args.name, args.partitions, **cfg))
     info = _run_admin(args, create, create=True)
     if args.json:
@@ -61,6 +66,42 @@ def _cmd_create(args) -> int:
     else:
         print(f"topic {info['name']!r}: {info['partitions']} partitions ({_where(args)})")
     return 0
+
+
+def _cmd_delete(args) -> int:
+    async def delete(admin):
+        if args.if_exists and args.name not in await admin.list_topics():
+            return False
+        await admin.delete_topic(args.name)
+        return True
+    deleted = _run_admin(args, delete)
+    if args.json:
+        _emit({"name": args.name, "deleted": deleted})
+    else:
+        print(f"topic {args.name!r} {'deleted' if deleted else 'did not exist'} ({_where(args)})")
+    return 0
+
+
+def _cmd_alter_config(args) -> int:
+    cfg = _parse_config(args.config)
+    if not cfg:
+        raise CLIError("topics alter-config needs at least one --config KEY=VALUE", _EXIT_USAGE)
+
+    async def alter(admin):
+        return _description(await admin.alter_topic_config(args.name, **cfg))
+    info = _run_admin(args, alter)
+    if args.json:
+        _emit(info)
+    else:
+        print(f"topic {args.name!r}: " + ", ".join(f"{k} = {info['config'].get(k)}" for k in cfg))
+    return 0
+
+
+def _cmd_add_partitions(args) -> int:
+    _log_url(args)
+    raise CLIError("topics add-partitions: neither the embedded log nor JetStream can change a topic's "
+                   "partition count (records keyed to a partition would map to another); create a new "
+                   "topic with more partitions and copy the records")
 
 
 def _cmd_list(args) -> int:
@@ -99,15 +140,34 @@ def _cmd_describe(args) -> int:
 
 def register(sub, common, withlog) -> None:
     """Add the command's parser to ``sub``."""
-    t = sub.add_parser("topics", help="create, list and describe topics")
+    t = sub.add_parser("topics", help="create, list, describe, alter and delete topics")
     tsub = t.add_subparsers(dest="topics_cmd", required=True, metavar="ACTION", parser_class=_Parser)
     tc = tsub.add_parser("create", parents=[withlog], help="create a topic (and the log if needed)")
-    tc.add_argument("name")
-    tc.set_defaults(func=_cmd_create)
-    tc.add_argument("--partitions", type=int, default=1)
+    tc.add_argument("name", help="the topic's name")
+    tc.add_argument("--partitions", type=int, default=1, metavar="N",
+                    help="how many partitions (default: %(default)s)")
     tc.add_argument("--config", action="append", metavar="KEY=VALUE",
-                    help="a topic setting, e.g. retention_bytes=1073741824 (repeatable)")
+                    help="a topic setting, e.g. retention_bytes=1073741824 (repeatable); on JetStream "
+                         "also replicas=3")
+    tc.add_argument("--if-not-exists", action="store_true",
+                    help="succeed when the topic exists already (without it, that is an error)")
+    tc.set_defaults(func=_cmd_create)
     tsub.add_parser("list", parents=[withlog], help="list topics").set_defaults(func=_cmd_list)
     td = tsub.add_parser("describe", parents=[withlog], help="settings and offsets of a topic")
-    td.add_argument("name")
+    td.add_argument("name", help="the topic's name")
     td.set_defaults(func=_cmd_describe)
+    tx = tsub.add_parser("delete", parents=[withlog], help="delete a topic and all its records")
+    tx.add_argument("name", help="the topic's name")
+    tx.add_argument("--if-exists", action="store_true", help="succeed when there is no such topic")
+    tx.set_defaults(func=_cmd_delete)
+    ta = tsub.add_parser("alter-config", parents=[withlog],
+                         help="change a topic's settings (JetStream: retention_ms, retention_bytes)")
+    ta.add_argument("name", help="the topic's name")
+    ta.add_argument("--config", action="append", metavar="KEY=VALUE",
+                    help="the new value of a setting (repeatable; none or null: no limit)")
+    ta.set_defaults(func=_cmd_alter_config)
+    tp = tsub.add_parser("add-partitions", parents=[withlog],
+                         help="(refused: no backend can change a partition count)")
+    tp.add_argument("name", help="the topic's name")
+    tp.add_argument("--total", type=int, metavar="N", help="the partition count wanted")
+    tp.set_defaults(func=_cmd_add_partitions)

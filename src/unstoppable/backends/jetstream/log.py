@@ -277,6 +277,32 @@ class JetStreamLog:
                 raise
         return JetStreamTopic(name, partitions, replicas, max_record_bytes, retention_ms, retention_bytes)
 
+    async def alter_topic(self, name: str, **config) -> JetStreamTopic:
+        """Change ``retention_ms`` and/or ``retention_bytes`` (None: no limit)
+        of every partition of topic ``name``; the other settings are fixed at
+        creation (TopicConfigError)."""
+        fixed = sorted(set(config) - {"retention_ms", "retention_bytes"})
+        if fixed:
+            raise TopicConfigError(
+                f"on JetStream only retention_ms and retention_bytes of a topic can change; "
+                f"{', '.join(fixed)} {'is' if len(fixed) == 1 else 'are'} fixed when it is created")
+        for what, v in config.items():
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise TopicConfigError(f"{what} must be None or an int >= 1, got {v!r}")
+        t = await self.describe_topic(name)
+        for p in range(t.partitions):
+            part = _Part(name, p)
+            cfg = (await self._retrying(lambda part=part: self.wire.api(part.info_api)))["config"]
+            if "retention_ms" in config:
+                cfg["max_age"] = (config["retention_ms"] or 0) * 1_000_000
+                if cfg["max_age"]:
+                    cfg["duplicate_window"] = min(cfg.get("duplicate_window") or cfg["max_age"], cfg["max_age"])
+            if "retention_bytes" in config:
+                rb = config["retention_bytes"]
+                cfg["max_bytes"] = -1 if rb is None else rb
+            await self._retrying(lambda part=part, cfg=cfg: self.wire.api("STREAM.UPDATE." + part.stream, cfg))
+        return await self.describe_topic(name)
+
     async def delete_topic(self, name: str) -> None:
         """Delete a topic and all its records (UnknownTopicError if there is none)."""
         info = await self._topic_streams(name)
