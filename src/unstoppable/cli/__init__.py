@@ -36,6 +36,7 @@ from unstoppable.cli import (
     dump,
     export,
     groups,
+    natsserver,
     produce,
     topics,
     verify,
@@ -45,7 +46,7 @@ from unstoppable.cli._common import _EXIT_ERROR, CLIError, _Parser
 __all__ = ["main"]
 
 # In the order of the help text.
-_COMMANDS = (demo, topics, produce, consume, groups, dump, verify, dlq, bench, export)
+_COMMANDS = (demo, topics, produce, consume, groups, dump, verify, dlq, bench, export, natsserver)
 
 
 def _parser() -> argparse.ArgumentParser:
