@@ -82,7 +82,7 @@ def test_a_long_stdin_line_is_refused_once_it_passes_the_limit(logdir):
     assert "Traceback" not in err
     assert err.strip().splitlines() == [
         "unstoppable: error: line 2 is longer than 100,000 bytes, the topic's max_record_bytes "
-        "(nothing of it was produced) (1 records before it were produced)"]
+        "(nothing of it was produced) (1 record before it was produced)"]
     r = cli("consume", "t", log=logdir)
     assert r.stdout.splitlines() == ["0/0\t\tshort line"]
 

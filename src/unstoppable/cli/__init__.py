@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
                 epilog="Run 'unstoppable COMMAND --help' for a command's options.")
     common_options(p, lambda v: v)
     p.add_argument("--log", metavar="DIR", help="the log directory (default: $UNSTOPPABLE_LOG)")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for module in _COMMANDS:
         module.register(sub, common, withlog)
     return p
@@ -80,7 +80,12 @@ def main(argv=None) -> int:
     import unstoppable as us
     try:
         argv = list(sys.argv[1:] if argv is None else argv)
-        args = _parser().parse_args(groups.rewrite_argv(argv))
+        parser = _parser()
+        args, unknown = parser.parse_known_args(groups.rewrite_argv(argv))
+        if unknown:     # before "COMMAND is required", which would hide the real mistake
+            parser.error(f"unrecognized argument{'s' if len(unknown) > 1 else ''}: {' '.join(unknown)}")
+        if args.command is None:
+            parser.error("a COMMAND is required")
         args.argv = argv
         return args.func(args)
     except CLIError as e:

@@ -24,6 +24,13 @@ class _Parser(argparse.ArgumentParser):
         raise CLIError(f"{message} (see '{self.prog} --help')", _EXIT_USAGE)
 
 
+def _n(count: int, word: str) -> str:
+    """``1 record``, ``2 records``, ``2 batches``: a count and its noun, in the plural when not 1."""
+    if count == 1:
+        return f"1 {word}"
+    return f"{count:,} {word}{'es' if word.endswith(('ch', 'sh', 's', 'x')) else 's'}"
+
+
 def _emit(obj) -> None:
     print(json.dumps(obj, default=str))
 
@@ -164,8 +171,22 @@ def _record_dict(topic, r, codec):
             "headers": {k: _text(v) for k, v in r.headers}}
 
 
+def _b64(b) -> str | None:
+    import base64
+    return None if b is None else base64.b64encode(bytes(b)).decode()
+
+
+def _record_dict_b64(topic, r) -> dict:
+    """A record for --json --encoding base64: key, value and header values as base64."""
+    return {"topic": topic, "partition": r.partition, "offset": r.offset, "timestamp": r.timestamp,
+            "encoding": "base64", "key": _b64(r.key), "value": _b64(r.value),
+            "headers": [[k, _b64(v)] for k, v in r.headers]}
+
+
 def _print_record(args, topic, r, codec):
-    if args.json:
+    if args.json and getattr(args, "encoding", "text") == "base64" and codec is None:
+        _emit(_record_dict_b64(topic, r))
+    elif args.json:
         _emit(_record_dict(topic, r, codec))
     else:
         key = _printable(r.key)

@@ -73,9 +73,13 @@ def _cmd_bench(args) -> int:
 def register(sub, common, withlog) -> None:
     """Add the command's parser to ``sub``."""
     b = sub.add_parser("bench", parents=[common], help="a quick produce and consume throughput run")
-    b.add_argument("--records", type=int, default=500_000)
-    b.add_argument("--value-bytes", type=int, default=100)
-    b.add_argument("--partitions", type=int, default=4)
-    b.add_argument("--acks", choices=("written", "fsync"), default="written")
+    b.add_argument("--records", type=int, default=500_000, metavar="N",
+                   help="records to produce and then consume (default: %(default)s)")
+    b.add_argument("--value-bytes", type=int, default=100, metavar="B",
+                   help="bytes of each value (default: %(default)s)")
+    b.add_argument("--partitions", type=int, default=4, metavar="N",
+                   help="partitions of the temporary topic (default: %(default)s)")
+    b.add_argument("--acks", choices=("written", "fsync"), default="written",
+                   help="written (default): acknowledged once written; fsync: once on disk")
     b.add_argument("--dir", help="make the temporary log under this directory")
     b.set_defaults(func=_cmd_bench)

@@ -257,6 +257,10 @@ def register(sub, common, withlog) -> None:
         c.add_argument("-f", "--follow", action="store_true", help="keep waiting for new records")
         c.add_argument("--codec", help="decode values: bytes, str, json, booking, proto:module:Class")
         c.add_argument("--partition", type=int, metavar="P", help="only this partition")
+        c.add_argument("--encoding", choices=("text", "base64"), default="text",
+                       help="--json: keys, values and header values as text (UTF-8; other bytes as "
+                            "\\xNN, default) or base64 (exact bytes; adds \"encoding\": \"base64\", "
+                            "headers as [key, value] pairs)")
         c.add_argument("-F", "--format-string", metavar="FMT",
                        help="print each record with kcat's format codes: %%t topic, %%p partition, "
                             "%%o offset, %%T timestamp, %%k key, %%K key length, %%s value, "

@@ -13,7 +13,6 @@ import time
 
 from unstoppable.cli._common import _EXIT_USAGE, CLIError, _emit, _is_remote
 
-
 _INNER = "UNSTOPPABLE_DEMO_PARENT"
 
 
@@ -71,7 +70,8 @@ def _cmd_demo(args) -> int:
     url = getattr(args, "log", None)
     if url is not None and not _is_remote(url):
         raise CLIError(f"demo --log takes a JetStream URL (nats://host:port[,host:port...]), not {url!r}; "
-                       "the embedded demo makes its own log in --dir", _EXIT_USAGE)
+                       f"for the embedded log use --dir {url} (the log is then {os.path.join(url, 'log')})",
+                       _EXIT_USAGE)
     if args.replicas is not None:
         if url is None:
             raise CLIError("--replicas needs --log nats://... (an embedded log keeps one copy)", _EXIT_USAGE)
@@ -124,17 +124,18 @@ def register(sub, common, withlog) -> None:
                         "embedded log in the demo directory); the run's topics are deleted at the end "
                         "unless the directory is kept (--dir or --keep)")
     d.add_argument("--replicas", type=int, help="JetStream: copies of each partition (default 1)")
-    d.add_argument("--seats", type=int, default=10_000)
-    d.add_argument("--users", type=int, default=100_000)
+    d.add_argument("--seats", type=int, default=10_000, help="seats in the hall (default: %(default)s)")
+    d.add_argument("--users", type=int, default=100_000, help="users who try to book (default: %(default)s)")
     d.add_argument("--workers", type=int, default=3, help="booking worker processes")
     d.add_argument("--producers", type=int, default=2, help="user producer processes")
-    d.add_argument("--partitions", type=int, default=8)
+    d.add_argument("--partitions", type=int, default=8,
+                   help="partitions of the bookings topic (default: %(default)s)")
     d.add_argument("--window", type=float, default=25.0, help="seconds over which users arrive")
     d.add_argument("--ttl-ms", type=int, default=2000, help="how long a hold waits for payment")
     d.add_argument("--poison", type=int, default=6, help="records that must be dead-lettered")
     d.add_argument("--fault-rate", type=float, default=0.001,
                    help="share of records whose first handling attempt fails")
     d.add_argument("--no-kill", dest="kill", action="store_false", help="do not SIGKILL a worker")
-    d.add_argument("--seed", type=int, default=42)
+    d.add_argument("--seed", type=int, default=42, help="random seed of the users (default: %(default)s)")
     d.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
     d.set_defaults(func=_cmd_demo)

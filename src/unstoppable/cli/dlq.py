@@ -5,6 +5,7 @@ from unstoppable.cli._common import (
     _EXIT_USAGE,
     CLIError,
     _emit,
+    _n,
     _Parser,
     _run_on_log,
     _text,
@@ -46,14 +47,17 @@ def _cmd_dlq(args) -> int:
         done = _run_on_log(args, lambda log: dl.redrive(log, args.topic, which))
     except KeyError as e:
         raise CLIError(str(e.args[0])) from None
+    skipped = sorted(set(which or ()) - {(d.partition, d.offset) for d, _ in done})
     if args.json:
         _emit([{"id": f"{d.partition}/{d.offset}", "to": f"{d.origin_topic}/{d.origin_partition}/{new}"}
-               for d, new in done])
+               for d, new in done] + [{"id": f"{p}/{o}", "skipped": "re-driven already"} for p, o in skipped])
     else:
+        for p, o in skipped:
+            print(f"{p}/{o} was re-driven already: skipped (dlq list --all shows it)")
         for d, new in done:
             print(f"re-drove {d.partition}/{d.offset} to {d.origin_topic}/{d.origin_partition} "
                   f"at offset {new}")
-        print(f"{len(done)} dead letters re-driven")
+        print(f"{_n(len(done), 'dead letter')} re-driven")
     return 0
 
 

@@ -65,9 +65,9 @@ def _cmd_dump(args) -> int:
 def register(sub, common, withlog) -> None:
     """Add the command's parser to ``sub``."""
     du = sub.add_parser("dump", parents=[withlog], help="batches, CRCs and decoded records")
-    du.add_argument("topic")
-    du.add_argument("--partition", type=int)
+    du.add_argument("topic", help="the topic to dump")
+    du.add_argument("--partition", type=int, metavar="P", help="only this partition")
     du.add_argument("--offset", type=int, help="start at this offset")
-    du.add_argument("-n", "--max-records", type=int)
+    du.add_argument("-n", "--max-records", type=int, metavar="N", help="stop after this many records")
     du.add_argument("--codec", help="decode values: bytes, str, json, booking, proto:module:Class")
     du.set_defaults(func=_cmd_dump)

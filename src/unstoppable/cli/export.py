@@ -10,6 +10,7 @@ from unstoppable.cli._common import (
     CLIError,
     _codec,
     _emit,
+    _n,
     _open_log,
     _printable,
     _progress,
@@ -51,6 +52,20 @@ def _csv_ready(pa, batch):
     return pa.RecordBatch.from_arrays(cols, names=names)
 
 
+def _total(t, start, end, parts, start_time, end_time) -> int | None:
+    """Records an export of offsets ``start .. end`` will write (None when a
+    time bound makes it unknown until read)."""
+    if start_time is not None or end_time is not None:
+        return None
+    total = 0
+    for p, (first, last) in enumerate(zip(t.start_offsets(), t.end_offsets(), strict=True)):
+        if parts is None or p in parts:
+            lo = first if start is None else max(first, start)
+            hi = last if end is None else min(last, end)
+            total += max(hi - lo, 0)
+    return total
+
+
 def _cmd_export(args) -> int:
     try:
         import pyarrow as pa
@@ -79,7 +94,7 @@ def _cmd_export(args) -> int:
     with _open_log(args) as log:
         t = _topic(log, args.topic)
         kw = dict(start_time=start_time, end_time=end_time, codec=codec, keep_value=args.keep_value)
-        bar = _progress(args, f"export {args.format}")
+        bar = _progress(args, f"export {args.format}", _total(t, start, end, parts, start_time, end_time))
         rows = 0
         tmp = f"{out}.tmp{os.getpid()}"
         try:
@@ -116,16 +131,17 @@ def _cmd_export(args) -> int:
     if args.json:
         _emit({"topic": args.topic, "format": args.format, "out": os.path.abspath(out), "rows": rows})
     else:
-        print(f"exported {rows:,} records of {args.topic!r} to {out} ({args.format})")
+        print(f"exported {_n(rows, 'record')} of {args.topic!r} to {out} ({args.format})")
     return 0
 
 
 def register(sub, common, withlog) -> None:
     """Add the command's parser to ``sub``."""
     e = sub.add_parser("export", parents=[withlog], help="a topic to Parquet, Arrow IPC or CSV")
-    e.add_argument("topic")
-    e.add_argument("--format", choices=("parquet", "arrow", "csv"), required=True)
-    e.add_argument("--out", required=True, metavar="PATH")
+    e.add_argument("topic", help="the topic to export")
+    e.add_argument("--format", choices=("parquet", "arrow", "csv"), required=True,
+                   help="parquet, arrow (an Arrow IPC file) or csv")
+    e.add_argument("--out", required=True, metavar="PATH", help="the file to write (replaced atomically)")
     e.add_argument("--from", dest="from_", metavar="OFFSET|TIME",
                    help="first offset (every partition), or an ISO-8601 time")
     e.add_argument("--to", metavar="OFFSET|TIME", help="end offset (exclusive), or an ISO-8601 time")

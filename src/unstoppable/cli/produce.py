@@ -6,7 +6,15 @@ import json
 import os
 import sys
 
-from unstoppable.cli._common import _EXIT_USAGE, CLIError, _codec, _emit, _run_on_log
+from unstoppable.cli._common import (
+    _EXIT_USAGE,
+    CLIError,
+    _codec,
+    _emit,
+    _n,
+    _progress,
+    _run_on_log,
+)
 
 
 async def _stdin_lines(limit: int | None = None):
@@ -16,14 +24,9 @@ async def _stdin_lines(limit: int | None = None):
     Linear in the input: each byte is searched for a newline once. A line
     longer than ``limit`` bytes is refused as soon as that many bytes of it
     have arrived (CLIError), without reading the rest of it."""
-    loop = asyncio.get_running_loop()
-    fd = sys.stdin.fileno()
     buf = bytearray()
     n = 0
-    while True:
-        chunk = await loop.run_in_executor(None, os.read, fd, 1 << 16)
-        if not chunk:
-            break
+    async for chunk in _stdin_chunks():
         scan = len(buf)            # the bytes before hold no newline
         buf += chunk
         start = 0
@@ -38,10 +41,56 @@ async def _stdin_lines(limit: int | None = None):
         yield bytes(buf)
 
 
+async def _stdin_chunks(ahead: int = 4):
+    """Chunks of stdin from a reader thread of its own, at most ``ahead``
+    chunks in advance. Not the loop's default executor: a read blocked on a
+    terminal or an idle pipe must not keep Ctrl-C's clean-up (which waits for
+    that executor) from finishing; this daemon thread is simply left behind."""
+    import threading
+    loop = asyncio.get_running_loop()
+    chunks: asyncio.Queue = asyncio.Queue()
+    room = threading.Semaphore(ahead)
+    fd = sys.stdin.fileno()
+
+    def read():
+        while True:
+            room.acquire()
+            try:
+                chunk = os.read(fd, 1 << 16)
+            except OSError as e:
+                chunk = e
+            try:
+                loop.call_soon_threadsafe(chunks.put_nowait, chunk)
+            except RuntimeError:
+                return      # the loop is gone
+            if not chunk or isinstance(chunk, OSError):
+                return
+
+    threading.Thread(target=read, name="unstoppable-stdin", daemon=True).start()
+    while True:
+        chunk = await chunks.get()
+        if isinstance(chunk, OSError):
+            raise chunk
+        if not chunk:
+            return
+        room.release()
+        yield chunk
+
+
 def _check_length(n: int, length: int, limit: int | None) -> None:
     if limit is not None and length > limit:
         raise CLIError(f"line {n} is longer than {limit:,} bytes, the topic's max_record_bytes "
                        "(nothing of it was produced)")
+
+
+def _stdin_size() -> int | None:
+    """Bytes of stdin when it is a regular file (``< file``): the progress bar's total."""
+    import stat
+    try:
+        st = os.fstat(sys.stdin.fileno())
+    except (OSError, ValueError):
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
 
 
 def _check_args(args, codec) -> None:
@@ -133,6 +182,8 @@ class _Producing:
         self.counts: dict = {}
         self.total = 0
         self.headers = _headers(args.header or [])
+        self.bar = _progress(args, "produce", _stdin_size())
+        self.read = 0          # bytes of input taken so far
 
     async def run(self, log) -> None:
         import unstoppable as us
@@ -146,6 +197,9 @@ class _Producing:
             try:
                 async for line in _stdin_lines(await _max_record_bytes(log, args.topic)):
                     n += 1
+                    self.read += len(line) + 1
+                    if n % 1000 == 0:
+                        self.bar.update(self.read, note=f"bytes, {_n(n, 'line')}")
                     if line.endswith(b"\r"):
                         line = line[:-1]
                     if not line.strip() and args.format == "json":
@@ -179,15 +233,25 @@ def _cmd_produce(args) -> int:
     run = _Producing(args, _RecordMaker(args, codec))
     try:
         _run_on_log(args, run.run)
-    except CLIError as e:
-        if run.total:
-            raise CLIError(f"{e} ({run.total} records before it were produced)", e.code) from None
-        raise
+    except KeyboardInterrupt:
+        run.bar.close()
+        print(f"unstoppable: interrupted: {_n(run.total, 'record')} of {args.topic!r} acknowledged "
+              "before it (records sent after the last acknowledgement may or may not be written)",
+              file=sys.stderr)
+        return 130
+    except Exception as e:
+        run.bar.close()
+        if not run.total:
+            raise
+        code = e.code if isinstance(e, CLIError) else 1
+        raise CLIError(f"{e} ({_n(run.total, 'record')} before it {'was' if run.total == 1 else 'were'} "
+                       "produced)", code) from None
+    run.bar.close()
     if args.json:
         _emit({"topic": args.topic, "records": run.total,
                "partitions": {str(k): v for k, v in sorted(run.counts.items())}})
     else:
-        print(f"produced {run.total:,} records to {args.topic!r}", file=sys.stderr)
+        print(f"produced {_n(run.total, 'record')} to {args.topic!r}", file=sys.stderr)
     return 0
 
 

@@ -9,6 +9,7 @@ from unstoppable.cli._common import (
     _emit,
     _is_remote,
     _log_url,
+    _n,
     _Parser,
     _run_admin,
 )
@@ -64,7 +65,7 @@ def _cmd_create(args) -> int:
     if args.json:
         _emit(info)
     else:
-        print(f"topic {info['name']!r}: {info['partitions']} partitions ({_where(args)})")
+        print(f"topic {info['name']!r}: {_n(info['partitions'], 'partition')} ({_where(args)})")
     return 0
 
 
@@ -127,7 +128,7 @@ def _cmd_describe(args) -> int:
     if args.json:
         _emit(info)
         return 0
-    print(f"topic {info['name']!r}: {info['partitions']} partitions, {info['records']:,} records")
+    print(f"topic {info['name']!r}: {_n(info['partitions'], 'partition')}, {_n(info['records'], 'record')}")
     for k, v in info["config"].items():
         print(f"  {k} = {v}")
     durable = all("durable_offset" in p for p in info["partition_offsets"])

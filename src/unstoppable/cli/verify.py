@@ -1,7 +1,7 @@
 """The ``verify`` command."""
 from __future__ import annotations
 
-from unstoppable.cli._common import _emit, _open_log, _progress
+from unstoppable.cli._common import _emit, _n, _open_log, _progress
 
 
 def _cmd_verify(args) -> int:
@@ -14,12 +14,13 @@ def _cmd_verify(args) -> int:
     if args.json:
         _emit(rep.as_dict())
     else:
-        print(f"verified {rep.topics} topics, {rep.partitions} partitions, {rep.segments} segments, "
-              f"{rep.batches:,} batches, {rep.records:,} records, {rep.bytes:,} bytes")
+        print(f"verified {_n(rep.topics, 'topic')}, {_n(rep.partitions, 'partition')}, "
+              f"{_n(rep.segments, 'segment')}, {_n(rep.batches, 'batch')}, {_n(rep.records, 'record')}, "
+              f"{_n(rep.bytes, 'byte')}")
         for p in rep.problems:
             print(f"PROBLEM: {p}")
         print("OK: every CRC, offset and index entry checks" if rep.ok
-              else f"FAILED: {len(rep.problems)} problems")
+              else f"FAILED: {_n(len(rep.problems), 'problem')}")
     return 0 if rep.ok else 1
 
 
