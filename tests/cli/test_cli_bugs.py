@@ -9,7 +9,7 @@ import pytest
 
 import unstoppable as us
 
-from cliutil import bad, cli
+from cliutil import cli
 
 
 @pytest.fixture
