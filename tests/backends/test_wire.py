@@ -11,7 +11,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from unstoppable.backends._wire import FastParser, frame, header_value, status_of
+from unstoppable.backends.jetstream._wire import FastParser, frame, header_value, status_of
 
 Parser = FastParser.__mro__[1]  # nats-py's Parser
 RAW_SID, OTHER_SID = 7, 9

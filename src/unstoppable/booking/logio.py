@@ -13,8 +13,10 @@ A *log URL* is a directory path (the embedded log), ``file:///path``, or
 from __future__ import annotations
 
 import asyncio
+import inspect
 
 import unstoppable as us
+from unstoppable.admin import admin_for
 from unstoppable.client.embedded import EmbeddedBackend, backend_for
 from unstoppable.connect import is_remote_url
 
@@ -36,24 +38,23 @@ async def open_log(url: str, *, create: bool = False, **options):
 
 
 async def close_log(log) -> None:
-    """Close what :func:`open_log` returned."""
-    if isinstance(log, us.Log):
-        log.close()
-    else:
-        await log.close()
+    """Close what :func:`open_log` returned (``us.Log.close`` is
+    synchronous, ``JetStreamLog.close`` a coroutine)."""
+    closing = log.close()
+    if inspect.isawaitable(closing):
+        await closing
 
 
 async def ensure_topic(log, name: str, partitions: int, *, replicas: int | None = None) -> None:
     """Create topic ``name`` unless it exists. ``replicas`` (JetStream only;
-    default 1) is how many servers keep each partition."""
-    if isinstance(log, us.Log):
-        if replicas not in (None, 1):
-            raise ValueError(f"replicas={replicas}: an embedded log keeps one copy "
-                             "(replicas are for JetStream topics)")
-        if name not in log:
-            log.create_topic(name, partitions=partitions)
-        return
-    await log.create_topic(name, partitions=partitions, replicas=replicas or 1)
+    default 1) is how many servers keep each partition; an embedded log
+    keeps one (ValueError for more)."""
+    admin = admin_for(log)
+    try:
+        if name not in await admin.list_topics():
+            await admin.create_topic(name, partitions, replicas=replicas)
+    finally:
+        await admin.close()
 
 
 class LogReader:

@@ -15,10 +15,11 @@ import sys
 __all__ = ["main", "register", "add_arguments", "run"]
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The serve command's options."""
-    p.add_argument("--log", default=os.environ.get("UNSTOPPABLE_LOG"),
-                   help="the log directory (default: $UNSTOPPABLE_LOG); created if missing")
+def add_arguments(p: argparse.ArgumentParser, log: bool = True) -> None:
+    """The serve command's options (``log=False``: the parser has --log already)."""
+    if log:
+        p.add_argument("--log", default=os.environ.get("UNSTOPPABLE_LOG"),
+                       help="the log directory (default: $UNSTOPPABLE_LOG); created if missing")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=9092, help="port to listen on (default 9092; 0: any)")
     p.add_argument("--advertised-host", default=None,

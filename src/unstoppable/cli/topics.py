@@ -1,0 +1,174 @@
+"""The ``topics`` commands: create, list, describe."""
+from __future__ import annotations
+
+import os
+
+from unstoppable.cli._common import (
+    _EXIT_USAGE,
+    CLIError,
+    _emit,
+    _is_remote,
+    _log_url,
+    _n,
+    _Parser,
+    _run_admin,
+)
+
+
+def _parse_config(items) -> dict:
+    out = {}
+    for item in items or []:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise CLIError(f"--config wants KEY=VALUE, got {item!r}", _EXIT_USAGE)
+        if v.lower() in ("none", "null", ""):
+            out[k] = None
+            continue
+        try:
+            out[k] = int(v)
+        except ValueError:
+            raise CLIError(f"--config {k}: {v!r} is not an integer", _EXIT_USAGE) from None
+    return out
+
+
+def _description(d) -> dict:
+    """A :class:`unstoppable.admin.TopicDescription` as the CLI shows it
+    (no ``durable_offset`` where the backend has none)."""
+    parts = []
+    for p in d.offsets:
+        row = {"partition": p.partition, "start_offset": p.start_offset, "end_offset": p.end_offset}
+        if p.durable_offset is not None:
+            row["durable_offset"] = p.durable_offset
+        parts.append(row)
+    return {"name": d.name, "partitions": d.partitions, "config": d.config, "records": d.records,
+            "partition_offsets": parts}
+
+
+def _where(args) -> str:
+    url = _log_url(args)
+    return f"on {url}" if _is_remote(url) else f"in {os.path.abspath(url)}"
+
+
+def _cmd_create(args) -> int:
+    if args.partitions < 1:
+        raise CLIError("--partitions must be at least 1", _EXIT_USAGE)
+    cfg = _parse_config(args.config)
+
+    async def create(admin):
+        if args.name in await admin.list_topics():
+            if not args.if_not_exists:
+                raise CLIError(f"topic {args.name!r} exists ({_where(args)}); "
+                               "pass --if-not-exists to accept an existing topic")
+            return _description(await admin.describe_topic(args.name))
+        return _description(await admin.create_topic(args.name, args.partitions, **cfg))
+    info = _run_admin(args, create, create=True)
+    if args.json:
+        _emit(info)
+    else:
+        print(f"topic {info['name']!r}: {_n(info['partitions'], 'partition')} ({_where(args)})")
+    return 0
+
+
+def _cmd_delete(args) -> int:
+    async def delete(admin):
+        if args.if_exists and args.name not in await admin.list_topics():
+            return False
+        await admin.delete_topic(args.name)
+        return True
+    deleted = _run_admin(args, delete)
+    if args.json:
+        _emit({"name": args.name, "deleted": deleted})
+    else:
+        print(f"topic {args.name!r} {'deleted' if deleted else 'did not exist'} ({_where(args)})")
+    return 0
+
+
+def _cmd_alter_config(args) -> int:
+    cfg = _parse_config(args.config)
+    if not cfg:
+        raise CLIError("topics alter-config needs at least one --config KEY=VALUE", _EXIT_USAGE)
+
+    async def alter(admin):
+        return _description(await admin.alter_topic_config(args.name, **cfg))
+    info = _run_admin(args, alter)
+    if args.json:
+        _emit(info)
+    else:
+        print(f"topic {args.name!r}: " + ", ".join(f"{k} = {info['config'].get(k)}" for k in cfg))
+    return 0
+
+
+def _cmd_add_partitions(args) -> int:
+    _log_url(args)
+    raise CLIError("topics add-partitions: neither the embedded log nor JetStream can change a topic's "
+                   "partition count (records keyed to a partition would map to another); create a new "
+                   "topic with more partitions and copy the records")
+
+
+def _cmd_list(args) -> int:
+    async def describe(admin):
+        return [_description(await admin.describe_topic(n)) for n in await admin.list_topics()]
+    infos = _run_admin(args, describe)
+    if args.json:
+        _emit([{k: i[k] for k in ("name", "partitions", "records")} for i in infos])
+    elif not infos:
+        print("no topics")
+    else:
+        w = max(len(i["name"]) for i in infos)
+        print(f"{'TOPIC':<{w}}  PARTITIONS      RECORDS")
+        for i in infos:
+            print(f"{i['name']:<{w}}  {i['partitions']:>10}  {i['records']:>11,}")
+    return 0
+
+
+def _cmd_describe(args) -> int:
+    async def describe(admin):
+        return _description(await admin.describe_topic(args.name))
+    info = _run_admin(args, describe)
+    if args.json:
+        _emit(info)
+        return 0
+    print(f"topic {info['name']!r}: {_n(info['partitions'], 'partition')}, {_n(info['records'], 'record')}")
+    for k, v in info["config"].items():
+        print(f"  {k} = {v}")
+    durable = all("durable_offset" in p for p in info["partition_offsets"])
+    print("  PARTITION  START OFFSET    END OFFSET" + ("  DURABLE OFFSET" if durable else ""))
+    for p in info["partition_offsets"]:
+        print(f"  {p['partition']:>9}  {p['start_offset']:>12,}  {p['end_offset']:>12,}" +
+              (f"  {p['durable_offset']:>14,}" if durable else ""))
+    return 0
+
+
+def register(sub, common, withlog) -> None:
+    """Add the command's parser to ``sub``."""
+    t = sub.add_parser("topics", help="create, list, describe, alter and delete topics")
+    tsub = t.add_subparsers(dest="topics_cmd", required=True, metavar="ACTION", parser_class=_Parser)
+    tc = tsub.add_parser("create", parents=[withlog], help="create a topic (and the log if needed)")
+    tc.add_argument("name", help="the topic's name")
+    tc.add_argument("--partitions", type=int, default=1, metavar="N",
+                    help="how many partitions (default: %(default)s)")
+    tc.add_argument("--config", action="append", metavar="KEY=VALUE",
+                    help="a topic setting, e.g. retention_bytes=1073741824 (repeatable); on JetStream "
+                         "also replicas=3")
+    tc.add_argument("--if-not-exists", action="store_true",
+                    help="succeed when the topic exists already (without it, that is an error)")
+    tc.set_defaults(func=_cmd_create)
+    tsub.add_parser("list", parents=[withlog], help="list topics").set_defaults(func=_cmd_list)
+    td = tsub.add_parser("describe", parents=[withlog], help="settings and offsets of a topic")
+    td.add_argument("name", help="the topic's name")
+    td.set_defaults(func=_cmd_describe)
+    tx = tsub.add_parser("delete", parents=[withlog], help="delete a topic and all its records")
+    tx.add_argument("name", help="the topic's name")
+    tx.add_argument("--if-exists", action="store_true", help="succeed when there is no such topic")
+    tx.set_defaults(func=_cmd_delete)
+    ta = tsub.add_parser("alter-config", parents=[withlog],
+                         help="change a topic's settings (JetStream: retention_ms, retention_bytes)")
+    ta.add_argument("name", help="the topic's name")
+    ta.add_argument("--config", action="append", metavar="KEY=VALUE",
+                    help="the new value of a setting (repeatable; none or null: no limit)")
+    ta.set_defaults(func=_cmd_alter_config)
+    tp = tsub.add_parser("add-partitions", parents=[withlog],
+                         help="(refused: no backend can change a partition count)")
+    tp.add_argument("name", help="the topic's name")
+    tp.add_argument("--total", type=int, metavar="N", help="the partition count wanted")
+    tp.set_defaults(func=_cmd_add_partitions)
