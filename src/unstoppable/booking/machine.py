@@ -182,7 +182,7 @@ def _check(cond: bool, what: str):
         raise InvalidEventError(what)
 
 
-def apply(store: Store, event: BookingEvent, ts_ms: int, ttl_ms: int, origin: str) -> list:
+def apply(store: Store, event: BookingEvent, ts_ms: int, ttl_ms: int, origin: str) -> list:  # noqa: C901  (one branch per event kind: the state table, read top to bottom)
     """apply(store, event, ts_ms, ttl_ms, origin) -> [outcome BookingEvent]
 
     Decide one input event. ``ts_ms`` is the record's log timestamp (the

@@ -71,6 +71,7 @@ def _log_url(args) -> str:
 
 
 def _is_remote(url: str) -> bool:
+    from unstoppable.connect import is_remote_url
     return is_remote_url(url)
 
 
