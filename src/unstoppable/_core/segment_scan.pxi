@@ -434,3 +434,15 @@ def batch_at_or_after(Mapping m, size_t pos, size_t end, size_t min_pos):
             raise _corrupt(rc, pos, m.ptr + pos, end - pos)
         pos += h.length
     return pos if pos < end else end
+
+
+def batch_base_offset(Mapping m, size_t pos):
+    """batch_base_offset(mapping, pos) -> int
+
+    The base offset stored in the header of the batch at ``pos`` (either
+    format: the magic byte at pos + 16 says which); no CRC check. Raises
+    ValueError when fewer bytes than a header lie there."""
+    if pos > <size_t>m.length or <size_t>m.length - pos < US_BATCH_MIN_PROBE or \
+            <size_t>m.length - pos < us_batch_header_size(m.ptr[pos + 16]):
+        raise ValueError(f"no batch header at {pos}")
+    return us_batch_base_offset(m.ptr + pos)
