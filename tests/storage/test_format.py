@@ -191,7 +191,7 @@ def test_layout_json_and_fresh_head(log):
                      max_batch_bytes=4096, retention_ms=86_400_000)
     with open(os.path.join(log.path, "unstoppable.json")) as f:
         text = f.read()
-    assert json.loads(text) == {"format": "unstoppable-log", "version": 1}
+    assert json.loads(text) == {"format": "unstoppable-log", "version": 2}
     assert text == json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"
     assert os.path.getsize(os.path.join(log.path, "meta.lock")) == 0
 
@@ -206,7 +206,7 @@ def test_layout_json_and_fresh_head(log):
     assert meta["config"] == {
         "segment_bytes": 65536, "segment_ms": None, "retention_bytes": None,
         "retention_ms": 86_400_000, "index_interval_bytes": 512,
-        "max_record_bytes": 1 << 20, "max_batch_bytes": 4096}
+        "max_record_bytes": 1 << 20, "max_batch_bytes": 4096, "compression": "producer"}
     assert sorted(os.listdir(tdir)) == ["0", "1", "2", "topic.json"]
 
     for i in range(3):

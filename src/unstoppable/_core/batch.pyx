@@ -818,6 +818,57 @@ cdef class BatchEncoder:
             self.first_timestamp = h.first_timestamp
         return 0
 
+    def add_batches(self, data):
+        """add_batches(data) -> int
+
+        Take whole format-2 batches already encoded elsewhere (e.g. by a Kafka
+        client: a RecordBatch v2 as it arrives, compressed or not) after
+        checking each completely: CRC, header, and every record (a compressed
+        payload is decompressed to check it). They are stored byte for byte;
+        their base offsets are rewritten at append time (outside the CRC).
+        Returns the number of records added. Raises CorruptLogError naming the
+        bad batch's position in ``data``; nothing is added then.
+        """
+        cdef Py_buffer view
+        cdef us_batch_header h
+        cdef size_t pos = 0
+        cdef int rc
+        cdef uint32_t recs = 0, nb = 0
+        cdef int64_t max_ts = self.max_timestamp, first_ts = self.first_timestamp
+        cdef RecordBatch b
+        mv = memoryview(data).cast("B")
+        PyObject_GetBuffer(mv, &view, PyBUF_SIMPLE)
+        try:
+            while pos < <size_t>view.len:
+                rc = us_batch_check(<const unsigned char *>view.buf + pos, view.len - pos, &h)
+                if rc != US_OK and rc != US_COMPRESSED:
+                    raise corrupt_from_code(rc, position=pos)
+                if h.magic != US_MAGIC:
+                    raise CorruptLogError(f"only format-2 batches are taken, got magic {h.magic}",
+                                          position=pos)
+                if h.attributes & US_ATTR_CONTROL:
+                    raise CorruptLogError("control batches (transaction markers) are not taken",
+                                          position=pos)
+                b = make_batch(mv, mv, <const unsigned char *>view.buf + pos, pos, &h, None, -1)
+                b._decode()
+                if self.batches + nb == 0:
+                    first_ts = h.first_timestamp
+                if self.batches + nb == 0 or h.max_timestamp > max_ts:
+                    max_ts = h.max_timestamp
+                recs += h.record_count
+                nb += 1
+                pos += h.length
+            self._reserve(pos)
+            memcpy(self.buf + self.size, view.buf, pos)
+        finally:
+            PyBuffer_Release(&view)
+        self.size += pos
+        self.records += recs
+        self.batches += nb
+        self.max_timestamp = max_ts
+        self.first_timestamp = first_ts
+        return recs
+
     def compress(self, int codec, size_t start=0):
         """compress(codec, start=0) -> int
 

@@ -2,7 +2,7 @@
 
 Layout::
 
-    <log>/unstoppable.json      {"format": "unstoppable-log", "version": 1}
+    <log>/unstoppable.json      {"format": "unstoppable-log", "version": 2}
     <log>/meta.lock             flock()ed while topics are created or deleted
     <log>/staging/              topics being created or deleted (renamed in/out whole)
     <log>/topics/<name>/topic.json
