@@ -66,6 +66,7 @@ static int check_fields(const us_batch_header *h) {
         if ((uint64_t)h->record_count * 5 > h->length - US_BATCH_HEADER_SIZE_V1) return US_BAD_RECORDS;
         return US_OK;
     }
+    if (h->partition_leader_epoch != US_PARTITION_LEADER_EPOCH) return US_BAD_EPOCH;
     if (h->attributes & US_ATTR_RESERVED_MASK) return US_BAD_ATTRIBUTES;
     if ((h->attributes & US_ATTR_COMPRESSION_MASK) > US_CODEC_ZSTD) return US_BAD_ATTRIBUTES;
     if (h->record_count == 0 || h->record_count > 0x7fffffffu ||

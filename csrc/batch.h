@@ -11,7 +11,9 @@
  *                                          outside the CRC
  *   8      4     batchLength          i32  bytes of the batch after this field (total - 12)
  *   12     4     partitionLeaderEpoch i32  outside the CRC; written 0 (a single node's
- *                                          first and only leader epoch)
+ *                                          first and only leader epoch), and readers
+ *                                          refuse any other value, so damage there is
+ *                                          caught too
  *   16     1     magic                i8   2
  *   17     4     crc                  u32  CRC-32C of bytes [21, total)
  *   21     2     attributes           i16  bits 0-2 compression (0 none, 1 gzip, 2 snappy,
@@ -119,7 +121,8 @@ enum {
     US_BAD_ATTRIBUTES = 5,   /* reserved bits set or unknown compression */
     US_BAD_RECORDS = 6,      /* records do not parse to exactly `length` bytes / `record_count` records */
     US_BAD_COUNT = 7,        /* record_count is 0, or lastOffsetDelta disagrees with it */
-    US_COMPRESSED = 8        /* a checked, compressed batch: decompress its records first */
+    US_COMPRESSED = 8,       /* a checked, compressed batch: decompress its records first */
+    US_BAD_EPOCH = 9         /* partitionLeaderEpoch is not the 0 every stored batch carries */
 };
 
 /* Both formats parse into this (length is always the whole batch, header included). */

@@ -332,6 +332,9 @@ def decode_batch(buf, pos: int = 0, end: int | None = None, *, check_crc: bool =
         raise FormatError("attributes", f"attributes 0x{attributes:02x}", pos)
     if magic == MAGIC and (attributes & ATTR_RESERVED or (attributes & ATTR_COMPRESSION) > 4):
         raise FormatError("attributes", f"attributes 0x{attributes:04x}", pos)
+    if magic == MAGIC and leader_epoch != PARTITION_LEADER_EPOCH:
+        # Outside the CRC, but always written 0 (FORMAT.md 4.1).
+        raise FormatError("header", f"partitionLeaderEpoch {leader_epoch}, written as 0", pos)
     if record_count <= 0:
         raise FormatError("count", "record_count is 0", pos)
     if last_delta != record_count - 1:
@@ -356,8 +359,6 @@ def decode_batch(buf, pos: int = 0, end: int | None = None, *, check_crc: bool =
             raise FormatError("timestamps", "first record's timestamp_delta is not 0", pos)
         if max(r.timestamp for r in b.records) != max_ts:
             raise FormatError("timestamps", "max_timestamp is not the largest record timestamp", pos)
-        if magic == MAGIC and leader_epoch != PARTITION_LEADER_EPOCH:
-            raise FormatError("header", f"partitionLeaderEpoch {leader_epoch}, written as 0", pos)
     return b
 
 

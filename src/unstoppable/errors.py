@@ -190,6 +190,7 @@ ERROR_MAP: dict[int, tuple[type, str]] = {
     6: (CorruptLogError, "records do not parse within the batch"),  # US_BAD_RECORDS
     7: (CorruptLogError, "batch with zero records, or a lastOffsetDelta that disagrees with its record count"),  # US_BAD_COUNT
     8: (CorruptLogError, "compressed batch read without decompression"),  # US_COMPRESSED
+    9: (CorruptLogError, "partitionLeaderEpoch is not 0 (damaged header)"),  # US_BAD_EPOCH
 }
 
 

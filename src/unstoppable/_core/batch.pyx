@@ -836,9 +836,20 @@ cdef class BatchEncoder:
         cdef uint32_t recs = 0, nb = 0
         cdef int64_t max_ts = self.max_timestamp, first_ts = self.first_timestamp
         cdef RecordBatch b
-        mv = memoryview(data).cast("B")
+        cdef unsigned char *w
+        # A private copy, whose partitionLeaderEpoch fields are set to the
+        # log's 0 as a broker sets them (the field lies outside the CRC).
+        copy = bytearray(data)
+        mv = memoryview(copy)
         PyObject_GetBuffer(mv, &view, PyBUF_SIMPLE)
         try:
+            w = <unsigned char *>view.buf
+            while pos + US_BATCH_HEADER_SIZE <= <size_t>view.len and w[pos + 16] == US_MAGIC:
+                us_st32be(w + pos + US_OFF_LEADER_EPOCH, 0)
+                if us_batch_total_length(w + pos) < US_BATCH_HEADER_SIZE:
+                    break
+                pos += us_batch_total_length(w + pos)
+            pos = 0
             while pos < <size_t>view.len:
                 rc = us_batch_check(<const unsigned char *>view.buf + pos, view.len - pos, &h)
                 if rc != US_OK and rc != US_COMPRESSED:

@@ -32,6 +32,8 @@ cdef extern from "batch.h" nogil:
         US_BAD_RECORDS
         US_BAD_COUNT
         US_COMPRESSED
+        US_BAD_EPOCH
+        US_OFF_LEADER_EPOCH
 
     ctypedef struct us_batch_header:
         int64_t base_offset
