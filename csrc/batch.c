@@ -188,18 +188,26 @@ static inline int decode_record_v2(const unsigned char *buf, const unsigned char
     return 0;
 }
 
-static int decode_v2(const unsigned char *buf, const us_batch_header *h, us_record_view *out) {
-    const unsigned char *p = buf + US_BATCH_HEADER_SIZE;
-    const unsigned char *end = buf + h->length;
+/* Records in base[start, end); positions are relative to base. */
+static int decode_v2(const unsigned char *base, size_t start, size_t endpos,
+                     const us_batch_header *h, us_record_view *out) {
+    const unsigned char *p = base + start;
+    const unsigned char *end = base + endpos;
     for (uint32_t i = 0; i < h->record_count; i++)
-        NEED(decode_record_v2(buf, &p, end, h, i, &out[i]) == 0);
+        NEED(decode_record_v2(base, &p, end, h, i, &out[i]) == 0);
     NEED(p == end);
     return US_OK;
 }
 
+int us_records_decode(const unsigned char *recs, size_t len, const us_batch_header *h,
+                      us_record_view *out) {
+    if ((uint64_t)h->record_count * US_RECORD_MIN_SIZE > len) return US_BAD_RECORDS;
+    return decode_v2(recs, 0, len, h, out);
+}
+
 int us_batch_decode(const unsigned char *buf, const us_batch_header *h, us_record_view *out) {
     if (h->magic == US_MAGIC_V1) return decode_v1(buf, h, out);
-    return decode_v2(buf, h, out);
+    return decode_v2(buf, US_BATCH_HEADER_SIZE, h->length, h, out);
 }
 
 /* One pass over memory: records are decoded window by window, and each window

@@ -198,10 +198,14 @@ int us_batch_check(const unsigned char *buf, size_t avail, us_batch_header *h);
 
 /* Fill `out[0..record_count)` with the positions of each record of a checked,
  * uncompressed batch. Every varint and length is bounds-checked against
- * h->length; returns US_OK or US_BAD_RECORDS. For a decompressed format-2
- * batch, pass a buffer holding the 61 header bytes followed by the
- * decompressed records, and h->length set to its size. */
+ * h->length; returns US_OK or US_BAD_RECORDS. A compressed batch's
+ * records go through us_records_decode once decompressed. */
 int us_batch_decode(const unsigned char *buf, const us_batch_header *h, us_record_view *out);
+
+/* The records of a decompressed format-2 batch: `recs[0..len)` holds exactly
+ * h->record_count records; positions in `out` are relative to `recs`. */
+int us_records_decode(const unsigned char *recs, size_t len, const us_batch_header *h,
+                      us_record_view *out);
 
 /* us_batch_check and us_batch_decode in one pass over memory: `out` must hold
  * record_count entries (check record_count with us_batch_parse_header first).

@@ -61,12 +61,14 @@ def compress(cid: int, data) -> bytes:
     if cid == 3:
         return bytes(_cramjam.lz4.compress(data))
     if cid == 4:
-        return bytes(_cramjam.zstd.compress(data, level=3))
+        # Level 1: 2.6x the speed of level 3 on booking events here, for a
+        # ratio of 1.96 instead of 2.06 (docs/FORMAT.md §4.6).
+        return bytes(_cramjam.zstd.compress(data, level=1))
     raise ValueError(f"unknown codec {cid}")
 
 
-def decompress(cid: int, data, **where) -> bytes:
-    """decompress(codec_id, data, **where) -> bytes
+def decompress(cid: int, data, **where):
+    """decompress(codec_id, data, **where) -> bytes-like (buffer protocol)
 
     Raises CorruptLogError naming ``where`` (topic, partition, position,
     offset) for an unknown codec or a payload that does not decompress, and
@@ -79,14 +81,14 @@ def decompress(cid: int, data, **where) -> bytes:
             "package: pip install 'unstoppable[compression]'")
     try:
         if cid == 1:
-            return bytes(_cramjam.gzip.decompress(data))
+            return _cramjam.gzip.decompress(data)
         if cid == 2:
             if bytes(data[:8]) == _XERIAL_MAGIC:
                 return _xerial(data)
-            return bytes(_cramjam.snappy.decompress_raw(data))
+            return _cramjam.snappy.decompress_raw(data)
         if cid == 3:
-            return bytes(_cramjam.lz4.decompress(data))
-        return bytes(_cramjam.zstd.decompress(data))
+            return _cramjam.lz4.decompress(data)
+        return _cramjam.zstd.decompress(data)
     except CorruptLogError:
         raise
     except Exception as e:  # cramjam raises its own DecompressionError

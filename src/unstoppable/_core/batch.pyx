@@ -260,35 +260,40 @@ cdef class RecordBatch:
         return 0
 
     cdef int _decompress(self) except -1:
-        """Decompress a checked batch's records into a private buffer (header
-        + records) and decode the views over it: records of a compressed batch
-        are views of that buffer instead of the mapping."""
+        """Decompress a checked batch's records and decode the views over
+        them: records of a compressed batch are (read-only) views of the
+        decompressed block, which the batch holds, instead of the mapping."""
         cdef int rc
-        cdef us_batch_header hd
+        cdef Py_buffer view
         cdef size_t hs = US_BATCH_HEADER_SIZE
+        cdef us_record_view *views
         where = dict(topic=self.topic, partition=self.partition, position=self.position,
                      offset=self.h.base_offset)
         data = _compression.decompress(
             self.h.attributes & US_ATTR_COMPRESSION_MASK,
             self._mv[self._rel + hs:self._rel + self.h.length], **where)
-        if <uint64_t>self.h.record_count * US_RECORD_MIN_SIZE > <uint64_t>len(data) or \
-                hs + len(data) > US_BATCH_MAX_LENGTH:
+        mv = memoryview(data).toreadonly()
+        if <uint64_t>self.h.record_count * US_RECORD_MIN_SIZE > <uint64_t>len(mv) or \
+                <uint64_t>len(mv) > US_BATCH_MAX_LENGTH:
             raise CorruptLogError(
                 f"compressed batch of {self.h.record_count} records decompresses to "
-                f"{len(data)} bytes, too few for its records", **where)
-        buf = bytes(self._mv[self._rel:self._rel + hs]) + data
-        hd = self.h
-        hd.length = <uint32_t>len(buf)
-        views = _views_alloc(self.h.record_count)
-        rc = us_batch_decode(<const unsigned char *>PyBytes_AS_STRING(buf), &hd, views)
-        if rc != US_OK:
-            _views_free(views)
-            raise CorruptLogError("records of the decompressed batch do not parse "
-                                  "(or disagree with its record count)", **where)
-        self._views = views
-        self._owner = buf
-        self._mv = memoryview(buf)
-        self._base = <const unsigned char *>PyBytes_AS_STRING(buf)
+                f"{len(mv)} bytes, too few for its records", **where)
+        PyObject_GetBuffer(mv, &view, PyBUF_SIMPLE)
+        try:
+            views = _views_alloc(self.h.record_count)
+            rc = us_records_decode(<const unsigned char *>view.buf, view.len, &self.h, views)
+            if rc != US_OK:
+                _views_free(views)
+                raise CorruptLogError("records of the decompressed batch do not parse "
+                                      "(or disagree with its record count)", **where)
+            self._views = views
+            # The memoryview keeps the block exported (so it cannot move)
+            # for as long as the batch and its records hold it.
+            self._base = <const unsigned char *>view.buf
+        finally:
+            PyBuffer_Release(&view)
+        self._owner = data
+        self._mv = mv
         self._rel = 0
         return 0
 
@@ -895,24 +900,27 @@ cdef class BatchEncoder:
         if self.exports:
             raise BufferError("the encoded bytes are still being viewed; release the view first")
         parts = []
-        while pos < self.size:
-            n = us_batch_total_length(self.buf + pos)
-            if us_batch_parse_header(self.buf + pos, n, &h) != US_OK or h.magic != US_MAGIC:
-                raise ValueError(f"no format-2 batch at {pos} of the encoded bytes")
-            payload = _compression.compress(codec, PyBytes_FromStringAndSize(
-                <const char *>self.buf + pos + hs, <Py_ssize_t>(n - hs)))
-            if hs + len(payload) > US_BATCH_MAX_LENGTH:
-                raise RecordTooLargeError("a compressed batch would pass the largest batch length")
-            hdr = bytearray(PyBytes_FromStringAndSize(<const char *>self.buf + pos, <Py_ssize_t>hs))
-            h.attributes = <uint16_t>((h.attributes & ~US_ATTR_COMPRESSION_MASK) | codec)
-            parts.append((hdr, payload, h.attributes))
-            pos += n
+        mv = memoryview(_BufferView(self))
+        try:
+            while pos < self.size:
+                n = us_batch_total_length(self.buf + pos)
+                if us_batch_parse_header(self.buf + pos, n, &h) != US_OK or h.magic != US_MAGIC:
+                    raise ValueError(f"no format-2 batch at {pos} of the encoded bytes")
+                payload = _compression.compress(codec, mv[pos + hs:pos + n])
+                if hs + len(payload) > US_BATCH_MAX_LENGTH:
+                    raise RecordTooLargeError("a compressed batch would pass the largest batch length")
+                hdr = PyBytes_FromStringAndSize(<const char *>self.buf + pos, <Py_ssize_t>hs)
+                h.attributes = <uint16_t>((h.attributes & ~US_ATTR_COMPRESSION_MASK) | codec)
+                parts.append((hdr, payload, h.attributes))
+                pos += n
+        finally:
+            mv.release()
         self.size = start
         for hdr, payload, attrs in parts:
             n = hs + len(payload)
             self._reserve(n)
-            memcpy(self.buf + self.size, <const char *>hdr, hs)
-            memcpy(self.buf + self.size + hs, <const char *>payload, len(payload))
+            memcpy(self.buf + self.size, PyBytes_AS_STRING(hdr), hs)
+            memcpy(self.buf + self.size + hs, PyBytes_AS_STRING(payload), len(payload))
             self.buf[self.size + 21] = <unsigned char>(attrs >> 8)
             self.buf[self.size + 22] = <unsigned char>(attrs & 0xff)
             us_batch_seal(self.buf + self.size, <uint32_t>n)

@@ -80,6 +80,8 @@ cdef extern from "batch.h" nogil:
     int us_batch_check_decode(const unsigned char *buf, size_t avail, us_batch_header *h,
                               us_record_view *out)
     int us_batch_decode(const unsigned char *buf, const us_batch_header *h, us_record_view *out)
+    int us_records_decode(const unsigned char *recs, size_t len, const us_batch_header *h,
+                          us_record_view *out)
     void us_batch_write_header(unsigned char *buf, const us_batch_header *h)
     void us_batch_seal(unsigned char *buf, uint32_t length)
 
