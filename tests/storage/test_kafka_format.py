@@ -276,3 +276,32 @@ def test_compressed_log_survives_a_torn_tail_at_every_byte(tmp_path, codec):
                 (b"second 29" if n == 60 else b"first 29")
             assert p.append([b"again"]) == n
         shutil.rmtree(dst)
+
+
+def test_readers_decompress_transparently(tmp_path):
+    """Arrow export, the Consumer's getmany and find-by-time read compressed
+    batches like plain ones."""
+    import asyncio
+    pytest.importorskip("pyarrow")
+    with us.Log(tmp_path / "log") as log:
+        t = log.create_topic("t", partitions=2)
+        for i, p in enumerate(t):
+            p.append([(b"k%d" % j, b"v%d" % j, [("h", b"x")]) for j in range(5000)],
+                     compression=["zstd", "lz4"][i], timestamp=7 + i)
+        tbl = us.arrow.to_arrow(t)
+        assert tbl.num_rows == 10000
+        assert sorted(tbl.column("value").to_pylist()) == sorted([b"v%d" % j for j in range(5000)] * 2)
+        assert t.partition(1).offset_for_time(8) == 0 and t.partition(0).offset_for_time(8) is None
+
+        async def main():
+            got = []
+            async with us.Consumer(log, "t") as c:
+                await c.seek_to_beginning()
+                while len(got) < 10000:
+                    batch = await c.getmany(max_records=3000, timeout_ms=1000)
+                    for recs in batch.values():
+                        got += [(r.partition, bytes(r.value), r.headers) for r in recs]
+            return got
+
+        got = asyncio.run(main())
+        assert sorted(got) == sorted((p, b"v%d" % j, [("h", b"x")]) for p in (0, 1) for j in range(5000))
