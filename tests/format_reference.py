@@ -23,20 +23,35 @@ __all__ = [
     "unzigzag", "decode_batch", "decode_batches", "read_segment", "decode_offset_index",
     "decode_time_index", "read_offset_index", "read_time_index", "decode_head", "read_head",
     "segment_bases", "segment_name", "read_partition", "encode_record", "encode_batch",
+    "encode_batch_v1", "BATCH_HEADER_V1", "BATCH_HEADER_SIZE_V1",
     "expected_index_entries",
 ]
 
 # ---------------------------------------------------------------------------
 # Constants (FORMAT.md sections 4-8)
 
-#: base_offset, length, crc, magic, attributes, producer_epoch, record_count,
-#: first_timestamp, max_timestamp, producer_id, base_sequence
-BATCH_HEADER = struct.Struct("<qIIBBhIqqqi")
-BATCH_HEADER_SIZE = 52
-CRC_START = 16
-MAGIC = 1
+#: Format 2 (Kafka RecordBatch v2), big-endian: baseOffset, batchLength,
+#: partitionLeaderEpoch, magic, crc, attributes, lastOffsetDelta,
+#: baseTimestamp, maxTimestamp, producerId, producerEpoch, baseSequence, records count
+BATCH_HEADER = struct.Struct(">qiibIhiqqqhii")
+BATCH_HEADER_SIZE = 61
+CRC_START = 21
+MAGIC = 2
+PARTITION_LEADER_EPOCH = 0
+MIN_RECORD_SIZE = 7
+#: Format 1 (read only), little-endian: base_offset, length, crc, magic,
+#: attributes, producer_epoch, record_count, first_timestamp, max_timestamp,
+#: producer_id, base_sequence
+BATCH_HEADER_V1 = struct.Struct("<qIIBBhIqqqi")
+BATCH_HEADER_SIZE_V1 = 52
+CRC_START_V1 = 16
+MAGIC_V1 = 1
+MIN_RECORD_SIZE_V1 = 5
 MAX_BATCH_LENGTH = 0x7FFFFFFF
-MIN_RECORD_SIZE = 5
+ATTR_COMPRESSION = 0x07
+ATTR_CONTROL = 0x20
+ATTR_RESERVED = 0xFF80
+CODECS = {0: None, 1: "gzip", 2: "snappy", 3: "lz4", 4: "zstd"}
 
 OFFSET_ENTRY = struct.Struct("<II")    # relative_offset, position
 TIME_ENTRY = struct.Struct("<qII")     # max_timestamp, relative_offset, position
@@ -54,6 +69,7 @@ HEAD_USED = 144
 SEGMENT_RE = re.compile(r"^(\d{20})\.log$")
 
 assert BATCH_HEADER.size == BATCH_HEADER_SIZE
+assert BATCH_HEADER_V1.size == BATCH_HEADER_SIZE_V1
 assert HEAD_FIELDS.size == HEAD_USED
 
 
@@ -127,7 +143,7 @@ class Record:
 class Batch:
     position: int            # byte position of the batch in its buffer/segment
     base_offset: int
-    length: int
+    length: int              # the whole batch, header included (batchLength + 12 in format 2)
     crc: int
     magic: int
     attributes: int
@@ -137,15 +153,20 @@ class Batch:
     max_timestamp: int
     producer_id: int
     base_sequence: int
+    partition_leader_epoch: int = -1
     records: list[Record] = field(default_factory=list)
 
     @property
     def next_offset(self) -> int:
         return self.base_offset + self.record_count
 
+    @property
+    def compression(self) -> str | None:
+        return CODECS[self.attributes & ATTR_COMPRESSION] if self.magic == MAGIC else None
 
-def _nullable(buf, pos: int, end: int) -> tuple[bytes | None, int]:
-    """A length varint (0 = null, else length + 1) and the bytes it announces."""
+
+def _nullable_v1(buf, pos: int, end: int) -> tuple[bytes | None, int]:
+    """A format-1 length varint (0 = null, else length + 1) and its bytes."""
     n, pos = read_varint(buf, pos, end)
     if n == 0:
         return None, pos
@@ -155,46 +176,101 @@ def _nullable(buf, pos: int, end: int) -> tuple[bytes | None, int]:
     return bytes(buf[pos:pos + n]), pos + n
 
 
-def decode_batch(buf, pos: int = 0, end: int | None = None, *, check_crc: bool = True,
-                 strict_timestamps: bool = True) -> Batch:
-    """Decode and check the batch at ``buf[pos:]`` (not reading past ``end``)."""
-    buf = memoryview(buf).cast("B") if not isinstance(buf, (bytes, bytearray)) else buf
-    if end is None:
-        end = len(buf)
-    avail = end - pos
-    if avail < BATCH_HEADER_SIZE:
-        raise FormatError("incomplete", f"{avail} bytes, fewer than a batch header", pos)
-    (base_offset, length, crc, magic, attributes, producer_epoch, record_count,
-     first_ts, max_ts, producer_id, base_sequence) = BATCH_HEADER.unpack_from(buf, pos)
-    if magic != MAGIC:
-        raise FormatError("magic", f"magic {magic}, expected {MAGIC}", pos)
-    if length < BATCH_HEADER_SIZE or length > MAX_BATCH_LENGTH:
-        raise FormatError("length", f"length {length}", pos)
-    if avail < length:
-        raise FormatError("incomplete", f"batch claims {length} bytes, {avail} available", pos)
-    if check_crc:
-        actual = crc32c(buf[pos + CRC_START:pos + length])
-        if actual != crc:
-            raise FormatError("crc", f"stored 0x{crc:08x}, computed 0x{actual:08x}", pos)
-    if attributes != 0:
-        # bits 0-2: compression, only 0 (none) is defined; bits 3-7 reserved, 0.
-        raise FormatError("attributes", f"attributes 0x{attributes:02x}", pos)
-    if record_count == 0:
-        raise FormatError("count", "record_count is 0", pos)
-    if record_count * MIN_RECORD_SIZE > length - BATCH_HEADER_SIZE:
-        raise FormatError("records", f"{record_count} records cannot fit in {length} bytes", pos)
-    b = Batch(pos, base_offset, length, crc, magic, attributes, producer_epoch, record_count,
-              first_ts, max_ts, producer_id, base_sequence)
-    p = pos + BATCH_HEADER_SIZE
-    bend = pos + length
-    for i in range(record_count):
+def _svarint(buf, pos: int, end: int) -> tuple[int, int]:
+    v, pos = read_varint(buf, pos, end)
+    return unzigzag(v), pos
+
+
+def _nullable_v2(buf, pos: int, end: int) -> tuple[bytes | None, int]:
+    """A format-2 zigzag length (-1 = null) and its bytes."""
+    n, pos = _svarint(buf, pos, end)
+    if n == -1:
+        return None, pos
+    if n < 0 or n > end - pos:
+        raise FormatError("records", f"a length of {n} runs past the record", pos)
+    return bytes(buf[pos:pos + n]), pos + n
+
+
+def _decompress(codec: int, data: bytes, pos: int) -> bytes:
+    """Kafka's framings, each through its reference library (not cramjam,
+    which the library writes with): gzip member, xerial-or-raw snappy, LZ4
+    frame, zstd frame."""
+    try:
+        if codec == 1:
+            import zlib
+            return zlib.decompress(data, 16 + zlib.MAX_WBITS)
+        if codec == 2:
+            import snappy
+            if data[:8] == b"\x82SNAPPY\x00":
+                out, p = bytearray(), 16
+                while p < len(data):
+                    (n,) = struct.unpack_from(">i", data, p)
+                    out += snappy.uncompress(data[p + 4:p + 4 + n])
+                    p += 4 + n
+                return bytes(out)
+            return snappy.uncompress(data)
+        if codec == 3:
+            import lz4.frame
+            return lz4.frame.decompress(data)
+        if codec == 4:
+            import zstandard
+            return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+    except ImportError:
+        raise
+    except Exception as e:
+        raise FormatError("compression", f"{CODECS[codec]} payload does not decompress: {e}", pos) from None
+    raise FormatError("attributes", f"unknown compression codec {codec}", pos)
+
+
+def _records_v2(buf, p: int, bend: int, base_offset: int, first_ts: int, count: int) -> list[Record]:
+    out = []
+    for i in range(count):
+        body, p = _svarint(buf, p, bend)
+        if body < 0 or body > bend - p:
+            raise FormatError("records", f"record {i} body of {body} bytes runs past the batch", p)
+        rend = p + body
+        if p >= rend:
+            raise FormatError("records", f"record {i} has no attributes byte", p)
+        p += 1          # record attributes: unused
+        delta, p = _svarint(buf, p, rend)
+        odelta, p = _svarint(buf, p, rend)
+        if odelta != i:
+            raise FormatError("records", f"record {i} has offsetDelta {odelta}", p)
+        key, p = _nullable_v2(buf, p, rend)
+        value, p = _nullable_v2(buf, p, rend)
+        nh, p = _svarint(buf, p, rend)
+        if nh < 0:
+            raise FormatError("records", f"record {i} has {nh} headers", p)
+        headers = []
+        for _ in range(nh):
+            klen, p = _svarint(buf, p, rend)
+            if klen < 0 or klen > rend - p:
+                raise FormatError("records", "header key runs past the record", p)
+            try:
+                hk = bytes(buf[p:p + klen]).decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise FormatError("utf8", f"header key is not UTF-8: {e}", p) from None
+            p += klen
+            hv, p = _nullable_v2(buf, p, rend)
+            headers.append((hk, hv))
+        if p != rend:
+            raise FormatError("records", f"record {i} has {rend - p} unparsed bytes", p)
+        out.append(Record(base_offset + i, first_ts + delta, key, value, headers))
+    if p != bend:
+        raise FormatError("records", f"{bend - p} bytes after the last record", p)
+    return out
+
+
+def _records_v1(buf, p: int, bend: int, base_offset: int, first_ts: int, count: int) -> list[Record]:
+    out = []
+    for i in range(count):
         body, p = read_varint(buf, p, bend)
         if body > bend - p:
             raise FormatError("records", f"record {i} body of {body} bytes runs past the batch", p)
         rend = p + body
         delta, p = read_varint(buf, p, rend)
-        key, p = _nullable(buf, p, rend)
-        value, p = _nullable(buf, p, rend)
+        key, p = _nullable_v1(buf, p, rend)
+        value, p = _nullable_v1(buf, p, rend)
         nh, p = read_varint(buf, p, rend)
         headers = []
         for _ in range(nh):
@@ -206,13 +282,78 @@ def decode_batch(buf, pos: int = 0, end: int | None = None, *, check_crc: bool =
             except UnicodeDecodeError as e:
                 raise FormatError("utf8", f"header key is not UTF-8: {e}", p) from None
             p += klen
-            hv, p = _nullable(buf, p, rend)
+            hv, p = _nullable_v1(buf, p, rend)
             headers.append((hk, hv))
         if p != rend:
             raise FormatError("records", f"record {i} has {rend - p} unparsed bytes", p)
-        b.records.append(Record(base_offset + i, first_ts + unzigzag(delta), key, value, headers))
+        out.append(Record(base_offset + i, first_ts + unzigzag(delta), key, value, headers))
     if p != bend:
         raise FormatError("records", f"{bend - p} bytes after the last record", p)
+    return out
+
+
+def decode_batch(buf, pos: int = 0, end: int | None = None, *, check_crc: bool = True,
+                 strict_timestamps: bool = True) -> Batch:
+    """Decode and check the batch at ``buf[pos:]`` (not reading past ``end``),
+    of either format: the magic byte at ``pos + 16`` says which."""
+    buf = memoryview(buf).cast("B") if not isinstance(buf, (bytes, bytearray)) else buf
+    if end is None:
+        end = len(buf)
+    avail = end - pos
+    if avail < 17:
+        raise FormatError("incomplete", f"{avail} bytes, fewer than a batch header", pos)
+    magic = buf[pos + 16]
+    if magic == MAGIC:
+        if avail < BATCH_HEADER_SIZE:
+            raise FormatError("incomplete", f"{avail} bytes, fewer than a batch header", pos)
+        (base_offset, blen, leader_epoch, _magic, crc, attributes, last_delta, first_ts, max_ts,
+         producer_id, producer_epoch, base_sequence, record_count) = BATCH_HEADER.unpack_from(buf, pos)
+        attributes &= 0xFFFF
+        length = blen + 12
+        hsize, crc_start = BATCH_HEADER_SIZE, CRC_START
+    elif magic == MAGIC_V1:
+        if avail < BATCH_HEADER_SIZE_V1:
+            raise FormatError("incomplete", f"{avail} bytes, fewer than a batch header", pos)
+        (base_offset, length, crc, _magic, attributes, producer_epoch, record_count,
+         first_ts, max_ts, producer_id, base_sequence) = BATCH_HEADER_V1.unpack_from(buf, pos)
+        leader_epoch, last_delta = -1, record_count - 1
+        hsize, crc_start = BATCH_HEADER_SIZE_V1, CRC_START_V1
+    else:
+        raise FormatError("magic", f"magic {magic}, expected {MAGIC} (or {MAGIC_V1})", pos)
+    if length < hsize or length > MAX_BATCH_LENGTH:
+        raise FormatError("length", f"length {length}", pos)
+    if avail < length:
+        raise FormatError("incomplete", f"batch claims {length} bytes, {avail} available", pos)
+    if check_crc:
+        actual = crc32c(buf[pos + crc_start:pos + length])
+        if actual != crc:
+            raise FormatError("crc", f"stored 0x{crc:08x}, computed 0x{actual:08x}", pos)
+    if magic == MAGIC_V1 and attributes != 0:
+        raise FormatError("attributes", f"attributes 0x{attributes:02x}", pos)
+    if magic == MAGIC and (attributes & ATTR_RESERVED or (attributes & ATTR_COMPRESSION) > 4):
+        raise FormatError("attributes", f"attributes 0x{attributes:04x}", pos)
+    if magic == MAGIC and leader_epoch != PARTITION_LEADER_EPOCH:
+        # Outside the CRC, but always written 0 (FORMAT.md 4.1).
+        raise FormatError("header", f"partitionLeaderEpoch {leader_epoch}, written as 0", pos)
+    if record_count <= 0:
+        raise FormatError("count", "record_count is 0", pos)
+    if last_delta != record_count - 1:
+        raise FormatError("count", f"lastOffsetDelta {last_delta} with {record_count} records", pos)
+    b = Batch(pos, base_offset, length, crc, magic, attributes, producer_epoch, record_count,
+              first_ts, max_ts, producer_id, base_sequence, leader_epoch)
+    if magic == MAGIC_V1:
+        if record_count * MIN_RECORD_SIZE_V1 > length - hsize:
+            raise FormatError("records", f"{record_count} records cannot fit in {length} bytes", pos)
+        b.records = _records_v1(buf, pos + hsize, pos + length, base_offset, first_ts, record_count)
+    else:
+        codec = attributes & ATTR_COMPRESSION
+        if codec:
+            data = _decompress(codec, bytes(buf[pos + hsize:pos + length]), pos)
+            b.records = _records_v2(data, 0, len(data), base_offset, first_ts, record_count)
+        else:
+            if record_count * MIN_RECORD_SIZE > length - hsize:
+                raise FormatError("records", f"{record_count} records cannot fit in {length} bytes", pos)
+            b.records = _records_v2(buf, pos + hsize, pos + length, base_offset, first_ts, record_count)
     if strict_timestamps:
         if b.records[0].timestamp != first_ts:
             raise FormatError("timestamps", "first record's timestamp_delta is not 0", pos)
@@ -433,25 +574,55 @@ def read_partition(pdir) -> Partition:
 # ---------------------------------------------------------------------------
 # A minimal encoder (one batch), to compare bytes with what the library writes
 
-def encode_record(ts_delta: int, key, value, headers=()) -> bytes:
-    def nullable(b):
-        return put_varint(0) if b is None else put_varint(len(b) + 1) + bytes(b)
+def _put_svarint(v: int) -> bytes:
+    return put_varint(zigzag(v))
 
-    body = bytearray(put_varint(zigzag(ts_delta)))
-    body += nullable(key) + nullable(value) + put_varint(len(headers))
+
+def encode_record(ts_delta: int, key, value, headers=(), offset_delta: int = 0) -> bytes:
+    """One format-2 record (Kafka's record encoding)."""
+    def nullable(b):
+        return _put_svarint(-1) if b is None else _put_svarint(len(b)) + bytes(b)
+
+    body = bytearray(b"\x00") + _put_svarint(ts_delta) + _put_svarint(offset_delta)
+    body += nullable(key) + nullable(value) + _put_svarint(len(headers))
     for hk, hv in headers:
         kb = hk.encode("utf-8")
-        body += put_varint(len(kb)) + kb + nullable(hv)
-    return put_varint(len(body)) + bytes(body)
+        body += _put_svarint(len(kb)) + kb + nullable(hv)
+    return _put_svarint(len(body)) + bytes(body)
 
 
 def encode_batch(base_offset: int, records, *, producer_id: int = -1, producer_epoch: int = -1,
-                 base_sequence: int = -1) -> bytes:
-    """records: [(timestamp, key, value, headers)] -> one sealed batch."""
+                 base_sequence: int = -1, attributes: int = 0) -> bytes:
+    """records: [(timestamp, key, value, headers)] -> one sealed, uncompressed format-2 batch."""
     first_ts = records[0][0]
     max_ts = max(r[0] for r in records)
-    body = b"".join(encode_record(ts - first_ts, k, v, h) for ts, k, v, h in records)
+    body = b"".join(encode_record(ts - first_ts, k, v, h, i)
+                    for i, (ts, k, v, h) in enumerate(records))
     length = BATCH_HEADER_SIZE + len(body)
-    tail = BATCH_HEADER.pack(base_offset, length, 0, MAGIC, 0, producer_epoch, len(records),
-                             first_ts, max_ts, producer_id, base_sequence)[CRC_START:] + body
+    tail = struct.pack(">hiqqqhii", attributes, len(records) - 1, first_ts, max_ts, producer_id,
+                       producer_epoch, base_sequence, len(records)) + body
+    return struct.pack(">qiib", base_offset, length - 12, PARTITION_LEADER_EPOCH, MAGIC) + \
+        struct.pack(">I", crc32c(tail)) + tail
+
+
+def encode_batch_v1(base_offset: int, records) -> bytes:
+    """records: [(timestamp, key, value, headers)] -> one format-1 batch, as
+    the library wrote them before format 2 (to check that they are still read)."""
+    def nullable(b):
+        return put_varint(0) if b is None else put_varint(len(b) + 1) + bytes(b)
+
+    def rec(ts_delta, key, value, headers):
+        body = bytearray(put_varint(zigzag(ts_delta)))
+        body += nullable(key) + nullable(value) + put_varint(len(headers))
+        for hk, hv in headers:
+            kb = hk.encode("utf-8")
+            body += put_varint(len(kb)) + kb + nullable(hv)
+        return put_varint(len(body)) + bytes(body)
+
+    first_ts = records[0][0]
+    max_ts = max(r[0] for r in records)
+    body = b"".join(rec(ts - first_ts, k, v, h) for ts, k, v, h in records)
+    length = BATCH_HEADER_SIZE_V1 + len(body)
+    tail = BATCH_HEADER_V1.pack(base_offset, length, 0, MAGIC_V1, 0, -1, len(records),
+                                first_ts, max_ts, -1, -1)[CRC_START_V1:] + body
     return struct.pack("<qII", base_offset, length, crc32c(tail)) + tail

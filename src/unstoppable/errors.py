@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno as _errno
 
 __all__ = [
+    "CodecUnavailableError",
     "UnstoppableError",
     # the log: files, topics, partitions
     "CorruptLogError", "NotALogError", "UnsupportedFormatError", "InvalidTopicNameError",
@@ -171,6 +172,11 @@ class CommitError(UnstoppableError, ValueError):
     partition this group member does not own)."""
 
 
+class CodecUnavailableError(UnstoppableError, ImportError):
+    """A batch is compressed (or an append asks for compression) with a codec
+    whose library is not installed: ``pip install 'unstoppable[compression]'``."""
+
+
 class NoOffsetForPartitionError(UnstoppableError):
     """No committed offset and ``auto_offset_reset="error"``."""
 
@@ -184,7 +190,9 @@ ERROR_MAP: dict[int, tuple[type, str]] = {
     4: (CorruptLogError, "CRC-32C mismatch"),                       # US_BAD_CRC
     5: (CorruptLogError, "unknown batch attributes"),               # US_BAD_ATTRIBUTES
     6: (CorruptLogError, "records do not parse within the batch"),  # US_BAD_RECORDS
-    7: (CorruptLogError, "batch with zero records"),                # US_BAD_COUNT
+    7: (CorruptLogError, "batch with zero records, or a lastOffsetDelta that disagrees with its record count"),  # US_BAD_COUNT
+    8: (CorruptLogError, "compressed batch read without decompression"),  # US_COMPRESSED
+    9: (CorruptLogError, "partitionLeaderEpoch is not 0 (damaged header)"),  # US_BAD_EPOCH
 }
 
 

@@ -155,12 +155,24 @@ def _valid_batch():
 
 def test_every_single_bit_flip_is_caught():
     data = _valid_batch()
-    for i in range(8, len(data)):  # base_offset (0..7) is not under the CRC by design
+    # baseOffset (0..7) lies outside the CRC by design (offset checks catch
+    # it); so does partitionLeaderEpoch (12..15), which readers require to be 0.
+    for i in range(8, len(data)):
         for bit in range(8):
             bad = bytearray(data)
             bad[i] ^= 1 << bit
             with pytest.raises(CorruptLogError):
                 decode_batches(bytes(bad))
+
+
+def test_a_partition_leader_epoch_other_than_0_is_refused():
+    data = _valid_batch()
+    (b,) = decode_batches(data)
+    assert b.partition_leader_epoch == 0
+    bad = bytearray(data)
+    bad[12:16] = (7).to_bytes(4, "big")     # outside the CRC: caught by its fixed value
+    with pytest.raises(CorruptLogError, match="partitionLeaderEpoch"):
+        decode_batches(bytes(bad))
 
 
 def test_every_truncation_is_caught():
@@ -171,19 +183,26 @@ def test_every_truncation_is_caught():
 
 
 def _reseal(buf: bytearray) -> bytes:
-    struct.pack_into("<I", buf, 12, crc32c(bytes(buf[16:])))
+    """Recompute batchLength and the CRC-32C of attributes..end (Kafka v2)."""
+    struct.pack_into(">i", buf, 8, len(buf) - 12)
+    struct.pack_into(">I", buf, 17, crc32c(bytes(buf[21:])))
     return bytes(buf)
 
 
 def test_valid_crc_but_broken_records_are_caught():
     data = bytearray(_valid_batch())
-    # record_count larger than the records present
+    # record count (and lastOffsetDelta) larger than the records present
     bad = bytearray(data)
-    struct.pack_into("<I", bad, 20, 3)
+    struct.pack_into(">i", bad, 57, 3)
+    struct.pack_into(">i", bad, 23, 2)
     with pytest.raises(CorruptLogError, match="records do not parse"):
         decode_batches(_reseal(bad))[0].records()
     bad = bytearray(data)
-    struct.pack_into("<I", bad, 20, 0)
+    struct.pack_into(">i", bad, 57, 3)   # lastOffsetDelta left at 1: they disagree
+    with pytest.raises(CorruptLogError, match="lastOffsetDelta"):
+        decode_batches(_reseal(bad))
+    bad = bytearray(data)
+    struct.pack_into(">i", bad, 57, 0)
     with pytest.raises(CorruptLogError, match="zero records"):
         decode_batches(_reseal(bad))
     bad = bytearray(data)
@@ -191,7 +210,11 @@ def test_valid_crc_but_broken_records_are_caught():
     with pytest.raises(CorruptLogError, match="magic"):
         decode_batches(_reseal(bad))
     bad = bytearray(data)
-    bad[17] = 1  # compression we do not know
+    bad[22] = 5  # compression codec 5: unknown
+    with pytest.raises(CorruptLogError, match="attributes"):
+        decode_batches(_reseal(bad))
+    bad = bytearray(data)
+    bad[21] = 0x80  # a reserved attribute bit
     with pytest.raises(CorruptLogError, match="attributes"):
         decode_batches(_reseal(bad))
 
@@ -208,16 +231,26 @@ def test_decoder_on_arbitrary_bytes_never_crashes(data):
 
 
 @settings(max_examples=1000, deadline=None)
-@given(st.binary(min_size=53, max_size=300))
-def test_decoder_on_resealed_garbage_never_crashes(body):
-    """Garbage that passes the CRC: only the record parser stands between it and
-    the caller, so it must bounds-check everything."""
+@given(st.binary(min_size=62, max_size=300), st.booleans())
+def test_decoder_on_resealed_garbage_never_crashes(body, v1):
+    """Garbage that passes the CRC, in either batch format: only the record
+    parser stands between it and the caller, so it must bounds-check everything."""
     buf = bytearray(body)
-    struct.pack_into("<qI", buf, 0, 0, len(buf))
-    buf[16] = 1
-    buf[17] = 0
-    struct.pack_into("<I", buf, 20, max(1, buf[20] % 8))
-    data = _reseal(buf)
+    if v1:   # the earlier format 1, still read (docs/FORMAT.md §4.8)
+        struct.pack_into("<qI", buf, 0, 0, len(buf))
+        buf[16] = 1
+        buf[17] = 0
+        struct.pack_into("<I", buf, 20, max(1, buf[20] % 8))
+        struct.pack_into("<I", buf, 12, crc32c(bytes(buf[16:])))
+        data = bytes(buf)
+    else:
+        n = max(1, buf[60] % 8)
+        struct.pack_into(">q", buf, 0, 0)
+        buf[16] = 2
+        buf[21:23] = b"\0\0"
+        struct.pack_into(">i", buf, 23, n - 1)
+        struct.pack_into(">i", buf, 57, n)
+        data = _reseal(buf)
     try:
         for b in decode_batches(data):
             for r in b.records():

@@ -16,10 +16,10 @@ def _overhead(records, ts):
     return enc.nbytes - HEADER_SIZE
 
 
-def test_header_size_is_the_documented_52_bytes():
+def test_header_size_is_kafkas_61_bytes():
     enc = BatchEncoder()
     enc.encode([b""], 0)
-    assert HEADER_SIZE == 52 and enc.nbytes > HEADER_SIZE
+    assert HEADER_SIZE == 61 and enc.nbytes > HEADER_SIZE
 
 
 def test_record_overheads_bound_the_encoder_at_the_widest_timestamp_delta():
@@ -34,7 +34,7 @@ def test_record_overheads_bound_the_encoder_at_the_widest_timestamp_delta():
     key = b"k" * 200
     first = (key, value, [("h", b"x")], lo)
     second = (key, value, [("h", b"x")], hi)
-    header_bytes = 1 + 1 + 1 + 1   # key length, "h", value length, b"x"
+    header_bytes = 1 + 1 + 1 + 1   # key length, "h", value length, b"x" (zigzag varints)
     keyed = (_overhead([first, second], lo) - _overhead([first], lo)
              - len(key) - len(value) - header_bytes)
     assert plain < keyed <= RECORD_MAX_OVERHEAD

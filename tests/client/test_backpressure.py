@@ -10,8 +10,11 @@ import unstoppable as us
 
 from client_util import SlowDiskBackend, make_log, read_all, run
 
+from unstoppable._core.batch import RECORD_MAX_OVERHEAD_PLAIN  # noqa: E402
+
 VALUE = b"v" * 1000
-BOUND = len(VALUE) + 22  # the producer's per-record size bound for a keyless value
+# The producer's per-record size bound for a keyless value (csrc/batch.h).
+BOUND = len(VALUE) + RECORD_MAX_OVERHEAD_PLAIN
 
 
 def _check_log_holds(log, accepted):

@@ -72,11 +72,11 @@ VALID = _valid_batches(6)
 def _reseal(buf: bytearray) -> bytes:
     """Give every batch-shaped span a correct CRC, so mutations reach the record parser."""
     pos = 0
-    while pos + 16 <= len(buf):
-        n = struct.unpack_from("<I", buf, pos + 8)[0]
-        if n < 52 or pos + n > len(buf):
+    while pos + 21 <= len(buf):     # RecordBatch v2: batchLength at 8, CRC of [21, end) at 17
+        n = struct.unpack_from(">i", buf, pos + 8)[0] + 12
+        if n < 61 or pos + n > len(buf):
             break
-        struct.pack_into("<I", buf, pos + 12, crc32c(bytes(buf[pos + 16:pos + n])))
+        struct.pack_into(">I", buf, pos + 17, crc32c(bytes(buf[pos + 21:pos + n])))
         pos += n
     return bytes(buf)
 
@@ -116,7 +116,7 @@ def target_decode(data: bytes) -> None:
         return
     pos = 0
     for b in batches:
-        assert b.length >= 52 and b.record_count >= 1
+        assert b.length >= 61 and b.record_count >= 1
         rs = [b[k] for k in range(len(b))]     # records() filters by offset; the base may be junk
         assert len(rs) == b.record_count
         for k, r in enumerate(rs):

@@ -189,7 +189,7 @@ def test_not_a_log_and_a_future_format(tmp_path, figures):
         m.mkdir()
         (m / "unstoppable.json").write_bytes(marker)
         cases.append((m, NotALogError if k < 3 else UnsupportedFormatError))
-    for v in (2, 99, 0, -1, "1", 1.5):
+    for v in (3, 99, 0, -1, "1", 1.5):   # 1 and 2 are read (format 2 reads format-1 logs)
         f = tmp_path / f"future{v}"
         us.Log(f).close()
         (f / "unstoppable.json").write_text(json.dumps({"format": "unstoppable-log", "version": v}))

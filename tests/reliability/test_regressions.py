@@ -46,9 +46,9 @@ def _batch_positions(path):
     data = Path(path).read_bytes()
     pos, out = 0, []
     while pos < len(data):
-        base, length = struct.unpack_from("<qI", data, pos)
+        base, blen = struct.unpack_from(">qi", data, pos)   # RecordBatch v2 (FORMAT.md §4.1)
         out.append((pos, base))
-        pos += length
+        pos += blen + 12
     return out
 
 
@@ -66,7 +66,7 @@ def test_a_damaged_base_offset_never_moves_records_to_other_offsets(tmp_path):
     assert base == 3
     with open(seg, "r+b") as f:
         f.seek(pos)
-        f.write(struct.pack("<q", base + 1))
+        f.write(struct.pack(">q", base + 1))   # baseOffset is big-endian (FORMAT.md §4.1)
     with us.Log(tmp_path / "l") as log:
         p = log.topic("t").partition(0)
         for off in (3, 4, 5):

@@ -17,7 +17,11 @@ import unstoppable as us
 from unstoppable.errors import CorruptLogError
 
 HEAD_BOOT_ID = 72          # docs/FORMAT.md §8.1
-BATCH = struct.Struct("<qIIBBhIqqqi")
+# Kafka RecordBatch v2 header (docs/FORMAT.md §4.1): baseOffset, batchLength,
+# partitionLeaderEpoch, magic, crc, attributes, lastOffsetDelta, baseTimestamp,
+# maxTimestamp, producerId, producerEpoch, baseSequence, records count.
+BATCH = struct.Struct(">qiibIhiqqqhii")
+HEADER = BATCH.size   # 61
 
 
 def _values(i: int, n: int) -> list:
@@ -67,8 +71,8 @@ class Template:
         n = self.n_before
         while pos < self.full:
             h = BATCH.unpack_from(data, pos)
-            pos += h[1]
-            n += h[6]
+            pos += h[1] + 12
+            n += h[12]
             self.batch_ends.append((pos, n))
         assert (len(self.batch_ends) > 1) == (last_batches > 1), self.batch_ends
         assert p._head.read().active_base == st.active_base   # no roll in the last append
@@ -128,7 +132,7 @@ def _apply(t: Template, dst: str, cut: int, damage: str, index_damage: str, head
         data += rnd.randbytes(rnd.randrange(1, 3000))
     elif damage == "stale_batch":
         # An old, CRC-valid batch from earlier in the segment: stale bytes.
-        first_len = struct.unpack_from("<I", seg, 8)[0]
+        first_len = struct.unpack_from(">i", seg, 8)[0] + 12
         data += seg[:first_len]
     with open(os.path.join(part, stem + ".log"), "wb") as f:
         f.write(data)
@@ -218,7 +222,8 @@ def _cases(t: Template, rnd: random.Random):
             j = cut + k
             yield cut, damage, INDEX_DAMAGE[j % 4], HEADS[(j // 4) % 4]
     edges = {t.pos_before, t.pos_before + 1, t.pos_before + 8, t.pos_before + 12,
-             t.pos_before + 16, t.pos_before + 52, t.full - 1, t.full}
+             t.pos_before + 16, t.pos_before + 17, t.pos_before + 21,
+             t.pos_before + HEADER, t.full - 1, t.full}
     for cut in sorted(edges):
         for damage in DAMAGE:
             for idx in INDEX_DAMAGE:
@@ -252,7 +257,7 @@ def test_torn_multi_batch_append(template_multi, tmp_path, figures):
     dst = str(tmp_path / "case")
     cuts = {t.pos_before, t.full} | {rnd.randrange(t.pos_before, t.full) for _ in range(8)}
     for end, _ in t.batch_ends:
-        cuts |= {end - 1, end, end + 1, end + 8, end + 52}
+        cuts |= {end - 1, end, end + 1, end + 8, end + 17, end + HEADER}
     for cut in sorted(c for c in cuts if t.pos_before <= c <= t.full):
         for damage in ("truncate", "garbage", "zero"):
             for head in HEADS:
@@ -281,9 +286,9 @@ def _sealed_template(root):
 
 def _batches(data: bytes):
     pos, out = 0, []
-    while pos + 12 <= len(data):
-        base, length = struct.unpack_from("<qI", data, pos)
-        cnt = struct.unpack_from("<I", data, pos + 20)[0]
+    while pos + HEADER <= len(data):
+        h = BATCH.unpack_from(data, pos)
+        base, length, cnt = h[0], h[1] + 12, h[12]
         out.append((pos, length, base, cnt))
         pos += length
     return out
@@ -349,7 +354,7 @@ def test_sealed_segment_damage_is_reported_never_returned(tmp_path, figures, dam
             buf[spot] ^= 1 << rnd.randrange(8)
         elif damage == "length_field":
             b = min(batches, key=lambda x: abs(x[0] - spot))
-            struct.pack_into("<I", buf, b[0] + 8, rnd.choice([0, 1, 51, 52, b[1] - 1, b[1] + 1,
+            struct.pack_into(">I", buf, b[0] + 8, rnd.choice([0, 1, 48, 49, b[1] - 13, b[1] - 11,
                                                               0x7FFFFFFF, 0xFFFFFFFF]))
         elif damage == "truncated":
             del buf[spot:]
@@ -364,7 +369,7 @@ def test_sealed_segment_damage_is_reported_never_returned(tmp_path, figures, dam
             k = rnd.randrange(len(ib) // 8)
             irel, ipos = struct.unpack_from("<II", ib, 8 * k)
             if spot % 2:
-                ipos = (ipos + rnd.choice([-1, 1, 52, -52, 7])) % (1 << 32)   # inside a batch
+                ipos = (ipos + rnd.choice([-1, 1, 61, -61, 7])) % (1 << 32)   # inside a batch
             else:
                 irel = (irel + rnd.choice([-1, 1, 3])) % (1 << 32)            # the wrong batch
             struct.pack_into("<II", ib, 8 * k, irel, ipos)

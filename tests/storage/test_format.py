@@ -91,7 +91,7 @@ def check_partition(path, expected, *, interval, max_batch_bytes, part=None,
 
     # batch headers
     for b in rp.batches():
-        assert b.magic == 1 and b.attributes == 0
+        assert b.magic == 2 and b.attributes == 0 and b.partition_leader_epoch == 0
         assert (b.producer_id, b.producer_epoch, b.base_sequence) == (-1, -1, -1)
         assert b.record_count == len(b.records) >= 1
         assert b.first_timestamp == b.records[0].timestamp
@@ -191,7 +191,7 @@ def test_layout_json_and_fresh_head(log):
                      max_batch_bytes=4096, retention_ms=86_400_000)
     with open(os.path.join(log.path, "unstoppable.json")) as f:
         text = f.read()
-    assert json.loads(text) == {"format": "unstoppable-log", "version": 1}
+    assert json.loads(text) == {"format": "unstoppable-log", "version": 2}
     assert text == json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"
     assert os.path.getsize(os.path.join(log.path, "meta.lock")) == 0
 
@@ -206,7 +206,7 @@ def test_layout_json_and_fresh_head(log):
     assert meta["config"] == {
         "segment_bytes": 65536, "segment_ms": None, "retention_bytes": None,
         "retention_ms": 86_400_000, "index_interval_bytes": 512,
-        "max_record_bytes": 1 << 20, "max_batch_bytes": 4096}
+        "max_record_bytes": 1 << 20, "max_batch_bytes": 4096, "compression": "producer"}
     assert sorted(os.listdir(tdir)) == ["0", "1", "2", "topic.json"]
 
     for i in range(3):
@@ -233,7 +233,16 @@ def test_layout_json_and_fresh_head(log):
 # ---------------------------------------------------------------------------
 # Exact bytes (FORMAT.md section 15)
 
+# One batch exactly as Kafka writes a RecordBatch v2 (docs/FORMAT.md §4):
+# header big-endian, CRC-32C of attributes..end, zigzag varints in the records.
 GOLDEN = bytes.fromhex(
+    "0000000000000000" "0000004b" "00000000" "02" "fcb083ac" "0000" "00000001"
+    "00000000000003e8" "00000000000003e8" "ffffffffffffffff" "ffff" "ffffffff" "00000002"
+    "24" "00" "00" "00" "06" "6b6579" "0a" "76616c7565" "02" "02" "68" "02" "31"
+    "0c" "00" "01" "02" "01" "01" "00")
+
+# The same records as the library wrote them in format 1, which it still reads.
+GOLDEN_V1 = bytes.fromhex(
     "0000000000000000" "4a000000" "707f8217" "01" "00" "ffff" "02000000"
     "e803000000000000" "e803000000000000" "ffffffffffffffff" "ffffffff"
     "10" "00" "046b6579" "0676616c7565" "01" "0168" "0231"
@@ -248,17 +257,40 @@ def test_golden_batch_bytes(log):
     with open(path, "rb") as f:
         data = f.read()
     assert data == GOLDEN
-    assert fr.crc32c(GOLDEN[16:]) == 0x17827F70
+    assert fr.crc32c(GOLDEN[21:]) == 0xFCB083AC
     assert fr.encode_batch(0, [(1000, b"key", b"value", [("h", b"1")]),
                                (999, None, None, [])]) == GOLDEN
     b = fr.decode_batch(data)
     assert (b.base_offset, b.length, b.crc, b.record_count, b.first_timestamp, b.max_timestamp) == \
-        (0, 74, 0x17827F70, 2, 1000, 1000)
+        (0, 87, 0xFCB083AC, 2, 1000, 1000)
+    assert (b.magic, b.partition_leader_epoch, b.attributes) == (2, 0, 0)
     assert [as_tuple(r) for r in b.records] == [(1000, b"key", b"value", [("h", b"1")]),
                                                 (999, None, None, [])]
     h = fr.read_head(os.path.join(pdir(log, "g"), "head"))
-    assert (h.end_offset, h.active_size, h.max_timestamp, h.oi_count, h.ti_count) == (2, 74, 1000, 0, 0)
+    assert (h.end_offset, h.active_size, h.max_timestamp, h.oi_count, h.ti_count) == (2, 87, 1000, 0, 0)
     assert fr.crc32c(b"123456789") == 0xE3069283
+
+
+def test_format_1_batches_are_still_read(log):
+    """A log written before format 2 keeps its batches: readers tell the
+    formats apart per batch by the magic byte at offset 16 (§4.8), so a
+    segment may hold format-1 batches followed by format-2 ones."""
+    assert fr.encode_batch_v1(0, [(1000, b"key", b"value", [("h", b"1")]),
+                                  (999, None, None, [])]) == GOLDEN_V1
+    b1 = fr.decode_batch(GOLDEN_V1)
+    assert b1.magic == 1 and [as_tuple(r) for r in b1.records] == \
+        [(1000, b"key", b"value", [("h", b"1")]), (999, None, None, [])]
+    from unstoppable._core.batch import decode_batches as core_decode
+    (cb,) = core_decode(GOLDEN_V1)
+    assert cb.magic == 1 and [(r.timestamp, bytes(r.key) if r.key is not None else None,
+                               None if r.value is None else bytes(r.value), r.headers)
+                              for r in cb.records()] == \
+        [(1000, b"key", b"value", [("h", b"1")]), (999, None, None, [])]
+    # A flipped bit in a format-1 batch is still caught by its own CRC range.
+    bad = bytearray(GOLDEN_V1)
+    bad[30] ^= 1
+    with pytest.raises(CorruptLogError, match="CRC"):
+        core_decode(bytes(bad))
 
 
 # ---------------------------------------------------------------------------
@@ -548,7 +580,7 @@ def test_reboot_recovery_keeps_running_max_when_time_index_is_lost(log_dir):
         path = pdir(log, "ti")
     hp = os.path.join(path, "head")
     stem = os.path.join(path, fr.segment_name(0))
-    assert fr.read_time_index(stem + ".timeindex") == [(1000, 1, 58)]
+    assert fr.read_time_index(stem + ".timeindex") == [(1000, 1, 69)]  # 61 + 8-byte record
     assert fr.read_head(hp).ckpt_end_offset == 6  # the data itself was fsynced
     # Power loss: the fsynced .log survives, the unsynced .timeindex does not.
     with open(hp, "r+b") as f:
@@ -587,7 +619,9 @@ def test_reference_decoder_rejects_every_flipped_bit():
                 fr.decode_batch(bytes(bad))
             if byte == 16:
                 assert e.value.reason == "magic"
-            elif byte >= 12:
+            elif 12 <= byte < 16:   # partitionLeaderEpoch: outside the CRC, written 0
+                assert e.value.reason == "header", (byte, bit, e.value)
+            elif byte > 16:
                 assert e.value.reason == "crc", (byte, bit, e.value)
 
 

@@ -70,6 +70,7 @@ cdef struct _Span:                  # the rows [i0, i1) of one batch
     const unsigned char *base       # first byte of the batch
     const us_record_view *views
     int64_t base_offset
+    uint8_t magic                   # batch format (how record headers are encoded)
     uint32_t i0
     uint32_t i1
 
@@ -132,7 +133,8 @@ cdef int _count(const _Span *spans, Py_ssize_t ns, _Totals *t, uint32_t *scratch
                 kl = scratch + hc
                 vp = scratch + 2 * hc
                 vl = <int32_t *>(scratch + 3 * hc)
-                if us_headers_decode(spans[s].base, v.headers_pos, v.end, hc, kp, kl, vp, vl) != US_OK:
+                if us_headers_decode(spans[s].base, v.headers_pos, v.end, hc, spans[s].magic,
+                                     kp, kl, vp, vl) != US_OK:
                     bad_offset[0] = spans[s].base_offset + i
                     return -1
                 for j in range(hc):
@@ -202,7 +204,8 @@ cdef int _fill(const _Span *spans, Py_ssize_t ns, int32_t partition, _Out *o, bi
                 kl = scratch + hc
                 vp = scratch + 2 * hc
                 vl = <int32_t *>(scratch + 3 * hc)
-                if us_headers_decode(base, v.headers_pos, v.end, hc, kp, kl, vp, vl) != US_OK:
+                if us_headers_decode(base, v.headers_pos, v.end, hc, spans[s].magic,
+                                     kp, kl, vp, vl) != US_OK:
                     bad_offset[0] = spans[s].base_offset + i
                     return -1
                 for j in range(hc):
@@ -296,6 +299,7 @@ def export_columns(list batches, int64_t start, int64_t end, int32_t partition, 
             spans[ns].base = b._base
             spans[ns].views = b._views
             spans[ns].base_offset = b.h.base_offset
+            spans[ns].magic = b.h.magic
             spans[ns].i0 = <uint32_t>lo
             spans[ns].i1 = <uint32_t>hi
             ns += 1
@@ -694,7 +698,8 @@ cdef class ArrowEncoder:
 
     def __cinit__(self, size_t max_batch_bytes=1 << 20, size_t max_record_bytes=1 << 20):
         if max_batch_bytes < US_BATCH_HEADER_SIZE + 16 or max_batch_bytes > US_BATCH_MAX_LENGTH:
-            raise ValueError(f"max_batch_bytes must be in 68 .. {US_BATCH_MAX_LENGTH}, got {max_batch_bytes}")
+            raise ValueError(f"max_batch_bytes must be in {US_BATCH_HEADER_SIZE + 16} .. "
+                             f"{US_BATCH_MAX_LENGTH}, got {max_batch_bytes}")
         self.max_batch_bytes = max_batch_bytes
         self.max_record_bytes = max_record_bytes
         self.max_timestamp = -1
@@ -733,9 +738,9 @@ cdef class ArrowEncoder:
         cdef size_t pos = 0
         cdef int64_t off = base_offset
         while pos < self.size:
-            us_st64(self.buf + pos, <uint64_t>off)
-            off += us_ld32(self.buf + pos + 20)
-            pos += us_ld32(self.buf + pos + 8)
+            us_batch_set_base_offset(self.buf + pos, off)
+            off += us_batch_record_count(self.buf + pos)
+            pos += us_batch_total_length(self.buf + pos)
         return off
 
     cdef int _reserve(self, size_t extra) noexcept nogil:
@@ -843,7 +848,7 @@ cdef class ArrowEncoder:
             if count == 0:
                 h.first_timestamp = ts
                 h.max_timestamp = ts
-            rec_size = us_record_size(ts - h.first_timestamp, kl, vl, headers_len, header_count)
+            rec_size = us_record_size(ts - h.first_timestamp, count, kl, vl, headers_len, header_count)
             if rec_size > self.max_record_bytes:
                 err.code = _E_TOO_LARGE
                 err.row = r
@@ -854,7 +859,7 @@ cdef class ArrowEncoder:
                 count = 0
                 h.first_timestamp = ts
                 h.max_timestamp = ts
-                rec_size = us_record_size(0, kl, vl, headers_len, header_count)
+                rec_size = us_record_size(0, 0, kl, vl, headers_len, header_count)
             if count == 0:
                 if self._reserve(US_BATCH_HEADER_SIZE) < 0:
                     err.code = _E_NOMEM
@@ -864,7 +869,7 @@ cdef class ArrowEncoder:
             if self._reserve(rec_size) < 0:
                 err.code = _E_NOMEM
                 return -1
-            us_write_record(self.buf + self.size, ts - h.first_timestamp, kp, kl, vp, vl,
+            us_write_record(self.buf + self.size, ts - h.first_timestamp, count, kp, kl, vp, vl,
                             self.hbuf, headers_len, header_count)
             self.size += rec_size
             if ts > h.max_timestamp:

@@ -1,21 +1,24 @@
 # cython: language_level=3
 """Record batch codec: encode records into batches, decode batches into records.
 
-The layout is defined in csrc/batch.h (and docs/FORMAT.md):
+The layout is defined in csrc/batch.h (and docs/FORMAT.md): every batch written
+is a Kafka RecordBatch v2, header big-endian:
 
     offset size  field
-    0      8     base_offset      i64  (not covered by the CRC)
-    8      4     length           u32  whole batch, header included
-    12     4     crc              u32  CRC-32C of bytes [16, length)
-    16     1     magic            u8   1
-    17     1     attributes       u8   0 (no compression)
-    18     2     producer_epoch   i16
-    20     4     record_count     u32
-    24     8     first_timestamp  i64
-    32     8     max_timestamp    i64
-    40     8     producer_id      i64
-    48     4     base_sequence    i32
-    52     ...   records (varint framed; see batch.h)
+    0      8     baseOffset           i64  (outside the CRC)
+    8      4     batchLength          i32  bytes after this field
+    12     4     partitionLeaderEpoch i32  0 (outside the CRC)
+    16     1     magic                i8   2 (1 = the earlier format, still read)
+    17     4     crc                  u32  CRC-32C of bytes [21, end)
+    21     2     attributes           i16  compression, timestamp type, transactional, control
+    23     4     lastOffsetDelta      i32
+    27     8     baseTimestamp        i64
+    35     8     maxTimestamp         i64
+    43     8     producerId           i64
+    51     2     producerEpoch        i16
+    53     4     baseSequence         i32
+    57     4     records count        i32
+    61     ...   records (zigzag varints; compressed as one block when attributes say so)
 
 Records read back are zero-copy: ``Record.key`` and ``Record.value`` are
 memoryviews over the memory that holds the batch (a mapped segment file).
@@ -29,7 +32,7 @@ from cpython.list cimport PyList_New, PyList_SET_ITEM
 from cpython.ref cimport Py_INCREF, PyObject
 from cpython.sequence cimport PySequence_GetSlice
 from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
-from libc.stdint cimport int16_t, int32_t, int64_t, uint32_t, uint64_t
+from libc.stdint cimport int16_t, int32_t, int64_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
 from unstoppable._core.includes.batch cimport *
@@ -37,6 +40,7 @@ from unstoppable._core.includes.crc32c cimport us_crc32c_init
 
 from unstoppable.errors import (
     InvalidRecordError, RecordTooLargeError, corrupt_from_code, CorruptLogError)
+from unstoppable import compression as _compression
 
 us_crc32c_init()
 
@@ -56,6 +60,11 @@ HEADER_SIZE = US_BATCH_HEADER_SIZE
 RECORD_MAX_OVERHEAD = US_RECORD_MAX_OVERHEAD
 RECORD_MAX_OVERHEAD_PLAIN = US_RECORD_MAX_OVERHEAD_PLAIN
 MAGIC = US_MAGIC
+MAGIC_V1 = US_MAGIC_V1
+HEADER_SIZE_V1 = US_BATCH_HEADER_SIZE_V1
+COMPRESSION_MASK = US_ATTR_COMPRESSION_MASK
+TRANSACTIONAL = US_ATTR_TRANSACTIONAL
+CONTROL = US_ATTR_CONTROL
 MAX_TIMESTAMP = (1 << 62) - 1
 
 cdef object _UNSET = object()
@@ -135,7 +144,8 @@ cdef class Record:
             vl = <int32_t *>(kp + 3 * n)
             try:
                 base = <const unsigned char *>view.buf
-                if us_headers_decode(base, self._headers_pos, self._end, n, kp, kl, vp, vl) != US_OK:
+                if us_headers_decode(base, self._headers_pos, self._end, n, self._magic,
+                                     kp, kl, vp, vl) != US_OK:
                     raise CorruptLogError("record headers do not parse", offset=self.offset)
                 for j in range(n):
                     k = PyUnicode_DecodeUTF8(<const char *>base + kp[j], kl[j], "surrogateescape")
@@ -216,6 +226,7 @@ cdef RecordBatch make_batch(object owner, object mv, const unsigned char *base, 
     b._mv = mv
     b._base = base
     b.position = position
+    b._rel = position
     b.h = h[0]
     b.topic = topic
     b.partition = partition
@@ -237,6 +248,8 @@ cdef class RecordBatch:
         cdef int rc
         if self._views != NULL:
             return 0
+        if self.h.attributes & US_ATTR_COMPRESSION_MASK and self.h.magic == US_MAGIC:
+            return self._decompress()
         self._views = _views_alloc(self.h.record_count)
         rc = us_batch_decode(self._base, &self.h, self._views)
         if rc != US_OK:
@@ -246,14 +259,61 @@ cdef class RecordBatch:
                                     position=self.position, offset=self.h.base_offset)
         return 0
 
+    cdef int _decompress(self) except -1:
+        """Decompress a checked batch's records and decode the views over
+        them: records of a compressed batch are (read-only) views of the
+        decompressed block, which the batch holds, instead of the mapping."""
+        cdef int rc
+        cdef Py_buffer view
+        cdef size_t hs = US_BATCH_HEADER_SIZE
+        cdef us_record_view *views
+        where = dict(topic=self.topic, partition=self.partition, position=self.position,
+                     offset=self.h.base_offset)
+        data = _compression.decompress(
+            self.h.attributes & US_ATTR_COMPRESSION_MASK,
+            self._mv[self._rel + hs:self._rel + self.h.length], **where)
+        mv = memoryview(data).toreadonly()
+        if <uint64_t>self.h.record_count * US_RECORD_MIN_SIZE > <uint64_t>len(mv) or \
+                <uint64_t>len(mv) > US_BATCH_MAX_LENGTH:
+            raise CorruptLogError(
+                f"compressed batch of {self.h.record_count} records decompresses to "
+                f"{len(mv)} bytes, too few for its records", **where)
+        PyObject_GetBuffer(mv, &view, PyBUF_SIMPLE)
+        try:
+            views = _views_alloc(self.h.record_count)
+            rc = us_records_decode(<const unsigned char *>view.buf, view.len, &self.h, views)
+            if rc != US_OK:
+                _views_free(views)
+                raise CorruptLogError("records of the decompressed batch do not parse "
+                                      "(or disagree with its record count)", **where)
+            self._views = views
+            # The memoryview keeps the block exported (so it cannot move)
+            # for as long as the batch and its records hold it.
+            self._base = <const unsigned char *>view.buf
+        finally:
+            PyBuffer_Release(&view)
+        self._owner = data
+        self._mv = mv
+        self._rel = 0
+        return 0
+
     cdef int _check_decode(self) except -1:
         """CRC check and decode in one pass over memory (a freshly read batch)."""
         cdef int rc
         cdef us_batch_header h2
+        cdef uint32_t hs = us_batch_header_size(self.h.magic)
+        cdef uint32_t minrec = 5 if self.h.magic == US_MAGIC_V1 else US_RECORD_MIN_SIZE
         if self._views != NULL:
             return 0
+        if self.h.magic == US_MAGIC and self.h.attributes & US_ATTR_COMPRESSION_MASK:
+            rc = us_batch_check(self._base, self.h.length, &h2)
+            if rc != US_COMPRESSED:
+                raise corrupt_from_code(rc if rc != US_OK else US_BAD_ATTRIBUTES, topic=self.topic,
+                                        partition=self.partition, position=self.position,
+                                        offset=self.h.base_offset)
+            return self._decompress()
         if self.h.record_count == 0 or \
-                <uint64_t>self.h.record_count * 5 > self.h.length - US_BATCH_HEADER_SIZE:
+                <uint64_t>self.h.record_count * minrec > self.h.length - hs:
             rc = us_batch_check(self._base, self.h.length, &h2)
             raise corrupt_from_code(rc if rc != US_OK else US_BAD_RECORDS, topic=self.topic,
                                     partition=self.partition, position=self.position,
@@ -271,13 +331,14 @@ cdef class RecordBatch:
         cdef us_record_view *v = &self._views[i]
         cdef Record r = Record.__new__(Record)
         r._mv = self._mv
-        r._key_pos = <uint32_t>(self.position + v.key_pos)
+        r._key_pos = <uint32_t>(self._rel + v.key_pos)
         r._key_len = v.key_len
-        r._value_pos = <uint32_t>(self.position + v.value_pos)
+        r._value_pos = <uint32_t>(self._rel + v.value_pos)
         r._value_len = v.value_len
-        r._headers_pos = <uint32_t>(self.position + v.headers_pos)
+        r._headers_pos = <uint32_t>(self._rel + v.headers_pos)
         r._header_count = v.header_count
-        r._end = <uint32_t>(self.position + v.end)
+        r._end = <uint32_t>(self._rel + v.end)
+        r._magic = self.h.magic
         r._key = _UNSET
         r._value = _UNSET
         r._headers = _UNSET  # no per-record allocation: a read creates only Records
@@ -316,8 +377,8 @@ cdef class RecordBatch:
                 out.append(None)
             else:
                 out.append(PySequence_GetSlice(
-                    self._mv, self.position + self._views[i].value_pos,
-                    self.position + self._views[i].value_pos + self._views[i].value_len))
+                    self._mv, self._rel + self._views[i].value_pos,
+                    self._rel + self._views[i].value_pos + self._views[i].value_len))
         return out
 
     def value_bytes_total(self):
@@ -381,6 +442,26 @@ cdef class RecordBatch:
         return self.h.record_count
 
     @property
+    def compression(self):
+        """The codec of the batch's records: None, "gzip", "snappy", "lz4" or "zstd"."""
+        cdef int c = self.h.attributes & US_ATTR_COMPRESSION_MASK if self.h.magic == US_MAGIC else 0
+        return (None, "gzip", "snappy", "lz4", "zstd")[c] if c <= 4 else c
+
+    @property
+    def is_transactional(self):
+        """The transactional bit of the attributes (carried, not interpreted)."""
+        return self.h.magic == US_MAGIC and bool(self.h.attributes & US_ATTR_TRANSACTIONAL)
+
+    @property
+    def is_control(self):
+        """A control batch (transaction marker): readers skip it."""
+        return self.h.magic == US_MAGIC and bool(self.h.attributes & US_ATTR_CONTROL)
+
+    @property
+    def partition_leader_epoch(self):
+        return self.h.partition_leader_epoch
+
+    @property
     def first_timestamp(self):
         return self.h.first_timestamp
 
@@ -422,7 +503,7 @@ def decode_batches(data, str topic=None, int partition=-1):
     try:
         while pos < <size_t>view.len:
             rc = us_batch_check(<const unsigned char *>view.buf + pos, view.len - pos, &h)
-            if rc != US_OK:
+            if rc != US_OK and rc != US_COMPRESSED:
                 raise corrupt_from_code(rc, topic=topic, partition=partition, position=pos)
             b = make_batch(mv, mv, <const unsigned char *>view.buf + pos, pos, &h, topic, partition)
             b._decode()
@@ -487,7 +568,8 @@ cdef class BatchEncoder:
 
     def __cinit__(self, size_t max_batch_bytes=1 << 20, size_t max_record_bytes=1 << 20):
         if max_batch_bytes < US_BATCH_HEADER_SIZE + 16 or max_batch_bytes > US_BATCH_MAX_LENGTH:
-            raise ValueError(f"max_batch_bytes must be in 68 .. {US_BATCH_MAX_LENGTH}, got {max_batch_bytes}")
+            raise ValueError(f"max_batch_bytes must be in {US_BATCH_HEADER_SIZE + 16} .. "
+                             f"{US_BATCH_MAX_LENGTH}, got {max_batch_bytes}")
         self.max_batch_bytes = max_batch_bytes
         self.max_record_bytes = max_record_bytes
         self.cap = 0
@@ -616,7 +698,7 @@ cdef class BatchEncoder:
                     if count == 0:
                         h.first_timestamp = timestamp
                         h.max_timestamp = timestamp
-                    rec_size = us_record_size(timestamp - h.first_timestamp, -1, vlen, 0, 0)
+                    rec_size = us_record_size(timestamp - h.first_timestamp, count, -1, vlen, 0, 0)
                     if rec_size > self.max_record_bytes:
                         raise RecordTooLargeError(
                             f"record {i} encodes to {rec_size} bytes, more than max_record_bytes="
@@ -628,7 +710,7 @@ cdef class BatchEncoder:
                         count = 0
                         h.first_timestamp = timestamp
                         h.max_timestamp = timestamp
-                        rec_size = us_record_size(0, -1, vlen, 0, 0)
+                        rec_size = us_record_size(0, 0, -1, vlen, 0, 0)
                     if count == 0:
                         if self.size + US_BATCH_HEADER_SIZE > self.cap:
                             self._reserve(US_BATCH_HEADER_SIZE)
@@ -636,7 +718,7 @@ cdef class BatchEncoder:
                         self.size += US_BATCH_HEADER_SIZE
                     if self.size + rec_size > self.cap:
                         self._reserve(rec_size)
-                    us_write_record(self.buf + self.size, timestamp - h.first_timestamp, NULL, -1,
+                    us_write_record(self.buf + self.size, timestamp - h.first_timestamp, count, NULL, -1,
                                     _bytes_ptr(o), vlen, NULL, 0, 0)
                     self.size += rec_size
                     if timestamp > h.max_timestamp:
@@ -683,7 +765,7 @@ cdef class BatchEncoder:
                     if count == 0:
                         h.first_timestamp = ts
                         h.max_timestamp = ts
-                    rec_size = us_record_size(ts - h.first_timestamp, key.len, value.len,
+                    rec_size = us_record_size(ts - h.first_timestamp, count, key.len, value.len,
                                               headers_len, header_count)
                     if rec_size > self.max_record_bytes:
                         raise RecordTooLargeError(
@@ -696,13 +778,13 @@ cdef class BatchEncoder:
                         count = 0
                         h.first_timestamp = ts
                         h.max_timestamp = ts
-                        rec_size = us_record_size(0, key.len, value.len, headers_len, header_count)
+                        rec_size = us_record_size(0, 0, key.len, value.len, headers_len, header_count)
                     if count == 0:
                         self._reserve(US_BATCH_HEADER_SIZE)
                         batch_start = self.size
                         self.size += US_BATCH_HEADER_SIZE
                     self._reserve(rec_size)
-                    us_write_record(self.buf + self.size, ts - h.first_timestamp, key.ptr, key.len,
+                    us_write_record(self.buf + self.size, ts - h.first_timestamp, count, key.ptr, key.len,
                                     value.ptr, value.len, hsrc, headers_len, header_count)
                     self.size += rec_size
                     if ts > h.max_timestamp:
@@ -741,6 +823,110 @@ cdef class BatchEncoder:
             self.first_timestamp = h.first_timestamp
         return 0
 
+    def add_batches(self, data):
+        """add_batches(data) -> int
+
+        Take whole format-2 batches already encoded elsewhere (e.g. by a Kafka
+        client: a RecordBatch v2 as it arrives, compressed or not) after
+        checking each completely: CRC, header, and every record (a compressed
+        payload is decompressed to check it). They are stored byte for byte;
+        their base offsets are rewritten at append time (outside the CRC).
+        Returns the number of records added. Raises CorruptLogError naming the
+        bad batch's position in ``data``; nothing is added then.
+        """
+        cdef Py_buffer view
+        cdef us_batch_header h
+        cdef size_t pos = 0
+        cdef int rc
+        cdef uint32_t recs = 0, nb = 0
+        cdef int64_t max_ts = self.max_timestamp, first_ts = self.first_timestamp
+        cdef RecordBatch b
+        cdef unsigned char *w
+        # A private copy, whose partitionLeaderEpoch fields are set to the
+        # log's 0 as a broker sets them (the field lies outside the CRC).
+        copy = bytearray(data)
+        mv = memoryview(copy)
+        PyObject_GetBuffer(mv, &view, PyBUF_SIMPLE)
+        try:
+            w = <unsigned char *>view.buf
+            while pos + US_BATCH_HEADER_SIZE <= <size_t>view.len and w[pos + 16] == US_MAGIC:
+                us_st32be(w + pos + US_OFF_LEADER_EPOCH, 0)
+                if us_batch_total_length(w + pos) < US_BATCH_HEADER_SIZE:
+                    break
+                pos += us_batch_total_length(w + pos)
+            pos = 0
+            while pos < <size_t>view.len:
+                rc = us_batch_check(<const unsigned char *>view.buf + pos, view.len - pos, &h)
+                if rc != US_OK and rc != US_COMPRESSED:
+                    raise corrupt_from_code(rc, position=pos)
+                if h.magic != US_MAGIC:
+                    raise CorruptLogError(f"only format-2 batches are taken, got magic {h.magic}",
+                                          position=pos)
+                if h.attributes & US_ATTR_CONTROL:
+                    raise CorruptLogError("control batches (transaction markers) are not taken",
+                                          position=pos)
+                b = make_batch(mv, mv, <const unsigned char *>view.buf + pos, pos, &h, None, -1)
+                b._decode()
+                if self.batches + nb == 0:
+                    first_ts = h.first_timestamp
+                if self.batches + nb == 0 or h.max_timestamp > max_ts:
+                    max_ts = h.max_timestamp
+                recs += h.record_count
+                nb += 1
+                pos += h.length
+            self._reserve(pos)
+            memcpy(self.buf + self.size, view.buf, pos)
+        finally:
+            PyBuffer_Release(&view)
+        self.size += pos
+        self.records += recs
+        self.batches += nb
+        self.max_timestamp = max_ts
+        self.first_timestamp = first_ts
+        return recs
+
+    def compress(self, int codec, size_t start=0):
+        """compress(codec, start=0) -> int
+
+        Compress the records of every batch encoded from byte ``start`` on
+        with ``codec`` (the attribute value, 1-4: see unstoppable.compression),
+        each batch as one block, and re-seal them; return the new size in bytes.
+        """
+        cdef size_t pos = start, n, hs = US_BATCH_HEADER_SIZE
+        cdef uint16_t attrs
+        cdef us_batch_header h
+        if codec == 0 or start >= self.size:
+            return self.size
+        if self.exports:
+            raise BufferError("the encoded bytes are still being viewed; release the view first")
+        parts = []
+        mv = memoryview(_BufferView(self))
+        try:
+            while pos < self.size:
+                n = us_batch_total_length(self.buf + pos)
+                if us_batch_parse_header(self.buf + pos, n, &h) != US_OK or h.magic != US_MAGIC:
+                    raise ValueError(f"no format-2 batch at {pos} of the encoded bytes")
+                payload = _compression.compress(codec, mv[pos + hs:pos + n])
+                if hs + len(payload) > US_BATCH_MAX_LENGTH:
+                    raise RecordTooLargeError("a compressed batch would pass the largest batch length")
+                hdr = PyBytes_FromStringAndSize(<const char *>self.buf + pos, <Py_ssize_t>hs)
+                h.attributes = <uint16_t>((h.attributes & ~US_ATTR_COMPRESSION_MASK) | codec)
+                parts.append((hdr, payload, h.attributes))
+                pos += n
+        finally:
+            mv.release()
+        self.size = start
+        for hdr, payload, attrs in parts:
+            n = hs + len(payload)
+            self._reserve(n)
+            memcpy(self.buf + self.size, PyBytes_AS_STRING(hdr), hs)
+            memcpy(self.buf + self.size + hs, PyBytes_AS_STRING(payload), len(payload))
+            self.buf[self.size + 21] = <unsigned char>(attrs >> 8)
+            self.buf[self.size + 22] = <unsigned char>(attrs & 0xff)
+            us_batch_seal(self.buf + self.size, <uint32_t>n)
+            self.size += n
+        return self.size
+
     def set_base_offset(self, int64_t base_offset):
         """set_base_offset(base_offset) -> int
 
@@ -750,9 +936,9 @@ cdef class BatchEncoder:
         cdef size_t pos = 0
         cdef int64_t off = base_offset
         while pos < self.size:
-            us_st64(self.buf + pos, <uint64_t>off)
-            off += us_ld32(self.buf + pos + 20)   # record_count
-            pos += us_ld32(self.buf + pos + 8)    # length
+            us_batch_set_base_offset(self.buf + pos, off)
+            off += us_batch_record_count(self.buf + pos)
+            pos += us_batch_total_length(self.buf + pos)
         return off
 
     def batch_spans(self):
@@ -763,8 +949,8 @@ cdef class BatchEncoder:
         cdef size_t pos = 0
         out = []
         while pos < self.size:
-            out.append((pos, us_ld32(self.buf + pos + 8), us_ld32(self.buf + pos + 20)))
-            pos += us_ld32(self.buf + pos + 8)
+            out.append((pos, us_batch_total_length(self.buf + pos), us_batch_record_count(self.buf + pos)))
+            pos += us_batch_total_length(self.buf + pos)
         return out
 
 

@@ -68,10 +68,11 @@ cdef class IndexBuilder:
         PyObject_GetBuffer(encoded, &view, PyBUF_SIMPLE)
         try:
             p = <const unsigned char *>view.buf
-            while pos + US_BATCH_HEADER_SIZE <= <size_t>view.len:
-                self.add(write_pos + pos, off, <int64_t>us_ld64(p + pos + 32))
-                off += us_ld32(p + pos + 20)
-                pos += us_ld32(p + pos + 8)
+            while pos + US_BATCH_MIN_PROBE <= <size_t>view.len and \
+                    pos + us_batch_header_size(p[pos + 16]) <= <size_t>view.len:
+                self.add(write_pos + pos, off, us_batch_max_timestamp(p + pos))
+                off += us_batch_record_count(p + pos)
+                pos += us_batch_total_length(p + pos)
         finally:
             PyBuffer_Release(&view)
 
@@ -122,11 +123,13 @@ def scan(Mapping m, size_t pos, size_t end, int64_t expected_offset,
     r.bad_offset = -1
     while pos < end:
         rc = us_batch_check(m.ptr + pos, end - pos, &h)
+        if rc == US_COMPRESSED:
+            rc = US_OK      # CRC and header checked; the payload is checked when read
         if rc == US_OK and expect >= 0 and h.base_offset != expect:
             rc = OFFSET_MISMATCH
         if rc != US_OK:
-            if end - pos >= 8:
-                r.bad_offset = <int64_t>us_ld64(m.ptr + pos)
+            if end - pos >= US_BATCH_MIN_PROBE:
+                r.bad_offset = us_batch_base_offset(m.ptr + pos)
             break
         if index is not None:
             index.add(pos, h.base_offset, h.max_timestamp)
@@ -142,7 +145,7 @@ def scan(Mapping m, size_t pos, size_t end, int64_t expected_offset,
 
 
 cdef inline object _corrupt(int rc, size_t pos, const unsigned char *p, size_t avail):
-    off = <int64_t>us_ld64(p) if avail >= 8 else None
+    off = us_batch_base_offset(p) if avail >= US_BATCH_MIN_PROBE else None
     return corrupt_from_code(rc, position=pos, offset=off)
 
 
@@ -228,6 +231,11 @@ def read_records(Mapping m, size_t pos, size_t end, int64_t offset, size_t max_r
             continue
         if h.base_offset > offset:
             raise _not_consecutive(pos, offset)
+        if h.magic == US_MAGIC and h.attributes & US_ATTR_CONTROL:
+            # A control batch (a transaction marker) holds no data records.
+            offset = h.base_offset + <int64_t>h.record_count
+            pos += h.length
+            continue
         b = make_batch(m, mv, m.ptr + pos, pos, &h, topic, partition)
         b._check_decode()
         start = <uint32_t>(offset - h.base_offset) if offset > h.base_offset else 0
@@ -265,7 +273,8 @@ def read_batches(Mapping m, size_t pos, size_t end, int64_t offset, size_t max_b
     out = []
     cdef RecordBatch b
     while pos < end:
-        if taken and taken + (<size_t>us_ld32(m.ptr + pos + 8) if end - pos >= 12 else 0) > max_bytes:
+        if taken and taken + (<size_t>us_batch_total_length(m.ptr + pos)
+                              if end - pos >= US_BATCH_MIN_PROBE else 0) > max_bytes:
             break
         rc = us_batch_parse_header(m.ptr + pos, end - pos, &h)
         if rc != US_OK:
@@ -273,7 +282,8 @@ def read_batches(Mapping m, size_t pos, size_t end, int64_t offset, size_t max_b
         if expect >= 0 and h.base_offset != expect:
             raise _not_consecutive(pos, expect)
         expect = h.base_offset + <int64_t>h.record_count
-        if h.base_offset + <int64_t>h.record_count > offset:
+        if h.base_offset + <int64_t>h.record_count > offset and \
+                not (h.magic == US_MAGIC and h.attributes & US_ATTR_CONTROL):
             b = make_batch(m, mv, m.ptr + pos, pos, &h, topic, partition)
             b._check_decode()
             out.append(b)
@@ -292,10 +302,20 @@ def find_time(Mapping m, size_t pos, size_t end, int64_t ts):
     cdef us_record_view *views
     cdef int rc
     cdef uint32_t i
+    cdef RecordBatch b
     if end > <size_t>m.length:
         raise ValueError("read past the mapping")
     while pos < end:
         rc = us_batch_check(m.ptr + pos, end - pos, &h)
+        if rc == US_COMPRESSED:
+            if h.max_timestamp >= ts:
+                b = make_batch(m, m.view, m.ptr + pos, pos, &h, None, -1)
+                b._decode()
+                for r in b.records():
+                    if r.timestamp >= ts:
+                        return r.offset
+            pos += h.length
+            continue
         if rc != US_OK:
             raise _corrupt(rc, pos, m.ptr + pos, end - pos)
         if h.max_timestamp >= ts:
@@ -414,3 +434,15 @@ def batch_at_or_after(Mapping m, size_t pos, size_t end, size_t min_pos):
             raise _corrupt(rc, pos, m.ptr + pos, end - pos)
         pos += h.length
     return pos if pos < end else end
+
+
+def batch_base_offset(Mapping m, size_t pos):
+    """batch_base_offset(mapping, pos) -> int
+
+    The base offset stored in the header of the batch at ``pos`` (either
+    format: the magic byte at pos + 16 says which); no CRC check. Raises
+    ValueError when fewer bytes than a header lie there."""
+    if pos > <size_t>m.length or <size_t>m.length - pos < US_BATCH_MIN_PROBE or \
+            <size_t>m.length - pos < us_batch_header_size(m.ptr[pos + 16]):
+        raise ValueError(f"no batch header at {pos}")
+    return us_batch_base_offset(m.ptr + pos)

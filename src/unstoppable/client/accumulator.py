@@ -103,7 +103,7 @@ class Batch:
     __slots__ = ("topic", "partition", "records", "nbytes", "created", "timestamp",
                  "producer_id", "producer_epoch", "base_sequence", "state", "base_offset",
                  "error", "waiters", "callbacks", "loop", "error_seen", "timer", "own_ts", "restarted",
-                 "__weakref__")
+                 "compression", "__weakref__")
 
     def __init__(self, topic: str, partition: int, loop, timestamp: int):
         self.topic = topic
@@ -125,6 +125,7 @@ class Batch:
         self.timer = None
         self.own_ts = False  # some record carries its own timestamp
         self.restarted = False  # rewritten once after UnknownProducerError
+        self.compression: str | None = None  # the producer's codec for this batch
 
     def __len__(self):
         return len(self.records)
@@ -158,7 +159,7 @@ class PartitionBuffers:
     """
 
     __slots__ = ("open", "ready", "in_flight", "unsynced", "sticky", "_n", "_topic", "_loop",
-                 "_linger", "on_sealed", "_sweep_pending", "_closed")
+                 "_linger", "on_sealed", "_sweep_pending", "_closed", "compression")
 
     def __init__(self, partitions: int, topic: str = "", loop=None, linger: float = 0.0,
                  on_sealed=None):
@@ -176,6 +177,7 @@ class PartitionBuffers:
         self.on_sealed = on_sealed
         self._sweep_pending = False
         self._closed = False
+        self.compression: str | None = None  # given to every new batch (Producer(compression=...))
 
     def pending(self) -> int:
         """Batches not yet completed (open ones included)."""
@@ -187,6 +189,7 @@ class PartitionBuffers:
         if self.open[p] is not None:
             self.seal(p, True)
         b = self.open[p] = Batch(self._topic, p, self._loop, time.time_ns() // 1_000_000)
+        b.compression = self.compression
         if self._linger:
             b.timer = self._loop.call_later(self._linger, self._linger_expired, b)
         elif not self._sweep_pending:

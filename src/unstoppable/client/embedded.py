@@ -121,7 +121,8 @@ class EmbeddedBackend(Backend):
     @staticmethod
     def _write(part, b) -> int:
         return part.append(b.records, timestamp=b.timestamp, producer_id=b.producer_id,
-                           producer_epoch=b.producer_epoch, base_sequence=b.base_sequence)
+                           producer_epoch=b.producer_epoch, base_sequence=b.base_sequence,
+                           compression=getattr(b, "compression", None))
 
     def _append_now(self, topic: str, partition: int, batch) -> int:
         return self._write(self._partition(topic, partition), batch)

@@ -61,6 +61,7 @@ import warnings
 from unstoppable._core.delivery import DeliveryFuture, new_waiter as _new_waiter
 from unstoppable._core.hashing import xxh64
 from unstoppable.client._types import RecordMetadata, TopicPartition
+from unstoppable.compression import codec_id
 from unstoppable.client.accumulator import (
     BACKPRESSURE_MODES,
     BATCH_HEADER_SIZE,
@@ -143,13 +144,16 @@ class Producer:
       codec (an object with ``encode``, e.g. ``unstoppable.codecs.JsonCodec()``)
       applied in ``send`` before partitioning; None keys and values (tombstones)
       are passed through unchanged.
+    * ``compression``: None, ``"gzip"``, ``"snappy"``, ``"lz4"`` or ``"zstd"``:
+      each batch is stored compressed (unless the topic's ``compression``
+      setting names another codec); readers decompress transparently.
     """
 
     def __init__(self, log, topic: str, *, partitioner=None, batch_bytes: int = 16384,
                  linger_ms: float = 0, max_buffer_bytes: int = 32 << 20, backpressure=_BLOCK,
                  acks: str = "written", producer_id: str | None = None,
                  delivery_timeout_ms: float = 120_000, retry_backoff_ms: float = 100,
-                 key_serializer=None, value_serializer=None):
+                 key_serializer=None, value_serializer=None, compression: str | None = None):
         if not isinstance(topic, str):
             raise TypeError(f"topic must be a str, got {type(topic).__name__}")
         if acks not in ACKS:
@@ -170,8 +174,11 @@ class Producer:
             raise TypeError(f"partitioner must be a callable (key, n) -> int, got {partitioner!r}")
         if producer_id is not None and (not isinstance(producer_id, str) or not producer_id):
             raise TypeError(f"producer_id must be a non-empty str (a stable name), got {producer_id!r}")
+        if compression is not None:
+            codec_id(compression)  # an unknown name or a missing codec library fails here
         self.topic = topic
         self.acks = acks
+        self.compression = compression
         self.batch_bytes = batch_bytes
         self.linger_ms = linger_ms
         self.max_buffer_bytes = max_buffer_bytes
@@ -232,6 +239,7 @@ class Producer:
                     self._id_lock.release()
                     raise
             buffers = PartitionBuffers(n, self.topic, loop, self.linger_ms / 1000.0)
+            buffers.compression = self.compression
             self._sender = Sender(self.topic, self._backend, self.acks, buffers, self._space, loop,
                                   producer_id=self._pid, epochs=epochs, next_seq=next_seq,
                                   delivery_timeout=self.delivery_timeout,

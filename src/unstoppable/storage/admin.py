@@ -5,7 +5,7 @@ with its meta lock held where it says so.
 
 Layout::
 
-    <log>/unstoppable.json      {"format": "unstoppable-log", "version": 1}
+    <log>/unstoppable.json      {"format": "unstoppable-log", "version": 2}
     <log>/meta.lock             flock()ed while topics are created or deleted
     <log>/staging/              topics being created or deleted (renamed in/out whole)
     <log>/topics/<name>/topic.json
@@ -29,7 +29,15 @@ __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "MARKER", "open_log_dir", "write_jso
            "clear_staging"]
 
 FORMAT_NAME = "unstoppable-log"
-FORMAT_VERSION = 1
+#: Log format version written to unstoppable.json: 2 since batches are Kafka
+#: RecordBatch v2 (docs/FORMAT.md §4). A log of version 1 is still read (its
+#: format-1 batches are told apart by their magic byte) and its marker is
+#: raised to 2 when it is opened, before anything of format 2 is written, so
+#: a library that knows only format 1 refuses it instead of cutting format-2
+#: batches it cannot parse as a torn tail.
+FORMAT_VERSION = 2
+#: topic.json's own version: unchanged by format 2.
+TOPIC_VERSION = 1
 MARKER = "unstoppable.json"
 
 
@@ -59,6 +67,9 @@ def _check_marker(path: str, marker: str) -> None:
             f"library reads version {FORMAT_VERSION} (upgrade unstoppable)")
     if version < 1:
         raise UnsupportedFormatError(f"{path}: invalid format version {version!r}")
+    if version < FORMAT_VERSION:
+        write_json_atomic(marker, {**meta, "version": FORMAT_VERSION})
+        fsync_dir(path)
 
 
 def open_log_dir(path: str, create: bool) -> None:
@@ -104,7 +115,7 @@ def read_topic_meta(tdir: str, name: str) -> tuple[dict, str]:
     except ValueError as e:
         raise CorruptLogError(f"{path} is not valid JSON: {e}", topic=name) from None
     version = meta.get("version")
-    if version != FORMAT_VERSION:
+    if version != TOPIC_VERSION:
         raise UnsupportedFormatError(f"topic {name!r} has format version {version!r}")
     return meta, path
 
@@ -127,7 +138,7 @@ def create_topic_dir(staging_dir: str, topics_dir: str, tdir: str, name: str,
         for i in range(partitions):
             os.makedirs(os.path.join(tmp, str(i)))
         write_json_atomic(os.path.join(tmp, "topic.json"), {
-            "version": FORMAT_VERSION, "name": name, "partitions": partitions,
+            "version": TOPIC_VERSION, "name": name, "partitions": partitions,
             "config": settings, "created_ms": time.time_ns() // 1_000_000})
         for i in range(partitions):
             fsync_dir(os.path.join(tmp, str(i)))

@@ -233,7 +233,7 @@ class Appender:
 
     # ------------------------------------------------------------ pipelined
 
-    def append_stream(self, records, ts: int, encs=None):
+    def append_stream(self, records, ts: int, encs=None, codec: int = 0):
         """A large append, pipelined: encode chunk k+1 (holding the GIL) while
         a C writer thread (no GIL) copies chunk k into the page cache, so the
         append costs about max(encode, write) instead of their sum.
@@ -251,6 +251,7 @@ class Appender:
                     and now_ms() - st.active_created >= cfg.segment_ms):
                 seg, st = self.roll(st)
             run = _StreamRun(self, st, seg, records, encs)
+            run.codec = codec
             try:
                 run.write_all(ts)
             except BaseException as e:
@@ -335,6 +336,7 @@ class _StreamRun:
 
     def __init__(self, app: Appender, st, seg: Segment, records, encs):
         self.app = app
+        self.codec = 0  # compress each chunk's batches with this codec (0: none)
         self.st = st
         self.orig = st.copy()
         self.seg = seg
@@ -373,6 +375,8 @@ class _StreamRun:
             else:
                 took = enc.encode(self.records[i:i + chunk], ts)
             i += took
+            if self.codec:
+                enc.compress(self.codec)
             nb = enc.nbytes
             app._stream_chunk = max(16, min(1 << 16, target * took // max(nb, 1)))
             chunk = max(16, min(app._stream_chunk, n // 4))

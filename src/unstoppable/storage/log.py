@@ -2,7 +2,7 @@
 
 Layout::
 
-    <log>/unstoppable.json      {"format": "unstoppable-log", "version": 1}
+    <log>/unstoppable.json      {"format": "unstoppable-log", "version": 2}
     <log>/meta.lock             flock()ed while topics are created or deleted
     <log>/staging/              topics being created or deleted (renamed in/out whole)
     <log>/topics/<name>/topic.json
@@ -43,6 +43,9 @@ FORMAT_VERSION = admin.FORMAT_VERSION
 MARKER = admin.MARKER
 
 
+_COMPRESSION_SETTINGS = ("producer", None, "none", "gzip", "snappy", "lz4", "zstd")
+
+
 @dataclass(frozen=True)
 class TopicConfig:
     """Per-topic settings, persisted in ``topic.json``.
@@ -56,6 +59,12 @@ class TopicConfig:
     max_record_bytes: the largest encoded record accepted.
     max_batch_bytes: appends are split into batches of about this size
         (default: 1 MiB, or segment_bytes when that is smaller).
+    compression: the codec of the batches appends write: "producer" (the
+        default) keeps what each writer asks for (``append(compression=...)``,
+        ``Producer(compression=...)``), as Kafka's ``compression.type=producer``;
+        None, "gzip", "snappy", "lz4" or "zstd" applies to every append that
+        the log encodes. Batches handed over already encoded
+        (``append_encoded``) are stored as they are.
     """
 
     partitions: int = 1
@@ -66,6 +75,7 @@ class TopicConfig:
     index_interval_bytes: int = 4096
     max_record_bytes: int = 1 << 20
     max_batch_bytes: int = 1 << 20
+    compression: str | None = "producer"
 
     @classmethod
     def build(cls, partitions, config: dict) -> "TopicConfig":
@@ -98,6 +108,10 @@ class TopicConfig:
         need_int("index_interval_bytes", 1, 1 << 30)
         need_int("max_batch_bytes", 1024, 1 << 30)
         need_int("max_record_bytes", 16, 1 << 30)
+        if self.compression not in _COMPRESSION_SETTINGS:
+            raise TopicConfigError(
+                f"compression must be one of {', '.join(map(repr, _COMPRESSION_SETTINGS))}, "
+                f"got {self.compression!r}")
         if self.max_batch_bytes > self.segment_bytes:
             raise TopicConfigError(
                 f"max_batch_bytes ({self.max_batch_bytes}) must not exceed segment_bytes ({self.segment_bytes})")

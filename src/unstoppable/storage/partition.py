@@ -26,6 +26,7 @@ import threading
 from typing import Callable, Iterable, NamedTuple
 
 from unstoppable._core.batch import BatchEncoder, RecordBatch
+from unstoppable.compression import codec_id
 from unstoppable._core.segment import (
     HEAD_FILE_SIZE,
     HEAD_FLAG_DELETED,
@@ -342,7 +343,8 @@ class Partition:
     # ---------------------------------------------------------------- appends
 
     def append(self, records: Iterable, *, timestamp: int | None = None, acks: str | None = None,
-               producer_id: int = -1, producer_epoch: int = -1, base_sequence: int = -1) -> int:
+               producer_id: int = -1, producer_epoch: int = -1, base_sequence: int = -1,
+               compression: str | None = None) -> int:
         """append(records, *, timestamp=None, acks=None, ...) -> int
 
         Append records and return the offset of the first. Each record is a
@@ -356,9 +358,15 @@ class Partition:
         (group commit), which survives power loss.
 
         All records of one call become visible to readers at once, or not at all.
+
+        ``compression`` (None, "gzip", "snappy", "lz4" or "zstd") compresses
+        each batch written, unless the topic's ``compression`` setting names a
+        codec of its own; readers decompress transparently.
         """
         acks = self._check_acks(acks)
         self._check_open()
+        setting = self._config.compression
+        codec = codec_id(compression if setting == "producer" else setting)
         if producer_id >= 0:
             if not 0 <= producer_epoch <= 0x7FFF:
                 raise ValueError(f"producer_epoch must be in 0 .. 32767, got {producer_epoch}")
@@ -367,7 +375,7 @@ class Partition:
         ts = now_ms() if timestamp is None else timestamp
         if producer_id < 0 and isinstance(records, (list, tuple)) and len(records) >= STREAM_MIN:
             with self._lock:
-                base, end = self._appender.append_stream(records, ts)
+                base, end = self._appender.append_stream(records, ts, codec=codec)
         else:
             with self._lock:
                 enc = self._appender.encoder
@@ -382,6 +390,8 @@ class Partition:
                             "an idempotent append must fit in one batch "
                             f"(max_batch_bytes={self._config.max_batch_bytes})")
                     idem = (producer_id, producer_epoch, base_sequence, enc.records)
+                if codec:
+                    enc.compress(codec)
                 base, end = self._appender.write_encoded(enc, idem=idem)
                 if enc.nbytes > (8 << 20):
                     enc.clear()

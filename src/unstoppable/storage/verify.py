@@ -9,6 +9,7 @@ from unstoppable._core.segment import (
     OFFSET_ENTRY_SIZE,
     OFFSET_MISMATCH,
     TIME_ENTRY_SIZE,
+    batch_base_offset,
     find_batch,
     read_batches,
     scan,
@@ -156,7 +157,7 @@ def _verify_index(seg, m, valid_end, rep, where, st, b_active):
             if ok:
                 try:
                     ok = find_batch(m, pos, valid_end, seg.base + rel) == pos and \
-                        struct.unpack_from("<q", m, pos)[0] == seg.base + rel
+                        batch_base_offset(m, pos) == seg.base + rel
                 except CorruptLogError:
                     ok = False
             if not ok:
@@ -172,8 +173,8 @@ def _verify_index(seg, m, valid_end, rep, where, st, b_active):
             ok = pos < valid_end and (prev is None or (ts >= prev[0] and rel > prev[1]))
             if ok:
                 try:
-                    ok = struct.unpack_from("<q", m, pos)[0] == seg.base + rel
-                except (struct.error, ValueError):
+                    ok = batch_base_offset(m, pos) == seg.base + rel
+                except (TypeError, ValueError):
                     ok = False
             if not ok:
                 rep.problems.append(CorruptLogError(
