@@ -12,6 +12,7 @@ Layout::
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -26,7 +27,7 @@ from unstoppable.storage._fs import O_CLOEXEC, Flock, fsync_dir
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "MARKER", "open_log_dir", "write_json_atomic",
            "read_topic_meta", "create_topic_dir", "delete_topic_dir", "list_topic_names",
-           "clear_staging"]
+           "clear_staging", "open_log_dir_readonly", "is_read_only_error"]
 
 FORMAT_NAME = "unstoppable-log"
 FORMAT_VERSION = 1
@@ -59,6 +60,24 @@ def _check_marker(path: str, marker: str) -> None:
             f"library reads version {FORMAT_VERSION} (upgrade unstoppable)")
     if version < 1:
         raise UnsupportedFormatError(f"{path}: invalid format version {version!r}")
+
+
+def open_log_dir_readonly(path: str) -> None:
+    """Check that ``path`` holds a log of a format this version reads,
+    changing nothing."""
+    marker = os.path.join(path, MARKER)
+    if not os.path.isdir(path):
+        raise NotALogError(f"no log at {path}" if not os.path.exists(path)
+                           else f"{path} exists and is not a directory")
+    if not os.path.exists(marker):
+        raise NotALogError(f"{path} has no {MARKER}: not a log (and, read-only, not made one)")
+    _check_marker(path, marker)
+
+
+def is_read_only_error(exc: OSError) -> bool:
+    """Whether ``exc`` says the log's directory cannot be written: no
+    permission (EACCES, EPERM) or a read-only file system (EROFS)."""
+    return exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def open_log_dir(path: str, create: bool) -> None:
@@ -112,7 +131,11 @@ def read_topic_meta(tdir: str, name: str) -> tuple[dict, str]:
 def list_topic_names(topics_dir: str) -> list[str]:
     """Names of the topics in ``topics/`` (those with a ``topic.json``), sorted."""
     out = []
-    for name in os.listdir(topics_dir):
+    try:
+        names = os.listdir(topics_dir)
+    except FileNotFoundError:  # a read-only log that never had a topic
+        return []
+    for name in names:
         if is_valid_name(name) and os.path.exists(os.path.join(topics_dir, name, "topic.json")):
             out.append(name)
     return sorted(out)
