@@ -181,8 +181,10 @@ class EmbeddedBackend(Backend):
         part = self._partition(topic, partition)
         return await _executor.run(part.producer_state, producer_id)
 
-    async def claim_producer_id(self, producer_id: int, name: str):
-        return ProducerIdLock(self.log.path, producer_id, name)
+    async def claim_producer_id(self, producer_id: int, name: str, *, fence: bool = False,
+                                timeout_ms: int = 60_000):
+        return await _executor.run(lambda: ProducerIdLock(
+            self.log.path, producer_id, name, fence=fence, timeout_ms=timeout_ms))
 
     # -- consuming
 

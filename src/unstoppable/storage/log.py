@@ -37,6 +37,7 @@ from unstoppable.storage import admin
 from unstoppable.storage._fs import Flock
 from unstoppable.storage.durability import Flusher, ThreadCommitter
 from unstoppable.storage.partition import Partition, PartitionServices
+from unstoppable.storage.producer_ids import ProducerEpochs
 from unstoppable.storage.verify import VerifyReport, verify
 
 __all__ = ["Log", "Topic", "TopicConfig", "validate_topic_name", "VerifyReport"]
@@ -155,8 +156,9 @@ class Log:
                     raise
                 self._open_readonly(f"the directory is not writable "
                                     f"({errno.errorcode.get(e.errno, e.errno)}: {e.strerror})")
+        self._producer_epochs = ProducerEpochs(self.path)
         self._services = PartitionServices(self._group_commit, self._flusher, self._writer,
-                                           self.readonly)
+                                           self.readonly, self._producer_epochs)
         if self._meta_lock is not None:
             with self._meta_lock:
                 admin.clear_staging(self._staging_dir)
@@ -320,6 +322,7 @@ class Log:
                 raise first
         finally:
             self._group_commit.stop()
+            self._producer_epochs.close()
             self._topics.clear()
             self._closed = True
             try:

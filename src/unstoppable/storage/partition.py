@@ -61,12 +61,14 @@ ACKS = ("written", "fsync")
 class PartitionServices(NamedTuple):
     """What a partition uses of its log: the thread group commit, the
     flusher thread, ``writer()``, the C writer thread of pipelined appends,
-    and whether the log is read-only."""
+    whether the log is read-only, and the current epoch of each producer id
+    (``ProducerEpochs``, for fencing)."""
 
     group_commit: object
     flusher: object
     writer: Callable
     readonly: bool = False
+    producer_epochs: object = None
 
 
 class Partition:
@@ -90,7 +92,7 @@ class Partition:
         self._services = services
         self._lock = threading.RLock()
         self._listeners: list[Callable[[], None]] = []
-        self._producers = ProducerStateTable()
+        self._producers = ProducerStateTable(services.producer_epochs)
         self._flock = None
         self._headfd = -1
         self._catalog = None
