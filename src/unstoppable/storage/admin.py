@@ -34,9 +34,13 @@ FORMAT_VERSION = 1
 MARKER = "unstoppable.json"
 
 
+def _json_tmp_name(path: str) -> str:
+    return f"{path}.tmp{os.getpid()}.{threading.get_ident()}"
+
+
 def write_json_atomic(path: str, obj) -> None:
     """Write ``obj`` as JSON to ``path`` through a fsynced temporary file and a rename."""
-    tmp = f"{path}.tmp{os.getpid()}.{threading.get_ident()}"
+    tmp = _json_tmp_name(path)
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True)
         f.write("\n")
@@ -160,8 +164,30 @@ def create_topic_dir(staging_dir: str, topics_dir: str, tdir: str, name: str,
         os.rename(tmp, tdir)
         fsync_dir(topics_dir)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if os.path.exists(tmp):
+            _remove_staged_topic(tmp, partitions)
         raise
+
+
+def _remove_staged_topic(tmp: str, partitions: int) -> None:
+    """Remove a topic directory being built, by the names create_topic_dir
+    gives its entries: this needs no file descriptor, so it works after the
+    creation failed for lack of one (EMFILE), where rmtree cannot list it."""
+    meta = os.path.join(tmp, "topic.json")
+    for name in (meta, _json_tmp_name(meta)):
+        try:
+            os.unlink(name)
+        except FileNotFoundError:
+            pass
+    for i in range(partitions):
+        try:
+            os.rmdir(os.path.join(tmp, str(i)))
+        except FileNotFoundError:
+            pass
+    try:
+        os.rmdir(tmp)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # something else in it; clear_staging also removes it
 
 
 def _mark_deleted(pdir: str) -> None:

@@ -228,6 +228,17 @@ class Log:
                     and self._read_topic_json(tdir, name) == cfg:
                 return self.topic(name)  # nothing to write: the topic is there as asked
             self._check_writable(f"create topic {name!r}")
+        try:
+            return self._create_topic(name, tdir, cfg)
+        except OSError as e:
+            err = too_many_open_files(e, f"creating topic {name!r}")
+            if err is None:
+                raise
+            raise err from None
+
+    def _create_topic(self, name: str, tdir: str, cfg: TopicConfig) -> "Topic":
+        # Built in staging/ and renamed into topics/ whole: a failure leaves
+        # no topic and no half-made directory (clear_staging removes debris).
         with self._lock, self._meta_lock:
             if os.path.exists(os.path.join(tdir, "topic.json")):
                 existing = self._read_topic_json(tdir, name)
