@@ -7,7 +7,7 @@ import os
 
 from unstoppable._core.segment import lock_file, unlock_file
 
-__all__ = ["O_CLOEXEC", "fsync_dir", "pwrite_all", "Flock", "open_readonly"]
+__all__ = ["O_CLOEXEC", "fsync_dir", "makedirs_durable", "pwrite_all", "Flock", "open_readonly"]
 
 O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
@@ -19,6 +19,19 @@ def fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def makedirs_durable(path: str) -> None:
+    """mkdir -p, fsyncing each parent whose entries changed."""
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    makedirs_durable(parent)
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        return
+    fsync_dir(parent)
 
 
 def open_readonly(path: str, missing_ok: bool = False, min_size: int = 0) -> int:

@@ -40,7 +40,7 @@ import time
 import weakref
 
 from unstoppable.errors import ProducerIdInUseError
-from unstoppable.storage._fs import O_CLOEXEC, fsync_dir
+from unstoppable.storage._fs import O_CLOEXEC, fsync_dir, makedirs_durable
 
 __all__ = ["ProducerIdLock", "ProducerEpochs", "PRODUCERS_DIR", "DEFAULT_PRODUCER_TIMEOUT_MS",
            "MAX_EPOCH"]
@@ -116,12 +116,10 @@ class ProducerIdLock:
 
     def __init__(self, log_path: str, producer_id: int, name: str = "", *, fence: bool = False,
                  timeout_ms: int = DEFAULT_PRODUCER_TIMEOUT_MS):
-        from unstoppable.storage.groups import _makedirs_durable  # the one mkdir -p + fsync
-
         self._log_path = log_path
         self.producer_id = producer_id
         d = os.path.join(log_path, PRODUCERS_DIR)
-        _makedirs_durable(d)
+        makedirs_durable(d)
         self.path = record_path(log_path, producer_id)
         self._fd = self._efd = -1
         self._map = None
