@@ -116,6 +116,18 @@ def test_readonly_true_reads_everything_and_writes_nothing(tmp_path):
                         out += [(r.partition, r.offset) for r in recs]
             return out
         assert sorted(asyncio.run(consume())) == sorted(expected)
+
+        async def group_consumer():
+            async with us.Consumer(log, "a", group="g"):
+                pass
+
+        async def idempotent_producer():
+            async with us.Producer(log, "a", producer_id="p"):
+                pass
+        with pytest.raises(ReadOnlyLogError, match="join consumer group 'g'"):
+            asyncio.run(group_consumer())
+        with pytest.raises(ReadOnlyLogError, match="claim producer id 'p'"):
+            asyncio.run(idempotent_producer())
         pq = pytest.importorskip("pyarrow.parquet")
         out = tmp_path / "a.parquet"
         log.topic("a").to_batches()  # a stream opens without writing

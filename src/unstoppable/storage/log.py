@@ -178,6 +178,12 @@ class Log:
         showed the directory cannot be written), or None when it is writable."""
         return self._readonly_reason
 
+    def check_writable(self, what: str) -> None:
+        """Raise ReadOnlyLogError, saying ``what`` cannot be done, when the
+        log is read-only (for modules that write under the log directory:
+        groups, producer ids)."""
+        self._check_writable(what)
+
     def _check_writable(self, what: str) -> None:
         if self._readonly_reason is not None:
             raise ReadOnlyLogError(f"cannot {what}: log {self.path} is read-only "
