@@ -114,6 +114,7 @@ class Partition:
                 # other processes never see.
                 os.posix_fallocate(self._headfd, 0, HEAD_FILE_SIZE)
                 self._head = Head(self._headfd)
+                self._close_head_fd()  # the mapping outlives the descriptor: one fewer per partition
                 self._catalog = SegmentCatalog(path, f"{topic}/{index}", config, self._lock,
                                                self._flock, self._head)
                 self.recovery = recover(self._head, self._catalog, config, topic)
@@ -148,6 +149,7 @@ class Partition:
                                          min_size=HEAD_FILE_SIZE)
             with self._flock:
                 self._head = Head(self._headfd, private=True)
+                self._close_head_fd()
                 self._catalog = SegmentCatalog(self.path, f"{self.topic}/{self.index}",
                                                self._config, self._lock, self._flock,
                                                self._head)
@@ -589,17 +591,20 @@ class Partition:
         except OSError:
             pass
 
-    def _close_files(self):
-        if self._catalog is not None:
-            self._catalog.close()
-        if self.durability is not None:
-            self.durability.close()
+    def _close_head_fd(self) -> None:
         fd, self._headfd = self._headfd, -1
         if fd >= 0:
             try:
                 os.close(fd)
             except OSError:
                 pass
+
+    def _close_files(self):
+        if self._catalog is not None:
+            self._catalog.close()
+        if self.durability is not None:
+            self.durability.close()
+        self._close_head_fd()
         if self._flock is not None:
             try:
                 self._flock.close()
