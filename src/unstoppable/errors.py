@@ -23,7 +23,8 @@ __all__ = [
     # the log: files, topics, partitions
     "CorruptLogError", "NotALogError", "UnsupportedFormatError", "InvalidTopicNameError",
     "UnknownTopicError", "TopicExistsError", "TopicConfigError", "PartitionOutOfRangeError",
-    "OffsetOutOfRangeError", "DiskFullError", "LogClosedError",
+    "OffsetOutOfRangeError", "DiskFullError", "LogClosedError", "ReadOnlyLogError",
+    "TooManyOpenFilesError",
     # records and idempotent producers
     "RecordTooLargeError", "InvalidRecordError", "OutOfOrderSequenceError",
     "DuplicateSequenceError", "UnknownProducerError", "ProducerFencedError",
@@ -144,6 +145,37 @@ class DiskFullError(UnstoppableError, OSError):
 
 class LogClosedError(UnstoppableError, RuntimeError):
     """The log, topic or partition was used after ``close()``."""
+
+
+class ReadOnlyLogError(UnstoppableError, PermissionError):
+    """A write (append, topic creation or deletion, retention, a group's
+    commit) to a log opened read-only: with ``Log(path, readonly=True)``, or
+    on its own because the directory is not writable (EACCES, EROFS)."""
+
+
+class TooManyOpenFilesError(UnstoppableError, OSError):
+    """The process (EMFILE) or the system (ENFILE) ran out of file
+    descriptors. The message names the limit and how to raise it."""
+
+
+def too_many_open_files(exc: OSError, doing: str) -> "TooManyOpenFilesError | None":
+    """The library error for an EMFILE/ENFILE ``exc`` met while ``doing``
+    something, or None for any other error."""
+    if exc.errno == _errno.EMFILE:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        return TooManyOpenFilesError(
+            _errno.EMFILE,
+            f"too many open files while {doing}: this process may open {soft} "
+            f"(RLIMIT_NOFILE soft limit; hard limit {hard}). Raise it with `ulimit -n` "
+            f"in the shell, or resource.setrlimit(resource.RLIMIT_NOFILE, (n, hard)) "
+            f"at start-up")
+    if exc.errno == _errno.ENFILE:
+        return TooManyOpenFilesError(
+            _errno.ENFILE,
+            f"too many open files while {doing}: the system-wide limit is reached "
+            f"(/proc/sys/fs/file-max; raise it with `sysctl fs.file-max=N`)")
+    return None
 
 
 class BufferFullError(UnstoppableError):

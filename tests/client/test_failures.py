@@ -17,6 +17,7 @@ from client_util import SPAWN, make_log, run
 def _disk_full_child(path, q):
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # EFBIG instead of death
     log = us.Log(path)
+    log.topic("t").partition(0)  # partitions open (and create their files) on first use
     seg = os.path.join(path, "topics", "t", "0", "00000000000000000000.log")
     _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     out = {}

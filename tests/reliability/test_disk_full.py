@@ -385,7 +385,9 @@ HEAD_CHILD = textwrap.dedent("""
     for _ in range(2):          # room for the topic's files, not for eight heads
         os.unlink(fillers.pop())
     try:
-        log.create_topic("b", partitions=8)
+        b = log.create_topic("b", partitions=8)
+        for i in range(8):      # partitions open (and make their heads) on first use
+            b.partition(i)
         print("created")
     except DiskFullError as e:
         print("refused", e.errno, "no space to open" in str(e))

@@ -208,6 +208,11 @@ def test_layout_json_and_fresh_head(log):
         "retention_ms": 86_400_000, "index_interval_bytes": 512,
         "max_record_bytes": 1 << 20, "max_batch_bytes": 4096, "compression": "producer"}
     assert sorted(os.listdir(tdir)) == ["0", "1", "2", "topic.json"]
+    # Partitions open on first use: until then a partition is an empty directory.
+    assert all(os.listdir(os.path.join(tdir, str(i))) == [] for i in range(3))
+    topic = log.topic("orders")
+    for i in range(3):
+        assert topic.partition(i).end_offset == 0
 
     for i in range(3):
         p = os.path.join(tdir, str(i))
@@ -438,6 +443,7 @@ def test_head_tracks_appends_and_acks(log):
     h = fr.read_head(path)
     assert h.ckpt_end_offset == 41 < h.end_offset == 42 and h.ckpt_size < h.active_size
     # the other partition is untouched
+    assert topic.partition(1).end_offset == 0  # opened on first use
     h1 = fr.read_head(os.path.join(pdir(log, "h", 1), "head"))
     assert (h1.end_offset, h1.active_size) == (0, 0)
 

@@ -53,7 +53,7 @@ cdef extern from "unistd.h" nogil:
     int _SC_PAGESIZE
 
 cdef size_t PAGE = <size_t>sysconf(_SC_PAGESIZE)
-cdef int64_t _TS_LIMIT = (<int64_t>1) << 62
+cdef int64_t _TS_LIMIT = 253402300800000  # batch.MAX_TIMESTAMP + 1 (year 9999)
 
 cdef enum:
     _P_XXH64 = 1
@@ -895,7 +895,7 @@ cdef class ArrowEncoder:
         if self.exports:
             raise BufferError("the encoded bytes are still being viewed; release the view first")
         if not (0 <= timestamp < _TS_LIMIT):
-            raise InvalidRecordError(f"timestamp {timestamp} is outside 0 .. 2**62-1 ms")
+            raise InvalidRecordError(f"timestamp {timestamp} is outside 0 .. 253402300799999 ms (9999-12-31T23:59:59.999Z, the last time Arrow and Python datetimes convert)")
         err.code = 0
         err.row = -1
         err.value = 0
@@ -911,7 +911,7 @@ cdef class ArrowEncoder:
         if err.code == _E_TIMESTAMP:
             raise InvalidRecordError(
                 f"row {err.row}: timestamp {err.value} (in the column's unit) is outside "
-                "0 .. 2**62-1 ms")
+                "0 .. 253402300799999 ms (9999-12-31T23:59:59.999Z, the last time Arrow and Python datetimes convert)")
         if err.code == _E_TOO_LARGE:
             raise RecordTooLargeError(
                 f"row {err.row} encodes to {err.value} bytes, more than max_record_bytes="

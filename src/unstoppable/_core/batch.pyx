@@ -65,10 +65,13 @@ HEADER_SIZE_V1 = US_BATCH_HEADER_SIZE_V1
 COMPRESSION_MASK = US_ATTR_COMPRESSION_MASK
 TRANSACTIONAL = US_ATTR_TRANSACTIONAL
 CONTROL = US_ATTR_CONTROL
-MAX_TIMESTAMP = (1 << 62) - 1
+# The last millisecond of the year 9999: the largest timestamp that Arrow
+# exports and Python datetimes convert (datetime.max). Appends refuse larger
+# ones, so everything in a log exports and converts.
+MAX_TIMESTAMP = 253402300799999
 
 cdef object _UNSET = object()
-cdef int64_t _TS_LIMIT = (<int64_t>1) << 62
+cdef int64_t _TS_LIMIT = 253402300800000  # MAX_TIMESTAMP + 1
 
 
 cdef inline int64_t _as_timestamp(object ts, int64_t default, Py_ssize_t i) except? -1:
@@ -81,7 +84,7 @@ cdef inline int64_t _as_timestamp(object ts, int64_t default, Py_ssize_t i) exce
         raise InvalidRecordError(
             f"record {i}: timestamp must be an int of milliseconds since the epoch, got {ts!r}")
     if v < 0 or v >= _TS_LIMIT:
-        raise InvalidRecordError(f"record {i}: timestamp {v} is outside 0 .. 2**62-1 ms")
+        raise InvalidRecordError(f"record {i}: timestamp {v} is outside 0 .. 253402300799999 ms (9999-12-31T23:59:59.999Z, the last time Arrow and Python datetimes convert)")
     return v
 
 
@@ -659,7 +662,7 @@ cdef class BatchEncoder:
         if producer_id >= 0 and not (0 <= base_sequence <= 0x7fffffff):
             raise ValueError(f"base_sequence must be in 0 .. 2**31-1 with a producer id, got {base_sequence}")
         if not (0 <= timestamp < _TS_LIMIT):
-            raise InvalidRecordError(f"timestamp {timestamp} is outside 0 .. 2**62-1 ms")
+            raise InvalidRecordError(f"timestamp {timestamp} is outside 0 .. 253402300799999 ms (9999-12-31T23:59:59.999Z, the last time Arrow and Python datetimes convert)")
         if not isinstance(records, (list, tuple)):
             records = list(records)
         n = len(records)

@@ -17,7 +17,7 @@ from libc.string cimport memcpy, memset
 from libc.errno cimport errno
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from cpython.exc cimport PyErr_CheckSignals
-from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
+from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_PRIVATE, MAP_FAILED
 
 from unstoppable._core.includes.batch cimport *
 from unstoppable._core.includes.index cimport *

@@ -78,17 +78,19 @@ def new_head_state(int64_t start_offset=0, int64_t end_offset=0, int64_t active_
 
 
 cdef class Head:
-    """Head(fd)
+    """Head(fd, private=False)
 
     The shared partition head file (4096 bytes, see csrc/head.h), mapped
-    read-write. ``read()`` never blocks; ``write()`` must only be called by
+    read-write. With ``private`` (a read-only log) the mapping is
+    copy-on-write: ``fd`` may be open read-only, and a head recovery rebuilds
+    stays in this process's memory, never written to the file. ``read()`` never blocks; ``write()`` must only be called by
     the holder of the partition's append lock.
     """
     cdef Mapping m
     cdef us_head *h
 
-    def __cinit__(self, int fd):
-        self.m = Mapping(fd, US_HEAD_FILE_SIZE, True)
+    def __cinit__(self, int fd, bint private=False):
+        self.m = Mapping(fd, US_HEAD_FILE_SIZE, True, private)
         self.h = <us_head *>self.m.ptr
 
     def valid(self):

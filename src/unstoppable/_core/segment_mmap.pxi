@@ -2,15 +2,18 @@
 # SIGBUS guard (OS primitive).
 
 cdef class Mapping:
-    """Mapping(fd, length, writable=False)
+    """Mapping(fd, length, writable=False, private=False)
 
     A shared mmap of ``length`` bytes of the file ``fd`` (rounded up to a page;
-    it may extend past the end of the file). It exports the bytes through the
+    it may extend past the end of the file). With ``private`` the mapping is
+    copy-on-write (MAP_PRIVATE): stores stay in this process and never reach
+    the file, which may then be open read-only; pages not stored to still show
+    the file as other processes change it. It exports the bytes through the
     buffer protocol; record views keep it alive, and it is unmapped only when
     the last reference goes away, so a view can never outlive its memory.
     """
 
-    def __cinit__(self, int fd, Py_ssize_t length, bint writable=False):
+    def __cinit__(self, int fd, Py_ssize_t length, bint writable=False, bint private=False):
         cdef size_t maplen
         cdef void *p
         if length < 0:
@@ -19,7 +22,8 @@ cdef class Mapping:
         if maplen == 0:
             maplen = PAGE
         maplen = (maplen + PAGE - 1) & ~(PAGE - 1)
-        p = mmap(NULL, maplen, PROT_READ | (PROT_WRITE if writable else 0), MAP_SHARED, fd, 0)
+        p = mmap(NULL, maplen, PROT_READ | (PROT_WRITE if writable else 0),
+                 MAP_PRIVATE if private else MAP_SHARED, fd, 0)
         if p == MAP_FAILED:
             err = errno
             raise OSError(err, f"mmap of {maplen} bytes failed: {os.strerror(err)}")

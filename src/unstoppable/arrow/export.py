@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Mapping
 from unstoppable._core import arrow as _c
 from unstoppable.arrow.codecs import _as_codec, _decode_batch, _decoded_schema
 from unstoppable.arrow.columns import _ms, _pa, _pq, schema
-from unstoppable.errors import PartitionOutOfRangeError
+from unstoppable.errors import OffsetOutOfRangeError, PartitionOutOfRangeError
 from unstoppable.storage.partition import Partition
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -26,6 +26,8 @@ DEFAULT_BATCH_BYTES = 1 << 20
 #: Arrow data gathered into one Parquet row group by export_parquet.
 DEFAULT_ROW_GROUP_BYTES = 16 << 20
 _MAX_BATCH_BYTES = 1 << 30
+#: What a stream does when retention deletes offsets it has not read yet.
+ON_RETENTION = ("raise", "clamp")
 
 
 def _per_partition(v, p: int, what: str):
@@ -112,14 +114,34 @@ def _columns_to_batch(pa, cols, sch) -> "pa.RecordBatch":
     return pa.RecordBatch.from_arrays(arrays, schema=sch)
 
 
-def _raw_batches(plan, batch_bytes: int, large: bool, release_pages: bool):
+def _overtaken(p, idx: int, off: int, hi: int, clamp: bool, err: BaseException) -> int:
+    """Retention deleted ``off`` under a stream: where to go on (``clamp``),
+    or the error to raise. Re-raises ``err`` when ``off`` is still held."""
+    start = p.start_offset
+    if off >= start:
+        raise err
+    if not clamp:
+        raise OffsetOutOfRangeError(
+            f"retention deleted offsets {off} .. {start - 1} of {p.topic}/{idx} before this "
+            f"export read them (the partition now starts at {start}); pass "
+            f"on_retention='clamp' to skip to the new start instead") from None
+    return min(start, hi)
+
+
+def _raw_batches(plan, batch_bytes: int, large: bool, release_pages: bool,
+                 on_retention: str = "raise"):
     pa = _pa()
     sch = schema(large)
     alloc = pa.allocate_buffer
+    clamp = on_retention == "clamp"
     for p, idx, lo, hi in plan:
         off = lo
         while off < hi:
-            batches = p.read_batches(off, batch_bytes)
+            try:
+                batches = p.read_batches(off, batch_bytes)
+            except (OffsetOutOfRangeError, FileNotFoundError) as e:
+                off = _overtaken(p, idx, off, hi, clamp, e)
+                continue
             if not batches:
                 break
             cols = _c.export_columns(batches, off, hi, idx, alloc, large, release_pages)
@@ -138,8 +160,9 @@ def _check_batch_bytes(batch_bytes) -> int:
 
 def to_batches(source, start=None, end=None, partitions=None, *, start_time=None,
                end_time=None, batch_bytes: int = DEFAULT_BATCH_BYTES, codec=None,
-               keep_value: bool = False, large: bool = False) -> "pa.RecordBatchReader":
-    """to_batches(topic, start=None, end=None, partitions=None, *, start_time=None, end_time=None, batch_bytes=1 MiB, codec=None, keep_value=False, large=False) -> pyarrow.RecordBatchReader
+               keep_value: bool = False, large: bool = False,
+               on_retention: str = "raise") -> "pa.RecordBatchReader":
+    """to_batches(topic, start=None, end=None, partitions=None, *, start_time=None, end_time=None, batch_bytes=1 MiB, codec=None, keep_value=False, large=False, on_retention="raise") -> pyarrow.RecordBatchReader
 
     Stream a range of a topic (or of one Partition) as Arrow record batches
     of about ``batch_bytes`` of log data each, so memory stays bounded
@@ -160,6 +183,13 @@ def to_batches(source, start=None, end=None, partitions=None, *, start_time=None
     The end of each partition is taken when the call is made: later appends
     are not exported.
 
+    ``on_retention`` says what the stream does when retention deletes
+    records it has not read yet (a slow reader of a topic with retention):
+    ``"raise"`` (the default: an export never skips records silently) raises
+    OffsetOutOfRangeError, naming the deleted range, from the reader's next
+    batch; ``"clamp"`` goes on from the partition's new start, leaving the
+    deleted records out.
+
     ``codec`` decodes values into typed columns, which replace ``value``
     (kept too with ``keep_value=True``): a protobuf message class, a
     :class:`ProtobufCodec`, :class:`JsonCodec` or :class:`RecordCodec`, any
@@ -171,8 +201,10 @@ def to_batches(source, start=None, end=None, partitions=None, *, start_time=None
     """
     pa = _pa()
     _check_batch_bytes(batch_bytes)
+    if on_retention not in ON_RETENTION:
+        raise ValueError(f"on_retention must be one of {ON_RETENTION}, got {on_retention!r}")
     plan = _plan(source, start, end, partitions, start_time, end_time)
-    raw = _raw_batches(plan, batch_bytes, large, True)
+    raw = _raw_batches(plan, batch_bytes, large, True, on_retention)
     if codec is None:
         return pa.RecordBatchReader.from_batches(schema(large), raw)
     codec = _as_codec(codec)
@@ -183,23 +215,25 @@ def to_batches(source, start=None, end=None, partitions=None, *, start_time=None
 
 def to_arrow(source, start=None, end=None, partitions=None, *, start_time=None, end_time=None,
              batch_bytes: int = DEFAULT_BATCH_BYTES, codec=None, keep_value: bool = False,
-             large: bool = False) -> "pa.Table":
-    """to_arrow(topic, start=None, end=None, partitions=None, *, start_time=None, end_time=None, batch_bytes=1 MiB, codec=None, keep_value=False, large=False) -> pyarrow.Table
+             large: bool = False, on_retention: str = "raise") -> "pa.Table":
+    """to_arrow(topic, start=None, end=None, partitions=None, *, start_time=None, end_time=None, batch_bytes=1 MiB, codec=None, keep_value=False, large=False, on_retention="raise") -> pyarrow.Table
 
     A range of a topic (or of one Partition) as a ``pyarrow.Table`` with the
     columns partition, offset, timestamp, key, value, headers. The arguments
     are those of :func:`to_batches`; the table's chunks are its batches.
     """
     reader = to_batches(source, start, end, partitions, start_time=start_time, end_time=end_time,
-                        batch_bytes=batch_bytes, codec=codec, keep_value=keep_value, large=large)
+                        batch_bytes=batch_bytes, codec=codec, keep_value=keep_value, large=large,
+                        on_retention=on_retention)
     return reader.read_all()
 
 
 def export_parquet(source, path, start=None, end=None, partitions=None, *, start_time=None,
                    end_time=None, batch_bytes: int = DEFAULT_BATCH_BYTES,
                    row_group_bytes: int = DEFAULT_ROW_GROUP_BYTES, codec=None,
-                   keep_value: bool = False, compression: str = "zstd", **writer_options) -> int:
-    """export_parquet(topic, path, start=None, end=None, partitions=None, *, start_time=None, end_time=None, batch_bytes=1 MiB, row_group_bytes=16 MiB, codec=None, keep_value=False, compression="zstd", **writer_options) -> int
+                   keep_value: bool = False, compression: str = "zstd",
+                   on_retention: str = "raise", **writer_options) -> int:
+    """export_parquet(topic, path, start=None, end=None, partitions=None, *, start_time=None, end_time=None, batch_bytes=1 MiB, row_group_bytes=16 MiB, codec=None, keep_value=False, compression="zstd", on_retention="raise", **writer_options) -> int
 
     Write a range of a topic to the Parquet file ``path``, streaming: the
     batches of :func:`to_batches` are gathered into row groups of about
@@ -215,7 +249,8 @@ def export_parquet(source, path, start=None, end=None, partitions=None, *, start
             row_group_bytes < 1:
         raise ValueError(f"row_group_bytes must be a positive int, got {row_group_bytes!r}")
     reader = to_batches(source, start, end, partitions, start_time=start_time, end_time=end_time,
-                        batch_bytes=batch_bytes, codec=codec, keep_value=keep_value)
+                        batch_bytes=batch_bytes, codec=codec, keep_value=keep_value,
+                        on_retention=on_retention)
     path = os.fspath(path)
     tmp = f"{path}.tmp{os.getpid()}"
     rows = 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from unstoppable._core import arrow as _c
+from unstoppable._core.batch import MAX_TIMESTAMP
 from unstoppable.arrow.columns import (
     _binary_column,
     _checked,
@@ -166,8 +167,8 @@ def _default_ms(default_timestamp) -> int:
         ts = time.time_ns() // 1_000_000
     else:
         ts = _ms(default_timestamp, "default_timestamp")
-    if not 0 <= ts < (1 << 62):
-        raise InvalidRecordError(f"default_timestamp {ts} is outside 0 .. 2**62-1 ms")
+    if not 0 <= ts <= MAX_TIMESTAMP:
+        raise InvalidRecordError(f"default_timestamp {ts} is outside 0 .. {MAX_TIMESTAMP} ms (9999-12-31T23:59:59.999Z)")
     return ts
 
 

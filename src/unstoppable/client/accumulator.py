@@ -22,6 +22,7 @@ import random
 import time
 
 from unstoppable._core import batch as _batch
+from unstoppable._core.batch import MAX_TIMESTAMP
 from unstoppable.errors import BufferFullError, InvalidRecordError, ProducerClosedError, RecordTooLargeError
 
 __all__ = [
@@ -368,9 +369,9 @@ def make_record(value, key, headers, timestamp):
         hs, hsize = _headers(headers)
         size += hsize
     if timestamp is not None:
-        if isinstance(timestamp, bool) or not isinstance(timestamp, int) or not 0 <= timestamp < (1 << 62):
+        if isinstance(timestamp, bool) or not isinstance(timestamp, int) or not 0 <= timestamp <= MAX_TIMESTAMP:
             raise InvalidRecordError(
-                f"timestamp must be an int of ms since the epoch in 0 .. 2**62-1, got {timestamp!r}")
+                f"timestamp must be an int of ms since the epoch in 0 .. {MAX_TIMESTAMP} (9999-12-31T23:59:59.999Z), got {timestamp!r}")
         return (key, value, hs, timestamp), size
     if hs is not None:
         return (key, value, hs), size

@@ -94,9 +94,13 @@ class Backend(abc.ABC):
         """``(epoch, next_sequence)`` of an idempotent producer id, or None."""
 
     @abc.abstractmethod
-    async def claim_producer_id(self, producer_id: int, name: str):
+    async def claim_producer_id(self, producer_id: int, name: str, *, fence: bool = False,
+                                timeout_ms: int = 60_000):
         """Make sure no other live producer uses this id; returns an object
-        with ``release()``. Raises ProducerIdInUseError."""
+        with ``release()``, ``heartbeat()`` and ``epoch`` (the epoch to write
+        with). A holder that has not written for ``timeout_ms``, or any
+        holder with ``fence``, is fenced where the backend supports it.
+        Raises ProducerIdInUseError."""
 
     # -- consuming
 

@@ -182,8 +182,11 @@ class EmbeddedBackend(Backend):
         part = self._partition(topic, partition)
         return await _executor.run(part.producer_state, producer_id)
 
-    async def claim_producer_id(self, producer_id: int, name: str):
-        return ProducerIdLock(self.log.path, producer_id, name)
+    async def claim_producer_id(self, producer_id: int, name: str, *, fence: bool = False,
+                                timeout_ms: int = 60_000):
+        self.log.check_writable(f"claim producer id {name!r}")
+        return await _executor.run(lambda: ProducerIdLock(
+            self.log.path, producer_id, name, fence=fence, timeout_ms=timeout_ms))
 
     # -- consuming
 
@@ -254,6 +257,7 @@ class EmbeddedBackend(Backend):
     # -- groups
 
     async def join_group(self, group: str, topics: Iterable[str]) -> GroupMember:
+        self.log.check_writable(f"join consumer group {group!r}")
         topics = sorted(set(topics))
         counts = {}
         for t in topics:

@@ -81,6 +81,7 @@ from unstoppable.errors import (
     InvalidRecordError,
     PartitionOutOfRangeError,
     ProducerClosedError,
+    ProducerFencedError,
     RecordTooLargeError,
 )
 from unstoppable.partitioning import DefaultPartitioner, Murmur2Partitioner, compiled_partition_fn, partitioner_kind
@@ -121,7 +122,8 @@ _BLOCK = Block()
 class Producer:
     """Producer(log, topic, *, partitioner=None, batch_bytes=16384, linger_ms=0,
     max_buffer_bytes=32 MiB, backpressure=Block(), acks="written",
-    producer_id=None, delivery_timeout_ms=120000, retry_backoff_ms=100)
+    producer_id=None, delivery_timeout_ms=120000, retry_backoff_ms=100,
+    fence=False, producer_timeout_ms=60000)
 
     An asyncio producer for one topic of ``log`` (a ``us.Log`` or another
     backend). Use as ``async with Producer(...) as p:`` (or ``await
@@ -136,7 +138,13 @@ class Producer:
     * ``max_buffer_bytes``/``backpressure``: see the module docstring.
     * ``acks``: ``"written"`` (page cache; survives a crash of this process) or
       ``"fsync"`` (on stable storage; survives power loss).
-    * ``producer_id``: a stable name makes the producer idempotent.
+    * ``producer_id``: a stable name makes the producer idempotent. One live
+      producer owns an id at a time. A new instance takes over from one that
+      has not written for ``producer_timeout_ms`` (stopped, hung or idle;
+      default 60 s, Kafka's transaction.timeout.ms), or at once with
+      ``fence=True``; it bumps the id's epoch, and every later write of the
+      old instance fails with ProducerFencedError (none reaches the log). A
+      holder that died is replaced at once, without a new epoch.
     * ``delivery_timeout_ms``: how long a batch may keep failing with retriable
       errors (disk full, timeouts) before its records fail; ``retry_backoff_ms``
       is the pause between attempts.
@@ -153,7 +161,8 @@ class Producer:
                  linger_ms: float = 0, max_buffer_bytes: int = 32 << 20, backpressure=_BLOCK,
                  acks: str = "written", producer_id: str | None = None,
                  delivery_timeout_ms: float = 120_000, retry_backoff_ms: float = 100,
-                 key_serializer=None, value_serializer=None, compression: str | None = None):
+                 key_serializer=None, value_serializer=None, compression: str | None = None,
+                 fence: bool = False, producer_timeout_ms: int = 60_000):
         if not isinstance(topic, str):
             raise TypeError(f"topic must be a str, got {type(topic).__name__}")
         if acks not in ACKS:
@@ -176,6 +185,13 @@ class Producer:
             raise TypeError(f"producer_id must be a non-empty str (a stable name), got {producer_id!r}")
         if compression is not None:
             codec_id(compression)  # an unknown name or a missing codec library fails here
+        if isinstance(producer_timeout_ms, bool) or not isinstance(producer_timeout_ms, int) \
+                or producer_timeout_ms < 1:
+            raise ValueError(f"producer_timeout_ms must be an int >= 1, got {producer_timeout_ms!r}")
+        if fence and producer_id is None:
+            raise ValueError("fence=True needs a producer_id (only idempotent producers are fenced)")
+        self.fence = bool(fence)
+        self.producer_timeout_ms = producer_timeout_ms
         self.topic = topic
         self.acks = acks
         self.compression = compression
@@ -228,11 +244,19 @@ class Producer:
             self._max_record = info.max_record_bytes
             epochs, next_seq = [], []
             if self._pid >= 0:
-                self._id_lock = await self._backend.claim_producer_id(self._pid, self.producer_id)
+                self._id_lock = await self._backend.claim_producer_id(
+                    self._pid, self.producer_id, fence=self.fence,
+                    timeout_ms=self.producer_timeout_ms)
+                own = getattr(self._id_lock, "epoch", None)
                 try:
+                    # (On the embedded log this also takes each partition's
+                    # append lock once: an append a fenced instance began
+                    # before the takeover has finished before we write.)
                     for p in range(n):
                         st = await self._backend.producer_state(self.topic, p, self._pid)
                         epoch, seq = st if st is not None else (0, 0)
+                        if own is not None and epoch != own:
+                            epoch, seq = own, 0  # a new epoch starts at sequence 0
                         epochs.append(epoch)
                         next_seq.append(seq)
                 except BaseException:
@@ -243,12 +267,24 @@ class Producer:
             self._sender = Sender(self.topic, self._backend, self.acks, buffers, self._space, loop,
                                   producer_id=self._pid, epochs=epochs, next_seq=next_seq,
                                   delivery_timeout=self.delivery_timeout,
-                                  retry_backoff=self.retry_backoff)
+                                  retry_backoff=self.retry_backoff,
+                                  heartbeat=getattr(self._id_lock, "heartbeat", None))
             buffers.on_sealed = self._sender.kick
             self._buffers = buffers
             self._open = buffers.open
             self._state = _RUNNING
         return self
+
+    def _check_not_fenced(self) -> None:
+        lock = self._id_lock
+        fenced = self._sender.fenced if self._sender is not None else None
+        if fenced is None and lock is not None and hasattr(lock, "current_epoch") \
+                and lock.current_epoch() != lock.epoch:
+            fenced = ProducerFencedError(
+                f"producer {self.producer_id!r} epoch {lock.epoch} is fenced: a newer "
+                f"instance took over with epoch {lock.current_epoch()}")
+        if fenced is not None:
+            raise ProducerFencedError(str(fenced))
 
     async def __aenter__(self) -> "Producer":
         return await self.start()
@@ -403,6 +439,7 @@ class Producer:
         if self._state != _RUNNING:
             await self._ensure_running()
         await self.flush()
+        self._check_not_fenced()  # these rows carry no epoch for the log to check
         append_arrow = self._backend.append_arrow
         if append_arrow is not None:
             # A built-in partitioner's hash runs in C per row; any other is

@@ -23,7 +23,13 @@ import functools
 
 from unstoppable._core.delivery import finish as _finish
 from unstoppable.client.accumulator import DONE, FAILED, Batch
-from unstoppable.errors import DeliveryTimeoutError, ProducerClosedError, UnknownProducerError, is_retriable
+from unstoppable.errors import (
+    DeliveryTimeoutError,
+    ProducerClosedError,
+    ProducerFencedError,
+    UnknownProducerError,
+    is_retriable,
+)
 
 __all__ = ["Sender", "decide", "RETRY", "RESTART", "FAIL", "TIMEOUT"]
 
@@ -65,7 +71,8 @@ class Sender:
     """
 
     def __init__(self, topic: str, backend, acks: str, buffers, space, loop, *, producer_id: int,
-                 epochs: list, next_seq: list, delivery_timeout: float, retry_backoff: float):
+                 epochs: list, next_seq: list, delivery_timeout: float, retry_backoff: float,
+                 heartbeat=None):
         self.topic = topic
         self.acks = acks
         self._backend = backend
@@ -82,6 +89,12 @@ class Sender:
         self.delivery_timeout = delivery_timeout
         self.retry_backoff = retry_backoff
         self._tasks: set = set()
+        # Called after each write: tells a new instance of this producer id
+        # that this one is alive (storage/producer_ids.py).
+        self._heartbeat = heartbeat
+        # Set once a newer instance of the producer id took over: every batch
+        # fails with it from then on, and the epoch is never taken from the log.
+        self.fenced: ProducerFencedError | None = None
         self._when_durable = backend.when_durable
         self._append_now = backend.append_now
         self._inline = self._append_now is not None and (
@@ -98,6 +111,10 @@ class Sender:
     def kick(self, p: int) -> None:
         """Start writing partition p's ready batches (at most one flush in flight)."""
         ready = self._ready[p]
+        if self.fenced is not None:
+            while ready:
+                self._fail(ready.popleft(), self.fenced)
+            return
         if self._inline and not self.seq_dirty[p]:
             self._write_inline(p, ready)
             if not ready:
@@ -139,6 +156,8 @@ class Sender:
                 b.base_offset = base
                 self._unsynced[p].append(b)
                 end = base + len(b.records)
+        if self._heartbeat is not None:
+            self._heartbeat()
         if end >= 0:
             try:
                 self._when_durable(self.topic, p, end, functools.partial(self._durable, p, end))
@@ -150,12 +169,17 @@ class Sender:
         backend = self._backend
         try:
             while ready:
-                if self.seq_dirty[p]:
+                if self.fenced is None and self.seq_dirty[p]:
                     await self._resync(p)
+                if self.fenced is not None:
+                    self._fence(self.fenced)
+                    break
                 batches = list(ready)
                 for b in batches:
                     self._stamp(b, p)
                 bases, err = await backend.append(self.topic, p, batches, self.acks)
+                if bases and self._heartbeat is not None:
+                    self._heartbeat()
                 if bases and self._unsynced[p]:
                     self._durable(p, bases[0], None)  # earlier written batches: durable too
                 for b, base in zip(batches, bases):
@@ -193,8 +217,15 @@ class Sender:
     async def _resync(self, p: int) -> None:
         """After a batch failed for good, continue the sequence from what the log holds."""
         st = await self._backend.producer_state(self.topic, p, self._pid)
-        epoch, seq = st if st is not None else (0, 0)
-        self.epochs[p] = epoch
+        epoch, seq = st if st is not None else (self.epochs[p], 0)
+        if epoch > self.epochs[p]:
+            # A newer instance wrote here: never continue under its epoch.
+            self._fence(ProducerFencedError(
+                f"producer {self._pid} epoch {self.epochs[p]} is fenced on {self.topic}/{p} "
+                f"by epoch {epoch}: a newer instance of this producer id took over"))
+            return
+        if epoch < self.epochs[p]:
+            seq = 0  # our epoch has not written here yet: it starts at 0
         self.next_seq[p] = seq
         for b in self._ready[p]:
             b.base_sequence = -1  # not yet attempted: restamp from the log's state
@@ -217,7 +248,17 @@ class Sender:
         _finish(b)  # wakes its waiters and callbacks from one loop callback
         self._release(b.nbytes)
 
+    def _fence(self, exc: ProducerFencedError) -> None:
+        """Fail everything waiting, now and from now on, with ``exc``."""
+        if self.fenced is None:
+            self.fenced = exc
+        for ready in self._ready:
+            while ready:
+                self._fail(ready.popleft(), self.fenced)
+
     def _fail(self, b: Batch, exc: BaseException) -> None:
+        if isinstance(exc, ProducerFencedError) and self.fenced is None:
+            self.fenced = exc
         b.error = exc
         b.state = FAILED
         if self._pid >= 0:

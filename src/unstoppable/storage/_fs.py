@@ -7,7 +7,7 @@ import os
 
 from unstoppable._core.segment import lock_file, unlock_file
 
-__all__ = ["O_CLOEXEC", "fsync_dir", "pwrite_all", "Flock"]
+__all__ = ["O_CLOEXEC", "fsync_dir", "makedirs_durable", "pwrite_all", "Flock", "open_readonly"]
 
 O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
@@ -19,6 +19,48 @@ def fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def makedirs_durable(path: str) -> None:
+    """mkdir -p, fsyncing each parent whose entries changed."""
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    makedirs_durable(parent)
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        return
+    fsync_dir(parent)
+
+
+def open_readonly(path: str, missing_ok: bool = False, min_size: int = 0) -> int:
+    """Open ``path`` read-only for a read-only log. With ``missing_ok``, a
+    missing file reads as an empty one: an anonymous in-memory file (memfd)
+    stands in, so nothing is ever created on disk. With ``min_size``, a file
+    shorter than that is copied into such an in-memory file, zero-padded, so
+    that a mapping of ``min_size`` bytes never reaches past its end."""
+    try:
+        fd = os.open(path, os.O_RDONLY | O_CLOEXEC)
+    except FileNotFoundError:
+        if not missing_ok:
+            raise
+        fd = -1
+    if fd >= 0 and os.fstat(fd).st_size >= min_size:
+        return fd
+    mem = os.memfd_create(os.path.basename(path), os.MFD_CLOEXEC)
+    try:
+        if fd >= 0:
+            data = os.pread(fd, min_size, 0)
+            pwrite_all(mem, data, 0)
+        os.ftruncate(mem, min_size)
+    except BaseException:
+        os.close(mem)
+        raise
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    return mem
 
 
 def pwrite_all(fd: int, data, pos: int) -> None:
@@ -48,20 +90,31 @@ class Flock:
 
     __slots__ = ("fd", "_owned")
 
-    def __init__(self, path: str | None = None, *, fd: int = -1):
-        if path is not None:
+    def __init__(self, path: str | None = None, *, fd: int = -1, readonly: bool = False):
+        self._owned = path is not None
+        if path is not None and readonly:
+            # A read-only log: lock an existing file without writing (flock
+            # needs no write permission); with no file, no process can be
+            # writing there to exclude, and the lock does nothing.
+            try:
+                fd = os.open(path, os.O_RDONLY | O_CLOEXEC)
+            except FileNotFoundError:
+                self.fd = -1
+                return
+        elif path is not None:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | O_CLOEXEC, 0o644)
         if fd < 0:
             raise ValueError("Flock needs a path or a descriptor")
         self.fd = fd
-        self._owned = path is not None
 
     def __enter__(self):
-        lock_file(self.fd)  # keeps the GIL unless another process holds the lock
+        if self.fd >= 0:
+            lock_file(self.fd)  # keeps the GIL unless another process holds the lock
         return self
 
     def __exit__(self, *exc):
-        unlock_file(self.fd)
+        if self.fd >= 0:
+            unlock_file(self.fd)
 
     def close(self) -> None:
         """Close the descriptor when this object opened it (dropping the lock)."""

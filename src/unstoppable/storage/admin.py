@@ -12,6 +12,7 @@ Layout::
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -26,7 +27,7 @@ from unstoppable.storage._fs import O_CLOEXEC, Flock, fsync_dir
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "MARKER", "open_log_dir", "write_json_atomic",
            "read_topic_meta", "create_topic_dir", "delete_topic_dir", "list_topic_names",
-           "clear_staging"]
+           "clear_staging", "open_log_dir_readonly", "is_read_only_error"]
 
 FORMAT_NAME = "unstoppable-log"
 #: Log format version written to unstoppable.json: 2 since batches are Kafka
@@ -41,9 +42,13 @@ TOPIC_VERSION = 1
 MARKER = "unstoppable.json"
 
 
+def _json_tmp_name(path: str) -> str:
+    return f"{path}.tmp{os.getpid()}.{threading.get_ident()}"
+
+
 def write_json_atomic(path: str, obj) -> None:
     """Write ``obj`` as JSON to ``path`` through a fsynced temporary file and a rename."""
-    tmp = f"{path}.tmp{os.getpid()}.{threading.get_ident()}"
+    tmp = _json_tmp_name(path)
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True)
         f.write("\n")
@@ -70,6 +75,24 @@ def _check_marker(path: str, marker: str) -> None:
     if version < FORMAT_VERSION:
         write_json_atomic(marker, {**meta, "version": FORMAT_VERSION})
         fsync_dir(path)
+
+
+def open_log_dir_readonly(path: str) -> None:
+    """Check that ``path`` holds a log of a format this version reads,
+    changing nothing."""
+    marker = os.path.join(path, MARKER)
+    if not os.path.isdir(path):
+        raise NotALogError(f"no log at {path}" if not os.path.exists(path)
+                           else f"{path} exists and is not a directory")
+    if not os.path.exists(marker):
+        raise NotALogError(f"{path} has no {MARKER}: not a log (and, read-only, not made one)")
+    _check_marker(path, marker)
+
+
+def is_read_only_error(exc: OSError) -> bool:
+    """Whether ``exc`` says the log's directory cannot be written: no
+    permission (EACCES, EPERM) or a read-only file system (EROFS)."""
+    return exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def open_log_dir(path: str, create: bool) -> None:
@@ -123,7 +146,11 @@ def read_topic_meta(tdir: str, name: str) -> tuple[dict, str]:
 def list_topic_names(topics_dir: str) -> list[str]:
     """Names of the topics in ``topics/`` (those with a ``topic.json``), sorted."""
     out = []
-    for name in os.listdir(topics_dir):
+    try:
+        names = os.listdir(topics_dir)
+    except FileNotFoundError:  # a read-only log that never had a topic
+        return []
+    for name in names:
         if is_valid_name(name) and os.path.exists(os.path.join(topics_dir, name, "topic.json")):
             out.append(name)
     return sorted(out)
@@ -148,8 +175,30 @@ def create_topic_dir(staging_dir: str, topics_dir: str, tdir: str, name: str,
         os.rename(tmp, tdir)
         fsync_dir(topics_dir)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if os.path.exists(tmp):
+            _remove_staged_topic(tmp, partitions)
         raise
+
+
+def _remove_staged_topic(tmp: str, partitions: int) -> None:
+    """Remove a topic directory being built, by the names create_topic_dir
+    gives its entries: this needs no file descriptor, so it works after the
+    creation failed for lack of one (EMFILE), where rmtree cannot list it."""
+    meta = os.path.join(tmp, "topic.json")
+    for name in (meta, _json_tmp_name(meta)):
+        try:
+            os.unlink(name)
+        except FileNotFoundError:
+            pass
+    for i in range(partitions):
+        try:
+            os.rmdir(os.path.join(tmp, str(i)))
+        except FileNotFoundError:
+            pass
+    try:
+        os.rmdir(tmp)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # something else in it; clear_staging also removes it
 
 
 def _mark_deleted(pdir: str) -> None:

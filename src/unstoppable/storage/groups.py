@@ -57,7 +57,6 @@ from unstoppable.errors import (
     CorruptLogError,
     DiskFullError,
     InvalidGroupNameError,
-    ProducerIdInUseError,
     is_disk_full,
 )
 from unstoppable._names import validate_group_name
@@ -574,37 +573,6 @@ def owners(log_path: str, group: str) -> dict[tuple[str, int], bool]:
     return out
 
 
-class ProducerIdLock:
-    """Held by the one live idempotent producer of an id (``<log>/producers/``).
-
-    Two live producers with one id would race each other's sequence numbers;
-    the lock turns that into a clear error, and the kernel drops it when the
-    holder dies, so a restarted producer can take over at once.
-    """
-
-    def __init__(self, log_path: str, producer_id: int, name: str = ""):
-        d = os.path.join(log_path, PRODUCERS_DIR)
-        _makedirs_durable(d)
-        self.path = os.path.join(d, f"{producer_id:016x}.lock")
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | O_CLOEXEC, 0o644)
-        if not _try_flock(fd):
-            os.close(fd)
-            raise ProducerIdInUseError(
-                f"producer id {name or producer_id!r} is in use by another live producer "
-                f"(lock {self.path}); each idempotent producer needs its own id")
-        self._fd = fd
-        _HOLDERS.add(self)
-
-    def release(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-            _HOLDERS.discard(self)
-
-    def _forget_after_fork(self) -> None:
-        if self._fd >= 0:
-            try:
-                os.close(self._fd)
-            except OSError:
-                pass
-            self._fd = -1
+# ProducerIdLock (the ownership and epoch fencing of producer ids) lives in
+# storage/producer_ids.py; this name stays for the modules that import it here.
+from unstoppable.storage.producer_ids import ProducerIdLock  # noqa: E402,F401

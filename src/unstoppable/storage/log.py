@@ -15,6 +15,7 @@ storage/verify.py's.
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import threading
@@ -27,13 +28,16 @@ from unstoppable.errors import (
     CorruptLogError,
     LogClosedError,
     PartitionOutOfRangeError,
+    ReadOnlyLogError,
     TopicConfigError,
     TopicExistsError,
+    too_many_open_files,
 )
 from unstoppable.storage import admin
 from unstoppable.storage._fs import Flock
 from unstoppable.storage.durability import Flusher, ThreadCommitter
 from unstoppable.storage.partition import Partition, PartitionServices
+from unstoppable.storage.producer_ids import ProducerEpochs
 from unstoppable.storage.verify import VerifyReport, verify
 
 __all__ = ["Log", "Topic", "TopicConfig", "validate_topic_name", "VerifyReport"]
@@ -123,14 +127,23 @@ class TopicConfig:
 
 
 class Log:
-    """Log(path, *, create=True)
+    """Log(path, *, create=True, readonly=False)
 
     Open (or create) an embedded, durable, partitioned event log in the
     directory ``path``. Any number of processes may open the same directory.
     Use as a context manager, or call :meth:`close`.
+
+    With ``readonly=True`` nothing under ``path`` is ever written: reads,
+    ``verify()``, consumers without a group and exports work; appends, topic
+    creation or deletion, retention and group commits raise
+    :class:`~unstoppable.errors.ReadOnlyLogError`. A partition whose tail was
+    torn by a crash is recovered in memory (the tail is ignored), not on
+    disk. A log whose directory cannot be written (EACCES, EPERM, EROFS: a
+    read-only mount, another user's files) opens read-only on its own;
+    :attr:`readonly` and ``repr()`` say so, and :attr:`readonly_reason` why.
     """
 
-    def __init__(self, path, *, create: bool = True):
+    def __init__(self, path, *, create: bool = True, readonly: bool = False):
         self.path = os.path.abspath(os.fspath(path))
         self._closed = False
         self._topics: dict[str, Topic] = {}
@@ -139,16 +152,56 @@ class Log:
         self._group_commit = ThreadCommitter()
         self._writer_pool = None
         self._writer_pid = -1
-        admin.open_log_dir(self.path, create)
         self._topics_dir = os.path.join(self.path, "topics")
         # Topics are built and torn down in staging/, outside topics/, and
         # renamed in or out in one step; a crash leaves debris only there.
         self._staging_dir = os.path.join(self.path, "staging")
-        os.makedirs(self._staging_dir, exist_ok=True)
-        self._meta_lock = Flock(os.path.join(self.path, "meta.lock"))
-        self._services = PartitionServices(self._group_commit, self._flusher, self._writer)
-        with self._meta_lock:
-            admin.clear_staging(self._staging_dir)
+        self._meta_lock = None
+        self._readonly_reason = None
+        if readonly:
+            self._open_readonly("opened with readonly=True")
+        else:
+            try:
+                admin.open_log_dir(self.path, create)
+                os.makedirs(self._staging_dir, exist_ok=True)
+                self._meta_lock = Flock(os.path.join(self.path, "meta.lock"))
+            except OSError as e:
+                if not admin.is_read_only_error(e) or not os.path.isdir(self.path):
+                    raise
+                self._open_readonly(f"the directory is not writable "
+                                    f"({errno.errorcode.get(e.errno, e.errno)}: {e.strerror})")
+        self._producer_epochs = ProducerEpochs(self.path)
+        self._services = PartitionServices(self._group_commit, self._flusher, self._writer,
+                                           self.readonly, self._producer_epochs)
+        if self._meta_lock is not None:
+            with self._meta_lock:
+                admin.clear_staging(self._staging_dir)
+
+    def _open_readonly(self, reason: str) -> None:
+        admin.open_log_dir_readonly(self.path)
+        self._readonly_reason = reason
+
+    @property
+    def readonly(self) -> bool:
+        """Whether this log was opened read-only (see the class docstring)."""
+        return self._readonly_reason is not None
+
+    @property
+    def readonly_reason(self) -> str | None:
+        """Why the log is read-only (``readonly=True``, or the error that
+        showed the directory cannot be written), or None when it is writable."""
+        return self._readonly_reason
+
+    def check_writable(self, what: str) -> None:
+        """Raise ReadOnlyLogError, saying ``what`` cannot be done, when the
+        log is read-only (for modules that write under the log directory:
+        groups, producer ids)."""
+        self._check_writable(what)
+
+    def _check_writable(self, what: str) -> None:
+        if self._readonly_reason is not None:
+            raise ReadOnlyLogError(f"cannot {what}: log {self.path} is read-only "
+                                   f"({self._readonly_reason})")
 
     # ---------------------------------------------------------------- helpers
 
@@ -190,6 +243,22 @@ class Log:
         validate_topic_name(name)
         cfg = TopicConfig.build(partitions, config)
         tdir = self._topic_dir(name)
+        if self.readonly:
+            if os.path.exists(os.path.join(tdir, "topic.json")) \
+                    and self._read_topic_json(tdir, name) == cfg:
+                return self.topic(name)  # nothing to write: the topic is there as asked
+            self._check_writable(f"create topic {name!r}")
+        try:
+            return self._create_topic(name, tdir, cfg)
+        except OSError as e:
+            err = too_many_open_files(e, f"creating topic {name!r}")
+            if err is None:
+                raise
+            raise err from None
+
+    def _create_topic(self, name: str, tdir: str, cfg: TopicConfig) -> "Topic":
+        # Built in staging/ and renamed into topics/ whole: a failure leaves
+        # no topic and no half-made directory (clear_staging removes debris).
         with self._lock, self._meta_lock:
             if os.path.exists(os.path.join(tdir, "topic.json")):
                 existing = self._read_topic_json(tdir, name)
@@ -234,6 +303,7 @@ class Log:
         """Delete a topic and all its data. Processes that still have it open
         get UnknownTopicError on their next append."""
         self._check_open()
+        self._check_writable(f"delete topic {name!r}")
         tdir = self._topic_dir(name)
         with self._lock, self._meta_lock:
             cfg = self._read_topic_json(tdir, name)
@@ -255,6 +325,7 @@ class Log:
     def enforce_retention(self) -> int:
         """Apply every topic's retention now; returns the number of segments deleted."""
         self._check_open()
+        self._check_writable("enforce retention")
         return sum(self.topic(n).enforce_retention() for n in self.topics())
 
     def verify(self, progress=None) -> "VerifyReport":
@@ -282,10 +353,12 @@ class Log:
                 raise first
         finally:
             self._group_commit.stop()
+            self._producer_epochs.close()
             self._topics.clear()
             self._closed = True
             try:
-                self._meta_lock.close()
+                if self._meta_lock is not None:
+                    self._meta_lock.close()
             except OSError:
                 pass
 
@@ -300,7 +373,8 @@ class Log:
         self.close()
 
     def __repr__(self):
-        return f"<Log {self.path}{' closed' if self._closed else ''}>"
+        ro = f" read-only ({self._readonly_reason})" if self.readonly else ""
+        return f"<Log {self.path}{ro}{' closed' if self._closed else ''}>"
 
 
 class Topic:
@@ -314,10 +388,8 @@ class Topic:
         self.config = config
         self._partitions: list[Partition | None] = [None] * config.partitions
         self._plock = threading.Lock()
-        # Open (and recover) every partition now: opening a topic brings each
-        # partition to its last valid batch.
-        for i in range(config.partitions):
-            self.partition(i)
+        # Partitions open (and recover, up to their last valid batch) on first
+        # use: a topic of many partitions costs no descriptors until used.
 
     @property
     def partitions(self) -> int:
@@ -337,8 +409,14 @@ class Topic:
                 p = self._partitions[i]
                 if p is None:
                     self._log._check_open()
-                    p = Partition(self.name, i, os.path.join(self.path, str(i)), self.config,
-                                  self._log._services)
+                    try:
+                        p = Partition(self.name, i, os.path.join(self.path, str(i)),
+                                      self.config, self._log._services)
+                    except OSError as e:
+                        err = too_many_open_files(e, f"opening partition {self.name}/{i}")
+                        if err is None:
+                            raise
+                        raise err from None
                     self._partitions[i] = p
         return p
 

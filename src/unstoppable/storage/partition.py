@@ -41,13 +41,15 @@ from unstoppable.errors import (
     DiskFullError,
     LogClosedError,
     OffsetOutOfRangeError,
+    ReadOnlyLogError,
     UnstoppableError,
     is_disk_full,
 )
-from unstoppable.storage._fs import O_CLOEXEC, Flock
+from unstoppable.storage._fs import O_CLOEXEC, Flock, open_readonly
 from unstoppable.storage.appender import STREAM_MIN, Appender, give_back_reserved
 from unstoppable.storage.durability import DurableState
 from unstoppable.storage.producer_state import ProducerStateTable
+from unstoppable.storage.readonly import recover_readonly
 from unstoppable.storage.recovery import Recovery, now_ms, recover
 from unstoppable.storage.retention import apply_retention
 from unstoppable.storage.segments import OPEN_SEGMENTS, Segment, SegmentCatalog, position_of
@@ -59,11 +61,15 @@ ACKS = ("written", "fsync")
 
 class PartitionServices(NamedTuple):
     """What a partition uses of its log: the thread group commit, the
-    flusher thread, and ``writer()``, the C writer thread of pipelined appends."""
+    flusher thread, ``writer()``, the C writer thread of pipelined appends,
+    whether the log is read-only, and the current epoch of each producer id
+    (``ProducerEpochs``, for fencing)."""
 
     group_commit: object
     flusher: object
     writer: Callable
+    readonly: bool = False
+    producer_epochs: object = None
 
 
 class Partition:
@@ -87,11 +93,15 @@ class Partition:
         self._services = services
         self._lock = threading.RLock()
         self._listeners: list[Callable[[], None]] = []
-        self._producers = ProducerStateTable()
+        self._producers = ProducerStateTable(services.producer_epochs)
         self._flock = None
         self._headfd = -1
         self._catalog = None
         self.durability = None
+        self._readonly = services.readonly
+        if self._readonly:
+            self._open_readonly()
+            return
         os.makedirs(path, exist_ok=True)
         dirfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | O_CLOEXEC)
         try:
@@ -105,6 +115,7 @@ class Partition:
                 # other processes never see.
                 os.posix_fallocate(self._headfd, 0, HEAD_FILE_SIZE)
                 self._head = Head(self._headfd)
+                self._close_head_fd()  # the mapping outlives the descriptor: one fewer per partition
                 self._catalog = SegmentCatalog(path, f"{topic}/{index}", config, self._lock,
                                                self._flock, self._head)
                 self.recovery = recover(self._head, self._catalog, config, topic)
@@ -123,13 +134,60 @@ class Partition:
                                   self._after_roll, self._listeners, services.writer)
         self.durability.durable_end = self._head.read().ckpt_end_offset
 
+    def _open_readonly(self) -> None:
+        """Open without writing anything: the head is mapped copy-on-write
+        (an in-memory one when the file is missing) and recovered in memory
+        (storage/readonly.py)."""
+        try:
+            dirfd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | O_CLOEXEC)
+        except FileNotFoundError:
+            raise CorruptLogError(f"the directory of partition {self.topic}/{self.index} "
+                                  f"is missing: {self.path}", topic=self.topic,
+                                  partition=self.index) from None
+        try:
+            self._flock = Flock(os.path.join(self.path, "lock"), readonly=True)
+            self._headfd = open_readonly(os.path.join(self.path, "head"), missing_ok=True,
+                                         min_size=HEAD_FILE_SIZE)
+            with self._flock:
+                self._head = Head(self._headfd, private=True)
+                self._close_head_fd()
+                self._catalog = SegmentCatalog(self.path, f"{self.topic}/{self.index}",
+                                               self._config, self._lock, self._flock,
+                                               self._head)
+                self._catalog.readonly = True
+                self.recovery = recover_readonly(self._head, self._catalog, self.topic)
+        except BaseException:
+            os.close(dirfd)
+            self._close_files()
+            raise
+        self.durability = DurableState(self.topic, self.index, dirfd, self._lock, self._flock,
+                                       self._head, self._catalog, self._state,
+                                       self._locked_state)
+        self._appender = None
+        self.durability.durable_end = self._head.read().ckpt_end_offset
+
+    @property
+    def readonly(self) -> bool:
+        """Whether the log was opened read-only: appends and retention raise
+        ReadOnlyLogError, and nothing is written to the partition's files."""
+        return self._readonly
+
+    def _check_writable(self, what: str) -> None:
+        if self._readonly:
+            raise ReadOnlyLogError(f"cannot {what} partition {self.topic}/{self.index}: "
+                                   f"the log is read-only ({self.path})")
+
     # ------------------------------------------------------------------ state
 
     def _locked_state(self):
         """The head's state, with both locks held: a head a writer left
-        half-updated (an odd seqlock count) is rewritten whole from the files."""
+        half-updated (an odd seqlock count) is rewritten whole from the files
+        (in memory only, for a read-only log)."""
         st = self._head.read()
         if st is None:
+            if self._readonly:
+                return recover_readonly(self._head, self._catalog, self.topic,
+                                        force_scan=True).state
             st = recover(self._head, self._catalog, self._config, self.topic,
                          force_scan=True).state
         return st
@@ -365,6 +423,7 @@ class Partition:
         """
         acks = self._check_acks(acks)
         self._check_open()
+        self._check_writable("append to")
         setting = self._config.compression
         codec = codec_id(compression if setting == "producer" else setting)
         if producer_id >= 0:
@@ -405,6 +464,7 @@ class Partition:
         here). Returns ``(base, end)``."""
         acks = self._check_acks(acks)
         self._check_open()
+        self._check_writable("append to")
         with self._lock:
             if encoder.records == 0:
                 end = self._state().end_offset
@@ -423,6 +483,7 @@ class Partition:
         :meth:`append`. Returns the first offset."""
         acks = self._check_acks(acks)
         self._check_open()
+        self._check_writable("append to")
         if len(source) == 0:
             return self._state().end_offset
         ts = now_ms() if timestamp is None else timestamp
@@ -468,6 +529,7 @@ class Partition:
         """Delete whole sealed segments past the topic's retention_bytes /
         retention_ms. Returns the number deleted. Never touches the active one."""
         self._check_open()
+        self._check_writable("enforce retention on")
         with self._lock, self._flock:
             st = self._locked_state()
             return apply_retention(st, self._head, self._catalog, self._config)
@@ -494,8 +556,11 @@ class Partition:
         self._services.group_commit.request(self.durability, end_offset, callback)
 
     def flush(self) -> None:
-        """fsync everything appended so far (in any process) and move the checkpoint."""
+        """fsync everything appended so far (in any process) and move the
+        checkpoint. Nothing to do on a read-only log."""
         self._check_open()
+        if self._readonly:
+            return
         self.wait_durable(self._state().end_offset)
 
     # ------------------------------------------------------------------ close
@@ -507,7 +572,7 @@ class Partition:
             return
         try:
             st = self._head.read()
-            if self.durability.failed is None and st is not None \
+            if self.durability.failed is None and st is not None and not self._readonly \
                     and not st.flags & HEAD_FLAG_DELETED:
                 self.wait_durable(st.end_offset)
                 self._give_back_reserved()
@@ -532,17 +597,20 @@ class Partition:
         except OSError:
             pass
 
-    def _close_files(self):
-        if self._catalog is not None:
-            self._catalog.close()
-        if self.durability is not None:
-            self.durability.close()
+    def _close_head_fd(self) -> None:
         fd, self._headfd = self._headfd, -1
         if fd >= 0:
             try:
                 os.close(fd)
             except OSError:
                 pass
+
+    def _close_files(self):
+        if self._catalog is not None:
+            self._catalog.close()
+        if self.durability is not None:
+            self.durability.close()
+        self._close_head_fd()
         if self._flock is not None:
             try:
                 self._flock.close()
@@ -550,7 +618,8 @@ class Partition:
                 pass
 
     def __repr__(self):
-        return f"<Partition {self.topic}/{self.index} at {self.path}>"
+        ro = " read-only" if self._readonly else ""
+        return f"<Partition {self.topic}/{self.index} at {self.path}{ro}>"
 
     # ------------------------------------------- numpy views (storage/index_views.py)
 
@@ -584,4 +653,3 @@ class Partition:
         """
         from unstoppable.storage import index_views
         return index_views.offsets_for_times(self, timestamps)
-

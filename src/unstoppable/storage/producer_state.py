@@ -11,7 +11,9 @@ offset). An idempotent append is checked against it under the append lock:
   (older than the five remembered batches: refused rather than written twice);
 * same epoch, a sequence beyond last + 1: OutOfOrderSequenceError (records in
   between were never written; the gap is an error, never silent loss);
-* a newer epoch must start at sequence 0; an older epoch is fenced.
+* a newer epoch must start at sequence 0; an older epoch is fenced, and so is
+  any epoch older than the one the id's current owner claimed (the log's
+  ProducerEpochs), even in a partition the new owner has not written to yet.
 
 A producer whose every remembered batch lies below the partition's start
 offset (retention deleted what it wrote) is forgotten, as Kafka expires
@@ -79,8 +81,12 @@ class _Producer:
 class ProducerStateTable:
     """The dedup table of one partition (used under its append lock)."""
 
-    def __init__(self):
+    def __init__(self, epochs=None):
         self.producers: dict[int, _Producer] = {}
+        # The log's ProducerEpochs (storage/producer_ids.py): the epoch of each
+        # id's current owner. An append with an older one is fenced even where
+        # the new owner has not written yet.
+        self._epochs = epochs
         self.synced = None  # (segment base, position) the table reflects, or None (not loaded)
         self.expired_below = 0  # producers wholly below this offset are forgotten
 
@@ -158,6 +164,12 @@ class ProducerStateTable:
     def check(self, pid: int, epoch: int, base_seq: int, count: int):
         """Decide an idempotent append: None to write it, ``(base, end)`` of the
         original when it is a retry; raises for gaps, stale retries and fencing."""
+        if self._epochs is not None:
+            owner = self._epochs.current(pid)
+            if owner is not None and epoch < owner:
+                raise ProducerFencedError(
+                    f"producer {pid} epoch {epoch} is fenced: a newer instance of this "
+                    f"producer id took over with epoch {owner}")
         p = self.producers.get(pid)
         if p is None and base_seq != 0:
             raise UnknownProducerError(

@@ -34,7 +34,7 @@ from unstoppable._core.segment import (
     time_index_valid,
 )
 from unstoppable.errors import CorruptLogError, OffsetOutOfRangeError, corrupt_from_code
-from unstoppable.storage._fs import O_CLOEXEC, pwrite_all
+from unstoppable.storage._fs import O_CLOEXEC, open_readonly, pwrite_all
 
 __all__ = ["OPEN_SEGMENTS", "Segment", "SealedFacts", "SegmentCatalog", "segment_name",
            "segment_stem", "position_of"]
@@ -64,7 +64,8 @@ class Segment:
     __slots__ = ("base", "path", "fd", "oi_fd", "ti_fd", "_map", "_oi_map", "_ti_map",
                  "_map_hint", "_oi_hint", "reserved_end")
 
-    def __init__(self, dirpath: str, base: int, map_hint: int, oi_hint: int, create: bool = False):
+    def __init__(self, dirpath: str, base: int, map_hint: int, oi_hint: int, create: bool = False,
+                 readonly: bool = False):
         self.base = base
         stem = segment_stem(dirpath, base)
         self.path = stem + ".log"
@@ -74,9 +75,15 @@ class Segment:
         self._oi_map = None
         self._ti_map = None
         try:
-            self.fd = os.open(self.path, flags, 0o644)
-            self.oi_fd = os.open(stem + ".index", os.O_RDWR | os.O_CREAT | O_CLOEXEC, 0o644)
-            self.ti_fd = os.open(stem + ".timeindex", os.O_RDWR | os.O_CREAT | O_CLOEXEC, 0o644)
+            if readonly:  # a read-only log: a missing index reads as empty
+                self.fd = open_readonly(self.path)
+                self.oi_fd = open_readonly(stem + ".index", missing_ok=True)
+                self.ti_fd = open_readonly(stem + ".timeindex", missing_ok=True)
+            else:
+                self.fd = os.open(self.path, flags, 0o644)
+                self.oi_fd = os.open(stem + ".index", os.O_RDWR | os.O_CREAT | O_CLOEXEC, 0o644)
+                self.ti_fd = os.open(stem + ".timeindex", os.O_RDWR | os.O_CREAT | O_CLOEXEC,
+                                     0o644)
         except BaseException:
             self.close()
             raise
@@ -174,6 +181,9 @@ class SegmentCatalog:
         self._guard = threading.RLock()
         # Sorted bases of the segments. Replaced, never changed in place.
         self._bases: list[int] = []
+        # A read-only log's catalog opens files read-only and never repairs
+        # an index on disk (it works without one).
+        self.readonly = False
 
     # ------------------------------------------------------------- listing
 
@@ -208,7 +218,8 @@ class SegmentCatalog:
             if seg is not None:
                 segs.move_to_end(base)
                 return seg
-        seg = Segment(self.path, base, self._map_hint, self._oi_hint, create=create)
+        seg = Segment(self.path, base, self._map_hint, self._oi_hint, create=create,
+                      readonly=self.readonly)
         with self._guard:
             other = segs.get(base)
             if other is not None:  # another thread opened it meanwhile: ours closes
@@ -348,6 +359,8 @@ class SegmentCatalog:
     def _repair_index(self, seg: Segment, size: int, oi_n: int, ti_n: int):
         """Rebuild a sealed segment's torn or missing indexes from a full scan.
         Returns ``(oi_n, ti_n, max_ts or None)``."""
+        if self.readonly:
+            return 0, 0, None  # read-only log: work without an index, as below
         with self._lock, self._flock:
             builder = IndexBuilder(seg.base, self._config.index_interval_bytes, 0, -1, -1)
             r = scan(seg.data(size), 0, size, -1, builder)

@@ -327,7 +327,16 @@ class JetStreamBackend(Backend):
         st = await self._pid_state(part, producer_id)
         return None if st.last_sseq == 0 else (st.epoch, st.next)
 
-    async def claim_producer_id(self, producer_id: int, name: str):
+    async def claim_producer_id(self, producer_id: int, name: str, *, fence: bool = False,
+                                timeout_ms: int = 60_000):
+        # Takeover here is by lease: a stopped holder's claim lapses lease_ttl
+        # after its last renewal (timeout_ms does not apply), and fence=True
+        # is not offered (a live holder keeps renewing).
+        if fence:
+            raise ValueError(
+                "fence=True is not supported on the JetStream backend: a producer id's claim "
+                f"passes to a new instance {self.log.lease_ttl:g} s (lease_ttl) after its "
+                "holder stops renewing it")
         host = socket.gethostname()
         value = json.dumps({"name": name, "pid": os.getpid(), "host": host,
                             "claim": uuid.uuid4().hex}).encode()
