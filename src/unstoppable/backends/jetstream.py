@@ -1281,6 +1281,9 @@ class JetStreamBackend(Backend):
     def known_end_offset(self, topic: str, partition: int) -> int:
         return self.log._ends.get((topic, partition), 0)
 
+    def known_start_offset(self, topic: str, partition: int) -> int | None:
+        return self._starts.get((topic, partition))
+
     async def wait_for_data(self, positions: dict, timeout: float | None,
                             interrupt: asyncio.Future | None = None) -> bool:
         """Sleep until a partition may hold records at or past its position.
@@ -1359,8 +1362,18 @@ class JetStreamBackend(Backend):
 
     # ----------------------------------------------------------------- groups
 
-    async def join_group(self, group: str, topics: Iterable[str]) -> GroupMember:
+    async def join_group(self, group: str, topics: Iterable[str], *,
+                         session_timeout_ms: float | None = None) -> GroupMember:
+        """A member of ``group`` as leases. Its session timeout is the
+        connection's lease TTL (``connect(..., lease_ttl=...)``, 10 s by
+        default): a member that stops renewing loses its member and owner
+        leases that long after its last renewal."""
         validate_group_name(group)
+        ttl_ms = self.log.lease_ttl * 1000
+        if session_timeout_ms is not None and session_timeout_ms != ttl_ms:
+            raise ValueError(f"on JetStream a member's session timeout is the connection's lease TTL "
+                             f"({ttl_ms:g} ms), not {session_timeout_ms!r}: set it with "
+                             f"connect(..., lease_ttl=seconds)")
         topics = sorted(set(topics))
         counts = {t: (await self.topic_info(t)).partitions for t in topics}
         m = _JetStreamMember(self, group, topics, counts)
@@ -1441,6 +1454,7 @@ class _JetStreamMember(GroupMember):
         self._infos: dict[str, MemberInfo] = {}
         self._target: set = set()
         self._left = False
+        self.session_timeout = backend.log.lease_ttl
 
     async def _join(self) -> None:
         value = member_description(self.info)
@@ -1482,7 +1496,19 @@ class _JetStreamMember(GroupMember):
             # No answer now (a failover): keep the last view; the leases tell
             # the truth once the cluster answers again.
             return self._target - self._lost
-        mine = assign(members, self._counts).get(self.member_id, ())
+        # The same inputs on every member: the partition counts of every topic
+        # any live member subscribes to (not only this member's own).
+        for m in members:
+            for t in m.topics:
+                if t not in self._counts:
+                    try:
+                        self._counts[t] = (await self._backend.topic_info(t)).partitions
+                    except UnknownTopicError:
+                        pass  # deleted since that member joined
+                    except _TRANSIENT:
+                        return self._target - self._lost  # keep the last view (as above)
+        wanted = {t: self._counts[t] for m in members for t in m.topics if t in self._counts}
+        mine = assign(members, wanted).get(self.member_id, ())
         self._target = {TopicPartition(t, p) for t, p in mine}
         return self._target - self._lost
 

@@ -6,19 +6,36 @@ Layout of ``<log>/groups/<group>/``::
     offsets          committed offsets, an append-only file of CRC-framed records
     offsets.lock     flock()ed while a commit appends to (or compacts) ``offsets``
     members/<id>.member   one file per live member, flock()ed by that member for
-                          its whole life; JSON: member id, topics, pid, host
-    owners/<topic>/<partition>.lock   flock()ed by the member consuming that partition
+                          its whole life; JSON: member id, topics, pid, host.
+                          Its mtime is the member's heartbeat.
+    owners/<topic>/<partition>.lock   flock()ed by the member consuming that
+                          partition; its bytes are the ownership record:
+                          u64 epoch (little-endian), then the owner's member id
+                          (UTF-8; empty when released)
 
 and ``<log>/producers/<producer id, 16 hex digits>.lock``, flock()ed by the one
 live idempotent producer using that id.
 
-Why locks and not heartbeats: the kernel releases a flock the moment the
-holding process dies (SIGKILL included), so liveness needs no timeouts. A
-member is alive exactly while its member file is locked; survivors notice a
-death the next time they probe (``Membership.refresh``), every member computes
-the same assignment from the same sorted list of live members, and a
-partition's owner lock makes sure two members never consume it at once, even
-while their views of the member list briefly differ.
+Liveness: locks and heartbeats. The kernel releases a flock the moment the
+holding process dies (SIGKILL included), so a death is noticed at once: a
+member is alive while its member file is locked *and* its heartbeat (the
+file's mtime, touched on every membership poll) is younger than the session
+timeout. A process that is stopped (SIGSTOP), deadlocked or stuck in a long
+blocking call keeps its locks but stops heartbeating, and after
+``session_timeout_ms`` the others count it out. Survivors notice either the
+next time they probe (``Membership.refresh``); every member computes the same
+assignment from the same sorted list of live members and the partition counts
+of every topic any of them subscribes to.
+
+Ownership and fencing: a partition changes hands only under the group's
+mutex (``offsets.lock``), by writing the ownership record with the epoch
+increased by one. A member may take a partition whose record is released,
+names itself, or names a member that is not alive (dead, or silent past the
+session timeout, even though its process still holds the owner flock). A
+commit checks, under the same mutex, that the record still holds the epoch
+and member id of the committer; otherwise it raises FencedMemberError and
+writes nothing. So a member that wakes after being counted out can never
+commit over the new owner, nor move its offsets back.
 
 Offsets file (little-endian)::
 
@@ -56,6 +73,7 @@ from unstoppable._core.hashing import crc32c
 from unstoppable.errors import (
     CorruptLogError,
     DiskFullError,
+    FencedMemberError,
     InvalidGroupNameError,
     ProducerIdInUseError,
     is_disk_full,
@@ -79,6 +97,7 @@ __all__ = [
     "Membership",
     "MemberInfo",
     "ProducerIdLock",
+    "SESSION_TIMEOUT_MS",
     "ASSIGNORS",
     "assign",
     "assign_round_robin",
@@ -99,6 +118,17 @@ _BODY_HEAD = struct.Struct("<qI")      # commit time, entry count
 _ENTRY_TAIL = struct.Struct("<Iq")     # partition, offset
 _U16 = struct.Struct("<H")
 _MAX_BODY = 64 << 20
+_EPOCH = struct.Struct("<Q")           # ownership record: epoch, then the owner's member id
+
+#: How long a member may go without a heartbeat before the others take its
+#: partitions (see Membership). Process death needs no timeout (the kernel
+#: drops its locks at once); this bounds only hung members. 10 s as Kafka
+#: before 3.0 and as the JetStream backend's lease TTL: Kafka raised its
+#: default to 45 s for network blips between clients and brokers, which the
+#: embedded log, on one machine, does not have. The heartbeat runs on the
+#: consumer's event loop, so a handler that blocks the loop for longer than
+#: this loses its partitions: raise it for such handlers.
+SESSION_TIMEOUT_MS = 10_000
 
 
 def group_dir(log_path: str, group: str) -> str:
@@ -312,9 +342,14 @@ class OffsetsFile:
                                     os.O_RDWR | os.O_CREAT | O_CLOEXEC, 0o644)
         return Flock(fd=self._lock_fd)
 
-    def commit(self, offsets: dict, *, sync: bool = True) -> None:
+    def commit(self, offsets: dict, *, sync: bool = True, fence=None) -> None:
         """Append ``{(topic, partition): offset}`` durably (fdatasync unless
-        ``sync`` is False). Offsets must be ints >= 0."""
+        ``sync`` is False). Offsets must be ints >= 0.
+
+        ``fence``: a callable run under the group's mutex before anything is
+        written (``Membership.check_owner``); it raises FencedMemberError when
+        the committer no longer owns one of the partitions, and then nothing
+        is written."""
         clean = {}
         for key, off in offsets.items():
             topic, partition = key
@@ -325,6 +360,8 @@ class OffsetsFile:
             return
         now = time.time_ns() // 1_000_000
         with self._lock, self._locked():
+            if fence is not None:
+                fence(list(clean))
             if not self._open_current():
                 self._create()
             size = self._catch_up()
@@ -407,15 +444,26 @@ class OffsetsFile:
 # Membership and ownership
 
 class Membership:
-    """One member of a group: registered while its member file is locked.
+    """One member of a group: registered while its member file is locked and
+    its heartbeat is younger than ``session_timeout_ms``.
 
-    ``refresh()`` probes the other members' locks (one non-blocking flock each),
-    removes the files of dead ones, and returns the live members. ``target()``
-    is this member's share of the partitions. ``try_acquire``/``release`` take
-    and drop a partition's owner lock. Everything here is non-blocking.
+    ``refresh()`` heartbeats, probes the other members' locks (one
+    non-blocking flock each) and heartbeats, removes the files of dead ones,
+    and returns the live members. ``target()`` is this member's share of the
+    partitions. ``try_acquire``/``release`` take and drop a partition (owner
+    lock and ownership record, see the module docstring); ``take_lost()``
+    returns the partitions others took over while this member was silent.
+    ``check_owner`` is the commit fence. Nothing here waits, except for the
+    group mutex, which is held only for a few small reads and writes (and
+    for one commit's write and fdatasync).
     """
 
-    def __init__(self, log_path: str, group: str, topics: Iterable[str], member_id: str | None = None):
+    def __init__(self, log_path: str, group: str, topics: Iterable[str], member_id: str | None = None,
+                 *, session_timeout_ms: float = SESSION_TIMEOUT_MS):
+        if isinstance(session_timeout_ms, bool) or not isinstance(session_timeout_ms, (int, float)) \
+                or not session_timeout_ms > 0:
+            raise ValueError(f"session_timeout_ms must be a number > 0, got {session_timeout_ms!r}")
+        self.session_timeout_ns = int(session_timeout_ms * 1_000_000)
         self.dir = group_dir(log_path, group)
         self.group = group
         self.topics = tuple(sorted(set(topics)))
@@ -425,7 +473,12 @@ class Membership:
         _makedirs_durable(self._members_dir)
         _makedirs_durable(self._owners_dir)
         self._peers: dict[str, tuple[int, MemberInfo | None]] = {}  # file name -> (fd, info)
-        self._owned: dict[tuple[str, int], int] = {}                # (topic, p) -> locked fd
+        self._owned: dict[tuple[str, int], int] = {}                # (topic, p) -> owner file fd
+        self._epochs: dict[tuple[str, int], int] = {}               # (topic, p) -> our epoch
+        self._flocked: set = set()        # owned partitions whose owner flock we hold
+        self._lost: set = set()           # taken over by others while we were silent
+        self._mutex_fd = -1
+        self._last_beat = self._last_check = time.monotonic()
         self._closed = False
         self.info = MemberInfo(self.member_id, self.topics, os.getpid(), socket.gethostname(),
                                time.time_ns() // 1_000_000, tuple(ASSIGNORS))
@@ -448,9 +501,30 @@ class Membership:
         self._fd = fd
         _HOLDERS.add(self)
 
-    def refresh(self) -> list[MemberInfo]:
-        """The live members (this one included), sorted by id."""
+    def heartbeat(self) -> None:
+        """Tell the others this member is alive (touches its member file)."""
         self._check()
+        now = time.monotonic()
+        timeout = self.session_timeout_ns / 1e9
+        if now - self._last_beat > timeout / 2 or now - self._last_check > timeout / 4:
+            # Silent for long enough that others may have counted us out
+            # (or a while since we looked; the heartbeat is the file's mtime,
+            # wall-clock time): find the partitions they took.
+            self._find_lost()
+            self._last_check = now
+        os.utime(self._fd)
+        self._last_beat = now
+
+    def silent_for(self) -> float:
+        """Seconds since this member's last heartbeat."""
+        return time.monotonic() - self._last_beat
+
+    def _fresh(self, fd: int) -> bool:
+        return time.time_ns() - os.fstat(fd).st_mtime_ns <= self.session_timeout_ns
+
+    def refresh(self) -> list[MemberInfo]:
+        """Heartbeat, then the live members (this one included), sorted by id."""
+        self.heartbeat()
         names = set(os.listdir(self._members_dir))
         names.discard(self._name)
         for name in list(self._peers):
@@ -479,6 +553,8 @@ class Membership:
                 os.close(fd)
                 del self._peers[name]
                 continue
+            if not self._fresh(fd):
+                continue  # alive but silent past the session timeout: counted out
             if info is None:
                 info = parse_member_description(os.pread(fd, 1 << 16, 0), name[:-len(".member")])
                 self._peers[name] = (fd, info)
@@ -490,29 +566,149 @@ class Membership:
         """This member's share of ``partitions`` ({topic: count}) among ``members``."""
         return set(assign(members, partitions).get(self.member_id, ()))
 
+    # -- ownership records (under the group mutex)
+
+    def _mutex(self, blocking: bool) -> bool:
+        if self._mutex_fd < 0:
+            self._mutex_fd = os.open(os.path.join(self.dir, "offsets.lock"),
+                                     os.O_RDWR | os.O_CREAT | O_CLOEXEC, 0o644)
+        if blocking:
+            fcntl.flock(self._mutex_fd, fcntl.LOCK_EX)
+            return True
+        return _try_flock(self._mutex_fd)
+
+    def _unmutex(self) -> None:
+        fcntl.flock(self._mutex_fd, fcntl.LOCK_UN)
+
+    @staticmethod
+    def _read_record(fd: int) -> tuple[int, str]:
+        raw = os.pread(fd, 4096, 0)
+        if len(raw) < _EPOCH.size:
+            return 0, ""  # never owned (or made before ownership records)
+        return _EPOCH.unpack_from(raw)[0], raw[_EPOCH.size:].decode("utf-8", "replace")
+
+    @staticmethod
+    def _write_record(fd: int, epoch: int, owner: str) -> None:
+        data = _EPOCH.pack(epoch) + owner.encode()
+        pwrite_all(fd, data, 0)
+        os.ftruncate(fd, len(data))
+
+    def _alive(self, member_id: str) -> bool:
+        """Whether ``member_id`` is alive right now (member file locked, heartbeat fresh)."""
+        if member_id == self.member_id:
+            return True
+        try:
+            fd = os.open(os.path.join(self._members_dir, f"{member_id}.member"), os.O_RDWR | O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            if _try_flock(fd):
+                return False  # nobody holds it (closing our fd drops our lock)
+            return self._fresh(fd)
+        finally:
+            os.close(fd)
+
     def try_acquire(self, topic: str, partition: int) -> bool:
-        """Take the owner lock of a partition if nobody holds it."""
+        """Take a partition if nobody alive owns it: its owner flock when
+        free, and in any case its ownership record with the epoch increased
+        (a member silent past the session timeout may still hold the flock;
+        its record is taken over regardless)."""
         self._check()
         key = (topic, partition)
         if key in self._owned:
             return True
+        if key in self._lost:
+            return False  # taken over while we were silent: let take_lost() report it first
         d = os.path.join(self._owners_dir, topic)
         if not os.path.isdir(d):
             _makedirs_durable(d)
         fd = os.open(os.path.join(d, f"{partition}.lock"), os.O_RDWR | os.O_CREAT | O_CLOEXEC, 0o644)
-        if _try_flock(fd):
-            self._owned[key] = fd
-            return True
-        os.close(fd)
-        return False
+        flocked = _try_flock(fd)
+        try:
+            if not self._mutex(blocking=False):
+                raise _Busy  # a commit or a hand-over in progress: try at the next poll
+            try:
+                epoch, owner = self._read_record(fd)
+                if owner and owner != self.member_id and self._alive(owner):
+                    raise _Busy
+                if not flocked and not owner:
+                    raise _Busy  # a member between its flock and its record: not ours to take
+                epoch += 1
+                self._write_record(fd, epoch, self.member_id)
+            finally:
+                self._unmutex()
+        except _Busy:
+            os.close(fd)  # (drops our flock, if we took it)
+            return False
+        except BaseException:
+            os.close(fd)
+            raise
+        self._owned[key] = fd
+        self._epochs[key] = epoch
+        if flocked:
+            self._flocked.add(key)
+        return True
 
     def release(self, topic: str, partition: int) -> None:
-        fd = self._owned.pop((topic, partition), None)
-        if fd is not None:
+        """Give a partition up: clear its ownership record if it is still
+        ours, then drop the owner flock."""
+        key = (topic, partition)
+        self._lost.discard(key)
+        fd = self._owned.pop(key, None)
+        epoch = self._epochs.pop(key, None)
+        if fd is None:
+            return
+        try:
+            self._mutex(blocking=True)
             try:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+                if self._read_record(fd) == (epoch, self.member_id):
+                    self._write_record(fd, epoch, "")
             finally:
+                self._unmutex()
+        finally:
+            self._flocked.discard(key)
+            os.close(fd)  # drops the owner flock
+
+    def _find_lost(self) -> None:
+        """Move partitions whose record no longer names us (with our epoch) to the lost set."""
+        for key, fd in list(self._owned.items()):
+            if self._read_record(fd) != (self._epochs[key], self.member_id):
+                del self._owned[key]
+                del self._epochs[key]
+                self._flocked.discard(key)
                 os.close(fd)
+                self._lost.add(key)
+
+    def take_lost(self) -> set:
+        """The partitions other members took over while this one was silent
+        past the session timeout (once each). They are no longer owned:
+        anything handled from them since the last accepted commit will be
+        delivered again to their new owner."""
+        lost, self._lost = self._lost, set()
+        return lost
+
+    def check_owner(self, keys) -> None:
+        """The commit fence (call it under the group mutex, as
+        ``OffsetsFile.commit(fence=...)`` does): raise FencedMemberError
+        unless every (topic, partition) in ``keys`` is owned by this member
+        with the epoch it took it at."""
+        for key in keys:
+            fd = self._owned.get(key)
+            if fd is None:
+                raise FencedMemberError(
+                    f"member {self.member_id} of group {self.group!r} does not own "
+                    f"{key[0]}/{key[1]}; nothing was committed")
+            epoch, owner = self._read_record(fd)
+            if (epoch, owner) != (self._epochs[key], self.member_id):
+                raise FencedMemberError(
+                    f"member {self.member_id} of group {self.group!r} lost {key[0]}/{key[1]} "
+                    f"(its epoch {self._epochs[key]}; now epoch {epoch}, owner {owner or 'none'}) "
+                    f"after going silent for longer than the session timeout "
+                    f"({self.session_timeout_ns / 1e6:g} ms); nothing was committed")
+
+    def epoch(self, topic: str, partition: int) -> int | None:
+        """The ownership epoch this member holds a partition at (None: not owned)."""
+        return self._epochs.get((topic, partition))
 
     def owned(self) -> set:
         return set(self._owned)
@@ -525,9 +721,12 @@ class Membership:
         """Release every partition and deregister."""
         if self._closed:
             return
-        self._closed = True
         for key in list(self._owned):
             self.release(*key)
+        self._closed = True
+        if self._mutex_fd >= 0:
+            os.close(self._mutex_fd)
+            self._mutex_fd = -1
         try:
             os.unlink(os.path.join(self._members_dir, self._name))
         except FileNotFoundError:
@@ -541,13 +740,18 @@ class Membership:
 
     def _forget_after_fork(self) -> None:
         self._closed = True
-        for fd in list(self._owned.values()) + [fd for fd, _ in self._peers.values()] + [self._fd]:
+        for fd in list(self._owned.values()) + [fd for fd, _ in self._peers.values()] + [
+                self._fd, self._mutex_fd]:
             try:
                 os.close(fd)
             except OSError:
                 pass
         self._owned.clear()
         self._peers.clear()
+
+
+class _Busy(Exception):
+    """try_acquire: the partition is not ours to take now."""
 
 
 def owners(log_path: str, group: str) -> dict[tuple[str, int], bool]:
