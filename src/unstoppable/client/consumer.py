@@ -157,6 +157,7 @@ class Consumer:
         self._session_timeout_ms = session_timeout_ms
         self._last_member_poll = 0.0
         self._pending_lost: set = set()
+        self._fenced: set = set()       # lost to a takeover and not assigned again since
         self.key_deserializer = _decoder_of(key_deserializer, "key_deserializer")
         self.value_deserializer = _decoder_of(value_deserializer, "value_deserializer")
         self._decode = self.key_deserializer is not None or self.value_deserializer is not None
@@ -424,7 +425,7 @@ class Consumer:
         if offsets is None:
             offsets = {}
             for tp, st in self._assigned.items():
-                if st.position is None:
+                if st.position is None or tp in self._fenced:
                     continue
                 pos = self.position(tp)
                 if pos != st.committed:
@@ -434,6 +435,11 @@ class Consumer:
             for tp, off in dict(offsets).items():
                 tp = TopicPartition(*tp)
                 st = self._assigned.get(tp)
+                if tp in self._fenced:
+                    raise FencedMemberError(
+                        f"cannot commit {tp.topic}/{tp.partition}: this member of group "
+                        f"{self._group!r} went silent for longer than its session timeout and "
+                        f"another member took the partition over; nothing was committed")
                 if st is None:
                     raise CommitError(f"cannot commit {tp.topic}/{tp.partition}: it is not assigned "
                                       f"to this member of group {self._group!r}")
@@ -453,6 +459,15 @@ class Consumer:
     async def _store_commit(self, offsets: dict) -> None:
         """Commit through the group member (which fences it, where the
         backend can) and note what was committed."""
+        fenced = self._fenced.intersection(offsets)
+        if fenced:
+            # Lost to a takeover; even when this member has just taken the
+            # partition back (a new epoch), these positions are from before.
+            tp = min(fenced)
+            raise FencedMemberError(
+                f"cannot commit {tp.topic}/{tp.partition}: this member of group {self._group!r} "
+                f"went silent for longer than its session timeout and the partition was taken "
+                f"over; nothing was committed")
         if self._member is not None:
             await self._member.commit(self._store, self._group, offsets)
         else:
@@ -568,6 +583,7 @@ class Consumer:
         committed = {}
         if self._group is not None and tps:
             committed = await self._store.load(self._group, tps)
+        self._fenced -= tps
         for tp in sorted(tps):
             c = committed.get(tp)
             start, end = await self._backend.offset_range(tp.topic, tp.partition)
@@ -598,6 +614,7 @@ class Consumer:
             self._pending_assign -= lost
             self._pending_revoke -= lost
             self._pending_lost |= lost
+            self._fenced |= lost
             self._pos.stop(lost)
             changed = True
         give_up = (self._held - target) - self._pending_revoke

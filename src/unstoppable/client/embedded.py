@@ -76,7 +76,7 @@ class _EmbeddedMember(GroupMember):
 
     async def commit(self, store: OffsetStore, group: str, offsets: dict) -> None:
         if isinstance(store, GroupOffsetStore) and store.log_path == self._backend.log.path:
-            await store.commit(group, offsets, fence=self._m.check_owner)
+            await store.commit(group, offsets, fence=self._m.fence())
         else:  # the application's own store: its transaction is its fence
             await store.commit(group, offsets)
 

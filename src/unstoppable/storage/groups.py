@@ -347,7 +347,7 @@ class OffsetsFile:
         ``sync`` is False). Offsets must be ints >= 0.
 
         ``fence``: a callable run under the group's mutex before anything is
-        written (``Membership.check_owner``); it raises FencedMemberError when
+        written (``Membership.fence()``); it raises FencedMemberError when
         the committer no longer owns one of the partitions, and then nothing
         is written."""
         clean = {}
@@ -453,7 +453,7 @@ class Membership:
     partitions. ``try_acquire``/``release`` take and drop a partition (owner
     lock and ownership record, see the module docstring); ``take_lost()``
     returns the partitions others took over while this member was silent.
-    ``check_owner`` is the commit fence. Nothing here waits, except for the
+    ``fence()`` makes the commit fence. Nothing here waits, except for the
     group mutex, which is held only for a few small reads and writes (and
     for one commit's write and fdatasync).
     """
@@ -687,24 +687,34 @@ class Membership:
         lost, self._lost = self._lost, set()
         return lost
 
-    def check_owner(self, keys) -> None:
-        """The commit fence (call it under the group mutex, as
-        ``OffsetsFile.commit(fence=...)`` does): raise FencedMemberError
-        unless every (topic, partition) in ``keys`` is owned by this member
-        with the epoch it took it at."""
-        for key in keys:
-            fd = self._owned.get(key)
-            if fd is None:
-                raise FencedMemberError(
-                    f"member {self.member_id} of group {self.group!r} does not own "
-                    f"{key[0]}/{key[1]}; nothing was committed")
-            epoch, owner = self._read_record(fd)
-            if (epoch, owner) != (self._epochs[key], self.member_id):
-                raise FencedMemberError(
-                    f"member {self.member_id} of group {self.group!r} lost {key[0]}/{key[1]} "
-                    f"(its epoch {self._epochs[key]}; now epoch {epoch}, owner {owner or 'none'}) "
-                    f"after going silent for longer than the session timeout "
-                    f"({self.session_timeout_ns / 1e6:g} ms); nothing was committed")
+    def fence(self):
+        """The commit fence for ``OffsetsFile.commit(fence=...)``, which calls
+        it under the group mutex with the keys to commit: it raises
+        FencedMemberError unless every (topic, partition) is owned by this
+        member with the epoch it held when ``fence()`` was called (the
+        positions being committed belong to that epoch, even if this member
+        takes the partition again meanwhile)."""
+        epochs = dict(self._epochs)
+
+        def check(keys) -> None:
+            for key in keys:
+                if key not in epochs:
+                    raise FencedMemberError(
+                        f"member {self.member_id} of group {self.group!r} does not own "
+                        f"{key[0]}/{key[1]}; nothing was committed")
+                path = os.path.join(self._owners_dir, key[0], f"{key[1]}.lock")
+                fd = os.open(path, os.O_RDONLY | O_CLOEXEC)  # (ours may be closed meanwhile)
+                try:
+                    epoch, owner = self._read_record(fd)
+                finally:
+                    os.close(fd)
+                if (epoch, owner) != (epochs[key], self.member_id):
+                    raise FencedMemberError(
+                        f"member {self.member_id} of group {self.group!r} lost {key[0]}/{key[1]} "
+                        f"(its epoch {epochs[key]}; now epoch {epoch}, owner {owner or 'none'}) "
+                        f"after going silent for longer than the session timeout "
+                        f"({self.session_timeout_ns / 1e6:g} ms); nothing was committed")
+        return check
 
     def epoch(self, topic: str, partition: int) -> int | None:
         """The ownership epoch this member holds a partition at (None: not owned)."""
