@@ -53,6 +53,7 @@ from unstoppable.errors import (
     BackendTimeoutError,
     BackendUnavailableError,
     DuplicateSequenceError,
+    FencedMemberError,
     InvalidTopicNameError,
     OffsetOutOfRangeError,
     OutOfOrderSequenceError,
@@ -1436,7 +1437,18 @@ class _JetStreamMember(GroupMember):
     (value: the member's description) and, per owned partition,
     ``usx.lease.g.<group>.o.<topic>.<partition>`` (value: the member id).
     Every member lists the live member leases and computes the same
-    assignment as on the embedded log (``groups.assign``)."""
+    assignment as on the embedded log (``groups.assign``), from the partition
+    counts of every topic any live member subscribes to.
+
+    Session timeout: the lease TTL. A member that stops renewing (a stopped
+    or hung process) loses its leases ``lease_ttl`` seconds after its last
+    renewal and the others take its partitions. Commit fencing: a new owner
+    first rewrites the partition's offset message (same offset) expecting
+    the subject's last sequence it read, and every commit of an owner
+    expects the sequence of its own last write (``Nats-Expected-Last-
+    Subject-Sequence`` on each message of the atomic batch). A member that
+    lost a partition therefore has its commit refused (FencedMemberError,
+    nothing stored) as soon as the new owner has taken it."""
 
     def __init__(self, backend: JetStreamBackend, group: str, topics: list, counts: dict):
         self._backend = backend
@@ -1455,6 +1467,8 @@ class _JetStreamMember(GroupMember):
         self._target: set = set()
         self._left = False
         self.session_timeout = backend.log.lease_ttl
+        self._oseq: dict[TopicPartition, int] = {}   # our last write on each owned offset subject
+        self._last_poll = time.monotonic()
 
     async def _join(self) -> None:
         value = member_description(self.info)
@@ -1484,9 +1498,23 @@ class _JetStreamMember(GroupMember):
         return out
 
     async def poll(self) -> set:
+        now = time.monotonic()
+        if now - self._last_poll > self.session_timeout / 2:
+            # Silent for a while (stopped, or the loop was blocked): the
+            # keeper may not have noticed yet that others took leases over.
+            for tp, lease in list(self._owned.items()):
+                try:
+                    held = await self._leases.holder(lease.subject)
+                except _TRANSIENT:
+                    break
+                if held is None or held[0] != lease.rev:
+                    lease.lost = True
+                    self._leases.held.discard(lease)
+        self._last_poll = now
         for tp, lease in list(self._owned.items()):
-            if lease.lost:  # someone else may own it now: give it up at the next safe point
+            if lease.lost:  # someone else may own it now: not ours to commit or release
                 del self._owned[tp]
+                self._oseq.pop(tp, None)
                 self._lost.add(tp)
         try:
             if self._lease is None or self._lease.lost:
@@ -1523,12 +1551,81 @@ class _JetStreamMember(GroupMember):
             f"{self._g}.o.{_enc(tp.topic)}.{tp.partition}".encode(), self.member_id.encode())
         if lease is None:
             return False
+        try:
+            self._oseq[tp] = await self._fence_offsets(tp)
+        except BaseException:
+            await self._leases.release(lease)
+            raise
         self._owned[tp] = lease
         return True
+
+    async def _fence_offsets(self, tp: TopicPartition) -> int:
+        """Rewrite the partition's offset message as it is, expecting its
+        last sequence: a commit by the previous owner, which expects its own
+        last write, fails from now on. Returns our write's sequence."""
+        log = self._backend.log
+        await log._ensure_internal_streams()
+        subject = JetStreamOffsetStore._subject(self.group, tp)
+        for _ in range(10):
+            last = await log._retrying(lambda: log._last_message(OFFSETS_STREAM, subject))
+            seq, payload = (0, b"") if last is None else (last[0], last[1])
+            hdr = b"NATS/1.0\r\nNats-Expected-Last-Subject-Sequence: %d\r\nUs-Owner: %s\r\n\r\n" % (
+                seq, self.member_id.encode())
+            _, p = await log._retrying(lambda: log.wire.request(subject.encode(), payload, hdr))
+            ack = json.loads(p)
+            err = ack.get("error")
+            if err is None:
+                return int(ack["seq"])
+            if err.get("err_code") != _E_WRONG_LAST_SEQ:
+                raise api_error(f"fencing the offsets of {tp.topic}/{tp.partition}", err)
+            # The previous owner committed meanwhile: read again.
+        raise BackendError(f"could not fence the offsets of {tp.topic}/{tp.partition} "
+                           f"in group {self.group!r}: they kept changing")
+
+    def take_lost(self) -> set:
+        lost, self._lost = self._lost, set()
+        return lost
+
+    async def commit(self, store, group: str, offsets: dict) -> None:
+        if not (isinstance(store, JetStreamOffsetStore) and store.log is self._backend.log
+                and group == self.group):
+            await store.commit(group, offsets)
+            return
+        expect = {}
+        for tp in offsets:
+            tp = TopicPartition(*tp)
+            lease = self._owned.get(tp)
+            if lease is None or lease.lost or tp not in self._oseq:
+                raise FencedMemberError(
+                    f"member {self.member_id} of group {self.group!r} does not own "
+                    f"{tp.topic}/{tp.partition} (its lease lapsed after {self.session_timeout:g} s "
+                    f"without renewal, or it was given up); nothing was committed")
+            expect[tp] = self._oseq[tp]
+        try:
+            seqs = await store.commit_expecting(group, offsets, expect, self.member_id)
+        except FencedMemberError:
+            # Refused, or an earlier commit of ours landed unacknowledged (a
+            # timeout): subjects whose last write is ours move our sequence on.
+            log = self._backend.log
+            mine = b"\r\nUs-Owner: " + self.member_id.encode() + b"\r\n"
+            again = False
+            for tp in expect:
+                last = await log._retrying(lambda tp=tp: log._last_message(
+                    OFFSETS_STREAM, JetStreamOffsetStore._subject(self.group, tp)))
+                if last is not None and last[0] != expect[tp] and mine in last[2]:
+                    expect[tp] = self._oseq[tp] = last[0]
+                    again = True
+            if not again:
+                raise
+            seqs = await store.commit_expecting(group, offsets, expect, self.member_id)
+        for tp, seq in seqs.items():
+            if self._oseq.get(tp) == expect[tp]:
+                self._oseq[tp] = seq
 
     async def release(self, tp: TopicPartition) -> None:
         tp = TopicPartition(*tp)
         self._lost.discard(tp)
+        self._oseq.pop(tp, None)
         lease = self._owned.pop(tp, None)
         if lease is not None:
             await self._leases.release(lease)
@@ -1567,7 +1664,8 @@ class JetStreamOffsetStore(OffsetStore):
                 lambda: self.log._last_message(OFFSETS_STREAM, self._subject(group, tp)))
 
         got = await asyncio.gather(*(one(tp) for tp in tps))
-        return {tp: int(m[1]) for tp, m in zip(tps, got) if m is not None}
+        # (An empty payload is a new owner's fence before any commit: none.)
+        return {tp: int(m[1]) for tp, m in zip(tps, got) if m is not None and m[1]}
 
     async def commit(self, group: str, offsets: dict) -> None:
         if not offsets:
@@ -1578,6 +1676,34 @@ class JetStreamOffsetStore(OffsetStore):
             chunk = items[k:k + MAX_ATOMIC_BATCH]
             # One subject per message: an atomic batch may mix subjects of its stream.
             await self.log._retrying(lambda chunk=chunk: self._commit_chunk(group, chunk))
+
+    async def commit_expecting(self, group: str, offsets: dict, expect: dict, member_id: str) -> dict:
+        """Commit as a group member: each offset message expects its
+        subject's last sequence to be ``expect[tp]`` (the member's own last
+        write). All or nothing; FencedMemberError when another member wrote
+        since (it took the partition over). Returns ``{tp: new sequence}``."""
+        await self.log._ensure_internal_streams()
+        items = sorted((TopicPartition(*tp), int(off)) for tp, off in offsets.items())
+        out = {}
+        for k in range(0, len(items), MAX_ATOMIC_BATCH):
+            chunk = items[k:k + MAX_ATOMIC_BATCH]
+            subjects = [self._subject(group, tp).encode() for tp, _ in chunk]
+            owner = b"Us-Owner: %s\r\n" % member_id.encode()
+            msgs = [(b"Nats-Expected-Last-Subject-Sequence: %d\r\n%s" % (expect[tp], owner), b"%d" % off)
+                    for tp, off in chunk]
+            try:
+                ack = await self.log._atomic(subjects[0], msgs, subjects=subjects)
+            except BackendError as e:
+                if e.err_code != _E_WRONG_LAST_SEQ:
+                    raise
+                raise FencedMemberError(
+                    f"commit of {len(chunk)} offset(s) in group {group!r} refused: another member "
+                    f"took over one of {', '.join(f'{tp.topic}/{tp.partition}' for tp, _ in chunk)} "
+                    f"after this member's lease lapsed; nothing of this batch was committed") from None
+            last = int(ack["seq"])
+            for i, (tp, _) in enumerate(chunk):
+                out[tp] = last - len(chunk) + 1 + i
+        return out
 
     async def _commit_chunk(self, group: str, chunk: list) -> None:
         if len(chunk) == 1:
