@@ -18,7 +18,8 @@ import unstoppable as us
 from unstoppable import TopicPartition as TP
 from unstoppable.client.embedded import EmbeddedBackend
 from unstoppable.groups import MemberInfo, assign
-from unstoppable.storage.groups import Membership, OffsetsFile, owners
+from unstoppable.storage.groups import OffsetsFile
+from unstoppable.storage.membership import Membership, owners
 
 from client_util import SPAWN, run, wait_until
 

@@ -1692,7 +1692,11 @@ class JetStreamOffsetStore(OffsetStore):
             msgs = [(b"Nats-Expected-Last-Subject-Sequence: %d\r\n%s" % (expect[tp], owner), b"%d" % off)
                     for tp, off in chunk]
             try:
-                ack = await self.log._atomic(subjects[0], msgs, subjects=subjects)
+                # Retried on transient failures as every commit is; an attempt
+                # that landed unacknowledged makes the retry find the sequence
+                # moved, which the member recognises by its Us-Owner header.
+                ack = await self.log._retrying(
+                    lambda subjects=subjects, msgs=msgs: self.log._atomic(subjects[0], msgs, subjects=subjects))
             except BackendError as e:
                 if e.err_code != _E_WRONG_LAST_SEQ:
                     raise

@@ -98,7 +98,7 @@ class Consumer:
       (and heartbeats).
     * ``session_timeout_ms``: how long a member may go without heartbeating
       before the others take its partitions (None: the backend's default,
-      ``storage.groups.SESSION_TIMEOUT_MS`` = 10 s on the embedded log, the
+      ``storage.membership.SESSION_TIMEOUT_MS`` = 10 s on the embedded log, the
       lease TTL on JetStream). Must exceed ``membership_poll_ms``.
     * ``key_deserializer``/``value_deserializer``: a callable ``bytes -> obj``
       or a codec (an object with ``decode``); with either, records are

@@ -17,7 +17,8 @@ from unstoppable.client.backend import Backend, GroupMember
 from unstoppable.client._types import TopicInfo, TopicPartition
 from unstoppable.client.offsets import GroupOffsetStore, OffsetStore
 from unstoppable.errors import UnknownTopicError
-from unstoppable.storage.groups import Membership, ProducerIdLock
+from unstoppable.storage.groups import ProducerIdLock
+from unstoppable.storage.membership import Membership
 from unstoppable.storage.durability import LoopCommitter
 from unstoppable.storage.log import Log
 
@@ -282,9 +283,9 @@ class EmbeddedBackend(Backend):
 
     async def join_group(self, group: str, topics: Iterable[str], *,
                          session_timeout_ms: float | None = None) -> GroupMember:
-        """A member of ``group`` (see ``storage.groups.Membership``): alive
+        """A member of ``group`` (see ``storage.membership.Membership``): alive
         while its process lives and heartbeats at least every
-        ``session_timeout_ms`` (default ``storage.groups.SESSION_TIMEOUT_MS``)."""
+        ``session_timeout_ms`` (default ``storage.membership.SESSION_TIMEOUT_MS``)."""
         topics = sorted(set(topics))
         counts = {}
         for t in topics:
