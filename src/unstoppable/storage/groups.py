@@ -14,6 +14,9 @@ Layout of ``<log>/groups/<group>/``::
                           partition; its bytes are the ownership record:
                           u64 epoch (little-endian), then the owner's member id
                           (UTF-8; empty when released)
+    owners/<topic>/<partition>.fence  flock()ed for an instant while the record
+                          changes, and by a commit of the partition while it
+                          checks the record and writes
 
 and ``<log>/producers/<producer id, 16 hex digits>.lock``, flock()ed by the one
 live idempotent producer using that id.
@@ -29,14 +32,17 @@ next time they probe (``Membership.refresh``); every member computes the same
 assignment from the same sorted list of live members and the partition counts
 of every topic any of them subscribes to.
 
-Ownership and fencing: a partition changes hands only under the group's
-mutex (``offsets.lock``), by writing the ownership record with the epoch
-increased by one. A member may take a partition whose record is released,
-names itself, or names a member that is not alive (dead, or silent past the
-session timeout, even though its process still holds the owner flock). A
-commit checks, under the same mutex, that the record still holds the epoch
-and member id of the committer; otherwise it raises FencedMemberError and
-writes nothing. So a member that wakes after being counted out can never
+Ownership and fencing: a partition changes hands only under its fence lock,
+by writing the ownership record with the epoch increased by one. A member
+may take a partition whose record is released, names itself, or names a
+member that is not alive (dead, or silent past the session timeout, even
+though its process still holds the owner flock). A commit takes the fence
+locks of its partitions (in sorted order), checks that each record still
+holds the epoch and member id the committer had when it issued the commit,
+and writes while holding them; otherwise it raises FencedMemberError and
+writes nothing. (A member stopped in the middle of a commit holds those
+fence locks, and the partitions cannot change hands, until it resumes or
+dies: a window of one offsets write and fdatasync.) So a member that wakes after being counted out can never
 commit over the new owner, nor move its offsets back.
 
 Offsets file (little-endian)::
@@ -60,6 +66,7 @@ rename); readers notice the new inode and reload.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -333,10 +340,10 @@ class OffsetsFile:
         """Append ``{(topic, partition): offset}`` durably (fdatasync unless
         ``sync`` is False). Offsets must be ints >= 0.
 
-        ``fence``: a callable run under the group's mutex before anything is
-        written (``Membership.fence()``); it raises FencedMemberError when
-        the committer no longer owns one of the partitions, and then nothing
-        is written."""
+        ``fence``: ``fence(keys)`` returns a context manager held around the
+        write (``Membership.fence()``: it locks the partitions' fence files
+        and raises FencedMemberError, writing nothing, when the committer no
+        longer owns one of them)."""
         clean = {}
         for key, off in offsets.items():
             topic, partition = key
@@ -346,37 +353,43 @@ class OffsetsFile:
         if not clean:
             return
         now = time.time_ns() // 1_000_000
-        with self._lock, self._locked():
+        with contextlib.ExitStack() as stack:
             if fence is not None:
-                fence(list(clean))
-            if not self._open_current():
-                self._create()
-            size = self._catch_up()
-            if self._pos == 0:
-                # Shorter than its magic (empty, or cut by something else):
-                # without the magic first, every later read would refuse the file.
-                os.ftruncate(self._fd, 0)
-                _pwrite_all(self._fd, MAGIC, 0)
-                self._pos = size = len(MAGIC)
-            if size > self._pos:
-                os.ftruncate(self._fd, self._pos)  # a crashed committer's torn record
-            if self._pos > self.compact_bytes:
-                merged = dict(self._offsets)
-                merged.update(clean)
-                self._rewrite(merged, now)
-            else:
-                rec = _encode_record(clean, now)
-                try:
-                    _pwrite_all(self._fd, rec, self._pos)
-                except BaseException:
-                    os.ftruncate(self._fd, self._pos)
-                    raise
-                if sync:
-                    os.fdatasync(self._fd)
-                self._pos += len(rec)
-            for key, off in clean.items():
-                self._offsets[key] = off
-                self._times[key] = now
+                stack.enter_context(fence(list(clean)))  # first: fence locks, then offsets.lock
+            stack.enter_context(self._lock)
+            stack.enter_context(self._locked())
+            self._append(clean, now, sync)
+
+    def _append(self, clean: dict, now: int, sync: bool) -> None:
+        """commit's write (under ``offsets.lock``)."""
+        if not self._open_current():
+            self._create()
+        size = self._catch_up()
+        if self._pos == 0:
+            # Shorter than its magic (empty, or cut by something else):
+            # without the magic first, every later read would refuse the file.
+            os.ftruncate(self._fd, 0)
+            _pwrite_all(self._fd, MAGIC, 0)
+            self._pos = size = len(MAGIC)
+        if size > self._pos:
+            os.ftruncate(self._fd, self._pos)  # a crashed committer's torn record
+        if self._pos > self.compact_bytes:
+            merged = dict(self._offsets)
+            merged.update(clean)
+            self._rewrite(merged, now)
+        else:
+            rec = _encode_record(clean, now)
+            try:
+                _pwrite_all(self._fd, rec, self._pos)
+            except BaseException:
+                os.ftruncate(self._fd, self._pos)
+                raise
+            if sync:
+                os.fdatasync(self._fd)
+            self._pos += len(rec)
+        for key, off in clean.items():
+            self._offsets[key] = off
+            self._times[key] = now
 
     def _create(self) -> None:
         tmp = f"{self.path}.tmp{os.getpid()}.{threading.get_ident()}"

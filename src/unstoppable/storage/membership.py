@@ -49,9 +49,10 @@ class Membership:
     partitions. ``try_acquire``/``release`` take and drop a partition (owner
     lock and ownership record, see ``storage.groups``); ``take_lost()``
     returns the partitions others took over while this member was silent.
-    ``fence()`` makes the commit fence. Nothing here waits, except for the
-    group mutex, which is held only for a few small reads and writes (and
-    for one commit's write and fdatasync).
+    ``fence()`` makes the commit fence. Nothing here waits, except
+    ``release``/``leave`` for a partition's fence lock, which is held only
+    for a few small reads and writes (and for one commit's write and
+    fdatasync).
     """
 
     def __init__(self, log_path: str, group: str, topics: Iterable[str], member_id: str | None = None,
@@ -73,7 +74,6 @@ class Membership:
         self._epochs: dict[tuple[str, int], int] = {}               # (topic, p) -> our epoch
         self._flocked: set = set()        # owned partitions whose owner flock we hold
         self._lost: set = set()           # taken over by others while we were silent
-        self._mutex_fd = -1
         self._last_beat = self._last_check = time.monotonic()
         self._closed = False
         self.info = MemberInfo(self.member_id, self.topics, os.getpid(), socket.gethostname(),
@@ -162,19 +162,13 @@ class Membership:
         """This member's share of ``partitions`` ({topic: count}) among ``members``."""
         return set(assign(members, partitions).get(self.member_id, ()))
 
-    # -- ownership records (under the group mutex)
+    # -- ownership records (under the partition's fence lock)
 
-    def _mutex(self, blocking: bool) -> bool:
-        if self._mutex_fd < 0:
-            self._mutex_fd = os.open(os.path.join(self.dir, "offsets.lock"),
-                                     os.O_RDWR | os.O_CREAT | O_CLOEXEC, 0o644)
-        if blocking:
-            fcntl.flock(self._mutex_fd, fcntl.LOCK_EX)
-            return True
-        return _try_flock(self._mutex_fd)
-
-    def _unmutex(self) -> None:
-        fcntl.flock(self._mutex_fd, fcntl.LOCK_UN)
+    def _fence_lock(self, topic: str, partition: int, blocking: bool) -> int:
+        """flock ``owners/<topic>/<partition>.fence``, which serializes the
+        partition's ownership changes with commits of it; returns the fd
+        (closing it unlocks), or -1 when ``blocking`` is False and it is held."""
+        return fence_lock(self._owners_dir, topic, partition, blocking)
 
     @staticmethod
     def _read_record(fd: int) -> tuple[int, str]:
@@ -221,8 +215,9 @@ class Membership:
         fd = os.open(os.path.join(d, f"{partition}.lock"), os.O_RDWR | os.O_CREAT | O_CLOEXEC, 0o644)
         flocked = _try_flock(fd)
         try:
-            if not self._mutex(blocking=False):
-                raise _Busy  # a commit or a hand-over in progress: try at the next poll
+            lk = self._fence_lock(topic, partition, blocking=False)
+            if lk < 0:
+                raise _Busy  # a commit of it or a hand-over in progress: try at the next poll
             try:
                 epoch, owner = self._read_record(fd)
                 if owner and owner != self.member_id and self._alive(owner):
@@ -232,7 +227,7 @@ class Membership:
                 epoch += 1
                 self._write_record(fd, epoch, self.member_id)
             finally:
-                self._unmutex()
+                os.close(lk)
         except _Busy:
             os.close(fd)  # (drops our flock, if we took it)
             return False
@@ -255,12 +250,12 @@ class Membership:
         if fd is None:
             return
         try:
-            self._mutex(blocking=True)
+            lk = self._fence_lock(topic, partition, blocking=True)
             try:
                 if self._read_record(fd) == (epoch, self.member_id):
                     self._write_record(fd, epoch, "")
             finally:
-                self._unmutex()
+                os.close(lk)
         finally:
             self._flocked.discard(key)
             os.close(fd)  # drops the owner flock
@@ -284,33 +279,34 @@ class Membership:
         return lost
 
     def fence(self):
-        """The commit fence for ``OffsetsFile.commit(fence=...)``, which calls
-        it under the group mutex with the keys to commit: it raises
+        """The commit fence for ``OffsetsFile.commit(fence=...)``: a context
+        manager factory ``fence(keys)`` that locks the partitions' fence
+        files (in sorted order, so two committers never deadlock), and raises
         FencedMemberError unless every (topic, partition) is owned by this
         member with the epoch it held when ``fence()`` was called (the
         positions being committed belong to that epoch, even if this member
-        takes the partition again meanwhile)."""
-        epochs = dict(self._epochs)
+        takes the partition again meanwhile). The commit is written while
+        the locks are held, so no takeover can come between check and write."""
+        return _Fence(self, dict(self._epochs))
 
-        def check(keys) -> None:
-            for key in keys:
-                if key not in epochs:
-                    raise FencedMemberError(
-                        f"member {self.member_id} of group {self.group!r} does not own "
-                        f"{key[0]}/{key[1]}; nothing was committed")
-                path = os.path.join(self._owners_dir, key[0], f"{key[1]}.lock")
-                fd = os.open(path, os.O_RDONLY | O_CLOEXEC)  # (ours may be closed meanwhile)
-                try:
-                    epoch, owner = self._read_record(fd)
-                finally:
-                    os.close(fd)
-                if (epoch, owner) != (epochs[key], self.member_id):
-                    raise FencedMemberError(
-                        f"member {self.member_id} of group {self.group!r} lost {key[0]}/{key[1]} "
-                        f"(its epoch {epochs[key]}; now epoch {epoch}, owner {owner or 'none'}) "
-                        f"after going silent for longer than the session timeout "
-                        f"({self.session_timeout_ns / 1e6:g} ms); nothing was committed")
-        return check
+    def _check_epochs(self, keys, epochs: dict) -> None:
+        for key in keys:
+            if key not in epochs:
+                raise FencedMemberError(
+                    f"member {self.member_id} of group {self.group!r} does not own "
+                    f"{key[0]}/{key[1]}; nothing was committed")
+            path = os.path.join(self._owners_dir, key[0], f"{key[1]}.lock")
+            fd = os.open(path, os.O_RDONLY | O_CLOEXEC)  # (ours may be closed meanwhile)
+            try:
+                epoch, owner = self._read_record(fd)
+            finally:
+                os.close(fd)
+            if (epoch, owner) != (epochs[key], self.member_id):
+                raise FencedMemberError(
+                    f"member {self.member_id} of group {self.group!r} lost {key[0]}/{key[1]} "
+                    f"(its epoch {epochs[key]}; now epoch {epoch}, owner {owner or 'none'}) "
+                    f"after going silent for longer than the session timeout "
+                    f"({self.session_timeout_ns / 1e6:g} ms); nothing was committed")
 
     def epoch(self, topic: str, partition: int) -> int | None:
         """The ownership epoch this member holds a partition at (None: not owned)."""
@@ -330,9 +326,6 @@ class Membership:
         for key in list(self._owned):
             self.release(*key)
         self._closed = True
-        if self._mutex_fd >= 0:
-            os.close(self._mutex_fd)
-            self._mutex_fd = -1
         try:
             os.unlink(os.path.join(self._members_dir, self._name))
         except FileNotFoundError:
@@ -347,13 +340,63 @@ class Membership:
     def _forget_after_fork(self) -> None:
         self._closed = True
         for fd in list(self._owned.values()) + [fd for fd, _ in self._peers.values()] + [
-                self._fd, self._mutex_fd]:
+                self._fd]:
             try:
                 os.close(fd)
             except OSError:
                 pass
         self._owned.clear()
         self._peers.clear()
+
+
+def fence_lock(owners_dir: str, topic: str, partition: int, blocking: bool) -> int:
+    """flock ``<owners_dir>/<topic>/<partition>.fence``; the fd (closing it
+    unlocks), or -1 when not ``blocking`` and another holds it."""
+    d = os.path.join(owners_dir, topic)
+    if not os.path.isdir(d):
+        _makedirs_durable(d)
+    fd = os.open(os.path.join(d, f"{partition}.fence"), os.O_RDWR | os.O_CREAT | O_CLOEXEC, 0o644)
+    try:
+        if blocking:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        elif not _try_flock(fd):
+            os.close(fd)
+            return -1
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+class _Fence:
+    """``Membership.fence()``: ``with fence(keys):`` holds the keys' fence
+    locks and has checked the ownership records."""
+
+    def __init__(self, member: Membership, epochs: dict):
+        self._member = member
+        self._epochs = epochs
+        self._fds: list = []
+        self._keys: list = []
+
+    def __call__(self, keys):
+        self._keys = sorted(keys)
+        return self
+
+    def __enter__(self):
+        m = self._member
+        try:
+            for topic, partition in self._keys:
+                self._fds.append(fence_lock(m._owners_dir, topic, partition, blocking=True))
+            m._check_epochs(self._keys, self._epochs)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        fds, self._fds = self._fds, []
+        for fd in fds:
+            os.close(fd)
 
 
 class _Busy(Exception):
