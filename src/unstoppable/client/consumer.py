@@ -91,7 +91,9 @@ class Consumer:
     * ``on_assignment_change``: ``callback(assigned, revoked)`` (sets of
       TopicPartition; may be a coroutine function), called at safe points:
       revoked partitions before they are released, assigned ones once their
-      positions are known.
+      positions are known. Partitions lost to a takeover (this member was
+      silent past its session timeout) are reported as revoked too, but
+      are no longer this member's: committing them raises FencedMemberError.
     * ``max_poll_records``: records fetched per partition at a time (also the
       default ``max_records`` of getmany); ``fetch_max_bytes``: bytes per fetch.
     * ``membership_poll_ms``: how often a group member checks who is alive
