@@ -28,6 +28,7 @@ __all__ = [
     "DuplicateSequenceError", "UnknownProducerError", "ProducerFencedError",
     # the asyncio client
     "BufferFullError", "ProducerClosedError", "ConsumerClosedError", "CommitError",
+    "FencedMemberError",
     "NoOffsetForPartitionError", "InvalidGroupNameError", "NotAssignedError",
     "ProducerIdInUseError", "DeliveryTimeoutError", "ValueDecodeError",
     # the exactly-once processor
@@ -169,6 +170,15 @@ class ProducerFencedError(UnstoppableError):
 class CommitError(UnstoppableError, ValueError):
     """A commit was refused (an offset beyond what the partition holds, or a
     partition this group member does not own)."""
+
+
+class FencedMemberError(CommitError):
+    """A commit by a group member that no longer owns the partition: it
+    stopped polling and heartbeating for longer than the session timeout (a
+    hung process, a stopped one, a long blocking call), the others took the
+    partition over, and the ownership epoch moved on. Nothing of the commit
+    was stored. Not retriable: the partition belongs to another member now,
+    which resumes from the last commit accepted before the takeover."""
 
 
 class NoOffsetForPartitionError(UnstoppableError):
