@@ -30,6 +30,7 @@ __all__ = [
     "DuplicateSequenceError", "UnknownProducerError", "ProducerFencedError",
     # the asyncio client
     "BufferFullError", "ProducerClosedError", "ConsumerClosedError", "CommitError",
+    "FencedMemberError",
     "NoOffsetForPartitionError", "InvalidGroupNameError", "NotAssignedError",
     "ProducerIdInUseError", "DeliveryTimeoutError", "ValueDecodeError",
     # the exactly-once processor
@@ -207,6 +208,15 @@ class CommitError(UnstoppableError, ValueError):
 class CodecUnavailableError(UnstoppableError, ImportError):
     """A batch is compressed (or an append asks for compression) with a codec
     whose library is not installed: ``pip install 'unstoppable[compression]'``."""
+
+
+class FencedMemberError(CommitError):
+    """A commit by a group member that no longer owns the partition: it
+    stopped polling and heartbeating for longer than the session timeout (a
+    hung process, a stopped one, a long blocking call), the others took the
+    partition over, and the ownership epoch moved on. Nothing of the commit
+    was stored. Not retriable: the partition belongs to another member now,
+    which resumes from the last commit accepted before the takeover."""
 
 
 class NoOffsetForPartitionError(UnstoppableError):

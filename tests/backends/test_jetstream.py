@@ -551,3 +551,154 @@ def test_producer_id_claims_and_release(server):
         await other.close()
         await log.close()
     run(main())
+
+
+# ---------------------------------------------------------------------------
+# Group liveness (issue 18): mixed subscriptions, lapsed leases, fenced commits
+
+_MIXED_TOPICS = {"orders": 4, "audit": 4, "clicks": 3}
+_MIXED_SUBS = [("orders",), ("orders", "audit"), ("audit",), ("clicks",), ("orders", "clicks")]
+
+
+def test_mixed_subscriptions_every_partition_has_one_owner(server):
+    """Members subscribed to different topics (the issue's A on orders, B on
+    orders and audit first, then seeded random joins and leaves; random
+    member ids): after each change every partition some member subscribes to
+    is the target of exactly one subscriber, and its owner lease is taken."""
+    import random
+    rng = random.Random(1818)
+
+    async def main():
+        log = await _connect(server)
+        for t, n in _MIXED_TOPICS.items():
+            await log.create_topic(t, partitions=n)
+        backend = JetStreamBackend(log)
+        live, subs, held = {}, {}, {}
+        for step in range(12):
+            if step == 0:
+                plan = [("orders",), ("orders", "audit")]
+            elif len(live) >= 4 or (live and rng.random() < 0.35):
+                mid = rng.choice(sorted(live))
+                await live.pop(mid).leave()
+                del subs[mid], held[mid]
+                plan = []
+            else:
+                plan = [rng.choice(_MIXED_SUBS)]
+            for topics in plan:
+                m = await backend.join_group("G", topics)
+                live[m.member_id], subs[m.member_id], held[m.member_id] = m, topics, set()
+            targets = {mid: await m.poll() for mid, m in live.items()}
+            wanted = {TP(t, p) for s in subs.values() for t in s for p in range(_MIXED_TOPICS[t])}
+            seen = {}
+            for mid, tps in targets.items():
+                for tp in tps:
+                    assert tp not in seen and tp.topic in subs[mid], (tp, mid, seen.get(tp))
+                    seen[tp] = mid
+            assert set(seen) == wanted, sorted(wanted - set(seen))
+            for mid, m in live.items():
+                for tp in held[mid] - targets[mid]:
+                    await m.release(tp)
+                held[mid] &= targets[mid]
+            for mid, m in live.items():
+                for tp in targets[mid] - held[mid]:
+                    assert await m.try_acquire(tp), (mid, tp)
+                    held[mid].add(tp)
+        for m in live.values():
+            await m.leave()
+        await backend.close()
+        await log.close()
+    run(main(), timeout=120)
+
+
+def _stoppable_js_member(url: str, ready: str, go: str, result: str) -> None:
+    """Hold every partition, hand out records without committing, report;
+    after ``go`` (SIGSTOP/SIGCONT meanwhile) commit what was handed out."""
+    async def main():
+        log = await us.connect(url, lease_ttl=1.5)
+        c = us.Consumer(log, "t", group="g", membership_poll_ms=50)
+        await c.start()
+        handed = {}
+        while len(handed) < 4:
+            for tp, recs in (await c.getmany(timeout_ms=200)).items():
+                handed[tp] = recs[-1].offset + 1
+        with open(ready, "w") as f:
+            json.dump(sorted(c.assignment()), f)
+        while not os.path.exists(go):
+            await asyncio.sleep(0.01)
+        try:
+            await c.commit(handed)
+            out = "ok"
+        except us.FencedMemberError as e:
+            out = f"FencedMemberError: {e}"
+        except us.CommitError as e:
+            out = f"CommitError: {e}"
+        with open(result, "w") as f:
+            f.write(out)
+        await c.close()
+        await log.close()
+    asyncio.run(main())
+
+
+def test_a_stopped_member_loses_its_leases_and_its_commits_are_fenced(server, tmp_path):
+    """SIGSTOP a member holding all four partitions: once its leases lapse
+    (lease_ttl 1.5 s) a new member takes them over, consumes and commits.
+    SIGCONT: the old member's commit raises FencedMemberError and the
+    committed offsets stay the new owner's."""
+    async def fill():
+        log = await _connect(server, lease_ttl=1.5)
+        await log.create_topic("t", partitions=4)
+        async with us.Producer(log, "t") as p:
+            for i in range(200):
+                await p.send(b"%d" % i, partition=i % 4)
+        await log.close()
+    run(fill())
+    ready, go, result = (str(tmp_path / n) for n in ("ready", "go", "result"))
+    child = SPAWN.Process(target=_stoppable_js_member, args=(server.url, ready, go, result))
+    child.start()
+    stopped = False
+    try:
+        assert wait_until(lambda: os.path.exists(ready), 60), "the member process did not start"
+        os.kill(child.pid, signal.SIGSTOP)
+        stopped = True
+        t0 = time.monotonic()
+
+        async def new_owner():
+            log = await _connect(server, lease_ttl=1.5)
+            async with us.Consumer(log, "t", group="g", membership_poll_ms=50) as c:
+                n = 0
+                while len(c.assignment()) < 4 or n < 200:
+                    assert time.monotonic() - t0 < 30, f"takeover stalled at {c.assignment()}"
+                    for recs in (await c.getmany(timeout_ms=100)).values():
+                        n += len(recs)
+                took = time.monotonic() - t0
+                await c.commit()
+                committed = {tp.partition: await c.committed(tp) for tp in c.assignment()}
+            await log.close()
+            return took, committed
+
+        took, committed = run(new_owner())
+        assert took < 1.5 + 5, took
+        assert committed == {p: 50 for p in range(4)}
+        open(go, "w").close()
+        os.kill(child.pid, signal.SIGCONT)
+        stopped = False
+        child.join(60)
+        assert child.exitcode == 0
+        with open(result) as f:
+            out = f.read()
+        assert out.startswith("FencedMemberError"), out
+
+        async def check():
+            log = await _connect(server)
+            store = log.backend().offset_store("g")
+            got = await store.load("g", [TP("t", p) for p in range(4)])
+            await log.close()
+            return got
+        assert run(check()) == {TP("t", p): 50 for p in range(4)}
+        print(f"\ntakeover of a stopped member: {took:.2f} s (lease_ttl 1.5 s)")
+    finally:
+        if stopped:
+            os.kill(child.pid, signal.SIGCONT)
+        if child.is_alive():
+            child.kill()
+        child.join(10)

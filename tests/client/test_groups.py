@@ -12,7 +12,8 @@ import pytest
 import unstoppable as us
 from unstoppable import TopicPartition as TP
 from unstoppable.storage import groups
-from unstoppable.storage.groups import MemberInfo, Membership, assign_round_robin, assign_sticky, owners
+from unstoppable.storage.groups import MemberInfo, assign_round_robin, assign_sticky
+from unstoppable.storage.membership import Membership, owners
 
 from client_util import SPAWN, make_log, run, wait_until
 

@@ -51,6 +51,22 @@ class GroupMember(abc.ABC):
     async def leave(self) -> None:
         """Release everything and leave the group."""
 
+    #: Seconds without a poll or heartbeat after which the others take this
+    #: member's partitions (None: the backend has no such timeout).
+    session_timeout: float | None = None
+
+    def take_lost(self) -> set:
+        """Partitions (TopicPartition) other members took over while this one
+        was silent past the session timeout, each reported once. They are no
+        longer this member's: not to be committed, nor released."""
+        return set()
+
+    async def commit(self, store: OffsetStore, group: str, offsets: dict) -> None:
+        """Commit ``offsets`` to ``store`` as this member: a backend that can
+        fence checks, atomically with the write, that the member still owns
+        every partition, and raises FencedMemberError otherwise."""
+        await store.commit(group, offsets)
+
 
 class Backend(abc.ABC):
     """What the Producer and Consumer need from a log."""
@@ -123,6 +139,12 @@ class Backend(abc.ABC):
         """The end offset as far as this client knows it without waiting
         (exact on the embedded log; the last value seen on a remote one)."""
 
+    def known_start_offset(self, topic: str, partition: int) -> int | None:
+        """The first offset retention has not deleted, as far as this client
+        knows it without waiting (None: unknown). ``Consumer.lag()`` counts
+        from here at the earliest."""
+        return None
+
     @abc.abstractmethod
     async def wait_for_data(self, positions: dict, timeout: float | None,
                             interrupt: asyncio.Future | None = None) -> bool:
@@ -134,8 +156,11 @@ class Backend(abc.ABC):
     # -- groups
 
     @abc.abstractmethod
-    async def join_group(self, group: str, topics: Iterable[str]) -> GroupMember:
-        """Register as a member of ``group`` consuming ``topics``."""
+    async def join_group(self, group: str, topics: Iterable[str], *,
+                         session_timeout_ms: float | None = None) -> GroupMember:
+        """Register as a member of ``group`` consuming ``topics``; one silent
+        (no poll, no heartbeat) for ``session_timeout_ms`` (None: the
+        backend's default) loses its partitions to the others."""
 
     @abc.abstractmethod
     def offset_store(self, group: str) -> OffsetStore:

@@ -19,7 +19,12 @@ Groups
     other partitions; members advertise the assignors they can run, so
     members of different versions agree on one). A partition is
     taken over only through its owner lock, so two members never consume it at
-    once. A member gives a partition up only at a *safe point*, the start of
+    once. A member that stops polling and heartbeating (a stopped or hung
+    process, a handler blocking the event loop) for ``session_timeout_ms``
+    is counted out and its partitions move to the others, although its process
+    still holds its locks; when it wakes, it learns which partitions it
+    lost before handing out more records, and its commits for them fail with
+    FencedMemberError (nothing is stored). A member gives a partition up only at a *safe point*, the start of
     the next ``getmany`` or ``__anext__`` call, after the application has
     finished with what it was handed: first ``on_assignment_change`` is told
     (so it can commit), then auto-commit runs (if enabled), then the lock is
@@ -51,6 +56,7 @@ from unstoppable.client.positions import Positions
 from unstoppable.errors import (
     CommitError,
     ConsumerClosedError,
+    FencedMemberError,
     NoOffsetForPartitionError,
     NotAssignedError,
     OffsetOutOfRangeError,
@@ -85,10 +91,17 @@ class Consumer:
     * ``on_assignment_change``: ``callback(assigned, revoked)`` (sets of
       TopicPartition; may be a coroutine function), called at safe points:
       revoked partitions before they are released, assigned ones once their
-      positions are known.
+      positions are known. Partitions lost to a takeover (this member was
+      silent past its session timeout) are reported as revoked too, but
+      are no longer this member's: committing them raises FencedMemberError.
     * ``max_poll_records``: records fetched per partition at a time (also the
       default ``max_records`` of getmany); ``fetch_max_bytes``: bytes per fetch.
-    * ``membership_poll_ms``: how often a group member checks who is alive.
+    * ``membership_poll_ms``: how often a group member checks who is alive
+      (and heartbeats).
+    * ``session_timeout_ms``: how long a member may go without heartbeating
+      before the others take its partitions (None: the backend's default,
+      ``storage.membership.SESSION_TIMEOUT_MS`` = 10 s on the embedded log, the
+      lease TTL on JetStream). Must exceed ``membership_poll_ms``.
     * ``key_deserializer``/``value_deserializer``: a callable ``bytes -> obj``
       or a codec (an object with ``decode``); with either, records are
       :class:`ConsumerRecord` tuples holding the decoded key and value (None
@@ -101,6 +114,7 @@ class Consumer:
                  auto_commit_interval_ms: float = 5000, offset_store=None,
                  on_assignment_change: Callable | None = None, max_poll_records: int = 500,
                  fetch_max_bytes: int = 1 << 20, membership_poll_ms: float = 100,
+                 session_timeout_ms: float | None = None,
                  key_deserializer=None, value_deserializer=None):
         if isinstance(topics, (str, TopicPartition)):
             topics = [topics]
@@ -137,6 +151,15 @@ class Consumer:
         self.max_poll_records = max_poll_records
         self.fetch_max_bytes = fetch_max_bytes
         self._membership_poll = membership_poll_ms / 1000.0
+        if session_timeout_ms is not None and (
+                isinstance(session_timeout_ms, bool) or not isinstance(session_timeout_ms, (int, float))
+                or not session_timeout_ms > membership_poll_ms):
+            raise ValueError(f"session_timeout_ms must be a number greater than membership_poll_ms "
+                             f"({membership_poll_ms}), got {session_timeout_ms!r}")
+        self._session_timeout_ms = session_timeout_ms
+        self._last_member_poll = 0.0
+        self._pending_lost: set = set()
+        self._fenced: set = set()       # lost to a takeover and not assigned again since
         self.key_deserializer = _decoder_of(key_deserializer, "key_deserializer")
         self.value_deserializer = _decoder_of(value_deserializer, "value_deserializer")
         self._decode = self.key_deserializer is not None or self.value_deserializer is not None
@@ -181,7 +204,9 @@ class Consumer:
         if self._store is None:
             self._store = self._backend.offset_store(self._group)
         try:
-            self._member = await self._backend.join_group(self._group, self._topics)
+            kw = {} if self._session_timeout_ms is None else {
+                "session_timeout_ms": self._session_timeout_ms}
+            self._member = await self._backend.join_group(self._group, self._topics, **kw)
             await self._poll_membership()
             await self._apply_changes()
         except BaseException:
@@ -216,7 +241,7 @@ class Consumer:
                         if (pos := self._pos.consumed(tp)) is not None
                         and self._assigned[tp].moved(pos)}
                 if offs:
-                    await self._store.commit(self._group, offs)
+                    await self._commit_what_we_own(offs)
         finally:
             await self._leave()
             if self._own_store and self._store is not None:
@@ -402,7 +427,7 @@ class Consumer:
         if offsets is None:
             offsets = {}
             for tp, st in self._assigned.items():
-                if st.position is None:
+                if st.position is None or tp in self._fenced:
                     continue
                 pos = self.position(tp)
                 if pos != st.committed:
@@ -412,6 +437,11 @@ class Consumer:
             for tp, off in dict(offsets).items():
                 tp = TopicPartition(*tp)
                 st = self._assigned.get(tp)
+                if tp in self._fenced:
+                    raise FencedMemberError(
+                        f"cannot commit {tp.topic}/{tp.partition}: this member of group "
+                        f"{self._group!r} went silent for longer than its session timeout and "
+                        f"another member took the partition over; nothing was committed")
                 if st is None:
                     raise CommitError(f"cannot commit {tp.topic}/{tp.partition}: it is not assigned "
                                       f"to this member of group {self._group!r}")
@@ -426,9 +456,39 @@ class Consumer:
             offsets = checked
         if not offsets:
             return
-        await self._store.commit(self._group, offsets)
+        await self._store_commit(offsets)
+
+    async def _store_commit(self, offsets: dict) -> None:
+        """Commit through the group member (which fences it, where the
+        backend can) and note what was committed."""
+        fenced = self._fenced.intersection(offsets)
+        if fenced:
+            # Lost to a takeover; even when this member has just taken the
+            # partition back (a new epoch), these positions are from before.
+            tp = min(fenced)
+            raise FencedMemberError(
+                f"cannot commit {tp.topic}/{tp.partition}: this member of group {self._group!r} "
+                f"went silent for longer than its session timeout and the partition was taken "
+                f"over; nothing was committed")
+        if self._member is not None:
+            await self._member.commit(self._store, self._group, offsets)
+        else:
+            await self._store.commit(self._group, offsets)
         self._pos.committed(offsets)
         self._last_auto_commit = self._loop.time()
+
+    async def _commit_what_we_own(self, offsets: dict) -> None:
+        """Auto-commit: like ``commit``, but partitions this member turns out
+        to have lost (FencedMemberError) are left out instead of failing the
+        rest; their new owner delivers those records again."""
+        try:
+            await self._store_commit(offsets)
+        except FencedMemberError:
+            for tp, off in offsets.items():
+                try:
+                    await self._store_commit({tp: off})
+                except FencedMemberError:
+                    pass
 
     async def committed(self, tp) -> int | None:
         """The offset committed for a partition in this consumer's group (read
@@ -456,13 +516,18 @@ class Consumer:
 
     def lag(self) -> dict:
         """``{TopicPartition: end offset - committed offset}`` for the assigned
-        partitions (the position stands in for the committed offset when there is none)."""
+        partitions (the position stands in for the committed offset when there
+        is none). Records retention has deleted are not counted: a committed
+        offset before the partition's first offset counts from that offset."""
         out = {}
         for tp, st in self._assigned.items():
             end = self._backend.known_end_offset(tp.topic, tp.partition)
+            start = self._backend.known_start_offset(tp.topic, tp.partition)
             base = st.committed
             if base is None:
                 base = self.position(tp) if st.position is not None else 0
+            if start is not None:
+                base = max(base, start)
             out[tp] = max(end - base, 0)
         return out
 
@@ -524,6 +589,7 @@ class Consumer:
         committed = {}
         if self._group is not None and tps:
             committed = await self._store.load(self._group, tps)
+        self._fenced -= tps
         for tp in sorted(tps):
             c = committed.get(tp)
             start, end = await self._backend.offset_range(tp.topic, tp.partition)
@@ -545,7 +611,18 @@ class Consumer:
         """Refresh the group view: mark partitions to give up, take free ones we
         should own. Returns True when something changed."""
         target = await self._member.poll()
+        self._last_member_poll = self._loop.time()
         changed = False
+        lost = self._member.take_lost()
+        if lost:
+            # Taken over while we were silent: not ours to commit or release.
+            self._held -= lost
+            self._pending_assign -= lost
+            self._pending_revoke -= lost
+            self._pending_lost |= lost
+            self._fenced |= lost
+            self._pos.stop(lost)
+            changed = True
         give_up = (self._held - target) - self._pending_revoke
         if give_up:
             self._pending_revoke |= give_up
@@ -582,30 +659,38 @@ class Consumer:
         if self._bg_error is not None:
             e, self._bg_error = self._bg_error, None
             raise e
-        if self._pending_assign or self._pending_revoke:
+        m = self._member
+        if (m is not None and m.session_timeout is not None
+                and self._loop.time() - self._last_member_poll > m.session_timeout / 2):
+            # Silent for a while (stopped, or the loop was blocked): others may
+            # have taken partitions over; learn which before handing out more.
+            await self._poll_membership()
+        if self._pending_assign or self._pending_revoke or self._pending_lost:
             await self._apply_changes()
         if self._auto_commit and self._loop.time() - self._last_auto_commit >= self._auto_commit_interval:
             self._last_auto_commit = self._loop.time()
             offs = self._pos.moved()
             if offs:
-                await self.commit(offs)
+                await self._commit_what_we_own(offs)
 
     async def _apply_changes(self) -> None:
         # Snapshots: the membership task may add more while we await below;
         # those wait for the next safe point.
         releasing = set(self._pending_revoke)
+        lost = {tp for tp in self._pending_lost if tp in self._assigned}
+        self._pending_lost.clear()
         revoked = {tp for tp in releasing if tp in self._assigned}
         assigned = self._pending_assign - releasing
         self._pending_assign -= assigned | releasing
-        if revoked:
+        if revoked or lost:
             if self._on_change is not None:
-                await _call(self._on_change, set(), set(revoked))
-            if self._auto_commit:
+                await _call(self._on_change, set(), revoked | lost)
+            if self._auto_commit and revoked:
                 moved = self._pos.moved()
                 offs = {tp: moved[tp] for tp in revoked if tp in moved}
                 if offs:
-                    await self._store.commit(self._group, offs)
-            for tp in revoked:
+                    await self._commit_what_we_own(offs)
+            for tp in revoked | lost:
                 self._pos.remove(tp)
         for tp in releasing:
             if tp in self._held:

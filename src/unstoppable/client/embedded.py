@@ -16,7 +16,9 @@ from unstoppable.client._inotify import Watcher
 from unstoppable.client.backend import Backend, GroupMember
 from unstoppable.client._types import TopicInfo, TopicPartition
 from unstoppable.client.offsets import GroupOffsetStore, OffsetStore
-from unstoppable.storage.groups import Membership, ProducerIdLock
+from unstoppable.errors import UnknownTopicError
+from unstoppable.storage.groups import ProducerIdLock
+from unstoppable.storage.membership import Membership
 from unstoppable.storage.durability import LoopCommitter
 from unstoppable.storage.log import Log
 
@@ -40,20 +42,44 @@ def backend_for(log) -> Backend:
 # The embedded log
 
 class _EmbeddedMember(GroupMember):
-    def __init__(self, membership: Membership, counts: dict):
+    def __init__(self, backend: "EmbeddedBackend", membership: Membership, counts: dict):
+        self._backend = backend
         self._m = membership
-        self._counts = counts
+        self._counts = counts    # partition counts of every topic a live member subscribes to
         self.member_id = membership.member_id
+        self.session_timeout = membership.session_timeout_ns / 1e9
 
     async def poll(self) -> set:
         members = self._m.refresh()
-        return {TopicPartition(t, p) for t, p in self._m.target(members, self._counts)}
+        # Every member must compute the assignment from the same inputs: the
+        # partition counts of all topics any live member subscribes to, not
+        # only of its own (else each sizes its quotas differently and some
+        # partitions end up with no owner).
+        counts = self._counts
+        for m in members:
+            for t in m.topics:
+                if t not in counts:
+                    try:
+                        counts[t] = (await self._backend.topic_info(t)).partitions
+                    except UnknownTopicError:
+                        pass  # deleted since that member joined: nobody can own its partitions
+        wanted = {t: counts[t] for m in members for t in m.topics if t in counts}
+        return {TopicPartition(t, p) for t, p in self._m.target(members, wanted)}
 
     async def try_acquire(self, tp) -> bool:
         return self._m.try_acquire(tp.topic, tp.partition)
 
     async def release(self, tp) -> None:
         self._m.release(tp.topic, tp.partition)
+
+    def take_lost(self) -> set:
+        return {TopicPartition(t, p) for t, p in self._m.take_lost()}
+
+    async def commit(self, store: OffsetStore, group: str, offsets: dict) -> None:
+        if isinstance(store, GroupOffsetStore) and store.log_path == self._backend.log.path:
+            await store.commit(group, offsets, fence=self._m.fence())
+        else:  # the application's own store: its transaction is its fence
+            await store.commit(group, offsets)
 
     async def leave(self) -> None:
         self._m.leave()
@@ -204,6 +230,9 @@ class EmbeddedBackend(Backend):
     def known_end_offset(self, topic: str, partition: int) -> int:
         return self._partition(topic, partition).end_offset
 
+    def known_start_offset(self, topic: str, partition: int) -> int:
+        return self._partition(topic, partition).start_offset
+
     def _inotify(self):
         if not self._watch_tried:
             self._watch_tried = True
@@ -256,13 +285,18 @@ class EmbeddedBackend(Backend):
 
     # -- groups
 
-    async def join_group(self, group: str, topics: Iterable[str]) -> GroupMember:
+    async def join_group(self, group: str, topics: Iterable[str], *,
+                         session_timeout_ms: float | None = None) -> GroupMember:
+        """A member of ``group`` (see ``storage.membership.Membership``): alive
+        while its process lives and heartbeats at least every
+        ``session_timeout_ms`` (default ``storage.membership.SESSION_TIMEOUT_MS``)."""
         self.log.check_writable(f"join consumer group {group!r}")
         topics = sorted(set(topics))
         counts = {}
         for t in topics:
             counts[t] = (await self.topic_info(t)).partitions
-        return _EmbeddedMember(Membership(self.log.path, group, topics), counts)
+        kw = {} if session_timeout_ms is None else {"session_timeout_ms": session_timeout_ms}
+        return _EmbeddedMember(self, Membership(self.log.path, group, topics, **kw), counts)
 
     def offset_store(self, group: str) -> OffsetStore:
         return GroupOffsetStore(self.log.path)

@@ -72,9 +72,14 @@ class GroupOffsetStore(OffsetStore):
                 out[TopicPartition(tp.topic, tp.partition)] = off
         return out
 
-    async def commit(self, group: str, offsets: dict) -> None:
+    async def commit(self, group: str, offsets: dict, *, fence=None) -> None:
+        """Store ``{TopicPartition: offset}`` durably. ``fence`` (a group
+        member's ownership check, run under the group's mutex before anything
+        is written) makes a member that lost a partition fail with
+        FencedMemberError instead of committing over its new owner."""
         f = self._file(group)
-        await _executor.run(f.commit, {(tp.topic, tp.partition): off for tp, off in offsets.items()})
+        await _executor.run(lambda: f.commit(
+            {(tp.topic, tp.partition): off for tp, off in offsets.items()}, fence=fence))
 
     async def close(self) -> None:
         for f in self._files.values():

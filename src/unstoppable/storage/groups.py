@@ -1,24 +1,49 @@
 """Consumer-group state of the embedded log: committed offsets and partition
 ownership, shared by any number of processes through files and OS locks.
+The offsets file is here; membership and ownership (``Membership``) are in
+:mod:`unstoppable.storage.membership`, under the rules described below.
 
 Layout of ``<log>/groups/<group>/``::
 
     offsets          committed offsets, an append-only file of CRC-framed records
     offsets.lock     flock()ed while a commit appends to (or compacts) ``offsets``
     members/<id>.member   one file per live member, flock()ed by that member for
-                          its whole life; JSON: member id, topics, pid, host
-    owners/<topic>/<partition>.lock   flock()ed by the member consuming that partition
+                          its whole life; JSON: member id, topics, pid, host.
+                          Its mtime is the member's heartbeat.
+    owners/<topic>/<partition>.lock   flock()ed by the member consuming that
+                          partition; its bytes are the ownership record:
+                          u64 epoch (little-endian), then the owner's member id
+                          (UTF-8; empty when released)
+    owners/<topic>/<partition>.fence  flock()ed for an instant while the record
+                          changes, and by a commit of the partition while it
+                          checks the record and writes
 
 and ``<log>/producers/<producer id, 16 hex digits>.lock``, flock()ed by the one
 live idempotent producer using that id.
 
-Why locks and not heartbeats: the kernel releases a flock the moment the
-holding process dies (SIGKILL included), so liveness needs no timeouts. A
-member is alive exactly while its member file is locked; survivors notice a
-death the next time they probe (``Membership.refresh``), every member computes
-the same assignment from the same sorted list of live members, and a
-partition's owner lock makes sure two members never consume it at once, even
-while their views of the member list briefly differ.
+Liveness: locks and heartbeats. The kernel releases a flock the moment the
+holding process dies (SIGKILL included), so a death is noticed at once: a
+member is alive while its member file is locked *and* its heartbeat (the
+file's mtime, touched on every membership poll) is younger than the session
+timeout. A process that is stopped (SIGSTOP), deadlocked or stuck in a long
+blocking call keeps its locks but stops heartbeating, and after
+``session_timeout_ms`` the others count it out. Survivors notice either the
+next time they probe (``Membership.refresh``); every member computes the same
+assignment from the same sorted list of live members and the partition counts
+of every topic any of them subscribes to.
+
+Ownership and fencing: a partition changes hands only under its fence lock,
+by writing the ownership record with the epoch increased by one. A member
+may take a partition whose record is released, names itself, or names a
+member that is not alive (dead, or silent past the session timeout, even
+though its process still holds the owner flock). A commit takes the fence
+locks of its partitions (in sorted order), checks that each record still
+holds the epoch and member id the committer had when it issued the commit,
+and writes while holding them; otherwise it raises FencedMemberError and
+writes nothing. (A member stopped in the middle of a commit holds those
+fence locks, and the partitions cannot change hands, until it resumes or
+dies: a window of one offsets write and fdatasync.) So a member that wakes after being counted out can never
+commit over the new owner, nor move its offsets back.
 
 Offsets file (little-endian)::
 
@@ -41,16 +66,14 @@ rename); readers notice the new inode and reload.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
-import socket
 import struct
 import threading
 import time
-import uuid
 import weakref
-from typing import Iterable
 
 from unstoppable._core.hashing import crc32c
 from unstoppable.errors import (
@@ -75,7 +98,6 @@ from unstoppable.storage._fs import O_CLOEXEC, Flock, fsync_dir, pwrite_all
 __all__ = [
     "GROUPS_DIR",
     "OffsetsFile",
-    "Membership",
     "MemberInfo",
     "ProducerIdLock",
     "ASSIGNORS",
@@ -98,6 +120,8 @@ _BODY_HEAD = struct.Struct("<qI")      # commit time, entry count
 _ENTRY_TAIL = struct.Struct("<Iq")     # partition, offset
 _U16 = struct.Struct("<H")
 _MAX_BODY = 64 << 20
+_EPOCH = struct.Struct("<Q")           # ownership record: epoch, then the owner's member id
+
 
 
 def group_dir(log_path: str, group: str) -> str:
@@ -311,9 +335,14 @@ class OffsetsFile:
                                     os.O_RDWR | os.O_CREAT | O_CLOEXEC, 0o644)
         return Flock(fd=self._lock_fd)
 
-    def commit(self, offsets: dict, *, sync: bool = True) -> None:
+    def commit(self, offsets: dict, *, sync: bool = True, fence=None) -> None:
         """Append ``{(topic, partition): offset}`` durably (fdatasync unless
-        ``sync`` is False). Offsets must be ints >= 0."""
+        ``sync`` is False). Offsets must be ints >= 0.
+
+        ``fence``: ``fence(keys)`` returns a context manager held around the
+        write (``Membership.fence()``: it locks the partitions' fence files
+        and raises FencedMemberError, writing nothing, when the committer no
+        longer owns one of them)."""
         clean = {}
         for key, off in offsets.items():
             topic, partition = key
@@ -323,35 +352,43 @@ class OffsetsFile:
         if not clean:
             return
         now = time.time_ns() // 1_000_000
-        with self._lock, self._locked():
-            if not self._open_current():
-                self._create()
-            size = self._catch_up()
-            if self._pos == 0:
-                # Shorter than its magic (empty, or cut by something else):
-                # without the magic first, every later read would refuse the file.
-                os.ftruncate(self._fd, 0)
-                _pwrite_all(self._fd, MAGIC, 0)
-                self._pos = size = len(MAGIC)
-            if size > self._pos:
-                os.ftruncate(self._fd, self._pos)  # a crashed committer's torn record
-            if self._pos > self.compact_bytes:
-                merged = dict(self._offsets)
-                merged.update(clean)
-                self._rewrite(merged, now)
-            else:
-                rec = _encode_record(clean, now)
-                try:
-                    _pwrite_all(self._fd, rec, self._pos)
-                except BaseException:
-                    os.ftruncate(self._fd, self._pos)
-                    raise
-                if sync:
-                    os.fdatasync(self._fd)
-                self._pos += len(rec)
-            for key, off in clean.items():
-                self._offsets[key] = off
-                self._times[key] = now
+        with contextlib.ExitStack() as stack:
+            if fence is not None:
+                stack.enter_context(fence(list(clean)))  # first: fence locks, then offsets.lock
+            stack.enter_context(self._lock)
+            stack.enter_context(self._locked())
+            self._append(clean, now, sync)
+
+    def _append(self, clean: dict, now: int, sync: bool) -> None:
+        """commit's write (under ``offsets.lock``)."""
+        if not self._open_current():
+            self._create()
+        size = self._catch_up()
+        if self._pos == 0:
+            # Shorter than its magic (empty, or cut by something else):
+            # without the magic first, every later read would refuse the file.
+            os.ftruncate(self._fd, 0)
+            _pwrite_all(self._fd, MAGIC, 0)
+            self._pos = size = len(MAGIC)
+        if size > self._pos:
+            os.ftruncate(self._fd, self._pos)  # a crashed committer's torn record
+        if self._pos > self.compact_bytes:
+            merged = dict(self._offsets)
+            merged.update(clean)
+            self._rewrite(merged, now)
+        else:
+            rec = _encode_record(clean, now)
+            try:
+                _pwrite_all(self._fd, rec, self._pos)
+            except BaseException:
+                os.ftruncate(self._fd, self._pos)
+                raise
+            if sync:
+                os.fdatasync(self._fd)
+            self._pos += len(rec)
+        for key, off in clean.items():
+            self._offsets[key] = off
+            self._times[key] = now
 
     def _create(self) -> None:
         tmp = f"{self.path}.tmp{os.getpid()}.{threading.get_ident()}"
@@ -402,177 +439,7 @@ class OffsetsFile:
                     setattr(self, attr, -1)
 
 
-# ---------------------------------------------------------------------------
-# Membership and ownership
-
-class Membership:
-    """One member of a group: registered while its member file is locked.
-
-    ``refresh()`` probes the other members' locks (one non-blocking flock each),
-    removes the files of dead ones, and returns the live members. ``target()``
-    is this member's share of the partitions. ``try_acquire``/``release`` take
-    and drop a partition's owner lock. Everything here is non-blocking.
-    """
-
-    def __init__(self, log_path: str, group: str, topics: Iterable[str], member_id: str | None = None):
-        self.dir = group_dir(log_path, group)
-        self.group = group
-        self.topics = tuple(sorted(set(topics)))
-        self.member_id = member_id or f"{int(time.time() * 1000):013d}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        self._members_dir = os.path.join(self.dir, "members")
-        self._owners_dir = os.path.join(self.dir, "owners")
-        _makedirs_durable(self._members_dir)
-        _makedirs_durable(self._owners_dir)
-        self._peers: dict[str, tuple[int, MemberInfo | None]] = {}  # file name -> (fd, info)
-        self._owned: dict[tuple[str, int], int] = {}                # (topic, p) -> locked fd
-        self._closed = False
-        self.info = MemberInfo(self.member_id, self.topics, os.getpid(), socket.gethostname(),
-                               time.time_ns() // 1_000_000, tuple(ASSIGNORS))
-        # Write the description under a temporary name, lock it, then rename
-        # it into members/: nobody can see it unlocked and take it for dead.
-        tmp = os.path.join(self.dir, f".member-{self.member_id}.tmp")
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            os.write(fd, member_description(self.info))
-            self._name = f"{self.member_id}.member"
-            os.rename(tmp, os.path.join(self._members_dir, self._name))
-        except BaseException:
-            os.close(fd)
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        self._fd = fd
-        _HOLDERS.add(self)
-
-    def refresh(self) -> list[MemberInfo]:
-        """The live members (this one included), sorted by id."""
-        self._check()
-        names = set(os.listdir(self._members_dir))
-        names.discard(self._name)
-        for name in list(self._peers):
-            if name not in names:
-                fd, _ = self._peers.pop(name)
-                os.close(fd)
-        live = [self.info]
-        for name in sorted(names):
-            if not name.endswith(".member"):
-                continue
-            entry = self._peers.get(name)
-            if entry is None:
-                try:
-                    fd = os.open(os.path.join(self._members_dir, name), os.O_RDWR | O_CLOEXEC)
-                except FileNotFoundError:
-                    continue
-                entry = self._peers[name] = (fd, None)
-            fd, info = entry
-            if _try_flock(fd):
-                # Nobody holds it: that member is gone. Remove its file while
-                # holding the lock, so a racing prober sees it gone too.
-                try:
-                    os.unlink(os.path.join(self._members_dir, name))
-                except FileNotFoundError:
-                    pass
-                os.close(fd)
-                del self._peers[name]
-                continue
-            if info is None:
-                info = parse_member_description(os.pread(fd, 1 << 16, 0), name[:-len(".member")])
-                self._peers[name] = (fd, info)
-            live.append(info)
-        live.sort(key=lambda m: m.member_id)
-        return live
-
-    def target(self, members: list[MemberInfo], partitions: dict[str, int]) -> set:
-        """This member's share of ``partitions`` ({topic: count}) among ``members``."""
-        return set(assign(members, partitions).get(self.member_id, ()))
-
-    def try_acquire(self, topic: str, partition: int) -> bool:
-        """Take the owner lock of a partition if nobody holds it."""
-        self._check()
-        key = (topic, partition)
-        if key in self._owned:
-            return True
-        d = os.path.join(self._owners_dir, topic)
-        if not os.path.isdir(d):
-            _makedirs_durable(d)
-        fd = os.open(os.path.join(d, f"{partition}.lock"), os.O_RDWR | os.O_CREAT | O_CLOEXEC, 0o644)
-        if _try_flock(fd):
-            self._owned[key] = fd
-            return True
-        os.close(fd)
-        return False
-
-    def release(self, topic: str, partition: int) -> None:
-        fd = self._owned.pop((topic, partition), None)
-        if fd is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-            finally:
-                os.close(fd)
-
-    def owned(self) -> set:
-        return set(self._owned)
-
-    def _check(self):
-        if self._closed:
-            raise RuntimeError(f"member {self.member_id} of group {self.group!r} has left")
-
-    def leave(self) -> None:
-        """Release every partition and deregister."""
-        if self._closed:
-            return
-        self._closed = True
-        for key in list(self._owned):
-            self.release(*key)
-        try:
-            os.unlink(os.path.join(self._members_dir, self._name))
-        except FileNotFoundError:
-            pass
-        for fd, _ in self._peers.values():
-            os.close(fd)
-        self._peers.clear()
-        os.close(self._fd)  # drops the member lock
-        self._fd = -1
-        _HOLDERS.discard(self)
-
-    def _forget_after_fork(self) -> None:
-        self._closed = True
-        for fd in list(self._owned.values()) + [fd for fd, _ in self._peers.values()] + [self._fd]:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self._owned.clear()
-        self._peers.clear()
-
-
-def owners(log_path: str, group: str) -> dict[tuple[str, int], bool]:
-    """Which partitions of a group are held right now: {(topic, p): held}.
-    (Probing takes each free lock for an instant; for tools and tests.)"""
-    root = os.path.join(group_dir(log_path, group), "owners")
-    out = {}
-    try:
-        topics = os.listdir(root)
-    except FileNotFoundError:
-        return out
-    for t in topics:
-        for name in os.listdir(os.path.join(root, t)):
-            if not name.endswith(".lock"):
-                continue
-            fd = os.open(os.path.join(root, t, name), os.O_RDWR | O_CLOEXEC)
-            try:
-                free = _try_flock(fd)
-                if free:
-                    fcntl.flock(fd, fcntl.LOCK_UN)
-            finally:
-                os.close(fd)
-            out[(t, int(name[:-5]))] = not free
-    return out
-
-
 # ProducerIdLock (the ownership and epoch fencing of producer ids) lives in
-# storage/producer_ids.py; this name stays for the modules that import it here.
+# storage/producer_ids.py, Membership and owners() in storage/membership.py;
+# this name stays for the modules that import it here.
 from unstoppable.storage.producer_ids import ProducerIdLock  # noqa: E402,F401

@@ -513,6 +513,9 @@ class JetStreamBackend(Backend):
     def known_end_offset(self, topic: str, partition: int) -> int:
         return self.log._ends.get((topic, partition), 0)
 
+    def known_start_offset(self, topic: str, partition: int) -> int | None:
+        return self._starts.get((topic, partition))
+
     async def wait_for_data(self, positions: dict, timeout: float | None,
                             interrupt: asyncio.Future | None = None) -> bool:
         """Sleep until a partition may hold records at or past its position.
@@ -608,8 +611,18 @@ class JetStreamBackend(Backend):
 
     # ----------------------------------------------------------------- groups
 
-    async def join_group(self, group: str, topics: Iterable[str]) -> GroupMember:
+    async def join_group(self, group: str, topics: Iterable[str], *,
+                         session_timeout_ms: float | None = None) -> GroupMember:
+        """A member of ``group`` as leases. Its session timeout is the
+        connection's lease TTL (``connect(..., lease_ttl=...)``, 10 s by
+        default): a member that stops renewing loses its member and owner
+        leases that long after its last renewal."""
         validate_group_name(group)
+        ttl_ms = self.log.lease_ttl * 1000
+        if session_timeout_ms is not None and session_timeout_ms != ttl_ms:
+            raise ValueError(f"on JetStream a member's session timeout is the connection's lease TTL "
+                             f"({ttl_ms:g} ms), not {session_timeout_ms!r}: set it with "
+                             f"connect(..., lease_ttl=seconds)")
         topics = sorted(set(topics))
         counts = {t: (await self.topic_info(t)).partitions for t in topics}
         m = _JetStreamMember(self, group, topics, counts)

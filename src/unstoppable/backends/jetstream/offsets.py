@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 from unstoppable.backends.jetstream._constants import (
     _E_STREAM_NOT_FOUND,
+    _E_WRONG_LAST_SEQ,
     _OFFSETS,
     MAX_ATOMIC_BATCH,
     OFFSETS_STREAM,
@@ -17,7 +18,7 @@ from unstoppable.backends.jetstream._wire import (
 from unstoppable.backends.jetstream.records import _enc
 from unstoppable.client._types import TopicPartition
 from unstoppable.client.offsets import OffsetStore
-from unstoppable.errors import BackendError
+from unstoppable.errors import BackendError, FencedMemberError
 
 
 class JetStreamOffsetStore(OffsetStore):
@@ -42,7 +43,8 @@ class JetStreamOffsetStore(OffsetStore):
                 lambda: self.log._last_message(OFFSETS_STREAM, self._subject(group, tp)))
 
         got = await asyncio.gather(*(one(tp) for tp in tps))
-        return {tp: int(m[1]) for tp, m in zip(tps, got) if m is not None}
+        # (An empty payload is a new owner's fence before any commit: none.)
+        return {tp: int(m[1]) for tp, m in zip(tps, got) if m is not None and m[1]}
 
     async def committed_partitions(self, group: str | None = None) -> list[tuple[str, TopicPartition]]:
         """``[(group, TopicPartition)]`` with a committed offset, sorted (of
@@ -78,6 +80,38 @@ class JetStreamOffsetStore(OffsetStore):
             chunk = items[k:k + MAX_ATOMIC_BATCH]
             # One subject per message: an atomic batch may mix subjects of its stream.
             await self.log._retrying(lambda chunk=chunk: self._commit_chunk(group, chunk))
+
+    async def commit_expecting(self, group: str, offsets: dict, expect: dict, member_id: str) -> dict:
+        """Commit as a group member: each offset message expects its
+        subject's last sequence to be ``expect[tp]`` (the member's own last
+        write). All or nothing; FencedMemberError when another member wrote
+        since (it took the partition over). Returns ``{tp: new sequence}``."""
+        await self.log._ensure_internal_streams()
+        items = sorted((TopicPartition(*tp), int(off)) for tp, off in offsets.items())
+        out = {}
+        for k in range(0, len(items), MAX_ATOMIC_BATCH):
+            chunk = items[k:k + MAX_ATOMIC_BATCH]
+            subjects = [self._subject(group, tp).encode() for tp, _ in chunk]
+            owner = b"Us-Owner: %s\r\n" % member_id.encode()
+            msgs = [(b"Nats-Expected-Last-Subject-Sequence: %d\r\n%s" % (expect[tp], owner), b"%d" % off)
+                    for tp, off in chunk]
+            try:
+                # Retried on transient failures as every commit is; an attempt
+                # that landed unacknowledged makes the retry find the sequence
+                # moved, which the member recognises by its Us-Owner header.
+                ack = await self.log._retrying(
+                    lambda subjects=subjects, msgs=msgs: self.log._atomic(subjects[0], msgs, subjects=subjects))
+            except BackendError as e:
+                if e.err_code != _E_WRONG_LAST_SEQ:
+                    raise
+                raise FencedMemberError(
+                    f"commit of {len(chunk)} offset(s) in group {group!r} refused: another member "
+                    f"took over one of {', '.join(f'{tp.topic}/{tp.partition}' for tp, _ in chunk)} "
+                    f"after this member's lease lapsed; nothing of this batch was committed") from None
+            last = int(ack["seq"])
+            for i, (tp, _) in enumerate(chunk):
+                out[tp] = last - len(chunk) + 1 + i
+        return out
 
     async def _commit_chunk(self, group: str, chunk: list) -> None:
         if len(chunk) == 1:
