@@ -316,8 +316,13 @@ class Producer:
             self._state = _CLOSED
             self._space.close()
             if self._id_lock is not None:
-                self._id_lock.release()
-                self._id_lock = None
+                lock, self._id_lock = self._id_lock, None
+                released = lock.release()
+                if released is not None:
+                    # A remote claim is given up by a task: once close()
+                    # returns, another instance can claim the id at once (a
+                    # release that fails leaves the claim to lapse by its TTL).
+                    await asyncio.wait([released])
             if self._own_backend:
                 await self._backend.close()
 

@@ -83,19 +83,23 @@ class _PidState:
 
 
 class _Claim:
-    """A producer-id claim; ``release()`` gives it up (without waiting)."""
+    """A producer-id claim; ``release()`` gives it up without waiting and
+    returns the task that deletes the lease (None when there is nothing to
+    wait for), which an async caller may await."""
 
     def __init__(self, backend: "JetStreamBackend", lease: _Lease):
         self._backend = backend
         self._lease = lease
 
-    def release(self) -> None:
+    def release(self):
         lease, self._lease = self._lease, None
-        if lease is not None:
-            self._backend._claims.discard(self)
-            task = self._backend.log._leases.release_soon(lease)
-            if task is not None:
-                self._backend._releasing.add(task)  # close() waits for it
+        if lease is None:
+            return None
+        self._backend._claims.discard(self)
+        task = self._backend.log._leases.release_soon(lease)
+        if task is not None:
+            self._backend._releasing.add(task)  # close() waits for it
+        return task
 
 
 class JetStreamBackend(Backend):
