@@ -66,11 +66,73 @@ def _decoded_schema(base, codec, keep_value: bool):
     return pa.schema(fields + list(codec.schema))
 
 
-def _decode_batch(b, codec, out_schema, keep_value: bool):
+#: What a decoded export does with a value its codec cannot decode.
+ON_ERROR = ("raise", "skip", "null")
+
+
+def _check_on_error(on_error) -> str:
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    return on_error
+
+
+def _null_rows(pa, codec, n: int):
+    return pa.RecordBatch.from_arrays([pa.nulls(n, f.type) for f in codec.schema],
+                                      schema=codec.schema)
+
+
+def _decode_tolerant(pa, codec, values, bad: list, base: int = 0):
+    """Decode ``values``, a row of nulls for each value that does not decode
+    (``base`` + its index appended to ``bad``). The built-in codecs do it in
+    their one pass; any other codec is given the rows before the one its
+    error names (``row``), or halves of the array when the error names none."""
+    if isinstance(codec, (RecordCodec, ProtobufCodec)):
+        sub: list = []
+        out = codec._decode(values, sub)
+        bad.extend(base + i for i in sub)
+        return out
+    pieces, i, n = [], 0, len(values)
+    while i < n:
+        m = n - i
+        try:
+            dec = codec.decode(values.slice(i))
+        except Exception as e:
+            row = 0 if m == 1 else getattr(e, "row", None)
+            if isinstance(row, int) and 0 <= row < m:
+                if row:
+                    pieces.append(_decode_tolerant(pa, codec, values.slice(i, row), bad, base + i))
+                pieces.append(_null_rows(pa, codec, 1))
+                bad.append(base + i + row)
+                i += row + 1
+            else:
+                h = m // 2
+                pieces.append(_decode_tolerant(pa, codec, values.slice(i, h), bad, base + i))
+                pieces.append(_decode_tolerant(pa, codec, values.slice(i + h), bad, base + i + h))
+                i = n
+            continue
+        pieces.append(_as_record_batch(pa, dec, m, codec))
+        break
+    if len(pieces) == 1:
+        return pieces[0]
+    batches = [pa.RecordBatch.from_arrays(list(p.columns), schema=codec.schema) for p in pieces]
+    t = pa.Table.from_batches(batches, schema=codec.schema).combine_chunks()
+    return t.to_batches()[0] if t.num_rows else _null_rows(pa, codec, 0)
+
+
+def _decode_batch(b, codec, out_schema, keep_value: bool, on_error: str = "raise",
+                  bad_rows: list | None = None):
+    """``b`` with its values decoded by ``codec``. A value that does not
+    decode raises ValueDecodeError naming it (``on_error="raise"``), drops
+    its row (``"skip"``) or leaves its decoded columns null (``"null"``);
+    ``(partition, offset)`` of each such row is appended to ``bad_rows``."""
     pa = _pa()
     values = b.column("value")
+    bad: list = []
     try:
-        dec = codec.decode(values)
+        if on_error == "raise":
+            dec = codec.decode(values)
+        else:
+            dec = _decode_tolerant(pa, codec, values, bad)
         if isinstance(dec, (pa.StructArray, pa.Table)):
             dec = _as_record_batch(pa, dec, len(values), codec)
         if dec.num_rows != len(values):
@@ -89,10 +151,21 @@ def _decode_batch(b, codec, out_schema, keep_value: bool):
     cols = [b.column(f.name) for f in b.schema if keep_value or f.name != "value"]
     cols += [dec.column(i) for i in range(dec.num_columns)]
     try:
-        return pa.RecordBatch.from_arrays(cols, schema=out_schema)
+        out = pa.RecordBatch.from_arrays(cols, schema=out_schema)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
         raise ValueDecodeError(f"value codec {codec!r} returned columns that do not match its "
                                f"schema {codec.schema}: {e}") from e
+    if bad:
+        if bad_rows is not None:
+            part = b.column("partition")[0].as_py()
+            offs = b.column("offset").take(pa.array(bad, pa.int64())).to_pylist()
+            bad_rows.extend((part, o) for o in offs)
+        if on_error == "skip":
+            keep = [True] * len(values)
+            for i in bad:
+                keep[i] = False
+            out = out.filter(pa.array(keep, pa.bool_()))
+    return out
 
 
 class RecordCodec:
@@ -111,6 +184,11 @@ class RecordCodec:
         self.schema = schema
 
     def decode(self, values) -> "pa.RecordBatch":
+        return self._decode(values, None)
+
+    def _decode(self, values, bad: list | None) -> "pa.RecordBatch":
+        """Decode; with a list ``bad``, a value that does not decode gives a
+        row of nulls and its index is appended to ``bad`` instead of raising."""
         pa = _pa()
         fn = self.fn
         rows = []
@@ -121,7 +199,10 @@ class RecordCodec:
             try:
                 rows.append(fn(v))
             except Exception as e:
-                raise ValueDecodeError(f"{type(e).__name__}: {e}", row=i) from e
+                if bad is None:
+                    raise ValueDecodeError(f"{type(e).__name__}: {e}", row=i) from e
+                bad.append(i)
+                rows.append(None)
         arr = pa.array(rows, type=pa.struct(list(self.schema)))
         return pa.RecordBatch.from_struct_array(arr)
 
@@ -262,6 +343,11 @@ class ProtobufCodec:
         return list(vals)
 
     def decode(self, values) -> "pa.RecordBatch":
+        return self._decode(values, None)
+
+    def _decode(self, values, bad: list | None) -> "pa.RecordBatch":
+        """Decode; with a list ``bad``, a value that does not parse gives a
+        row of nulls and its index is appended to ``bad`` instead of raising."""
         pa = _pa()
         parse = self.message_class.FromString
         msgs = []
@@ -272,7 +358,10 @@ class ProtobufCodec:
             try:
                 msgs.append(parse(v))
             except Exception as e:
-                raise ValueDecodeError(f"{type(e).__name__}: {e}", row=i) from e
+                if bad is None:
+                    raise ValueDecodeError(f"{type(e).__name__}: {e}", row=i) from e
+                bad.append(i)
+                msgs.append(None)
         d = self.message_class.DESCRIPTOR
         arrays = [self._column(msgs, f, self.schema.field(self.prefix + f.name).type)
                   for f in d.fields]

@@ -7,7 +7,7 @@ import os
 from typing import TYPE_CHECKING, Mapping
 
 from unstoppable._core import arrow as _c
-from unstoppable.arrow.codecs import _as_codec, _decode_batch, _decoded_schema
+from unstoppable.arrow.codecs import _as_codec, _check_on_error, _decode_batch, _decoded_schema
 from unstoppable.arrow.columns import _ms, _pa, _pq, schema
 from unstoppable.errors import OffsetOutOfRangeError, PartitionOutOfRangeError
 from unstoppable.storage.partition import Partition
@@ -161,8 +161,9 @@ def _check_batch_bytes(batch_bytes) -> int:
 def to_batches(source, start=None, end=None, partitions=None, *, start_time=None,
                end_time=None, batch_bytes: int = DEFAULT_BATCH_BYTES, codec=None,
                keep_value: bool = False, large: bool = False,
-               on_retention: str = "raise") -> "pa.RecordBatchReader":
-    """to_batches(topic, start=None, end=None, partitions=None, *, start_time=None, end_time=None, batch_bytes=1 MiB, codec=None, keep_value=False, large=False, on_retention="raise") -> pyarrow.RecordBatchReader
+               on_retention: str = "raise", on_error: str = "raise",
+               bad_rows: list | None = None) -> "pa.RecordBatchReader":
+    """to_batches(topic, start=None, end=None, partitions=None, *, start_time=None, end_time=None, batch_bytes=1 MiB, codec=None, keep_value=False, large=False, on_retention="raise", on_error="raise", bad_rows=None) -> pyarrow.RecordBatchReader
 
     Stream a range of a topic (or of one Partition) as Arrow record batches
     of about ``batch_bytes`` of log data each, so memory stays bounded
@@ -198,11 +199,19 @@ def to_batches(source, start=None, end=None, partitions=None, *, start_time=None
     pyarrow.BinaryArray) -> pyarrow.RecordBatch | pyarrow.StructArray``. A
     null value gives a row of nulls. With ``large``, key and value are
     large_binary.
+
+    ``on_error`` says what happens to a value the codec cannot decode:
+    ``"raise"`` (the default) raises ValueDecodeError naming its partition
+    and offset; ``"skip"`` leaves its row out; ``"null"`` keeps the row with
+    its decoded columns null. The schema is the same either way. With a list
+    ``bad_rows``, ``(partition, offset)`` of each row skipped or nulled is
+    appended to it as the stream is read.
     """
     pa = _pa()
     _check_batch_bytes(batch_bytes)
     if on_retention not in ON_RETENTION:
         raise ValueError(f"on_retention must be one of {ON_RETENTION}, got {on_retention!r}")
+    _check_on_error(on_error)
     plan = _plan(source, start, end, partitions, start_time, end_time)
     raw = _raw_batches(plan, batch_bytes, large, True, on_retention)
     if codec is None:
@@ -210,13 +219,14 @@ def to_batches(source, start=None, end=None, partitions=None, *, start_time=None
     codec = _as_codec(codec)
     out_schema = _decoded_schema(schema(large), codec, keep_value)
     return pa.RecordBatchReader.from_batches(
-        out_schema, (_decode_batch(b, codec, out_schema, keep_value) for b in raw))
+        out_schema, (_decode_batch(b, codec, out_schema, keep_value, on_error, bad_rows) for b in raw))
 
 
 def to_arrow(source, start=None, end=None, partitions=None, *, start_time=None, end_time=None,
              batch_bytes: int = DEFAULT_BATCH_BYTES, codec=None, keep_value: bool = False,
-             large: bool = False, on_retention: str = "raise") -> "pa.Table":
-    """to_arrow(topic, start=None, end=None, partitions=None, *, start_time=None, end_time=None, batch_bytes=1 MiB, codec=None, keep_value=False, large=False, on_retention="raise") -> pyarrow.Table
+             large: bool = False, on_retention: str = "raise", on_error: str = "raise",
+             bad_rows: list | None = None) -> "pa.Table":
+    """to_arrow(topic, start=None, end=None, partitions=None, *, start_time=None, end_time=None, batch_bytes=1 MiB, codec=None, keep_value=False, large=False, on_retention="raise", on_error="raise", bad_rows=None) -> pyarrow.Table
 
     A range of a topic (or of one Partition) as a ``pyarrow.Table`` with the
     columns partition, offset, timestamp, key, value, headers. The arguments
@@ -224,7 +234,7 @@ def to_arrow(source, start=None, end=None, partitions=None, *, start_time=None, 
     """
     reader = to_batches(source, start, end, partitions, start_time=start_time, end_time=end_time,
                         batch_bytes=batch_bytes, codec=codec, keep_value=keep_value, large=large,
-                        on_retention=on_retention)
+                        on_retention=on_retention, on_error=on_error, bad_rows=bad_rows)
     return reader.read_all()
 
 
@@ -232,15 +242,18 @@ def export_parquet(source, path, start=None, end=None, partitions=None, *, start
                    end_time=None, batch_bytes: int = DEFAULT_BATCH_BYTES,
                    row_group_bytes: int = DEFAULT_ROW_GROUP_BYTES, codec=None,
                    keep_value: bool = False, compression: str = "zstd",
-                   on_retention: str = "raise", **writer_options) -> int:
-    """export_parquet(topic, path, start=None, end=None, partitions=None, *, start_time=None, end_time=None, batch_bytes=1 MiB, row_group_bytes=16 MiB, codec=None, keep_value=False, compression="zstd", on_retention="raise", **writer_options) -> int
+                   on_retention: str = "raise", on_error: str = "raise",
+                   bad_rows: list | None = None, **writer_options) -> int:
+    """export_parquet(topic, path, start=None, end=None, partitions=None, *, start_time=None, end_time=None, batch_bytes=1 MiB, row_group_bytes=16 MiB, codec=None, keep_value=False, compression="zstd", on_retention="raise", on_error="raise", bad_rows=None, **writer_options) -> int
 
     Write a range of a topic to the Parquet file ``path``, streaming: the
     batches of :func:`to_batches` are gathered into row groups of about
     ``row_group_bytes`` of Arrow data, each written as soon as it is full, so
     peak memory is a small multiple of ``row_group_bytes`` whatever the size
     of the range. The file appears under its name only when complete (it is
-    written beside it, then renamed). Returns the number of rows written.
+    written beside it, then renamed). Returns the number of rows written
+    (without the rows ``on_error="skip"`` left out). The other arguments
+    are those of :func:`to_batches`.
     ``writer_options`` go to ``pyarrow.parquet.ParquetWriter``.
     """
     pa = _pa()
@@ -250,7 +263,7 @@ def export_parquet(source, path, start=None, end=None, partitions=None, *, start
         raise ValueError(f"row_group_bytes must be a positive int, got {row_group_bytes!r}")
     reader = to_batches(source, start, end, partitions, start_time=start_time, end_time=end_time,
                         batch_bytes=batch_bytes, codec=codec, keep_value=keep_value,
-                        on_retention=on_retention)
+                        on_retention=on_retention, on_error=on_error, bad_rows=bad_rows)
     path = os.fspath(path)
     tmp = f"{path}.tmp{os.getpid()}"
     rows = 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import sys
 
 from unstoppable.cli._common import (
     _EXIT_USAGE,
@@ -66,14 +67,9 @@ def _total(t, start, end, parts, start_time, end_time) -> int | None:
     return total
 
 
-def _cmd_export(args) -> int:
-    try:
-        import pyarrow as pa
-    except ImportError:
-        raise CLIError("export needs pyarrow: pip install 'unstoppable[arrow]'") from None
+def _export_codec(args):
+    """The Arrow value codec of ``--codec`` (None without one)."""
     from unstoppable import arrow as ua
-    start, start_time = _bound(args.from_, "from")
-    end, end_time = _bound(args.to, "to")
     codec = None
     if args.codec:
         c = _codec(args.codec)
@@ -83,6 +79,21 @@ def _cmd_export(args) -> int:
         elif isinstance(c, JsonCodec):
             raise CLIError("export --codec json needs a schema; use the Python API "
                            "(unstoppable.arrow.JsonCodec)", _EXIT_USAGE)
+    if codec is None and args.on_error != "raise":
+        raise CLIError("--on-error needs --codec (it says what to do with values that do not decode)",
+                       _EXIT_USAGE)
+    return codec
+
+
+def _cmd_export(args) -> int:
+    try:
+        import pyarrow as pa
+    except ImportError:
+        raise CLIError("export needs pyarrow: pip install 'unstoppable[arrow]'") from None
+    from unstoppable import arrow as ua
+    start, start_time = _bound(args.from_, "from")
+    end, end_time = _bound(args.to, "to")
+    codec = _export_codec(args)
     parts = None
     if args.partitions:
         try:
@@ -93,7 +104,10 @@ def _cmd_export(args) -> int:
     out = args.out
     with _open_log(args) as log:
         t = _topic(log, args.topic)
+        bad_rows: list = []
         kw = dict(start_time=start_time, end_time=end_time, codec=codec, keep_value=args.keep_value)
+        if codec is not None:
+            kw.update(on_error=args.on_error, bad_rows=bad_rows)
         bar = _progress(args, f"export {args.format}", _total(t, start, end, parts, start_time, end_time))
         rows = 0
         tmp = f"{out}.tmp{os.getpid()}"
@@ -107,7 +121,7 @@ def _cmd_export(args) -> int:
                         for b in reader:
                             w.write_batch(b)
                             rows += b.num_rows
-                            bar.update(rows)
+                            bar.update(rows + (len(bad_rows) if args.on_error == "skip" else 0))
                 else:
                     import pyarrow.csv as pcsv
                     writer = None
@@ -118,7 +132,7 @@ def _cmd_export(args) -> int:
                                 writer = pcsv.CSVWriter(f, b.schema)
                             writer.write_batch(b)
                             rows += b.num_rows
-                            bar.update(rows)
+                            bar.update(rows + (len(bad_rows) if args.on_error == "skip" else 0))
                         if writer is not None:
                             writer.close()
                         else:
@@ -128,8 +142,12 @@ def _cmd_export(args) -> int:
             bar.close()
             if os.path.exists(tmp):
                 os.unlink(tmp)
+    if codec is not None and args.on_error != "raise":
+        what = "skipped" if args.on_error == "skip" else "nulled the decoded columns of"
+        print(f"{what} {_n(len(bad_rows), 'record')} whose value did not decode", file=sys.stderr)
     if args.json:
-        _emit({"topic": args.topic, "format": args.format, "out": os.path.abspath(out), "rows": rows})
+        _emit({"topic": args.topic, "format": args.format, "out": os.path.abspath(out), "rows": rows,
+               **({"undecodable": len(bad_rows)} if codec is not None else {})})
     else:
         print(f"exported {_n(rows, 'record')} of {args.topic!r} to {out} ({args.format})")
     return 0
@@ -148,4 +166,8 @@ def register(sub, common, withlog) -> None:
     e.add_argument("--partitions", help="only these, e.g. 0,2")
     e.add_argument("--codec", help="decode values into columns: booking or proto:module:Class")
     e.add_argument("--keep-value", action="store_true", help="with --codec, keep the raw value column")
+    e.add_argument("--on-error", choices=("raise", "skip", "null"), default="raise",
+                   help="with --codec, a value that does not decode: raise (stop with an error "
+                        "naming it; the default), skip (leave its row out) or null (keep the row, "
+                        "decoded columns null); the count goes to stderr")
     e.set_defaults(func=_cmd_export)
