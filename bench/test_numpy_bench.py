@@ -27,7 +27,8 @@ np = pytest.importorskip("numpy")
 pa = pytest.importorskip("pyarrow")
 
 import unstoppable as us  # noqa: E402
-from unstoppable import arrow as ua  # noqa: E402
+from unstoppable._core import arrow as _carrow  # noqa: E402
+from unstoppable.arrow import ingest as _ingest  # noqa: E402
 
 KEYS = 10_000_000
 PARTITIONS = 64
@@ -70,8 +71,8 @@ def test_partition_many_10m_keys(benchmark, keys, name, report):
     # Baseline 2: the C partitioning append_arrow does today (partition and
     # group rows: ArrowSource.split over the key column).
     table = pa.table({"key": arrow_keys, "value": pa.nulls(KEYS, pa.binary())})
-    src = ua._source(pa, table.to_batches(), "value", "key", None, None)
-    mode = ua._c.PARTITION_MURMUR2 if name == "murmur2" else ua._c.PARTITION_XXH64
+    src = _ingest._source(pa, table.to_batches(), "value", "key", None, None)
+    mode = _carrow.PARTITION_MURMUR2 if name == "murmur2" else _carrow.PARTITION_XXH64
     _, sp_med = _best(lambda: src.split(PARTITIONS, mode), rounds=3)
 
     rate = KEYS / np_med
