@@ -33,7 +33,8 @@ def test_ruff():
 def test_mypy_stubs():
     stubs = sorted(glob.glob(os.path.join(PKG, "_core", "*.pyi")))
     assert stubs
-    out = _run("mypy", "--no-error-summary", *stubs)
+    # Errors in the stubs only: modules they import are followed silently.
+    out = _run("mypy", "--no-error-summary", "--follow-imports=silent", *stubs)
     assert out.returncode == 0, out.stdout + out.stderr
 
 

@@ -3,11 +3,12 @@ loop, one ``flock`` wrapper and a directory fsync."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 
 from unstoppable._core.segment import lock_file, unlock_file
 
-__all__ = ["O_CLOEXEC", "fsync_dir", "makedirs_durable", "pwrite_all", "Flock", "open_readonly"]
+__all__ = ["O_CLOEXEC", "fsync_dir", "makedirs_durable", "try_flock", "pwrite_all", "Flock", "open_readonly"]
 
 O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
@@ -19,6 +20,17 @@ def fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def try_flock(fd: int) -> bool:
+    """Take an exclusive flock without waiting: False when another holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError as e:
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return False
+        raise
 
 
 def makedirs_durable(path: str) -> None:

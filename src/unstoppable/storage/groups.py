@@ -67,8 +67,6 @@ rename); readers notice the new inode and reload.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import os
 import struct
 import threading
@@ -94,6 +92,8 @@ from unstoppable.groups.assign import (  # re-exported here as well
     parse_member_description,
 )
 from unstoppable.storage._fs import O_CLOEXEC, Flock, fsync_dir, pwrite_all
+from unstoppable.storage._fs import makedirs_durable as _makedirs_durable  # noqa: F401  (membership)
+from unstoppable.storage._fs import try_flock as _try_flock  # noqa: F401  (membership)
 
 __all__ = [
     "GROUPS_DIR",
@@ -146,18 +146,6 @@ def list_groups(log_path: str) -> list[str]:
     return sorted(out)
 
 
-def _makedirs_durable(path: str) -> None:
-    """mkdir -p, fsyncing each parent whose entries changed."""
-    if os.path.isdir(path):
-        return
-    parent = os.path.dirname(path)
-    _makedirs_durable(parent)
-    try:
-        os.mkdir(path)
-    except FileExistsError:
-        return
-    fsync_dir(parent)
-
 
 # ---------------------------------------------------------------------------
 # Lock holders are closed (not unlocked) in forked children: a flock belongs to
@@ -177,16 +165,6 @@ def _close_inherited_locks() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_close_inherited_locks)
-
-
-def _try_flock(fd: int) -> bool:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except OSError as e:
-        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            return False
-        raise
 
 
 # ---------------------------------------------------------------------------

@@ -30,7 +30,6 @@ that claims are one at a time:
 """
 from __future__ import annotations
 
-import errno
 import fcntl
 import mmap
 import os
@@ -41,6 +40,7 @@ import weakref
 
 from unstoppable.errors import ProducerIdInUseError
 from unstoppable.storage._fs import O_CLOEXEC, fsync_dir, makedirs_durable
+from unstoppable.storage._fs import try_flock as _try_flock
 
 __all__ = ["ProducerIdLock", "ProducerEpochs", "PRODUCERS_DIR", "DEFAULT_PRODUCER_TIMEOUT_MS",
            "MAX_EPOCH"]
@@ -59,16 +59,6 @@ _HEARTBEAT_AT = 16
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def _try_flock(fd: int) -> bool:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except OSError as e:
-        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            return False
-        raise
 
 
 def record_path(log_path: str, producer_id: int) -> str:
