@@ -155,6 +155,20 @@ cdef inline object _not_consecutive(size_t pos, int64_t expected):
     return CorruptLogError("batch offsets are not consecutive", position=pos, offset=expected)
 
 
+cdef inline bint _control(const unsigned char *p, size_t avail, size_t pos,
+                          us_batch_header *h) except -1:
+    """True for a control batch (a transaction marker), which readers skip.
+    Its CRC is checked first: a damaged attributes field must never turn a
+    batch of data records into one that is skipped in silence."""
+    cdef int rc
+    if not (h.magic == US_MAGIC and h.attributes & US_ATTR_CONTROL):
+        return False
+    rc = us_batch_check(p, avail, h)
+    if rc != US_OK and rc != US_COMPRESSED:
+        raise _corrupt(rc, pos, p, avail)
+    return True
+
+
 def find_batch(Mapping m, size_t pos, size_t end, int64_t offset, int64_t expected_base=-1,
                bint skip_damaged=False):
     """find_batch(mapping, pos, end, offset, expected_base=-1, skip_damaged=False) -> int
@@ -231,7 +245,7 @@ def read_records(Mapping m, size_t pos, size_t end, int64_t offset, size_t max_r
             continue
         if h.base_offset > offset:
             raise _not_consecutive(pos, offset)
-        if h.magic == US_MAGIC and h.attributes & US_ATTR_CONTROL:
+        if _control(m.ptr + pos, end - pos, pos, &h):
             # A control batch (a transaction marker) holds no data records.
             offset = h.base_offset + <int64_t>h.record_count
             pos += h.length
@@ -283,7 +297,7 @@ def read_batches(Mapping m, size_t pos, size_t end, int64_t offset, size_t max_b
             raise _not_consecutive(pos, expect)
         expect = h.base_offset + <int64_t>h.record_count
         if h.base_offset + <int64_t>h.record_count > offset and \
-                not (h.magic == US_MAGIC and h.attributes & US_ATTR_CONTROL):
+                not _control(m.ptr + pos, end - pos, pos, &h):
             b = make_batch(m, mv, m.ptr + pos, pos, &h, topic, partition)
             b._check_decode()
             out.append(b)
