@@ -11,6 +11,14 @@ classic group protocol and committed offsets), ``protocol`` (framing and the
 kio codecs), ``recordbatch`` (RecordBatch v2 to and from the log's records),
 ``metrics`` (Prometheus), ``_log`` (the storage internals the server uses).
 """
-from unstoppable.server.broker import Broker
-
 __all__ = ["Broker"]
+
+
+def __getattr__(name: str):
+    # The broker (and kio, which takes about a second to import) loads when it
+    # is used: `unstoppable --help` and every other command register `serve`
+    # through unstoppable.server.__main__ without starting a server.
+    if name == "Broker":
+        from unstoppable.server.broker import Broker
+        return Broker
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
