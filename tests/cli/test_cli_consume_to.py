@@ -118,3 +118,36 @@ def test_to_on_jetstream(tmp_path):
         assert "3/3" in r.stderr
     finally:
         s.stop()
+
+
+T0 = 1_700_000_000_000
+
+
+def test_to_a_time_stops_before_the_first_record_at_or_after_it(tmp_path):
+    log = tmp_path / "log"
+    with us.Log(str(log)) as lg:
+        p = lg.create_topic("t").partition(0)
+        for i in range(5):                          # offset i at T0 + i s
+            p.append([b"v%d" % i], timestamp=T0 + i * 1000)
+    assert _offsets("--to", f"@{T0 + 2000}", log=log) == [(0, 0), (0, 1)]
+    assert _offsets("--to", "@2023-11-14T22:13:21.5Z", log=log) == [(0, 0), (0, 1)]   # T0 + 1.5 s
+    assert _offsets("-o", "1", "--to", f"0:@{T0 + 3000}", log=log) == [(0, 1), (0, 2)]
+    assert _offsets("--to", f"@{T0 + 99_000}", log=log) == [(0, i) for i in range(5)]   # none yet: the end
+    assert "3/3" in cli("consume", "t", "--to", f"@{T0 + 3000}", "--progress", log=log).stderr
+    msg = bad("consume", "t", "-o", "3", "--to", f"@{T0 + 1000}", log=log, code=2)
+    assert f"--to @{T0 + 1000} (offset 1) is below where -o 3 starts t/0 (offset 3)" in msg
+    assert "not an ISO-8601 time" in bad("consume", "t", "--to", "@soon", log=log, code=2)
+    # With -f, a time no record has reached yet is waited for.
+    cmd = [sys.executable, "-m", "unstoppable", "consume", "t", "-f", "--to", f"@{T0 + 10_000}", "--json",
+           "--log", str(log)]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        time.sleep(1.5)
+        assert proc.poll() is None, proc.stderr.read()
+        with us.Log(str(log)) as lg:
+            p = lg.topic("t").partition(0)
+            p.append([b"before"], timestamp=T0 + 9_999)
+            p.append([b"at", b"after"], timestamp=T0 + 10_000)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert [json.loads(line)["value"] for line in out.decode().splitlines()] == \
+        ["v0", "v1", "v2", "v3", "v4", "before"]

@@ -18,7 +18,8 @@ _OFFSET_HELP = ("where to start: beginning, end, N (offset N), -N (N before the 
                 "P:SPEC for partition P only (repeatable). Default: the beginning, or a group's "
                 "committed offsets")
 _TO_HELP = ("where to stop, exclusive (as rpk's -o START:END and kcat's e@TIME): N (stop before "
-            "offset N), end (the end when the command starts), -N (N before that end); P:SPEC for "
+            "offset N), end (the end when the command starts), -N (N before that end), @TIME (stop "
+            "before the first record at or after an ISO-8601 time or ms since the epoch); P:SPEC for "
             "partition P only (repeatable). Past the end: stop at the end, or with -f wait for it. "
             "The progress bar's total counts up to it")
 
@@ -83,7 +84,7 @@ def _parse_offsets(items: list) -> dict:
     return out
 
 
-_TO_SPEC = re.compile(r"end|latest|newest|-?\d+")
+_TO_SPEC = re.compile(r"end|latest|newest|-?\d+|@.+")
 
 
 def _parse_to(items: list) -> dict:
@@ -91,20 +92,22 @@ def _parse_to(items: list) -> dict:
     out: dict = {}
     for item in items:
         part, sep, spec = item.partition(":")
-        if sep and part.isdigit():
+        if sep and part.isdigit() and not item.startswith("@"):
             key = int(part)
         else:
             key, spec = None, item
         if not _TO_SPEC.fullmatch(spec):
-            raise CLIError(f"--to {item!r}: want N (an offset, exclusive), end, -N (N before the end) "
-                           "or P:SPEC", _EXIT_USAGE)
+            raise CLIError(f"--to {item!r}: want N (an offset, exclusive), end, -N (N before the end), "
+                           "@TIME or P:SPEC", _EXIT_USAGE)
+        if spec.startswith("@"):
+            spec = "@%d" % _time_ms(spec[1:])
         out[key] = spec
     return out
 
 
 def _check_to(args, specs: dict, stops: dict) -> None:
     """Refuse --to combinations that cannot mean anything, before the log is opened."""
-    if args.follow and None in stops and all(not s.isdigit() for s in stops.values()):
+    if args.follow and None in stops and all(not s.isdigit() and not s.startswith("@") for s in stops.values()):
         raise CLIError("--to end and --to -N stop at the end as it is when the command starts, so -f "
                        "would never wait: drop -f, or give --to an offset", _EXIT_USAGE)
     for key in sorted(set(specs) | set(stops), key=lambda k: -1 if k is None else k):
@@ -149,8 +152,8 @@ def _resolve(spec: str, start: int, end: int) -> int | None:
 
 def _resolve_to(spec: str | None, start: int, end: int, follow: bool) -> int | None:
     """The offset to stop before in a partition holding ``start .. end - 1``;
-    None: no stop (-f without --to)."""
-    if spec is None:
+    None: no stop (-f without --to, or a time no record has reached yet)."""
+    if spec is None or spec.startswith("@"):
         return None if follow else end
     if spec in ("end", "latest", "newest"):
         return end
@@ -166,6 +169,7 @@ class _Session:
     def __init__(self, args, codec, tail: bool, specs: dict, render, stops: dict | None = None):
         self.args = args
         self.stops = stops or {}
+        self.until: dict = {}      # --to @TIME with -f, not reached yet: {tp: ms}
         self.codec = codec
         self.tail = tail
         self.specs = specs
@@ -228,6 +232,7 @@ class _Session:
             follow = self.args.follow
             stops = {tp: _resolve_to(self.stops.get(tp.partition, self.stops.get(None)), start, end, follow)
                      for tp, (start, end) in ranges.items()}
+            await self._stop_times(c, ranges, stops)
             self._check_starts(c, stops)
             total = self.limit
             left = [stops[tp] - c.position(tp) for tp in c.assignment() if stops[tp] is not None]
@@ -236,6 +241,25 @@ class _Session:
                 total = bound if total is None else min(total, bound)
             self.bar.total = total
             return await self._consume(c, stops)
+
+    async def _stop_times(self, c, ranges: dict, stops: dict) -> None:
+        """Resolve --to @TIME: before the first record at or after the time;
+        none yet: the end, or with -f the first such record to come."""
+        times = {}
+        for tp in ranges:
+            spec = self.stops.get(tp.partition, self.stops.get(None))
+            if spec is not None and spec.startswith("@"):
+                times[tp] = int(spec[1:])
+        found = await c.offsets_for_times(times) if times else {}
+        self.until = {}
+        for tp, ms in times.items():
+            hit = found.get(tp)
+            if hit is not None:
+                stops[tp] = hit.offset
+            elif self.args.follow:
+                self.until[tp] = ms         # stops[tp] stays None until such a record comes
+            else:
+                stops[tp] = ranges[tp][1]
 
     def _check_starts(self, c, stops: dict) -> None:
         """--to below where an explicit -o puts a partition: a clear error, not an empty run."""
@@ -294,8 +318,12 @@ class _Session:
                 continue
             printed = {}
             for tp, recs in got.items():
-                stop = stops[tp]
+                stop, until = stops[tp], self.until.get(tp)
                 for r in recs:
+                    if until is not None and r.timestamp >= until:
+                        stop = stops[tp] = r.offset       # --to @TIME reached
+                        del self.until[tp]
+                        until = None
                     if (limit is not None and self.seen >= limit) or (stop is not None and r.offset >= stop):
                         break
                     self._print(tp, r)
