@@ -5,11 +5,11 @@ The attribute bits 0-2 of a batch name its codec: 0 none, 1 gzip, 2 snappy,
 encoded as usual, compressed as one block after the 61-byte header.
 
 Each codec uses the fastest library installed, measured on booking-event
-batches (docs/FORMAT.md §4.6): zstd is read through ``zstandard`` (one
-reused context per thread) and written through cramjam, lz4 goes through
-``lz4``, gzip and snappy through cramjam; cramjam is the fallback for
-zstandard and lz4, and the standard library for gzip (python-snappy is no
-fallback for snappy: version 0.7 is built on cramjam).
+batches (docs/FORMAT.md §4.6): zstd goes through ``zstandard`` (one
+reused context per thread each way), lz4 through ``lz4``, gzip and snappy
+through cramjam; cramjam is the fallback for zstandard and lz4, and the
+standard library for gzip (python-snappy is no fallback for snappy: version
+0.7 is built on cramjam).
 
 Kafka's framings: gzip is a gzip member, lz4 an LZ4 *frame* with
 independent blocks (Kafka's Java reader refuses linked blocks), zstd a zstd
@@ -49,16 +49,14 @@ try:
 except ImportError:  # pragma: no cover
     _lz4 = None
 
-# The libraries each codec can use, fastest first, for reading and for
-# writing (measured on booking-event batches, docs/FORMAT.md §4.6).
-_READ = {
+# The libraries each codec can use, fastest first (measured on booking-event
+# batches, docs/FORMAT.md §4.6); the same one reads and writes.
+_CHOICES = {
     1: (("cramjam", _cramjam), ("zlib", True)),
     2: (("cramjam", _cramjam),),    # python-snappy 0.7 is itself built on cramjam
     3: (("lz4", _lz4), ("cramjam", _cramjam)),
     4: (("zstandard", _zstd), ("cramjam", _cramjam)),
 }
-_WRITE = dict(_READ)
-_WRITE[4] = (("cramjam", _cramjam), ("zstandard", _zstd))   # cramjam's level 1 is as fast or faster
 _PACKAGES = {1: "cramjam", 2: "cramjam", 3: "lz4 or cramjam", 4: "zstandard or cramjam"}
 
 
@@ -66,16 +64,15 @@ def _first(libs) -> str | None:
     return next((name for name, mod in libs if mod is not None), None)
 
 
-_LIB = {cid: _first(libs) for cid, libs in _READ.items()}
-_WLIB = {cid: _first(libs) for cid, libs in _WRITE.items()}
+_LIB = {cid: _first(libs) for cid, libs in _CHOICES.items()}
 
 
-def libraries(write: bool = False) -> dict:
-    """libraries(write=False) -> {codec name: library name or None}
+def libraries() -> dict:
+    """libraries() -> {codec name: library name or None}
 
-    The library each codec reads (or with ``write``, writes) with in this
-    process; None: not installed."""
-    return {_NAMES[cid]: lib for cid, lib in (_WLIB if write else _LIB).items()}
+    The library each codec reads and writes with in this process; None: not
+    installed."""
+    return {_NAMES[cid]: lib for cid, lib in _LIB.items()}
 
 
 def codec_id(compression: str | None) -> int:
@@ -125,7 +122,7 @@ def _zstd_decompressor():
 def compress(cid: int, data) -> bytes:
     """compress(codec_id, data) -> bytes: one block in Kafka's framing of the codec."""
     _need(cid)
-    lib = _WLIB[cid]
+    lib = _LIB[cid]
     if cid == 4:
         if lib == "zstandard":
             return _zstd_compressor().compress(data)

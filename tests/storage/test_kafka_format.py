@@ -252,7 +252,7 @@ with us.Log({str(tmp_path / 'log')!r}) as log:
         else:
             got.append((b.compression, [bytes(r.value) for r in b]))
         off += 200
-print(sorted(set(libs.values()) | set(compression.libraries(write=True).values()), key=str))
+print(sorted(set(libs.values()), key=str))
 for c, values in got:
     assert values == [b"%s record %d" % (c.encode(), i) for i in range(len(values) and
                       int(values[0].split()[-1]), int(values[-1].split()[-1]) + 1)], c
