@@ -17,6 +17,21 @@ _OFFSET_HELP = ("where to start: beginning, end, N (offset N), -N (N before the 
                 "the start), @TIME (first record at or after an ISO-8601 time or ms since the epoch); "
                 "P:SPEC for partition P only (repeatable). Default: the beginning, or a group's "
                 "committed offsets")
+_TO_HELP = ("where to stop, exclusive (as rpk's -o START:END and kcat's e@TIME): N (stop before "
+            "offset N), end (the end when the command starts), -N (N before that end), @TIME (stop "
+            "before the first record at or after an ISO-8601 time or ms since the epoch); P:SPEC for "
+            "partition P only (repeatable). Past the end: stop at the end, or with -f wait for it. "
+            "The progress bar's total counts up to it")
+
+
+def _no_partition(option: str, item: str, topics: list, count: int) -> str:
+    """The error for ``P:SPEC`` naming a partition no topic has."""
+    names = f"topic {topics[0]!r} has" if len(topics) == 1 else \
+        f"the topics {', '.join(map(repr, topics))} have"
+    part, _, spec = item.partition(":")
+    hint = f" (offsets {part} to {spec}: -o {part} --to {spec})" if option == "-o/--offset" and \
+        spec.isdigit() and int(spec) > int(part) else ""
+    return f"{option} {item}: {names} partitions 0 .. {count - 1}, not {part}{hint}"
 
 
 def _cmd_consume(args, tail: bool = False) -> int:
@@ -35,7 +50,10 @@ def _cmd_consume(args, tail: bool = False) -> int:
         except ValueError as e:
             raise CLIError(str(e), _EXIT_USAGE) from None
     specs = _parse_offsets(getattr(args, "offset", None) or [])
-    session = _Session(args, codec, tail, specs, render)
+    stops = {} if tail else _parse_to(args.to or [])
+    if stops:
+        _check_to(args, specs, stops)
+    session = _Session(args, codec, tail, specs, render, stops)
     try:
         _run_on_log(args, session.run)
     except KeyboardInterrupt:
@@ -64,6 +82,41 @@ def _parse_offsets(items: list) -> dict:
             spec = "@%d" % _time_ms(spec[1:])
         out[key] = spec
     return out
+
+
+_TO_SPEC = re.compile(r"end|latest|newest|-?\d+|@.+")
+
+
+def _parse_to(items: list) -> dict:
+    """``{partition or None: spec}`` from the --to values (None: every partition)."""
+    out: dict = {}
+    for item in items:
+        part, sep, spec = item.partition(":")
+        if sep and part.isdigit() and not item.startswith("@"):
+            key = int(part)
+        else:
+            key, spec = None, item
+        if not _TO_SPEC.fullmatch(spec):
+            raise CLIError(f"--to {item!r}: want N (an offset, exclusive), end, -N (N before the end), "
+                           "@TIME or P:SPEC", _EXIT_USAGE)
+        if spec.startswith("@"):
+            spec = "@%d" % _time_ms(spec[1:])
+        out[key] = spec
+    return out
+
+
+def _check_to(args, specs: dict, stops: dict) -> None:
+    """Refuse --to combinations that cannot mean anything, before the log is opened."""
+    if args.follow and None in stops and all(not s.isdigit() and not s.startswith("@") for s in stops.values()):
+        raise CLIError("--to end and --to -N stop at the end as it is when the command starts, so -f "
+                       "would never wait: drop -f, or give --to an offset", _EXIT_USAGE)
+    for key in sorted(set(specs) | set(stops), key=lambda k: -1 if k is None else k):
+        start = specs.get(key, specs.get(None))
+        to = stops.get(key, stops.get(None))
+        if start is not None and to is not None and start.isdigit() and to.isdigit() and int(to) < int(start):
+            where = "" if key is None else f" in partition {key}"
+            raise CLIError(f"--to {to} is below --offset {start}{where}: --to is where reading stops "
+                           "(exclusive)", _EXIT_USAGE)
 
 
 def _time_ms(s: str) -> int:
@@ -97,11 +150,26 @@ def _resolve(spec: str, start: int, end: int) -> int | None:
     return min(max(n, start), end)
 
 
+def _resolve_to(spec: str | None, start: int, end: int, follow: bool) -> int | None:
+    """The offset to stop before in a partition holding ``start .. end - 1``;
+    None: no stop (-f without --to, or a time no record has reached yet)."""
+    if spec is None or spec.startswith("@"):
+        return None if follow else end
+    if spec in ("end", "latest", "newest"):
+        return end
+    n = int(spec)
+    if n < 0:
+        return max(start, end + n)
+    return n if follow else min(n, end)
+
+
 class _Session:
     """One run of ``consume`` or ``tail`` on an open log."""
 
-    def __init__(self, args, codec, tail: bool, specs: dict, render):
+    def __init__(self, args, codec, tail: bool, specs: dict, render, stops: dict | None = None):
         self.args = args
+        self.stops = stops or {}
+        self.until: dict = {}      # --to @TIME with -f, not reached yet: {tp: ms}
         self.codec = codec
         self.tail = tail
         self.specs = specs
@@ -138,6 +206,11 @@ class _Session:
         finally:
             await admin.close()
         self.several = len(topics) > 1
+        count = 1 + max((tp.partition for tp in ranges), default=-1)
+        for option, keys in (("-o/--offset", self.specs), ("--to", self.stops)):
+            for k in keys:
+                if k is not None and k >= count:
+                    raise us.PartitionOutOfRangeError(_no_partition(option, f"{k}:{keys[k]}", topics, count))
         p = self.args.partition
         if p is None:
             return ranges
@@ -156,12 +229,47 @@ class _Session:
             if self.tail:
                 return await self._tail(c, ranges)
             await self._seek(c, ranges)
-            ends = {tp: end for tp, (_, end) in ranges.items()}
+            follow = self.args.follow
+            stops = {tp: _resolve_to(self.stops.get(tp.partition, self.stops.get(None)), start, end, follow)
+                     for tp, (start, end) in ranges.items()}
+            await self._stop_times(c, ranges, stops)
+            self._check_starts(c, stops)
             total = self.limit
-            if total is None and not self.args.follow:
-                total = sum(max(ends[tp] - c.position(tp), 0) for tp in c.assignment())
+            left = [stops[tp] - c.position(tp) for tp in c.assignment() if stops[tp] is not None]
+            if len(left) == len(c.assignment()):
+                bound = sum(max(n, 0) for n in left)
+                total = bound if total is None else min(total, bound)
             self.bar.total = total
-            return await self._consume(c, ends)
+            return await self._consume(c, stops)
+
+    async def _stop_times(self, c, ranges: dict, stops: dict) -> None:
+        """Resolve --to @TIME: before the first record at or after the time;
+        none yet: the end, or with -f the first such record to come."""
+        times = {}
+        for tp in ranges:
+            spec = self.stops.get(tp.partition, self.stops.get(None))
+            if spec is not None and spec.startswith("@"):
+                times[tp] = int(spec[1:])
+        found = await c.offsets_for_times(times) if times else {}
+        self.until = {}
+        for tp, ms in times.items():
+            hit = found.get(tp)
+            if hit is not None:
+                stops[tp] = hit.offset
+            elif self.args.follow:
+                self.until[tp] = ms         # stops[tp] stays None until such a record comes
+            else:
+                stops[tp] = ranges[tp][1]
+
+    def _check_starts(self, c, stops: dict) -> None:
+        """--to below where an explicit -o puts a partition: a clear error, not an empty run."""
+        for tp in sorted(c.assignment()):
+            spec = self.specs.get(tp.partition, self.specs.get(None))
+            stop, pos = stops[tp], c.position(tp)
+            if spec is not None and stop is not None and pos > stop:
+                to = self.stops.get(tp.partition, self.stops.get(None))
+                raise CLIError(f"--to {to} (offset {stop}) is below where -o {spec} starts "
+                               f"{tp.topic}/{tp.partition} (offset {pos})", _EXIT_USAGE)
 
     async def _seek(self, c, ranges: dict) -> None:
         """Move each assigned partition to where -o says."""
@@ -191,20 +299,32 @@ class _Session:
         else:
             _print_record(self.args, tp.topic, r, self.codec)
 
-    async def _consume(self, c, ends: dict) -> int:
-        """Print records as they come, up to -n; without -f, stop at the ends
-        the partitions had when the command started."""
+    async def _consume(self, c, stops: dict) -> int:
+        """Print records as they come, up to -n; stop each partition before
+        its stop offset (--to, or without -f the end it had when the command
+        started; None: follow it)."""
         limit, follow = self.limit, self.args.follow
+
+        def live():
+            return [tp for tp in c.assignment() if stops[tp] is None or c.position(tp) < stops[tp]]
         while True:
-            got = await c.getmany(timeout_ms=200 if follow else 0)
+            todo = live()
+            if not todo and (c.assignment() or not follow):
+                return self.seen
+            # Only the partitions not yet at their stop (a group member with
+            # -f and no partitions waits for a rebalance to give it some).
+            got = await c.getmany(*todo, timeout_ms=200 if follow else 0)
             if not got:
-                if not follow and all(c.position(tp) >= ends[tp] for tp in c.assignment()):
-                    return self.seen
                 continue
             printed = {}
             for tp, recs in got.items():
+                stop, until = stops[tp], self.until.get(tp)
                 for r in recs:
-                    if limit is not None and self.seen >= limit:
+                    if until is not None and r.timestamp >= until:
+                        stop = stops[tp] = r.offset       # --to @TIME reached
+                        del self.until[tp]
+                        until = None
+                    if (limit is not None and self.seen >= limit) or (stop is not None and r.offset >= stop):
                         break
                     self._print(tp, r)
                     printed[tp] = r.offset + 1
@@ -270,6 +390,7 @@ def register(sub, common, withlog) -> None:
                            help="the topic arguments are regular expressions matched against every topic")
             c.add_argument("--group", metavar="G", help="consume as this group and commit what was printed")
             c.add_argument("-o", "--offset", action="append", metavar="SPEC", help=_OFFSET_HELP)
+            c.add_argument("--to", action="append", metavar="SPEC", help=_TO_HELP)
             c.set_defaults(func=_cmd_consume)
         else:
             c.set_defaults(func=lambda a: _cmd_consume(a, tail=True))

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 from unstoppable.cli._common import (
+    _EXIT_USAGE,
     CLIError,
     _codec,
     _emit,
     _iso,
     _open_log,
     _printable,
+    _progress,
     _record_dict,
     _show_value,
     _topic,
@@ -16,15 +18,26 @@ from unstoppable.cli._common import (
 
 def _cmd_dump(args) -> int:
     codec = _codec(args.codec) if args.codec else None
-    with _open_log(args) as log:
+    if args.max_records is not None and args.max_records < 0:
+        raise CLIError("-n must be >= 0", _EXIT_USAGE)
+    with _open_log(args) as log, _progress(args, "dump") as bar:
         t = _topic(log, args.topic)
+        if args.partition is not None and not 0 <= args.partition < t.partitions:
+            raise CLIError(f"topic {args.topic!r} has partitions 0 .. {t.partitions - 1}, not {args.partition}")
         parts = [args.partition] if args.partition is not None else list(range(t.partitions))
-        shown = 0
+        starts = {}
         for pi in parts:
             part = t.partition(pi)
             off = part.start_offset if args.offset is None else max(args.offset, part.start_offset)
             if off > part.end_offset:
                 raise CLIError(f"offset {off} is past the end of {args.topic}/{pi} ({part.end_offset})")
+            starts[pi] = off
+        total = sum(t.partition(pi).end_offset - off for pi, off in starts.items())
+        bar.total = total if args.max_records is None else min(total, args.max_records)
+        shown = 0
+        for pi in parts:
+            part = t.partition(pi)
+            off = starts[pi]
             while off < part.end_offset:
                 if args.max_records is not None and shown >= args.max_records:
                     return 0
@@ -56,6 +69,7 @@ def _cmd_dump(args) -> int:
                             print(f"  {r.offset}  {_iso(r.timestamp)}  key={key!r}"
                                   f"{'  ' + hs if hs else ''}  {_show_value(codec, r.value, False)}")
                     shown += len(recs)
+                    bar.update(shown)
                     off = b.next_offset
                     if args.max_records is not None and shown >= args.max_records:
                         return 0
