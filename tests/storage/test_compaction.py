@@ -53,9 +53,12 @@ def check_against_model(p, written, cleaned_below):
     for off, (k, v) in sorted(written.items()):
         latest[k] = (off, v)
     present = {r.offset for r in recs}
+    keys_present = {bytes(r.key) for r in recs}
     for k, (off, v) in latest.items():
         if v is not None:
             assert off in present, f"key {k!r}: latest record at {off} is gone"
+        elif off not in present:
+            assert k not in keys_present, f"deleted key {k!r} came back"
     for r in recs:
         k = bytes(r.key)
         later = [o for o, (kk, _v) in written.items() if kk == k and r.offset < o < cleaned_below]

@@ -67,7 +67,7 @@ class Segment:
     """One segment file and its two indexes, as seen by this process."""
 
     __slots__ = ("base", "path", "fd", "oi_fd", "ti_fd", "_map", "_oi_map", "_ti_map",
-                 "_map_hint", "_oi_hint", "reserved_end")
+                 "_map_hint", "_oi_hint", "reserved_end", "ino")
 
     def __init__(self, dirpath: str, base: int, map_hint: int, oi_hint: int, create: bool = False,
                  readonly: bool = False):
@@ -89,6 +89,8 @@ class Segment:
                 self.oi_fd = os.open(stem + ".index", os.O_RDWR | os.O_CREAT | O_CLOEXEC, 0o644)
                 self.ti_fd = os.open(stem + ".timeindex", os.O_RDWR | os.O_CREAT | O_CLOEXEC,
                                      0o644)
+            # Which file this is: the compactor may replace the one at this path.
+            self.ino = os.fstat(self.fd).st_ino
         except BaseException:
             self.close()
             raise
@@ -237,7 +239,7 @@ class SegmentCatalog:
                 segs.move_to_end(base)
                 return other
             facts = self._facts.get(base)
-            if facts is not None and facts.ino != os.fstat(seg.fd).st_ino:
+            if facts is not None and facts.ino != seg.ino:
                 # The compactor (maybe in another process) swapped in a new
                 # file since these facts were learnt: they describe the old one.
                 del self._facts[base]
@@ -351,7 +353,7 @@ class SegmentCatalog:
     def sealed(self, seg: Segment) -> SealedFacts:
         """Size and valid index entry counts of a sealed segment (loaded once)."""
         facts = self._facts.get(seg.base)
-        if facts is not None:
+        if facts is not None and facts.ino == seg.ino:
             return facts
         size = seg.size()
         oi_n = os.fstat(seg.oi_fd).st_size // OFFSET_ENTRY_SIZE
@@ -375,9 +377,12 @@ class SegmentCatalog:
         max_ts = None
         if oi_n != file_oi or ti_n != file_ti or missing:
             oi_n, ti_n, max_ts = self._repair_index(seg, size, oi_n, ti_n)
-        facts = SealedFacts(size, oi_n, ti_n, max_ts, os.fstat(seg.fd).st_ino)
+        facts = SealedFacts(size, oi_n, ti_n, max_ts, seg.ino)
         with self._guard:
-            self._facts[seg.base] = facts
+            # Facts of a file the compactor has replaced meanwhile serve the
+            # reader that still holds it, and are not kept for the new one.
+            if self._open.get(seg.base, seg) is seg:
+                self._facts[seg.base] = facts
         return facts
 
     def _repair_index(self, seg: Segment, size: int, oi_n: int, ti_n: int):
