@@ -69,7 +69,7 @@ from unstoppable.storage.admin import write_json_atomic
 from unstoppable.storage.recovery import now_ms
 from unstoppable.storage.segments import CLEANER_CHECKPOINT, segment_stem
 
-__all__ = ["CleanResult", "clean_partition", "dirty_ratio", "finish_swaps",
+__all__ = ["CleanResult", "clean_partition", "cleanable_bytes", "dirty_ratio", "finish_swaps",
            "refuse_keyless", "refuse_keyless_encoded", "BackgroundCleaner",
            "read_checkpoint", "CLEANED_SUFFIX"]
 
@@ -222,6 +222,18 @@ def dirty_ratio(part) -> float:
     return dirty / total if total else 0.0
 
 
+def cleanable_bytes(part) -> int:
+    """Bytes of the segments a cleaning of ``part`` would read (for progress bars)."""
+    st = part.head_state()
+    total = 0
+    for b in _cleanable(part, st, now_ms()):
+        try:
+            total += part.catalog.sealed_size(b)
+        except FileNotFoundError:
+            pass
+    return total
+
+
 def _batches(part, base: int):
     """(segment, its inode, size, every batch) of a sealed segment."""
     seg = part.catalog.get(base)
@@ -247,7 +259,8 @@ def clean_partition(part, *, force: bool = True, now: int | None = None,
     Compact one partition of a compacted topic (see the module docstring).
     Without ``force`` it does nothing unless the dirty ratio reaches the
     topic's ``min_cleanable_dirty_ratio``. ``progress(n)`` is called with the
-    bytes of each segment as it is read. ``_hook(step, base)`` is for the
+    bytes of each cleanable segment as its rewrite pass reads it (their sum is
+    :func:`cleanable_bytes`). ``_hook(step, base)`` is for the
     crash tests: called at each step of a swap.
     """
     cfg = part.config
@@ -287,8 +300,6 @@ def clean_partition(part, *, force: bool = True, now: int | None = None,
                 if k is not None:
                     omap[_digest(k)] = r.offset
         read_bytes += size
-        if progress is not None:
-            progress(size)
         del batches, seg
     for b in bases:
         if b >= dirty_end:
@@ -340,7 +351,7 @@ def clean_partition(part, *, force: bool = True, now: int | None = None,
                 changed = True
                 if keep:
                     out.append((keep, batch.compression))
-        if progress is not None and b not in dirty:
+        if progress is not None:
             progress(size)
         if b not in dirty:
             read_bytes += size
