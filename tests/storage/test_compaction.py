@@ -440,3 +440,21 @@ def test_offsets_out_of_range_keep_their_meaning(log):
     assert p.read(p.end_offset) == []
     with pytest.raises(OffsetOutOfRangeError):
         p.read(p.end_offset + 1)
+
+
+@settings(max_examples=50, deadline=None)
+@given(puts=hs.lists(hs.tuples(hs.binary(max_size=40), hs.integers(0, 1 << 40)), max_size=3000))
+def test_offset_map_against_a_dict(puts):
+    from unstoppable._core.segment import OffsetMap
+    m = OffsetMap(4)
+    model: dict = {}
+    for k, off in puts:
+        m.put(k, off)
+        model[k] = max(model.get(k, -1), off)
+    assert len(m) == len(model)
+    for k, off in model.items():
+        assert m.get(k) == off
+    assert m.get(b"\xff" * 41) == -1
+    assert m.nbytes >= 24 * 2 * len(model)   # at most half full
+    with pytest.raises(ValueError, match="offset must be >= 0"):
+        m.put(b"k", -1)

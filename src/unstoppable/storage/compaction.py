@@ -6,10 +6,10 @@ LogCleaner in two passes:
 
 1. **Offset map.** Over the *dirty* segments (sealed, written since the last
    cleaning: from the cleaner checkpoint on), map each key to the last offset
-   it was written at. Keys of 16 bytes or more are hashed to a 16-byte BLAKE2b
-   digest, shorter ones are kept as they are (so they never collide with a
-   digest): the map's memory grows with the number of distinct keys, never
-   with the number of records.
+   it was written at (``_core.segment.OffsetMap``, in C: each key kept as a
+   128-bit digest, as Kafka keeps an MD5, in a table of 24-byte slots): the
+   map's memory grows with the number of distinct keys, never with the
+   number of records or the size of keys.
 2. **Rewrite.** Every cleanable segment, from the log's start to the end of
    the dirty part, is copied to ``<base>.log.cleaned`` keeping a record when
    the map has no later offset for its key. A tombstone (null value) stays
@@ -54,14 +54,20 @@ cleaning when dirty / cleanable bytes >= ``min_cleanable_dirty_ratio``.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
 from typing import Callable, NamedTuple
 
 from unstoppable._core.batch import BatchEncoder, decode_batches
-from unstoppable._core.segment import IndexBuilder, Mapping, read_batches, scan
+from unstoppable._core.segment import (
+    IndexBuilder,
+    Mapping,
+    OffsetMap,
+    producer_batches,
+    read_batches,
+    scan,
+)
 from unstoppable.compression import codec_id
 from unstoppable.errors import CorruptLogError, InvalidRecordError, TopicConfigError
 from unstoppable.storage._fs import O_CLOEXEC, fsync_dir, pwrite_all
@@ -75,7 +81,6 @@ __all__ = ["CleanResult", "clean_partition", "cleanable_bytes", "dirty_ratio", "
 
 CLEANED_SUFFIX = ".cleaned"
 _EXTS = (".log", ".index", ".timeindex")
-_DIGEST_MIN = 16  # keys this long or longer are kept as a 16-byte digest
 
 
 # ----------------------------------------------------------------- bad input
@@ -173,12 +178,6 @@ class CleanResult(NamedTuple):
     records_removed: int
     tombstones_removed: int
     keys: int                  # distinct keys in the offset map
-
-
-def _digest(key) -> bytes:
-    if len(key) < _DIGEST_MIN:
-        return bytes(key)
-    return hashlib.blake2b(key, digest_size=16).digest()
 
 
 def _cleanable(part, st, now: int) -> list[int]:
@@ -286,29 +285,26 @@ def clean_partition(part, *, force: bool = True, now: int | None = None,
     later = [b for b in part.catalog.bases if b > bases[-1]]
     dirty_end = later[0] if later else st.active_base
 
-    # Pass 1: the offset map over the dirty part, and each producer's last batch.
-    omap: dict[bytes, int] = {}
+    # Pass 1: the offset map over the dirty part, and each producer's last
+    # batch (from the headers alone).
+    omap = OffsetMap()
     last_batch: dict[int, int] = {}
     read_bytes = 0
     for b in dirty:
         seg, _ino, size, batches = _batches(part, b)
         for batch in batches:
-            if batch.is_control:
-                continue
-            for r in batch:
-                k = r.key
-                if k is not None:
-                    omap[_digest(k)] = r.offset
+            if not batch.is_control:
+                omap.add_batch(batch)
         read_bytes += size
         del batches, seg
     for b in bases:
-        if b >= dirty_end:
-            break
-        seg, _ino, _size, batches = _batches(part, b)
-        for batch in batches:
-            if batch.producer_id >= 0:
-                last_batch[batch.producer_id] = batch.base_offset
-        del batches, seg
+        seg = part.catalog.get(b)
+        size = part.catalog.sealed(seg).size
+        if size:
+            found, _ = producer_batches(seg.data(size), 0, size)
+            for base_offset, _n, pid, _epoch, _seq in found:
+                last_batch[pid] = base_offset
+        del seg
 
     # Pass 2: rewrite every cleanable segment up to the dirty end.
     horizon = now - cfg.delete_retention_ms
@@ -331,26 +327,17 @@ def clean_partition(part, *, force: bool = True, now: int | None = None,
                 out.append(batch)
                 seg_kept += len(batch)
                 continue
-            keep = []
-            for r in batch:
-                k = r.key
-                if k is not None:
-                    latest = omap.get(_digest(k))
-                    if latest is not None and latest > r.offset:
-                        continue
-                    if r.value is None and drop_tombs:
-                        seg_tombs += 1
-                        continue
-                keep.append(r)
+            mask, n_kept, tombs = omap.keep_mask(batch, drop_tombs)
             n = len(batch)
-            seg_kept += len(keep)
-            seg_removed += n - len(keep)
-            if len(keep) == n:
+            seg_kept += n_kept
+            seg_removed += n - n_kept
+            seg_tombs += tombs
+            if n_kept == n:
                 out.append(batch)
             else:
                 changed = True
-                if keep:
-                    out.append((keep, batch.compression))
+                if n_kept:
+                    out.append(([batch[i] for i, k in enumerate(mask) if k], batch.compression))
         if progress is not None:
             progress(size)
         if b not in dirty:
