@@ -5,6 +5,7 @@
 # number of distinct keys (24 bytes a slot, at most half the slots full), not
 # with records or key sizes. Two keys share a digest with odds about n^2/2^129.
 
+from libc.stdlib cimport malloc, free
 from unstoppable._core.includes.hashes cimport us_xxh64
 
 # Seeds of the two halves of a digest (any two distinct constants).
@@ -28,44 +29,50 @@ cdef class OffsetMap:
         cdef size_t cap = 16
         while cap < capacity * 2:
             cap <<= 1
-        self._alloc(cap)
+        if self._alloc(cap) < 0:
+            raise MemoryError("offset map")
 
-    cdef int _alloc(self, size_t cap) except -1:
-        self._h1 = <uint64_t *>PyMem_Malloc(cap * sizeof(uint64_t))
-        self._h2 = <uint64_t *>PyMem_Malloc(cap * sizeof(uint64_t))
-        self._off = <int64_t *>PyMem_Malloc(cap * sizeof(int64_t))
+    # malloc, not PyMem_Malloc: the record loops run without the GIL (the
+    # table may grow inside them), so appends in other threads go on.
+    cdef int _alloc(self, size_t cap) noexcept nogil:
+        self._h1 = <uint64_t *>malloc(cap * sizeof(uint64_t))
+        self._h2 = <uint64_t *>malloc(cap * sizeof(uint64_t))
+        self._off = <int64_t *>malloc(cap * sizeof(int64_t))
         if self._h1 == NULL or self._h2 == NULL or self._off == NULL:
-            PyMem_Free(self._h1)
-            PyMem_Free(self._h2)
-            PyMem_Free(self._off)
+            free(self._h1)
+            free(self._h2)
+            free(self._off)
             self._h1 = self._h2 = NULL
             self._off = NULL
-            raise MemoryError("offset map")
+            self._cap = 0
+            return -1
         memset(self._off, 0xFF, cap * sizeof(int64_t))
         self._cap = cap
         self._n = 0
         return 0
 
     def __dealloc__(self):
-        PyMem_Free(self._h1)
-        PyMem_Free(self._h2)
-        PyMem_Free(self._off)
+        free(self._h1)
+        free(self._h2)
+        free(self._off)
 
-    cdef int _grow(self) except -1:
+    cdef int _grow(self) noexcept nogil:
         cdef uint64_t *h1 = self._h1
         cdef uint64_t *h2 = self._h2
         cdef int64_t *off = self._off
-        cdef size_t cap = self._cap, i
-        self._alloc(cap * 2)
+        cdef size_t cap = self._cap, n = self._n, i
+        if self._alloc(cap * 2) < 0:
+            self._h1, self._h2, self._off, self._cap, self._n = h1, h2, off, cap, n
+            return -1
         for i in range(cap):
             if off[i] >= 0:
                 self._insert(h1[i], h2[i], off[i])
-        PyMem_Free(h1)
-        PyMem_Free(h2)
-        PyMem_Free(off)
+        free(h1)
+        free(h2)
+        free(off)
         return 0
 
-    cdef inline void _insert(self, uint64_t a, uint64_t b, int64_t offset) noexcept:
+    cdef inline void _insert(self, uint64_t a, uint64_t b, int64_t offset) noexcept nogil:
         cdef size_t mask = self._cap - 1
         cdef size_t i = <size_t>a & mask
         while self._off[i] >= 0:
@@ -79,13 +86,14 @@ cdef class OffsetMap:
         self._off[i] = offset
         self._n += 1
 
-    cdef inline int _put(self, const unsigned char *k, size_t n, int64_t offset) except -1:
+    cdef inline int _put(self, const unsigned char *k, size_t n, int64_t offset) noexcept nogil:
+        """-1 when the table could not grow (the key is in it all the same)."""
         self._insert(us_xxh64(k, n, _SEED1), us_xxh64(k, n, _SEED2), offset)
         if self._n * 2 > self._cap:
-            self._grow()
+            return self._grow()
         return 0
 
-    cdef inline int64_t _get(self, const unsigned char *k, size_t n) noexcept:
+    cdef inline int64_t _get(self, const unsigned char *k, size_t n) noexcept nogil:
         cdef uint64_t a = us_xxh64(k, n, _SEED1), b = us_xxh64(k, n, _SEED2)
         cdef size_t mask = self._cap - 1
         cdef size_t i = <size_t>a & mask
@@ -108,11 +116,14 @@ cdef class OffsetMap:
         cdef Py_buffer view
         if offset < 0:
             raise ValueError(f"offset must be >= 0, got {offset}")
+        cdef int rc
         PyObject_GetBuffer(key, &view, PyBUF_SIMPLE)
         try:
-            self._put(<const unsigned char *>view.buf, <size_t>view.len, offset)
+            rc = self._put(<const unsigned char *>view.buf, <size_t>view.len, offset)
         finally:
             PyBuffer_Release(&view)
+        if rc < 0:
+            raise MemoryError("offset map: no memory to grow")
 
     def get(self, key):
         """get(key) -> int: the last offset of ``key``, or -1 when it is not in the map."""
@@ -130,19 +141,26 @@ cdef class OffsetMap:
         cdef Py_buffer view
         cdef const unsigned char *base
         cdef us_record_view *v
-        cdef uint32_t i
-        cdef int added = 0
+        cdef uint32_t i, n = b.h.record_count
+        cdef int64_t base_offset = b.h.base_offset
+        cdef us_record_view *views
+        cdef int added = 0, rc = 0
         b._decode()
+        views = b._views
         PyObject_GetBuffer(b._mv, &view, PyBUF_SIMPLE)
         try:
             base = <const unsigned char *>view.buf + b._rel
-            for i in range(b.h.record_count):
-                v = &b._views[i]
-                if v.key_len >= 0:
-                    self._put(base + v.key_pos, <size_t>v.key_len, b.h.base_offset + i)
-                    added += 1
+            with nogil:
+                for i in range(n):
+                    v = &views[i]
+                    if v.key_len >= 0:
+                        if self._put(base + v.key_pos, <size_t>v.key_len, base_offset + i) < 0:
+                            rc = -1
+                        added += 1
         finally:
             PyBuffer_Release(&view)
+        if rc < 0:
+            raise MemoryError("offset map: no memory to grow")
         return added
 
     def keep_mask(self, RecordBatch b, bint drop_tombstones):
@@ -155,25 +173,28 @@ cdef class OffsetMap:
         cdef const unsigned char *base
         cdef us_record_view *v
         cdef uint32_t i, n = b.h.record_count
-        cdef int64_t latest
+        cdef int64_t latest, base_offset = b.h.base_offset
         cdef Py_ssize_t kept = 0, tombs = 0
         cdef bytearray mask = bytearray(n)
         cdef unsigned char *mp = mask
+        cdef us_record_view *views
         b._decode()
+        views = b._views
         PyObject_GetBuffer(b._mv, &view, PyBUF_SIMPLE)
         try:
             base = <const unsigned char *>view.buf + b._rel
-            for i in range(n):
-                v = &b._views[i]
-                if v.key_len >= 0:
-                    latest = self._get(base + v.key_pos, <size_t>v.key_len)
-                    if latest > b.h.base_offset + i:
-                        continue
-                    if v.value_len < 0 and drop_tombstones:
-                        tombs += 1
-                        continue
-                mp[i] = 1
-                kept += 1
+            with nogil:
+                for i in range(n):
+                    v = &views[i]
+                    if v.key_len >= 0:
+                        latest = self._get(base + v.key_pos, <size_t>v.key_len)
+                        if latest > base_offset + i:
+                            continue
+                        if v.value_len < 0 and drop_tombstones:
+                            tombs += 1
+                            continue
+                    mp[i] = 1
+                    kept += 1
         finally:
             PyBuffer_Release(&view)
         return bytes(mask), kept, tombs

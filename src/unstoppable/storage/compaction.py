@@ -178,6 +178,7 @@ class CleanResult(NamedTuple):
     records_removed: int
     tombstones_removed: int
     keys: int                  # distinct keys in the offset map
+    map_bytes: int = 0         # memory of the offset map
 
 
 def _cleanable(part, st, now: int) -> list[int]:
@@ -359,7 +360,7 @@ def clean_partition(part, *, force: bool = True, now: int | None = None,
         _write_checkpoint(part.path, dirty_end)
         part.catalog.gaps = True
     return CleanResult(name, idx, cleaned, read_bytes, written, kept, removed, tomb_removed,
-                       len(omap))
+                       len(omap), omap.nbytes)
 
 
 def _write_cleaned(part, seg, stem: str, out: list, enc: BatchEncoder, hook) -> int:
