@@ -17,7 +17,6 @@ records.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import statistics
 import subprocess

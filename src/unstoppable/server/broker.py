@@ -122,6 +122,27 @@ def append_error(exc: BaseException) -> int:
     return UNKNOWN_SERVER_ERROR
 
 
+def _topic_config(configs) -> dict:
+    """CreateTopics' configs as ``create_topic`` keyword arguments (TopicConfigError
+    for one that is not supported)."""
+    config = {}
+    for c in configs:
+        if c.name in _TOPIC_CONFIGS:
+            config[_TOPIC_CONFIGS[c.name]] = None if c.value is None else int(c.value)
+        elif c.name in _TEXT_CONFIGS:
+            config[_TEXT_CONFIGS[c.name]] = c.value
+        elif c.name in _FLOAT_CONFIGS:
+            config[_FLOAT_CONFIGS[c.name]] = None if c.value is None else float(c.value)
+        elif c.name in _FIXED_CONFIGS and c.value == _FIXED_CONFIGS[c.name]:
+            pass
+        else:
+            raise TopicConfigError(
+                f"topic config {c.name}={c.value} is not supported; supported: "
+                + ", ".join(sorted({**_TOPIC_CONFIGS, **_TEXT_CONFIGS, **_FLOAT_CONFIGS})) + ", "
+                + ", ".join(f"{k}={v}" for k, v in _FIXED_CONFIGS.items()))
+    return config
+
+
 class Broker:
     """A single-node Kafka broker over the log at ``log_path``.
 
@@ -312,22 +333,7 @@ class Broker:
         for t in req.topics:
             err, msg = NONE, None
             try:
-                config = {}
-                for c in t.configs:
-                    if c.name in _TOPIC_CONFIGS:
-                        config[_TOPIC_CONFIGS[c.name]] = None if c.value is None else int(c.value)
-                    elif c.name in _TEXT_CONFIGS:
-                        config[_TEXT_CONFIGS[c.name]] = c.value
-                    elif c.name in _FLOAT_CONFIGS:
-                        config[_FLOAT_CONFIGS[c.name]] = None if c.value is None else float(c.value)
-                    elif c.name in _FIXED_CONFIGS and c.value == _FIXED_CONFIGS[c.name]:
-                        pass
-                    else:
-                        raise TopicConfigError(
-                            f"topic config {c.name}={c.value} is not supported; supported: "
-                            + ", ".join(sorted({**_TOPIC_CONFIGS, **_TEXT_CONFIGS, **_FLOAT_CONFIGS}))
-                            + ", "
-                            + ", ".join(f"{k}={v}" for k, v in _FIXED_CONFIGS.items()))
+                config = _topic_config(t.configs)
                 parts = self.default_partitions if t.num_partitions == -1 else t.num_partitions
                 if t.assignments:
                     parts = len(t.assignments)

@@ -286,59 +286,21 @@ def clean_partition(part, *, force: bool = True, now: int | None = None,
     later = [b for b in part.catalog.bases if b > bases[-1]]
     dirty_end = later[0] if later else st.active_base
 
-    # Pass 1: the offset map over the dirty part, and each producer's last
-    # batch (from the headers alone).
-    omap = OffsetMap()
-    last_batch: dict[int, int] = {}
-    read_bytes = 0
-    for b in dirty:
-        seg, _ino, size, batches = _batches(part, b)
-        for batch in batches:
-            if not batch.is_control:
-                omap.add_batch(batch)
-        read_bytes += size
-        del batches, seg
-    for b in bases:
-        seg = part.catalog.get(b)
-        size = part.catalog.sealed(seg).size
-        if size:
-            found, _ = producer_batches(seg.data(size), 0, size)
-            for base_offset, _n, pid, _epoch, _seq in found:
-                last_batch[pid] = base_offset
-        del seg
+    # Pass 1: the offset map over the dirty part, and each producer's last batch.
+    omap, keep_pids, read_bytes = _offset_map(part, dirty, bases)
 
     # Pass 2: rewrite every cleanable segment up to the dirty end.
     horizon = now - cfg.delete_retention_ms
     enc = BatchEncoder(cfg.max_batch_bytes, cfg.max_record_bytes)
     kept = removed = tomb_removed = written = cleaned = 0
-    keep_pids = set(last_batch.items())
     for b in bases:
-        if b >= dirty_end:
-            break
         seg, ino, size, batches = _batches(part, b)
         stem = segment_stem(part.path, b)
         # Tombstones go only from segments a finished cleaning covered, once
         # delete_retention_ms has passed since that cleaning wrote the file.
         drop_tombs = b < done and os.fstat(seg.fd).st_mtime_ns // 1_000_000 <= horizon
-        out: list = []
-        changed = False
-        seg_kept = seg_removed = seg_tombs = 0
-        for batch in batches:
-            if batch.is_control or (batch.producer_id, batch.base_offset) in keep_pids:
-                out.append(batch)
-                seg_kept += len(batch)
-                continue
-            mask, n_kept, tombs = omap.keep_mask(batch, drop_tombs)
-            n = len(batch)
-            seg_kept += n_kept
-            seg_removed += n - n_kept
-            seg_tombs += tombs
-            if n_kept == n:
-                out.append(batch)
-            else:
-                changed = True
-                if n_kept:
-                    out.append(([batch[i] for i, k in enumerate(mask) if k], batch.compression))
+        out, changed, seg_kept, seg_removed, seg_tombs = _plan(batches, omap, keep_pids,
+                                                               drop_tombs)
         if progress is not None:
             progress(size)
         if b not in dirty:
@@ -361,6 +323,57 @@ def clean_partition(part, *, force: bool = True, now: int | None = None,
         part.catalog.gaps = True
     return CleanResult(name, idx, cleaned, read_bytes, written, kept, removed, tomb_removed,
                        len(omap), omap.nbytes)
+
+
+def _offset_map(part, dirty: list[int], bases: list[int]):
+    """Pass 1: the offset map over the ``dirty`` segments, the ``(producer id,
+    base offset)`` of each producer's last batch in ``bases`` (from the headers
+    alone), and the bytes read."""
+    omap = OffsetMap()
+    last_batch: dict[int, int] = {}
+    read_bytes = 0
+    for b in dirty:
+        seg, _ino, size, batches = _batches(part, b)
+        for batch in batches:
+            if not batch.is_control:
+                omap.add_batch(batch)
+        read_bytes += size
+        del batches, seg
+    for b in bases:
+        seg = part.catalog.get(b)
+        size = part.catalog.sealed(seg).size
+        if size:
+            found, _ = producer_batches(seg.data(size), 0, size)
+            for base_offset, _n, pid, _epoch, _seq in found:
+                last_batch[pid] = base_offset
+        del seg
+    return omap, set(last_batch.items()), read_bytes
+
+
+def _plan(batches, omap, keep_pids: set, drop_tombs: bool):
+    """What of one segment's batches stays: ``(out, changed, kept, removed,
+    tombstones removed)``; ``out`` holds whole batches (copied as they are)
+    and ``(records, codec)`` for batches that lost records."""
+    out: list = []
+    changed = False
+    kept = removed = tombs_removed = 0
+    for batch in batches:
+        if batch.is_control or (batch.producer_id, batch.base_offset) in keep_pids:
+            out.append(batch)
+            kept += len(batch)
+            continue
+        mask, n_kept, tombs = omap.keep_mask(batch, drop_tombs)
+        n = len(batch)
+        kept += n_kept
+        removed += n - n_kept
+        tombs_removed += tombs
+        if n_kept == n:
+            out.append(batch)
+        else:
+            changed = True
+            if n_kept:
+                out.append(([batch[i] for i, k in enumerate(mask) if k], batch.compression))
+    return out, changed, kept, removed, tombs_removed
 
 
 def _write_cleaned(part, seg, stem: str, out: list, enc: BatchEncoder, hook) -> int:
