@@ -458,3 +458,42 @@ def test_offset_map_against_a_dict(puts):
     assert m.nbytes >= 24 * 2 * len(model)   # at most half full
     with pytest.raises(ValueError, match="offset must be >= 0"):
         m.put(b"k", -1)
+
+
+def test_policy_switch_while_a_cleaning_runs(log_dir):
+    """Settings are fixed at creation, so a topic's policy can only change by
+    deleting it and creating it anew; done (by another Log, as another
+    process would) in the middle of a cleaning, the cleaning is dropped and
+    the new topic gets nothing of it."""
+    import asyncio as aio
+
+    from unstoppable.admin import admin_for
+    from unstoppable.errors import UnknownTopicError
+    a = us.Log(log_dir)
+    p = a.create_topic("s", 1, cleanup_policy="compact", **SMALL).partition(0)
+    for i in range(600):
+        p.append([(b"k%d" % (i % 5), b"v%d" % i)])
+    p.flush()
+    other = us.Log(log_dir)
+    with pytest.raises(TopicConfigError, match="cannot change topic 's'"):
+        aio.run(admin_for(other).alter_topic_config("s", cleanup_policy="delete"))
+    switched = []
+
+    def hook(step, base):
+        if step == "written" and not switched:
+            other.delete_topic("s")
+            q = other.create_topic("s", 1, cleanup_policy="delete", **SMALL).partition(0)
+            q.append([b"a keyless record", b"another"])
+            switched.append(q)
+    with pytest.raises(UnknownTopicError, match="deleted while partition 0 was being compacted"):
+        compaction.clean_partition(p, _hook=hook)
+    q = switched[0]
+    assert [bytes(r.value) for r in q.read(0)] == [b"a keyless record", b"another"]
+    assert sorted(os.listdir(q.path)) == sorted(
+        n for n in os.listdir(q.path) if not n.endswith(".cleaned") and n != CLEANER_CHECKPOINT)
+    assert not q.catalog.gaps
+    a.close()
+    other.close()
+    with us.Log(log_dir) as log:
+        assert log.topic("s").config.cleanup_policy == "delete"
+        assert log.verify().ok

@@ -69,11 +69,16 @@ from unstoppable._core.segment import (
     scan,
 )
 from unstoppable.compression import codec_id
-from unstoppable.errors import CorruptLogError, InvalidRecordError, TopicConfigError
+from unstoppable.errors import (
+    CorruptLogError,
+    InvalidRecordError,
+    TopicConfigError,
+    UnknownTopicError,
+)
 from unstoppable.storage._fs import O_CLOEXEC, fsync_dir, pwrite_all
 from unstoppable.storage.admin import write_json_atomic
 from unstoppable.storage.recovery import now_ms
-from unstoppable.storage.segments import CLEANER_CHECKPOINT, segment_stem
+from unstoppable.storage.segments import CLEANER_CHECKPOINT, segment_name
 
 __all__ = ["CleanResult", "clean_partition", "cleanable_bytes", "dirty_ratio", "finish_swaps",
            "refuse_keyless", "refuse_keyless_encoded", "BackgroundCleaner",
@@ -289,13 +294,41 @@ def clean_partition(part, *, force: bool = True, now: int | None = None,
     # Pass 1: the offset map over the dirty part, and each producer's last batch.
     omap, keep_pids, read_bytes = _offset_map(part, dirty, bases)
 
-    # Pass 2: rewrite every cleanable segment up to the dirty end.
+    # Pass 2: rewrite every cleanable segment up to the dirty end. Files are
+    # named relative to the directory opened here: should the topic be
+    # deleted (and made anew under its name) meanwhile, nothing of this
+    # cleaning lands in the new one's directory.
     horizon = now - cfg.delete_retention_ms
     enc = BatchEncoder(cfg.max_batch_bytes, cfg.max_record_bytes)
     kept = removed = tomb_removed = written = cleaned = 0
+    dfd = os.open(part.path, os.O_RDONLY | os.O_DIRECTORY | O_CLOEXEC)
+    try:
+        cleaned, kept, removed, tomb_removed, read_bytes, written = _rewrite(
+            part, dfd, bases, dirty, done, horizon, omap, keep_pids, enc, progress, _hook,
+            read_bytes)
+    except FileNotFoundError:
+        if part.deleted:
+            _check_not_deleted(part)
+        raise
+    finally:
+        os.close(dfd)
+    if _hook is not None:
+        _hook("checkpoint", dirty_end)
+    with part._lock, part._flock:
+        _check_not_deleted(part)
+        _write_checkpoint(part.path, dirty_end)
+        part.catalog.gaps = True
+    return CleanResult(name, idx, cleaned, read_bytes, written, kept, removed, tomb_removed,
+                       len(omap), omap.nbytes)
+
+
+def _rewrite(part, dfd: int, bases, dirty, done, horizon, omap, keep_pids, enc, progress, hook,
+             read_bytes):
+    """Pass 2 over ``bases``; returns the counts for CleanResult."""
+    kept = removed = tomb_removed = written = cleaned = 0
     for b in bases:
         seg, ino, size, batches = _batches(part, b)
-        stem = segment_stem(part.path, b)
+        stem = segment_name(b)
         # Tombstones go only from segments a finished cleaning covered, once
         # delete_retention_ms has passed since that cleaning wrote the file.
         drop_tombs = b < done and os.fstat(seg.fd).st_mtime_ns // 1_000_000 <= horizon
@@ -311,18 +344,12 @@ def clean_partition(part, *, force: bool = True, now: int | None = None,
         if not changed:
             del batches, seg, out
             continue
-        written += _write_cleaned(part, seg, stem, out, enc, _hook)
+        written += _write_cleaned(part, dfd, seg, stem, out, enc, hook)
         del batches, out
-        if _swap(part, b, stem, ino, _hook):
+        if _swap(part, dfd, b, stem, ino, hook):
             cleaned += 1
         del seg
-    if _hook is not None:
-        _hook("checkpoint", dirty_end)
-    with part._lock, part._flock:
-        _write_checkpoint(part.path, dirty_end)
-        part.catalog.gaps = True
-    return CleanResult(name, idx, cleaned, read_bytes, written, kept, removed, tomb_removed,
-                       len(omap), omap.nbytes)
+    return cleaned, kept, removed, tomb_removed, read_bytes, written
 
 
 def _offset_map(part, dirty: list[int], bases: list[int]):
@@ -376,11 +403,11 @@ def _plan(batches, omap, keep_pids: set, drop_tombs: bool):
     return out, changed, kept, removed, tombs_removed
 
 
-def _write_cleaned(part, seg, stem: str, out: list, enc: BatchEncoder, hook) -> int:
+def _write_cleaned(part, dfd: int, seg, stem: str, out: list, enc: BatchEncoder, hook) -> int:
     """Write a segment's kept batches and their indexes as ``*.cleaned`` files,
     fsynced. Returns the bytes of the new log."""
     tmp = stem + ".log" + CLEANED_SUFFIX
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | O_CLOEXEC, 0o644)
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | O_CLOEXEC, 0o644, dir_fd=dfd)
     try:
         pos = 0
         m = seg.data(part.catalog.sealed(seg).size)
@@ -429,7 +456,7 @@ def _write_cleaned(part, seg, stem: str, out: list, enc: BatchEncoder, hook) -> 
     oi, ti = builder.take()
     for ext, data in ((".index", oi), (".timeindex", ti)):
         ifd = os.open(stem + ext + CLEANED_SUFFIX,
-                      os.O_RDWR | os.O_CREAT | os.O_TRUNC | O_CLOEXEC, 0o644)
+                      os.O_RDWR | os.O_CREAT | os.O_TRUNC | O_CLOEXEC, 0o644, dir_fd=dfd)
         try:
             if data:
                 pwrite_all(ifd, data, 0)
@@ -449,19 +476,20 @@ def _encode_run(enc: BatchEncoder, run: list, codec) -> bytes:
     return bytes(enc.view())
 
 
-def _swap(part, base: int, stem: str, ino: int, hook) -> bool:
+def _swap(part, dfd: int, base: int, stem: str, ino: int, hook) -> bool:
     """Put a cleaned segment in place of the original (both locks held for
     the renames). False, with the cleaned files removed, when the original
     changed meanwhile (retention deleted it, another cleaner replaced it)."""
     with part._lock, part._flock:
+        _check_not_deleted(part)
         try:
-            current = os.stat(stem + ".log").st_ino
+            current = os.stat(stem + ".log", dir_fd=dfd).st_ino
         except FileNotFoundError:
             current = -1
         if current != ino:
             for ext in _EXTS:
                 try:
-                    os.unlink(stem + ext + CLEANED_SUFFIX)
+                    os.unlink(stem + ext + CLEANED_SUFFIX, dir_fd=dfd)
                 except FileNotFoundError:
                     pass
             return False
@@ -472,14 +500,27 @@ def _swap(part, base: int, stem: str, ino: int, hook) -> bool:
         part.catalog.gaps = True
         if hook is not None:
             hook("swap", base)
-        os.rename(stem + ".log" + CLEANED_SUFFIX, stem + ".log")  # the commit point
+        # The commit point:
+        os.rename(stem + ".log" + CLEANED_SUFFIX, stem + ".log", src_dir_fd=dfd, dst_dir_fd=dfd)
         if hook is not None:
             hook("renamed", base)
-        os.rename(stem + ".index" + CLEANED_SUFFIX, stem + ".index")
-        os.rename(stem + ".timeindex" + CLEANED_SUFFIX, stem + ".timeindex")
-        fsync_dir(part.path)
+        for ext in (".index", ".timeindex"):
+            os.rename(stem + ext + CLEANED_SUFFIX, stem + ext, src_dir_fd=dfd, dst_dir_fd=dfd)
+        os.fsync(dfd)
         part.catalog.replaced(base)
     return True
+
+
+def _check_not_deleted(part) -> None:
+    """Raise UnknownTopicError when the topic was deleted (by any process)
+    while the cleaning ran (append lock held). Deletion sets the head's flag
+    under this lock before it moves the topic's directory away, so with the
+    lock held and no flag the directory is still this topic's: a topic made
+    anew under the same name (say with cleanup_policy="delete") never gets a
+    cleaned file or a cleaner checkpoint of the old one."""
+    if part.deleted:
+        raise UnknownTopicError(f"topic {part.topic!r} was deleted while partition "
+                                f"{part.index} was being compacted; the cleaning was dropped")
 
 
 # ---------------------------------------------------------------- background
