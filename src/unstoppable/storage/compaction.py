@@ -85,7 +85,9 @@ __all__ = ["CleanResult", "clean_partition", "cleanable_bytes", "dirty_ratio", "
            "read_checkpoint", "CLEANED_SUFFIX"]
 
 CLEANED_SUFFIX = ".cleaned"
-_EXTS = (".log", ".index", ".timeindex")
+# The order the .cleaned files are removed in when a swap is undone: the log
+# last, since an index file without its log means "committed" (finish_swaps).
+_EXTS = (".index", ".timeindex", ".log")
 
 
 # ----------------------------------------------------------------- bad input
