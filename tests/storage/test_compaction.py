@@ -497,3 +497,26 @@ def test_policy_switch_while_a_cleaning_runs(log_dir):
     with us.Log(log_dir) as log:
         assert log.topic("s").config.cleanup_policy == "delete"
         assert log.verify().ok
+
+
+@pytest.mark.parametrize("codec", ["gzip", "zstd"])
+def test_compressed_batches_are_compacted_and_keep_their_codec(log, codec):
+    pytest.importorskip("cramjam")
+    p = log.create_topic("s", 1, cleanup_policy="compact", compression=codec,
+                         **SMALL).partition(0)
+    written = {}
+    for i in range(400):
+        recs = [(b"k%d" % ((i * 3 + j) % 17), b"%d-%d" % (i, j), [("h", b"%d" % j)])
+                for j in range(3)]
+        base = p.append(recs)
+        for j, (k, v, _h) in enumerate(recs):
+            written[base + j] = (k, v)
+    p.flush()
+    log.compact("s")
+    recs = check_against_model(p, written, compaction.read_checkpoint(p.path))
+    assert len(recs) < 1200
+    assert all(r.headers and r.headers[0][0] == "h" for r in recs)
+    st = p.head_state()
+    sealed = [b for b in p.read_batches(0) if b.base_offset < st.active_base]
+    assert sealed and all(b.compression == codec for b in sealed)
+    assert log.verify().ok
