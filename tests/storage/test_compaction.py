@@ -520,3 +520,20 @@ def test_compressed_batches_are_compacted_and_keep_their_codec(log, codec):
     sealed = [b for b in p.read_batches(0) if b.base_offset < st.active_base]
     assert sealed and all(b.compression == codec for b in sealed)
     assert log.verify().ok
+
+
+def test_arrow_ingest_into_a_compacted_topic_refuses_keyless_rows(log):
+    pa = pytest.importorskip("pyarrow")
+    from unstoppable.arrow import append_arrow
+    p = log.create_topic("s", 1, cleanup_policy="compact").partition(0)
+    for n in (100, 20_000):                     # one encoded append, and a pipelined one
+        keys = [b"k%d" % i for i in range(n)]
+        keys[n - 7] = None
+        table = pa.table({"key": pa.array(keys, pa.binary()),
+                          "value": pa.array([b"v"] * n, pa.binary())})
+        with pytest.raises(InvalidRecordError, match="without a key"):
+            append_arrow(p, table)
+        assert p.end_offset == 0                # nothing of it was written
+    ok = pa.table({"key": pa.array([b"k%d" % i for i in range(20_000)], pa.binary()),
+                   "value": pa.array([b"v"] * 20_000, pa.binary())})
+    assert append_arrow(p, ok) == 0 and p.end_offset == 20_000

@@ -81,7 +81,7 @@ from unstoppable.storage.recovery import now_ms
 from unstoppable.storage.segments import CLEANER_CHECKPOINT, segment_name
 
 __all__ = ["CleanResult", "clean_partition", "cleanable_bytes", "dirty_ratio", "finish_swaps",
-           "refuse_keyless", "refuse_keyless_encoded", "BackgroundCleaner",
+           "refuse_keyless", "refuse_keyless_encoded", "keychecked", "BackgroundCleaner",
            "read_checkpoint", "CLEANED_SUFFIX"]
 
 CLEANED_SUFFIX = ".cleaned"
@@ -119,6 +119,29 @@ def refuse_keyless_encoded(data, topic: str) -> None:
         for r in b:
             if r.key is None:
                 raise _keyless_error(topic)
+
+
+def keychecked(encoders, topic: str) -> tuple:
+    """Wrap the encoders of a pipelined append (``Partition.append_stream``)
+    so that every chunk they encode is refused when a record has no key."""
+    return tuple(_KeyCheckedEncoder(e, topic) for e in encoders)
+
+
+class _KeyCheckedEncoder:
+    """An encoder whose ``encode`` refuses keyless records (the rest is the
+    wrapped encoder's). The appender undoes the whole append on the error."""
+
+    def __init__(self, enc, topic: str):
+        self._enc = enc
+        self._topic = topic
+
+    def encode(self, *args, **kwargs):
+        took = self._enc.encode(*args, **kwargs)
+        refuse_keyless_encoded(self._enc.view(), self._topic)
+        return took
+
+    def __getattr__(self, name):
+        return getattr(self._enc, name)
 
 
 # ---------------------------------------------------------------- checkpoint

@@ -47,7 +47,12 @@ from unstoppable.errors import (
 )
 from unstoppable.storage._fs import O_CLOEXEC, Flock, open_readonly
 from unstoppable.storage.appender import STREAM_MIN, Appender, give_back_reserved
-from unstoppable.storage.compaction import finish_swaps, refuse_keyless, refuse_keyless_encoded
+from unstoppable.storage.compaction import (
+    finish_swaps,
+    keychecked,
+    refuse_keyless,
+    refuse_keyless_encoded,
+)
 from unstoppable.storage.durability import DurableState
 from unstoppable.storage.producer_state import ProducerStateTable
 from unstoppable.storage.readonly import recover_readonly
@@ -512,6 +517,8 @@ class Partition:
         if len(source) == 0:
             return self._state().end_offset
         ts = now_ms() if timestamp is None else timestamp
+        if self._config.compacted:
+            encoders = keychecked(encoders, self.topic)
         with self._lock:
             base, end = self._appender.append_stream(source, ts, tuple(encoders))
         if acks == "fsync":
