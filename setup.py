@@ -43,7 +43,7 @@ def ext(name, *c_sources):
 extensions = [
     ext("hashing", "crc32c.c", "xxhash64.c", "murmur2.c"),
     ext("batch", "batch.c", "crc32c.c"),
-    ext("segment", "batch.c", "crc32c.c", "writer.c", "guard.c", "syncer.c"),
+    ext("segment", "batch.c", "crc32c.c", "writer.c", "guard.c", "syncer.c", "xxhash64.c"),
     ext("arrow", "batch.c", "crc32c.c", "xxhash64.c", "murmur2.c"),
     ext("delivery"),
 ]

@@ -87,7 +87,7 @@ def test_api_versions_kip511_fallback(server, client):
 def test_produce_fetch_and_errors(server, client):
     assert create(client, "t", 2) == (0, None)
     assert create(client, "t", 2)[0] == 36                       # exists
-    assert create(client, "r", 1, [("cleanup.policy", "compact")])[0] == 40
+    assert create(client, "r", 1, [("cleanup.policy", "forever")])[0] == 40
     assert produce(client, "t", 0, batch([b"a", b"b"])) == (0, 0)
     assert produce(client, "t", 0, batch([b"c"]), acks=-1) == (0, 2)
     assert produce(client, "t", 2, batch([b"x"]))[0] == 3          # no partition 2

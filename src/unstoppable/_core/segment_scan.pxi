@@ -105,13 +105,15 @@ OFFSET_MISMATCH = 100
 
 
 def scan(Mapping m, size_t pos, size_t end, int64_t expected_offset,
-         IndexBuilder index=None):
-    """scan(mapping, pos, end, expected_offset, index=None) -> ScanResult
+         IndexBuilder index=None, bint gaps=False):
+    """scan(mapping, pos, end, expected_offset, index=None, gaps=False) -> ScanResult
 
     Walk batches from ``pos`` while they are whole, pass their CRC and carry
     the expected consecutive base offsets (``expected_offset`` < 0 takes the
     first batch's). Stops at ``end`` or at the first bad batch; ``code`` says
-    why (``OFFSET_MISMATCH`` for a break in offsets). Feeds ``index``.
+    why (``OFFSET_MISMATCH`` for a break in offsets). Feeds ``index``. With
+    ``gaps`` (a segment the compactor rewrote, docs/FORMAT.md §16) base
+    offsets need only grow: a batch may start past where the one before ended.
     """
     cdef us_batch_header h
     cdef int rc = 0
@@ -125,7 +127,8 @@ def scan(Mapping m, size_t pos, size_t end, int64_t expected_offset,
         rc = us_batch_check(m.ptr + pos, end - pos, &h)
         if rc == US_COMPRESSED:
             rc = US_OK      # CRC and header checked; the payload is checked when read
-        if rc == US_OK and expect >= 0 and h.base_offset != expect:
+        if rc == US_OK and expect >= 0 and (h.base_offset < expect if gaps
+                                            else h.base_offset != expect):
             rc = OFFSET_MISMATCH
         if rc != US_OK:
             if end - pos >= US_BATCH_MIN_PROBE:
@@ -170,8 +173,8 @@ cdef inline bint _control(const unsigned char *p, size_t avail, size_t pos,
 
 
 def find_batch(Mapping m, size_t pos, size_t end, int64_t offset, int64_t expected_base=-1,
-               bint skip_damaged=False):
-    """find_batch(mapping, pos, end, offset, expected_base=-1, skip_damaged=False) -> int
+               bint skip_damaged=False, bint gaps=False):
+    """find_batch(mapping, pos, end, offset, expected_base=-1, skip_damaged=False, gaps=False) -> int
 
     From the batch at ``pos`` (at or before ``offset``), walk headers (no CRC)
     to the batch that holds ``offset``; return its position, or ``end`` when
@@ -180,17 +183,34 @@ def find_batch(Mapping m, size_t pos, size_t end, int64_t offset, int64_t expect
     batch whose stored base_offset disagrees raises CorruptLogError; with
     ``skip_damaged`` such a batch is walked past unless it would hold
     ``offset`` (for a walk from a segment's start, whose base is certain).
-    Also raises CorruptLogError on a header that cannot be walked.
+    Also raises CorruptLogError on a header that cannot be walked. With
+    ``gaps`` (a compacted segment) a batch may start past the offset the one
+    before ended at (never before it), and an ``offset`` in such a gap finds
+    the batch after the gap.
     """
     cdef us_batch_header h
     cdef int rc
     cdef int64_t expect = expected_base
+    cdef bint first = True
     if end > <size_t>m.length:
         raise ValueError("walk past the mapping")
     while pos < end:
         rc = us_batch_parse_header(m.ptr + pos, end - pos, &h)
         if rc != US_OK:
             raise _corrupt(rc, pos, m.ptr + pos, end - pos)
+        if gaps:
+            # The first batch of a walk from an index entry must carry the
+            # entry's offset exactly (a stale entry must not skip records);
+            # after it, and from a segment's start, offsets need only grow.
+            if expect >= 0 and (h.base_offset < expect or
+                                (first and not skip_damaged and h.base_offset != expect)):
+                raise _not_consecutive(pos, expect)
+            first = False
+            expect = h.base_offset + <int64_t>h.record_count
+            if offset < expect:
+                return pos
+            pos += h.length
+            continue
         if expect >= 0:
             if h.base_offset != expect:
                 if not skip_damaged or offset < expect + <int64_t>h.record_count:
@@ -208,9 +228,9 @@ def find_batch(Mapping m, size_t pos, size_t end, int64_t offset, int64_t expect
 
 
 def read_records(Mapping m, size_t pos, size_t end, int64_t offset, size_t max_records,
-                 size_t max_bytes, str topic, int partition):
-    """read_records(mapping, pos, end, offset, max_records, max_bytes, topic, partition)
-        -> (records, next_pos)
+                 size_t max_bytes, str topic, int partition, bint gaps=False):
+    """read_records(mapping, pos, end, offset, max_records, max_bytes, topic, partition,
+                    gaps=False) -> (records, next_pos)
 
     Records from ``offset`` on, starting with the batch at ``pos``, up to
     ``max_records`` records and about ``max_bytes`` bytes of batches (at least
@@ -219,6 +239,8 @@ def read_records(Mapping m, size_t pos, size_t end, int64_t offset, size_t max_r
     record limit cut, so a read from the returned next offset starts there).
     Each batch must continue the offsets of the one before, and the first
     batch read must hold ``offset``: records never come with the wrong offsets.
+    With ``gaps`` (a compacted segment) batches need only have growing
+    offsets, and an ``offset`` in a gap reads from the batch after it.
     """
     cdef us_batch_header h
     cdef int rc
@@ -237,14 +259,16 @@ def read_records(Mapping m, size_t pos, size_t end, int64_t offset, size_t max_r
         rc = us_batch_parse_header(m.ptr + pos, end - pos, &h)
         if rc != US_OK:
             raise _corrupt(rc, pos, m.ptr + pos, end - pos)
-        if expect >= 0 and h.base_offset != expect:
+        if expect >= 0 and (h.base_offset < expect if gaps else h.base_offset != expect):
             raise _not_consecutive(pos, expect)
         expect = h.base_offset + <int64_t>h.record_count
         if h.base_offset + <int64_t>h.record_count <= offset:
             pos += h.length
             continue
         if h.base_offset > offset:
-            raise _not_consecutive(pos, offset)
+            if not gaps:
+                raise _not_consecutive(pos, offset)
+            offset = h.base_offset
         if _control(m.ptr + pos, end - pos, pos, &h):
             # A control batch (a transaction marker) holds no data records.
             offset = h.base_offset + <int64_t>h.record_count
@@ -268,14 +292,15 @@ def read_records(Mapping m, size_t pos, size_t end, int64_t offset, size_t max_r
 
 
 def read_batches(Mapping m, size_t pos, size_t end, int64_t offset, size_t max_bytes,
-                 str topic, int partition):
-    """read_batches(mapping, pos, end, offset, max_bytes, topic, partition)
+                 str topic, int partition, bint gaps=False):
+    """read_batches(mapping, pos, end, offset, max_bytes, topic, partition, gaps=False)
         -> (batches, next_pos)
 
     Whole CRC-checked batches from the one holding ``offset``, up to about
     ``max_bytes`` (at least one). Records in the first batch may lie before
     ``offset``; ``RecordBatch.records(offset)`` skips them. Each batch must
-    continue the offsets of the one before.
+    continue the offsets of the one before (with ``gaps``, a compacted
+    segment: start at or after where it ended).
     """
     cdef us_batch_header h
     cdef int rc
@@ -293,7 +318,7 @@ def read_batches(Mapping m, size_t pos, size_t end, int64_t offset, size_t max_b
         rc = us_batch_parse_header(m.ptr + pos, end - pos, &h)
         if rc != US_OK:
             raise _corrupt(rc, pos, m.ptr + pos, end - pos)
-        if expect >= 0 and h.base_offset != expect:
+        if expect >= 0 and (h.base_offset < expect if gaps else h.base_offset != expect):
             raise _not_consecutive(pos, expect)
         expect = h.base_offset + <int64_t>h.record_count
         if h.base_offset + <int64_t>h.record_count > offset and \

@@ -9,6 +9,7 @@
     unstoppable groups [GROUP] [--sqlite DB]
     unstoppable dump TOPIC [--partition P] [--offset O] [-n N]
     unstoppable verify
+    unstoppable compact [TOPIC]
     unstoppable dlq list | redrive [ID ... | --all]
     unstoppable bench [--records N] [--value-bytes B]
     unstoppable export TOPIC --format parquet|arrow|csv --out PATH [--from X] [--to Y]
@@ -30,6 +31,7 @@ import sys
 
 from unstoppable.cli import (
     bench,
+    compact,
     consume,
     demo,
     dlq,
@@ -47,7 +49,7 @@ from unstoppable.cli._common import _EXIT_ERROR, CLIError, _Parser
 __all__ = ["main"]
 
 # In the order of the help text.
-_COMMANDS = (demo, topics, produce, consume, groups, dump, verify, dlq, bench, export, serve, natsserver)
+_COMMANDS = (demo, topics, produce, consume, groups, dump, verify, compact, dlq, bench, export, serve, natsserver)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -24,11 +24,24 @@ def _parse_config(items) -> dict:
         if v.lower() in ("none", "null", ""):
             out[k] = None
             continue
+        if k in _TEXT_SETTINGS:
+            out[k] = v
+            continue
         try:
-            out[k] = int(v)
+            out[k] = float(v) if k in _FLOAT_SETTINGS else int(v)
         except ValueError:
-            raise CLIError(f"--config {k}: {v!r} is not an integer", _EXIT_USAGE) from None
+            raise CLIError(f"--config {k}: {v!r} is not "
+                           f"{'a number' if k in _FLOAT_SETTINGS else 'an integer'}",
+                           _EXIT_USAGE) from None
     return out
+
+
+# Settings --config takes as text or as a number with a fraction (the rest are integers).
+_TEXT_SETTINGS = ("cleanup_policy", "compression")
+_FLOAT_SETTINGS = ("min_cleanable_dirty_ratio",)
+# The compaction options of ``topics create``: option attribute -> setting.
+_COMPACTION_OPTIONS = ("cleanup_policy", "min_compaction_lag_ms", "delete_retention_ms",
+                       "min_cleanable_dirty_ratio")
 
 
 def _description(d) -> dict:
@@ -53,6 +66,10 @@ def _cmd_create(args) -> int:
     if args.partitions < 1:
         raise CLIError("--partitions must be at least 1", _EXIT_USAGE)
     cfg = _parse_config(args.config)
+    for k in _COMPACTION_OPTIONS:
+        v = getattr(args, k, None)
+        if v is not None:
+            cfg[k] = v
 
     async def create(admin):
         if args.name in await admin.list_topics():
@@ -150,6 +167,19 @@ def register(sub, common, withlog) -> None:
     tc.add_argument("--config", action="append", metavar="KEY=VALUE",
                     help="a topic setting, e.g. retention_bytes=1073741824 (repeatable); on JetStream "
                          "also replicas=3")
+    tc.add_argument("--cleanup-policy", dest="cleanup_policy", metavar="POLICY",
+                    choices=("delete", "compact", "compact,delete", "delete,compact"),
+                    help="delete (default: retention deletes old segments), compact (keep the "
+                         "latest record of every key; records need a key) or compact,delete")
+    tc.add_argument("--min-compaction-lag-ms", dest="min_compaction_lag_ms", type=int, metavar="MS",
+                    help="records younger than this are never compacted (default: 0)")
+    tc.add_argument("--delete-retention-ms", dest="delete_retention_ms", type=int, metavar="MS",
+                    help="how long a tombstone (a record with no value) stays after its segment "
+                         "was cleaned (default: 86400000, one day)")
+    tc.add_argument("--min-cleanable-dirty-ratio", dest="min_cleanable_dirty_ratio", type=float,
+                    metavar="R", help="the background cleaner compacts a partition once this "
+                                      "share of it was written since its last cleaning "
+                                      "(0.0 .. 1.0, default: 0.5)")
     tc.add_argument("--if-not-exists", action="store_true",
                     help="succeed when the topic exists already (without it, that is an error)")
     tc.set_defaults(func=_cmd_create)

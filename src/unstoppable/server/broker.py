@@ -84,9 +84,14 @@ _TOPIC_CONFIGS = {
     "segment.bytes": "segment_bytes",
     "segment.ms": "segment_ms",
     "max.message.bytes": "max_record_bytes",
+    "min.compaction.lag.ms": "min_compaction_lag_ms",
+    "delete.retention.ms": "delete_retention_ms",
 }
+# Topic configs passed on as they are (text) or as a number with a fraction.
+_TEXT_CONFIGS = {"cleanup.policy": "cleanup_policy"}
+_FLOAT_CONFIGS = {"min.cleanable.dirty.ratio": "min_cleanable_dirty_ratio"}
 # Settings the log always has; a request for these values is accepted, any other refused.
-_FIXED_CONFIGS = {"cleanup.policy": "delete", "compression.type": "producer"}
+_FIXED_CONFIGS = {"compression.type": "producer"}
 
 
 def append_error(exc: BaseException) -> int:
@@ -115,6 +120,27 @@ def append_error(exc: BaseException) -> int:
     if isinstance(exc, ValueError) and "one batch" in str(exc):
         return RECORD_LIST_TOO_LARGE
     return UNKNOWN_SERVER_ERROR
+
+
+def _topic_config(configs) -> dict:
+    """CreateTopics' configs as ``create_topic`` keyword arguments (TopicConfigError
+    for one that is not supported)."""
+    config = {}
+    for c in configs:
+        if c.name in _TOPIC_CONFIGS:
+            config[_TOPIC_CONFIGS[c.name]] = None if c.value is None else int(c.value)
+        elif c.name in _TEXT_CONFIGS:
+            config[_TEXT_CONFIGS[c.name]] = c.value
+        elif c.name in _FLOAT_CONFIGS:
+            config[_FLOAT_CONFIGS[c.name]] = None if c.value is None else float(c.value)
+        elif c.name in _FIXED_CONFIGS and c.value == _FIXED_CONFIGS[c.name]:
+            pass
+        else:
+            raise TopicConfigError(
+                f"topic config {c.name}={c.value} is not supported; supported: "
+                + ", ".join(sorted({**_TOPIC_CONFIGS, **_TEXT_CONFIGS, **_FLOAT_CONFIGS})) + ", "
+                + ", ".join(f"{k}={v}" for k, v in _FIXED_CONFIGS.items()))
+    return config
 
 
 class Broker:
@@ -307,17 +333,7 @@ class Broker:
         for t in req.topics:
             err, msg = NONE, None
             try:
-                config = {}
-                for c in t.configs:
-                    if c.name in _TOPIC_CONFIGS:
-                        config[_TOPIC_CONFIGS[c.name]] = None if c.value is None else int(c.value)
-                    elif c.name in _FIXED_CONFIGS and c.value == _FIXED_CONFIGS[c.name]:
-                        pass
-                    else:
-                        raise TopicConfigError(
-                            f"topic config {c.name}={c.value} is not supported; supported: "
-                            + ", ".join(sorted(_TOPIC_CONFIGS)) + ", "
-                            + ", ".join(f"{k}={v}" for k, v in _FIXED_CONFIGS.items()))
+                config = _topic_config(t.configs)
                 parts = self.default_partitions if t.num_partitions == -1 else t.num_partitions
                 if t.assignments:
                     parts = len(t.assignments)
@@ -373,7 +389,10 @@ class Broker:
                     values = {
                         "retention.ms": -1 if c.retention_ms is None else c.retention_ms,
                         "retention.bytes": -1 if c.retention_bytes is None else c.retention_bytes,
-                        "cleanup.policy": "delete",
+                        "cleanup.policy": c.cleanup_policy,
+                        "min.compaction.lag.ms": c.min_compaction_lag_ms,
+                        "delete.retention.ms": c.delete_retention_ms,
+                        "min.cleanable.dirty.ratio": c.min_cleanable_dirty_ratio,
                         "compression.type": "producer",
                         "max.message.bytes": c.max_record_bytes,
                         "segment.bytes": c.segment_bytes,

@@ -35,6 +35,7 @@ from unstoppable.errors import (
 )
 from unstoppable.storage import admin
 from unstoppable.storage._fs import Flock
+from unstoppable.storage.compaction import BackgroundCleaner, CleanResult, clean_partition
 from unstoppable.storage.durability import Flusher, ThreadCommitter
 from unstoppable.storage.partition import Partition, PartitionServices
 from unstoppable.storage.producer_ids import ProducerEpochs
@@ -80,6 +81,20 @@ class TopicConfig:
     max_record_bytes: int = 1 << 20
     max_batch_bytes: int = 1 << 20
     compression: str | None = "producer"
+    cleanup_policy: str = "delete"
+    min_compaction_lag_ms: int = 0
+    delete_retention_ms: int = 86_400_000
+    min_cleanable_dirty_ratio: float = 0.5
+
+    @property
+    def compacted(self) -> bool:
+        """Whether the cleaner compacts this topic (``cleanup_policy`` has "compact")."""
+        return "compact" in self.cleanup_policy.split(",")
+
+    @property
+    def deletes(self) -> bool:
+        """Whether retention deletes old segments (``cleanup_policy`` has "delete")."""
+        return "delete" in self.cleanup_policy.split(",")
 
     @classmethod
     def build(cls, partitions, config: dict) -> "TopicConfig":
@@ -90,6 +105,8 @@ class TopicConfig:
                 f"unknown topic setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         if "max_batch_bytes" not in config and isinstance(config.get("segment_bytes"), int):
             config = {**config, "max_batch_bytes": min(cls.max_batch_bytes, config["segment_bytes"])}
+        if "cleanup_policy" in config:
+            config = {**config, "cleanup_policy": normalize_cleanup_policy(config["cleanup_policy"])}
         cfg = cls(partitions=partitions, **config)
         cfg.validate()
         return cfg
@@ -116,6 +133,15 @@ class TopicConfig:
             raise TopicConfigError(
                 f"compression must be one of {', '.join(map(repr, _COMPRESSION_SETTINGS))}, "
                 f"got {self.compression!r}")
+        normalize_cleanup_policy(self.cleanup_policy)
+        # Lags and retentions up to 2**62 ms like retention_ms; negative ones
+        # are refused (Kafka refuses them too).
+        need_int("min_compaction_lag_ms", 0, 1 << 62)
+        need_int("delete_retention_ms", 0, 1 << 62)
+        r = self.min_cleanable_dirty_ratio
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 <= r <= 1.0:
+            raise TopicConfigError(
+                f"min_cleanable_dirty_ratio must be a number in 0.0 .. 1.0, got {r!r}")
         if self.max_batch_bytes > self.segment_bytes:
             raise TopicConfigError(
                 f"max_batch_bytes ({self.max_batch_bytes}) must not exceed segment_bytes ({self.segment_bytes})")
@@ -123,7 +149,34 @@ class TopicConfig:
     def settings(self) -> dict:
         d = asdict(self)
         d.pop("partitions")
+        # The compaction settings are written only when one differs from its
+        # default: a delete topic's topic.json stays what it was before they
+        # existed (readable by earlier versions), and a version that does not
+        # know them refuses a compacted topic (it would accept keyless records).
+        if all(d[k] == _COMPACTION_DEFAULTS[k] for k in _COMPACTION_DEFAULTS):
+            for k in _COMPACTION_DEFAULTS:
+                del d[k]
         return d
+
+
+_CLEANUP_POLICIES = ("delete", "compact", "compact,delete")
+_COMPACTION_DEFAULTS = {"cleanup_policy": "delete", "min_compaction_lag_ms": 0,
+                        "delete_retention_ms": 86_400_000, "min_cleanable_dirty_ratio": 0.5}
+
+
+def normalize_cleanup_policy(value) -> str:
+    """The canonical spelling of a cleanup policy: "delete", "compact" or
+    "compact,delete" (Kafka's list form, in any order, with or without
+    spaces, or a list of the words). Raises TopicConfigError otherwise."""
+    words = value if isinstance(value, (list, tuple)) else None
+    if isinstance(value, str):
+        words = [w.strip() for w in value.split(",")]
+    if words is None or not words or not all(isinstance(w, str) for w in words) \
+            or len(set(words)) != len(words) or not set(words) <= {"compact", "delete"}:
+        raise TopicConfigError(
+            f"cleanup_policy must be one of {', '.join(map(repr, _CLEANUP_POLICIES))}, "
+            f"got {value!r}")
+    return ",".join(sorted(words))
 
 
 class Log:
@@ -158,6 +211,7 @@ class Log:
         self._staging_dir = os.path.join(self.path, "staging")
         self._meta_lock = None
         self._readonly_reason = None
+        self._cleaner = None  # compaction.BackgroundCleaner, once a compacted topic is opened
         if readonly:
             self._open_readonly("opened with readonly=True")
         else:
@@ -289,6 +343,8 @@ class Log:
             cfg = self._read_topic_json(tdir, name)
             t = Topic(self, name, tdir, cfg)
             self._topics[name] = t
+            if cfg.compacted and not self.readonly:
+                self.cleaner.ensure_started()
             return t
 
     def topics(self) -> list[str]:
@@ -328,6 +384,37 @@ class Log:
         self._check_writable("enforce retention")
         return sum(self.topic(n).enforce_retention() for n in self.topics())
 
+    @property
+    def cleaner(self) -> BackgroundCleaner:
+        """The background cleaner of this process (storage/compaction.py): it
+        starts when a compacted topic is first opened and compacts partitions
+        whose dirty ratio reached ``min_cleanable_dirty_ratio``, every
+        ``cleaner.interval`` seconds."""
+        with self._lock:
+            if self._cleaner is None:
+                self._cleaner = BackgroundCleaner(self)
+            return self._cleaner
+
+    def compact(self, topic: str | None = None, progress=None) -> list[CleanResult]:
+        """compact(topic=None, progress=None) -> list[CleanResult]
+
+        Compact now, whatever the dirty ratio: every partition of ``topic``
+        (which must be compacted: TopicConfigError otherwise), or of every
+        compacted topic. ``progress(nbytes)`` is called as segments are read.
+        Returns one CleanResult per partition."""
+        self._check_open()
+        self._check_writable("compact")
+        if topic is not None:
+            names = [topic]
+            cfg = self.topic(topic).config
+            if not cfg.compacted:
+                raise TopicConfigError(
+                    f"topic {topic!r} has cleanup_policy={cfg.cleanup_policy!r}; only topics "
+                    f"created with cleanup_policy='compact' (or 'compact,delete') are compacted")
+        else:
+            names = [n for n in self.topics() if self.topic(n).config.compacted]
+        return [clean_partition(p, progress=progress) for n in names for p in self.topic(n)]
+
     def verify(self, progress=None) -> "VerifyReport":
         """Check every batch of every segment (CRC, framing, dense offsets,
         record parsing) and every index entry, without changing anything.
@@ -341,6 +428,8 @@ class Log:
             return
         first = None
         try:
+            if self._cleaner is not None:
+                self._cleaner.stop()
             self._flusher.stop()
             if self._writer_pool is not None and self._writer_pid == os.getpid():
                 self._writer_pool.close()
@@ -460,6 +549,10 @@ class Topic:
 
     def enforce_retention(self) -> int:
         return sum(p.enforce_retention() for p in self)
+
+    def compact(self, progress=None) -> list[CleanResult]:
+        """Compact every partition now (the topic must be compacted): ``Log.compact``."""
+        return self._log.compact(self.name, progress)
 
     def _close(self, flush: bool) -> None:
         """Close every partition; the first error is raised after all are closed."""

@@ -47,6 +47,12 @@ from unstoppable.errors import (
 )
 from unstoppable.storage._fs import O_CLOEXEC, Flock, open_readonly
 from unstoppable.storage.appender import STREAM_MIN, Appender, give_back_reserved
+from unstoppable.storage.compaction import (
+    finish_swaps,
+    keychecked,
+    refuse_keyless,
+    refuse_keyless_encoded,
+)
 from unstoppable.storage.durability import DurableState
 from unstoppable.storage.producer_state import ProducerStateTable
 from unstoppable.storage.readonly import recover_readonly
@@ -118,6 +124,7 @@ class Partition:
                 self._close_head_fd()  # the mapping outlives the descriptor: one fewer per partition
                 self._catalog = SegmentCatalog(path, f"{topic}/{index}", config, self._lock,
                                                self._flock, self._head)
+                finish_swaps(path)  # a compaction's swap a crash interrupted
                 self.recovery = recover(self._head, self._catalog, config, topic)
         except BaseException as e:
             os.close(dirfd)
@@ -306,16 +313,21 @@ class Partition:
         if max_bytes <= 0:
             raise ValueError(f"max_bytes must be positive, got {max_bytes}")
         st = self._state()
-        if offset == st.end_offset:
-            return []
-        seg = self._catalog.find(offset, st, self._state)
-        limit, oi_n, _ = self._catalog.limits(seg, st)
-        try:
-            pos = position_of(seg, offset, limit, oi_n)
-            records, _ = read_records(seg.data(limit), pos, limit, offset, max_records,
-                                      max_bytes, self.topic, self.index)
-        except CorruptLogError as e:
-            raise self._wrap_corrupt(e, seg) from None
+        while True:
+            if offset == st.end_offset:
+                return []
+            seg = self._catalog.find(offset, st, self._state)
+            limit, oi_n, _ = self._catalog.limits(seg, st)
+            gaps = self._catalog.gaps
+            try:
+                pos = position_of(seg, offset, limit, oi_n, gaps)
+                records, _ = read_records(seg.data(limit), pos, limit, offset, max_records,
+                                          max_bytes, self.topic, self.index, gaps)
+            except CorruptLogError as e:
+                raise self._wrap_corrupt(e, seg) from None
+            if records or not gaps:
+                break
+            offset = self._after_gap(seg, st)  # compacted away up to the segment's end
         if not records and offset < st.end_offset:
             raise CorruptLogError("segment ends before the offsets its successor starts at",
                                   topic=self.topic, partition=self.index, segment=seg.path,
@@ -332,17 +344,29 @@ class Partition:
         self._check_open()
         offset = self._check_offset(offset)
         st = self._state()
-        if offset == st.end_offset:
-            return []
-        seg = self._catalog.find(offset, st, self._state)
-        limit, oi_n, _ = self._catalog.limits(seg, st)
-        try:
-            pos = position_of(seg, offset, limit, oi_n)
-            batches, _ = read_batches(seg.data(limit), pos, limit, offset, max_bytes,
-                                      self.topic, self.index)
-        except CorruptLogError as e:
-            raise self._wrap_corrupt(e, seg) from None
-        return batches
+        while True:
+            if offset == st.end_offset:
+                return []
+            seg = self._catalog.find(offset, st, self._state)
+            limit, oi_n, _ = self._catalog.limits(seg, st)
+            gaps = self._catalog.gaps
+            try:
+                pos = position_of(seg, offset, limit, oi_n, gaps)
+                batches, _ = read_batches(seg.data(limit), pos, limit, offset, max_bytes,
+                                          self.topic, self.index, gaps)
+            except CorruptLogError as e:
+                raise self._wrap_corrupt(e, seg) from None
+            if batches or not gaps:
+                return batches
+            offset = self._after_gap(seg, st)  # compacted away up to the segment's end
+
+    def _after_gap(self, seg: Segment, st) -> int:
+        """Where reading goes on after a compacted segment that has nothing
+        at or after the offset asked for: the next segment's base (or the end)."""
+        if seg.base == st.active_base:
+            return st.end_offset
+        later = [b for b in self._catalog.bases if seg.base < b <= st.active_base]
+        return later[0] if later else st.active_base
 
     def _check_offset(self, offset) -> int:
         if isinstance(offset, bool) or not isinstance(offset, int):
@@ -432,6 +456,10 @@ class Partition:
             if not 0 <= base_sequence < (1 << 31):
                 raise ValueError(f"base_sequence must be in 0 .. 2**31-1, got {base_sequence}")
         ts = now_ms() if timestamp is None else timestamp
+        if self._config.compacted:
+            if not isinstance(records, (list, tuple)):
+                records = list(records)
+            refuse_keyless(records, self.topic)
         if producer_id < 0 and isinstance(records, (list, tuple)) and len(records) >= STREAM_MIN:
             with self._lock:
                 base, end = self._appender.append_stream(records, ts, codec=codec)
@@ -465,6 +493,8 @@ class Partition:
         acks = self._check_acks(acks)
         self._check_open()
         self._check_writable("append to")
+        if self._config.compacted and encoder.records:
+            refuse_keyless_encoded(encoder.view(), self.topic)
         with self._lock:
             if encoder.records == 0:
                 end = self._state().end_offset
@@ -487,6 +517,8 @@ class Partition:
         if len(source) == 0:
             return self._state().end_offset
         ts = now_ms() if timestamp is None else timestamp
+        if self._config.compacted:
+            encoders = keychecked(encoders, self.topic)
         with self._lock:
             base, end = self._appender.append_stream(source, ts, tuple(encoders))
         if acks == "fsync":

@@ -210,6 +210,9 @@ class _Run:
         prefix, delete what follows it, rebuild the indexes over what was scanned."""
         rec = self.rec
         todo = [b for b in bases if b >= start_base] or [start_base]
+        # Compacted segments (all below the checkpoint's segment,
+        # storage/compaction.py) may skip offsets; the rest must not.
+        gapped = st.ckpt_base if self.catalog.gaps else -1
         active, active_size, end_offset = todo[0], start_pos, expect
         max_ts = -1
         oi_count = ti_count = 0
@@ -217,7 +220,8 @@ class _Run:
         for i, b in enumerate(todo):
             seg = self.catalog.get(b, create=(i == 0))
             pos0 = start_pos if i == 0 else 0
-            if i > 0 and b != end_offset:
+            gaps = b < gapped
+            if i > 0 and (b < end_offset if todo[i - 1] < gapped else b != end_offset):
                 # The previous segment ended somewhere other than where this
                 # one starts: everything from here on is unusable.
                 self._drop_from(todo[i:])
@@ -226,7 +230,7 @@ class _Run:
             if pos0 > size:
                 pos0, end_offset = 0, b
             oi_n, ti_n, run_ts, builder = self._kept_indexes(seg, pos0)
-            r = scan(seg.data(size), pos0, size, end_offset, builder)
+            r = scan(seg.data(size), pos0, size, end_offset, builder, gaps)
             rec.scanned_bytes += r.position - pos0
             rec.batches += r.batches
             oi, ti = builder.take()

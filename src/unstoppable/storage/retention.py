@@ -35,8 +35,8 @@ def doomed_segments(sealed: list[int], total: int, config, size_of, max_ts_of, n
 def apply_retention(st, head, catalog, config) -> int:
     """Delete what retention allows (append lock held; ``st`` is the head's
     state, written back with the new start). Returns the number deleted."""
-    if config.retention_bytes is None and config.retention_ms is None:
-        return 0
+    if (config.retention_bytes is None and config.retention_ms is None) or not config.deletes:
+        return 0  # cleanup_policy="compact" alone keeps segments (the compactor thins them)
     catalog.refresh(st)
     sealed = [b for b in catalog.bases if b < st.active_base]
     if not sealed:

@@ -36,10 +36,15 @@ from unstoppable._core.segment import (
 from unstoppable.errors import CorruptLogError, OffsetOutOfRangeError, corrupt_from_code
 from unstoppable.storage._fs import O_CLOEXEC, open_readonly, pwrite_all
 
-__all__ = ["OPEN_SEGMENTS", "Segment", "SealedFacts", "SegmentCatalog", "segment_name",
+__all__ = ["CLEANER_CHECKPOINT", "OPEN_SEGMENTS", "Segment", "SealedFacts", "SegmentCatalog", "segment_name",
            "segment_stem", "position_of"]
 
 _SEGMENT_RE = re.compile(r"^(\d{20})\.log$")
+
+#: The compactor's checkpoint in a partition directory (storage/compaction.py).
+#: It exists from just before the first compacted segment is swapped in, so
+#: its presence says that sealed segments may have gaps in their offsets.
+CLEANER_CHECKPOINT = "cleaner-checkpoint.json"
 
 # Sealed segments whose files one partition keeps open (3 descriptors and up
 # to 3 mappings each) beyond the newest; the least recently used one past this
@@ -62,7 +67,7 @@ class Segment:
     """One segment file and its two indexes, as seen by this process."""
 
     __slots__ = ("base", "path", "fd", "oi_fd", "ti_fd", "_map", "_oi_map", "_ti_map",
-                 "_map_hint", "_oi_hint", "reserved_end")
+                 "_map_hint", "_oi_hint", "reserved_end", "ino")
 
     def __init__(self, dirpath: str, base: int, map_hint: int, oi_hint: int, create: bool = False,
                  readonly: bool = False):
@@ -84,6 +89,8 @@ class Segment:
                 self.oi_fd = os.open(stem + ".index", os.O_RDWR | os.O_CREAT | O_CLOEXEC, 0o644)
                 self.ti_fd = os.open(stem + ".timeindex", os.O_RDWR | os.O_CREAT | O_CLOEXEC,
                                      0o644)
+            # Which file this is: the compactor may replace the one at this path.
+            self.ino = os.fstat(self.fd).st_ino
         except BaseException:
             self.close()
             raise
@@ -147,13 +154,14 @@ class Segment:
 class SealedFacts:
     """What is known of a sealed segment, whether its files are open or not."""
 
-    __slots__ = ("size", "oi_n", "ti_n", "max_ts")
+    __slots__ = ("size", "oi_n", "ti_n", "max_ts", "ino")
 
-    def __init__(self, size: int, oi_n: int, ti_n: int, max_ts: int | None):
+    def __init__(self, size: int, oi_n: int, ti_n: int, max_ts: int | None, ino: int = -1):
         self.size = size          # final size of the .log file
         self.oi_n = oi_n          # valid entries of the offset index
         self.ti_n = ti_n          # valid entries of the time index
         self.max_ts = max_ts      # largest record timestamp, None until computed
+        self.ino = ino            # inode of the .log file (the compactor replaces files)
 
 
 class SegmentCatalog:
@@ -184,6 +192,9 @@ class SegmentCatalog:
         # A read-only log's catalog opens files read-only and never repairs
         # an index on disk (it works without one).
         self.readonly = False
+        # Whether sealed segments may have gaps in their offsets (compacted,
+        # storage/compaction.py); learnt again whenever a segment is opened.
+        self.gaps = os.path.exists(os.path.join(path, CLEANER_CHECKPOINT))
 
     # ------------------------------------------------------------- listing
 
@@ -220,11 +231,18 @@ class SegmentCatalog:
                 return seg
         seg = Segment(self.path, base, self._map_hint, self._oi_hint, create=create,
                       readonly=self.readonly)
+        if not self.gaps:
+            self.gaps = os.path.exists(os.path.join(self.path, CLEANER_CHECKPOINT))
         with self._guard:
             other = segs.get(base)
             if other is not None:  # another thread opened it meanwhile: ours closes
                 segs.move_to_end(base)
                 return other
+            facts = self._facts.get(base)
+            if facts is not None and facts.ino != seg.ino:
+                # The compactor (maybe in another process) swapped in a new
+                # file since these facts were learnt: they describe the old one.
+                del self._facts[base]
             segs[base] = seg
             if base not in self._bases:
                 bases = list(self._bases)
@@ -281,6 +299,14 @@ class SegmentCatalog:
                 except FileNotFoundError:
                     pass
 
+    def replaced(self, base: int) -> None:
+        """Forget what this process knows of a sealed segment whose files were
+        replaced (by the compactor): the next reader opens the new files.
+        Readers that still hold the old Segment keep reading the old inode."""
+        with self._guard:
+            self._open.pop(base, None)
+            self._facts.pop(base, None)
+
     def forget_facts(self) -> None:
         """Learn every sealed segment's facts anew (a rebuild may have cut one)."""
         with self._guard:
@@ -327,7 +353,7 @@ class SegmentCatalog:
     def sealed(self, seg: Segment) -> SealedFacts:
         """Size and valid index entry counts of a sealed segment (loaded once)."""
         facts = self._facts.get(seg.base)
-        if facts is not None:
+        if facts is not None and facts.ino == seg.ino:
             return facts
         size = seg.size()
         oi_n = os.fstat(seg.oi_fd).st_size // OFFSET_ENTRY_SIZE
@@ -351,9 +377,12 @@ class SegmentCatalog:
         max_ts = None
         if oi_n != file_oi or ti_n != file_ti or missing:
             oi_n, ti_n, max_ts = self._repair_index(seg, size, oi_n, ti_n)
-        facts = SealedFacts(size, oi_n, ti_n, max_ts)
+        facts = SealedFacts(size, oi_n, ti_n, max_ts, seg.ino)
         with self._guard:
-            self._facts[seg.base] = facts
+            # Facts of a file the compactor has replaced meanwhile serve the
+            # reader that still holds it, and are not kept for the new one.
+            if self._open.get(seg.base, seg) is seg:
+                self._facts[seg.base] = facts
         return facts
 
     def _repair_index(self, seg: Segment, size: int, oi_n: int, ti_n: int):
@@ -362,8 +391,17 @@ class SegmentCatalog:
         if self.readonly:
             return 0, 0, None  # read-only log: work without an index, as below
         with self._lock, self._flock:
+            stem = segment_stem(self.path, seg.base)
+            try:
+                current = os.stat(stem + ".log").st_ino
+            except FileNotFoundError:
+                current = -1
+            if current != os.fstat(seg.fd).st_ino:
+                # The compactor replaced the segment since it was opened here:
+                # an index of these (old) bytes must not go next to the new file.
+                return oi_n, ti_n, None
             builder = IndexBuilder(seg.base, self._config.index_interval_bytes, 0, -1, -1)
-            r = scan(seg.data(size), 0, size, -1, builder)
+            r = scan(seg.data(size), 0, size, -1, builder, self.gaps)
             if r.position != size:
                 # Damage inside sealed data: keep the entries that passed the
                 # checks; reads and verify() report the corruption at its place.
@@ -372,7 +410,6 @@ class SegmentCatalog:
             # Write new files and rename them over the old ones: another process
             # may have the old index mapped, and truncating a mapped file would
             # fault its reads (SIGBUS). The old inode lives on for it.
-            stem = segment_stem(self.path, seg.base)
             try:
                 for ext, data in ((".index", oi), (".timeindex", ti)):
                     tmp = f"{stem}{ext}.tmp{os.getpid()}"
@@ -422,7 +459,7 @@ class SegmentCatalog:
                 pos = offset_index_entry(seg.oi_map(oi_n), oi_n - 1)[1]
                 if pos >= limit:
                     pos = 0
-            r = scan(seg.data(limit), pos, limit, -1)
+            r = scan(seg.data(limit), pos, limit, -1, None, self.gaps)
             if r.position != limit:
                 raise corrupt_from_code(r.code if r.code != OFFSET_MISMATCH else BAD_RECORDS,
                                         position=r.position)
@@ -433,8 +470,10 @@ class SegmentCatalog:
         return facts.max_ts
 
 
-def position_of(seg: Segment, offset: int, limit: int, oi_n: int) -> int:
-    """Byte position of the batch holding ``offset`` (index floor, then a header walk)."""
+def position_of(seg: Segment, offset: int, limit: int, oi_n: int, gaps: bool = False) -> int:
+    """Byte position of the batch holding ``offset`` (index floor, then a header
+    walk); with ``gaps`` (a compacted partition), of the first batch at or
+    after it."""
     pos, base = 0, seg.base
     if oi_n:
         hit = offset_index_floor(seg.oi_map(oi_n), oi_n, offset - seg.base)
@@ -445,7 +484,7 @@ def position_of(seg: Segment, offset: int, limit: int, oi_n: int) -> int:
     # segment's) base: a damaged base_offset, which no CRC covers, must
     # not move records to other offsets.
     try:
-        return find_batch(m, pos, limit, offset, base, pos == 0)
+        return find_batch(m, pos, limit, offset, base, pos == 0, gaps)
     except CorruptLogError as e:
         first = e
     # A stale or torn index entry (or damage on the way from it). Before
@@ -457,9 +496,9 @@ def position_of(seg: Segment, offset: int, limit: int, oi_n: int) -> int:
         hit = offset_index_floor(seg.oi_map(oi_n), k, offset - seg.base) if k else None
         if hit is not None and 0 < hit[1] < limit and hit[1] != pos:
             try:
-                return find_batch(m, hit[1], limit, offset, seg.base + hit[0], False)
+                return find_batch(m, hit[1], limit, offset, seg.base + hit[0], False, gaps)
             except CorruptLogError:
                 pass
     if pos == 0:
         raise first
-    return find_batch(m, 0, limit, offset, seg.base, True)
+    return find_batch(m, 0, limit, offset, seg.base, True, gaps)

@@ -1,5 +1,10 @@
 """``Log.verify()``: check every batch of every segment (CRC, framing, dense
-offsets, record parsing) and every index entry, without changing anything."""
+offsets, record parsing) and every index entry, without changing anything.
+
+In a compacted partition (one with a cleaner checkpoint) a sealed segment's
+offsets may skip between batches (docs/FORMAT.md §16): there they need only
+grow, start at or after the segment's base and end before the next segment's
+base. Batches themselves stay dense, and everything else is checked as usual."""
 from __future__ import annotations
 
 import os
@@ -58,14 +63,15 @@ def verify(log, progress=None) -> VerifyReport:
     total = sum(w[3] for w in work)
     done = 0
     # One segment open at a time (a partition keeps only OPEN_SEGMENTS open).
-    for t, p, b, limit, st in work:
+    for t, p, b, limit, st, nxt in work:
         try:
             seg = p.catalog.get(b)
         except FileNotFoundError:
             continue
         rep.segments += 1
         if limit:
-            _verify_segment(seg, limit, st, t.name, p.index, rep)
+            gaps = p.catalog.gaps and b != st.active_base
+            _verify_segment(seg, limit, st, t.name, p.index, rep, gaps, nxt)
         rep.bytes += limit
         done += limit
         if progress is not None:
@@ -85,9 +91,8 @@ def _segments_to_check(log, rep: VerifyReport) -> list:
             st = p.head_state()
             catalog = p.catalog
             catalog.refresh(st)
-            for b in list(catalog.bases):
-                if b > st.active_base:
-                    break  # rolled meanwhile (by another thread): past this view
+            bases = [b for b in catalog.bases if b <= st.active_base]
+            for i, b in enumerate(bases):
                 if b == st.active_base:
                     limit = st.active_size
                 else:
@@ -95,16 +100,21 @@ def _segments_to_check(log, rep: VerifyReport) -> list:
                         limit = os.stat(segment_stem(p.path, b) + ".log").st_size
                     except FileNotFoundError:
                         continue  # removed by retention meanwhile
-                work.append((t, p, b, limit, st))
+                work.append((t, p, b, limit, st, bases[i + 1] if i + 1 < len(bases) else None))
     return work
 
 
-def _verify_segment(seg, limit: int, st, topic: str, partition: int, rep: VerifyReport) -> None:
+def _verify_segment(seg, limit: int, st, topic: str, partition: int, rep: VerifyReport,
+                    gaps: bool = False, nxt: int | None = None) -> None:
     where = dict(topic=topic, partition=partition, segment=seg.path)
     m = seg.data(limit)
-    # Framing, CRC and dense offsets of every batch...
-    r = scan(m, 0, limit, seg.base)
+    # Framing, CRC and dense (compacted: growing) offsets of every batch...
+    r = scan(m, 0, limit, seg.base, None, gaps)
     rep.batches += r.batches
+    if gaps and r.batches and nxt is not None and r.next_offset > nxt:
+        rep.problems.append(CorruptLogError(
+            f"compacted segment holds offsets up to {r.next_offset - 1}, past the next "
+            f"segment's base {nxt}", position=r.position, offset=r.next_offset - 1, **where))
     if r.position != limit:
         reason = ("batch offsets are not consecutive" if r.code == OFFSET_MISMATCH
                   else corrupt_from_code(r.code).reason)
@@ -115,7 +125,8 @@ def _verify_segment(seg, limit: int, st, topic: str, partition: int, rep: Verify
     pos = 0
     while pos < r.position:
         try:
-            batches, npos = read_batches(m, pos, r.position, -1, 16 << 20, topic, partition)
+            batches, npos = read_batches(m, pos, r.position, -1, 16 << 20, topic, partition,
+                                         gaps)
         except CorruptLogError as e:
             rep.problems.append(CorruptLogError(e.reason, position=e.position,
                                                 offset=e.offset, **where))
@@ -124,7 +135,8 @@ def _verify_segment(seg, limit: int, st, topic: str, partition: int, rep: Verify
         if npos == pos:
             break
         pos = npos
-    _verify_index(seg, m, limit, rep, where, st, b_active=(seg.base == st.active_base))
+    _verify_index(seg, m, limit, rep, where, st, b_active=(seg.base == st.active_base),
+                  gaps=gaps)
 
 
 def _read_entries(fd: int, n: int, size: int, rep, where: dict) -> bytes:
@@ -140,7 +152,7 @@ def _read_entries(fd: int, n: int, size: int, rep, where: dict) -> bytes:
     return data
 
 
-def _verify_index(seg, m, valid_end, rep, where, st, b_active):
+def _verify_index(seg, m, valid_end, rep, where, st, b_active, gaps=False):
     """Index entries must name real batch starts (checked by walking headers,
     so damage inside a batch is reported once, by the batch scan)."""
     if b_active:
@@ -156,7 +168,7 @@ def _verify_index(seg, m, valid_end, rep, where, st, b_active):
             ok = pos < valid_end
             if ok:
                 try:
-                    ok = find_batch(m, pos, valid_end, seg.base + rel) == pos and \
+                    ok = find_batch(m, pos, valid_end, seg.base + rel, -1, False, gaps) == pos and \
                         batch_base_offset(m, pos) == seg.base + rel
                 except CorruptLogError:
                     ok = False

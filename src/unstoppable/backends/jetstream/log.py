@@ -111,6 +111,27 @@ def _check_topic_config(name: str, partitions, replicas, retention_ms, retention
             raise TopicConfigError(f"{what} must be None or an int >= 1, got {v!r}")
 
 
+def _refuse_compaction(name: str, cleanup_policy) -> None:
+    """JetStream has no faithful equivalent of a compacted topic, so
+    ``cleanup_policy`` other than "delete" is refused. The near miss is a
+    subject per key with ``max_msgs_per_subject=1``, but a partition here is
+    one stream whose records share one subject space in offset order: the
+    servers would drop a key's older value at once (no min_compaction_lag_ms,
+    so a consumer behind the writer misses updates Kafka would still show),
+    a tombstone would have to be a purge that removes the delete itself (no
+    delete_retention_ms, so consumers never see it), and keys would have to
+    be encoded into subject tokens."""
+    if cleanup_policy == "delete":
+        return
+    if isinstance(cleanup_policy, str) and "compact" in cleanup_policy:
+        raise TopicConfigError(
+            f"topic {name!r}: cleanup_policy={cleanup_policy!r} is not supported on JetStream; "
+            "its per-subject message limit drops a key's older values at once and has no "
+            "tombstone retention, which is not Kafka's compaction. Use an embedded log "
+            "(us.Log) for compacted topics")
+    raise TopicConfigError(f"cleanup_policy must be 'delete' on JetStream, got {cleanup_policy!r}")
+
+
 class JetStreamLog:
     """A connection to a NATS JetStream cluster, used as a log: pass it to
     ``Producer``/``Consumer`` as you would a ``us.Log``. Made by
@@ -221,7 +242,8 @@ class JetStreamLog:
     async def create_topic(self, name: str, partitions: int = 1, *, replicas: int = 1,
                            retention_ms: int | None = None, retention_bytes: int | None = None,
                            max_record_bytes: int | None = None,
-                           duplicate_window_ms: int = 120_000) -> JetStreamTopic:
+                           duplicate_window_ms: int = 120_000,
+                           cleanup_policy: str = "delete") -> JetStreamTopic:
         """Create a topic of ``partitions`` streams with ``replicas`` copies
         each (1, 3 or 5; at most the cluster size), or return the existing one
         when it has the same partition and replica counts (TopicExistsError
@@ -232,7 +254,10 @@ class JetStreamLog:
         ``duplicate_window_ms`` is how long the servers remember message ids
         (the stream's duplicate window). ``max_record_bytes`` defaults to what
         fits in one NATS message of the server's ``max_payload``.
+        ``cleanup_policy`` must be "delete": compaction is refused (see
+        :func:`_refuse_compaction`).
         """
+        _refuse_compaction(name, cleanup_policy)
         _check_topic_config(name, partitions, replicas, retention_ms, retention_bytes, max_record_bytes,
                             duplicate_window_ms)
         limit = self._record_limit()

@@ -1,0 +1,618 @@
+"""Log compaction (Kafka's ``cleanup.policy=compact``): keep the latest record
+of every key in a partition's sealed segments, with the offsets they had.
+
+A cleaning of one partition (:func:`clean_partition`) follows Kafka's
+LogCleaner in two passes:
+
+1. **Offset map.** Over the *dirty* segments (sealed, written since the last
+   cleaning: from the cleaner checkpoint on), map each key to the last offset
+   it was written at (``_core.segment.OffsetMap``, in C: each key kept as a
+   128-bit digest, as Kafka keeps an MD5, in a table of 24-byte slots): the
+   map's memory grows with the number of distinct keys, never with the
+   number of records or the size of keys.
+2. **Rewrite.** Every cleanable segment, from the log's start to the end of
+   the dirty part, is copied to ``<base>.log.cleaned`` keeping a record when
+   the map has no later offset for its key. A tombstone (null value) stays
+   until ``delete_retention_ms`` after its segment was first cleaned (the
+   cleaned file's mtime); then it goes too. The last batch of each idempotent
+   producer is kept whole, as Kafka keeps it, so that the producer table can
+   always be rebuilt from batch headers. Batches whose records all stay are
+   copied byte for byte; the kept records of the others are re-encoded into
+   batches of consecutive offsets (their codec, timestamps and headers kept),
+   so offsets skip only *between* batches (docs/FORMAT.md §16).
+
+Only sealed segments wholly below the recovery checkpoint are cleaned (recovery
+never rescans them), and only those whose newest record is at least
+``min_compaction_lag_ms`` old; the active segment is never touched.
+
+**Swap.** Each cleaned segment replaces its original one alone, keeping its
+base (its file name): the new ``.log``, ``.index`` and ``.timeindex`` are
+written as ``*.cleaned`` and fsynced, then, holding the partition's locks, the
+``.log.cleaned`` is renamed over the ``.log`` (the commit point), then the two
+indexes, then the directory is fsynced. :func:`finish_swaps` (run when a
+partition is opened, and before each cleaning) completes a swap whose log was
+renamed and removes the files of one that was not. So after a crash every
+segment is either its old self or its cleaned self: old segments hold a
+superset of the records, and a record is only dropped from a segment when the
+record that supersedes it is kept (it lies in a later, dirty segment, whose
+own cleaning keeps it), so no key loses its latest value and, offsets being
+kept, no record shows twice. A tombstone is only dropped from a segment that
+a previous, *finished* cleaning covered, when every older value of its key
+before it is gone already.
+
+Readers: a process that has a segment open keeps reading the old file's inode
+after a swap (its mapping lives on); a segment opened afterwards is the new
+file. The catalog's facts about a segment carry its inode, so facts learnt
+from the old file are never applied to the new one. Offsets in a compacted
+segment may skip, so readers of a partition with a cleaner checkpoint walk
+batches allowing gaps (``segments.CLEANER_CHECKPOINT``).
+
+The checkpoint ``<partition>/cleaner-checkpoint.json`` holds the offset the
+last finished cleaning reached (``{"cleaned_offset": N}``); the bytes of
+cleanable segments from there on are *dirty*, and a partition is worth
+cleaning when dirty / cleanable bytes >= ``min_cleanable_dirty_ratio``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+from typing import Callable, NamedTuple
+
+from unstoppable._core.batch import BatchEncoder, decode_batches
+from unstoppable._core.segment import (
+    IndexBuilder,
+    Mapping,
+    OffsetMap,
+    producer_batches,
+    read_batches,
+    scan,
+)
+from unstoppable.compression import codec_id
+from unstoppable.errors import (
+    CorruptLogError,
+    InvalidRecordError,
+    TopicConfigError,
+    UnknownTopicError,
+)
+from unstoppable.storage._fs import O_CLOEXEC, fsync_dir, pwrite_all
+from unstoppable.storage.admin import write_json_atomic
+from unstoppable.storage.recovery import now_ms
+from unstoppable.storage.segments import CLEANER_CHECKPOINT, segment_name
+
+__all__ = ["CleanResult", "clean_partition", "cleanable_bytes", "dirty_ratio", "finish_swaps",
+           "refuse_keyless", "refuse_keyless_encoded", "keychecked", "BackgroundCleaner",
+           "read_checkpoint", "CLEANED_SUFFIX"]
+
+CLEANED_SUFFIX = ".cleaned"
+# The order the .cleaned files are removed in when a swap is undone: the log
+# last, since an index file without its log means "committed" (finish_swaps).
+_EXTS = (".index", ".timeindex", ".log")
+
+
+# ----------------------------------------------------------------- bad input
+
+def _keyless_error(topic: str) -> InvalidRecordError:
+    return InvalidRecordError(
+        f"topic {topic!r} is compacted (cleanup_policy has 'compact') and refuses records "
+        f"without a key: compaction keeps the latest record per key (Kafka: INVALID_RECORD)")
+
+
+def refuse_keyless(records, topic: str) -> None:
+    """Raise InvalidRecordError when any of ``records`` (in the forms
+    ``Partition.append`` takes) has no key."""
+    for r in records:
+        if r is None or isinstance(r, (bytes, bytearray, memoryview)):
+            raise _keyless_error(topic)
+        if isinstance(r, tuple):
+            if not r or r[0] is None:
+                raise _keyless_error(topic)
+        elif getattr(r, "key", None) is None:
+            raise _keyless_error(topic)
+
+
+def refuse_keyless_encoded(data, topic: str) -> None:
+    """Raise InvalidRecordError when a record of the encoded batches ``data`` has no key."""
+    for b in decode_batches(data):
+        if b.is_control:
+            continue
+        for r in b:
+            if r.key is None:
+                raise _keyless_error(topic)
+
+
+def keychecked(encoders, topic: str) -> tuple:
+    """Wrap the encoders of a pipelined append (``Partition.append_stream``)
+    so that every chunk they encode is refused when a record has no key."""
+    return tuple(_KeyCheckedEncoder(e, topic) for e in encoders)
+
+
+class _KeyCheckedEncoder:
+    """An encoder whose ``encode`` refuses keyless records (the rest is the
+    wrapped encoder's). The appender undoes the whole append on the error."""
+
+    def __init__(self, enc, topic: str):
+        self._enc = enc
+        self._topic = topic
+
+    def encode(self, *args, **kwargs):
+        took = self._enc.encode(*args, **kwargs)
+        refuse_keyless_encoded(self._enc.view(), self._topic)
+        return took
+
+    def __getattr__(self, name):
+        return getattr(self._enc, name)
+
+
+# ---------------------------------------------------------------- checkpoint
+
+def read_checkpoint(dirpath: str) -> int:
+    """The offset the last finished cleaning of a partition reached (0: never)."""
+    try:
+        with open(os.path.join(dirpath, CLEANER_CHECKPOINT)) as f:
+            v = json.load(f).get("cleaned_offset", 0)
+    except FileNotFoundError:
+        return 0
+    except (OSError, ValueError, AttributeError):
+        return 0  # unreadable: everything counts as dirty, which is safe
+    return v if isinstance(v, int) and v >= 0 else 0
+
+
+def _write_checkpoint(dirpath: str, offset: int) -> None:
+    write_json_atomic(os.path.join(dirpath, CLEANER_CHECKPOINT), {"cleaned_offset": offset})
+    fsync_dir(dirpath)
+
+
+# ---------------------------------------------------------------------- swap
+
+def finish_swaps(dirpath: str) -> int:
+    """Complete or roll back the swaps a dead cleaner left (append lock held):
+    a ``<base>.log.cleaned`` still there means the swap never reached its
+    commit point, so every ``<base>.*.cleaned`` goes; without it the new log
+    is in place and its indexes are renamed in. Returns the segments fixed."""
+    try:
+        names = os.listdir(dirpath)
+    except FileNotFoundError:
+        return 0
+    stems = {n.split(".", 1)[0] for n in names if n.endswith(CLEANED_SUFFIX)}
+    for stem in stems:
+        path = os.path.join(dirpath, stem)
+        if os.path.exists(path + ".log" + CLEANED_SUFFIX):
+            for ext in _EXTS:
+                try:
+                    os.unlink(path + ext + CLEANED_SUFFIX)
+                except FileNotFoundError:
+                    pass
+        else:
+            for ext in (".index", ".timeindex"):
+                try:
+                    os.rename(path + ext + CLEANED_SUFFIX, path + ext)
+                except FileNotFoundError:
+                    pass
+    if stems:
+        fsync_dir(dirpath)
+    return len(stems)
+
+
+# ------------------------------------------------------------------ cleaning
+
+class CleanResult(NamedTuple):
+    """What one cleaning of one partition did."""
+
+    topic: str
+    partition: int
+    segments_cleaned: int      # segments replaced by a cleaned copy
+    bytes_read: int            # bytes of segments read (both passes count once)
+    bytes_written: int         # bytes of cleaned segments written
+    records_kept: int
+    records_removed: int
+    tombstones_removed: int
+    keys: int                  # distinct keys in the offset map
+    map_bytes: int = 0         # memory of the offset map
+
+
+def _cleanable(part, st, now: int) -> list[int]:
+    """Sealed segments that may be cleaned, oldest first: wholly below the
+    recovery checkpoint, and (a prefix) whose newest record is older than
+    ``min_compaction_lag_ms``."""
+    catalog = part.catalog
+    catalog.refresh(st)
+    lag = part.config.min_compaction_lag_ms
+    out = []
+    for b in catalog.bases:
+        if b >= st.ckpt_base or b >= st.active_base:
+            break
+        if lag:
+            try:
+                if catalog.sealed_max_ts(b) > now - lag:
+                    break
+            except (CorruptLogError, FileNotFoundError):
+                break
+        out.append(b)
+    return out
+
+
+def dirty_ratio(part) -> float:
+    """Share of a partition's cleanable bytes written since its last
+    cleaning (0.0 when nothing can be cleaned)."""
+    st = part.head_state()
+    bases = _cleanable(part, st, now_ms())
+    if not bases:
+        return 0.0
+    done = read_checkpoint(part.path)
+    total = dirty = 0
+    for b in bases:
+        try:
+            size = part.catalog.sealed_size(b)
+        except FileNotFoundError:
+            continue
+        total += size
+        if b >= done:
+            dirty += size
+    return dirty / total if total else 0.0
+
+
+def cleanable_bytes(part) -> int:
+    """Bytes of the segments a cleaning of ``part`` would read (for progress bars)."""
+    st = part.head_state()
+    total = 0
+    for b in _cleanable(part, st, now_ms()):
+        try:
+            total += part.catalog.sealed_size(b)
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def _batches(part, base: int):
+    """(segment, its inode, size, every batch) of a sealed segment."""
+    seg = part.catalog.get(base)
+    size = part.catalog.sealed(seg).size
+    ino = os.fstat(seg.fd).st_ino
+    if size == 0:
+        return seg, ino, 0, []
+    try:
+        batches, end = read_batches(seg.data(size), 0, size, -1, size + 1, part.topic,
+                                    part.index, True)
+    except CorruptLogError as e:
+        raise CorruptLogError(f"cannot compact: {e.reason}", topic=part.topic,
+                              partition=part.index, segment=seg.path, position=e.position,
+                              offset=e.offset) from None
+    return seg, ino, size, batches
+
+
+def clean_partition(part, *, force: bool = True, now: int | None = None,
+                    progress: Callable[[int], None] | None = None,
+                    _hook: Callable[[str, int], None] | None = None) -> CleanResult:
+    """clean_partition(part, *, force=True, now=None, progress=None) -> CleanResult
+
+    Compact one partition of a compacted topic (see the module docstring).
+    Without ``force`` it does nothing unless the dirty ratio reaches the
+    topic's ``min_cleanable_dirty_ratio``. ``progress(n)`` is called with the
+    bytes of each cleanable segment as its rewrite pass reads it (their sum is
+    :func:`cleanable_bytes`). ``_hook(step, base)`` is for the
+    crash tests: called at each step of a swap.
+    """
+    cfg = part.config
+    name, idx = part.topic, part.index
+    nothing = CleanResult(name, idx, 0, 0, 0, 0, 0, 0, 0)
+    if not cfg.compacted:
+        raise TopicConfigError(f"topic {name!r} has cleanup_policy={cfg.cleanup_policy!r}: "
+                               f"only a topic whose policy has 'compact' is compacted")
+    part._check_open()
+    part._check_writable("compact")
+    with part._lock, part._flock:
+        finish_swaps(part.path)
+    now = now_ms() if now is None else now
+    st = part.head_state()
+    bases = _cleanable(part, st, now)
+    done = read_checkpoint(part.path)
+    dirty = [b for b in bases if b >= done]
+    if not bases or (not dirty and not force):
+        return nothing  # (forced with nothing dirty: a pass that only expires tombstones)
+    if not force and dirty_ratio(part) < cfg.min_cleanable_dirty_ratio:
+        return nothing
+    # Where the dirty part ends: the segment after the last cleanable one.
+    later = [b for b in part.catalog.bases if b > bases[-1]]
+    dirty_end = later[0] if later else st.active_base
+
+    # Pass 1: the offset map over the dirty part, and each producer's last batch.
+    omap, keep_pids, read_bytes = _offset_map(part, dirty, bases)
+
+    # Pass 2: rewrite every cleanable segment up to the dirty end. Files are
+    # named relative to the directory opened here: should the topic be
+    # deleted (and made anew under its name) meanwhile, nothing of this
+    # cleaning lands in the new one's directory.
+    horizon = now - cfg.delete_retention_ms
+    enc = BatchEncoder(cfg.max_batch_bytes, cfg.max_record_bytes)
+    kept = removed = tomb_removed = written = cleaned = 0
+    dfd = os.open(part.path, os.O_RDONLY | os.O_DIRECTORY | O_CLOEXEC)
+    try:
+        cleaned, kept, removed, tomb_removed, read_bytes, written = _rewrite(
+            part, dfd, bases, dirty, done, horizon, omap, keep_pids, enc, progress, _hook,
+            read_bytes)
+    except FileNotFoundError:
+        if part.deleted:
+            _check_not_deleted(part)
+        raise
+    finally:
+        os.close(dfd)
+    if _hook is not None:
+        _hook("checkpoint", dirty_end)
+    with part._lock, part._flock:
+        _check_not_deleted(part)
+        _write_checkpoint(part.path, dirty_end)
+        part.catalog.gaps = True
+    return CleanResult(name, idx, cleaned, read_bytes, written, kept, removed, tomb_removed,
+                       len(omap), omap.nbytes)
+
+
+def _rewrite(part, dfd: int, bases, dirty, done, horizon, omap, keep_pids, enc, progress, hook,
+             read_bytes):
+    """Pass 2 over ``bases``; returns the counts for CleanResult."""
+    kept = removed = tomb_removed = written = cleaned = 0
+    for b in bases:
+        seg, ino, size, batches = _batches(part, b)
+        stem = segment_name(b)
+        # Tombstones go only from segments a finished cleaning covered, once
+        # delete_retention_ms has passed since that cleaning wrote the file.
+        drop_tombs = b < done and os.fstat(seg.fd).st_mtime_ns // 1_000_000 <= horizon
+        out, changed, seg_kept, seg_removed, seg_tombs = _plan(batches, omap, keep_pids,
+                                                               drop_tombs)
+        if progress is not None:
+            progress(size)
+        if b not in dirty:
+            read_bytes += size
+        kept += seg_kept
+        removed += seg_removed
+        tomb_removed += seg_tombs
+        if not changed:
+            del batches, seg, out
+            continue
+        written += _write_cleaned(part, dfd, seg, stem, out, enc, hook)
+        del batches, out
+        if _swap(part, dfd, b, stem, ino, hook):
+            cleaned += 1
+        del seg
+    return cleaned, kept, removed, tomb_removed, read_bytes, written
+
+
+def _offset_map(part, dirty: list[int], bases: list[int]):
+    """Pass 1: the offset map over the ``dirty`` segments, the ``(producer id,
+    base offset)`` of each producer's last batch in ``bases`` (from the headers
+    alone), and the bytes read."""
+    omap = OffsetMap()
+    last_batch: dict[int, int] = {}
+    read_bytes = 0
+    for b in dirty:
+        seg, _ino, size, batches = _batches(part, b)
+        for batch in batches:
+            if not batch.is_control:
+                omap.add_batch(batch)
+        read_bytes += size
+        del batches, seg
+    for b in bases:
+        seg = part.catalog.get(b)
+        size = part.catalog.sealed(seg).size
+        if size:
+            found, _ = producer_batches(seg.data(size), 0, size)
+            for base_offset, _n, pid, _epoch, _seq in found:
+                last_batch[pid] = base_offset
+        del seg
+    return omap, set(last_batch.items()), read_bytes
+
+
+def _plan(batches, omap, keep_pids: set, drop_tombs: bool):
+    """What of one segment's batches stays: ``(out, changed, kept, removed,
+    tombstones removed)``; ``out`` holds whole batches (copied as they are)
+    and ``(records, codec)`` for batches that lost records."""
+    out: list = []
+    changed = False
+    kept = removed = tombs_removed = 0
+    for batch in batches:
+        if batch.is_control or (batch.producer_id, batch.base_offset) in keep_pids:
+            out.append(batch)
+            kept += len(batch)
+            continue
+        mask, n_kept, tombs = omap.keep_mask(batch, drop_tombs)
+        n = len(batch)
+        kept += n_kept
+        removed += n - n_kept
+        tombs_removed += tombs
+        if n_kept == n:
+            out.append(batch)
+        else:
+            changed = True
+            if n_kept:
+                out.append(([batch[i] for i, k in enumerate(mask) if k], batch.compression))
+    return out, changed, kept, removed, tombs_removed
+
+
+def _write_cleaned(part, dfd: int, seg, stem: str, out: list, enc: BatchEncoder, hook) -> int:
+    """Write a segment's kept batches and their indexes as ``*.cleaned`` files,
+    fsynced. Returns the bytes of the new log."""
+    tmp = stem + ".log" + CLEANED_SUFFIX
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | O_CLOEXEC, 0o644, dir_fd=dfd)
+    try:
+        pos = 0
+        m = seg.data(part.catalog.sealed(seg).size)
+        view = m.view
+        chunk: list = []
+        chunk_len = 0
+        for item in out:
+            if isinstance(item, tuple):
+                records, codec = item
+                run: list = []
+                for r in records:
+                    if run and r.offset != run[-1].offset + 1:
+                        chunk.append(_encode_run(enc, run, codec))
+                        chunk_len += len(chunk[-1])
+                        run = []
+                    run.append(r)
+                if run:
+                    chunk.append(_encode_run(enc, run, codec))
+                    chunk_len += len(chunk[-1])
+            else:
+                chunk.append(view[item.position:item.position + item.length])
+                chunk_len += item.length
+            if chunk_len >= (4 << 20):
+                data = b"".join(chunk)
+                pwrite_all(fd, data, pos)
+                pos += len(data)
+                chunk, chunk_len = [], 0
+        if chunk:
+            data = b"".join(chunk)
+            pwrite_all(fd, data, pos)
+            pos += len(data)
+        del view, m, chunk
+        if hook is not None:
+            hook("written", seg.base)
+        builder = IndexBuilder(seg.base, part.config.index_interval_bytes, 0, -1, -1)
+        if pos:
+            nm = Mapping(fd, pos)
+            r = scan(nm, 0, pos, -1, builder, True)
+            del nm
+            if r.position != pos:  # our own output: a bug, never written over the original
+                raise CorruptLogError(f"cleaned segment failed its own check at {r.position}",
+                                      topic=part.topic, partition=part.index, segment=tmp)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    oi, ti = builder.take()
+    for ext, data in ((".index", oi), (".timeindex", ti)):
+        ifd = os.open(stem + ext + CLEANED_SUFFIX,
+                      os.O_RDWR | os.O_CREAT | os.O_TRUNC | O_CLOEXEC, 0o644, dir_fd=dfd)
+        try:
+            if data:
+                pwrite_all(ifd, data, 0)
+            os.fsync(ifd)
+        finally:
+            os.close(ifd)
+    return pos
+
+
+def _encode_run(enc: BatchEncoder, run: list, codec) -> bytes:
+    """Records of consecutive offsets as batches starting at the first's offset."""
+    enc.clear()
+    enc.encode(run, 0)
+    if codec:
+        enc.compress(codec_id(codec))
+    enc.set_base_offset(run[0].offset)
+    return bytes(enc.view())
+
+
+def _swap(part, dfd: int, base: int, stem: str, ino: int, hook) -> bool:
+    """Put a cleaned segment in place of the original (both locks held for
+    the renames). False, with the cleaned files removed, when the original
+    changed meanwhile (retention deleted it, another cleaner replaced it)."""
+    with part._lock, part._flock:
+        _check_not_deleted(part)
+        try:
+            current = os.stat(stem + ".log", dir_fd=dfd).st_ino
+        except FileNotFoundError:
+            current = -1
+        if current != ino:
+            for ext in _EXTS:
+                try:
+                    os.unlink(stem + ext + CLEANED_SUFFIX, dir_fd=dfd)
+                except FileNotFoundError:
+                    pass
+            return False
+        if not os.path.exists(os.path.join(part.path, CLEANER_CHECKPOINT)):
+            # Before the first compacted segment appears: readers must know
+            # that offsets may skip (segments.CLEANER_CHECKPOINT).
+            _write_checkpoint(part.path, 0)
+        part.catalog.gaps = True
+        if hook is not None:
+            hook("swap", base)
+        # The commit point:
+        os.rename(stem + ".log" + CLEANED_SUFFIX, stem + ".log", src_dir_fd=dfd, dst_dir_fd=dfd)
+        if hook is not None:
+            hook("renamed", base)
+        for ext in (".index", ".timeindex"):
+            os.rename(stem + ext + CLEANED_SUFFIX, stem + ext, src_dir_fd=dfd, dst_dir_fd=dfd)
+        os.fsync(dfd)
+        part.catalog.replaced(base)
+    return True
+
+
+def _check_not_deleted(part) -> None:
+    """Raise UnknownTopicError when the topic was deleted (by any process)
+    while the cleaning ran (append lock held). Deletion sets the head's flag
+    under this lock before it moves the topic's directory away, so with the
+    lock held and no flag the directory is still this topic's: a topic made
+    anew under the same name (say with cleanup_policy="delete") never gets a
+    cleaned file or a cleaner checkpoint of the old one."""
+    if part.deleted:
+        raise UnknownTopicError(f"topic {part.topic!r} was deleted while partition "
+                                f"{part.index} was being compacted; the cleaning was dropped")
+
+
+# ---------------------------------------------------------------- background
+
+class BackgroundCleaner:
+    """A daemon thread of the writing process that cleans the partitions of
+    its log's compacted topics whose dirty ratio reached their topic's
+    ``min_cleanable_dirty_ratio``, every ``interval`` seconds. It runs
+    outside the append path: appends take the partition's locks only while
+    it renames files."""
+
+    def __init__(self, log, interval: float = 5.0):
+        self._log = log
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid = -1
+        self.runs = 0
+        self.errors: list[BaseException] = []
+
+    def ensure_started(self) -> None:
+        """Start the thread (again in a forked child) if it is not running."""
+        if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._pid = os.getpid()
+        self._thread = threading.Thread(target=self._run, name="unstoppable-cleaner",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread and wait for a cleaning in progress to finish."""
+        self._stop.set()
+        t = self._thread
+        if t is not None and t is not threading.current_thread() and self._pid == os.getpid():
+            t.join()
+        self._thread = None
+
+    def run_once(self) -> list[CleanResult]:
+        """One round over every compacted topic of the log."""
+        out = []
+        for name in self._log.topics():
+            if self._stop.is_set():
+                break
+            try:
+                topic = self._log.topic(name)
+            except Exception:
+                continue  # deleted meanwhile
+            if not topic.config.compacted:
+                continue
+            for i in range(topic.partitions):
+                if self._stop.is_set():
+                    break
+                part = topic.partition(i)
+                res = clean_partition(part, force=False)
+                if res.segments_cleaned or res.records_kept:
+                    out.append(res)
+        self.runs += 1
+        return out
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.run_once()
+            except Exception as e:  # a closed log, a full disk: try again next round
+                if len(self.errors) < 100:
+                    self.errors.append(e)
+                if getattr(self._log, "closed", False):
+                    return
+
