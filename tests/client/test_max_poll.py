@@ -145,3 +145,57 @@ def test_max_poll_interval_is_checked(tmp_path):
             us.Consumer(log, "t", group="G", membership_poll_ms=100, max_poll_interval_ms=bad)
     us.Consumer(log, "t", group="G", max_poll_interval_ms=None)
     log.close()
+
+
+def test_on_jetstream_a_member_that_stops_polling_leaves_and_rejoins(tmp_path):
+    """The same rule on the JetStream backend (a real nats-server): the
+    member that stops polling releases its leases, the other takes every
+    partition long before the lease TTL, the idle one's commit is fenced,
+    and its next poll rejoins."""
+    import sys
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path.insert(0, os.path.join(here, "..", "backends"))
+    from nats_servers import server_binary, start_single, wait_for_jetstream
+    if server_binary() is None:
+        pytest.skip("the nats-server binary is not installed")
+    server = start_single(str(tmp_path / "nats"))
+    try:
+        run(wait_for_jetstream([server.url]))
+
+        async def main():
+            log = await us.connect(server.url, lease_ttl=30.0)
+            await log.create_topic("t", partitions=4)
+            async with us.Producer(log, "t") as p:
+                for i in range(40):
+                    await p.send(b"%d" % i, partition=i % 4)
+            idle = us.Consumer(log, "t", group="g", membership_poll_ms=50,
+                               max_poll_interval_ms=800)
+            await idle.start()
+            handed = {}
+            t0 = time.monotonic()
+            while len(handed) < 4 and time.monotonic() - t0 < 20:
+                for tp, recs in (await idle.getmany(timeout_ms=50)).items():
+                    handed[tp] = recs[-1].offset + 1
+            assert len(handed) == 4
+            other = us.Consumer(log, "t", group="g", membership_poll_ms=50)
+            await other.start()
+            t_idle = time.monotonic()
+            while len(other.assignment()) < 4:   # idle does not poll meanwhile
+                await other.getmany(timeout_ms=50)
+                assert time.monotonic() - t_idle < 20, other.assignment()
+            took = time.monotonic() - t_idle
+            with pytest.raises(us.FencedMemberError, match="max_poll_interval_ms"):
+                await idle.commit(handed)
+            while len(other.assignment()) != 2 or len(idle.assignment()) != 2:
+                await idle.getmany(timeout_ms=20)
+                await other.getmany(timeout_ms=20)
+                assert time.monotonic() - t_idle < 40
+            await idle.close()
+            await other.close()
+            await log.close()
+            return took
+
+        took = run(main(), timeout=90)
+        assert took < 10, took   # the lease TTL is 30 s: max poll moved them
+    finally:
+        server.stop()
