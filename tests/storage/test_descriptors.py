@@ -91,48 +91,42 @@ path = sys.argv[1]
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (128, hard))
 out = {}
-# A bound the limit cannot keep, and partitions that cannot be let go (a
-# consumer waits on each): running out is a library error naming the limit.
-log = us.Log(path, max_open_partitions=10_000)
+log = us.Log(path)
+out["bound"] = log.max_open_partitions
 t = log.create_topic("many", partitions=300)
 out["fds_after_create"] = len(os.listdir("/proc/self/fd"))
-written = 0
-try:
-    for i in range(300):
-        p = t.partition(i)
-        p.add_listener(lambda: None)
-        p.append([b"%d" % i])
-        written += 1
-except TooManyOpenFilesError as e:
-    out["error"] = str(e)
-    out["errno"] = e.errno
-out["written"] = written
-# Topic creation with no descriptor left: nothing is left behind.
+for i in range(300):        # within the bound: 16 open at a time
+    t.partition(i).append([b"%d" % i])
+out["most_open"] = log.open_partitions
+# No descriptor left, and none to win back (every partition is let go
+# first): the library error, naming the limit, for an append, a read and
+# a topic creation, which leaves nothing behind.
 hog = []
-try:
-    while True:
-        hog.append(os.open("/dev/null", os.O_RDONLY))
-except OSError:
-    pass
-try:
-    log.create_topic("half", partitions=50)
-    out["create_when_full"] = "created"
-except TooManyOpenFilesError as e:
-    out["create_when_full"] = str(e)
+def hog_all():
+    try:
+        while True:
+            hog.append(os.open("/dev/null", os.O_RDONLY))
+    except OSError:
+        pass
+for what, do in (("append", lambda: t.partition(0).append([b"late"])),
+                 ("read", lambda: t.partition(1).read(0)),
+                 ("open", lambda: log.create_topic("other").partition(0).append([b"x"]))):
+    hog_all()  # (what an error let go of, too)
+    try:
+        do()
+        out[what] = "done"
+    except TooManyOpenFilesError as e:
+        out[what] = [e.errno, str(e)]
+    if what == "read":
+        out["parked_all"] = log.open_partitions
 for fd in hog:
     os.close(fd)
 out["topics"] = log.topics()
 out["staging"] = os.listdir(os.path.join(path, "staging"))
 out["topic_dirs"] = sorted(os.listdir(os.path.join(path, "topics")))
-# With the default bound the same log carries on within the limit: idle
-# partitions are let go as more open.
-log.close()
-log = us.Log(path)
-out["bound"] = log.max_open_partitions
-t = log.topic("many")
-for i in range(written, 300):
-    t.partition(i).append([b"%d" % i])
-out["values"] = [bytes(t.partition(i).read(0)[0].value).decode() for i in range(300)]
+# With descriptors free again everything carries on, and nothing was lost.
+t.partition(0).append([b"late"])
+out["values"] = [[bytes(r.value).decode() for r in t.partition(i).read(0)] for i in range(300)]
 out["verify"] = log.verify().ok
 log.close()
 print(json.dumps(out))
@@ -141,17 +135,20 @@ print(json.dumps(out))
 
 def test_emfile_past_the_bound_is_a_library_error_and_creation_is_all_or_nothing(tmp_path):
     out = run_child(LIMITS, tmp_path / "log")
+    assert out["bound"] == 16
     assert out["fds_after_create"] < 40  # no partition opened by creating the topic
-    assert 0 < out["written"] < 300
-    assert out["errno"] == 24
-    msg = out["error"]
-    assert "many/" in msg and "128" in msg and "ulimit -n" in msg, msg
-    assert "creating topic 'half'" in out["create_when_full"] and "128" in out["create_when_full"]
+    assert out["most_open"] <= 16
+    for what, doing in (("append", "appending to partition many/0"),
+                        ("read", "reading partition many/1"),
+                        ("open", "creating topic 'other'")):
+        errno_, msg = out[what]
+        assert errno_ == 24, (what, msg)
+        assert doing in msg and "128" in msg and "ulimit -n" in msg, (what, msg)
+    assert out["parked_all"] == 0
     assert out["topics"] == ["many"]
     assert out["staging"] == [] and out["topic_dirs"] == ["many"]
-    assert out["values"] == [str(i) for i in range(300)]
+    assert out["values"] == [[str(i)] + (["late"] if i == 0 else []) for i in range(300)]
     assert out["verify"] is True
-    assert out["bound"] == 16
 
 
 def test_threads_appending_and_reading_while_partitions_come_and_go(tmp_path):

@@ -19,11 +19,13 @@ still cold when the sweep comes round again is parked.
 
 What keeps a partition from being parked (it is skipped, never waited for):
 its in-process lock is held (an append, a roll, retention, a durability
-plan, or this very thread is inside one of its calls); a consumer is waiting
-on it (it has listeners); a durability round for it is in flight (between
-its plan and its result). Readers take no lock: a read that was under way
-keeps the segment it holds (its files close when it lets go), and record
-views keep their mappings alive as ever.
+plan, or this very thread is inside one of its calls); a durability round
+for it is in flight (between its plan and its result). Readers take no
+lock: a read that was under way keeps the segment it holds (its files close
+when it lets go), and record views keep their mappings alive as ever. A
+consumer waiting on a partition needs none of its descriptors (its
+listeners, its inotify watch on the directory and the change counter in
+the mapped head all carry on), so waiting does not keep one open.
 """
 from __future__ import annotations
 

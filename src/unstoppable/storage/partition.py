@@ -676,7 +676,9 @@ class Partition:
     def _park(self) -> bool:
         """Let go of every descriptor and segment mapping, if idle: nobody
         in this process in one of its locked sections (this thread
-        included), no consumer waiting on it, no durability round in flight.
+        included), no durability round in flight. (A consumer waiting on it
+        needs none of them: listeners, inotify and the change counter in the
+        mapped head carry on.)
         Returns whether it did. The head stays mapped (no descriptor), and
         so do the segment facts and the producer state: reopening is a few
         ``open()`` calls, never a recovery."""
@@ -685,7 +687,7 @@ class Partition:
             return False
         try:
             ds = self._durability
-            if ds.closed or self._listeners or ds.in_flight:
+            if ds.closed or ds.in_flight:
                 return False
             # Parked first: whatever opens a descriptor from here on (a
             # reader under way) puts it back in the log's list.
