@@ -33,6 +33,7 @@ import collections
 import os
 import resource
 import threading
+import weakref
 
 from unstoppable._core.segment import lock_file
 from unstoppable.storage._fs import O_CLOEXEC, Flock
@@ -114,6 +115,7 @@ class OpenPartitions:
         self._parts: collections.OrderedDict = collections.OrderedDict()
         self._lock = threading.Lock()
         self.parked = 0     # partitions parked so far (for tests and benches)
+        _ALL.add(self)
 
     @property
     def bound(self) -> int:
@@ -176,3 +178,17 @@ class OpenPartitions:
                 if not q.closed:
                     self._parts[q] = None
         return parked
+
+
+# A forked child has none of the parent's threads: a list lock one of them
+# held at the fork would never be released there.
+_ALL: "weakref.WeakSet[OpenPartitions]" = weakref.WeakSet()
+
+
+def _new_locks_in_child() -> None:
+    for lru in list(_ALL):
+        lru._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_locks_in_child)
