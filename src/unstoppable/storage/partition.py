@@ -35,6 +35,7 @@ from unstoppable._core.segment import (
     read_batches,
     read_records,
     time_index_below,
+    unlock_file,
 )
 from unstoppable.errors import (
     CorruptLogError,
@@ -46,7 +47,6 @@ from unstoppable.errors import (
     is_disk_full,
     too_many_open_files,
 )
-from unstoppable._core.segment import unlock_file
 from unstoppable.storage._fs import O_CLOEXEC, open_readonly, try_flock
 from unstoppable.storage.appender import (
     RESERVE_MIN,
