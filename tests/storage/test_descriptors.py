@@ -202,3 +202,37 @@ def test_max_open_partitions_is_checked(tmp_path):
             us.Log(tmp_path / "log", max_open_partitions=bad)
     assert default_max_open_partitions(1024) == 128
     assert default_max_open_partitions(16) == 8
+
+
+def test_a_consumer_of_many_partitions_stays_within_the_bound(tmp_path):
+    """A consumer reading (and waiting on) 100 partitions with room for 8
+    open: every record arrives, including ones appended while it waits, and
+    waiting keeps nothing open past the bound."""
+    import asyncio
+    with us.Log(tmp_path / "log", max_open_partitions=8) as log:
+        t = log.create_topic("t", partitions=100)
+        for i in range(100):
+            t.partition(i).append([b"%d" % i])
+
+        async def main():
+            got = set()
+            most = 0
+            async with us.Consumer(log, "t") as c:
+                while len(got) < 100:
+                    for recs in (await c.getmany(timeout_ms=100)).values():
+                        got.update(bytes(r.value) for r in recs)
+                    most = max(most, log.open_partitions)
+                # Appends while it waits in getmany wake it.
+                loop = asyncio.get_running_loop()
+                loop.call_later(0.05, lambda: [t.partition(i).append([b"late%d" % i])
+                                               for i in range(0, 100, 10)])
+                while len(got) < 110:
+                    for recs in (await c.getmany(timeout_ms=2000)).values():
+                        got.update(bytes(r.value) for r in recs)
+                    most = max(most, log.open_partitions)
+            return got, most
+
+        got, most = asyncio.run(asyncio.wait_for(main(), 60))
+        assert got == {b"%d" % i for i in range(100)} | {b"late%d" % i for i in range(0, 100, 10)}
+        assert most <= 8 and log.open_partitions <= 8
+        assert log._open_partitions.parked >= 90
