@@ -6,6 +6,7 @@ import asyncio
 import datetime as _dt
 import json
 import os
+import sys
 
 _EXIT_USAGE = 2
 _EXIT_ERROR = 1
@@ -86,23 +87,36 @@ def _log_path(args) -> str:
     return path
 
 
-def _open_log(args, *, create: bool = False):
-    """The embedded log of --log (a directory that must hold a log, unless ``create``)."""
+def _open_log(args, *, create: bool = False, writes: str | None = None):
+    """The embedded log of --log (a directory that must hold a log, unless
+    ``create``). A log that opened read-only (``readonly_reason``) is said
+    so in one line on stderr; a command that ``writes`` (what it does, for
+    the message) fails on it at once with ReadOnlyLogError's message."""
     import unstoppable as us
     path = _log_path(args)
     if not create and not os.path.isdir(path):
         raise CLIError(f"no log at {path}")
-    return us.Log(path, create=create)
+    log = us.Log(path, create=create)
+    if log.readonly:
+        if writes is not None:
+            try:
+                log.check_writable(writes)
+            finally:
+                log.close()
+        print(f"unstoppable: log {log.path} is read-only ({log.readonly_reason}): "
+              f"reading only", file=sys.stderr)
+    return log
 
 
-def _run_on_log(args, work, *, create: bool = False):
+def _run_on_log(args, work, *, create: bool = False, writes: str | None = None):
     """Run ``await work(log)`` on the log of --log: the embedded log (made
     if missing when ``create``), or a JetStream cluster for nats:// and
-    tls:// URLs (connected inside the event loop that uses it)."""
+    tls:// URLs (connected inside the event loop that uses it). ``writes``
+    says what the command writes (see :func:`_open_log`)."""
     import unstoppable as us
     url = _log_url(args)
     if not _is_remote(url):
-        with _open_log(args, create=create) as log:
+        with _open_log(args, create=create, writes=writes) as log:
             return asyncio.run(work(log))
 
     async def remote():
@@ -114,7 +128,7 @@ def _run_on_log(args, work, *, create: bool = False):
     return asyncio.run(remote())
 
 
-def _run_admin(args, work, *, create: bool = False):
+def _run_admin(args, work, *, create: bool = False, writes: str | None = None):
     """Run ``await work(admin)`` with the :class:`unstoppable.admin.Admin`
     of the log of --log (either backend)."""
     from unstoppable.admin import admin_for
@@ -125,7 +139,7 @@ def _run_admin(args, work, *, create: bool = False):
             return await work(admin)
         finally:
             await admin.close()
-    return _run_on_log(args, with_admin, create=create)
+    return _run_on_log(args, with_admin, create=create, writes=writes)
 
 
 def _topic(log, name: str):

@@ -55,7 +55,8 @@ def _cmd_consume(args, tail: bool = False) -> int:
         _check_to(args, specs, stops)
     session = _Session(args, codec, tail, specs, render, stops)
     try:
-        _run_on_log(args, session.run)
+        _run_on_log(args, session.run, writes=None if session.group is None else
+                    f"consume as group {session.group!r} (it commits)")
     except KeyboardInterrupt:
         return 130
     finally:

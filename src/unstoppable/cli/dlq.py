@@ -44,7 +44,8 @@ def _cmd_dlq(args) -> int:
                 raise CLIError(f"bad dead-letter id {i!r}: write PARTITION/OFFSET", _EXIT_USAGE)
             which.append((int(a), int(b)))
     try:
-        done = _run_on_log(args, lambda log: dl.redrive(log, args.topic, which))
+        done = _run_on_log(args, lambda log: dl.redrive(log, args.topic, which),
+                           writes="redrive dead letters")
     except KeyError as e:
         raise CLIError(str(e.args[0])) from None
     skipped = sorted(set(which or ()) - {(d.partition, d.offset) for d, _ in done})

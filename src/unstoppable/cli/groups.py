@@ -161,7 +161,8 @@ def _cmd_reset(args) -> int:
         if not args.dry_run:
             await admin.set_committed_offsets(args.group, {(t, p): new for t, p, _o, new in plan})
         return plan
-    plan = _run_admin(args, work)
+    plan = _run_admin(args, work, writes=None if args.dry_run else
+                      f"reset the offsets of group {args.group!r}")
     if args.json:
         _emit({"group": args.group, "dry_run": args.dry_run,
                "offsets": [{"topic": t, "partition": p, "old": o, "new": n} for t, p, o, n in plan]})
@@ -176,7 +177,8 @@ def _cmd_reset(args) -> int:
 
 
 def _cmd_delete(args) -> int:
-    _run_admin(args, lambda admin: admin.delete_group(args.group))
+    _run_admin(args, lambda admin: admin.delete_group(args.group),
+               writes=f"delete group {args.group!r}")
     if args.json:
         _emit({"group": args.group, "deleted": True})
     else:

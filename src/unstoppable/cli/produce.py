@@ -232,7 +232,7 @@ def _cmd_produce(args) -> int:
     _check_args(args, codec)
     run = _Producing(args, _RecordMaker(args, codec))
     try:
-        _run_on_log(args, run.run)
+        _run_on_log(args, run.run, writes=f"produce to topic {args.topic!r}")
     except KeyboardInterrupt:
         run.bar.close()
         print(f"unstoppable: interrupted: {_n(run.total, 'record')} of {args.topic!r} acknowledged "

@@ -78,7 +78,7 @@ def _cmd_create(args) -> int:
                                "pass --if-not-exists to accept an existing topic")
             return _description(await admin.describe_topic(args.name))
         return _description(await admin.create_topic(args.name, args.partitions, **cfg))
-    info = _run_admin(args, create, create=True)
+    info = _run_admin(args, create, create=True, writes=f"create topic {args.name!r}")
     if args.json:
         _emit(info)
     else:
@@ -92,7 +92,7 @@ def _cmd_delete(args) -> int:
             return False
         await admin.delete_topic(args.name)
         return True
-    deleted = _run_admin(args, delete)
+    deleted = _run_admin(args, delete, writes=f"delete topic {args.name!r}")
     if args.json:
         _emit({"name": args.name, "deleted": deleted})
     else:
@@ -107,7 +107,7 @@ def _cmd_alter_config(args) -> int:
 
     async def alter(admin):
         return _description(await admin.alter_topic_config(args.name, **cfg))
-    info = _run_admin(args, alter)
+    info = _run_admin(args, alter, writes=f"alter topic {args.name!r}")
     if args.json:
         _emit(info)
     else:

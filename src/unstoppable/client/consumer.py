@@ -24,7 +24,12 @@ Groups
     is counted out and its partitions move to the others, although its process
     still holds its locks; when it wakes, it learns which partitions it
     lost before handing out more records, and its commits for them fail with
-    FencedMemberError (nothing is stored). A member gives a partition up only at a *safe point*, the start of
+    FencedMemberError (nothing is stored). A member whose loop runs (so it
+    heartbeats) but whose application has not called ``getmany`` or reached
+    the end of a batch in ``async for`` for ``max_poll_interval_ms`` (Kafka's
+    ``max.poll.interval.ms``, default 300,000) leaves the group: its
+    partitions go to the others at once, its commits for them fail with
+    FencedMemberError, and its next poll joins the group again. A member gives a partition up only at a *safe point*, the start of
     the next ``getmany`` or ``__anext__`` call, after the application has
     finished with what it was handed: first ``on_assignment_change`` is told
     (so it can commit), then auto-commit runs (if enabled), then the lock is
@@ -102,6 +107,12 @@ class Consumer:
       before the others take its partitions (None: the backend's default,
       ``storage.membership.SESSION_TIMEOUT_MS`` = 10 s on the embedded log, the
       lease TTL on JetStream). Must exceed ``membership_poll_ms``.
+    * ``max_poll_interval_ms``: the longest the application may go between
+      polls (the return of one ``getmany``, or of the ``__anext__`` that
+      fetched a batch, and the next such call) before this member leaves
+      the group; the next poll rejoins (default 300,000, as Kafka's
+      ``max.poll.interval.ms``; None: no limit). Time spent waiting inside
+      ``getmany`` counts as polling. Must exceed ``membership_poll_ms``.
     * ``key_deserializer``/``value_deserializer``: a callable ``bytes -> obj``
       or a codec (an object with ``decode``); with either, records are
       :class:`ConsumerRecord` tuples holding the decoded key and value (None
@@ -115,6 +126,7 @@ class Consumer:
                  on_assignment_change: Callable | None = None, max_poll_records: int = 500,
                  fetch_max_bytes: int = 1 << 20, membership_poll_ms: float = 100,
                  session_timeout_ms: float | None = None,
+                 max_poll_interval_ms: float | None = 300_000,
                  key_deserializer=None, value_deserializer=None):
         if isinstance(topics, (str, TopicPartition)):
             topics = [topics]
@@ -157,6 +169,16 @@ class Consumer:
             raise ValueError(f"session_timeout_ms must be a number greater than membership_poll_ms "
                              f"({membership_poll_ms}), got {session_timeout_ms!r}")
         self._session_timeout_ms = session_timeout_ms
+        if max_poll_interval_ms is not None and (
+                isinstance(max_poll_interval_ms, bool)
+                or not isinstance(max_poll_interval_ms, (int, float))
+                or not max_poll_interval_ms > membership_poll_ms):
+            raise ValueError(f"max_poll_interval_ms must be None or a number greater than "
+                             f"membership_poll_ms ({membership_poll_ms}), got {max_poll_interval_ms!r}")
+        self._max_poll_interval = None if max_poll_interval_ms is None else max_poll_interval_ms / 1000.0
+        self._in_poll = 0               # getmany/__anext__ fetches under way
+        self._last_app_poll = 0.0       # loop time the last of them returned
+        self._left_for_poll = False     # left the group: no poll within max_poll_interval_ms
         self._last_member_poll = 0.0
         self._pending_lost: set = set()
         self._fenced: set = set()       # lost to a takeover and not assigned again since
@@ -212,6 +234,7 @@ class Consumer:
         except BaseException:
             await self._leave()
             raise
+        self._last_app_poll = self._loop.time()
         self._bg_task = self._loop.create_task(self._membership_loop())
         return self
 
@@ -276,6 +299,15 @@ class Consumer:
         return await self._next_slow()
 
     async def _next_slow(self):
+        self._in_poll += 1
+        try:
+            return await self._next_batch()
+        finally:
+            self._in_poll -= 1
+            if self._loop is not None:
+                self._last_app_poll = self._loop.time()
+
+    async def _next_batch(self):
         if not self._started and not self._closed:
             await self.start()
         while True:
@@ -303,6 +335,14 @@ class Consumer:
         if not self._started:
             await self.start()
         self._check()
+        self._in_poll += 1
+        try:
+            return await self._getmany(partitions, max_records, timeout_ms)
+        finally:
+            self._in_poll -= 1
+            self._last_app_poll = self._loop.time()
+
+    async def _getmany(self, partitions, max_records, timeout_ms) -> dict:
         limit = self.max_poll_records if max_records is None else max_records
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError(f"max_records must be an int >= 1, got {max_records!r}")
@@ -440,8 +480,8 @@ class Consumer:
                 if tp in self._fenced:
                     raise FencedMemberError(
                         f"cannot commit {tp.topic}/{tp.partition}: this member of group "
-                        f"{self._group!r} went silent for longer than its session timeout and "
-                        f"another member took the partition over; nothing was committed")
+                        f"{self._group!r} lost it (silent for longer than its session timeout, "
+                        f"or no poll within max_poll_interval_ms); nothing was committed")
                 if st is None:
                     raise CommitError(f"cannot commit {tp.topic}/{tp.partition}: it is not assigned "
                                       f"to this member of group {self._group!r}")
@@ -468,8 +508,8 @@ class Consumer:
             tp = min(fenced)
             raise FencedMemberError(
                 f"cannot commit {tp.topic}/{tp.partition}: this member of group {self._group!r} "
-                f"went silent for longer than its session timeout and the partition was taken "
-                f"over; nothing was committed")
+                f"lost it (silent for longer than its session timeout, or no poll within "
+                f"max_poll_interval_ms); nothing was committed")
         if self._member is not None:
             await self._member.commit(self._store, self._group, offsets)
         else:
@@ -643,6 +683,12 @@ class Consumer:
         try:
             while not self._closed:
                 await asyncio.sleep(self._membership_poll)
+                if self._member is None:
+                    continue  # left for want of polls: the next poll rejoins
+                if (self._max_poll_interval is not None and not self._in_poll
+                        and self._loop.time() - self._last_app_poll > self._max_poll_interval):
+                    await self._leave_for_max_poll()
+                    continue
                 if await self._poll_membership():
                     if self._interrupt is not None and not self._interrupt.done():
                         self._interrupt.set_result(None)
@@ -653,12 +699,36 @@ class Consumer:
             if self._interrupt is not None and not self._interrupt.done():
                 self._interrupt.set_result(None)
 
+    async def _leave_for_max_poll(self) -> None:
+        """The application has not polled for ``max_poll_interval_ms``: leave
+        the group, so the others take its partitions now (as Kafka's
+        consumer does). Every partition held counts as lost: commits for it
+        raise FencedMemberError, and the next safe point reports it revoked
+        and joins the group again."""
+        held = set(self._held)
+        self._pending_lost |= held
+        self._fenced |= held
+        self._pos.stop(held)
+        self._pending_assign.clear()
+        self._pending_revoke.clear()
+        self._left_for_poll = True
+        await self._leave()
+
+    async def _rejoin(self) -> None:
+        self._left_for_poll = False
+        kw = {} if self._session_timeout_ms is None else {
+            "session_timeout_ms": self._session_timeout_ms}
+        self._member = await self._backend.join_group(self._group, self._topics, **kw)
+        await self._poll_membership()
+
     async def _safe_point(self) -> None:
         """Everything handed out before this call is handled: apply group
         changes and auto-commit."""
         if self._bg_error is not None:
             e, self._bg_error = self._bg_error, None
             raise e
+        if self._left_for_poll and not self._closed:
+            await self._rejoin()
         m = self._member
         if (m is not None and m.session_timeout is not None
                 and self._loop.time() - self._last_member_poll > m.session_timeout / 2):

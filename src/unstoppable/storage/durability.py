@@ -38,6 +38,7 @@ import weakref
 
 from unstoppable._core.segment import LoopSyncer, dup_fd, sync_files
 from unstoppable.errors import LogClosedError, UnstoppableError
+from unstoppable.storage._fs import O_CLOEXEC
 
 __all__ = ["DurableState", "CommitRounds", "ThreadCommitter", "LoopCommitter", "Flusher", "WAIT"]
 
@@ -53,18 +54,22 @@ class DurableState:
 
     ``lock`` and ``flock`` are the partition's in-process and append locks;
     ``state()`` reads the head (repairing it if need be) and
-    ``locked_state()`` does so with both locks held; the partition owns the
-    directory descriptor ``dirfd`` until :meth:`close`.
+    ``locked_state()`` does so with both locks held. ``dirpath`` is the
+    partition's directory: a round that must fsync it opens it (in
+    :meth:`plan`, so running out of descriptors fails that round, never the
+    partition) and keeps the descriptor until :meth:`release_dir`.
     """
 
-    def __init__(self, topic: str, index: int, dirfd: int, lock, flock, head, catalog,
+    def __init__(self, topic: str, index: int, dirpath: str, lock, flock, head, catalog,
                  state, locked_state):
         self.topic = topic
         self.index = index
         self.durable_end = 0       # offsets below are known on stable storage
         self.failed: BaseException | None = None  # a failed fdatasync: refuses writes for good
         self.closed = False
-        self._dirfd = dirfd
+        self._dirpath = dirpath
+        self._dirfd = -1
+        self.in_flight = 0         # rounds planned whose result() has not run yet
         self._dir_synced = False
         self._lock = lock
         self._flock = flock
@@ -116,6 +121,9 @@ class DurableState:
                         or st.ckpt_base not in bases):
                     catalog.refresh(st)
                     bases = catalog.bases
+                if self._dirfd < 0 and (st.active_base != st.ckpt_base
+                                        or not self._dir_synced):
+                    self._dirfd = os.open(self._dirpath, os.O_RDONLY | os.O_DIRECTORY | O_CLOEXEC)
                 # Duplicated: they outlive the segment (retention, OPEN_SEGMENTS).
                 fds = []
                 try:
@@ -134,6 +142,7 @@ class DurableState:
                     for fd in fds:
                         os.close(fd)
                     raise
+                self.in_flight += 1
                 return st, fds
 
     def note_synced(self) -> None:
@@ -149,6 +158,18 @@ class DurableState:
         may have dropped the dirty pages, so a retry could report success
         for lost data (PostgreSQL's "fsyncgate")."""
         failed = [e for e in errnos if e]
+        try:
+            self._result(st, failed)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def abandoned(self) -> None:
+        """A planned round that never synced (its result will not come)."""
+        with self._lock:
+            self.in_flight -= 1
+
+    def _result(self, st, failed) -> None:
         try:
             if failed:
                 raise OSError(failed[0], f"fdatasync of {self.topic}/{self.index}: "
@@ -174,10 +195,21 @@ class DurableState:
                 self._head.write(cur)
         return st.end_offset
 
+    def release_dir(self) -> bool:
+        """Close the directory descriptor unless a round is in flight (partition
+        lock held): whether it is closed now (a round opens it again)."""
+        if self.in_flight:
+            return False
+        self._close_dir()
+        return True
+
     def close(self) -> None:
         """Mark closed (requests still waiting get LogClosedError) and close
         the directory descriptor."""
         self.closed = True
+        self._close_dir()
+
+    def _close_dir(self) -> None:
         fd, self._dirfd = self._dirfd, -1
         if fd >= 0:
             try:
@@ -440,6 +472,8 @@ class ThreadCommitter:
         except BaseException:
             for fd in fds:  # it raised before touching them
                 os.close(fd)
+            for ds, _, _ in plans:
+                ds.abandoned()
             raise
         finish_round(plans, errnos)
 
@@ -523,6 +557,8 @@ class LoopCommitter:
                 sy.submit(fds)  # owns the descriptors from here on
             except Exception as e:
                 self._rounds.failed_to_start(no, {ds: e for ds, _, _ in plans})
+                for ds, _, _ in plans:
+                    ds.abandoned()
             else:
                 self._busy[sy] = plans
                 started = True

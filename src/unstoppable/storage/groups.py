@@ -67,6 +67,7 @@ rename); readers notice the new inode and reload.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import struct
 import threading
@@ -246,6 +247,15 @@ class OffsetsFile:
             fd = os.open(self.path, os.O_RDWR | O_CLOEXEC)
         except FileNotFoundError:
             return False
+        except (PermissionError, OSError) as e:
+            # A read-only log (a read-only mount, another user's files):
+            # reading the offsets needs no write access; a commit would fail.
+            if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            try:
+                fd = os.open(self.path, os.O_RDONLY | O_CLOEXEC)
+            except FileNotFoundError:
+                return False
         self._fd = fd
         self._ino = os.fstat(fd).st_ino
         self._offsets.clear()

@@ -37,6 +37,7 @@ from unstoppable.storage import admin
 from unstoppable.storage._fs import Flock
 from unstoppable.storage.compaction import BackgroundCleaner, CleanResult, clean_partition
 from unstoppable.storage.durability import Flusher, ThreadCommitter
+from unstoppable.storage.open_partitions import OpenPartitions
 from unstoppable.storage.partition import Partition, PartitionServices
 from unstoppable.storage.producer_ids import ProducerEpochs
 from unstoppable.storage.verify import VerifyReport, verify
@@ -180,7 +181,7 @@ def normalize_cleanup_policy(value) -> str:
 
 
 class Log:
-    """Log(path, *, create=True, readonly=False)
+    """Log(path, *, create=True, readonly=False, max_open_partitions=None)
 
     Open (or create) an embedded, durable, partitioned event log in the
     directory ``path``. Any number of processes may open the same directory.
@@ -194,10 +195,19 @@ class Log:
     disk. A log whose directory cannot be written (EACCES, EPERM, EROFS: a
     read-only mount, another user's files) opens read-only on its own;
     :attr:`readonly` and ``repr()`` say so, and :attr:`readonly_reason` why.
+
+    ``max_open_partitions`` bounds the partitions that hold descriptors at
+    once (4 each, plus 3 per sealed segment being read): past it, the least
+    recently used idle partition lets go of its files and opens them again,
+    transparently, when next used (storage/open_partitions.py). None (the
+    default) is RLIMIT_NOFILE's soft limit / 8, read again as partitions
+    open: 128 under ``ulimit -n 1024``.
     """
 
-    def __init__(self, path, *, create: bool = True, readonly: bool = False):
+    def __init__(self, path, *, create: bool = True, readonly: bool = False,
+                 max_open_partitions: int | None = None):
         self.path = os.path.abspath(os.fspath(path))
+        self._open_partitions = OpenPartitions(max_open_partitions)
         self._closed = False
         self._topics: dict[str, Topic] = {}
         self._lock = threading.RLock()
@@ -226,7 +236,8 @@ class Log:
                                     f"({errno.errorcode.get(e.errno, e.errno)}: {e.strerror})")
         self._producer_epochs = ProducerEpochs(self.path)
         self._services = PartitionServices(self._group_commit, self._flusher, self._writer,
-                                           self.readonly, self._producer_epochs)
+                                           self.readonly, self._producer_epochs,
+                                           self._open_partitions)
         if self._meta_lock is not None:
             with self._meta_lock:
                 admin.clear_staging(self._staging_dir)
@@ -234,6 +245,18 @@ class Log:
     def _open_readonly(self, reason: str) -> None:
         admin.open_log_dir_readonly(self.path)
         self._readonly_reason = reason
+
+    @property
+    def max_open_partitions(self) -> int:
+        """How many partitions may hold descriptors at once (see the class
+        docstring); idle ones past it are let go, least recently used first."""
+        return self._open_partitions.bound
+
+    @property
+    def open_partitions(self) -> int:
+        """How many partitions hold descriptors now (busy ones may take this
+        past :attr:`max_open_partitions` for a while)."""
+        return len(self._open_partitions)
 
     @property
     def readonly(self) -> bool:
@@ -498,16 +521,27 @@ class Topic:
                 p = self._partitions[i]
                 if p is None:
                     self._log._check_open()
-                    try:
-                        p = Partition(self.name, i, os.path.join(self.path, str(i)),
-                                      self.config, self._log._services)
-                    except OSError as e:
-                        err = too_many_open_files(e, f"opening partition {self.name}/{i}")
-                        if err is None:
-                            raise
-                        raise err from None
+                    p = self._open_partition(i)
                     self._partitions[i] = p
+                    self._log._open_partitions.opened(p)
         return p
+
+    def _open_partition(self, i: int) -> Partition:
+        """Open partition ``i``. Out of descriptors, every idle partition of
+        the log lets go of its files and the open is tried once more; then
+        TooManyOpenFilesError names the limit."""
+        path = os.path.join(self.path, str(i))
+        for attempt in (0, 1):
+            try:
+                return Partition(self.name, i, path, self.config, self._log._services)
+            except OSError as e:
+                err = too_many_open_files(e, f"opening partition {self.name}/{i}")
+                if err is None:
+                    raise
+                if attempt == 0 and self._log._open_partitions.park_idle():
+                    continue
+                raise err from None
+        raise AssertionError("unreachable")
 
     def __iter__(self) -> Iterator[Partition]:
         return (self.partition(i) for i in range(self.config.partitions))

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Callable, Iterable, NamedTuple
+from typing import Callable, Iterable, NamedTuple, NoReturn
 
 from unstoppable._core.batch import BatchEncoder, RecordBatch
 from unstoppable.compression import codec_id
@@ -35,6 +35,7 @@ from unstoppable._core.segment import (
     read_batches,
     read_records,
     time_index_below,
+    unlock_file,
 )
 from unstoppable.errors import (
     CorruptLogError,
@@ -44,9 +45,16 @@ from unstoppable.errors import (
     ReadOnlyLogError,
     UnstoppableError,
     is_disk_full,
+    too_many_open_files,
 )
-from unstoppable.storage._fs import O_CLOEXEC, Flock, open_readonly
-from unstoppable.storage.appender import STREAM_MIN, Appender, give_back_reserved
+from unstoppable.storage._fs import O_CLOEXEC, open_readonly, try_flock
+from unstoppable.storage.appender import (
+    RESERVE_MIN,
+    RESERVE_OFF,
+    STREAM_MIN,
+    Appender,
+    give_back_reserved,
+)
 from unstoppable.storage.compaction import (
     finish_swaps,
     keychecked,
@@ -54,6 +62,7 @@ from unstoppable.storage.compaction import (
     refuse_keyless_encoded,
 )
 from unstoppable.storage.durability import DurableState
+from unstoppable.storage.open_partitions import AppendLock
 from unstoppable.storage.producer_state import ProducerStateTable
 from unstoppable.storage.readonly import recover_readonly
 from unstoppable.storage.recovery import Recovery, now_ms, recover
@@ -69,13 +78,15 @@ class PartitionServices(NamedTuple):
     """What a partition uses of its log: the thread group commit, the
     flusher thread, ``writer()``, the C writer thread of pipelined appends,
     whether the log is read-only, and the current epoch of each producer id
-    (``ProducerEpochs``, for fencing)."""
+    (``ProducerEpochs``, for fencing), and the log's bound on open
+    partitions (``open_partitions.OpenPartitions``, or None for none)."""
 
     group_commit: object
     flusher: object
     writer: Callable
     readonly: bool = False
     producer_epochs: object = None
+    open_partitions: object = None
 
 
 class Partition:
@@ -103,15 +114,19 @@ class Partition:
         self._flock = None
         self._headfd = -1
         self._catalog = None
-        self.durability = None
+        self._durability = None
+        # The log's bound on open partitions (storage/open_partitions.py):
+        # ``_cold`` is its CLOCK mark, cleared by any use; ``_parked`` says
+        # this partition let go of its descriptors (they open again on use).
+        self._cold = False
+        self._parked = False
         self._readonly = services.readonly
         if self._readonly:
             self._open_readonly()
             return
         os.makedirs(path, exist_ok=True)
-        dirfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | O_CLOEXEC)
         try:
-            self._flock = Flock(os.path.join(path, "lock"))
+            self._flock = AppendLock(os.path.join(path, "lock"), on_reopen=self._reopened)
             self._headfd = os.open(os.path.join(path, "head"),
                                    os.O_RDWR | os.O_CREAT | O_CLOEXEC, 0o644)
             with self._flock:
@@ -125,34 +140,32 @@ class Partition:
                 self._catalog = SegmentCatalog(path, f"{topic}/{index}", config, self._lock,
                                                self._flock, self._head)
                 finish_swaps(path)  # a compaction's swap a crash interrupted
+                self._catalog.on_open = self._reopened
                 self.recovery = recover(self._head, self._catalog, config, topic)
         except BaseException as e:
-            os.close(dirfd)
             self._close_files()
             if isinstance(e, OSError) and is_disk_full(e):
                 raise DiskFullError(e.errno, f"no space to open {self.topic}/{self.index}: "
                                              f"{os.strerror(e.errno)}") from None
             raise
-        # Owns the directory descriptor from here on (fsynced after new segments).
-        self.durability = DurableState(topic, index, dirfd, self._lock, self._flock, self._head,
-                                       self._catalog, self._state, self._locked_state)
+        self._durability = DurableState(topic, index, path, self._lock, self._flock, self._head,
+                                        self._catalog, self._state, self._locked_state)
         self._appender = Appender(topic, index, config, self._head, self._catalog,
                                   self._producers, self._flock, self._locked_state,
                                   self._after_roll, self._listeners, services.writer)
-        self.durability.durable_end = self._head.read().ckpt_end_offset
+        self._durability.durable_end = self._head.read().ckpt_end_offset
 
     def _open_readonly(self) -> None:
         """Open without writing anything: the head is mapped copy-on-write
         (an in-memory one when the file is missing) and recovered in memory
         (storage/readonly.py)."""
-        try:
-            dirfd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | O_CLOEXEC)
-        except FileNotFoundError:
+        if not os.path.isdir(self.path):
             raise CorruptLogError(f"the directory of partition {self.topic}/{self.index} "
                                   f"is missing: {self.path}", topic=self.topic,
-                                  partition=self.index) from None
+                                  partition=self.index)
         try:
-            self._flock = Flock(os.path.join(self.path, "lock"), readonly=True)
+            self._flock = AppendLock(os.path.join(self.path, "lock"), readonly=True,
+                                     on_reopen=self._reopened)
             self._headfd = open_readonly(os.path.join(self.path, "head"), missing_ok=True,
                                          min_size=HEAD_FILE_SIZE)
             with self._flock:
@@ -162,16 +175,16 @@ class Partition:
                                                self._config, self._lock, self._flock,
                                                self._head)
                 self._catalog.readonly = True
+                self._catalog.on_open = self._reopened
                 self.recovery = recover_readonly(self._head, self._catalog, self.topic)
         except BaseException:
-            os.close(dirfd)
             self._close_files()
             raise
-        self.durability = DurableState(self.topic, self.index, dirfd, self._lock, self._flock,
-                                       self._head, self._catalog, self._state,
-                                       self._locked_state)
+        self._durability = DurableState(self.topic, self.index, self.path, self._lock,
+                                        self._flock, self._head, self._catalog, self._state,
+                                        self._locked_state)
         self._appender = None
-        self.durability.durable_end = self._head.read().ckpt_end_offset
+        self._durability.durable_end = self._head.read().ckpt_end_offset
 
     @property
     def readonly(self) -> bool:
@@ -223,12 +236,19 @@ class Partition:
     @property
     def catalog(self) -> SegmentCatalog:
         """The partition's segments and what is known of the sealed ones."""
+        self._cold = False
         return self._catalog
+
+    @property
+    def durability(self) -> DurableState:
+        """The partition's :class:`~unstoppable.storage.durability.DurableState`."""
+        self._cold = False
+        return self._durability
 
     @property
     def closed(self) -> bool:
         """Whether the partition is closed (the log closed or the topic was deleted)."""
-        return self.durability.closed
+        return self._durability.closed
 
     @property
     def deleted(self) -> bool:
@@ -238,16 +258,18 @@ class Partition:
 
     @property
     def _closed(self) -> bool:
-        return self.durability.closed
+        return self._durability.closed
 
     @_closed.setter
     def _closed(self, value: bool) -> None:
-        self.durability.closed = value
+        self._durability.closed = value
 
     def _check_open(self):
-        if self.durability.closed:
+        if self._cold:  # (the one cost of the open-partition bound on the hot paths)
+            self._cold = False
+        if self._durability.closed:
             raise LogClosedError(f"partition {self.topic}/{self.index} is closed")
-        failed = self.durability.failed
+        failed = self._durability.failed
         if failed is not None:
             raise UnstoppableError(
                 f"partition {self.topic}/{self.index} failed earlier and refuses writes "
@@ -316,7 +338,7 @@ class Partition:
         while True:
             if offset == st.end_offset:
                 return []
-            seg = self._catalog.find(offset, st, self._state)
+            seg = self._segment_for(offset, st)
             limit, oi_n, _ = self._catalog.limits(seg, st)
             gaps = self._catalog.gaps
             try:
@@ -347,7 +369,7 @@ class Partition:
         while True:
             if offset == st.end_offset:
                 return []
-            seg = self._catalog.find(offset, st, self._state)
+            seg = self._segment_for(offset, st)
             limit, oi_n, _ = self._catalog.limits(seg, st)
             gaps = self._catalog.gaps
             try:
@@ -359,6 +381,14 @@ class Partition:
             if batches or not gaps:
                 return batches
             offset = self._after_gap(seg, st)  # compacted away up to the segment's end
+
+    def _segment_for(self, offset: int, st) -> Segment:
+        """The segment holding ``offset``; a find that ran out of descriptors
+        parks idle partitions and tries once more (storage/open_partitions.py)."""
+        try:
+            return self._catalog.find(offset, st, self._state)
+        except OSError as e:
+            return self._find_again(e, offset, st)
 
     def _after_gap(self, seg: Segment, st) -> int:
         """Where reading goes on after a compacted segment that has nothing
@@ -462,7 +492,10 @@ class Partition:
             refuse_keyless(records, self.topic)
         if producer_id < 0 and isinstance(records, (list, tuple)) and len(records) >= STREAM_MIN:
             with self._lock:
-                base, end = self._appender.append_stream(records, ts, codec=codec)
+                try:
+                    base, end = self._appender.append_stream(records, ts, codec=codec)
+                except OSError as e:
+                    self._raise_files_error(e, "appending to")
         else:
             with self._lock:
                 enc = self._appender.encoder
@@ -479,7 +512,10 @@ class Partition:
                     idem = (producer_id, producer_epoch, base_sequence, enc.records)
                 if codec:
                     enc.compress(codec)
-                base, end = self._appender.write_encoded(enc, idem=idem)
+                try:
+                    base, end = self._appender.write_encoded(enc, idem=idem)
+                except OSError as e:
+                    self._raise_files_error(e, "appending to")
                 if enc.nbytes > (8 << 20):
                     enc.clear()
                     enc.shrink()
@@ -499,7 +535,10 @@ class Partition:
             if encoder.records == 0:
                 end = self._state().end_offset
                 return end, end
-            result = self._appender.write_encoded(encoder)
+            try:
+                result = self._appender.write_encoded(encoder)
+            except OSError as e:
+                self._raise_files_error(e, "appending to")
         if acks == "fsync":
             self.wait_durable(result[1])
         return result
@@ -520,7 +559,10 @@ class Partition:
         if self._config.compacted:
             encoders = keychecked(encoders, self.topic)
         with self._lock:
-            base, end = self._appender.append_stream(source, ts, tuple(encoders))
+            try:
+                base, end = self._appender.append_stream(source, ts, tuple(encoders))
+            except OSError as e:
+                self._raise_files_error(e, "appending to")
         if acks == "fsync":
             self.wait_durable(end)
         return base
@@ -584,7 +626,7 @@ class Partition:
         for event loops: it shares the log's group commit, and the callback
         runs on the log's sync thread, so it must only hand the result over
         (``loop.call_soon_threadsafe``)."""
-        self.durability.check_written(end_offset)
+        self._durability.check_written(end_offset)
         self._services.group_commit.request(self.durability, end_offset, callback)
 
     def flush(self) -> None:
@@ -600,22 +642,128 @@ class Partition:
     def close(self) -> None:
         """fsync what this partition holds (the clean-shutdown marker: the
         checkpoint reaches the end) and release files."""
-        if self.durability.closed:
+        if self._durability.closed:
             return
         try:
             st = self._head.read()
-            if self.durability.failed is None and st is not None and not self._readonly \
+            if self._durability.failed is None and st is not None and not self._readonly \
                     and not st.flags & HEAD_FLAG_DELETED:
                 self.wait_durable(st.end_offset)
                 self._give_back_reserved()
         finally:
-            self.durability.closed = True
+            self._durability.closed = True
+            self._forget()
             self._close_files()
 
     def abandon(self) -> None:
         """Close without syncing (the topic was deleted): release files."""
-        self.durability.closed = True
+        self._durability.closed = True
+        self._forget()
         self._close_files()
+
+    def _forget(self) -> None:
+        lru = self._services.open_partitions
+        if lru is not None:
+            lru.closed(self)
+
+    # ------------------------------------- the log's bound on open partitions
+
+    def _raise_files_error(self, e: OSError, doing: str) -> NoReturn:
+        """Raise ``e``, as TooManyOpenFilesError naming the limit when it is
+        EMFILE/ENFILE; then every idle partition of the log has let go of its
+        files first, so that the next attempt can succeed."""
+        err = too_many_open_files(e, f"{doing} partition {self.topic}/{self.index}")
+        if err is None:
+            raise e
+        lru = self._services.open_partitions
+        if lru is not None:
+            lru.park_idle(keep=self)
+        raise err from None
+
+    def _find_again(self, e: OSError, offset: int, st) -> Segment:
+        """A read that ran out of descriptors opening a segment: once more,
+        with every idle partition's files let go."""
+        lru = self._services.open_partitions
+        if too_many_open_files(e, "") is None or lru is None or not lru.park_idle(keep=self):
+            self._raise_files_error(e, "reading")
+        try:
+            return self._catalog.find(offset, st, self._state)
+        except OSError as e2:
+            self._raise_files_error(e2, "reading")
+            raise
+
+    def _reopened(self) -> None:
+        """This partition opened a descriptor (a segment's files, its append
+        lock): if it was parked, it counts as open again."""
+        if self._parked:
+            self._parked = False
+            lru = self._services.open_partitions
+            if lru is not None and not self._durability.closed:
+                lru.opened(self)
+
+    @property
+    def parked(self) -> bool:
+        """Whether this partition has let go of its descriptors to keep the
+        log within ``max_open_partitions`` (it reopens them on next use)."""
+        return self._parked
+
+    def _park(self) -> bool:
+        """Let go of every descriptor and segment mapping, if idle: nobody
+        in this process in one of its locked sections (this thread
+        included), no durability round in flight. (A consumer waiting on it
+        needs none of them: listeners, inotify and the change counter in the
+        mapped head carry on.)
+        Returns whether it did. The head stays mapped (no descriptor), and
+        so do the segment facts and the producer state: reopening is a few
+        ``open()`` calls, never a recovery."""
+        lock = self._lock
+        if lock._is_owned() or not lock.acquire(blocking=False):
+            return False
+        try:
+            ds = self._durability
+            if ds.closed or ds.in_flight:
+                return False
+            # Parked first: whatever opens a descriptor from here on (a
+            # reader under way) puts it back in the log's list.
+            self._parked = True
+            self._give_back_reserved_nowait()
+            ds.release_dir()
+            self._catalog.release()
+            self._flock.release()
+            if self._appender is not None:
+                for enc in (self._appender.encoder, self._appender._encoder2):
+                    try:
+                        enc.clear()
+                        enc.shrink(0)
+                    except BufferError:  # (a view of it is still held)
+                        pass
+            return True
+        finally:
+            lock.release()
+
+    def _give_back_reserved_nowait(self) -> None:
+        """(In-process lock held.) Give back the blocks reserved past the
+        active segment's data, if the append lock is free right now (parking
+        never waits for another process) and they are more than the first
+        reservation: that ftruncate cost 2-3 ms here, a log of many lightly
+        written partitions would pay it at every park, and the 64 KiB left
+        are given back at the next roll or close."""
+        st = self._head.read()
+        fd = self._flock.fd
+        if self._readonly or st is None or fd < 0:
+            return
+        seg = self._catalog.get_open(st.active_base)
+        if seg is None or seg.reserved_end <= st.active_size + RESERVE_MIN \
+                or seg.reserved_end >= RESERVE_OFF or not try_flock(fd):
+            return
+        try:
+            st = self._head.read()
+            if st is not None:
+                give_back_reserved(seg, st)
+        except OSError:
+            pass
+        finally:
+            unlock_file(fd)
 
     def _give_back_reserved(self) -> None:
         """Release the blocks this process reserved past the active segment's
@@ -640,8 +788,8 @@ class Partition:
     def _close_files(self):
         if self._catalog is not None:
             self._catalog.close()
-        if self.durability is not None:
-            self.durability.close()
+        if self._durability is not None:
+            self._durability.close()
         self._close_head_fd()
         if self._flock is not None:
             try:

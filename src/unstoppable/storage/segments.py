@@ -195,6 +195,10 @@ class SegmentCatalog:
         # Whether sealed segments may have gaps in their offsets (compacted,
         # storage/compaction.py); learnt again whenever a segment is opened.
         self.gaps = os.path.exists(os.path.join(path, CLEANER_CHECKPOINT))
+        # Called (no lock held) after this catalog opened a segment's files:
+        # the partition learns it holds descriptors again (the log's LRU of
+        # open partitions, storage/open_partitions.py).
+        self.on_open = None
 
     # ------------------------------------------------------------- listing
 
@@ -254,6 +258,8 @@ class SegmentCatalog:
                     if b != newest and b != base:
                         del segs[b]
                         break
+        if self.on_open is not None:
+            self.on_open()
         return seg
 
     def get_open(self, base: int) -> Segment | None:
@@ -334,6 +340,13 @@ class SegmentCatalog:
                 self.refresh(st)
                 bases = self._bases
         raise OffsetOutOfRangeError(f"offset {offset} is below the start of {self.name}")
+
+    def release(self) -> None:
+        """Let go of every open segment, keeping the list and the facts: each
+        one's files close once no reader holds it (never under one), and
+        :meth:`get` opens them again when next needed."""
+        with self._guard:
+            self._open.clear()
 
     def close(self) -> None:
         """Close every open segment and forget the list."""
