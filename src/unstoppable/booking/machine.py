@@ -51,7 +51,7 @@ from unstoppable.booking.booking_pb2 import BookingEvent, RefundReason, RejectRe
 __all__ = [
     "AVAILABLE", "HELD_SEAT", "BOOKED",
     "HELD", "PARKED", "CONFIRMED", "REJECTED", "EXPIRED", "REFUNDED", "TERMINAL",
-    "Seat", "Booking", "Store", "MemoryStore", "InvalidEventError", "apply", "COUNTERS",
+    "Seat", "Booking", "Store", "MemoryStore", "InvalidEventError", "apply", "validate", "COUNTERS",
 ]
 
 # Seat states.
@@ -71,7 +71,7 @@ class InvalidEventError(ValueError):
     id, or an outcome kind on the input topic). The service dead-letters it."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Seat:
     seat_id: str
     state: str = AVAILABLE
@@ -80,7 +80,7 @@ class Seat:
     updated_ms: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class Booking:
     seat_id: str
     booking_id: str
@@ -180,6 +180,28 @@ class MemoryStore(Store):
 def _check(cond: bool, what: str):
     if not cond:
         raise InvalidEventError(what)
+
+
+_NEEDS = {"seat_reservation_requested": "user_id", "payment_received": "payment_id"}
+
+
+def validate(event: BookingEvent) -> str:
+    """validate(event) -> kind
+
+    The checks :func:`apply` makes, without applying anything: raises
+    InvalidEventError exactly when ``apply`` would. A batch caller validates
+    a run first, so that ``apply`` never fails halfway through changing a
+    store (the checks of ``apply`` itself stay: it is the reference)."""
+    kind = event.WhichOneof("kind")
+    if kind not in ev.INPUT_KINDS:
+        raise InvalidEventError(f"event kind {kind!r} is not an input of the booking service")
+    body = getattr(event, kind)
+    _check(bool(body.seat_id), f"{kind} without seat_id")
+    _check(bool(body.booking_id), f"{kind} without booking_id")
+    need = _NEEDS.get(kind)
+    if need is not None:
+        _check(bool(getattr(body, need)), f"{kind} without {need}")
+    return kind
 
 
 def apply(store: Store, event: BookingEvent, ts_ms: int, ttl_ms: int, origin: str) -> list:  # noqa: C901  (one branch per event kind: the state table, read top to bottom)
