@@ -96,8 +96,13 @@ class Booking:
 
 
 class Store:
-    """What :func:`apply` needs from a state store. Reads return copies; the
-    machine writes back what it changed."""
+    """What :func:`apply` needs from a state store. Reads return copies (or
+    objects the store lets the machine change in place: it writes back
+    everything it changed). A store whose ``wants_outcomes`` is false (a
+    rebuild, which publishes nothing) gets no ``emit`` calls, and ``apply``
+    then returns no outcomes; the decisions are the same."""
+
+    wants_outcomes = True
 
     def get_seat(self, seat_id: str) -> Seat | None: ...
     def put_seat(self, seat: Seat) -> None: ...
@@ -177,6 +182,17 @@ class MemoryStore(Store):
         }
 
 
+# Enum values and names looked up once (the protobuf enum wrapper's attribute
+# access is a Python __getattr__, a few microseconds each).
+_SEAT_HELD_R, _SEAT_BOOKED_R = RejectReason.Value("SEAT_HELD"), RejectReason.Value("SEAT_BOOKED")
+_REJECT_NAME = {v: RejectReason.Name(v) for v in RejectReason.values()}
+_REFUND_NAME = {v: RefundReason.Name(v) for v in RefundReason.values()}
+_HOLD_EXPIRED, _RES_REJECTED, _DUP_PAYMENT, _NO_RESERVATION = (
+    RefundReason.Value(n) for n in ("HOLD_EXPIRED", "RESERVATION_REJECTED", "DUPLICATE_PAYMENT",
+                                    "NO_RESERVATION"))
+_REFUND_FOR_STATE = {EXPIRED: _HOLD_EXPIRED, REJECTED: _RES_REJECTED}
+
+
 def _check(cond: bool, what: str):
     if not cond:
         raise InvalidEventError(what)
@@ -223,8 +239,12 @@ def apply(store: Store, event: BookingEvent, ts_ms: int, ttl_ms: int, origin: st
     _check(bool(body.booking_id), f"{kind} without booking_id")
     out: list = []
 
-    def emit(**kw):
-        e = BookingEvent(event_id=f"{origin}#{len(out)}", occurred_ms=ts_ms, **kw)
+    quiet = not store.wants_outcomes
+
+    def emit(kind, cls, **kw):
+        if quiet:
+            return
+        e = BookingEvent(event_id=f"{origin}#{len(out)}", occurred_ms=ts_ms, **{kind: cls(**kw)})
         out.append(e)
         store.emit(e)
 
@@ -249,9 +269,9 @@ def apply(store: Store, event: BookingEvent, ts_ms: int, ttl_ms: int, origin: st
                 store.add_payment(s_id, b_id, bk.payment_id, "captured", bk.amount_cents)
                 store.add_history(bk, ts_ms, "booking_confirmed", bk.payment_id)
                 store.put_booking(bk)
-                emit(booking_confirmed=ev.BookingConfirmed(
+                emit("booking_confirmed", ev.BookingConfirmed,
                     booking_id=b_id, user_id=bk.user_id, seat_id=s_id,
-                    payment_id=bk.payment_id, amount_cents=bk.amount_cents))
+                    payment_id=bk.payment_id, amount_cents=bk.amount_cents)
                 return out
             bk.state = HELD
             bk.deadline_ms = ts_ms + ttl_ms
@@ -261,22 +281,22 @@ def apply(store: Store, event: BookingEvent, ts_ms: int, ttl_ms: int, origin: st
             store.add_history(bk, ts_ms, "seat_held", str(bk.deadline_ms))
             store.put_booking(bk)
             store.count("held")
-            emit(seat_held=ev.SeatHeld(booking_id=b_id, user_id=bk.user_id, seat_id=s_id,
-                                       expires_ms=bk.deadline_ms))
+            emit("seat_held", ev.SeatHeld, booking_id=b_id, user_id=bk.user_id, seat_id=s_id,
+                                       expires_ms=bk.deadline_ms)
             return out
-        reason = RejectReason.SEAT_HELD if seat.state == HELD_SEAT else RejectReason.SEAT_BOOKED
+        reason = _SEAT_HELD_R if seat.state == HELD_SEAT else _SEAT_BOOKED_R
         was_parked = bk.state == PARKED
         bk.state = REJECTED
-        bk.reason = RejectReason.Name(reason)
+        bk.reason = _REJECT_NAME[reason]
         bk.deadline_ms = 0
         store.count("rejected")
         store.add_history(bk, ts_ms, "reservation_rejected", bk.reason)
-        emit(reservation_rejected=ev.ReservationRejected(
+        emit("reservation_rejected", ev.ReservationRejected,
             booking_id=b_id, user_id=bk.user_id, seat_id=s_id, reason=reason,
-            holder_booking_id=seat.booking_id))
+            holder_booking_id=seat.booking_id)
         if was_parked:
             store.clear_timer(s_id, b_id)
-            _refund(store, bk, bk.payment_id, bk.amount_cents, RefundReason.RESERVATION_REJECTED,
+            _refund(store, bk, bk.payment_id, bk.amount_cents, _RES_REJECTED,
                     ts_ms, emit)
         store.put_booking(bk)
         return out
@@ -296,9 +316,9 @@ def apply(store: Store, event: BookingEvent, ts_ms: int, ttl_ms: int, origin: st
             store.add_history(bk, ts_ms, "payment_parked", body.payment_id)
             store.put_booking(bk)
             store.count("parked")
-            emit(payment_parked=ev.PaymentParked(booking_id=b_id, seat_id=s_id,
+            emit("payment_parked", ev.PaymentParked, booking_id=b_id, seat_id=s_id,
                                                  payment_id=body.payment_id,
-                                                 deadline_ms=bk.deadline_ms))
+                                                 deadline_ms=bk.deadline_ms)
             return out
         bk.updated_ms = ts_ms
         if bk.state == HELD:
@@ -308,13 +328,11 @@ def apply(store: Store, event: BookingEvent, ts_ms: int, ttl_ms: int, origin: st
             store.add_payment(s_id, b_id, body.payment_id, "captured", body.amount_cents)
             store.add_history(bk, ts_ms, "booking_confirmed", body.payment_id)
             store.put_booking(bk)
-            emit(booking_confirmed=ev.BookingConfirmed(
+            emit("booking_confirmed", ev.BookingConfirmed,
                 booking_id=b_id, user_id=bk.user_id, seat_id=s_id,
-                payment_id=body.payment_id, amount_cents=body.amount_cents))
+                payment_id=body.payment_id, amount_cents=body.amount_cents)
             return out
-        reason = {EXPIRED: RefundReason.HOLD_EXPIRED,
-                  REJECTED: RefundReason.RESERVATION_REJECTED}.get(bk.state,
-                                                                   RefundReason.DUPLICATE_PAYMENT)
+        reason = _REFUND_FOR_STATE.get(bk.state, _DUP_PAYMENT)
         _refund(store, bk, body.payment_id, body.amount_cents, reason, ts_ms, emit,
                 user_id=bk.user_id or body.user_id)
         store.put_booking(bk)
@@ -332,13 +350,13 @@ def apply(store: Store, event: BookingEvent, ts_ms: int, ttl_ms: int, origin: st
         store.add_history(bk, ts_ms, "hold_expired", "")
         store.put_booking(bk)
         store.count("expired")
-        emit(hold_expired=ev.HoldExpired(booking_id=b_id, user_id=bk.user_id, seat_id=s_id))
+        emit("hold_expired", ev.HoldExpired, booking_id=b_id, user_id=bk.user_id, seat_id=s_id)
         return out
     if bk is not None and bk.state == PARKED:
         bk.state, bk.deadline_ms, bk.updated_ms = REFUNDED, 0, ts_ms
-        bk.reason = RefundReason.Name(RefundReason.NO_RESERVATION)
+        bk.reason = _REFUND_NAME[_NO_RESERVATION]
         store.clear_timer(s_id, b_id)
-        _refund(store, bk, bk.payment_id, bk.amount_cents, RefundReason.NO_RESERVATION, ts_ms, emit)
+        _refund(store, bk, bk.payment_id, bk.amount_cents, _NO_RESERVATION, ts_ms, emit)
         store.put_booking(bk)
         return out
     if bk is None or bk.state in (EXPIRED, REFUNDED):
@@ -357,10 +375,10 @@ def _book(store: Store, seat: Seat, bk: Booking, ts_ms: int) -> None:
 
 
 def _refund(store, bk, payment_id, amount, reason, ts_ms, emit, user_id=None):
-    name = RefundReason.Name(reason)
+    name = _REFUND_NAME[reason]
     store.add_payment(bk.seat_id, bk.booking_id, payment_id, "refunded:" + name, amount)
     store.add_history(bk, ts_ms, "payment_refunded", f"{payment_id} {name}")
     store.count("refunds")
-    emit(payment_refunded=ev.PaymentRefunded(
+    emit("payment_refunded", ev.PaymentRefunded,
         booking_id=bk.booking_id, seat_id=bk.seat_id, payment_id=payment_id,
-        amount_cents=amount, reason=reason, user_id=user_id or bk.user_id))
+        amount_cents=amount, reason=reason, user_id=user_id or bk.user_id)

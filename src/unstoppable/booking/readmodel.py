@@ -141,13 +141,15 @@ def create_indexes(db: sqlite3.Connection) -> None:
     db.execute("PRAGMA synchronous=NORMAL")
 
 
+_dumps = json.JSONEncoder(separators=(",", ":")).encode    # made once: json.dumps with options makes one per call
+
+
 def pack_log(history: list, payments: dict) -> str:
     """A booking's ``log`` column: JSON ``[history, payments]``, history a
     list of ``[user_id, ts_ms, kind, detail]`` (its index is the step's seq),
     payments a list of ``[payment_id, outcome, amount_cents]`` in the order
     first seen."""
-    return json.dumps([history, [[k, o, a] for k, (o, a) in payments.items()]],
-                      separators=(",", ":"), ensure_ascii=False)
+    return _dumps([history, [[k, o, a] for k, (o, a) in payments.items()]])
 
 
 def unpack_log(text: str) -> tuple[list, dict]:
@@ -393,7 +395,8 @@ class PartitionStore(_Queries, Store):
 
     ``bulk=True`` (the rebuild) writes nothing per run: :meth:`write_all`
     writes every partition's final rows once, in key order. ``outbox=False``
-    keeps outcomes out of the outbox (nothing is published).
+    keeps outcomes out of the outbox (nothing is published), and tells the
+    machine not to build them (``wants_outcomes``).
     """
 
     def __init__(self, db: sqlite3.Connection, outcomes_topic: str = "booking-outcomes", *,
@@ -401,6 +404,7 @@ class PartitionStore(_Queries, Store):
         self.db = db
         self.outcomes_topic = outcomes_topic
         self.outbox = outbox
+        self.wants_outcomes = outbox        # no outbox: the machine need not build outcomes
         self.bulk = bulk
         self.parts: dict = {}
         self.partition = -1
