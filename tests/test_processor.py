@@ -354,3 +354,52 @@ def test_state_must_have_load_and_drop(tmp_path):
     with pytest.raises(TypeError, match="load"):
         us.Processor(None, us.SQLiteOffsetStore(db), lambda *a: None, group="g", state=object())
     db.close()
+
+
+def test_prepare_decides_outside_the_transaction_and_is_redone_on_a_stale_state(tmp_path):
+    """prepare= runs before BEGIN (no transaction open, so other writers of
+    the database are not held back), only when the state is loaded; when
+    another owner committed meanwhile, the state is reloaded before the
+    handler runs and what prepare staged is gone: the handler decides itself."""
+    log = _log(tmp_path, n=30, partitions=1)
+    part = log.topic("t").partition(0)
+    tp = us.TopicPartition("t", 0)
+    st = _SumState()
+    db = _db(tmp_path / "p.db")
+    seen = []
+
+    def prepare(tp, records):
+        seen.append(("prepare", db.in_transaction, records[0].offset))
+        st.sums[tp.partition] += sum(r.offset for r in records)
+        st.sums["staged"] = records[0].offset
+
+    def handler(db, tp, records):
+        staged = st.sums.pop("staged", None) == records[0].offset
+        seen.append(("handler", db.in_transaction, staged))
+        if not staged:
+            st.sums[tp.partition] += sum(r.offset for r in records)
+        _insert(db, tp, records)
+        want = db.execute("SELECT SUM(off) FROM effects WHERE part=?", (tp.partition,)).fetchone()[0]
+        assert st.sums[tp.partition] == want
+
+    class State(_SumState):
+        def drop(self, tp):
+            super().drop(tp)
+            self.sums.pop("staged", None)            # what prepare staged goes with the state
+
+    st = State()
+    proc = us.Processor(None, us.SQLiteOffsetStore(db), handler, group="g", state=st, prepare=prepare)
+    asyncio.run(proc.process(tp, part.read(0, 10)))     # not loaded yet: no prepare
+    asyncio.run(proc.process(tp, part.read(10, 10)))    # loaded: prepared outside the transaction
+    assert seen == [("handler", True, False), ("prepare", False, 10), ("handler", True, True)]
+    other = us.Processor(None, us.SQLiteOffsetStore(_db(tmp_path / "p.db")),
+                         lambda d, t, r: _insert(d, t, r), group="g")
+    asyncio.run(other.process(tp, part.read(20, 5)))    # another owner commits 20..24
+    seen.clear()
+    asyncio.run(proc.process(tp, part.read(25, 5)))
+    assert seen == [("prepare", False, 25), ("handler", True, False)]   # stale: decided again
+    assert db.execute("SELECT COUNT(*) FROM effects").fetchone() == (30,)
+    with pytest.raises(ValueError, match="prepare needs state"):
+        us.Processor(None, us.SQLiteOffsetStore(db), handler, group="g", prepare=prepare)
+    db.close()
+    log.close()

@@ -70,6 +70,18 @@ exactly ``records[:index]``) and for partitions no longer assigned
 after each poll). So the state is always that of the committed offset when
 the handler runs.
 
+Deciding outside the write lock (``prepare=``, with ``state=``): SQLite has
+one writer at a time, so a handler that decides inside the transaction
+holds every other worker of the database back while it thinks.
+``prepare(tp, records)`` is called before BEGIN IMMEDIATE, when the
+partition's state is loaded, to decide against the in-memory state and stage
+the writes; the handler then only writes them inside the transaction. If
+the transaction finds the state stale (another owner committed meanwhile,
+or the run is fenced off), the processor drops it before the handler runs
+(``drop`` must discard what ``prepare`` staged) and loads it afresh; the
+handler must then decide itself. ``prepare`` must not touch the database;
+an exception from it drops the state, and the handler decides itself.
+
 It runs on any backend the Consumer runs on (the embedded log, JetStream).
 """
 from __future__ import annotations
@@ -152,7 +164,8 @@ class Processor:
     dead-letter row (it runs inside the transaction that moves past the record).
     ``state`` (an object with ``load(db, tp)`` and ``drop(tp)``) is the
     handler's in-memory state per partition, loaded and dropped as the
-    module docstring says.
+    module docstring says; ``prepare(tp, records)`` decides a run against it
+    before the write lock is taken.
     ``metrics`` counts handled records, transactions, retries, dead letters,
     fenced runs, lock waits and state loads. See the module docstring for the semantics.
     """
@@ -162,7 +175,7 @@ class Processor:
                  dead_letter: Callable | None = None,
                  dead_letter_table: str = "unstoppable_dead_letters",
                  lock_backoff_ms: float = 5.0, max_lock_backoff_ms: float = 1000.0,
-                 arrow: bool = False, state=None):
+                 arrow: bool = False, state=None, prepare: Callable | None = None):
         db = getattr(store, "db", None)
         if not isinstance(db, sqlite3.Connection):
             raise TypeError(f"store must be an SQLiteOffsetStore (its connection holds the "
@@ -179,7 +192,10 @@ class Processor:
                                       and callable(getattr(state, "drop", None))):
             raise TypeError(f"state must have load(db, tp) and drop(tp) methods, "
                             f"got {type(state).__name__}")
+        if prepare is not None and state is None:
+            raise ValueError("prepare needs state: it decides against the in-memory state")
         self.state = state
+        self.prepare = prepare
         self._state_at: dict = {}      # tp -> the committed offset (None: none) the state stands for
         self.consumer = consumer
         self.store = store
@@ -329,6 +345,12 @@ class Processor:
             # The offset after what commits: the run, or a prefix the handler applied.
             return recs[failure[0][0]].offset if failure else recs[-1].offset + 1
 
+        if self.prepare is not None and tp in self._state_at:
+            try:
+                self.prepare(tp, recs)
+            except Exception:
+                self._forget(tp)
+
         def body():
             try:
                 if self.arrow:
@@ -396,11 +418,10 @@ class Processor:
                     self.metrics["lock_waits"] += 1
                     time.sleep(delay / 1000.0)   # the write lock is held: do not yield
                     delay = min(delay * 2, self.max_lock_backoff_ms)
-        except BaseException as e:
+        except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
-            if not isinstance(e, _Fenced):
-                self._forget(tp)
+            self._forget(tp)       # (fenced: the state is behind the committed offset too)
             raise
         if self.state is not None:
             self._state_at[tp] = nxt

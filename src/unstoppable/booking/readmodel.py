@@ -408,6 +408,7 @@ class PartitionStore(_Queries, Store):
         self.bulk = bulk
         self.parts: dict = {}
         self.partition = -1
+        self.run = 0                 # counts begin(): which run the staged rows belong to
         self._cur = None
         self._bulk_counts: dict = {}
         self._dead: list = []
@@ -423,6 +424,7 @@ class PartitionStore(_Queries, Store):
         self.parts.pop(tp.partition, None)
         if self.partition == tp.partition:
             self._cur, self.partition = None, -1
+            self.discard()
 
     def load_partition(self, partition: int) -> None:
         """(Re)read one partition's seats, bookings (with their logs) and timers."""
@@ -452,6 +454,7 @@ class PartitionStore(_Queries, Store):
         self.discard()
         self._cur = part
         self.partition = partition
+        self.run += 1
 
     def discard(self) -> None:
         """Forget the rows staged by the current run (not its state changes)."""

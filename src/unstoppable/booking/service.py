@@ -161,24 +161,26 @@ def decode_checked(value, partition: int, partitions: int):
     return event
 
 
-def apply_run(st: PartitionStore, topic: str, partition: int, partitions: int, recs: list,
-              ttl_ms: int, *, check=None, dead: dict | None = None) -> None:
-    """apply_run(st, topic, partition, partitions, recs, ttl_ms, *, check=None, dead=None)
+def decide_run(st: PartitionStore, topic: str, partition: int, partitions: int, recs: list,
+               ttl_ms: int, *, check=None, dead: dict | None = None):
+    """decide_run(st, topic, partition, partitions, recs, ttl_ms, *, check=None, dead=None)
+    -> None or us.RecordFailed
 
     Decide a run of input records of one partition against ``st`` (a
-    PartitionStore holding the partition's state in memory) and stage or
-    write the effects (``st.flush()``, in the caller's transaction): decode
-    and validate every record, then apply the state machine. ``check(tp,
-    rec, event)`` may raise to fail a record; ``dead`` maps the
-    ``(partition, offset)`` of records already dead-lettered to their error
-    (the rebuild), which are recorded as dead letters instead of applied.
+    PartitionStore holding the partition's state in memory) and stage the
+    effects in it, touching no database: decode and validate every record,
+    then apply the state machine. ``check(tp, rec, event)`` may raise to
+    fail a record; ``dead`` maps the ``(partition, offset)`` of records
+    already dead-lettered to their error (the rebuild), which are recorded as
+    dead letters instead of applied.
 
-    Raises ``us.RecordFailed(index, cause, applied=True)`` for the first
-    record that does not decode, is invalid or fails ``check``, after
-    flushing the records before it (the state holds exactly them: the
-    processor commits them as they are). Should the state machine itself
-    raise (it cannot for a validated event), ``RecordFailed(index, cause)``:
-    the state is then partly changed, and the processor drops it.
+    Returns None, or the failure of the first record that failed (decided
+    records after it: none): ``RecordFailed(index, cause, applied=True)``
+    when it did not decode, is invalid or failed ``check`` (the state and
+    the staged rows hold exactly the records before it), or
+    ``RecordFailed(index, cause)`` should the state machine itself raise (it
+    cannot for a validated event; the state is then partly changed and must
+    be dropped, and nothing is staged).
     """
     st.begin(partition)
     prefix = f"{topic}/{partition}/"
@@ -193,14 +195,33 @@ def apply_run(st: PartitionStore, topic: str, partition: int, partitions: int, r
             if check is not None:
                 check(tp, r, e)
         except Exception as exc:        # before apply: the prefix's state is whole
-            st.flush()
-            raise us.RecordFailed(i, exc, applied=True) from exc
+            f = us.RecordFailed(i, exc, applied=True)
+            f.__cause__ = exc
+            return f
         try:
             apply(st, e, r.timestamp, ttl_ms, prefix + str(off))
         except Exception as exc:
             st.discard()
-            raise us.RecordFailed(i, exc) from exc
-    st.flush()
+            f = us.RecordFailed(i, exc)
+            f.__cause__ = exc
+            return f
+    return None
+
+
+def apply_run(st: PartitionStore, topic: str, partition: int, partitions: int, recs: list,
+              ttl_ms: int, *, check=None, dead: dict | None = None) -> None:
+    """apply_run(st, topic, partition, partitions, recs, ttl_ms, *, check=None, dead=None)
+
+    :func:`decide_run`, then write what it staged (``st.flush()``, in the
+    caller's transaction; in bulk mode, keep it) and raise its failure, if
+    any: the processor commits the records before a ``RecordFailed(applied=True)``
+    as they are.
+    """
+    failed = decide_run(st, topic, partition, partitions, recs, ttl_ms, check=check, dead=dead)
+    if failed is None or failed.applied:
+        st.flush()
+    if failed is not None:
+        raise failed
 
 
 class BookingService:
@@ -276,7 +297,8 @@ class BookingService:
         self.processor = us.Processor(getattr(self, "consumer", None), self.store, self._apply_run,
                                       group=cfg.group, max_attempts=cfg.max_attempts,
                                       backoff_ms=cfg.backoff_ms, dead_letter=self._dead_letter,
-                                      state=self.state)
+                                      state=self.state, prepare=self._prepare)
+        self._prepared = None
         self.processor.metrics = self.metrics        # one set of counters
         return self.db
 
@@ -304,11 +326,29 @@ class BookingService:
         if self._fail_seats and ev.seat_of(event) in self._fail_seats:
             raise InjectedFault(f"seat {ev.seat_of(event)!r} is configured to fail")
 
-    def _apply_run(self, db, tp, recs) -> None:
-        """The processor's handler: the run's effects, inside its transaction."""
+    def _prepare(self, tp, recs) -> None:
+        """The processor's ``prepare``: decide the run in memory, before the
+        write lock is taken (other workers of the database write meanwhile)."""
         check = self._check if (self.cfg.fault_rate > 0 or self._fail_seats) else None
-        apply_run(self.state, tp.topic, tp.partition, self.partitions, recs, self.cfg.ttl_ms,
-                  check=check)
+        failed = decide_run(self.state, tp.topic, tp.partition, self.partitions, recs,
+                            self.cfg.ttl_ms, check=check)
+        self._prepared = (tp.partition, self.state.run, recs[0].offset, len(recs), failed)
+
+    def _apply_run(self, db, tp, recs) -> None:
+        """The processor's handler: the run's effects, inside its transaction
+        (decided by ``_prepare`` unless the state was reloaded since)."""
+        st, prep, self._prepared = self.state, self._prepared, None
+        if prep is not None and prep[:4] == (tp.partition, st.run, recs[0].offset, len(recs)) \
+                and st.partition == tp.partition:
+            failed = prep[4]
+        else:
+            check = self._check if (self.cfg.fault_rate > 0 or self._fail_seats) else None
+            failed = decide_run(st, tp.topic, tp.partition, self.partitions, recs, self.cfg.ttl_ms,
+                                check=check)
+        if failed is None or failed.applied:
+            st.flush()
+        if failed is not None:
+            raise failed
 
     def _dead_letter(self, db, tp, rec, error: str, attempts: int) -> None:
         """The processor's dead-letter hook: a ``dead_letters`` row and the
