@@ -22,6 +22,16 @@ dead_letters    origins of input records sent to the dead-letter topic
 unstoppable_offsets   the consumer group's committed offsets (SQLiteOffsetStore)
 ==============  ====================================================================
 
+Why seats and bookings are keyed by rowid, ``partition << 40 | n`` (``n``
+counting up per partition as rows are first written), with no index on
+their ids: a key index (the old WITHOUT ROWID primary keys) receives the
+rows in random order, so once the table outgrows a run every row written
+dirties its own page, and each commit writes that many pages to the WAL;
+measured here, writes of booking rows in 2,500-row transactions fell from
+12k to 6k rows/s as the table grew to 360k rows. Rowids that count up
+append instead. The worker keeps each row's rowid with the state it holds
+in memory; lookups by id scan (SQLite builds a transient index for joins).
+
 Why the history and the payments live in the booking's row: they are only
 ever read per booking or per user, and a row per step made the history the
 read model's largest write (about one row per event; SQLite inserts some
@@ -51,14 +61,13 @@ __all__ = ["ReadModel", "PartitionStore", "pack_outcomes", "unpack_outcomes", "S
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS seats (
-    seat_id TEXT PRIMARY KEY, state TEXT NOT NULL, booking_id TEXT NOT NULL,
-    user_id TEXT NOT NULL, updated_ms INTEGER NOT NULL, part INTEGER NOT NULL) WITHOUT ROWID;
+    seat_id TEXT NOT NULL, state TEXT NOT NULL, booking_id TEXT NOT NULL,
+    user_id TEXT NOT NULL, updated_ms INTEGER NOT NULL, part INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS bookings (
     seat_id TEXT NOT NULL, booking_id TEXT NOT NULL, user_id TEXT NOT NULL, state TEXT NOT NULL,
     reason TEXT NOT NULL, payment_id TEXT NOT NULL, amount_cents INTEGER NOT NULL,
     created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL, deadline_ms INTEGER NOT NULL,
-    nevents INTEGER NOT NULL, part INTEGER NOT NULL, log TEXT NOT NULL,
-    PRIMARY KEY (seat_id, booking_id)) WITHOUT ROWID;
+    nevents INTEGER NOT NULL, part INTEGER NOT NULL, log TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS bookings_user ON bookings (user_id);
 CREATE TABLE IF NOT EXISTS booking_users (
     user_id TEXT NOT NULL, seat_id TEXT NOT NULL, booking_id TEXT NOT NULL,
@@ -99,8 +108,18 @@ INDEXES = [line for line in SCHEMA.splitlines() if line.startswith("CREATE INDEX
 
 _BOOKING_COLS = ("seat_id, booking_id, user_id, state, reason, payment_id, amount_cents, "
                  "created_ms, updated_ms, deadline_ms, nevents")
-_INSERT_SEAT = "INSERT OR REPLACE INTO seats VALUES (?,?,?,?,?,?)"
-_INSERT_BOOKING = "INSERT OR REPLACE INTO bookings VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+_INSERT_SEAT = "INSERT OR REPLACE INTO seats (rowid, seat_id, state, booking_id, user_id, " \
+               "updated_ms, part) VALUES (?,?,?,?,?,?,?)"
+_INSERT_BOOKING = "INSERT OR REPLACE INTO bookings (rowid, seat_id, booking_id, user_id, state, " \
+                  "reason, payment_id, amount_cents, created_ms, updated_ms, deadline_ms, nevents, " \
+                  "part, log) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+_ROWID_BITS = 40
+# A row's rowid when first written by the reference store: the next of its partition's.
+_NEXT_ROWID = "(SELECT COALESCE(MAX(rowid), ?) + 1 FROM {t} WHERE rowid >= ? AND rowid < ?)"
+
+
+def _rowid_range(partition: int) -> tuple[int, int]:
+    return partition << _ROWID_BITS, (partition + 1) << _ROWID_BITS
 _INSERT_USER = "INSERT OR IGNORE INTO booking_users VALUES (?,?,?)"
 _SET_TIMER = ("INSERT OR REPLACE INTO timers (seat_id, booking_id, part, deadline_ms, fired) "
               "VALUES (?,?,?,?,0)")
@@ -258,9 +277,18 @@ class ReadModel(_Queries, Store):
                     (seat_id,)).fetchone()
         return None if r is None else Seat(seat_id, *r)
 
+    def _upsert(self, table: str, key_sql: str, key: tuple, cols: str, values: tuple) -> None:
+        sets = ", ".join(f"{c}=?" for c in cols.split(", "))
+        if self._x(f"UPDATE {table} SET {sets} WHERE {key_sql}", values + key).rowcount == 0:
+            lo, hi = _rowid_range(self.partition)
+            self._x(f"INSERT INTO {table} (rowid, {cols}) VALUES "
+                    f"({_NEXT_ROWID.format(t=table)}, {', '.join('?' * len(values))})",
+                    (lo, lo, hi) + values)
+
     def put_seat(self, s):
-        self._x(_INSERT_SEAT, (s.seat_id, s.state, s.booking_id, s.user_id, s.updated_ms,
-                               self.partition))
+        self._upsert("seats", "seat_id=?", (s.seat_id,),
+                     "seat_id, state, booking_id, user_id, updated_ms, part",
+                     (s.seat_id, s.state, s.booking_id, s.user_id, s.updated_ms, self.partition))
 
     def _log(self, seat_id, booking_id) -> tuple:
         k = (seat_id, booking_id)
@@ -278,9 +306,11 @@ class ReadModel(_Queries, Store):
 
     def put_booking(self, b):
         h, p = self._log(b.seat_id, b.booking_id)
-        self._x(_INSERT_BOOKING, (b.seat_id, b.booking_id, b.user_id, b.state, b.reason,
-                                  b.payment_id, b.amount_cents, b.created_ms, b.updated_ms,
-                                  b.deadline_ms, b.nevents, self.partition, pack_log(h, p)))
+        self._upsert("bookings", "seat_id=? AND booking_id=?", (b.seat_id, b.booking_id),
+                     _BOOKING_COLS + ", part, log",
+                     (b.seat_id, b.booking_id, b.user_id, b.state, b.reason, b.payment_id,
+                      b.amount_cents, b.created_ms, b.updated_ms, b.deadline_ms, b.nevents,
+                      self.partition, pack_log(h, p)))
         for u in _other_users(b, h):
             self._x(_INSERT_USER, (u, b.seat_id, b.booking_id))
 
@@ -365,13 +395,15 @@ def unpack_outcomes(blob: bytes) -> list:
 class _Part:
     """The decision state of one partition: its seats, its bookings with their
     logs, and the timers the database holds for it."""
-    __slots__ = ("seats", "bookings", "logs", "timers")
+    __slots__ = ("seats", "bookings", "logs", "timers", "rowids", "next_rowid")
 
     def __init__(self):
         self.seats: dict = {}        # seat_id -> Seat
         self.bookings: dict = {}     # (seat_id, booking_id) -> Booking
         self.logs: dict = {}         # (seat_id, booking_id) -> (history list, {payment_id: (outcome, amount)})
         self.timers: dict = {}       # (seat_id, booking_id) -> deadline_ms of its timers row
+        self.rowids: dict = {}       # seat_id or (seat_id, booking_id) -> its row's rowid
+        self.next_rowid = 0          # the next new row's (seats and bookings share the count)
 
 
 class PartitionStore(_Queries, Store):
@@ -430,14 +462,23 @@ class PartitionStore(_Queries, Store):
         """(Re)read one partition's seats, bookings (with their logs) and timers."""
         part = _Part()
         x = self.db.execute
-        part.seats = {r[0]: Seat(*r) for r in x(
-            "SELECT seat_id, state, booking_id, user_id, updated_ms FROM seats WHERE part=?",
-            (partition,))}
+        lo, hi = _rowid_range(partition)
+        top = lo
+        seats, rowids = part.seats, part.rowids
+        for r in x("SELECT seat_id, state, booking_id, user_id, updated_ms, rowid FROM seats "
+                   "WHERE rowid >= ? AND rowid < ?", (lo, hi)):
+            seats[r[0]] = Seat(*r[:5])
+            rowids[r[0]] = r[5]
+            top = max(top, r[5])
         bookings, logs = part.bookings, part.logs
-        for r in x(f"SELECT {_BOOKING_COLS}, log FROM bookings WHERE part=?", (partition,)):
+        for r in x(f"SELECT {_BOOKING_COLS}, log, rowid FROM bookings WHERE rowid >= ? AND rowid < ?",
+                   (lo, hi)):
             k = (r[0], r[1])
             bookings[k] = Booking(*r[:11])
             logs[k] = unpack_log(r[11])
+            rowids[k] = r[12]
+            top = max(top, r[12])
+        part.next_rowid = top + 1
         part.timers = {(s, b): d for s, b, d in x(
             "SELECT seat_id, booking_id, deadline_ms FROM timers WHERE part=?", (partition,))}
         self.parts[partition] = part
@@ -451,6 +492,7 @@ class PartitionStore(_Queries, Store):
             if not self.bulk:
                 raise RuntimeError(f"partition {partition}'s state is not loaded")
             part = self.parts[partition] = _Part()
+            part.next_rowid = _rowid_range(partition)[0] + 1
         self.discard()
         self._cur = part
         self.partition = partition
@@ -480,11 +522,12 @@ class PartitionStore(_Queries, Store):
             return
         em = self.db.executemany
         if self._dirty_seats:
-            seats = part.seats
-            em(_INSERT_SEAT, [(s.seat_id, s.state, s.booking_id, s.user_id, s.updated_ms, p)
-                              for s in (seats[k] for k in sorted(self._dirty_seats))])
+            rows = self._seat_rows(part, self._dirty_seats, p)
+            rows.sort()
+            em(_INSERT_SEAT, rows)
         if self._dirty_bookings:
-            rows, users = self._booking_rows(part, sorted(self._dirty_bookings), p)
+            rows, users = self._booking_rows(part, self._dirty_bookings, p)
+            rows.sort()
             em(_INSERT_BOOKING, rows)
             if users:
                 em(_INSERT_USER, users)
@@ -521,14 +564,26 @@ class PartitionStore(_Queries, Store):
         return sets, dels
 
     @staticmethod
-    def _booking_rows(part: _Part, keys, p: int) -> tuple[list, list]:
-        bks, logs = part.bookings, part.logs
+    def _rowid(part: _Part, k) -> int:
+        r = part.rowids.get(k)
+        if r is None:
+            r = part.rowids[k] = part.next_rowid
+            part.next_rowid += 1
+        return r
+
+    def _seat_rows(self, part: _Part, keys, p: int) -> list:
+        seats, rowid = part.seats, self._rowid
+        return [(rowid(part, s.seat_id), s.seat_id, s.state, s.booking_id, s.user_id, s.updated_ms, p)
+                for s in (seats[k] for k in keys)]
+
+    def _booking_rows(self, part: _Part, keys, p: int) -> tuple[list, list]:
+        bks, logs, rowid = part.bookings, part.logs, self._rowid
         rows, users = [], []
         empty = ([], {})
         for k in keys:
             b = bks[k]
             h, pay = logs.get(k, empty)
-            rows.append((b.seat_id, b.booking_id, b.user_id, b.state, b.reason, b.payment_id,
+            rows.append((rowid(part, k), b.seat_id, b.booking_id, b.user_id, b.state, b.reason, b.payment_id,
                          b.amount_cents, b.created_ms, b.updated_ms, b.deadline_ms, b.nevents, p,
                          pack_log(h, pay)))
             for e in h:
@@ -543,8 +598,7 @@ class PartitionStore(_Queries, Store):
         em = self.db.executemany
         seats, bookings, timers = [], [], []
         for p, part in self.parts.items():
-            seats += [(s.seat_id, s.state, s.booking_id, s.user_id, s.updated_ms, p)
-                      for s in part.seats.values()]
+            seats += self._seat_rows(part, part.seats, p)
             bookings.append((p, part))
             timers += [(k[0], k[1], p, d) for k, d in part.timers.items()]
         seats.sort()
