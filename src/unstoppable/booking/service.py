@@ -59,6 +59,7 @@ and the partition moves on. Nothing is dropped silently.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -445,10 +446,23 @@ def _raise_failed(futs) -> None:
             raise e
 
 
+def _freeze_survivors(phase: str, info: dict) -> None:
+    """A gc callback: after a full collection, move its survivors (just found
+    reachable) out of the collector's sight (``gc.freeze``). The worker's
+    in-memory state is millions of long-lived objects; without this every
+    full collection walks all of them again (measured on the 1M-event log's
+    decisions: 14-15k events/s with the collector as it is, 18k without it,
+    under load). Survivors that later become cyclic garbage are not
+    collected; the state's objects hold no cycles."""
+    if phase == "stop" and info.get("generation") == 2:
+        gc.freeze()
+
+
 def run_worker(cfg: ServiceConfig | dict) -> None:
     """Entry point of a worker process: run until SIGTERM or SIGINT."""
     if isinstance(cfg, dict):
         cfg = ServiceConfig(**cfg)
+    gc.callbacks.append(_freeze_survivors)
 
     async def main():
         stop = asyncio.Event()
@@ -501,28 +515,38 @@ async def rebuild(log, cfg: ServiceConfig, db_path, *, progress=None, chunk: int
             if d.origin_topic == cfg.topic:
                 dead[(d.origin_partition, d.origin_offset)] = d.error
         db = connect(tmp, bulk=True)
-        st = PartitionStore(db, outcomes_topic=cfg.outcomes_topic, outbox=False, bulk=True)
-        ranges = await reader.ranges(cfg.topic)
-        total, done = sum(e for _s, e in ranges), 0
-        offsets = {}
-        for p, (start, end) in enumerate(ranges):
-            async for recs in reader.chunks(cfg.topic, p, start, end, chunk):
-                try:
-                    apply_run(st, cfg.topic, p, n, recs, cfg.ttl_ms, dead=dead)
-                except us.RecordFailed as f:
-                    db.close()
-                    os.unlink(tmp)
-                    raise f.cause from None    # the live workers would have dead-lettered it
-                offsets[us.TopicPartition(cfg.topic, p)] = recs[-1].offset + 1
-                done += len(recs)
-                if progress is not None:
-                    progress(done, total)
-    offset_store = us.SQLiteOffsetStore(db)      # (creates its table: not inside the BEGIN)
-    db.execute("BEGIN")
-    st.write_all()
-    offset_store.save(offsets, group=cfg.group)
-    db.execute("COMMIT")
-    create_indexes(db)
+        # The collector would walk the growing state again and again (see
+        # _freeze_survivors); the replay makes no cyclic garbage worth it.
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            st = PartitionStore(db, outcomes_topic=cfg.outcomes_topic, outbox=False, bulk=True)
+            ranges = await reader.ranges(cfg.topic)
+            total, done = sum(e for _s, e in ranges), 0
+            offsets = {}
+            for p, (start, end) in enumerate(ranges):
+                async for recs in reader.chunks(cfg.topic, p, start, end, chunk):
+                    try:
+                        apply_run(st, cfg.topic, p, n, recs, cfg.ttl_ms, dead=dead)
+                    except us.RecordFailed as f:
+                        raise f.cause from None    # the live workers would have dead-lettered it
+                    offsets[us.TopicPartition(cfg.topic, p)] = recs[-1].offset + 1
+                    done += len(recs)
+                    if progress is not None:
+                        progress(done, total)
+            offset_store = us.SQLiteOffsetStore(db)      # (creates its table: not inside the BEGIN)
+            db.execute("BEGIN")
+            st.write_all()
+            offset_store.save(offsets, group=cfg.group)
+            db.execute("COMMIT")
+            create_indexes(db)
+        except BaseException:
+            db.close()
+            os.unlink(tmp)
+            raise
+        finally:
+            if was_enabled:
+                gc.enable()
     db.close()
     os.replace(tmp, db_path)
     return ReadModel(connect(db_path), outcomes_topic=cfg.outcomes_topic)
