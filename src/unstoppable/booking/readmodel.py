@@ -215,18 +215,25 @@ class _Queries:
 
     def double_booked(self) -> list:
         """Seats with more than one confirmed booking, or whose booked holder
-        is not its confirmed booking: must always be empty."""
-        bad = self.db.execute(
-            "SELECT seat_id FROM bookings WHERE state='confirmed' GROUP BY seat_id "
-            "HAVING COUNT(*) > 1").fetchall()
-        bad += self.db.execute(
-            "SELECT s.seat_id FROM seats s WHERE s.state='booked' AND NOT EXISTS ("
-            "SELECT 1 FROM bookings b WHERE b.seat_id=s.seat_id AND b.booking_id=s.booking_id "
-            "AND b.state='confirmed')").fetchall()
-        bad += self.db.execute(
-            "SELECT b.seat_id FROM bookings b JOIN seats s ON s.seat_id=b.seat_id "
-            "WHERE b.state='confirmed' AND (s.state!='booked' OR s.booking_id!=b.booking_id)").fetchall()
-        return sorted({r[0] for r in bad})
+        is not its confirmed booking: must always be empty. (Two scans joined
+        in Python: seats and bookings have no index on their ids.)"""
+        confirmed: dict = {}
+        bad = set()
+        for seat, booking in self.db.execute(
+                "SELECT seat_id, booking_id FROM bookings WHERE state='confirmed'"):
+            if seat in confirmed:
+                bad.add(seat)
+            confirmed[seat] = booking
+        seats = {}
+        for seat, state, holder in self.db.execute("SELECT seat_id, state, booking_id FROM seats"):
+            seats[seat] = (state, holder)
+            if state == "booked" and confirmed.get(seat) != holder:
+                bad.add(seat)
+        for seat, booking in confirmed.items():
+            s = seats.get(seat)
+            if s is not None and s != ("booked", booking):
+                bad.add(seat)
+        return sorted(bad)
 
     def user_history(self, user_id: str) -> list:
         """A user's booking steps in time order: (ts_ms, seat, booking, kind, detail)."""

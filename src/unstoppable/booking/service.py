@@ -108,7 +108,7 @@ class ServiceConfig:
     ttl_ms: int = 5000                 # how long a hold (or a parked payment) waits
     max_attempts: int = 4              # tries before a record is dead-lettered
     backoff_ms: float = 10.0           # first retry pause; doubles each time
-    batch: int = 1000                  # records per getmany (and per transaction, at most)
+    batch: int = 5000                  # records per getmany (and per transaction, at most)
     timer_interval_ms: float = 50.0    # longest wait for records before timers are checked
     fault_rate: float = 0.0            # share of records whose first attempt fails (demo)
     fail_seats: tuple = ()             # seats whose records always fail (tests)
