@@ -20,9 +20,13 @@ not stop the partition. Producers of events use ``value_serializer=CODEC``.
 
 One worker, per run of records handed out by ``getmany`` for a partition::
 
+    decide (us.Processor prepare=, no lock held): for each record: decode,
+        validate, check, machine.apply against the partition's state in
+        memory (loaded once when the worker took the partition over)
     BEGIN IMMEDIATE
-      for each record: decode, check, machine.apply -> read-model rows,
-                       outcomes into the outbox, timers set or cleared
+      fence; the state must stand for the committed offset (else reload, decide again)
+      write what the run changed: a row per seat and per booking, the
+        timers that changed, the run's outcomes as one outbox row, counters
       SQLiteOffsetStore.save(partition: last offset + 1)
     COMMIT                         <- effects and offset, atomically
     publish the outbox (outcomes, dead letters), then delete what was published
@@ -83,7 +87,7 @@ from unstoppable.booking.readmodel import (
 from unstoppable.errors import ValueDecodeError
 
 __all__ = ["ServiceConfig", "BookingService", "InjectedFault", "create_topics", "run_worker",
-           "rebuild", "committed_offsets", "config_dict", "decode_checked", "apply_run"]
+           "rebuild", "committed_offsets", "config_dict", "decode_checked", "apply_run", "decide_run"]
 
 _home = us.DefaultPartitioner()   # the producer's partitioner: where a seat's events belong
 
