@@ -193,11 +193,7 @@ _HOLD_EXPIRED, _RES_REJECTED, _DUP_PAYMENT, _NO_RESERVATION = (
 _REFUND_FOR_STATE = {EXPIRED: _HOLD_EXPIRED, REJECTED: _RES_REJECTED}
 
 
-def _check(cond: bool, what: str):
-    if not cond:
-        raise InvalidEventError(what)
-
-
+_INPUT_KINDS = frozenset(ev.INPUT_KINDS)
 _NEEDS = {"seat_reservation_requested": "user_id", "payment_received": "payment_id"}
 
 
@@ -209,14 +205,16 @@ def validate(event: BookingEvent) -> str:
     a run first, so that ``apply`` never fails halfway through changing a
     store (the checks of ``apply`` itself stay: it is the reference)."""
     kind = event.WhichOneof("kind")
-    if kind not in ev.INPUT_KINDS:
+    if kind not in _INPUT_KINDS:
         raise InvalidEventError(f"event kind {kind!r} is not an input of the booking service")
     body = getattr(event, kind)
-    _check(bool(body.seat_id), f"{kind} without seat_id")
-    _check(bool(body.booking_id), f"{kind} without booking_id")
+    if not body.seat_id:
+        raise InvalidEventError(f"{kind} without seat_id")
+    if not body.booking_id:
+        raise InvalidEventError(f"{kind} without booking_id")
     need = _NEEDS.get(kind)
-    if need is not None:
-        _check(bool(getattr(body, need)), f"{kind} without {need}")
+    if need is not None and not getattr(body, need):
+        raise InvalidEventError(f"{kind} without {need}")
     return kind
 
 
@@ -231,12 +229,15 @@ def apply(store: Store, event: BookingEvent, ts_ms: int, ttl_ms: int, origin: st
 
     Raises InvalidEventError (only) for events that cannot be applied at all.
     """
-    kind = ev.kind_of(event)
-    if kind not in ev.INPUT_KINDS:
+    kind = event.WhichOneof("kind")
+    if kind not in _INPUT_KINDS:
         raise InvalidEventError(f"event kind {kind!r} is not an input of the booking service")
-    body = ev.body_of(event)
-    _check(bool(body.seat_id), f"{kind} without seat_id")
-    _check(bool(body.booking_id), f"{kind} without booking_id")
+    body = getattr(event, kind)
+    # (checks spelled out: a helper's message argument would be formatted every time)
+    if not body.seat_id:
+        raise InvalidEventError(f"{kind} without seat_id")
+    if not body.booking_id:
+        raise InvalidEventError(f"{kind} without booking_id")
     out: list = []
 
     quiet = not store.wants_outcomes
@@ -254,7 +255,8 @@ def apply(store: Store, event: BookingEvent, ts_ms: int, ttl_ms: int, origin: st
 
     if kind == "seat_reservation_requested":
         store.count("requests")
-        _check(bool(body.user_id), "seat_reservation_requested without user_id")
+        if not body.user_id:
+            raise InvalidEventError("seat_reservation_requested without user_id")
         if bk is not None and bk.state != PARKED:
             store.count("duplicates")
             return out
@@ -303,7 +305,8 @@ def apply(store: Store, event: BookingEvent, ts_ms: int, ttl_ms: int, origin: st
 
     if kind == "payment_received":
         store.count("payments")
-        _check(bool(body.payment_id), "payment_received without payment_id")
+        if not body.payment_id:
+            raise InvalidEventError("payment_received without payment_id")
         if store.has_payment(s_id, b_id, body.payment_id):
             store.count("duplicates")
             return out
