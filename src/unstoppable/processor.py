@@ -76,10 +76,10 @@ holds every other worker of the database back while it thinks.
 ``prepare(tp, records)`` is called before BEGIN IMMEDIATE, when the
 partition's state is loaded, to decide against the in-memory state and stage
 the writes; the handler then only writes them inside the transaction. If
-the transaction finds the state stale (another owner committed meanwhile,
-or the run is fenced off), the processor drops it before the handler runs
-(``drop`` must discard what ``prepare`` staged) and loads it afresh; the
-handler must then decide itself. ``prepare`` must not touch the database;
+the transaction finds the state stale (another owner committed meanwhile),
+the processor drops it before the handler runs (``drop`` must discard what
+``prepare`` staged) and loads it afresh; the handler must then decide
+itself. A run that is fenced off drops the state too. ``prepare`` must not touch the database;
 an exception from it drops the state, and the handler decides itself.
 
 It runs on any backend the Consumer runs on (the embedded log, JetStream).
