@@ -5,7 +5,11 @@ over the same log:
 
 * one worker (its own process), cold start to the end of the log;
 * three workers in three processes (shared read model), same;
-* rebuild into a fresh database.
+* rebuild into a fresh database;
+* the floors under them: the state machine's own Python (decode, validate
+  and apply over the in-memory state, with and without building the outcome
+  messages; no SQLite, no log) and SQLite's (the read model's final rows
+  written in the workers' transaction size).
 
 A worker is "at the end" when every partition's committed offset is the
 partition's end and the outbox is empty (every outcome published).
@@ -25,8 +29,15 @@ import pytest
 
 import unstoppable as us
 from unstoppable.booking import events as ev
-from unstoppable.booking.readmodel import connect, diff_snapshots, ReadModel
-from unstoppable.booking.service import ServiceConfig, config_dict, create_topics, rebuild, run_worker
+from unstoppable.booking.readmodel import PartitionStore, ReadModel, connect, diff_snapshots
+from unstoppable.booking.service import (
+    ServiceConfig,
+    apply_run,
+    config_dict,
+    create_topics,
+    rebuild,
+    run_worker,
+)
 
 N_TARGET = int(os.environ.get("BOOKING_EVENTS", 1_000_000))
 PARTITIONS = 8
@@ -220,14 +231,13 @@ def test_sqlite_floor_of_the_read_model(benchmark, booking_log, report, tmp_path
     bookings, payments, history, timers, dead letters), written with
     ``executemany`` into a fresh read model (same schema, WAL, NORMAL sync) in
     transactions of the worker's size, with no decisions, decoding or
-    publishing. The workers upsert more rows than this (a row changed twice
-    in two runs is written twice), so this is a lower bound of their SQLite
-    cost."""
+    publishing. The workers upsert more rows than this (a row changed in two
+    runs is written twice), so this is a lower bound of their SQLite cost."""
     cfg, n = booking_log
     if not os.path.exists(cfg.db_path):
         run_workers(cfg, 1)
     src = connect(cfg.db_path)
-    tables = ("seats", "bookings", "payments", "history", "timers", "dead_letters")
+    tables = ("seats", "bookings", "booking_users", "timers", "dead_letters")
     rows = {t: src.execute(f"SELECT * FROM {t}").fetchall() for t in tables}
     src.close()
     out = {}
@@ -252,3 +262,46 @@ def test_sqlite_floor_of_the_read_model(benchmark, booking_log, report, tmp_path
     nrows = sum(len(r) for r in rows.values())
     report.append(f"SQLite floor of the read model: {nrows:,} final rows ({nrows / n:.2f} per event) "
                   f"in {out['s']:.1f} s = {n / out['s']:,.0f} events/s, {nrows / out['s']:,.0f} rows/s")
+
+
+def test_state_machine_floor(benchmark, booking_log, report):
+    """The floor under the rebuild and the workers: the decisions' own Python.
+    Every record of the log (read beforehand) goes through the workers' batch
+    path, ``apply_run`` (decode, validate, apply against the in-memory
+    state), with nothing written: once with the outcome messages built and
+    serialized (as a worker needs them), once without (as the rebuild)."""
+    cfg, n = booking_log
+    log = us.Log(cfg.log_path)
+    topic = log.topic(cfg.topic)
+    runs = []
+    for p in range(topic.partitions):
+        part, off = topic.partition(p), 0
+        while off < part.end_offset:
+            recs = part.read(off, cfg.batch)
+            runs.append((p, recs))
+            off = recs[-1].offset + 1
+    log.close()
+    out = {}
+
+    def decide(outcomes: bool) -> float:
+        st = PartitionStore(None, outbox=outcomes, bulk=True)
+        t = time.perf_counter()
+        for p, recs in runs:
+            todo = recs
+            while todo:
+                try:
+                    apply_run(st, cfg.topic, p, topic.partitions, todo, cfg.ttl_ms)
+                    break
+                except us.RecordFailed as f:       # a poison record: skip it
+                    todo = todo[f.index + 1:]
+        return time.perf_counter() - t
+
+    def run():
+        out["base"] = getmany_rate(cfg, n)
+        out["with"] = decide(True)
+        out["without"] = decide(False)
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    report.append(f"state machine's own Python over {n:,} events (apply_run, in memory, nothing "
+                  f"written): {n / out['with']:,.0f} events/s building outcomes, "
+                  f"{n / out['without']:,.0f} events/s without; same-run getmany "
+                  f"{out['base']:,.0f} records/s")

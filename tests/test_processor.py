@@ -271,3 +271,135 @@ def test_the_processor_runs_on_jetstream(tmp_path):
         db.close()
     finally:
         s.stop()
+
+
+class _SumState:
+    """Per-partition state kept in memory: the sum of the effects table's
+    offsets, as the handler's decisions would need it."""
+
+    def __init__(self):
+        self.sums, self.loads, self.drops = {}, [], []
+
+    def load(self, db, tp):
+        self.loads.append(tp.partition)
+        self.sums[tp.partition] = db.execute(
+            "SELECT COALESCE(SUM(off), 0) FROM effects WHERE part=?", (tp.partition,)).fetchone()[0]
+
+    def drop(self, tp):
+        self.drops.append(tp.partition)
+        self.sums.pop(tp.partition, None)
+
+
+def test_state_is_loaded_once_kept_and_reloaded_when_it_may_be_stale(tmp_path):
+    """state=: loaded in the first transaction of a partition, kept across
+    runs, dropped after a rolled-back handler (and reloaded), kept after
+    RecordFailed(applied=True), reloaded after another owner committed, and
+    dropped for partitions no longer assigned. The handler always sees the
+    state of the committed offset."""
+    log = _log(tmp_path, n=40, partitions=1)
+    part = log.topic("t").partition(0)
+    tp = us.TopicPartition("t", 0)
+    st = _SumState()
+    fail = {"raise": None}
+
+    def handler(db, tp, records):
+        # The in-memory sum must equal the table's: the state is never stale.
+        want = db.execute("SELECT COALESCE(SUM(off), 0) FROM effects WHERE part=?",
+                          (tp.partition,)).fetchone()[0]
+        assert st.sums[tp.partition] == want
+        for i, r in enumerate(records):
+            if fail["raise"] == ("applied", r.offset):
+                raise us.RecordFailed(i, ValueError("bad"), applied=True) if i == 0 else \
+                    us.RecordFailed(i, ValueError("bad"))
+            if fail["raise"] == ("boom", r.offset):
+                st.sums[tp.partition] += 10 ** 9          # a half-made change...
+                raise RuntimeError("boom")                # ...then a failure: rolled back
+            st.sums[tp.partition] += r.offset
+        _insert(db, tp, records)
+
+    db = _db(tmp_path / "s.db")
+    store = us.SQLiteOffsetStore(db)
+    proc = us.Processor(None, store, handler, group="g", state=st, backoff_ms=1, max_attempts=2)
+    asyncio.run(proc.process(tp, part.read(0, 10)))
+    asyncio.run(proc.process(tp, part.read(10, 10)))
+    assert st.loads == [0] and proc.metrics["state_loads"] == 1        # loaded once, kept
+    fail["raise"] = ("boom", 25)
+    asyncio.run(proc.process(tp, part.read(20, 10)))
+    # Each attempt that failed was rolled back and its state dropped, so the
+    # next one ran on a reloaded state (the handler's own check); 25 was
+    # dead-lettered after its retry, the others applied.
+    loads = len(st.loads)
+    assert loads > 2 and len(st.drops) >= loads - 1 and len(proc.dead_letters()) == 1
+    fail["raise"] = ("applied", 30)
+    asyncio.run(proc.process(tp, part.read(30, 5)))
+    assert len(st.loads) == loads, "RecordFailed(applied=True) says the state holds the prefix"
+    assert len(proc.dead_letters()) == 2
+    fail["raise"] = None
+    # Another owner of the partition commits 35..37: this state is stale now.
+    other = us.Processor(None, us.SQLiteOffsetStore(_db(tmp_path / "s.db")), lambda d, t, r: _insert(d, t, r),
+                         group="g")
+    asyncio.run(other.process(tp, part.read(35, 3)))
+    asyncio.run(proc.process(tp, part.read(38, 2)))
+    assert len(st.loads) == loads + 1
+    assert db.execute("SELECT next_offset FROM unstoppable_offsets").fetchone() == (40,)
+    assert db.execute("SELECT COUNT(*) FROM effects").fetchone() == (38,)    # 40 less 2 dead letters
+    proc.release_unassigned()                    # no consumer: nothing is assigned
+    assert st.sums == {} and proc._state_at == {}
+    db.close()
+    log.close()
+
+
+def test_state_must_have_load_and_drop(tmp_path):
+    db = _db(tmp_path / "x.db")
+    with pytest.raises(TypeError, match="load"):
+        us.Processor(None, us.SQLiteOffsetStore(db), lambda *a: None, group="g", state=object())
+    db.close()
+
+
+def test_prepare_decides_outside_the_transaction_and_is_redone_on_a_stale_state(tmp_path):
+    """prepare= runs before BEGIN (no transaction open, so other writers of
+    the database are not held back), only when the state is loaded; when
+    another owner committed meanwhile, the state is reloaded before the
+    handler runs and what prepare staged is gone: the handler decides itself."""
+    log = _log(tmp_path, n=30, partitions=1)
+    part = log.topic("t").partition(0)
+    tp = us.TopicPartition("t", 0)
+    st = _SumState()
+    db = _db(tmp_path / "p.db")
+    seen = []
+
+    def prepare(tp, records):
+        seen.append(("prepare", db.in_transaction, records[0].offset))
+        st.sums[tp.partition] += sum(r.offset for r in records)
+        st.sums["staged"] = records[0].offset
+
+    def handler(db, tp, records):
+        staged = st.sums.pop("staged", None) == records[0].offset
+        seen.append(("handler", db.in_transaction, staged))
+        if not staged:
+            st.sums[tp.partition] += sum(r.offset for r in records)
+        _insert(db, tp, records)
+        want = db.execute("SELECT SUM(off) FROM effects WHERE part=?", (tp.partition,)).fetchone()[0]
+        assert st.sums[tp.partition] == want
+
+    class State(_SumState):
+        def drop(self, tp):
+            super().drop(tp)
+            self.sums.pop("staged", None)            # what prepare staged goes with the state
+
+    st = State()
+    proc = us.Processor(None, us.SQLiteOffsetStore(db), handler, group="g", state=st, prepare=prepare)
+    asyncio.run(proc.process(tp, part.read(0, 10)))     # not loaded yet: no prepare
+    asyncio.run(proc.process(tp, part.read(10, 10)))    # loaded: prepared outside the transaction
+    assert seen == [("handler", True, False), ("prepare", False, 10), ("handler", True, True)]
+    other = us.Processor(None, us.SQLiteOffsetStore(_db(tmp_path / "p.db")),
+                         lambda d, t, r: _insert(d, t, r), group="g")
+    asyncio.run(other.process(tp, part.read(20, 5)))    # another owner commits 20..24
+    seen.clear()
+    asyncio.run(proc.process(tp, part.read(25, 5)))
+    assert seen == [("prepare", False, 25), ("handler", True, False)]   # stale: decided again
+    assert db.execute("SELECT COUNT(*) FROM effects").fetchone() == (30,)
+    with pytest.raises(ValueError, match="prepare needs state"):
+        us.Processor(None, us.SQLiteOffsetStore(db), handler, group="g", prepare=prepare)
+    db.close()
+    log.close()

@@ -54,6 +54,34 @@ A database locked by another writer (``BEGIN IMMEDIATE`` or ``COMMIT``
 failing with SQLITE_BUSY after the connection's busy timeout) is retried
 with backoff, without limit, doubling up to ``max_lock_backoff_ms``.
 
+State kept in memory (``state=``): a handler that decides against state
+it would otherwise read from the database on every run (the rows of the
+partition's entities) can keep it in memory while it owns the partition.
+``state`` is an object with ``load(db, tp)`` and ``drop(tp)``. The
+processor remembers the committed offset the state of each partition
+stands for, and inside each transaction, after the fence, calls
+``load(db, tp)`` when it holds none that matches the committed offset: the
+first run after taking the partition over, and after another owner
+committed records of it meanwhile. It calls ``drop(tp)`` when the state may
+no longer match what is committed: after a rolled-back handler (unless the
+handler raised ``RecordFailed(applied=True)``, which says its state holds
+exactly ``records[:index]``) and for partitions no longer assigned
+(:meth:`Processor.release_unassigned`, which :meth:`Processor.run` calls
+after each poll). So the state is always that of the committed offset when
+the handler runs.
+
+Deciding outside the write lock (``prepare=``, with ``state=``): SQLite has
+one writer at a time, so a handler that decides inside the transaction
+holds every other worker of the database back while it thinks.
+``prepare(tp, records)`` is called before BEGIN IMMEDIATE, when the
+partition's state is loaded, to decide against the in-memory state and stage
+the writes; the handler then only writes them inside the transaction. If
+the transaction finds the state stale (another owner committed meanwhile),
+the processor drops it before the handler runs (``drop`` must discard what
+``prepare`` staged) and loads it afresh; the handler must then decide
+itself. A run that is fenced off drops the state too. ``prepare`` must not touch the database;
+an exception from it drops the state, and the handler decides itself.
+
 It runs on any backend the Consumer runs on (the embedded log, JetStream).
 """
 from __future__ import annotations
@@ -69,6 +97,7 @@ __all__ = ["Processor", "RecordFailed", "DEAD_LETTER_SCHEMA"]
 
 # sqlite3 authorizer action code for BEGIN/COMMIT/ROLLBACK (SQLITE_TRANSACTION).
 _SQLITE_TRANSACTION = 22
+_UNSET = object()
 
 DEAD_LETTER_SCHEMA = """
 CREATE TABLE IF NOT EXISTS {table} (
@@ -133,8 +162,12 @@ class Processor:
 
     ``dead_letter(db, tp, record, error: str, attempts)`` replaces the default
     dead-letter row (it runs inside the transaction that moves past the record).
+    ``state`` (an object with ``load(db, tp)`` and ``drop(tp)``) is the
+    handler's in-memory state per partition, loaded and dropped as the
+    module docstring says; ``prepare(tp, records)`` decides a run against it
+    before the write lock is taken.
     ``metrics`` counts handled records, transactions, retries, dead letters,
-    fenced runs and lock waits. See the module docstring for the semantics.
+    fenced runs, lock waits and state loads. See the module docstring for the semantics.
     """
 
     def __init__(self, consumer, store, handler: Callable, *, group: str,
@@ -142,7 +175,7 @@ class Processor:
                  dead_letter: Callable | None = None,
                  dead_letter_table: str = "unstoppable_dead_letters",
                  lock_backoff_ms: float = 5.0, max_lock_backoff_ms: float = 1000.0,
-                 arrow: bool = False):
+                 arrow: bool = False, state=None, prepare: Callable | None = None):
         db = getattr(store, "db", None)
         if not isinstance(db, sqlite3.Connection):
             raise TypeError(f"store must be an SQLiteOffsetStore (its connection holds the "
@@ -155,6 +188,15 @@ class Processor:
             raise ValueError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
         if not group or not isinstance(group, str):
             raise ValueError(f"group must be the consumer's group name, got {group!r}")
+        if state is not None and not (callable(getattr(state, "load", None))
+                                      and callable(getattr(state, "drop", None))):
+            raise TypeError(f"state must have load(db, tp) and drop(tp) methods, "
+                            f"got {type(state).__name__}")
+        if prepare is not None and state is None:
+            raise ValueError("prepare needs state: it decides against the in-memory state")
+        self.state = state
+        self.prepare = prepare
+        self._state_at: dict = {}      # tp -> the committed offset (None: none) the state stands for
         self.consumer = consumer
         self.store = store
         self.db = db
@@ -165,7 +207,7 @@ class Processor:
         self.lock_backoff_ms = float(lock_backoff_ms)
         self.max_lock_backoff_ms = float(max_lock_backoff_ms)
         self.metrics = {"handled": 0, "transactions": 0, "retries": 0, "dead_letters": 0,
-                        "fenced": 0, "lock_waits": 0}
+                        "fenced": 0, "lock_waits": 0, "state_loads": 0}
         self._committed_sql = (f"SELECT next_offset FROM {store.table} "
                                "WHERE grp=? AND topic=? AND part=?")
         if dead_letter is None:
@@ -204,10 +246,24 @@ class Processor:
         publishing an outbox."""
         while stop is None or not stop.is_set():
             got = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+            self.release_unassigned()
             for tp, recs in got.items():
                 await self.process(tp, recs)
             if idle is not None:
                 await idle()
+
+    def release_unassigned(self) -> None:
+        """Drop the state (``state=``) of partitions the consumer no longer owns."""
+        if self.state is None or not self._state_at:
+            return
+        owned = self.consumer.assignment() if self.consumer is not None else set()
+        for tp in [tp for tp in self._state_at if tp not in owned]:
+            self._forget(tp)
+
+    def _forget(self, tp) -> None:
+        if self.state is not None:
+            self._state_at.pop(tp, None)
+            self.state.drop(tp)
 
     async def process(self, tp, records: list) -> None:
         """Apply ``records`` (one partition's, in offset order) exactly once:
@@ -289,6 +345,12 @@ class Processor:
             # The offset after what commits: the run, or a prefix the handler applied.
             return recs[failure[0][0]].offset if failure else recs[-1].offset + 1
 
+        if self.prepare is not None and tp in self._state_at:
+            try:
+                self.prepare(tp, recs)
+            except Exception:
+                self._forget(tp)
+
         def body():
             try:
                 if self.arrow:
@@ -301,22 +363,25 @@ class Processor:
                 if not 0 <= e.index < len(recs):
                     raise ValueError(f"the handler raised RecordFailed({e.index}) for a run of "
                                      f"{len(recs)} records") from e
-                failure.append((e.index, e.cause, e.applied and e.index > 0))
+                failure.append((e.index, e.cause, e.applied and e.index > 0, e.applied))
             except Exception as e:
-                failure.append((None, e, False))
+                failure.append((None, e, False, False))
         await self._transaction(tp, recs[0].offset, next_offset, body,
-                                abort=lambda: bool(failure) and not failure[0][2])
+                                abort=lambda: bool(failure) and not failure[0][2],
+                                state_kept=lambda: bool(failure) and failure[0][3])
         if failure:
-            k, err, committed = failure[0]
+            k, err, committed, _applied = failure[0]
             if committed:
                 self.metrics["handled"] += k
-            return failure[0]
+            return failure[0][:3]
         self.metrics["handled"] += len(recs)
         return None
 
-    async def _transaction(self, tp, first: int, next_offset, body, abort=lambda: False):
-        """BEGIN IMMEDIATE, fence, body(), save ``next_offset()``, COMMIT; rolled
-        back when ``abort()`` is true after body. Waits out a locked database."""
+    async def _transaction(self, tp, first: int, next_offset, body, abort=lambda: False,
+                           state_kept=lambda: False):
+        """BEGIN IMMEDIATE, fence, (load the state), body(), save ``next_offset()``,
+        COMMIT; rolled back when ``abort()`` is true after body (the state is
+        dropped then unless ``state_kept()``). Waits out a locked database."""
         db = self.db
         delay = self.lock_backoff_ms
         while True:
@@ -333,24 +398,16 @@ class Processor:
             row = db.execute(self._committed_sql, (self.group, tp.topic, tp.partition)).fetchone()
             if row is not None and row[0] > first:
                 raise _Fenced(row[0])
-            self._tx_violation = None
-            db.set_authorizer(self._authorize)
-            try:
-                body()
-            except sqlite3.DatabaseError:
-                if self._tx_violation is None:
-                    raise
-            finally:
-                db.set_authorizer(None)
-            if self._tx_violation is not None:
-                raise HandlerTransactionError(
-                    f"the handler for {tp.topic}/{tp.partition} ran {self._tx_violation}: the "
-                    "processor owns the transaction (it commits the effects with the offset); "
-                    "a handler must not BEGIN, COMMIT or ROLLBACK (db.commit(), `with db:`)")
+            if self.state is not None:
+                self._ensure_state(tp, None if row is None else row[0])
+            self._run_body(tp, body)
             if abort():
                 db.execute("ROLLBACK")
+                if not state_kept():
+                    self._forget(tp)
                 return
-            self.store.save({tp: next_offset()}, group=self.group)
+            nxt = next_offset()
+            self.store.save({tp: nxt}, group=self.group)
             while True:
                 try:
                     db.execute("COMMIT")
@@ -364,8 +421,38 @@ class Processor:
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
+            self._forget(tp)       # (fenced: the state is behind the committed offset too)
             raise
+        if self.state is not None:
+            self._state_at[tp] = nxt
         self.metrics["transactions"] += 1
+
+    def _run_body(self, tp, body) -> None:
+        """body() under the authorizer that stops transaction statements."""
+        db = self.db
+        self._tx_violation = None
+        db.set_authorizer(self._authorize)
+        try:
+            body()
+        except sqlite3.DatabaseError:
+            if self._tx_violation is None:
+                raise
+        finally:
+            db.set_authorizer(None)
+        if self._tx_violation is not None:
+            raise HandlerTransactionError(
+                f"the handler for {tp.topic}/{tp.partition} ran {self._tx_violation}: the "
+                "processor owns the transaction (it commits the effects with the offset); "
+                "a handler must not BEGIN, COMMIT or ROLLBACK (db.commit(), `with db:`)")
+
+    def _ensure_state(self, tp, committed) -> None:
+        """Inside the transaction: (re)load tp's state unless it stands for ``committed``."""
+        if self._state_at.get(tp, _UNSET) != committed:
+            self._state_at.pop(tp, None)
+            self.state.drop(tp)
+            self.state.load(self.db, tp)
+            self._state_at[tp] = committed
+            self.metrics["state_loads"] = self.metrics.get("state_loads", 0) + 1
 
     def _authorize(self, action, arg1, arg2, dbname, source):
         if action == _SQLITE_TRANSACTION:

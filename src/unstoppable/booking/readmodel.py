@@ -1,4 +1,4 @@
-"""The read model (the "Q" of CQRS) in SQLite, and the Store the state
+"""The read model (the "Q" of CQRS) in SQLite, and the Stores the state
 machine decides against.
 
 One database file (WAL mode, so readers never block the writers) holds:
@@ -7,9 +7,13 @@ One database file (WAL mode, so readers never block the writers) holds:
 table           rows
 ==============  ====================================================================
 seats           one per seat ever touched: state (available/held/booked), holder
-bookings        one per (seat, booking): state, reason, payment, deadline
-payments        every payment seen, with what happened to it (captured/parked/refunded)
-history         every step of every booking, per user (index on user_id)
+bookings        one per (seat, booking): state, reason, payment, deadline, and the
+                booking's own log (``log``, JSON ``[history, payments]``): every step
+                of the booking and every payment seen for it, with what happened to
+                it (captured/parked/refunded). Index on user_id (a user's history).
+booking_users   (user, seat, booking) for the rare history step filed under another
+                user than the booking's (a payment parked under one user id, then
+                requested by another), so a user's history misses nothing
 timers          pending deadlines (holds, parked payments): the durable timer
 stats           counters per partition (events, duplicates absorbed, ...)
 outbox          records decided but not yet published: a run's outcome events packed in
@@ -17,6 +21,23 @@ outbox          records decided but not yet published: a run's outcome events pa
 dead_letters    origins of input records sent to the dead-letter topic
 unstoppable_offsets   the consumer group's committed offsets (SQLiteOffsetStore)
 ==============  ====================================================================
+
+Why seats and bookings are keyed by rowid, ``partition << 40 | n`` (``n``
+counting up per partition as rows are first written), with no index on
+their ids: a key index (the old WITHOUT ROWID primary keys) receives the
+rows in random order, so once the table outgrows a run every row written
+dirties its own page, and each commit writes that many pages to the WAL;
+measured here, writes of booking rows in 2,500-row transactions fell from
+12k to 6k rows/s as the table grew to 360k rows. Rowids that count up
+append instead. The worker keeps each row's rowid with the state it holds
+in memory; lookups by id scan (SQLite builds a transient index for joins).
+
+Why the history and the payments live in the booking's row: they are only
+ever read per booking or per user, and a row per step made the history the
+read model's largest write (about one row per event; SQLite inserts some
+100k rows/s). Packed, a booking is one row, written once per run that
+changes it. ``snapshot()`` unpacks them into the ``history`` and
+``payments`` rows they stand for.
 
 The worker changes all of them for a run of records, and saves the offset
 after the last one, in one transaction: after a crash the state and the
@@ -34,28 +55,23 @@ import struct
 
 from unstoppable.booking.machine import Booking, Seat, Store
 
-__all__ = ["ReadModel", "RunStore", "pack_outcomes", "unpack_outcomes", "SCHEMA", "INDEXES",
-           "SNAPSHOT_TABLES", "connect", "create_indexes", "diff_snapshots"]
+__all__ = ["ReadModel", "PartitionStore", "pack_outcomes", "unpack_outcomes", "SCHEMA", "INDEXES",
+           "SNAPSHOT_TABLES", "connect", "create_indexes", "diff_snapshots", "pack_log",
+           "unpack_log"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS seats (
-    seat_id TEXT PRIMARY KEY, state TEXT NOT NULL, booking_id TEXT NOT NULL,
-    user_id TEXT NOT NULL, updated_ms INTEGER NOT NULL) WITHOUT ROWID;
+    seat_id TEXT NOT NULL, state TEXT NOT NULL, booking_id TEXT NOT NULL,
+    user_id TEXT NOT NULL, updated_ms INTEGER NOT NULL, part INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS bookings (
     seat_id TEXT NOT NULL, booking_id TEXT NOT NULL, user_id TEXT NOT NULL, state TEXT NOT NULL,
     reason TEXT NOT NULL, payment_id TEXT NOT NULL, amount_cents INTEGER NOT NULL,
     created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL, deadline_ms INTEGER NOT NULL,
-    nevents INTEGER NOT NULL, PRIMARY KEY (seat_id, booking_id)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS bookings_state ON bookings (state);
-CREATE TABLE IF NOT EXISTS payments (
-    seat_id TEXT NOT NULL, booking_id TEXT NOT NULL, payment_id TEXT NOT NULL,
-    outcome TEXT NOT NULL, amount_cents INTEGER NOT NULL,
-    PRIMARY KEY (seat_id, booking_id, payment_id)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS history (
-    seat_id TEXT NOT NULL, booking_id TEXT NOT NULL, seq INTEGER NOT NULL, user_id TEXT NOT NULL,
-    ts_ms INTEGER NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL,
-    PRIMARY KEY (seat_id, booking_id, seq)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS history_user ON history (user_id, ts_ms);
+    nevents INTEGER NOT NULL, part INTEGER NOT NULL, log TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS bookings_user ON bookings (user_id);
+CREATE TABLE IF NOT EXISTS booking_users (
+    user_id TEXT NOT NULL, seat_id TEXT NOT NULL, booking_id TEXT NOT NULL,
+    PRIMARY KEY (user_id, seat_id, booking_id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS timers (
     seat_id TEXT NOT NULL, booking_id TEXT NOT NULL, part INTEGER NOT NULL,
     deadline_ms INTEGER NOT NULL, fired INTEGER NOT NULL DEFAULT 0,
@@ -72,7 +88,8 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     PRIMARY KEY (topic, part, off)) WITHOUT ROWID;
 """
 
-#: Tables compared by ``snapshot()``, with the columns compared.
+#: Tables compared by ``snapshot()``, with the columns compared. ``history``
+#: and ``payments`` are unpacked from ``bookings.log``.
 SNAPSHOT_TABLES = {
     "seats": "seat_id, state, booking_id, user_id, updated_ms",
     "bookings": "seat_id, booking_id, user_id, state, reason, payment_id, amount_cents, "
@@ -88,6 +105,26 @@ SNAPSHOT_TABLES = {
 #: The secondary indexes of SCHEMA; a bulk load (``connect(..., bulk=True)``)
 #: creates them after the rows are in (``create_indexes``).
 INDEXES = [line for line in SCHEMA.splitlines() if line.startswith("CREATE INDEX")]
+
+_BOOKING_COLS = ("seat_id, booking_id, user_id, state, reason, payment_id, amount_cents, "
+                 "created_ms, updated_ms, deadline_ms, nevents")
+_INSERT_SEAT = "INSERT OR REPLACE INTO seats (rowid, seat_id, state, booking_id, user_id, " \
+               "updated_ms, part) VALUES (?,?,?,?,?,?,?)"
+_INSERT_BOOKING = "INSERT OR REPLACE INTO bookings (rowid, seat_id, booking_id, user_id, state, " \
+                  "reason, payment_id, amount_cents, created_ms, updated_ms, deadline_ms, nevents, " \
+                  "part, log) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+_ROWID_BITS = 40
+# A row's rowid when first written by the reference store: the next of its partition's.
+_NEXT_ROWID = "(SELECT COALESCE(MAX(rowid), ?) + 1 FROM {t} WHERE rowid >= ? AND rowid < ?)"
+
+
+def _rowid_range(partition: int) -> tuple[int, int]:
+    return partition << _ROWID_BITS, (partition + 1) << _ROWID_BITS
+_INSERT_USER = "INSERT OR IGNORE INTO booking_users VALUES (?,?,?)"
+_SET_TIMER = ("INSERT OR REPLACE INTO timers (seat_id, booking_id, part, deadline_ms, fired) "
+              "VALUES (?,?,?,?,0)")
+_ADD_STATS = ("INSERT INTO stats (part, name, value) VALUES (?,?,?) "
+              "ON CONFLICT (part, name) DO UPDATE SET value = value + excluded.value")
 
 
 def connect(path, *, timeout: float = 60.0, bulk: bool = False) -> sqlite3.Connection:
@@ -123,14 +160,112 @@ def create_indexes(db: sqlite3.Connection) -> None:
     db.execute("PRAGMA synchronous=NORMAL")
 
 
-class ReadModel(Store):
+_dumps = json.JSONEncoder(separators=(",", ":")).encode    # made once: json.dumps with options makes one per call
+
+
+def pack_log(history: list, payments: dict) -> str:
+    """A booking's ``log`` column: JSON ``[history, payments]``, history a
+    list of ``[user_id, ts_ms, kind, detail]`` (its index is the step's seq),
+    payments a list of ``[payment_id, outcome, amount_cents]`` in the order
+    first seen."""
+    return _dumps([history, [[k, o, a] for k, (o, a) in payments.items()]])
+
+
+def unpack_log(text: str) -> tuple[list, dict]:
+    """``(history, payments)`` of a ``log`` column (see :func:`pack_log`);
+    history entries as tuples, payments as ``{payment_id: (outcome, amount_cents)}``."""
+    h, p = json.loads(text)
+    return [tuple(e) for e in h], {k: (o, a) for k, o, a in p}
+
+
+def _other_users(b: Booking, history: list) -> set:
+    """Users a history step is filed under other than the booking's own."""
+    return {e[0] for e in history if e[0] != b.user_id} if history else set()
+
+
+class _Queries:
+    """The read model's queries, over ``self.db``."""
+
+    db: sqlite3.Connection
+
+    def stats(self) -> dict:
+        """Counters summed over partitions."""
+        return {n: v for n, v in self.db.execute("SELECT name, SUM(value) FROM stats GROUP BY name")}
+
+    def snapshot(self) -> dict:
+        """The read model as {table: sorted list of row tuples} (see module docstring)."""
+        out = {}
+        for t, cols in SNAPSHOT_TABLES.items():
+            if t == "stats":
+                rows = self.db.execute("SELECT name, SUM(value) FROM stats GROUP BY name "
+                                       "HAVING SUM(value) != 0").fetchall()
+            elif t in ("history", "payments"):
+                continue
+            else:
+                rows = self.db.execute(f"SELECT {cols} FROM {t}").fetchall()
+            out[t] = sorted(rows)
+        history, payments = [], []
+        for s, b, log in self.db.execute("SELECT seat_id, booking_id, log FROM bookings"):
+            h, p = unpack_log(log)
+            history += [(s, b, i) + e for i, e in enumerate(h)]
+            payments += [(s, b, k) + v for k, v in p.items()]
+        out["history"] = sorted(history)
+        out["payments"] = sorted(payments)
+        return out
+
+    def double_booked(self) -> list:
+        """Seats with more than one confirmed booking, or whose booked holder
+        is not its confirmed booking: must always be empty. (Two scans joined
+        in Python: seats and bookings have no index on their ids.)"""
+        confirmed: dict = {}
+        bad = set()
+        for seat, booking in self.db.execute(
+                "SELECT seat_id, booking_id FROM bookings WHERE state='confirmed'"):
+            if seat in confirmed:
+                bad.add(seat)
+            confirmed[seat] = booking
+        seats = {}
+        for seat, state, holder in self.db.execute("SELECT seat_id, state, booking_id FROM seats"):
+            seats[seat] = (state, holder)
+            if state == "booked" and confirmed.get(seat) != holder:
+                bad.add(seat)
+        for seat, booking in confirmed.items():
+            s = seats.get(seat)
+            if s is not None and s != ("booked", booking):
+                bad.add(seat)
+        return sorted(bad)
+
+    def user_history(self, user_id: str) -> list:
+        """A user's booking steps in time order: (ts_ms, seat, booking, kind, detail)."""
+        rows = self.db.execute(
+            "SELECT seat_id, booking_id, log FROM bookings WHERE user_id=? UNION "
+            "SELECT b.seat_id, b.booking_id, b.log FROM booking_users u JOIN bookings b "
+            "ON b.seat_id=u.seat_id AND b.booking_id=u.booking_id WHERE u.user_id=?",
+            (user_id, user_id)).fetchall()
+        out = []
+        for s, b, log in rows:
+            h, _p = unpack_log(log)
+            out += [(e[1], s, b, i, e[2], e[3]) for i, e in enumerate(h) if e[0] == user_id]
+        out.sort()
+        return [(ts, s, b, kind, detail) for ts, s, b, _i, kind, detail in out]
+
+    def dead_lettered(self, topic: str) -> set:
+        """{(partition, offset)} of the records of ``topic`` that were dead-lettered."""
+        return {(p, o) for p, o in self.db.execute(
+            "SELECT part, off FROM dead_letters WHERE topic=?", (topic,))}
+
+
+class ReadModel(_Queries, Store):
     """ReadModel(db, partition=0)
 
-    The state machine's Store over a read-model connection. It issues only
-    reads and writes; the caller owns the transaction. ``partition`` (set per
-    record by the worker) is where counters and timers are filed. Outcomes go
-    to the outbox, keyed by seat, for the worker to publish after commit;
-    ``pending_outcomes`` counts those added since it was last reset.
+    The state machine's Store over a read-model connection, a statement per
+    read and write (the reference the batch store, :class:`PartitionStore`,
+    is tested against), plus the read model's queries. It issues only reads
+    and writes; the caller owns the transaction. ``partition`` (set per
+    record by the worker) is where counters, timers and rows are filed.
+    Outcomes go to the outbox, keyed by seat, for the worker to publish
+    after commit; ``pending_outcomes`` counts those added since it was last
+    reset. Counters are written by :meth:`flush_counts`.
     """
 
     def __init__(self, db: sqlite3.Connection, partition: int = 0,
@@ -139,6 +274,7 @@ class ReadModel(Store):
         self.outcomes_topic = outcomes_topic
         self.partition = partition
         self._counts: dict = {}
+        self._logs: dict = {}          # (seat, booking) -> (history, payments) being changed
         self.pending_outcomes = 0
         self._x = db.execute
 
@@ -148,39 +284,57 @@ class ReadModel(Store):
                     (seat_id,)).fetchone()
         return None if r is None else Seat(seat_id, *r)
 
+    def _upsert(self, table: str, key_sql: str, key: tuple, cols: str, values: tuple) -> None:
+        sets = ", ".join(f"{c}=?" for c in cols.split(", "))
+        if self._x(f"UPDATE {table} SET {sets} WHERE {key_sql}", values + key).rowcount == 0:
+            lo, hi = _rowid_range(self.partition)
+            self._x(f"INSERT INTO {table} (rowid, {cols}) VALUES "
+                    f"({_NEXT_ROWID.format(t=table)}, {', '.join('?' * len(values))})",
+                    (lo, lo, hi) + values)
+
     def put_seat(self, s):
-        self._x("INSERT OR REPLACE INTO seats VALUES (?,?,?,?,?)",
-                (s.seat_id, s.state, s.booking_id, s.user_id, s.updated_ms))
+        self._upsert("seats", "seat_id=?", (s.seat_id,),
+                     "seat_id, state, booking_id, user_id, updated_ms, part",
+                     (s.seat_id, s.state, s.booking_id, s.user_id, s.updated_ms, self.partition))
+
+    def _log(self, seat_id, booking_id) -> tuple:
+        k = (seat_id, booking_id)
+        log = self._logs.get(k)
+        if log is None:
+            r = self._x("SELECT log FROM bookings WHERE seat_id=? AND booking_id=?", k).fetchone()
+            log = self._logs[k] = ([], {}) if r is None else unpack_log(r[0])
+        return log
 
     def get_booking(self, seat_id, booking_id):
-        r = self._x("SELECT user_id, state, reason, payment_id, amount_cents, created_ms, "
-                    "updated_ms, deadline_ms, nevents FROM bookings WHERE seat_id=? AND booking_id=?",
+        r = self._x(f"SELECT {_BOOKING_COLS}, log FROM bookings WHERE seat_id=? AND booking_id=?",
                     (seat_id, booking_id)).fetchone()
-        return None if r is None else Booking(seat_id, booking_id, *r)
+        self._logs[(seat_id, booking_id)] = ([], {}) if r is None else unpack_log(r[-1])
+        return None if r is None else Booking(*r[:-1])
 
     def put_booking(self, b):
-        self._x("INSERT OR REPLACE INTO bookings VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (b.seat_id, b.booking_id, b.user_id, b.state, b.reason, b.payment_id,
-                 b.amount_cents, b.created_ms, b.updated_ms, b.deadline_ms, b.nevents))
+        h, p = self._log(b.seat_id, b.booking_id)
+        self._upsert("bookings", "seat_id=? AND booking_id=?", (b.seat_id, b.booking_id),
+                     _BOOKING_COLS + ", part, log",
+                     (b.seat_id, b.booking_id, b.user_id, b.state, b.reason, b.payment_id,
+                      b.amount_cents, b.created_ms, b.updated_ms, b.deadline_ms, b.nevents,
+                      self.partition, pack_log(h, p)))
+        for u in _other_users(b, h):
+            self._x(_INSERT_USER, (u, b.seat_id, b.booking_id))
 
     def has_payment(self, seat_id, booking_id, payment_id):
-        return self._x("SELECT 1 FROM payments WHERE seat_id=? AND booking_id=? AND payment_id=?",
-                       (seat_id, booking_id, payment_id)).fetchone() is not None
+        return payment_id in self._log(seat_id, booking_id)[1]
 
     def add_payment(self, seat_id, booking_id, payment_id, outcome, amount_cents):
-        self._x("INSERT OR REPLACE INTO payments VALUES (?,?,?,?,?)",
-                (seat_id, booking_id, payment_id, outcome, amount_cents))
+        self._log(seat_id, booking_id)[1][payment_id] = (outcome, amount_cents)
 
     def set_timer(self, seat_id, booking_id, deadline_ms):
-        self._x("INSERT OR REPLACE INTO timers (seat_id, booking_id, part, deadline_ms, fired) "
-                "VALUES (?,?,?,?,0)", (seat_id, booking_id, self.partition, deadline_ms))
+        self._x(_SET_TIMER, (seat_id, booking_id, self.partition, deadline_ms))
 
     def clear_timer(self, seat_id, booking_id):
         self._x("DELETE FROM timers WHERE seat_id=? AND booking_id=?", (seat_id, booking_id))
 
     def add_history(self, b, ts_ms, kind, detail):
-        self._x("INSERT OR REPLACE INTO history VALUES (?,?,?,?,?,?,?)",
-                (b.seat_id, b.booking_id, b.nevents, b.user_id, ts_ms, kind, detail))
+        self._log(b.seat_id, b.booking_id)[0].append((b.user_id, ts_ms, kind, detail))
         b.nevents += 1
 
     def emit(self, event):
@@ -199,15 +353,14 @@ class ReadModel(Store):
     def flush_counts(self) -> None:
         """Write the counters gathered since the last flush (inside the transaction)."""
         if self._counts:
-            self.db.executemany(
-                "INSERT INTO stats (part, name, value) VALUES (?,?,?) "
-                "ON CONFLICT (part, name) DO UPDATE SET value = value + excluded.value",
-                [(p, n, v) for (p, n), v in self._counts.items()])
+            self.db.executemany(_ADD_STATS, [(p, n, v) for (p, n), v in self._counts.items()])
             self._counts.clear()
+        self._logs.clear()
 
     def discard_counts(self) -> None:
         """Forget counters of a transaction that was rolled back."""
         self._counts.clear()
+        self._logs.clear()
         self.pending_outcomes = 0
 
     def add_dead_letter(self, topic: str, partition: int, offset: int, error: str,
@@ -220,51 +373,8 @@ class ReadModel(Store):
         if publish is not None:
             dlq, key, value, headers = publish
             self._x("INSERT INTO outbox (part, topic, key, value, headers) VALUES (?,?,?,?,?)",
-                    (self.partition, dlq, key, value, json.dumps(headers)))
+                    (partition, dlq, key, value, json.dumps(headers)))
         self.count("dead_letters")
-
-    def dead_lettered(self, topic: str) -> set:
-        """{(partition, offset)} of the records of ``topic`` that were dead-lettered."""
-        return {(p, o) for p, o in self.db.execute(
-            "SELECT part, off FROM dead_letters WHERE topic=?", (topic,))}
-
-    # -- queries
-    def stats(self) -> dict:
-        """Counters summed over partitions."""
-        return {n: v for n, v in self.db.execute("SELECT name, SUM(value) FROM stats GROUP BY name")}
-
-    def snapshot(self) -> dict:
-        """The read model as {table: sorted list of row tuples} (see module docstring)."""
-        out = {}
-        for t, cols in SNAPSHOT_TABLES.items():
-            if t == "stats":
-                rows = self.db.execute("SELECT name, SUM(value) FROM stats GROUP BY name "
-                                       "HAVING SUM(value) != 0").fetchall()
-            else:
-                rows = self.db.execute(f"SELECT {cols} FROM {t}").fetchall()
-            out[t] = sorted(rows)
-        return out
-
-    def double_booked(self) -> list:
-        """Seats with more than one confirmed booking, or whose booked holder
-        is not its confirmed booking: must always be empty."""
-        bad = self.db.execute(
-            "SELECT seat_id FROM bookings WHERE state='confirmed' GROUP BY seat_id "
-            "HAVING COUNT(*) > 1").fetchall()
-        bad += self.db.execute(
-            "SELECT s.seat_id FROM seats s WHERE s.state='booked' AND NOT EXISTS ("
-            "SELECT 1 FROM bookings b WHERE b.seat_id=s.seat_id AND b.booking_id=s.booking_id "
-            "AND b.state='confirmed')").fetchall()
-        bad += self.db.execute(
-            "SELECT b.seat_id FROM bookings b JOIN seats s ON s.seat_id=b.seat_id "
-            "WHERE b.state='confirmed' AND (s.state!='booked' OR s.booking_id!=b.booking_id)").fetchall()
-        return sorted({r[0] for r in bad})
-
-    def user_history(self, user_id: str) -> list:
-        """A user's booking steps in time order: (ts_ms, seat, booking, kind, detail)."""
-        return self.db.execute(
-            "SELECT ts_ms, seat_id, booking_id, kind, detail FROM history WHERE user_id=? "
-            "ORDER BY ts_ms, seat_id, booking_id, seq", (user_id,)).fetchall()
 
 
 _LENS = struct.Struct("<II")
@@ -289,135 +399,288 @@ def unpack_outcomes(blob: bytes) -> list:
     return out
 
 
-_SEAT_SQL = ("SELECT s.seat_id, s.state, s.booking_id, s.user_id, s.updated_ms "
-             "FROM json_each(?) j JOIN seats s ON s.seat_id = j.value")
-_BOOKING_SQL = ("SELECT b.seat_id, b.booking_id, b.user_id, b.state, b.reason, b.payment_id, "
-                "b.amount_cents, b.created_ms, b.updated_ms, b.deadline_ms, b.nevents "
-                "FROM json_each(?) j JOIN bookings b ON b.seat_id = json_extract(j.value, '$[0]') "
-                "AND b.booking_id = json_extract(j.value, '$[1]')")
-_PAYMENT_SQL = ("SELECT p.seat_id, p.booking_id, p.payment_id "
-                "FROM json_each(?) j JOIN payments p ON p.seat_id = json_extract(j.value, '$[0]') "
-                "AND p.booking_id = json_extract(j.value, '$[1]')")
+class _Part:
+    """The decision state of one partition: its seats, its bookings with their
+    logs, and the timers the database holds for it."""
+    __slots__ = ("seats", "bookings", "logs", "timers", "rowids", "next_rowid")
+
+    def __init__(self):
+        self.seats: dict = {}        # seat_id -> Seat
+        self.bookings: dict = {}     # (seat_id, booking_id) -> Booking
+        self.logs: dict = {}         # (seat_id, booking_id) -> (history list, {payment_id: (outcome, amount)})
+        self.timers: dict = {}       # (seat_id, booking_id) -> deadline_ms of its timers row
+        self.rowids: dict = {}       # seat_id or (seat_id, booking_id) -> its row's rowid
+        self.next_rowid = 0          # the next new row's (seats and bookings share the count)
 
 
-class RunStore(ReadModel):
-    """RunStore(db, partition=0, outcomes_topic="booking-outcomes", outbox=True)
+class PartitionStore(_Queries, Store):
+    """PartitionStore(db, outcomes_topic="booking-outcomes", *, outbox=True, bulk=False)
 
-    The read model a run of records at a time: :meth:`load` reads the seats,
-    bookings and payments the run touches in three set queries, the state
-    machine decides in memory, and :meth:`flush` writes what changed with
-    one ``executemany`` per table (inside the caller's transaction). Between
-    ``load`` and ``flush`` the Store methods touch no database; after a
-    rollback, :meth:`discard` forgets the run. ``outbox=False`` (the
-    rebuild) keeps outcomes out of the outbox, since nothing is published.
+    The read model for a worker that keeps the decision state of the
+    partitions it owns in memory. :meth:`load` reads one partition's seats,
+    bookings and timers once (when the worker takes the partition over);
+    :meth:`drop` forgets them (when it gives the partition up, or when its
+    state may no longer match the committed offset). These two are the
+    ``state`` hooks of :class:`unstoppable.Processor`, which calls them.
+
+    A run: :meth:`begin` (the partition), the state machine decides against
+    the in-memory state (objects are handed out without copies: the machine
+    writes back every object it changes), and :meth:`flush` writes what the
+    run changed, coalesced to its final value: one row per seat and per
+    booking the run touched, the timers that changed, one outbox row with
+    the run's outcomes, and the counters (inside the caller's transaction).
+    :meth:`discard` forgets a run's staged rows but not its changes to the
+    state: after a rollback the state must be dropped (the Processor does).
+
+    ``bulk=True`` (the rebuild) writes nothing per run: :meth:`write_all`
+    writes every partition's final rows once, in key order. ``outbox=False``
+    keeps outcomes out of the outbox (nothing is published), and tells the
+    machine not to build them (``wants_outcomes``).
     """
 
-    def __init__(self, db: sqlite3.Connection, partition: int = 0,
-                 outcomes_topic: str = "booking-outcomes", outbox: bool = True):
-        super().__init__(db, partition, outcomes_topic)
+    def __init__(self, db: sqlite3.Connection, outcomes_topic: str = "booking-outcomes", *,
+                 outbox: bool = True, bulk: bool = False):
+        self.db = db
+        self.outcomes_topic = outcomes_topic
         self.outbox = outbox
+        self.wants_outcomes = outbox        # no outbox: the machine need not build outcomes
+        self.bulk = bulk
+        self.parts: dict = {}
+        self.partition = -1
+        self.run = 0                 # counts begin(): which run the staged rows belong to
+        self._cur = None
+        self._bulk_counts: dict = {}
+        self._dead: list = []
         self.discard()
+
+    # -- the Processor's state hooks
+    def load(self, db, tp) -> None:
+        """Read partition ``tp.partition``'s state from the database."""
+        self.load_partition(tp.partition)
+
+    def drop(self, tp) -> None:
+        """Forget partition ``tp.partition``'s state."""
+        self.parts.pop(tp.partition, None)
+        if self.partition == tp.partition:
+            self._cur, self.partition = None, -1
+            self.discard()
+
+    def load_partition(self, partition: int) -> None:
+        """(Re)read one partition's seats, bookings (with their logs) and timers."""
+        part = _Part()
+        x = self.db.execute
+        lo, hi = _rowid_range(partition)
+        top = lo
+        seats, rowids = part.seats, part.rowids
+        for r in x("SELECT seat_id, state, booking_id, user_id, updated_ms, rowid FROM seats "
+                   "WHERE rowid >= ? AND rowid < ?", (lo, hi)):
+            seats[r[0]] = Seat(*r[:5])
+            rowids[r[0]] = r[5]
+            top = max(top, r[5])
+        bookings, logs = part.bookings, part.logs
+        for r in x(f"SELECT {_BOOKING_COLS}, log, rowid FROM bookings WHERE rowid >= ? AND rowid < ?",
+                   (lo, hi)):
+            k = (r[0], r[1])
+            bookings[k] = Booking(*r[:11])
+            logs[k] = unpack_log(r[11])
+            rowids[k] = r[12]
+            top = max(top, r[12])
+        part.next_rowid = top + 1
+        part.timers = {(s, b): d for s, b, d in x(
+            "SELECT seat_id, booking_id, deadline_ms FROM timers WHERE part=?", (partition,))}
+        self.parts[partition] = part
+
+    # -- a run
+    def begin(self, partition: int) -> None:
+        """Start a run of ``partition`` (its state must be loaded, or new: an
+        empty partition in a bulk load)."""
+        part = self.parts.get(partition)
+        if part is None:
+            if not self.bulk:
+                raise RuntimeError(f"partition {partition}'s state is not loaded")
+            part = self.parts[partition] = _Part()
+            part.next_rowid = _rowid_range(partition)[0] + 1
+        self.discard()
+        self._cur = part
+        self.partition = partition
+        self.run += 1
 
     def discard(self) -> None:
-        """Forget the current run (and its counters)."""
-        self._seats: dict = {}
-        self._bookings: dict = {}
-        self._paid: set = set()
+        """Forget the rows staged by the current run (not its state changes)."""
         self._dirty_seats: set = set()
         self._dirty_bookings: set = set()
-        self._new_payments: dict = {}
         self._timers: dict = {}
-        self._history: list = []
         self._outbox: list = []
-        self.discard_counts()
-
-    def load(self, keys) -> None:
-        """Start a run touching ``keys``, ``[(seat_id, booking_id)]``: read
-        their seats, bookings and payments."""
-        self.discard()
-        pairs = json.dumps(list({k: None for k in keys}))
-        seats = json.dumps(list({s: None for s, _b in keys}))
-        x = self._x
-        self._seats = {r[0]: Seat(*r) for r in x(_SEAT_SQL, (seats,))}
-        self._bookings = {(r[0], r[1]): Booking(*r) for r in x(_BOOKING_SQL, (pairs,))}
-        self._paid = set(x(_PAYMENT_SQL, (pairs,)).fetchall())
+        self._counts: dict = {}
+        self._run_dead: list = []
+        self.pending_outcomes = 0
 
     def flush(self) -> None:
-        """Write the run's changes (inside the caller's transaction)."""
+        """Write the run's changes (inside the caller's transaction); in bulk
+        mode, keep them for :meth:`write_all`."""
+        part, p = self._cur, self.partition
+        sets, dels = self._coalesce_timers() if self._timers else ((), ())
+        if self.bulk:
+            bc = self._bulk_counts
+            for n, v in self._counts.items():
+                bc[(p, n)] = bc.get((p, n), 0) + v
+            self._dead += self._run_dead
+            self.discard()
+            return
         em = self.db.executemany
         if self._dirty_seats:
-            seats = self._seats
-            em("INSERT OR REPLACE INTO seats VALUES (?,?,?,?,?)",
-               [(s.seat_id, s.state, s.booking_id, s.user_id, s.updated_ms)
-                for s in (seats[k] for k in sorted(self._dirty_seats))])
+            rows = self._seat_rows(part, self._dirty_seats, p)
+            rows.sort()
+            em(_INSERT_SEAT, rows)
         if self._dirty_bookings:
-            bks = self._bookings
-            em("INSERT OR REPLACE INTO bookings VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-               [(b.seat_id, b.booking_id, b.user_id, b.state, b.reason, b.payment_id,
-                 b.amount_cents, b.created_ms, b.updated_ms, b.deadline_ms, b.nevents)
-                for b in (bks[k] for k in sorted(self._dirty_bookings))])
-        if self._new_payments:
-            em("INSERT OR REPLACE INTO payments VALUES (?,?,?,?,?)",
-               sorted(k + v for k, v in self._new_payments.items()))
-        if self._history:
-            self._history.sort()       # key order: fewer B-tree pages touched per run
-            em("INSERT OR REPLACE INTO history VALUES (?,?,?,?,?,?,?)", self._history)
-        if self._timers:
-            sets = [k + v for k, v in self._timers.items() if v is not None]
-            dels = [k for k, v in self._timers.items() if v is None]
-            if dels:
-                em("DELETE FROM timers WHERE seat_id=? AND booking_id=?", dels)
-            if sets:
-                em("INSERT OR REPLACE INTO timers (seat_id, booking_id, part, deadline_ms, fired) "
-                   "VALUES (?,?,?,?,0)", sets)
+            rows, users = self._booking_rows(part, self._dirty_bookings, p)
+            rows.sort()
+            em(_INSERT_BOOKING, rows)
+            if users:
+                em(_INSERT_USER, users)
+        if dels:
+            em("DELETE FROM timers WHERE seat_id=? AND booking_id=?", dels)
+        if sets:
+            em(_SET_TIMER, sets)
+        if self._run_dead:
+            em("INSERT OR REPLACE INTO dead_letters VALUES (?,?,?,?)", self._run_dead)
         if self._outbox:
             # One row for the run's outcomes (key NULL, value packed): one row
             # per run instead of one per outcome.
-            self._x("INSERT INTO outbox (part, topic, key, value) VALUES (?,?,NULL,?)",
-                    (self.partition, self.outcomes_topic, pack_outcomes(self._outbox)))
-        self.flush_counts()
+            self.db.execute("INSERT INTO outbox (part, topic, key, value) VALUES (?,?,NULL,?)",
+                            (p, self.outcomes_topic, pack_outcomes(self._outbox)))
+        if self._counts:
+            em(_ADD_STATS, [(p, n, v) for n, v in self._counts.items()])
         self.discard()
 
+    def _coalesce_timers(self) -> tuple[list, list]:
+        """The run's timer changes against the rows the database holds:
+        ``(rows to set, keys to delete)``; a timer set and cleared within the
+        run writes nothing."""
+        sets, dels = [], []
+        have, p = self._cur.timers, self.partition
+        for k, d in self._timers.items():
+            was = have.get(k)
+            if d is None:
+                if was is not None:
+                    dels.append(k)
+                    del have[k]
+            elif was != d:
+                sets.append((k[0], k[1], p, d))
+                have[k] = d
+        return sets, dels
+
+    @staticmethod
+    def _rowid(part: _Part, k) -> int:
+        r = part.rowids.get(k)
+        if r is None:
+            r = part.rowids[k] = part.next_rowid
+            part.next_rowid += 1
+        return r
+
+    def _seat_rows(self, part: _Part, keys, p: int) -> list:
+        seats, rowid = part.seats, self._rowid
+        return [(rowid(part, s.seat_id), s.seat_id, s.state, s.booking_id, s.user_id, s.updated_ms, p)
+                for s in (seats[k] for k in keys)]
+
+    def _booking_rows(self, part: _Part, keys, p: int) -> tuple[list, list]:
+        bks, logs, rowid = part.bookings, part.logs, self._rowid
+        rows, users = [], []
+        empty = ([], {})
+        for k in keys:
+            b = bks[k]
+            h, pay = logs.get(k, empty)
+            rows.append((rowid(part, k), b.seat_id, b.booking_id, b.user_id, b.state, b.reason, b.payment_id,
+                         b.amount_cents, b.created_ms, b.updated_ms, b.deadline_ms, b.nevents, p,
+                         pack_log(h, pay)))
+            for e in h:
+                if e[0] != b.user_id:
+                    users += [(u, k[0], k[1]) for u in _other_users(b, h)]
+                    break
+        return rows, users
+
+    def write_all(self) -> None:
+        """Bulk mode: write every partition's final state, in key order (in
+        the caller's transaction)."""
+        em = self.db.executemany
+        seats, bookings, timers = [], [], []
+        for p, part in self.parts.items():
+            seats += self._seat_rows(part, part.seats, p)
+            bookings.append((p, part))
+            timers += [(k[0], k[1], p, d) for k, d in part.timers.items()]
+        seats.sort()
+        em(_INSERT_SEAT, seats)
+        rows, users = [], []
+        for p, part in bookings:
+            r, u = self._booking_rows(part, part.bookings, p)
+            rows += r
+            users += u
+        rows.sort()
+        em(_INSERT_BOOKING, rows)
+        em(_INSERT_USER, sorted(set(users)))
+        timers.sort()
+        em(_SET_TIMER, timers)
+        em("INSERT OR REPLACE INTO dead_letters VALUES (?,?,?,?)", sorted(self._dead))
+        em(_ADD_STATS, sorted((p, n, v) for (p, n), v in self._bulk_counts.items()))
+
+    def add_dead_letter(self, topic: str, partition: int, offset: int, error: str) -> None:
+        """Record (in the run) that a record was dead-lettered (the rebuild)."""
+        self._run_dead.append((topic, partition, offset, error))
+        self.count("dead_letters")
+
     # -- Store, in memory. The machine writes back every object it changes,
-    #    so the loaded objects are handed out without copies.
+    #    so the objects are handed out without copies.
     def get_seat(self, seat_id):
-        return self._seats.get(seat_id)
+        return self._cur.seats.get(seat_id)
 
     def put_seat(self, s):
-        self._seats[s.seat_id] = s
+        self._cur.seats[s.seat_id] = s
         self._dirty_seats.add(s.seat_id)
 
     def get_booking(self, seat_id, booking_id):
-        return self._bookings.get((seat_id, booking_id))
+        return self._cur.bookings.get((seat_id, booking_id))
 
     def put_booking(self, b):
         k = (b.seat_id, b.booking_id)
-        self._bookings[k] = b
+        self._cur.bookings[k] = b
         self._dirty_bookings.add(k)
 
     def has_payment(self, seat_id, booking_id, payment_id):
-        return (seat_id, booking_id, payment_id) in self._paid
+        log = self._cur.logs.get((seat_id, booking_id))
+        return log is not None and payment_id in log[1]
 
     def add_payment(self, seat_id, booking_id, payment_id, outcome, amount_cents):
-        k = (seat_id, booking_id, payment_id)
-        self._paid.add(k)
-        self._new_payments[k] = (outcome, amount_cents)
+        k = (seat_id, booking_id)
+        log = self._cur.logs.get(k)
+        if log is None:
+            log = self._cur.logs[k] = ([], {})
+        log[1][payment_id] = (outcome, amount_cents)
+        self._dirty_bookings.add(k)
 
     def set_timer(self, seat_id, booking_id, deadline_ms):
-        self._timers[(seat_id, booking_id)] = (self.partition, deadline_ms)
+        self._timers[(seat_id, booking_id)] = deadline_ms
 
     def clear_timer(self, seat_id, booking_id):
         self._timers[(seat_id, booking_id)] = None
 
     def add_history(self, b, ts_ms, kind, detail):
-        self._history.append((b.seat_id, b.booking_id, b.nevents, b.user_id, ts_ms, kind, detail))
+        k = (b.seat_id, b.booking_id)
+        log = self._cur.logs.get(k)
+        if log is None:
+            log = self._cur.logs[k] = ([], {})
+        log[0].append((b.user_id, ts_ms, kind, detail))
         b.nevents += 1
+        self._dirty_bookings.add(k)
 
     def emit(self, event):
         if self.outbox:
             seat = getattr(event, event.WhichOneof("kind")).seat_id
             self._outbox.append((seat.encode(), event.SerializeToString(deterministic=True)))
         self.pending_outcomes += 1
+
+    def count(self, name, n=1):
+        c = self._counts
+        c[name] = c.get(name, 0) + n
 
 
 def diff_snapshots(a: dict, b: dict, limit: int = 5) -> list[str]:
