@@ -59,6 +59,7 @@ import time
 
 import unstoppable as us
 from unstoppable import TopicPartition
+from unstoppable.booking.service import run_worker  # loaded once by the fork server
 
 _O_APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
 
@@ -250,7 +251,6 @@ def role_churn_write(a: dict) -> int:
 
 def role_booking_worker(a: dict) -> int:
     """One worker of the booking service (until SIGTERM)."""
-    from unstoppable.booking.service import run_worker
     run_worker(a["cfg"])
     return 0
 

@@ -464,6 +464,11 @@ def _freeze_survivors(phase: str, info: dict) -> None:
 
 def run_worker(cfg: ServiceConfig | dict) -> None:
     """Entry point of a worker process: run until SIGTERM or SIGINT."""
+    # A signal that comes while the worker is still starting (before the loop
+    # has its handlers) stops it as cleanly as one that comes later.
+    early: list = []
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, lambda signum, frame: early.append(signum))
     if isinstance(cfg, dict):
         cfg = ServiceConfig(**cfg)
     gc.callbacks.append(_freeze_survivors)
@@ -473,6 +478,8 @@ def run_worker(cfg: ServiceConfig | dict) -> None:
         loop = asyncio.get_running_loop()
         for s in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(s, stop.set)
+        if early:
+            stop.set()
         await BookingService(cfg).run(stop)
 
     asyncio.run(main())
