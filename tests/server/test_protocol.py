@@ -35,6 +35,16 @@ def batch(values, pid=-1, epoch=-1, seq=-1, timestamp=None):
     return bytes(b.build())
 
 
+def split(records):
+    """(baseOffset, the batch's bytes after baseOffset) of each batch in a records field."""
+    out, pos = [], 0
+    while pos < len(records):
+        base, blen = struct.unpack_from(">qi", records, pos)
+        out.append((base, records[pos + 8:pos + 12 + blen]))
+        pos += 12 + blen
+    return out
+
+
 def produce(c, topic, partition, records, acks=1, transactional_id=None):
     req = pr8.ProduceRequest(transactional_id=transactional_id, acks=acks,
                              timeout=datetime.timedelta(seconds=5), topic_data=(
@@ -88,8 +98,9 @@ def test_produce_fetch_and_errors(server, client):
     assert create(client, "t", 2) == (0, None)
     assert create(client, "t", 2)[0] == 36                       # exists
     assert create(client, "r", 1, [("cleanup.policy", "compact")])[0] == 40
-    assert produce(client, "t", 0, batch([b"a", b"b"])) == (0, 0)
-    assert produce(client, "t", 0, batch([b"c"]), acks=-1) == (0, 2)
+    ab, c = batch([b"a", b"b"]), batch([b"c"])
+    assert produce(client, "t", 0, ab) == (0, 0)
+    assert produce(client, "t", 0, c, acks=-1) == (0, 2)
     assert produce(client, "t", 2, batch([b"x"]))[0] == 3          # no partition 2
     assert produce(client, "nope", 0, batch([b"x"]))[0] == 3       # no topic
     bad = bytearray(batch([b"y"]))
@@ -99,9 +110,16 @@ def test_produce_fetch_and_errors(server, client):
     assert produce(client, "t", 0, batch([b"t"], timestamp=-5))[0] == 87   # INVALID_RECORD
     p = fetch(client, "t", 0, 1)
     assert int(p.error_code) == 0 and p.high_watermark == 3
+    # The batches as the client sent them, byte for byte (only baseOffset
+    # rewritten): the first one holds offset 0, below the fetch offset, as
+    # Kafka serves it; clients skip such records.
+    got = split(bytes(p.records))
+    assert [b for _, b in got] == [ab[8:], c[8:]]
+    assert [base for base, _ in got] == [0, 2]
     from kafka.record.default_records import DefaultRecordBatch
-    got = DefaultRecordBatch(bytes(p.records))
-    assert got.validate_crc() and [r.value for r in got] == [b"b", b"c"]
+    recs = [(r.offset, r.value) for base, b in got
+            for r in DefaultRecordBatch(struct.pack(">q", base) + b)]
+    assert recs == [(0, b"a"), (1, b"b"), (2, b"c")]
     assert int(fetch(client, "t", 0, 4).error_code) == 1          # past the end
     with us.Log(server.log_dir) as log:
         assert [bytes(r.value) for r in log.topic("t").partition(0).read(0)] == [b"a", b"b", b"c"]
@@ -272,8 +290,11 @@ def test_bad_frames_close_only_their_connection(server, client):
 def test_a_client_that_stops_reading_keeps_memory_bounded(server, client):
     create(client, "big")
     value = os.urandom(512 << 10)
-    for _ in range(4):
-        assert produce(client, "big", 0, batch([value, value]))[0] == 0
+    for _ in range(8):
+        assert produce(client, "big", 0, batch([value]))[0] == 0
+    # A batch over max.message.bytes (1 MiB, the record limit, plus the
+    # batch header) is refused whole, as Kafka refuses it: MESSAGE_TOO_LARGE.
+    assert produce(client, "big", 0, batch([value, value]))[0] == 10
     base = server.rss_kib()
     slow = RawClient(server.bootstrap)
     slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)

@@ -51,8 +51,13 @@ from aiokafka.errors import UnsupportedCodecError
 from aiokafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
 
 from unstoppable._core.hashing import crc32c
+from unstoppable.errors import InvalidRecordError
 
 __all__ = [
+    "BatchSpan",
+    "split_batches",
+    "ATTR_TRANSACTIONAL",
+    "ATTR_CONTROL",
     "ProducedBatch",
     "InvalidBatchError",
     "UnsupportedCompressionError",
@@ -67,6 +72,12 @@ _HEAD = struct.Struct(">qiibIhiqqqhii")
 _BASE = struct.Struct(">q")
 _CRC_START = 21
 COMPRESSION_NAMES = {0: None, 1: "gzip", 2: "snappy", 3: "lz4", 4: "zstd"}
+ATTR_TRANSACTIONAL = 16
+ATTR_CONTROL = 32
+# batchLength, magic, attributes, baseTimestamp, maxTimestamp, producer fields
+_SPAN = struct.Struct(">8xi4xb4xh4xqqqhi")
+#: The log's timestamp range (ms): 0 .. 9999-12-31T23:59:59.999Z.
+MAX_TIMESTAMP = 253402300799999
 
 
 class InvalidBatchError(ValueError):
@@ -94,6 +105,57 @@ class ProducedBatch:
         self.transactional = transactional
         self.control = control
         self.compression = compression    # None or a COMPRESSION_NAMES value
+
+
+class BatchSpan:
+    """Where one batch of a Produce request's records lies, and the header
+    fields the server decides on before the batch is appended."""
+
+    __slots__ = ("position", "length", "attributes", "producer_id", "producer_epoch",
+                 "base_sequence")
+
+    def __init__(self, position, length, attributes, producer_id, producer_epoch, base_sequence):
+        self.position = position
+        self.length = length
+        self.attributes = attributes
+        self.producer_id = producer_id
+        self.producer_epoch = producer_epoch
+        self.base_sequence = base_sequence
+
+    @property
+    def codec(self) -> int:
+        """The compression attribute (0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd)."""
+        return self.attributes & 7
+
+
+def split_batches(data) -> list[BatchSpan]:
+    """split_batches(data) -> list[BatchSpan]
+
+    The batches of ``data`` (a Produce request's records field) by their
+    headers alone: magic 2 and lengths that tile ``data`` exactly. The CRC
+    and the records are checked when the batches are taken
+    (``BatchEncoder.add_batches``). Raises InvalidBatchError, or
+    InvalidRecordError for a baseTimestamp or maxTimestamp outside the log's
+    range (the timestamps of records between them are not decoded here).
+    """
+    n = len(data)
+    pos = 0
+    out = []
+    while pos < n:
+        if n - pos < HEADER_SIZE:
+            raise InvalidBatchError(f"{n - pos} bytes left: shorter than a batch header")
+        blen, magic, attrs, base_ts, max_ts, pid, epoch, seq = _SPAN.unpack_from(data, pos)
+        if magic != 2:
+            raise InvalidBatchError(f"record batch magic {magic}: only v2 (magic 2) is accepted")
+        if blen < HEADER_SIZE - 12 or pos + 12 + blen > n:
+            raise InvalidBatchError(f"batch length {blen} does not fit the {n - pos} bytes left")
+        if not (0 <= base_ts <= MAX_TIMESTAMP and 0 <= max_ts <= MAX_TIMESTAMP):
+            raise InvalidRecordError(
+                f"batch timestamps {base_ts} .. {max_ts} are outside the log's 0 .. "
+                f"{MAX_TIMESTAMP} ms")
+        out.append(BatchSpan(pos, blen + 12, attrs, pid, epoch, seq))
+        pos += blen + 12
+    return out
 
 
 # ----------------------------------------------------------------- records
