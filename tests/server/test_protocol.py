@@ -26,8 +26,8 @@ import datetime
 import unstoppable as us
 
 
-def batch(values, pid=-1, epoch=-1, seq=-1, timestamp=None):
-    b = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=False,
+def batch(values, pid=-1, epoch=-1, seq=-1, timestamp=None, codec=0):
+    b = DefaultRecordBatchBuilder(magic=2, compression_type=codec, is_transactional=False,
                                   producer_id=pid, producer_epoch=epoch, base_sequence=seq,
                                   batch_size=1 << 30)
     for i, v in enumerate(values):
@@ -124,6 +124,26 @@ def test_produce_fetch_and_errors(server, client):
     with us.Log(server.log_dir) as log:
         assert [bytes(r.value) for r in log.topic("t").partition(0).read(0)] == [b"a", b"b", b"c"]
         assert log.verify().ok
+
+
+def test_compressed_batches_are_stored_as_sent_unless_the_topic_forces_a_codec(server, client):
+    create(client, "gz")
+    sent = batch([b"v%d" % i * 20 for i in range(50)], codec=1)     # gzip
+    assert produce(client, "gz", 0, sent) == (0, 0)
+    with us.Log(server.log_dir) as log:
+        p = log.topic("gz").partition(0)
+        rng = p.byte_range(0, 1 << 20)
+        with open(rng.segment.path, "rb") as f:
+            assert f.read()[8:] == sent[8:]                          # byte for byte, still gzip
+        assert [bytes(r.value) for r in p.read(0, max_records=100)] == \
+            [b"v%d" % i * 20 for i in range(50)]
+        log.create_topic("forced", compression="zstd")             # the Python API, same log
+    assert produce(client, "forced", 0, sent) == (0, 0)
+    got = split(bytes(fetch(client, "forced", 0, 0).records))
+    assert len(got) == 1 and struct.unpack_from(">h", got[0][1], 13)[0] & 7 == 4   # zstd now
+    from kafka.record.default_records import DefaultRecordBatch
+    assert [r.value for r in DefaultRecordBatch(struct.pack(">q", 0) + got[0][1])] == \
+        [b"v%d" % i * 20 for i in range(50)]
 
 
 def test_acks_zero(server, client):
