@@ -131,7 +131,12 @@ def append_error(exc: BaseException) -> int:
 
 
 #: Record ranges below this many bytes are copied from the mapped segment
-#: into the socket; larger ones go through sendfile.
+#: into the socket; larger ones go through sendfile. Measured on loopback on
+#: this 2-core machine: for 4 KiB, send() of the mapped bytes took 4.4-10.8 us
+#: against sendfile's 9.3-13.3 us; from 64 KiB up the two were within noise of
+#: each other (0.46x-1.24x), and kcat reading 1 M 100-byte records cost the
+#: server 0.06-0.07 s of CPU with sendfile against 0.08-0.09 s without it.
+#: sendfile also keeps a slow reader's unsent bytes out of the process.
 SENDFILE_MIN = 64 << 10
 
 
@@ -291,7 +296,15 @@ class Broker:
                 pos += sent
                 n -= sent
             if n:
-                await asyncio.get_running_loop().sendfile(tr, _SegmentFile(c.segment.fd), pos, n)
+                try:
+                    await asyncio.get_running_loop().sendfile(
+                        tr, _SegmentFile(c.segment.fd), pos, n, fallback=False)
+                except (NotImplementedError, AttributeError, RuntimeError,
+                        asyncio.SendfileNotAvailableError):
+                    # A loop or transport without native sendfile (uvloop, TLS): the
+                    # mapped segment's bytes instead.
+                    with c.segment.data(pos + n).view[pos:pos + n] as mv:
+                        tr.write(mv)
 
     async def _dispatch(self, frame: bytes):
         key, ver, corr, off = P.parse_header(frame)

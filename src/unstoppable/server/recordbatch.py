@@ -1,20 +1,22 @@
-"""Kafka's RecordBatch v2, translated to and from the log's records.
+"""Kafka's RecordBatch v2 on the server's side: the checks made before a
+client's batches are appended, and the translation paths that remain.
 
-This module is the server's whole data-path translation, behind two calls:
+The log stores RecordBatch v2 itself (docs/FORMAT.md section 4), so the hot
+paths do not translate: Produce splits a request's records field into batches
+by their headers (:func:`split_batches`), and ``BatchEncoder.add_batches``
+checks each completely (CRC, header, records) before the partition appends
+the client's bytes with only ``baseOffset`` rewritten; Fetch sends segment
+byte ranges (``Partition.byte_range``) with ``sendfile``.
 
-* :func:`decode_batches` turns the ``records`` bytes of a Produce request into
-  :class:`ProducedBatch` objects (records as ``(key, value, headers,
-  timestamp)`` tuples that ``Partition.append`` takes, plus the idempotent
-  producer fields), after checking each batch's header and CRC-32C and
-  decompressing it;
-* :func:`encode_records` turns the Record views ``Partition.read`` returns into
-  one uncompressed RecordBatch v2 for a Fetch response.
+Two cases still translate, through aiokafka's compiled record codec:
 
-The log keeps its own batch format on disk (docs/FORMAT.md section 4, magic 1),
-so every produce and fetch re-encodes. Once the log stores RecordBatch v2 itself
-(issue 16), Produce can append the client's batch as it is after rewriting its
-base offset and Fetch can hand segment byte ranges to ``sendfile``; only the
-callers of these two functions change.
+* :func:`decode_batches` turns a records field into :class:`ProducedBatch`
+  objects (records as ``(key, value, headers, timestamp)`` tuples) when the
+  topic forces a compression codec other than the batches' own, so that
+  ``Partition.append`` re-encodes them;
+* :func:`encode_records` turns Record views of format-1 batches (a log
+  written before format 2, which Kafka clients cannot read) into one
+  uncompressed RecordBatch v2 for a Fetch response.
 
 RecordBatch v2 (big-endian; Kafka's ``DefaultRecordBatch``):
 
