@@ -25,14 +25,32 @@ from server_util import ServerProcess  # noqa: E402
 
 #: Tests that need only what the server implements (no transactions, SSL,
 #: SASL, compaction, admin APIs beyond CreateTopics/DeleteTopics/
-#: DescribeConfigs, mock clusters or sockem fault injection).
-DEFAULT_TESTS = ("0001", "0002", "0005", "0007", "0008", "0011", "0012", "0013", "0014",
-                 "0015", "0017", "0021", "0022", "0026", "0029", "0030", "0031", "0034",
-                 "0036", "0038", "0039", "0040", "0041", "0042", "0044", "0046", "0047",
-                 "0048", "0049", "0050", "0051", "0053", "0055", "0056", "0057", "0060",
-                 "0062", "0063", "0064", "0065", "0066", "0067", "0069", "0071", "0072",
-                 "0073", "0074", "0075", "0076", "0077", "0079", "0082", "0083", "0084",
-                 "0085", "0088", "0089", "0091", "0092", "0093", "0094", "0095", "0099")
+#: DescribeConfigs, mock clusters or sockem fault injection). 0047 and 0079
+#: are filtered out by the runner itself here (sockem; fork) and count as
+#: SKIPPED.
+DEFAULT_TESTS = ("0001", "0002", "0005", "0007", "0008", "0012", "0013", "0014", "0015",
+                 "0017", "0021", "0022", "0026", "0029", "0030", "0031", "0034", "0036",
+                 "0038", "0039", "0040", "0041", "0042", "0046", "0047", "0048", "0049",
+                 "0050", "0051", "0053", "0056", "0057", "0060", "0062", "0063", "0065",
+                 "0066", "0067", "0071", "0072", "0073", "0074", "0075", "0076", "0079",
+                 "0082", "0083", "0084", "0085", "0088", "0089", "0091", "0093", "0094",
+                 "0095")
+
+#: Tried and left out, with the reason seen in their output.
+LEFT_OUT = {
+    "0011": "a subtest sets cleanup.policy=compact through IncrementalAlterConfigs and "
+            "expects INVALID_RECORD for null keys: compaction and IncrementalAlterConfigs "
+            "are not supported",
+    "0044": "CreatePartitions (API 37) is not supported",
+    "0069": "CreatePartitions (API 37) is not supported",
+    "0055": "its last part uses a transactional producer: transactions are not supported",
+    "0064": "sets security.protocol=ssl, and this librdkafka build has no OpenSSL",
+    "0077": "compaction is not supported",
+    "0092": "AlterConfigs is not supported",
+    "0099": "OffsetCommit metadata is not kept by the log's group offsets "
+            "(OffsetFetch answers it empty)",
+}
+
 
 def run(src: str, tests, timeout: float = 300.0) -> dict[str, tuple[str, str]]:
     """{test: (PASSED | FAILED | SKIPPED | TIMEOUT, last lines of its output)}."""
@@ -41,7 +59,10 @@ def run(src: str, tests, timeout: float = 300.0) -> dict[str, tuple[str, str]]:
         raise FileNotFoundError(f"{runner} is not built (make libs && make -C tests build)")
     out: dict[str, tuple[str, str]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        server = ServerProcess(os.path.join(tmp, "log"), metrics=False).start()
+        # The suite's clusters auto-create topics with several partitions
+        # (its tests produce to partitions 0-3 of topics they never create).
+        server = ServerProcess(os.path.join(tmp, "log"), metrics=False,
+                               extra=["--default-partitions", "4"]).start()
         try:
             with open(os.path.join(src, "tests", "test.conf"), "w") as f:
                 f.write(f"metadata.broker.list={server.bootstrap}\n"
@@ -60,6 +81,8 @@ def run(src: str, tests, timeout: float = 300.0) -> dict[str, tuple[str, str]]:
                     # whatever the outcome, so its exit status says nothing.
                     verdict = re.search(r"Test %s_\w+ (PASSED|FAILED|SKIPPED)" % t, text)
                     status = verdict.group(1) if verdict else "FAILED"
+                    if not verdict and re.search(r"\] WARN: SKIPPING TEST", text):
+                        status = "SKIPPED"
                     if "ALL TESTS PASSED" not in text and status == "PASSED":
                         status = "FAILED"
                 except subprocess.TimeoutExpired as e:

@@ -146,6 +146,32 @@ def test_compressed_batches_are_stored_as_sent_unless_the_topic_forces_a_codec(s
         [b"v%d" % i * 20 for i in range(50)]
 
 
+def test_fetch_limits_whole_batches_as_kafka_does(server, client):
+    """max_bytes and partition_max_bytes bound the records of a response in
+    whole batches; a batch larger than the limits is served only as the
+    response's first records (so a consumer always progresses)."""
+    create(client, "lim", 2)
+    big = os.urandom(600 << 10)
+    for part in (0, 1):
+        assert produce(client, "lim", part, batch([big]))[0] == 0
+
+    def fetch_both(max_bytes, partition_max_bytes):
+        req = f11.FetchRequest(
+            replica_id=-1, max_wait=datetime.timedelta(0), min_bytes=1, max_bytes=max_bytes,
+            isolation_level=0, session_id=0, session_epoch=-1, topics=(f11.FetchTopic(
+                topic="lim", partitions=tuple(f11.FetchPartition(
+                    partition=i, current_leader_epoch=-1, fetch_offset=0, log_start_offset=-1,
+                    partition_max_bytes=partition_max_bytes) for i in (0, 1))),),
+            forgotten_topics_data=(), rack_id="")
+        return [len(p.records or b"") for p in client.request(req).responses[0].partitions]
+    one = fetch_both(1 << 20, 1 << 20)[0]
+    assert one > 600 << 10
+    assert fetch_both(1 << 20, 1 << 20) == [one, 0]          # the second does not fit max_bytes
+    assert fetch_both(2 << 20, 1 << 20) == [one, one]
+    assert fetch_both(100, 1 << 20) == [one, 0]               # first batch: served anyway
+    assert fetch_both(2 << 20, 100) == [one, 0]               # partition_max_bytes: the same
+
+
 def test_acks_zero(server, client):
     create(client, "z")
     req = pr8.ProduceRequest(transactional_id=None, acks=0, timeout=datetime.timedelta(seconds=5),

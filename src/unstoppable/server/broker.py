@@ -644,11 +644,16 @@ class Broker:
                     counters.append((p, p.change_counter))
                     hw, start = p.end_offset, p.start_offset
                     if budget > 0 and fp.fetch_offset != hw:
-                        limit = min(fp.partition_max_bytes, budget) if total else \
-                            fp.partition_max_bytes
+                        # Both limits apply. byte_range gives at least one
+                        # whole batch; a larger one is served only as the
+                        # response's first records, as Kafka does.
+                        limit = min(fp.partition_max_bytes, budget)
                         data = self._records_at(p, fp.fetch_offset, max(limit, 1))
+                        n = 0 if data is None else \
+                            len(data) if isinstance(data, bytes) else data.length
+                        if total and n > limit:
+                            data = None
                         if data is not None:
-                            n = len(data) if isinstance(data, bytes) else data.length
                             total += n
                             budget -= n
                             if m:
