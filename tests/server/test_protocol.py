@@ -26,13 +26,23 @@ import datetime
 import unstoppable as us
 
 
-def batch(values, pid=-1, epoch=-1, seq=-1, timestamp=None):
-    b = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=False,
+def batch(values, pid=-1, epoch=-1, seq=-1, timestamp=None, codec=0):
+    b = DefaultRecordBatchBuilder(magic=2, compression_type=codec, is_transactional=False,
                                   producer_id=pid, producer_epoch=epoch, base_sequence=seq,
                                   batch_size=1 << 30)
     for i, v in enumerate(values):
         b.append(i, timestamp=timestamp, key=None, value=v, headers=[])
     return bytes(b.build())
+
+
+def split(records):
+    """(baseOffset, the batch's bytes after baseOffset) of each batch in a records field."""
+    out, pos = [], 0
+    while pos < len(records):
+        base, blen = struct.unpack_from(">qi", records, pos)
+        out.append((base, records[pos + 8:pos + 12 + blen]))
+        pos += 12 + blen
+    return out
 
 
 def produce(c, topic, partition, records, acks=1, transactional_id=None):
@@ -88,8 +98,9 @@ def test_produce_fetch_and_errors(server, client):
     assert create(client, "t", 2) == (0, None)
     assert create(client, "t", 2)[0] == 36                       # exists
     assert create(client, "r", 1, [("cleanup.policy", "forever")])[0] == 40
-    assert produce(client, "t", 0, batch([b"a", b"b"])) == (0, 0)
-    assert produce(client, "t", 0, batch([b"c"]), acks=-1) == (0, 2)
+    ab, c = batch([b"a", b"b"]), batch([b"c"])
+    assert produce(client, "t", 0, ab) == (0, 0)
+    assert produce(client, "t", 0, c, acks=-1) == (0, 2)
     assert produce(client, "t", 2, batch([b"x"]))[0] == 3          # no partition 2
     assert produce(client, "nope", 0, batch([b"x"]))[0] == 3       # no topic
     bad = bytearray(batch([b"y"]))
@@ -99,13 +110,66 @@ def test_produce_fetch_and_errors(server, client):
     assert produce(client, "t", 0, batch([b"t"], timestamp=-5))[0] == 87   # INVALID_RECORD
     p = fetch(client, "t", 0, 1)
     assert int(p.error_code) == 0 and p.high_watermark == 3
+    # The batches as the client sent them, byte for byte (only baseOffset
+    # rewritten): the first one holds offset 0, below the fetch offset, as
+    # Kafka serves it; clients skip such records.
+    got = split(bytes(p.records))
+    assert [b for _, b in got] == [ab[8:], c[8:]]
+    assert [base for base, _ in got] == [0, 2]
     from kafka.record.default_records import DefaultRecordBatch
-    got = DefaultRecordBatch(bytes(p.records))
-    assert got.validate_crc() and [r.value for r in got] == [b"b", b"c"]
+    recs = [(r.offset, r.value) for base, b in got
+            for r in DefaultRecordBatch(struct.pack(">q", base) + b)]
+    assert recs == [(0, b"a"), (1, b"b"), (2, b"c")]
     assert int(fetch(client, "t", 0, 4).error_code) == 1          # past the end
     with us.Log(server.log_dir) as log:
         assert [bytes(r.value) for r in log.topic("t").partition(0).read(0)] == [b"a", b"b", b"c"]
         assert log.verify().ok
+
+
+def test_compressed_batches_are_stored_as_sent_unless_the_topic_forces_a_codec(server, client):
+    create(client, "gz")
+    sent = batch([b"v%d" % i * 20 for i in range(50)], codec=1)     # gzip
+    assert produce(client, "gz", 0, sent) == (0, 0)
+    with us.Log(server.log_dir) as log:
+        p = log.topic("gz").partition(0)
+        rng = p.byte_range(0, 1 << 20)
+        with open(rng.segment.path, "rb") as f:
+            assert f.read()[8:] == sent[8:]                          # byte for byte, still gzip
+        assert [bytes(r.value) for r in p.read(0, max_records=100)] == \
+            [b"v%d" % i * 20 for i in range(50)]
+        log.create_topic("forced", compression="zstd")             # the Python API, same log
+    assert produce(client, "forced", 0, sent) == (0, 0)
+    got = split(bytes(fetch(client, "forced", 0, 0).records))
+    assert len(got) == 1 and struct.unpack_from(">h", got[0][1], 13)[0] & 7 == 4   # zstd now
+    from kafka.record.default_records import DefaultRecordBatch
+    assert [r.value for r in DefaultRecordBatch(struct.pack(">q", 0) + got[0][1])] == \
+        [b"v%d" % i * 20 for i in range(50)]
+
+
+def test_fetch_limits_whole_batches_as_kafka_does(server, client):
+    """max_bytes and partition_max_bytes bound the records of a response in
+    whole batches; a batch larger than the limits is served only as the
+    response's first records (so a consumer always progresses)."""
+    create(client, "lim", 2)
+    big = os.urandom(600 << 10)
+    for part in (0, 1):
+        assert produce(client, "lim", part, batch([big]))[0] == 0
+
+    def fetch_both(max_bytes, partition_max_bytes):
+        req = f11.FetchRequest(
+            replica_id=-1, max_wait=datetime.timedelta(0), min_bytes=1, max_bytes=max_bytes,
+            isolation_level=0, session_id=0, session_epoch=-1, topics=(f11.FetchTopic(
+                topic="lim", partitions=tuple(f11.FetchPartition(
+                    partition=i, current_leader_epoch=-1, fetch_offset=0, log_start_offset=-1,
+                    partition_max_bytes=partition_max_bytes) for i in (0, 1))),),
+            forgotten_topics_data=(), rack_id="")
+        return [len(p.records or b"") for p in client.request(req).responses[0].partitions]
+    one = fetch_both(1 << 20, 1 << 20)[0]
+    assert one > 600 << 10
+    assert fetch_both(1 << 20, 1 << 20) == [one, 0]          # the second does not fit max_bytes
+    assert fetch_both(2 << 20, 1 << 20) == [one, one]
+    assert fetch_both(100, 1 << 20) == [one, 0]               # first batch: served anyway
+    assert fetch_both(2 << 20, 100) == [one, 0]               # partition_max_bytes: the same
 
 
 def test_acks_zero(server, client):
@@ -272,8 +336,11 @@ def test_bad_frames_close_only_their_connection(server, client):
 def test_a_client_that_stops_reading_keeps_memory_bounded(server, client):
     create(client, "big")
     value = os.urandom(512 << 10)
-    for _ in range(4):
-        assert produce(client, "big", 0, batch([value, value]))[0] == 0
+    for _ in range(8):
+        assert produce(client, "big", 0, batch([value]))[0] == 0
+    # A batch over max.message.bytes (1 MiB, the record limit, plus the
+    # batch header) is refused whole, as Kafka refuses it: MESSAGE_TOO_LARGE.
+    assert produce(client, "big", 0, batch([value, value]))[0] == 10
     base = server.rss_kib()
     slow = RawClient(server.bootstrap)
     slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -358,4 +425,8 @@ def test_metrics(server, client):
     assert 'unstoppable_server_requests_total{api="Produce"} 2.0' in text
     assert 'unstoppable_server_errors_total{api="Produce",code="3"} 1.0' in text
     assert 'unstoppable_server_request_seconds_count{api="Fetch"} 1.0' in text
+    # The event loop's lag: a 10 ms timer has fired, and how late it was is recorded.
+    import re
+    lag = re.search(r"^unstoppable_server_loop_lag_seconds_count (\S+)$", text, re.M)
+    assert lag and float(lag.group(1)) >= 1
     assert 'unstoppable_server_produced_bytes_total{partition="1",topic="m"}' in text

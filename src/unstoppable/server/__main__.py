@@ -73,9 +73,12 @@ def run(args) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await broker.start()
+        watch = loop.create_task(metrics.watch_loop()) if metrics is not None else None
         # One line on stdout that tests and scripts can wait for.
         print(f"serving {broker.log_path} on {broker.host}:{broker.port}", flush=True)
         await stop.wait()
+        if watch is not None:
+            watch.cancel()
         await broker.close()
         if metrics is not None:
             metrics.shutdown()

@@ -20,7 +20,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import unstoppable as us
+from unstoppable._core.batch import BatchEncoder
+from unstoppable.compression import codec_id
 from unstoppable.errors import (
+    CodecUnavailableError,
+    CorruptLogError,
     DiskFullError,
     DuplicateSequenceError,
     InvalidRecordError,
@@ -36,12 +40,17 @@ from unstoppable.errors import (
     UnknownTopicError,
 )
 from unstoppable.server import protocol as P
+from unstoppable.server import wire as W
 from unstoppable.server._log import ProducerIdCounter, validate_topic_name
 from unstoppable.server.recordbatch import (
+    ATTR_CONTROL,
+    ATTR_TRANSACTIONAL,
+    HEADER_SIZE,
     InvalidBatchError,
     UnsupportedCompressionError,
     decode_batches,
     encode_records,
+    split_batches,
 )
 
 __all__ = ["Broker", "DEFAULT_MAX_REQUEST_BYTES"]
@@ -112,6 +121,10 @@ def append_error(exc: BaseException) -> int:
         return INVALID_TOPIC_EXCEPTION
     if isinstance(exc, DiskFullError):
         return KAFKA_STORAGE_ERROR
+    if isinstance(exc, CodecUnavailableError):
+        return UNSUPPORTED_COMPRESSION_TYPE
+    if isinstance(exc, CorruptLogError):     # BatchEncoder.add_batches' checks of a client's batch
+        return CORRUPT_MESSAGE
     if isinstance(exc, InvalidBatchError):
         return UNSUPPORTED_COMPRESSION_TYPE if isinstance(exc, UnsupportedCompressionError) \
             else CORRUPT_MESSAGE
@@ -143,6 +156,34 @@ def _topic_config(configs) -> dict:
     return config
 
 
+#: Record ranges below this many bytes are copied from the mapped segment
+#: into the socket; larger ones go through sendfile. Measured on loopback on
+#: this 2-core machine: for 4 KiB, send() of the mapped bytes took 4.4-10.8 us
+#: against sendfile's 9.3-13.3 us; from 64 KiB up the two were within noise of
+#: each other (0.46x-1.24x), and kcat reading 1 M 100-byte records cost the
+#: server 0.06-0.07 s of CPU with sendfile against 0.08-0.09 s without it.
+#: sendfile also keeps a slow reader's unsent bytes out of the process.
+SENDFILE_MIN = 64 << 10
+
+
+class _SegmentFile:
+    """What ``loop.sendfile`` needs of a file: a descriptor (the segment's,
+    kept open by the ByteRange that holds the segment) and a binary mode.
+    Offsets are passed explicitly, so ``seek`` has nothing to move."""
+
+    __slots__ = ("fd",)
+    mode = "rb"
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        return pos
+
+
 class Broker:
     """A single-node Kafka broker over the log at ``log_path``.
 
@@ -169,6 +210,7 @@ class Broker:
         self._server: asyncio.base_events.Server | None = None
         self._conns: set[asyncio.Task] = set()
         self._appended = asyncio.Event()
+        self._encoder = BatchEncoder()   # used between awaits only: one for all connections
         self._sync_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="us-server-sync")
         from unstoppable.server.coordinator import Coordinator
         self.coordinator = Coordinator(self)
@@ -239,9 +281,13 @@ class Broker:
                 except Exception:  # noqa: BLE001  (a bug must not take the server down)
                     log.exception("closing %s: the request failed", peer)
                     return
-                if out is not None:
+                if out is None:
+                    continue
+                if isinstance(out, bytes):
                     writer.write(out)
-                    await writer.drain()
+                else:
+                    await self._send_chunks(writer, out)
+                await writer.drain()
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
@@ -249,6 +295,42 @@ class Broker:
             if m:
                 m.connections.dec()
             writer.close()
+
+    async def _send_chunks(self, writer: asyncio.StreamWriter, chunks: list) -> None:
+        """Write a Fetch response: framing bytes, and records as ByteRanges
+        of segment files (sendfile) or bytes."""
+        tr = writer.transport
+        for c in chunks:
+            if isinstance(c, (bytes, bytearray)):
+                tr.write(c)
+                continue
+            pos, n = c.position, c.length
+            if n < SENDFILE_MIN:
+                # Small ranges: one copy from the mapped segment into the
+                # socket beats sendfile's setup (see SENDFILE_MIN).
+                with c.segment.data(pos + n).view[pos:pos + n] as mv:
+                    tr.write(mv)
+                continue
+            sock = tr.get_extra_info("socket")
+            if tr.get_write_buffer_size() == 0 and sock is not None:
+                # Nothing queued before it: sendfile straight to the socket
+                # (non-blocking; what it cannot take now goes below).
+                try:
+                    sent = os.sendfile(sock.fileno(), c.segment.fd, pos, n)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                pos += sent
+                n -= sent
+            if n:
+                try:
+                    await asyncio.get_running_loop().sendfile(
+                        tr, _SegmentFile(c.segment.fd), pos, n, fallback=False)
+                except (NotImplementedError, AttributeError, RuntimeError,
+                        asyncio.SendfileNotAvailableError):
+                    # A loop or transport without native sendfile (uvloop, TLS): the
+                    # mapped segment's bytes instead.
+                    with c.segment.data(pos + n).view[pos:pos + n] as mv:
+                        tr.write(mv)
 
     async def _dispatch(self, frame: bytes):
         key, ver, corr, off = P.parse_header(frame)
@@ -263,9 +345,14 @@ class Broker:
             if not rng[0] <= ver <= rng[1]:
                 raise P.ProtocolError(
                     f"{name} v{ver} is not supported (this server answers v{rng[0]}-v{rng[1]})")
-            req = P.decode_body(key, ver, frame, off)
-            resp = await self._handlers[key](req, ver)
-            out = None if resp is None else P.encode_response(corr, resp)
+            if key == 0:
+                out = await self.produce(frame, off, ver, corr)
+            elif key == 1:
+                out = await self.fetch(P.decode_body(key, ver, frame, off), ver, corr)
+            else:
+                req = P.decode_body(key, ver, frame, off)
+                resp = await self._handlers[key](req, ver)
+                out = None if resp is None else P.encode_response(corr, resp)
         if self.metrics:
             self.metrics.request(name, time.perf_counter() - t0)
         return out
@@ -421,44 +508,41 @@ class Broker:
 
     # ------------------------------------------------------------ produce
 
-    async def produce(self, req, ver):
-        mod = P.response_module(0, ver)
-        acks = req.acks
+    async def produce(self, frame, off: int, ver: int, corr: int):
+        """Produce v3-v8, framed by hand (wire.py): each partition's batches
+        are checked and appended as the client built them (zero-copy path)."""
+        txn, acks, _timeout, topic_data = W.parse_produce(frame, off)
         fsync = acks == -1
         topics = []
         failed: list[str] = []
-        for td in req.topic_data:
+        m = self.metrics
+        for name, partition_data in topic_data:
             parts = []
-            for pd in td.partition_data:
+            for index, records in partition_data:
                 err, base, start = NONE, -1, -1
                 try:
-                    if req.transactional_id is not None:
+                    if txn is not None:
                         err = UNSUPPORTED_VERSION     # transactions are not supported
                     else:
-                        p = self.log.topic(td.name).partition(pd.index)
-                        batches = decode_batches(pd.records or b"")
-                        if any(b.transactional or b.control for b in batches):
-                            err = UNSUPPORTED_VERSION
+                        p = self.log.topic(name).partition(index)
+                        base = await self._append(p, records, fsync)
+                        if base is None:
+                            err, base = UNSUPPORTED_VERSION, -1
                         else:
-                            base = await self._append(p, batches, fsync)
                             start = p.start_offset
-                            if self.metrics:
-                                self.metrics.produced.labels(td.name, str(pd.index)).inc(
-                                    len(pd.records or b""))
+                            if m:
+                                m.produced.labels(name, str(index)).inc(
+                                    0 if records is None else len(records))
                 except Exception as e:  # noqa: BLE001  (mapped to Kafka's codes; unknown -> -1)
                     err = append_error(e)
                     if err == UNKNOWN_SERVER_ERROR:
-                        log.exception("produce to %s/%d failed", td.name, pd.index)
+                        log.exception("produce to %s/%d failed", name, index)
                 if err:
-                    failed.append(f"{td.name}/{pd.index}: error {err}")
-                    if self.metrics:
-                        self.metrics.error("Produce", err)
-                parts.append(P.build(mod.PartitionProduceResponse, index=pd.index,
-                                     error_code=err, base_offset=base, log_append_time=-1,
-                                     log_start_offset=start, record_errors=(),
-                                     error_message=None))
-            topics.append(P.build(mod.TopicProduceResponse, name=td.name,
-                                  partition_responses=tuple(parts)))
+                    failed.append(f"{name}/{index}: error {err}")
+                    if m:
+                        m.error("Produce", err)
+                parts.append((index, err, base, start))
+            topics.append((name, parts))
         self._appended.set()
         self._appended = asyncio.Event()
         if acks == 0:
@@ -467,12 +551,56 @@ class Broker:
                 # connection is how Kafka tells the client (it reconnects).
                 raise P.ProtocolError(f"closing after an acks=0 produce that failed: {failed}")
             return None
-        return P.response(0, ver, responses=tuple(topics))
+        return W.produce_response(corr, ver, topics)
 
-    async def _append(self, p, batches, fsync: bool) -> int:
+    async def _append(self, p, records, fsync: bool):
+        """Append a Produce request's records field to ``p``; the first offset,
+        or None for batches this server does not take (transactional, control)."""
+        if not records:
+            return p.end_offset
+        spans = split_batches(records)
+        if any(s.attributes & (ATTR_TRANSACTIONAL | ATTR_CONTROL) for s in spans):
+            return None
+        cfg = p.config
+        limit = cfg.max_record_bytes + HEADER_SIZE
+        for s in spans:
+            if s.length > limit:
+                raise RecordTooLargeError(
+                    f"a batch of {s.length} bytes is over the topic's max.message.bytes "
+                    f"({cfg.max_record_bytes}) plus the {HEADER_SIZE}-byte header")
+        forced = cfg.compression
+        if forced != "producer" and any(s.codec != codec_id(forced) for s in spans):
+            return await self._append_recompressed(p, records, fsync)
+        enc = self._encoder
+        first = -1
+        end = -1
+        # Idempotent batches one at a time (each is checked against the
+        # producer state); the others of a request in one write.
+        groups = [[s] for s in spans] if any(s.producer_id >= 0 for s in spans) else [spans]
+        for g in groups:
+            enc.clear()
+            try:
+                enc.add_batches(records[g[0].position:g[-1].position + g[-1].length])
+                b0 = g[0]
+                producer = (b0.producer_id, b0.producer_epoch, b0.base_sequence) \
+                    if b0.producer_id >= 0 else None
+                base, end = p.append_encoded(enc, producer=producer)
+            finally:
+                enc.clear()
+                if enc.nbytes > (8 << 20):
+                    enc.shrink()
+            if first < 0:
+                first = base
+        if fsync and end >= 0:
+            await asyncio.get_running_loop().run_in_executor(self._sync_pool, p.wait_durable, end)
+        return first
+
+    async def _append_recompressed(self, p, records, fsync: bool) -> int:
+        """The topic forces a codec other than the batches': decode and
+        re-encode them (Partition.append applies the topic's codec)."""
         first = -1
         end = None
-        for b in batches:
+        for b in decode_batches(records):
             if not b.records:
                 continue
             if b.producer_id >= 0:
@@ -489,14 +617,16 @@ class Broker:
 
     # ------------------------------------------------------------ fetch
 
-    async def fetch(self, req, ver):
-        mod = P.response_module(1, ver)
+    async def fetch(self, req, ver: int, corr: int):
+        """Fetch v4-v11: the response is framed by hand, and each partition's
+        records are a ByteRange of its segment file (sent with sendfile), or
+        bytes translated from format-1 batches of an old log."""
         deadline = time.monotonic() + P.ms(req.max_wait) / 1000
         min_bytes = req.min_bytes
         while True:
             waiter = self._appended
             counters = []
-            topics, total = self._fetch_once(req, mod, counters)
+            topics, total = self._fetch_once(req, counters)
             remaining = deadline - time.monotonic()
             if total >= min_bytes or remaining <= 0 or total < 0:
                 break
@@ -516,33 +646,37 @@ class Broker:
                     except asyncio.TimeoutError:
                         if any(p.change_counter != c for p, c in counters):
                             break
-        return P.response(1, ver, error_code=NONE, session_id=0, responses=tuple(topics))
+        return W.fetch_response(corr, ver, topics)
 
-    def _fetch_once(self, req, mod, counters):
+    def _fetch_once(self, req, counters):
         budget = req.max_bytes if req.max_bytes > 0 else DEFAULT_MAX_REQUEST_BYTES
         total = 0
         topics = []
         failed = False
+        m = self.metrics
         for ft in req.topics:
             parts = []
             for fp in ft.partitions:
-                err, hw, start, data = NONE, -1, -1, b""
+                err, hw, start, data = NONE, -1, -1, None
                 try:
                     p = self.log.topic(ft.topic).partition(fp.partition)
                     counters.append((p, p.change_counter))
                     hw, start = p.end_offset, p.start_offset
                     if budget > 0 and fp.fetch_offset != hw:
-                        limit = min(fp.partition_max_bytes, budget) if total else \
-                            fp.partition_max_bytes
-                        recs = p.read(fp.fetch_offset, max_records=1 << 20,
-                                      max_bytes=max(limit, 1))
-                        if recs:
-                            data = encode_records(recs)
-                            total += len(data)
-                            if self.metrics:
-                                self.metrics.fetched.labels(ft.topic, str(fp.partition)).inc(
-                                    len(data))
-                            budget -= len(data)
+                        # Both limits apply. byte_range gives at least one
+                        # whole batch; a larger one is served only as the
+                        # response's first records, as Kafka does.
+                        limit = min(fp.partition_max_bytes, budget)
+                        data = self._records_at(p, fp.fetch_offset, max(limit, 1))
+                        n = 0 if data is None else \
+                            len(data) if isinstance(data, bytes) else data.length
+                        if total and n > limit:
+                            data = None
+                        if data is not None:
+                            total += n
+                            budget -= n
+                            if m:
+                                m.fetched.labels(ft.topic, str(fp.partition)).inc(n)
                 except OffsetOutOfRangeError:
                     err = OFFSET_OUT_OF_RANGE
                     failed = True
@@ -552,15 +686,27 @@ class Broker:
                 except InvalidTopicNameError:
                     err = INVALID_TOPIC_EXCEPTION
                     failed = True
-                if err and self.metrics:
-                    self.metrics.error("Fetch", err)
-                parts.append(P.build(mod.PartitionData, partition_index=fp.partition,
-                                     error_code=err, high_watermark=hw, last_stable_offset=hw,
-                                     log_start_offset=start, aborted_transactions=None,
-                                     preferred_read_replica=-1, records=data))
-            topics.append(P.build(mod.FetchableTopicResponse, topic=ft.topic,
-                                  partitions=tuple(parts)))
+                except CorruptLogError as e:
+                    log.error("fetch from %s/%d: %s", ft.topic, fp.partition, e)
+                    err = KAFKA_STORAGE_ERROR
+                    failed = True
+                if err and m:
+                    m.error("Fetch", err)
+                parts.append((fp.partition, err, hw, start, data))
+            topics.append((ft.topic, parts))
         return topics, (-1 if failed and total == 0 else total)
+
+    @staticmethod
+    def _records_at(p, offset: int, max_bytes: int):
+        """The records field for a fetch: a ByteRange of format-2 batches as
+        they lie on disk, bytes translated from format-1 batches, or None."""
+        rng = p.byte_range(offset, max_bytes)
+        if rng is None or rng.magic == 2:
+            return rng
+        # Format 1 (a log written before format 2): Kafka clients cannot read
+        # it, so its records are re-encoded as one RecordBatch v2.
+        recs = p.read(offset, max_records=1 << 20, max_bytes=max_bytes)
+        return encode_records(recs) if recs else None
 
     # ------------------------------------------------------------ offsets
 

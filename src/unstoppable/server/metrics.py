@@ -79,6 +79,12 @@ class Metrics:
                                                       .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
         self.connections = Gauge("unstoppable_server_connections", "Open client connections",
                                  registry=r)
+        self.loop_lag = Histogram("unstoppable_server_loop_lag_seconds",
+                                  "How late the event loop runs a 10 ms timer: time during which "
+                                  "no request is served (loop stalls, or the process waiting for "
+                                  "a CPU)", registry=r,
+                                  buckets=(.0001, .0005, .001, .0025, .005, .01, .025, .05, .1,
+                                           .25, .5, 1))
         self.produced = Counter("unstoppable_server_produced_bytes", "RecordBatch bytes produced",
                                 ["topic", "partition"], registry=r)
         self.fetched = Counter("unstoppable_server_fetched_bytes", "RecordBatch bytes fetched",
@@ -92,6 +98,17 @@ class Metrics:
     def request(self, api: str, seconds: float) -> None:
         self.requests.labels(api).inc()
         self.latency.labels(api).observe(seconds)
+
+    async def watch_loop(self, interval: float = 0.01) -> None:
+        """Observe the event loop's lag until cancelled: a timer due every
+        ``interval`` seconds, and how late it fires."""
+        import asyncio
+        loop = asyncio.get_running_loop()
+        observe = self.loop_lag.observe
+        while True:
+            due = loop.time() + interval
+            await asyncio.sleep(interval)
+            observe(max(0.0, loop.time() - due))
 
     def error(self, api: str, code: int) -> None:
         self.errors.labels(api, str(code)).inc()

@@ -1,20 +1,22 @@
-"""Kafka's RecordBatch v2, translated to and from the log's records.
+"""Kafka's RecordBatch v2 on the server's side: the checks made before a
+client's batches are appended, and the translation paths that remain.
 
-This module is the server's whole data-path translation, behind two calls:
+The log stores RecordBatch v2 itself (docs/FORMAT.md section 4), so the hot
+paths do not translate: Produce splits a request's records field into batches
+by their headers (:func:`split_batches`), and ``BatchEncoder.add_batches``
+checks each completely (CRC, header, records) before the partition appends
+the client's bytes with only ``baseOffset`` rewritten; Fetch sends segment
+byte ranges (``Partition.byte_range``) with ``sendfile``.
 
-* :func:`decode_batches` turns the ``records`` bytes of a Produce request into
-  :class:`ProducedBatch` objects (records as ``(key, value, headers,
-  timestamp)`` tuples that ``Partition.append`` takes, plus the idempotent
-  producer fields), after checking each batch's header and CRC-32C and
-  decompressing it;
-* :func:`encode_records` turns the Record views ``Partition.read`` returns into
-  one uncompressed RecordBatch v2 for a Fetch response.
+Two cases still translate, through aiokafka's compiled record codec:
 
-The log keeps its own batch format on disk (docs/FORMAT.md section 4, magic 1),
-so every produce and fetch re-encodes. Once the log stores RecordBatch v2 itself
-(issue 16), Produce can append the client's batch as it is after rewriting its
-base offset and Fetch can hand segment byte ranges to ``sendfile``; only the
-callers of these two functions change.
+* :func:`decode_batches` turns a records field into :class:`ProducedBatch`
+  objects (records as ``(key, value, headers, timestamp)`` tuples) when the
+  topic forces a compression codec other than the batches' own, so that
+  ``Partition.append`` re-encodes them;
+* :func:`encode_records` turns Record views of format-1 batches (a log
+  written before format 2, which Kafka clients cannot read) into one
+  uncompressed RecordBatch v2 for a Fetch response.
 
 RecordBatch v2 (big-endian; Kafka's ``DefaultRecordBatch``):
 
@@ -51,8 +53,13 @@ from aiokafka.errors import UnsupportedCodecError
 from aiokafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
 
 from unstoppable._core.hashing import crc32c
+from unstoppable.errors import InvalidRecordError
 
 __all__ = [
+    "BatchSpan",
+    "split_batches",
+    "ATTR_TRANSACTIONAL",
+    "ATTR_CONTROL",
     "ProducedBatch",
     "InvalidBatchError",
     "UnsupportedCompressionError",
@@ -67,6 +74,12 @@ _HEAD = struct.Struct(">qiibIhiqqqhii")
 _BASE = struct.Struct(">q")
 _CRC_START = 21
 COMPRESSION_NAMES = {0: None, 1: "gzip", 2: "snappy", 3: "lz4", 4: "zstd"}
+ATTR_TRANSACTIONAL = 16
+ATTR_CONTROL = 32
+# batchLength, magic, attributes, baseTimestamp, maxTimestamp, producer fields
+_SPAN = struct.Struct(">8xi4xb4xh4xqqqhi")
+#: The log's timestamp range (ms): 0 .. 9999-12-31T23:59:59.999Z.
+MAX_TIMESTAMP = 253402300799999
 
 
 class InvalidBatchError(ValueError):
@@ -94,6 +107,57 @@ class ProducedBatch:
         self.transactional = transactional
         self.control = control
         self.compression = compression    # None or a COMPRESSION_NAMES value
+
+
+class BatchSpan:
+    """Where one batch of a Produce request's records lies, and the header
+    fields the server decides on before the batch is appended."""
+
+    __slots__ = ("position", "length", "attributes", "producer_id", "producer_epoch",
+                 "base_sequence")
+
+    def __init__(self, position, length, attributes, producer_id, producer_epoch, base_sequence):
+        self.position = position
+        self.length = length
+        self.attributes = attributes
+        self.producer_id = producer_id
+        self.producer_epoch = producer_epoch
+        self.base_sequence = base_sequence
+
+    @property
+    def codec(self) -> int:
+        """The compression attribute (0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd)."""
+        return self.attributes & 7
+
+
+def split_batches(data) -> list[BatchSpan]:
+    """split_batches(data) -> list[BatchSpan]
+
+    The batches of ``data`` (a Produce request's records field) by their
+    headers alone: magic 2 and lengths that tile ``data`` exactly. The CRC
+    and the records are checked when the batches are taken
+    (``BatchEncoder.add_batches``). Raises InvalidBatchError, or
+    InvalidRecordError for a baseTimestamp or maxTimestamp outside the log's
+    range (the timestamps of records between them are not decoded here).
+    """
+    n = len(data)
+    pos = 0
+    out = []
+    while pos < n:
+        if n - pos < HEADER_SIZE:
+            raise InvalidBatchError(f"{n - pos} bytes left: shorter than a batch header")
+        blen, magic, attrs, base_ts, max_ts, pid, epoch, seq = _SPAN.unpack_from(data, pos)
+        if magic != 2:
+            raise InvalidBatchError(f"record batch magic {magic}: only v2 (magic 2) is accepted")
+        if blen < HEADER_SIZE - 12 or pos + 12 + blen > n:
+            raise InvalidBatchError(f"batch length {blen} does not fit the {n - pos} bytes left")
+        if not (0 <= base_ts <= MAX_TIMESTAMP and 0 <= max_ts <= MAX_TIMESTAMP):
+            raise InvalidRecordError(
+                f"batch timestamps {base_ts} .. {max_ts} are outside the log's 0 .. "
+                f"{MAX_TIMESTAMP} ms")
+        out.append(BatchSpan(pos, blen + 12, attrs, pid, epoch, seq))
+        pos += blen + 12
+    return out
 
 
 # ----------------------------------------------------------------- records

@@ -34,6 +34,7 @@ from unstoppable._core.segment import (
     find_time,
     read_batches,
     read_records,
+    scan,
     time_index_below,
     unlock_file,
 )
@@ -69,7 +70,7 @@ from unstoppable.storage.recovery import Recovery, now_ms, recover
 from unstoppable.storage.retention import apply_retention
 from unstoppable.storage.segments import OPEN_SEGMENTS, Segment, SegmentCatalog, position_of
 
-__all__ = ["Partition", "PartitionServices", "ACKS", "OPEN_SEGMENTS", "Recovery"]
+__all__ = ["Partition", "PartitionServices", "ByteRange", "ACKS", "OPEN_SEGMENTS", "Recovery"]
 
 ACKS = ("written", "fsync")
 
@@ -87,6 +88,24 @@ class PartitionServices(NamedTuple):
     readonly: bool = False
     producer_epochs: object = None
     open_partitions: object = None
+
+
+class ByteRange(NamedTuple):
+    """Whole batches as they lie in a segment file (``Partition.byte_range``).
+
+    ``segment`` keeps the file open while the range is in use: ``segment.fd``
+    for ``os.sendfile``, ``segment.data(position + length).view`` for a
+    zero-copy memoryview. ``magic`` is the first batch's format (2 = Kafka
+    RecordBatch v2; 1 = a format-1 batch of a log written before format 2,
+    docs/FORMAT.md section 4.8, which Kafka clients cannot read).
+    ``base_offset`` is the first batch's, at or below the offset asked for.
+    """
+
+    segment: Segment
+    position: int
+    length: int
+    magic: int
+    base_offset: int
 
 
 class Partition:
@@ -398,6 +417,69 @@ class Partition:
         later = [b for b in self._catalog.bases if seg.base < b <= st.active_base]
         return later[0] if later else st.active_base
 
+    def byte_range(self, offset: int, max_bytes: int) -> ByteRange | None:
+        """byte_range(offset, max_bytes) -> ByteRange | None
+
+        Where the batches from the one holding ``offset`` lie in their segment
+        file, for serving them as bytes (a Kafka fetch hands them to
+        ``sendfile``): the first whole batch, then following whole batches of
+        the same segment while the total stays within ``max_bytes``. Every
+        batch passed its CRC and header checks and continues the offsets of
+        the one before (records are not decoded). The first batch may start
+        before ``offset``; control batches are included. All batches of the
+        range have the first one's format: format-1 batches precede format-2
+        ones in a segment, so a range that starts with format 2 holds only
+        format 2, and one that starts with format 1 stops at the first format-2
+        batch. None when ``offset`` is the end.
+
+        Raises OffsetOutOfRangeError below ``start_offset`` or past
+        ``end_offset``, CorruptLogError when the first batch is damaged.
+        """
+        self._check_open()
+        offset = self._check_offset(offset)
+        st = self._state()
+        while True:
+            if offset == st.end_offset:
+                return None
+            seg = self._segment_for(offset, st)
+            limit, oi_n, _ = self._catalog.limits(seg, st)
+            gaps = self._catalog.gaps
+            try:
+                pos = position_of(seg, offset, limit, oi_n, gaps)
+            except CorruptLogError as e:
+                raise self._wrap_corrupt(e, seg) from None
+            if pos < limit or not gaps:
+                break
+            offset = self._after_gap(seg, st)  # compacted away up to the segment's end
+        try:
+            m = seg.data(limit)
+            head = bytes(m.view[pos:pos + 17]) if limit - pos >= 17 else b""
+            if len(head) < 17:
+                raise CorruptLogError("a batch header runs past the end of the segment",
+                                      position=pos)
+            magic = head[16]
+            if magic == 2:
+                first_len = int.from_bytes(head[8:12], "big") + 12
+            else:
+                first_len = int.from_bytes(head[8:12], "little")
+            base = int.from_bytes(head[0:8], "big" if magic == 2 else "little", signed=True)
+            end = min(limit, max(pos + max_bytes, pos + first_len))
+            r = scan(m, pos, end, base, None, gaps)
+            stop = r.position
+            if stop == pos:
+                # The first batch failed its checks: let the record reader name the damage.
+                read_batches(m, pos, limit, offset, 1, self.topic, self.index)
+                raise CorruptLogError("the batch does not pass its checks", position=pos)
+            if magic != 2:
+                # Format 1 stops where format 2 starts (never mixed in one range).
+                p2 = pos
+                while p2 < stop and m.view[p2 + 16] != 2:
+                    p2 += int.from_bytes(m.view[p2 + 8:p2 + 12], "little")
+                stop = p2
+        except CorruptLogError as e:
+            raise self._wrap_corrupt(e, seg) from None
+        return ByteRange(seg, pos, stop - pos, magic, base)
+
     def _check_offset(self, offset) -> int:
         if isinstance(offset, bool) or not isinstance(offset, int):
             raise TypeError(f"offset must be an int, got {type(offset).__name__}")
@@ -523,20 +605,38 @@ class Partition:
             self.wait_durable(end)
         return base
 
-    def append_encoded(self, encoder: BatchEncoder, *, acks: str | None = None):
+    def append_encoded(self, encoder: BatchEncoder, *, acks: str | None = None,
+                       producer: tuple[int, int, int] | None = None):
         """Write batches already encoded by ``encoder`` (offsets are assigned
-        here). Returns ``(base, end)``."""
+        here). Returns ``(base, end)``.
+
+        ``producer`` is ``(producer_id, producer_epoch, base_sequence)`` of an
+        idempotent batch (``encoder`` must then hold exactly one): its
+        sequence is checked against the partition's producer state as
+        :meth:`append` checks it, and a retry of the last batches is answered
+        with their original ``(base, end)``, unwritten.
+        """
         acks = self._check_acks(acks)
         self._check_open()
         self._check_writable("append to")
         if self._config.compacted and encoder.records:
             refuse_keyless_encoded(encoder.view(), self.topic)
+        idem = None
+        if producer is not None:
+            pid, epoch, seq = producer
+            if encoder.batches != 1:
+                raise ValueError(f"an idempotent append must be one batch, got {encoder.batches}")
+            if not 0 <= epoch <= 0x7FFF:
+                raise ValueError(f"producer_epoch must be in 0 .. 32767, got {epoch}")
+            if not 0 <= seq < (1 << 31):
+                raise ValueError(f"base_sequence must be in 0 .. 2**31-1, got {seq}")
+            idem = (pid, epoch, seq, encoder.records)
         with self._lock:
             if encoder.records == 0:
                 end = self._state().end_offset
                 return end, end
             try:
-                result = self._appender.write_encoded(encoder)
+                result = self._appender.write_encoded(encoder, idem=idem)
             except OSError as e:
                 self._raise_files_error(e, "appending to")
         if acks == "fsync":
