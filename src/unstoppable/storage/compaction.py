@@ -112,13 +112,24 @@ def refuse_keyless(records, topic: str) -> None:
 
 
 def refuse_keyless_encoded(data, topic: str) -> None:
-    """Raise InvalidRecordError when a record of the encoded batches ``data`` has no key."""
+    """Raise InvalidRecordError when a record of the encoded batches ``data`` has no key.
+
+    The error's traceback holds no view of ``data``: the caller (the Kafka
+    server) clears and reuses the encoder that ``data`` views."""
+    keyless = _has_keyless(data)
+    del data
+    if keyless:
+        raise _keyless_error(topic)
+
+
+def _has_keyless(data) -> bool:
     for b in decode_batches(data):
         if b.is_control:
             continue
         for r in b:
             if r.key is None:
-                raise _keyless_error(topic)
+                return True
+    return False
 
 
 def keychecked(encoders, topic: str) -> tuple:
