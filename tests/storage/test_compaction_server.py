@@ -25,7 +25,8 @@ def test_compacted_topic_over_the_kafka_protocol(tmp_path):
         admin = AdminClient({"bootstrap.servers": s.bootstrap})
         admin.create_topics([NewTopic("state", num_partitions=1, replication_factor=1, config={
             "cleanup.policy": "compact", "delete.retention.ms": "1000",
-            "min.compaction.lag.ms": "5", "min.cleanable.dirty.ratio": "0.2"})])["state"].result(10)
+            "min.compaction.lag.ms": "5", "min.cleanable.dirty.ratio": "0.2",
+            "retention.ms": "-1", "retention.bytes": "-1"})])["state"].result(10)   # as quixstreams asks
         with pytest.raises(ck.KafkaException, match="INVALID_CONFIG|cleanup_policy"):
             admin.create_topics([NewTopic("bad", num_partitions=1, replication_factor=1,
                                           config={"cleanup.policy": "forever"})])["bad"].result(10)
@@ -34,6 +35,7 @@ def test_compacted_topic_over_the_kafka_protocol(tmp_path):
         assert entries["delete.retention.ms"].value == "1000"
         assert entries["min.compaction.lag.ms"].value == "5"
         assert float(entries["min.cleanable.dirty.ratio"].value) == 0.2
+        assert entries["retention.ms"].value == "-1" and entries["retention.bytes"].value == "-1"
         p = ck.Producer({"bootstrap.servers": s.bootstrap, "linger.ms": 0, "retries": 0})
         results = []
         p.produce("state", key=b"seat-1", value=b"held", on_delivery=lambda e, m: results.append(e))

@@ -87,6 +87,8 @@ INVALID_RECORD = 87
 UNKNOWN_SERVER_ERROR = -1
 
 # Kafka topic config name -> (TopicConfig field or None, value for a topic).
+#: Configs whose -1 means "no limit" in Kafka (None in create_topic).
+_UNLIMITED_CONFIGS = frozenset({"retention.ms", "retention.bytes"})
 _TOPIC_CONFIGS = {
     "retention.ms": "retention_ms",
     "retention.bytes": "retention_bytes",
@@ -141,7 +143,10 @@ def _topic_config(configs) -> dict:
     config = {}
     for c in configs:
         if c.name in _TOPIC_CONFIGS:
-            config[_TOPIC_CONFIGS[c.name]] = None if c.value is None else int(c.value)
+            value = None if c.value is None else int(c.value)
+            if value == -1 and c.name in _UNLIMITED_CONFIGS:
+                value = None                    # Kafka's -1: no limit
+            config[_TOPIC_CONFIGS[c.name]] = value
         elif c.name in _TEXT_CONFIGS:
             config[_TEXT_CONFIGS[c.name]] = c.value
         elif c.name in _FLOAT_CONFIGS:
