@@ -8,8 +8,10 @@ kafka-python, Java) can produce to and consume from a log directory through
 
 Modules: ``broker`` (the listener and the data APIs), ``coordinator`` (the
 classic group protocol and committed offsets), ``protocol`` (framing and the
-kio codecs), ``recordbatch`` (RecordBatch v2 to and from the log's records),
-``metrics`` (Prometheus), ``_log`` (the storage internals the server uses).
+kio codecs), ``wire`` (the hand-written framing of Produce and Fetch, whose
+records pass through as bytes), ``recordbatch`` (the checks of a client's
+batches, and the two cases that still translate), ``metrics`` (Prometheus),
+``_log`` (the storage internals the server uses).
 """
 __all__ = ["Broker"]
 
