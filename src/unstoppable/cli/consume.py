@@ -69,6 +69,13 @@ _SPEC = re.compile(r"beginning|earliest|start|oldest|end|latest|newest|[-+]?\d+|
 
 def _parse_offsets(items: list) -> dict:
     """``{partition or None: spec}`` from the -o/--offset values (None: every partition)."""
+    return _parse_specs(items, _SPEC, "-o/--offset {!r}: want beginning, end, N, -N, +N, @TIME or P:SPEC")
+
+
+def _parse_specs(items: list, pattern, wanted: str) -> dict:
+    """``{partition or None: spec}`` from [P:]SPEC values, each checked against
+    ``pattern`` (``wanted`` is the error, formatted with the value); @TIME
+    becomes @milliseconds."""
     out: dict = {}
     for item in items:
         part, sep, spec = item.partition(":")
@@ -76,9 +83,8 @@ def _parse_offsets(items: list) -> dict:
             key = int(part)
         else:
             key, spec = None, item
-        if not _SPEC.fullmatch(spec):
-            raise CLIError(f"-o/--offset {item!r}: want beginning, end, N, -N, +N, @TIME or P:SPEC",
-                           _EXIT_USAGE)
+        if not pattern.fullmatch(spec):
+            raise CLIError(wanted.format(item), _EXIT_USAGE)
         if spec.startswith("@"):
             spec = "@%d" % _time_ms(spec[1:])
         out[key] = spec
@@ -90,20 +96,8 @@ _TO_SPEC = re.compile(r"end|latest|newest|-?\d+|@.+")
 
 def _parse_to(items: list) -> dict:
     """``{partition or None: spec}`` from the --to values (None: every partition)."""
-    out: dict = {}
-    for item in items:
-        part, sep, spec = item.partition(":")
-        if sep and part.isdigit() and not item.startswith("@"):
-            key = int(part)
-        else:
-            key, spec = None, item
-        if not _TO_SPEC.fullmatch(spec):
-            raise CLIError(f"--to {item!r}: want N (an offset, exclusive), end, -N (N before the end), "
-                           "@TIME or P:SPEC", _EXIT_USAGE)
-        if spec.startswith("@"):
-            spec = "@%d" % _time_ms(spec[1:])
-        out[key] = spec
-    return out
+    return _parse_specs(items, _TO_SPEC, "--to {!r}: want N (an offset, exclusive), end, "
+                        "-N (N before the end), @TIME or P:SPEC")
 
 
 def _check_to(args, specs: dict, stops: dict) -> None:

@@ -354,21 +354,12 @@ class Partition:
         if max_bytes <= 0:
             raise ValueError(f"max_bytes must be positive, got {max_bytes}")
         st = self._state()
-        while True:
-            if offset == st.end_offset:
-                return []
-            seg = self._segment_for(offset, st)
-            limit, oi_n, _ = self._catalog.limits(seg, st)
-            gaps = self._catalog.gaps
-            try:
-                pos = position_of(seg, offset, limit, oi_n, gaps)
-                records, _ = read_records(seg.data(limit), pos, limit, offset, max_records,
-                                          max_bytes, self.topic, self.index, gaps)
-            except CorruptLogError as e:
-                raise self._wrap_corrupt(e, seg) from None
-            if records or not gaps:
-                break
-            offset = self._after_gap(seg, st)  # compacted away up to the segment's end
+        index = self.index
+
+        def read(m, pos, limit, offset, gaps):
+            return read_records(m, pos, limit, offset, max_records, max_bytes, self.topic,
+                                index, gaps)[0]
+        records, offset, seg = self._read_segments(offset, st, read)
         if not records and offset < st.end_offset:
             raise CorruptLogError("segment ends before the offsets its successor starts at",
                                   topic=self.topic, partition=self.index, segment=seg.path,
@@ -384,21 +375,30 @@ class Partition:
         """
         self._check_open()
         offset = self._check_offset(offset)
-        st = self._state()
+        index = self.index
+
+        def read(m, pos, limit, offset, gaps):
+            return read_batches(m, pos, limit, offset, max_bytes, self.topic, index, gaps)[0]
+        return self._read_segments(offset, self._state(), read)[0]
+
+    def _read_segments(self, offset: int, st, read) -> tuple:
+        """``read(mapping, pos, limit, offset, gaps)`` on the segment holding
+        ``offset``; when a compacted segment has nothing at or after it, on the
+        next one. Returns (what read returned, the offset read from, the
+        segment), or ([], end, None) at the end."""
         while True:
             if offset == st.end_offset:
-                return []
+                return [], offset, None
             seg = self._segment_for(offset, st)
             limit, oi_n, _ = self._catalog.limits(seg, st)
             gaps = self._catalog.gaps
             try:
-                pos = position_of(seg, offset, limit, oi_n, gaps)
-                batches, _ = read_batches(seg.data(limit), pos, limit, offset, max_bytes,
-                                          self.topic, self.index, gaps)
+                out = read(seg.data(limit), position_of(seg, offset, limit, oi_n, gaps), limit,
+                           offset, gaps)
             except CorruptLogError as e:
                 raise self._wrap_corrupt(e, seg) from None
-            if batches or not gaps:
-                return batches
+            if out or not gaps:
+                return out, offset, seg
             offset = self._after_gap(seg, st)  # compacted away up to the segment's end
 
     def _segment_for(self, offset: int, st) -> Segment:
