@@ -125,12 +125,16 @@ def _mixed_worker(path, topics, outfile, stop_file):
         async with us.Consumer(log, list(topics), group="G", membership_poll_ms=20) as c:
             got = []
             while not os.path.exists(stop_file):
-                for tp, recs in (await c.getmany(timeout_ms=50)).items():
+                batch = await c.getmany(timeout_ms=50)
+                for tp, recs in batch.items():
                     got.extend([tp.topic, tp.partition, r.offset] for r in recs)
-                    await c.commit()
+                # What was read is on disk before it is committed: a SIGKILL
+                # between the two redelivers it, never loses it from the record.
                 with open(outfile + ".tmp", "w") as f:
                     json.dump({"assigned": sorted(c.assignment()), "got": got}, f)
                 os.replace(outfile + ".tmp", outfile)
+                if batch:
+                    await c.commit()
         log.close()
     asyncio.run(main())
 
