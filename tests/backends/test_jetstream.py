@@ -704,3 +704,28 @@ def test_a_stopped_member_loses_its_leases_and_its_commits_are_fenced(server, tm
         if child.is_alive():
             child.kill()
         child.join(10)
+
+
+def test_a_released_producer_id_is_free_at_once_even_during_a_renewal(server):
+    """Releasing a claim while its renewal is in flight: the release waits for
+    the renewal and deletes the lease message it put, so the next claimant is
+    never refused for the TTL (found by the clean-clone CI)."""
+    import random
+    rnd = random.Random(5)
+
+    async def main():
+        log = await _connect(server, lease_ttl=0.2)      # renewed every 50 ms
+        await log.create_topic("t", partitions=1)
+        other = await _connect(server, lease_ttl=0.2)
+        for k in range(40):
+            holder, taker = (log, other) if k % 2 == 0 else (other, log)
+            p1 = us.Producer(holder, "t", producer_id="solo")
+            await p1.start()
+            await asyncio.sleep(rnd.uniform(0.0, 0.12))
+            await p1.close()
+            p2 = us.Producer(taker, "t", producer_id="solo")
+            await p2.start()                              # ProducerIdInUseError before the fix
+            await p2.close()
+        await other.close()
+        await log.close()
+    run(main())

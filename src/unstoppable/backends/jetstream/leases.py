@@ -43,6 +43,7 @@ class _Leases:
         self.held: set = set()
         self._task: asyncio.Task | None = None
         self._releasing: dict[bytes, asyncio.Task] = {}
+        self._renewing: dict[_Lease, asyncio.Task] = {}   # renewals in flight
 
     async def _put(self, subject: bytes, value: bytes, expected: int) -> int | None:
         hdr = b"NATS/1.0\r\nNats-Expected-Last-Subject-Sequence: %d\r\n\r\n" % expected
@@ -92,6 +93,12 @@ class _Leases:
         if lease.lost:
             return
         lease.lost = True
+        renewing = self._renewing.get(lease)
+        if renewing is not None:
+            # A renewal in flight would put a new lease message after the
+            # delete below, and the lease would outlive its release by a TTL.
+            # Wait for it: lease.rev is then the message to delete.
+            await asyncio.wait([renewing])
         try:
             await self.log.wire.api(f"STREAM.MSG.DELETE.{LEASES_STREAM}", {"seq": lease.rev})
         except BackendError as e:
@@ -137,8 +144,15 @@ class _Leases:
             await asyncio.sleep(self.log.lease_ttl / 4)
             leases = [lease for lease in list(self.held) if not lease.lost]
             if leases:
-                # One failed renewal must not end the others' (return_exceptions).
-                await asyncio.gather(*(self._renew(lease) for lease in leases), return_exceptions=True)
+                loop = asyncio.get_running_loop()
+                tasks = [loop.create_task(self._renew(lease)) for lease in leases]
+                self._renewing.update(zip(leases, tasks))
+                try:
+                    # One failed renewal must not end the others' (return_exceptions).
+                    await asyncio.gather(*tasks, return_exceptions=True)
+                finally:
+                    for lease in leases:
+                        self._renewing.pop(lease, None)
 
     async def close(self) -> None:
         if self._task is not None:
