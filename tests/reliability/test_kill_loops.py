@@ -289,3 +289,17 @@ def test_booking_workers_sigkilled_at_random(tmp_path, zygote, figures, scale):
     assert handled_events == total                   # every input record counted once
     figures.add("kills_survived", kills)
     figures.add("effects_checked", total)
+
+
+def test_a_booking_worker_stopped_as_soon_as_it_is_spawned_exits_cleanly(tmp_path, zygote):
+    """SIGTERM at any moment of a worker's start stops it with exit 0: the
+    signal waits (blocked across the fork) until run_worker has its handler.
+    The booking kill loop's last SIGTERM found a just-spawned worker."""
+    from unstoppable.booking.service import ServiceConfig, config_dict, create_topics
+    cfg = ServiceConfig(log_path=str(tmp_path / "log"), db_path=str(tmp_path / "live.db"))
+    with us.Log(cfg.log_path) as log:
+        asyncio.run(create_topics(log, cfg, partitions=2))
+    for k in range(5):
+        pid = zygote.spawn("booking_worker", {"cfg": config_dict(cfg)}, tmp_path / f"w{k}.out")
+        os.kill(pid, 15)
+        assert zygote.wait(pid) == 0, (tmp_path / f"w{k}.out").read_text()

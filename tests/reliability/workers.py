@@ -325,6 +325,8 @@ def _child(role: str, args: dict, out: str) -> None:
         os.dup2(devnull, 0)
         os.close(devnull)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if role != "booking_worker":      # run_worker unblocks it once its handlers are in
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         random.seed()
         code = globals()[f"role_{role}"](args)
     except BaseException:
@@ -347,9 +349,14 @@ def zygote() -> None:
         req = json.loads(line)
         op = req["op"]
         if op == "spawn":
+            # SIGTERM stays blocked across the fork: a child the test stops
+            # with SIGTERM right after spawning it gets the signal only once
+            # its role is ready for it (see _child).
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
             pid = os.fork()
             if pid == 0:
                 _child(req["role"], req["args"], req["out"])
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
             reply = {"pid": pid}
         elif op == "wait":
             flags = 0 if req.get("block", True) else os.WNOHANG

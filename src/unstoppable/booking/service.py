@@ -465,10 +465,12 @@ def _freeze_survivors(phase: str, info: dict) -> None:
 def run_worker(cfg: ServiceConfig | dict) -> None:
     """Entry point of a worker process: run until SIGTERM or SIGINT."""
     # A signal that comes while the worker is still starting (before the loop
-    # has its handlers) stops it as cleanly as one that comes later.
+    # has its handlers) stops it as cleanly as one that comes later; one that
+    # a parent kept blocked across the fork is delivered here, once handled.
     early: list = []
     for s in (signal.SIGTERM, signal.SIGINT):
         signal.signal(s, lambda signum, frame: early.append(signum))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
     if isinstance(cfg, dict):
         cfg = ServiceConfig(**cfg)
     gc.callbacks.append(_freeze_survivors)
