@@ -269,7 +269,14 @@ def role_processor(a: dict) -> int:
     rnd = random.Random()
     member = a["member"]
     db = sqlite3.connect(a["db"], timeout=60, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
+    for _ in range(200):  # a journal-mode change can be refused as busy without waiting
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e):
+                raise
+            time.sleep(0.05)
     db.executescript(PROCESSOR_SCHEMA)
     store = us.SQLiteOffsetStore(db)
     prog = os.open(a["progress_file"], _O_APPEND, 0o644)
