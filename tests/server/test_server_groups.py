@@ -136,3 +136,37 @@ def test_delete_topics(server):
     c.close()
     with us.Log(server.log_dir) as log:
         assert "gone" not in log.topics()
+
+
+def test_offset_commit_metadata_is_kept(server):
+    """OffsetCommit's metadata is stored with the offset in the log's group
+    offsets and OffsetFetch answers it (librdkafka's test 0099 checks this);
+    over 4096 bytes is refused with 12 OFFSET_METADATA_TOO_LARGE."""
+    with us.Log(server.log_dir) as log:
+        log.create_topic("t", partitions=2)
+    c = RawClient(server.bootstrap)
+
+    def commit_meta(parts):
+        r = c.request(oc.OffsetCommitRequest(
+            group_id="m", generation_id_or_member_epoch=-1, member_id="",
+            group_instance_id=None, topics=(oc.OffsetCommitRequestTopic(name="t", partitions=tuple(
+                oc.OffsetCommitRequestPartition(partition_index=p, committed_offset=o,
+                                                committed_leader_epoch=-1, committed_metadata=m)
+                for p, o, m in parts)),)))
+        return [int(p.error_code) for p in r.topics[0].partitions]
+
+    def fetched():
+        f = c.request(of.OffsetFetchRequest(group_id="m", topics=(
+            of.OffsetFetchRequestTopic(name="t", partition_indexes=(0, 1)),)))
+        return [(p.committed_offset, p.metadata) for p in f.topics[0].partitions]
+
+    assert commit_meta([(0, 3, "state:ü"), (1, 4, None)]) == [0, 0]
+    assert fetched() == [(3, "state:ü"), (4, "")]
+    assert commit_meta([(0, 5, "x" * 4097), (1, 6, "y" * 4096)]) == [12, 0]
+    assert fetched() == [(3, "state:ü"), (6, "y" * 4096)]
+    c.close()
+    server.kill()                               # kept durably, with the offsets
+    server.start()
+    c = RawClient(server.bootstrap)
+    assert fetched() == [(3, "state:ü"), (6, "y" * 4096)]
+    c.close()

@@ -12,12 +12,13 @@ import threading
 
 from unstoppable._names import validate_group_name, validate_topic_name  # noqa: F401  (re-exported)
 from unstoppable.storage.groups import (  # noqa: F401  (re-exported)
+    MAX_METADATA_BYTES,
     PRODUCERS_DIR,
     OffsetsFile,
     list_groups,
 )
 
-__all__ = ["OffsetsFile", "list_groups", "validate_group_name", "validate_topic_name",
+__all__ = ["MAX_METADATA_BYTES", "OffsetsFile", "list_groups", "validate_group_name", "validate_topic_name",
            "ProducerIdCounter"]
 
 _COUNTER = struct.Struct("<4sQ")

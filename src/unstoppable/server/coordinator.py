@@ -33,7 +33,12 @@ import uuid
 
 from unstoppable.errors import UnstoppableError
 from unstoppable.server import protocol as P
-from unstoppable.server._log import OffsetsFile, list_groups, validate_group_name
+from unstoppable.server._log import (
+    MAX_METADATA_BYTES,
+    OffsetsFile,
+    list_groups,
+    validate_group_name,
+)
 
 __all__ = ["Coordinator", "Group"]
 
@@ -41,6 +46,7 @@ log = logging.getLogger("unstoppable.server.groups")
 
 NONE = 0
 UNKNOWN_TOPIC_OR_PARTITION = 3
+OFFSET_METADATA_TOO_LARGE = 12
 COORDINATOR_NOT_AVAILABLE = 15
 ILLEGAL_GENERATION = 22
 INCONSISTENT_GROUP_PROTOCOL = 23
@@ -216,13 +222,14 @@ class Coordinator:
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.broker._sync_pool, fn, *args)
 
-    def _commit(self, group_id: str, offsets: dict) -> None:
-        self._file(group_id).commit(offsets)
+    def _commit(self, group_id: str, offsets: dict, metadata: dict) -> None:
+        self._file(group_id).commit(offsets, metadata=metadata)
 
     def _load(self, group_id: str) -> dict:
+        """{(topic, partition): (offset, metadata)} of the group."""
         if group_id not in self._offsets and group_id not in list_groups(self.broker.log_path):
             return {}   # never committed: nothing to read, and no directory to create
-        return self._file(group_id).load()
+        return self._file(group_id).load_with_metadata()
 
     # ------------------------------------------------------------ membership
 
@@ -368,6 +375,17 @@ class Coordinator:
 
     # ------------------------------------------------------------ offsets
 
+    def _partition_error(self, topic: str, partition: int, metadata: str) -> int:
+        """The error code of one partition of an OffsetCommit (0: none)."""
+        try:
+            if not 0 <= partition < self.broker.log.topic(topic).partitions:
+                return UNKNOWN_TOPIC_OR_PARTITION
+        except UnstoppableError:
+            return UNKNOWN_TOPIC_OR_PARTITION
+        if len(metadata.encode()) > MAX_METADATA_BYTES:
+            return OFFSET_METADATA_TOO_LARGE     # Kafka's offset.metadata.max.bytes
+        return NONE
+
     async def offset_commit(self, req, ver):
         mod = P.response_module(8, ver)
         gen = req.generation_id_or_member_epoch
@@ -389,21 +407,18 @@ class Coordinator:
                 m.last_seen = time.monotonic()
         codes: dict = {}
         offsets = {}
+        metadata = {}
         for t in req.topics:
             for p in t.partitions:
-                code = err
-                if not code:
-                    try:
-                        n = self.broker.log.topic(t.name).partitions
-                        if not 0 <= p.partition_index < n:
-                            code = UNKNOWN_TOPIC_OR_PARTITION
-                    except UnstoppableError:
-                        code = UNKNOWN_TOPIC_OR_PARTITION
+                meta = p.committed_metadata or ""
+                code = err or self._partition_error(t.name, p.partition_index, meta)
                 if not code and p.committed_offset >= 0:
                     offsets[(t.name, p.partition_index)] = p.committed_offset
+                    if meta:
+                        metadata[(t.name, p.partition_index)] = meta
                 codes[(t.name, p.partition_index)] = code
         if offsets:
-            await self._run(self._commit, req.group_id, offsets)
+            await self._run(self._commit, req.group_id, offsets, metadata)
         topics = []
         for t in req.topics:
             topics.append(P.build(mod.OffsetCommitResponseTopic, name=t.name, partitions=tuple(
@@ -428,6 +443,7 @@ class Coordinator:
         for name, parts in wanted.items():
             topics.append(P.build(mod.OffsetFetchResponseTopic, name=name, partitions=tuple(
                 P.build(mod.OffsetFetchResponsePartition, partition_index=i,
-                        committed_offset=committed.get((name, i), -1), committed_leader_epoch=-1,
-                        metadata="", error_code=NONE) for i in parts)))
+                        committed_offset=committed.get((name, i), (-1, ""))[0],
+                        committed_leader_epoch=-1, metadata=committed.get((name, i), (-1, ""))[1],
+                        error_code=NONE) for i in parts)))
         return P.response(9, ver, error_code=NONE, topics=tuple(topics))

@@ -55,7 +55,7 @@ class _LogCollector:
                 committed = b.coordinator._load(gid)
             except Exception:  # noqa: BLE001
                 continue
-            for (t, i), off in committed.items():
+            for (t, i), (off, _meta) in committed.items():
                 if (t, i) in ends:
                     lag.add_metric([gid, t, str(i)], max(ends[(t, i)] - off, 0))
         yield end

@@ -56,8 +56,19 @@ Offsets file (little-endian)::
               8   4   entry count (u32)
               12  ..  entries: u16 topic length, topic (UTF-8), u32 partition,
                       i64 offset (the next offset to consume)
+              then, only when some entry of the record has metadata:
+              ..  4   metadata count m (u32)
+              ..  ..  m times: u32 entry index (into the entries above),
+                      u16 length, metadata (UTF-8)
 
-The latest entry for a (topic, partition) wins. A commit appends one record
+Metadata is the string a Kafka client commits with an offset (OffsetCommit's
+``committed_metadata``; at most ``MAX_METADATA_BYTES``). An entry without
+metadata has none (""), so a record without the metadata part is exactly the
+record of earlier versions, and files written before metadata existed load as
+they are. (A version before metadata stops reading a file at its first record
+that has some: downgrading a group that uses metadata is not supported.)
+
+The latest entry for a (topic, partition) wins, its metadata with it. A commit appends one record
 under ``offsets.lock`` and fdatasyncs before it returns. A record cut short by
 a crash fails its length or CRC check: readers stop before it and the next
 committer truncates it. When the file passes ``compact_bytes`` a committer
@@ -98,6 +109,7 @@ from unstoppable.storage._fs import try_flock as _try_flock  # noqa: F401  (memb
 
 __all__ = [
     "GROUPS_DIR",
+    "MAX_METADATA_BYTES",
     "OffsetsFile",
     "MemberInfo",
     "ProducerIdLock",
@@ -120,7 +132,11 @@ _FRAME = struct.Struct("<II")          # body length, crc
 _BODY_HEAD = struct.Struct("<qI")      # commit time, entry count
 _ENTRY_TAIL = struct.Struct("<Iq")     # partition, offset
 _U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
 _MAX_BODY = 64 << 20
+_META_HEAD = struct.Struct("<IH")      # entry index, metadata length
+#: Kafka's offset.metadata.max.bytes default: longer metadata is refused.
+MAX_METADATA_BYTES = 4096
 _EPOCH = struct.Struct("<Q")           # ownership record: epoch, then the owner's member id
 
 
@@ -171,13 +187,22 @@ if hasattr(os, "register_at_fork"):
 # ---------------------------------------------------------------------------
 # Committed offsets
 
-def _encode_record(offsets: dict, now_ms: int) -> bytes:
+def _encode_record(offsets: dict, now_ms: int, metadata: dict | None = None) -> bytes:
     body = bytearray(_BODY_HEAD.pack(now_ms, len(offsets)))
-    for (topic, partition), offset in offsets.items():
+    meta = []
+    for i, ((topic, partition), offset) in enumerate(offsets.items()):
         t = topic.encode()
         body += _U16.pack(len(t))
         body += t
         body += _ENTRY_TAIL.pack(partition, offset)
+        m = metadata.get((topic, partition)) if metadata else None
+        if m:
+            meta.append((i, m.encode()))
+    if meta:
+        body += _U32.pack(len(meta))
+        for i, m in meta:
+            body += _META_HEAD.pack(i, len(m))
+            body += m
     return _FRAME.pack(len(body), crc32c(body)) + bytes(body)
 
 
@@ -192,7 +217,8 @@ def _pwrite_all(fd: int, data: bytes, pos: int) -> None:
         raise
 
 
-def _decode_body(body) -> tuple[int, list]:
+def _decode_body(body) -> tuple[int, list, dict]:
+    """(commit time, [((topic, partition), offset)], {entry index: metadata})."""
     ts, n = _BODY_HEAD.unpack_from(body, 0)
     pos = _BODY_HEAD.size
     out = []
@@ -204,9 +230,20 @@ def _decode_body(body) -> tuple[int, list]:
         partition, offset = _ENTRY_TAIL.unpack_from(body, pos)
         pos += _ENTRY_TAIL.size
         out.append(((topic, partition), offset))
+    meta = {}
     if pos != len(body):
-        raise ValueError("trailing bytes in an offsets record")
-    return ts, out
+        (m,) = _U32.unpack_from(body, pos)
+        pos += _U32.size
+        for _ in range(m):
+            i, ml = _META_HEAD.unpack_from(body, pos)
+            pos += _META_HEAD.size
+            if i >= n or pos + ml > len(body):
+                raise ValueError("a metadata entry outside its offsets record")
+            meta[i] = bytes(body[pos:pos + ml]).decode()
+            pos += ml
+        if pos != len(body):
+            raise ValueError("trailing bytes in an offsets record")
+    return ts, out, meta
 
 
 class OffsetsFile:
@@ -224,6 +261,7 @@ class OffsetsFile:
         self._lock = threading.Lock()
         self._offsets: dict[tuple[str, int], int] = {}
         self._times: dict[tuple[str, int], int] = {}
+        self._meta: dict[tuple[str, int], str] = {}   # only entries with metadata
         self._fd = -1
         self._ino = None
         self._pos = 0            # end of the last valid record read
@@ -260,6 +298,7 @@ class OffsetsFile:
         self._ino = os.fstat(fd).st_ino
         self._offsets.clear()
         self._times.clear()
+        self._meta.clear()
         self._pos = 0
         return True
 
@@ -287,12 +326,16 @@ class OffsetsFile:
             if crc32c(body) != crc:
                 break
             try:
-                ts, entries = _decode_body(body)
+                ts, entries, meta = _decode_body(body)
             except (struct.error, ValueError, UnicodeDecodeError):
                 break
-            for key, off in entries:
+            for i, (key, off) in enumerate(entries):
                 self._offsets[key] = off
                 self._times[key] = ts
+                if i in meta:
+                    self._meta[key] = meta[i]
+                else:
+                    self._meta.pop(key, None)
             pos += _FRAME.size + n
         self._pos += pos
         return size
@@ -309,6 +352,20 @@ class OffsetsFile:
             self._catch_up()
             return self._offsets.get((topic, partition))
 
+    def metadata(self) -> dict[tuple[str, int], str]:
+        """The metadata committed with each partition's latest offset, for
+        the partitions that have some: {(topic, partition): metadata}."""
+        with self._lock:
+            self._catch_up()
+            return dict(self._meta)
+
+    def load_with_metadata(self) -> dict[tuple[str, int], tuple[int, str]]:
+        """Every committed offset with its metadata ("" for none), read at
+        one moment: {(topic, partition): (offset, metadata)}."""
+        with self._lock:
+            self._catch_up()
+            return {k: (off, self._meta.get(k, "")) for k, off in self._offsets.items()}
+
     def commit_times(self) -> dict[tuple[str, int], int]:
         """When each partition's offset was last committed (ms since the epoch)."""
         with self._lock:
@@ -323,9 +380,15 @@ class OffsetsFile:
                                     os.O_RDWR | os.O_CREAT | O_CLOEXEC, 0o644)
         return Flock(fd=self._lock_fd)
 
-    def commit(self, offsets: dict, *, sync: bool = True, fence=None) -> None:
+    def commit(self, offsets: dict, *, sync: bool = True, fence=None,
+               metadata: dict | None = None) -> None:
         """Append ``{(topic, partition): offset}`` durably (fdatasync unless
         ``sync`` is False). Offsets must be ints >= 0.
+
+        ``metadata``: ``{(topic, partition): str}``, the string kept with
+        each of those offsets (a Kafka client's commit metadata; at most
+        ``MAX_METADATA_BYTES`` in UTF-8, else ValueError). A partition
+        committed without one has none afterwards, as in Kafka.
 
         ``fence``: ``fence(keys)`` returns a context manager held around the
         write (``Membership.fence()``: it locks the partitions' fence files
@@ -339,15 +402,28 @@ class OffsetsFile:
             clean[(str(topic), int(partition))] = off
         if not clean:
             return
+        meta = {}
+        for key, m in (metadata or {}).items():
+            key = (str(key[0]), int(key[1]))
+            if key not in clean:
+                raise ValueError(f"metadata for {key[0]}/{key[1]}, which has no offset in this commit")
+            if m is None or m == "":
+                continue
+            if not isinstance(m, str):
+                raise ValueError(f"metadata for {key[0]}/{key[1]} must be a str, got {m!r}")
+            if len(m.encode()) > MAX_METADATA_BYTES:
+                raise ValueError(f"metadata for {key[0]}/{key[1]} is {len(m.encode())} bytes, "
+                                 f"over the limit of {MAX_METADATA_BYTES}")
+            meta[key] = m
         now = time.time_ns() // 1_000_000
         with contextlib.ExitStack() as stack:
             if fence is not None:
                 stack.enter_context(fence(list(clean)))  # first: fence locks, then offsets.lock
             stack.enter_context(self._lock)
             stack.enter_context(self._locked())
-            self._append(clean, now, sync)
+            self._append(clean, now, sync, meta)
 
-    def _append(self, clean: dict, now: int, sync: bool) -> None:
+    def _append(self, clean: dict, now: int, sync: bool, meta: dict) -> None:
         """commit's write (under ``offsets.lock``)."""
         if not self._open_current():
             self._create()
@@ -363,9 +439,11 @@ class OffsetsFile:
         if self._pos > self.compact_bytes:
             merged = dict(self._offsets)
             merged.update(clean)
-            self._rewrite(merged, now)
+            merged_meta = {k: m for k, m in self._meta.items() if k not in clean}
+            merged_meta.update(meta)
+            self._rewrite(merged, now, merged_meta)
         else:
-            rec = _encode_record(clean, now)
+            rec = _encode_record(clean, now, meta)
             try:
                 _pwrite_all(self._fd, rec, self._pos)
             except BaseException:
@@ -377,6 +455,10 @@ class OffsetsFile:
         for key, off in clean.items():
             self._offsets[key] = off
             self._times[key] = now
+            if key in meta:
+                self._meta[key] = meta[key]
+            else:
+                self._meta.pop(key, None)
 
     def _create(self) -> None:
         tmp = f"{self.path}.tmp{os.getpid()}.{threading.get_ident()}"
@@ -396,14 +478,14 @@ class OffsetsFile:
             fsync_dir(self.dir)
         self._open_current()
 
-    def _rewrite(self, offsets: dict, now: int) -> None:
+    def _rewrite(self, offsets: dict, now: int, metadata: dict) -> None:
         """Compact: one record with the latest offsets replaces the file."""
         tmp = f"{self.path}.tmp{os.getpid()}.{threading.get_ident()}"
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | O_CLOEXEC, 0o644)
         try:
             # Whole or not at all: a short file renamed over the offsets would
             # lose every one of them.
-            _pwrite_all(fd, MAGIC + _encode_record(offsets, now), 0)
+            _pwrite_all(fd, MAGIC + _encode_record(offsets, now, metadata), 0)
             os.fsync(fd)
         except BaseException:
             os.close(fd)
