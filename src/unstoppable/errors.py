@@ -26,7 +26,8 @@ __all__ = [
     "OffsetOutOfRangeError", "DiskFullError", "LogClosedError", "ReadOnlyLogError",
     "TooManyOpenFilesError",
     # records and idempotent producers
-    "RecordTooLargeError", "InvalidRecordError", "OutOfOrderSequenceError",
+    "RecordTooLargeError", "InvalidRecordError", "InvalidTimestampError",
+    "OutOfOrderSequenceError",
     "DuplicateSequenceError", "UnknownProducerError", "ProducerFencedError",
     # the asyncio client
     "BufferFullError", "ProducerClosedError", "ConsumerClosedError", "CommitError",
@@ -132,6 +133,12 @@ class RecordTooLargeError(UnstoppableError, ValueError):
 
 class InvalidRecordError(UnstoppableError, TypeError):
     """A record, key, value, header or timestamp has the wrong type or value."""
+
+
+class InvalidTimestampError(InvalidRecordError):
+    """A record's timestamp is outside the window an append accepts
+    (``BatchEncoder.add_batches``' bounds: Kafka's
+    ``message.timestamp.before.max.ms`` / ``after.max.ms``, error 32)."""
 
 
 class DiskFullError(UnstoppableError, OSError):

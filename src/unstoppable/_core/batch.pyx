@@ -39,7 +39,8 @@ from unstoppable._core.includes.batch cimport *
 from unstoppable._core.includes.crc32c cimport us_crc32c_init
 
 from unstoppable.errors import (
-    InvalidRecordError, RecordTooLargeError, corrupt_from_code, CorruptLogError)
+    InvalidRecordError, InvalidTimestampError, RecordTooLargeError, corrupt_from_code,
+    CorruptLogError)
 from unstoppable import compression as _compression
 
 us_crc32c_init()
@@ -72,6 +73,13 @@ MAX_TIMESTAMP = 253402300799999
 
 cdef object _UNSET = object()
 cdef int64_t _TS_LIMIT = 253402300800000  # MAX_TIMESTAMP + 1
+
+
+def _timestamp_error(int64_t ts, uint32_t batch, uint32_t record, int64_t lo, int64_t hi,
+                     size_t position):
+    return InvalidTimestampError(
+        f"timestamp {ts} of record {record} of batch {batch} is out of range: the timestamp "
+        f"should be within [{lo}, {hi}] ms (at byte {position} of the data)")
 
 
 cdef inline int64_t _as_timestamp(object ts, int64_t default, Py_ssize_t i) except? -1:
@@ -826,14 +834,23 @@ cdef class BatchEncoder:
             self.first_timestamp = h.first_timestamp
         return 0
 
-    def add_batches(self, data):
-        """add_batches(data) -> int
+    def add_batches(self, data, int64_t timestamp_min=0, int64_t timestamp_max=MAX_TIMESTAMP):
+        """add_batches(data, timestamp_min=0, timestamp_max=MAX_TIMESTAMP) -> int
 
         Take whole format-2 batches already encoded elsewhere (e.g. by a Kafka
         client: a RecordBatch v2 as it arrives, compressed or not) after
         checking each completely: CRC, header, and every record (a compressed
         payload is decompressed to check it). They are stored byte for byte;
         their base offsets are rewritten at append time (outside the CRC).
+
+        Timestamps, as Kafka's LogValidator treats a CreateTime topic's
+        batches: every record's timestamp (a LogAppendTime batch: its
+        maxTimestamp) must lie in ``timestamp_min .. timestamp_max`` (ms), else
+        InvalidTimestampError (Kafka's INVALID_TIMESTAMP). A header whose
+        maxTimestamp is not its records' largest timestamp is corrected, and
+        that batch's CRC recomputed, as Kafka's broker does, so the time index
+        and ListOffsets-by-time see the records' real times.
+
         Returns the number of records added. Raises CorruptLogError naming the
         bad batch's position in ``data``; nothing is added then.
         """
@@ -841,10 +858,15 @@ cdef class BatchEncoder:
         cdef us_batch_header h
         cdef size_t pos = 0
         cdef int rc
-        cdef uint32_t recs = 0, nb = 0
+        cdef uint32_t recs = 0, nb = 0, i
         cdef int64_t max_ts = self.max_timestamp, first_ts = self.first_timestamp
+        cdef int64_t ts, rec_max
         cdef RecordBatch b
         cdef unsigned char *w
+        if timestamp_min < 0:
+            timestamp_min = 0
+        if timestamp_max > MAX_TIMESTAMP:
+            timestamp_max = MAX_TIMESTAMP
         # A private copy, whose partitionLeaderEpoch fields are set to the
         # log's 0 as a broker sets them (the field lies outside the CRC).
         copy = bytearray(data)
@@ -870,10 +892,27 @@ cdef class BatchEncoder:
                                           position=pos)
                 b = make_batch(mv, mv, <const unsigned char *>view.buf + pos, pos, &h, None, -1)
                 b._decode()
+                if h.attributes & US_ATTR_TIMESTAMP_TYPE:
+                    rec_max = h.max_timestamp          # LogAppendTime: the header's time is every record's
+                    if rec_max < timestamp_min or rec_max > timestamp_max:
+                        raise _timestamp_error(rec_max, nb, 0, timestamp_min, timestamp_max, pos)
+                else:
+                    rec_max = -1
+                    for i in range(h.record_count):
+                        ts = b._views[i].timestamp
+                        if ts < timestamp_min or ts > timestamp_max:
+                            raise _timestamp_error(ts, nb, i, timestamp_min, timestamp_max, pos)
+                        if ts > rec_max:
+                            rec_max = ts
+                    if rec_max != h.max_timestamp:
+                        # Kafka's broker sets maxTimestamp from the records
+                        # (LogValidator, setMaxTimestamp) and re-seals the batch.
+                        us_st64be(w + pos + US_OFF_MAX_TIMESTAMP, <uint64_t>rec_max)
+                        us_batch_seal(w + pos, h.length)
                 if self.batches + nb == 0:
                     first_ts = h.first_timestamp
-                if self.batches + nb == 0 or h.max_timestamp > max_ts:
-                    max_ts = h.max_timestamp
+                if self.batches + nb == 0 or rec_max > max_ts:
+                    max_ts = rec_max
                 recs += h.record_count
                 nb += 1
                 pos += h.length

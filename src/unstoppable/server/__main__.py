@@ -32,6 +32,12 @@ def add_arguments(p: argparse.ArgumentParser, log: bool = True) -> None:
                    help="partitions of auto-created topics (default 1)")
     p.add_argument("--max-request-bytes", type=int, default=100 << 20,
                    help="largest request accepted; bigger frames close the connection (default 100 MiB)")
+    p.add_argument("--message-timestamp-before-max-ms", type=int, default=None,
+                   help="refuse records stamped more than this many ms before the server's clock "
+                        "with INVALID_TIMESTAMP (default: no limit)")
+    p.add_argument("--message-timestamp-after-max-ms", type=int, default=3_600_000,
+                   help="refuse records stamped more than this many ms after the server's clock "
+                        "with INVALID_TIMESTAMP (default 3600000, Kafka 4's; -1: no limit)")
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -42,6 +48,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     add_arguments(p)
     p.set_defaults(func=run)
     return p
+
+
+def _limit(ms: int | None) -> int | None:
+    """A timestamp window option: None or a negative number means no limit."""
+    return None if ms is None or ms < 0 else ms
 
 
 def run(args) -> int:
@@ -64,7 +75,9 @@ def run(args) -> int:
         broker = Broker(args.log, args.host, args.port, advertised_host=args.advertised_host,
                         auto_create_topics=args.auto_create,
                         default_partitions=args.default_partitions,
-                        max_request_bytes=args.max_request_bytes, metrics=metrics)
+                        max_request_bytes=args.max_request_bytes, metrics=metrics,
+                        timestamp_before_max_ms=_limit(args.message_timestamp_before_max_ms),
+                        timestamp_after_max_ms=_limit(args.message_timestamp_after_max_ms))
         if metrics is not None:
             metrics.attach(broker)
             metrics.serve(args.metrics_port, args.host)

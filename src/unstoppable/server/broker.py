@@ -28,6 +28,7 @@ from unstoppable.errors import (
     DiskFullError,
     DuplicateSequenceError,
     InvalidRecordError,
+    InvalidTimestampError,
     InvalidTopicNameError,
     OffsetOutOfRangeError,
     OutOfOrderSequenceError,
@@ -46,6 +47,7 @@ from unstoppable.server.recordbatch import (
     ATTR_CONTROL,
     ATTR_TRANSACTIONAL,
     HEADER_SIZE,
+    MAX_TIMESTAMP,
     InvalidBatchError,
     UnsupportedCompressionError,
     decode_batches,
@@ -57,9 +59,14 @@ __all__ = ["Broker", "DEFAULT_MAX_REQUEST_BYTES"]
 
 log = logging.getLogger("unstoppable.server")
 
+#: Kafka 4's log.message.timestamp.after.max.ms default (KIP-937): a record
+#: stamped more than an hour ahead of the server's clock is refused (error 32).
+#: Its before.max.ms default is unlimited (None).
+DEFAULT_TIMESTAMP_AFTER_MAX_MS = 3_600_000
 #: Kafka's socket.request.max.bytes default.
 DEFAULT_MAX_REQUEST_BYTES = 100 << 20
 _SIZE = struct.Struct(">i")
+_RECORD_COUNT_AT = 57          # a RecordBatch v2's records count, from its first byte
 NODE_ID = 0
 CLUSTER_ID = "unstoppable"
 
@@ -71,6 +78,7 @@ UNKNOWN_TOPIC_OR_PARTITION = 3
 MESSAGE_TOO_LARGE = 10
 INVALID_TOPIC_EXCEPTION = 17
 RECORD_LIST_TOO_LARGE = 18
+INVALID_TIMESTAMP = 32
 UNSUPPORTED_VERSION = 35
 TOPIC_ALREADY_EXISTS = 36
 INVALID_PARTITIONS = 37
@@ -130,6 +138,8 @@ def append_error(exc: BaseException) -> int:
     if isinstance(exc, InvalidBatchError):
         return UNSUPPORTED_COMPRESSION_TYPE if isinstance(exc, UnsupportedCompressionError) \
             else CORRUPT_MESSAGE
+    if isinstance(exc, InvalidTimestampError):
+        return INVALID_TIMESTAMP
     if isinstance(exc, InvalidRecordError):
         return INVALID_RECORD
     if isinstance(exc, ValueError) and "one batch" in str(exc):
@@ -171,6 +181,31 @@ def _topic_config(configs) -> dict:
 SENDFILE_MIN = 64 << 10
 
 
+def _check_sequences(records, spans) -> None:
+    """The idempotent batches of one partition in one request must be one
+    producer's, with each sequence continuing the one before (Kafka's
+    producer sends one batch per partition per request; a gap or a second
+    producer here would fail after earlier batches were appended)."""
+    prev = None
+    for s in spans:
+        if s.producer_id < 0:
+            raise InvalidRecordError(
+                "a request mixes idempotent and plain batches for one partition: not taken")
+        if prev is not None:
+            if (s.producer_id, s.producer_epoch) != (prev.producer_id, prev.producer_epoch):
+                raise InvalidRecordError(
+                    f"batches of producer {prev.producer_id} epoch {prev.producer_epoch} and "
+                    f"producer {s.producer_id} epoch {s.producer_epoch} for one partition in one "
+                    "request: not taken")
+            (count,) = _SIZE.unpack_from(records, prev.position + _RECORD_COUNT_AT)
+            expected = (prev.base_sequence + count) % (1 << 31)
+            if s.base_sequence != expected:
+                raise OutOfOrderSequenceError(
+                    f"producer {s.producer_id}: a batch with sequence {s.base_sequence} follows one "
+                    f"that ends before {expected} in the same request")
+        prev = s
+
+
 class _SegmentFile:
     """What ``loop.sendfile`` needs of a file: a descriptor (the segment's,
     kept open by the ByteRange that holds the segment) and a binary mode.
@@ -195,13 +230,18 @@ class Broker:
     ``await broker.start()`` listens; ``await broker.close()`` stops listening,
     closes every connection and the log. ``port=0`` picks a free port
     (``broker.port`` tells which). ``advertised_host`` is the host clients are
-    told to connect to (default: ``host``).
+    told to connect to (default: ``host``). ``timestamp_before_max_ms`` /
+    ``timestamp_after_max_ms``: how far before / after the server's clock a
+    produced record's timestamp may be (Kafka's
+    ``log.message.timestamp.before.max.ms`` / ``after.max.ms``; None: no
+    limit); others are refused with INVALID_TIMESTAMP (32).
     """
 
     def __init__(self, log_path: str, host: str = "127.0.0.1", port: int = 9092, *,
                  advertised_host: str | None = None, auto_create_topics: bool = True,
                  default_partitions: int = 1, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-                 metrics=None):
+                 metrics=None, timestamp_before_max_ms: int | None = None,
+                 timestamp_after_max_ms: int | None = DEFAULT_TIMESTAMP_AFTER_MAX_MS):
         self.log_path = os.path.abspath(log_path)
         self.log = us.Log(self.log_path)
         self.host = host
@@ -211,6 +251,8 @@ class Broker:
         self.default_partitions = default_partitions
         self.max_request_bytes = max_request_bytes
         self.metrics = metrics
+        self.timestamp_before_max_ms = timestamp_before_max_ms
+        self.timestamp_after_max_ms = timestamp_after_max_ms
         self.producer_ids = ProducerIdCounter(self.log_path)
         self._server: asyncio.base_events.Server | None = None
         self._conns: set[asyncio.Task] = set()
@@ -558,9 +600,26 @@ class Broker:
             return None
         return W.produce_response(corr, ver, topics)
 
+    def timestamp_window(self, now_ms: int) -> tuple[int, int]:
+        """The record timestamps a Produce accepts at ``now_ms`` (Kafka's
+        ``message.timestamp.before.max.ms`` / ``after.max.ms``), clipped to
+        the log's 0 .. MAX_TIMESTAMP."""
+        lo = 0 if self.timestamp_before_max_ms is None else now_ms - self.timestamp_before_max_ms
+        hi = MAX_TIMESTAMP if self.timestamp_after_max_ms is None \
+            else now_ms + self.timestamp_after_max_ms
+        return max(lo, 0), min(hi, MAX_TIMESTAMP)
+
     async def _append(self, p, records, fsync: bool):
         """Append a Produce request's records field to ``p``; the first offset,
-        or None for batches this server does not take (transactional, control)."""
+        or None for batches this server does not take (transactional, control).
+
+        All or nothing per partition, as Kafka: its LogValidator checks every
+        batch of a partition's records (CRC, records, timestamps), and the log
+        checks every batch's producer sequence, before any is appended. So
+        every batch is checked here (``add_batches``) before the first is
+        appended, and a request's idempotent batches must continue each
+        other's sequences (then the first one's check against the producer
+        state decides for all)."""
         if not records:
             return p.end_offset
         spans = split_batches(records)
@@ -576,29 +635,47 @@ class Broker:
         forced = cfg.compression
         if forced != "producer" and any(s.codec != codec_id(forced) for s in spans):
             return await self._append_recompressed(p, records, fsync)
+        lo, hi = self.timestamp_window(time.time_ns() // 1_000_000)
         enc = self._encoder
-        first = -1
-        end = -1
-        # Idempotent batches one at a time (each is checked against the
-        # producer state); the others of a request in one write.
-        groups = [[s] for s in spans] if any(s.producer_id >= 0 for s in spans) else [spans]
-        for g in groups:
+        idempotent = spans[0].producer_id >= 0
+        if idempotent or any(s.producer_id >= 0 for s in spans):
+            _check_sequences(records, spans)
+        try:
             enc.clear()
-            try:
-                enc.add_batches(records[g[0].position:g[-1].position + g[-1].length])
-                b0 = g[0]
-                producer = (b0.producer_id, b0.producer_epoch, b0.base_sequence) \
-                    if b0.producer_id >= 0 else None
-                base, end = p.append_encoded(enc, producer=producer)
-            finally:
-                enc.clear()
-                if enc.nbytes > (8 << 20):
-                    enc.shrink()
-            if first < 0:
-                first = base
+            enc.add_batches(records, lo, hi)           # every batch checked, nothing appended yet
+            if not idempotent:
+                first, end = p.append_encoded(enc)
+            else:
+                if len(spans) > 1:                   # one idempotent batch per append
+                    enc.clear()
+                    enc.add_batches(records[:spans[0].length], lo, hi)
+                first, end, duplicate = self._append_idempotent(p, enc, spans[0])
+                if len(spans) > 1 and not duplicate:
+                    # The first batch was new, so the others (continuing its
+                    # sequence) are too: one append each, as the producer
+                    # state takes them. (After a duplicate Kafka answers with
+                    # its offsets and appends none of the rest.)
+                    for s in spans[1:]:
+                        enc.clear()
+                        enc.add_batches(records[s.position:s.position + s.length], lo, hi)
+                        _, end, _ = self._append_idempotent(p, enc, s)
+        finally:
+            enc.clear()
+            if enc.nbytes > (8 << 20):
+                enc.shrink()
         if fsync and end >= 0:
             await asyncio.get_running_loop().run_in_executor(self._sync_pool, p.wait_durable, end)
         return first
+
+    @staticmethod
+    def _append_idempotent(p, enc, span) -> tuple[int, int, bool]:
+        """One idempotent batch: ``(first, end, duplicate)``. A retry of one
+        of the producer's last batches is answered with its original offsets,
+        and ``duplicate`` says so."""
+        before = p.end_offset
+        first, end = p.append_encoded(
+            enc, producer=(span.producer_id, span.producer_epoch, span.base_sequence))
+        return first, end, first < before
 
     async def _append_recompressed(self, p, records, fsync: bool) -> int:
         """The topic forces a codec other than the batches': decode and

@@ -10,6 +10,7 @@ cdef extern from "batch.h" nogil:
         US_ATTR_COMPRESSION_MASK
         US_ATTR_TRANSACTIONAL
         US_ATTR_CONTROL
+        US_ATTR_TIMESTAMP_TYPE
         US_CODEC_NONE
         US_CODEC_GZIP
         US_CODEC_SNAPPY
@@ -34,6 +35,7 @@ cdef extern from "batch.h" nogil:
         US_COMPRESSED
         US_BAD_EPOCH
         US_OFF_LEADER_EPOCH
+        US_OFF_MAX_TIMESTAMP
 
     ctypedef struct us_batch_header:
         int64_t base_offset
