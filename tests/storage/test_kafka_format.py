@@ -398,3 +398,35 @@ def test_a_damaged_attributes_field_is_never_read_as_a_control_batch(tmp_path):
         with pytest.raises(CorruptLogError):
             part.read_batches(0)
         assert [bytes(r.value) for r in part.read(5)] == [b"b%d" % i for i in range(5)]
+
+
+@pytest.mark.parametrize("codec", [None, "gzip"])
+def test_add_batches_checks_record_timestamps_and_corrects_max_timestamp(tmp_path, codec):
+    """Kafka's LogValidator for a CreateTime topic: every record inside the
+    window, else InvalidTimestampError naming it; a header maxTimestamp other
+    than the records' largest is set from the records and the CRC resealed."""
+    from unstoppable.errors import InvalidTimestampError
+    b = KBuilder(magic=2, compression_type=KCODEC[codec], is_transactional=False,
+                 producer_id=-1, producer_epoch=-1, base_sequence=-1, batch_size=1 << 20)
+    for i, ts in enumerate([1000, 5000, 3000]):
+        b.append(i, timestamp=ts, key=None, value=b"v%d" % i, headers=[])
+    raw = bytearray(b.build())
+    assert struct.unpack_from(">q", raw, 35) == (5000,)
+    with pytest.raises(InvalidTimestampError, match="timestamp 5000 of record 1 of batch 0"):
+        BatchEncoder().add_batches(bytes(raw), 0, 4999)
+    with pytest.raises(InvalidTimestampError, match="timestamp 1000 of record 0"):
+        BatchEncoder().add_batches(bytes(raw), 1001, 10_000)
+    struct.pack_into(">q", raw, 35, 1000)           # a client that understated it
+    wrong = _resealed(raw)
+    enc = BatchEncoder()
+    assert enc.add_batches(wrong, 1000, 5000) == 3
+    assert enc.max_timestamp == 5000
+    stored = bytes(enc.view())
+    assert struct.unpack_from(">q", stored, 35) == (5000,)
+    assert fr.crc32c(stored[21:]) == struct.unpack_from(">I", stored, 17)[0]
+    with us.Log(tmp_path / "log") as log:
+        part = log.create_topic("t").partition(0)
+        part.append_encoded(enc)
+        assert part.offset_for_time(4000) == 1
+        assert [r.timestamp for r in part.read(0)] == [1000, 5000, 3000]
+        assert log.verify().ok
