@@ -14,7 +14,11 @@ Beside each rate, the server's own CPU time per message (from
 /proc/<pid>/stat) tells the server's cost apart from the client's: the
 Python-level confluent-kafka loop (one produce() call, one Message object per
 record) is the limit here, not the server. kcat (librdkafka without Python)
-gives the consume rate of a C client when it is installed.
+gives the consume rate of a C client when it is installed, and librdkafka's
+own C tool ``rdkafka_performance`` (built in a librdkafka tree named by
+$LIBRDKAFKA_SRC: ``make -C examples rdkafka_performance``) and
+confluent-kafka's ``produce_batch`` show what the server takes from clients
+that are not a Python loop of one call per message.
 
 The latency test paces with ``poll(timeout)`` (a busy-wait pacer takes a core
 from the server and from librdkafka's threads on this 2-core machine) and
@@ -206,6 +210,109 @@ def _kafka_consume(bootstrap, n) -> float:
     dt = time.perf_counter() - t0
     c.close()
     return n / dt
+
+
+def _kafka_produce_batch(bootstrap, values, chunk: int = 10_000) -> float:
+    """Messages per second from confluent-kafka's ``produce_batch`` (one call
+    per ``chunk`` messages; the message dicts are built before the clock starts,
+    so this is the client library and the server, not the Python loop)."""
+    p = ck.Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": 1,
+                     "queue.buffering.max.messages": 1_000_000, "batch.size": 1 << 20})
+    chunks = [[{"value": v} for v in values[i:i + chunk]] for i in range(0, len(values), chunk)]
+    t0 = time.perf_counter()
+    for c in chunks:
+        while True:
+            try:
+                assert p.produce_batch("bench", c) == len(c)
+                break
+            except BufferError:
+                p.poll(0.001)
+        p.poll(0)
+    assert p.flush(120) == 0
+    return len(values) / (time.perf_counter() - t0)
+
+
+def _rdkafka_performance() -> str | None:
+    """librdkafka's own C benchmark tool (examples/rdkafka_performance of a
+    built source tree: $RDKAFKA_PERFORMANCE, or under $LIBRDKAFKA_SRC), or None."""
+    path = os.environ.get("RDKAFKA_PERFORMANCE")
+    if not path and os.environ.get("LIBRDKAFKA_SRC"):
+        path = os.path.join(os.environ["LIBRDKAFKA_SRC"], "examples", "rdkafka_performance")
+    return path if path and os.access(path, os.X_OK) else None
+
+
+def _rdperf(tool: str, args: list[str]) -> tuple[float, float]:
+    """Run rdkafka_performance; (its own msgs/s figure, wall-clock msgs/s
+    including its start-up)."""
+    src = os.path.dirname(os.path.dirname(tool))
+    env = dict(os.environ, LD_LIBRARY_PATH=os.pathsep.join(
+        [os.path.join(src, "src"), os.environ.get("LD_LIBRARY_PATH", "")]))
+    t0 = time.perf_counter()
+    out = subprocess.run([tool, *args], capture_output=True, text=True, timeout=300, env=env)
+    wall = time.perf_counter() - t0
+    last = [line for line in out.stdout.splitlines() if "msgs/s" in line]
+    assert out.returncode == 0 and last, (out.stdout[-2000:], out.stderr[-2000:])
+    n = int(re.search(r"(\d+) messages", last[-1]).group(1))
+    return float(re.search(r"(\d+) msgs/s", last[-1]).group(1)), n / wall
+
+
+def test_server_capacity_with_c_and_bulk_clients(tmp_path, values, report):
+    """What the server takes when the client is not a Python loop of one call
+    per message: librdkafka's C tool (rdkafka_performance) producing and
+    consuming 1 M messages, and confluent-kafka's produce_batch, beside the
+    same-run produce() loop; with the server's CPU per message."""
+    tool = _rdkafka_performance()
+    n_c = 1_000_000
+    rows = []
+    for _ in range(3):
+        _fresh_log(tmp_path / "cap").close()
+        srv = _Server(tmp_path / "cap")
+        try:
+            c0 = srv.cpu_seconds()
+            loop_rate = _kafka_produce(srv.bootstrap, values)
+            c1 = srv.cpu_seconds()
+            batch_rate = _kafka_produce_batch(srv.bootstrap, values)
+            c2 = srv.cpu_seconds()
+            row = {"loop": loop_rate, "batch": batch_rate, "cpu_loop": (c1 - c0) / len(values),
+                   "cpu_batch": (c2 - c1) / len(values)}
+            if tool:
+                row["c_produce"] = _rdperf(tool, [
+                    "-P", "-t", "bench", "-b", srv.bootstrap, "-s", "100", "-c", str(n_c), "-a", "1",
+                    "-X", "linger.ms=5", "-X", "queue.buffering.max.messages=1000000"])
+                c3 = srv.cpu_seconds()
+                parts = [a for i in range(PARTITIONS) for a in ("-p", str(i))]
+                total = 2 * len(values) + n_c
+                row["c_consume"] = _rdperf(tool, [
+                    "-C", "-t", "bench", "-b", srv.bootstrap, *parts, "-o", "beginning",
+                    "-c", str(total), "-X", "fetch.max.bytes=52428800",
+                    "-X", "max.partition.fetch.bytes=4194304"])
+                c4 = srv.cpu_seconds()
+                row["cpu_c_produce"] = (c3 - c2) / n_c
+                row["cpu_c_consume"] = (c4 - c3) / total
+            rows.append(row)
+        finally:
+            srv.stop()
+    m = statistics.median
+
+    def med(k):
+        return m(r[k] for r in rows)
+    report.append(
+        f"server produce, confluent-kafka produce_batch (10k per call): {med('batch') / 1e3:.0f} k msg/s "
+        f"beside the produce() loop same run {med('loop') / 1e3:.0f} k/s -> "
+        f"{med('batch') / med('loop'):.1f}x; server CPU {med('cpu_batch') * 1e9:.0f} ns/msg "
+        f"(loop: {med('cpu_loop') * 1e9:.0f} ns/msg)")
+    if tool:
+        report.append(
+            f"server with librdkafka's C rdkafka_performance, 100 B, linger 5 ms: produce "
+            f"{m(r['c_produce'][0] for r in rows) / 1e3:.0f} k msg/s (wall incl. start-up "
+            f"{m(r['c_produce'][1] for r in rows) / 1e3:.0f} k/s), consume "
+            f"{m(r['c_consume'][0] for r in rows) / 1e3:.0f} k msg/s (wall "
+            f"{m(r['c_consume'][1] for r in rows) / 1e3:.0f} k/s); server CPU produce "
+            f"{med('cpu_c_produce') * 1e9:.0f} ns/msg, consume {med('cpu_c_consume') * 1e9:.0f} ns/msg; "
+            f"same run confluent-kafka produce() loop {med('loop') / 1e3:.0f} k/s")
+    else:
+        report.append("server with a C client: skipped (set $LIBRDKAFKA_SRC to a built librdkafka "
+                      "tree with examples/rdkafka_performance, or $RDKAFKA_PERFORMANCE)")
 
 
 def test_produce_and_consume(tmp_path, values, report):

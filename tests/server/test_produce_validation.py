@@ -155,3 +155,81 @@ def test_max_timestamp_is_set_from_the_records(setup):
         got = DefaultRecordBatch(stored)
         assert got.validate_crc()
         assert [r.timestamp for r in got] == ts
+
+
+def _frame(c, req):
+    import io
+    from kio.serial import entity_writer
+    buf = io.BytesIO()
+    entity_writer(type(req))(buf, req)
+    payload = c.header(type(req).__api_key__, type(req).__version__) + buf.getvalue()
+    return struct.pack(">i", len(payload)) + payload
+
+
+def test_pipelined_produces_are_answered_in_order_and_before_a_long_poll(setup):
+    """Answers to pipelined Produce requests are held and written together;
+    a request that may wait (a Fetch long poll) does not hold them back."""
+    from kio.index import load_response_schema
+    from kio.schema.fetch.v11 import request as f11
+    from kio.serial import entity_reader
+    server, c = setup
+
+    def produce_req(v, acks=1):
+        return pr8.ProduceRequest(transactional_id=None, acks=acks,
+                                  timeout=datetime.timedelta(seconds=5),
+                                  topic_data=(pr8.TopicProduceData(name="t", partition_data=(
+                                      pr8.PartitionProduceData(index=0, records=batch([v])),)),))
+    n = 40
+    first_corr = c.corr + 1
+    data = b"".join(_frame(c, produce_req(b"%d" % i, acks=0 if i == 7 else 1)) for i in range(n))
+    long_poll = f11.FetchRequest(
+        replica_id=-1, max_wait=datetime.timedelta(seconds=4), min_bytes=1 << 30,
+        max_bytes=1 << 20, isolation_level=0, session_id=0, session_epoch=-1,
+        topics=(f11.FetchTopic(topic="t", partitions=(f11.FetchPartition(
+            partition=1, current_leader_epoch=-1, fetch_offset=0, log_start_offset=-1,
+            partition_max_bytes=1 << 20),)),), forgotten_topics_data=(), rack_id="")
+    data += _frame(c, long_poll)
+    t0 = time.monotonic()
+    c.sock.sendall(data)
+    got = []
+    for _ in range(n - 1):                          # the acks=0 one has no answer
+        frame = c.recv_frame()
+        corr = struct.unpack_from(">i", frame, 0)[0]
+        resp, _ = entity_reader(load_response_schema(0, 8))(frame, 4)
+        p = resp.responses[0].partition_responses[0]
+        got.append((corr - first_corr, int(p.error_code), p.base_offset))
+    produced_in = time.monotonic() - t0
+    assert got == [(i, 0, i) for i in range(n) if i != 7]
+    assert produced_in < 3.0, produced_in           # not held behind the 4 s long poll
+    frame = c.recv_frame()
+    assert struct.unpack_from(">i", frame, 0)[0] == first_corr + n
+    assert time.monotonic() - t0 >= 3.5             # the long poll waited its time
+    assert values(server) == [b"%d" % i for i in range(n)]
+
+
+def test_frames_split_anywhere_are_read_whole(setup):
+    """Requests arriving in pieces of any size, small ones several per read
+    and a large one (over the 64 KiB scratch buffer) across many, are read
+    whole and answered in order."""
+    import random
+    from kio.schema.api_versions.v0.request import ApiVersionsRequest
+    server, c = setup
+    big = bytes(random.Random(3).randbytes(300 << 10))
+    reqs = [ApiVersionsRequest(),
+            pr8.ProduceRequest(transactional_id=None, acks=1, timeout=datetime.timedelta(seconds=5),
+                               topic_data=(pr8.TopicProduceData(name="t", partition_data=(
+                                   pr8.PartitionProduceData(index=0, records=batch([big])),)),)),
+            ApiVersionsRequest(), ApiVersionsRequest()]
+    first = c.corr + 1
+    data = b"".join(_frame(c, r) for r in reqs)
+    rnd = random.Random(7)
+    pos = 0
+    while pos < len(data):
+        n = rnd.choice([1, 3, 5, 17, 4096, 70_000])
+        c.sock.sendall(data[pos:pos + n])
+        pos += n
+        if rnd.random() < 0.05:
+            time.sleep(0.01)
+    corrs = [struct.unpack_from(">i", c.recv_frame(), 0)[0] for _ in reqs]
+    assert corrs == [first + i for i in range(len(reqs))]
+    assert values(server) == [big]

@@ -3,8 +3,9 @@
 Requests on one connection are answered one at a time and in order, as a Kafka
 broker does (it mutes a connection while a request is in flight), so a client
 that stops reading stops being read: the server's memory per connection is
-bounded by one request (at most ``max_request_bytes``) and the transport's
-write buffer. A frame larger than ``max_request_bytes`` is refused from its
+bounded by one request (at most ``max_request_bytes``), the answers held for
+one write (at most 64 Produce answers or 1 MiB, while further requests are
+already buffered) and the transport's write buffer. A frame larger than ``max_request_bytes`` is refused from its
 size field, before its body is read.
 
 Appends with ``acks=-1`` wait for fdatasync (``acks="fsync"``) on a thread, so
@@ -181,6 +182,64 @@ def _topic_config(configs) -> dict:
 SENDFILE_MIN = 64 << 10
 
 
+#: At most this many answers (or bytes of them) are held for one write.
+_MAX_HELD = 64
+_MAX_HELD_BYTES = 1 << 20
+
+
+class _Held:
+    """Answers held for one write. Produce answers (acks 0/1, answered
+    without waiting) are held while the next request is already buffered and
+    then written together with writelines: one send() for a pipelined run
+    instead of one each (on loopback each send also runs the receiver's
+    wake-up)."""
+
+    __slots__ = ("writer", "items", "nbytes")
+
+    def __init__(self, writer: asyncio.StreamWriter):
+        self.writer = writer
+        self.items: list[bytes] = []
+        self.nbytes = 0
+
+    def hold(self, answer: bytes) -> bool:
+        """Hold ``answer``; False when the held ones were written instead
+        (the limits reached)."""
+        self.items.append(answer)
+        self.nbytes += len(answer)
+        if len(self.items) < _MAX_HELD and self.nbytes < _MAX_HELD_BYTES:
+            return True
+        self.flush()
+        return False
+
+    def flush(self) -> None:
+        if self.items:
+            self.writer.writelines(self.items)
+            self.items.clear()
+            self.nbytes = 0
+
+
+def _frame_buffered(reader: asyncio.StreamReader) -> bool:
+    """Whether ``reader`` already holds a whole next request frame. (Reads
+    StreamReader's buffer, which asyncio does not document: without it,
+    nothing is held.)"""
+    buf = getattr(reader, "_buffer", None)
+    if buf is None or len(buf) < 4:
+        return False
+    return len(buf) >= 4 + _SIZE.unpack_from(buf, 0)[0]
+
+
+def _answers_at_once(frame) -> bool:
+    """Whether a request is answered without waiting: a Produce with acks 0
+    or 1 (ApiVersions and Metadata too, but those are rare on a hot path)."""
+    if len(frame) < 10 or frame[0] != 0 or frame[1] != 0:
+        return False
+    try:
+        off = P.parse_header(frame)[3]
+    except P.ProtocolError:
+        return False                      # dispatch names the fault
+    return W.produce_acks(frame, off) in (0, 1)
+
+
 def _check_sequences(records, spans) -> None:
     """The idempotent batches of one partition in one request must be one
     producer's, with each sequence continuing the one before (Kafka's
@@ -305,8 +364,12 @@ class Broker:
         if m:
             m.connections.inc()
         peer = writer.get_extra_info("peername")
+        held = _Held(writer)
         try:
             while True:
+                if held.items and not _frame_buffered(reader):
+                    held.flush()
+                    await writer.drain()
                 try:
                     head = await reader.readexactly(4)
                 except (asyncio.IncompleteReadError, ConnectionError):
@@ -320,6 +383,8 @@ class Broker:
                     frame = await reader.readexactly(size)
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return
+                if held.items and not _answers_at_once(frame):
+                    held.flush()          # this request may wait: what is held goes out first
                 try:
                     out = await self._dispatch(frame)
                 except P.ProtocolError as e:
@@ -331,8 +396,10 @@ class Broker:
                 if out is None:
                     continue
                 if isinstance(out, bytes):
-                    writer.write(out)
+                    if held.hold(out):
+                        continue
                 else:
+                    held.flush()
                     await self._send_chunks(writer, out)
                 await writer.drain()
         except (ConnectionError, asyncio.CancelledError):

@@ -43,12 +43,23 @@ import struct
 
 from unstoppable.server.protocol import ProtocolError
 
-__all__ = ["parse_produce", "produce_response", "fetch_response"]
+__all__ = ["parse_produce", "produce_acks", "produce_response", "fetch_response"]
 
 _I16 = struct.Struct(">h")
 _I32 = struct.Struct(">i")
 _H_I_ = struct.Struct(">hi")
 _SIZE_CORR = struct.Struct(">ii")
+
+
+def produce_acks(frame, off: int) -> int | None:
+    """The acks of a Produce request whose body starts at ``off`` (after the
+    request header), or None when the frame is too short to say (the full
+    parse then names the fault)."""
+    try:
+        (tl,) = _I16.unpack_from(frame, off)
+        return _I16.unpack_from(frame, off + 2 + max(tl, 0))[0]
+    except struct.error:
+        return None
 
 
 class _Reader:
