@@ -132,6 +132,12 @@ def test_record_timestamps_against_the_window(setup):
             got = produce_many(c, {("t", 0): batch([b"v"] * len(ts), timestamps=ts, codec=codec)})
             assert got[("t", 0)][0] == code, (ts, codec)
     assert values(server) == [b"v"] * 4
+    with us.Log(server.log_dir) as log:
+        log.create_topic("forced", compression="zstd")     # batches decoded and re-encoded
+    late = batch([b"ok"]) + batch([b"late"], timestamps=[now + 2 * HOUR])
+    assert produce_many(c, {("forced", 0): late})[("forced", 0)][0] == 32
+    assert produce_many(c, {("forced", 0): batch([b"ok"])})[("forced", 0)] == (0, 0)
+    assert values(server, "forced") == [b"ok"]
 
 
 def test_max_timestamp_is_set_from_the_records(setup):

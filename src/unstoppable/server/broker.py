@@ -746,10 +746,19 @@ class Broker:
 
     async def _append_recompressed(self, p, records, fsync: bool) -> int:
         """The topic forces a codec other than the batches': decode and
-        re-encode them (Partition.append applies the topic's codec)."""
+        re-encode them (Partition.append applies the topic's codec). Every
+        batch is decoded and its timestamps checked before the first append."""
         first = -1
         end = None
-        for b in decode_batches(records):
+        batches = decode_batches(records)
+        lo, hi = self.timestamp_window(time.time_ns() // 1_000_000)
+        for i, b in enumerate(batches):
+            for j, r in enumerate(b.records):
+                if not lo <= r[3] <= hi:
+                    raise InvalidTimestampError(
+                        f"timestamp {r[3]} of record {j} of batch {i} is out of range: the "
+                        f"timestamp should be within [{lo}, {hi}] ms")
+        for b in batches:
             if not b.records:
                 continue
             if b.producer_id >= 0:
