@@ -437,7 +437,9 @@ def target_offsets(data: bytes) -> None:
 @st.composite
 def offsets_bytes(draw):
     from unstoppable.storage.groups import MAGIC, _encode_record
-    recs = b"".join(_encode_record({("t%d" % i, i): i * 7}, 1) for i in range(draw(st.integers(0, 4))))
+    # every other record carries commit metadata (the optional part after the entries)
+    recs = b"".join(_encode_record({("t%d" % i, i): i * 7}, 1, {("t%d" % i, i): "m%d" % i} if i % 2 else None)
+                    for i in range(draw(st.integers(0, 4))))
     buf = bytearray(MAGIC + recs)
     for _ in range(draw(st.integers(0, 3))):
         if buf:
