@@ -7,6 +7,7 @@ import threading
 import time
 import urllib.request
 
+import pytest
 from kio.schema.delete_topics.v3.request import DeleteTopicsRequest
 from kio.schema.describe_groups.v4.request import DescribeGroupsRequest
 from kio.schema.heartbeat.v3.request import HeartbeatRequest
@@ -170,3 +171,21 @@ def test_offset_commit_metadata_is_kept(server):
     c = RawClient(server.bootstrap)
     assert fetched() == [(3, "state:ü"), (6, "y" * 4096)]
     c.close()
+
+
+def test_commit_metadata_with_confluent_kafka(server):
+    """The same through a real client: librdkafka commits metadata with an
+    offset and reads it back with committed()."""
+    ck = pytest.importorskip("confluent_kafka")
+    with us.Log(server.log_dir) as log:
+        log.create_topic("cm", partitions=2)
+    c = ck.Consumer({"bootstrap.servers": server.bootstrap, "group.id": "cmg",
+                     "enable.auto.commit": False})
+    try:
+        c.commit(offsets=[ck.TopicPartition("cm", 0, 4, metadata="app-state:42"),
+                          ck.TopicPartition("cm", 1, 2)], asynchronous=False)
+        got = c.committed([ck.TopicPartition("cm", 0), ck.TopicPartition("cm", 1)], timeout=10)
+        assert [(t.partition, t.offset, t.metadata) for t in got] == [
+            (0, 4, "app-state:42"), (1, 2, None)]
+    finally:
+        c.close()
