@@ -170,7 +170,7 @@ cdef class _Event:
         self.kind = 0
         self.reset()
         while p < end:
-            if _varint(&p, end, &tag) < 0 or tag > 0xFFFFFFFF:
+            if _varint(&p, end, &tag) < 0 or (tag >> 32) != 0:
                 return -1
             field, wt = <int>(tag >> 3), <int>(tag & 7)
             if field == 0:
@@ -179,7 +179,7 @@ cdef class _Event:
                 if wt != 2 or _varint(&p, end, &n) < 0 or n > <uint64_t>(end - p):
                     return -1
                 if field == 1:
-                    if _utf8(p, <Py_ssize_t>n) is None:
+                    if not _valid_utf8(p, <Py_ssize_t>n):
                         return -1
                 else:
                     if field != self.kind:      # another oneof member replaces the last
@@ -202,7 +202,7 @@ cdef class _Event:
         cdef int field, wt, slot
         cdef object s
         while p < end:
-            if _varint(&p, end, &tag) < 0 or tag > 0xFFFFFFFF:
+            if _varint(&p, end, &tag) < 0 or (tag >> 32) != 0:
                 return -1
             field, wt = <int>(tag >> 3), <int>(tag & 7)
             if field == 0:
@@ -245,6 +245,15 @@ cdef inline int _slot(int kind, int field) noexcept nogil:
         return (3 if field == 2 else 4 if field == 3 else -1 if field == 4
                 else 2 if field == 5 else 0)
     return 3 if field == 2 else -2 if field == 3 else 0
+
+
+cdef bint _valid_utf8(const unsigned char* p, Py_ssize_t n):
+    """Whether bytes are valid UTF-8 (ASCII checked here, the rest by Python's decoder)."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        if p[i] >= 0x80:
+            return _utf8(p, n) is not None
+    return True
 
 
 cdef object _utf8(const unsigned char* p, Py_ssize_t n):
@@ -348,6 +357,8 @@ cdef class _Run:
     cdef int64_t offset
     cdef int nout                    # outcomes of this record so far
     cdef object key                  # its seat id in UTF-8 (the outcome records' key)
+    cdef object cur_log              # its booking's (history, payments), once looked up
+    cdef bint marked                 # its booking is in dirty_bookings
 
     def __cinit__(self, st, ttl_ms, bytes prefix):
         part = st._cur
@@ -381,24 +392,32 @@ cdef class _Run:
         self.seats[s] = seat
         self.dirty_seats.add(s)
 
+    cdef inline _mark(self, tuple k):
+        if not self.marked:
+            self.dirty_bookings.add(k)
+            self.marked = True
+
     cdef inline _put_booking(self, bk, tuple k):
         self.bookings[k] = bk
-        self.dirty_bookings.add(k)
+        self._mark(k)
 
     cdef inline object _log(self, tuple k):
-        log = self.logs.get(k)
+        log = self.cur_log
         if log is None:
-            log = self.logs[k] = ([], {})
+            log = self.logs.get(k)
+            if log is None:
+                log = self.logs[k] = ([], {})
+            self.cur_log = log
         return log
 
     cdef inline _add_payment(self, tuple k, pid, outcome, amount):
         self._log(k)[1][pid] = (outcome, amount)
-        self.dirty_bookings.add(k)
+        self._mark(k)
 
     cdef inline _add_history(self, bk, tuple k, str kind, detail):
         self._log(k)[0].append((bk.user_id, self.ts, kind, detail))
         bk.nevents += 1
-        self.dirty_bookings.add(k)
+        self._mark(k)
 
     cdef _emit(self, int kind, Field* f, int nf):
         cdef char eid[512]
@@ -460,6 +479,8 @@ cdef class _Run:
         cdef Field f[5]
         cdef str s = e.seat_id, b = e.booking_id
         cdef tuple k = (s, b)
+        self.cur_log = None
+        self.marked = False
         self.counts[C_EVENTS] += 1
         bk = self.bookings.get(k)
         ts = self.ts
@@ -526,7 +547,7 @@ cdef class _Run:
         if e.kind == K_PAYMENT:
             self.counts[C_PAYMENTS] += 1
             pid, amount = e.payment_id, e.amount_cents
-            log = self.logs.get(k)
+            log = self.cur_log = self.logs.get(k)
             if log is not None and pid in log[1]:
                 self.counts[C_DUPLICATES] += 1
                 return
