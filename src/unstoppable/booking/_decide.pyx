@@ -627,13 +627,29 @@ cdef class _Run:
             self.counts[C_LATE_EXPIRIES] += 1  # the payment (or a rejection) came first
 
 
+cdef class _LazyEvent:
+    """The record's BookingEvent as ``check`` sees it: decoded (by protobuf)
+    when ``check`` first looks at it, so a check that fails records by their
+    offset alone (the service's ``fault_rate``) costs no decoding."""
+    cdef object _value, _from_string, _event
+
+    def __cinit__(self, value, from_string):
+        self._value, self._from_string = value, from_string
+
+    def __getattr__(self, name):
+        if self._event is None:
+            self._event = self._from_string(self._value)
+        return getattr(self._event, name)
+
+
 def decide_run(st, str topic, int partition, int partitions, list recs, ttl_ms, check, tp,
                dead, dict homes, home, from_string, slow):
     """decide_run(st, topic, partition, partitions, recs, ttl_ms, check, tp, dead, homes, home, from_string, slow) -> None or RecordFailed
 
     service.decide_run's fast path (same arguments and result; see there).
     ``homes`` caches each seat's partition (``home(seat_bytes, partitions)``
-    computes one), ``from_string`` decodes an event for ``check``, and
+    computes one), ``from_string`` decodes an event for ``check`` (when
+    ``check`` first uses it: it gets a stand-in that decodes lazily), and
     ``slow(st, rec, index, prefix, tp)`` is the reference path for one
     record (returns None or its RecordFailed)."""
     cdef _Event e = _Event()
@@ -676,7 +692,7 @@ def decide_run(st, str topic, int partition, int partitions, list recs, ttl_ms, 
             continue
         if check is not None:
             try:
-                check(tp, r, from_string(value))
+                check(tp, r, _LazyEvent(value, from_string))
             except Exception as exc:
                 run.flush_counts()
                 f = RecordFailed(i, exc, applied=True)

@@ -201,7 +201,8 @@ def decide_run(st: PartitionStore, topic: str, partition: int, partitions: int, 
     PartitionStore holding the partition's state in memory) and stage the
     effects in it, touching no database: decode and validate every record,
     then apply the state machine. ``check(tp, rec, event)`` may raise to
-    fail a record; ``dead`` maps the ``(partition, offset)`` of records
+    fail a record (on the fast path ``event`` stands for the decoded
+    BookingEvent, decoded when ``check`` first reads an attribute); ``dead`` maps the ``(partition, offset)`` of records
     already dead-lettered to their error (the rebuild), which are recorded as
     dead letters instead of applied.
 
