@@ -302,11 +302,12 @@ def test_outcome_bytes_of_every_kind_and_the_errors_of_bad_records():
 
     bad = [None, b"\xff\x00 poison", ev.CODEC.encode(ev.reservation_requested("b", "", "seat-x")),
            struct.pack("<I", 7)]
-    for value in bad:
+    for value in bad + ["a str, not bytes"]:
         fails = []
         for reference in (True, False):
             s = PartitionStore(None, bulk=True)
-            f = decide_run(s, TOPIC, home["seat-x"], PARTITIONS, [Rec(0, 1, value)], 10,
-                           reference=reference)
+            r = Rec(0, 1, None)
+            r.value = memoryview(value) if isinstance(value, bytes) else value
+            f = decide_run(s, TOPIC, home["seat-x"], PARTITIONS, [r], 10, reference=reference)
             fails.append(_failure(f))
         assert fails[0] == fails[1] and fails[0][:2] == (0, True), fails

@@ -46,7 +46,7 @@ Wire format written (outcomes; fields in number order, defaults omitted)::
                   25 PaymentRefunded {1 booking_id, 2 seat_id, 3 payment_id,
                                       4 amount_cents, 5 reason enum, 6 user_id}
 """
-from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_CheckBuffer, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport int64_t, uint64_t
 from libc.stdio cimport snprintf
@@ -666,7 +666,7 @@ def decide_run(st, str topic, int partition, int partitions, list recs, ttl_ms, 
             continue
         value = r.value
         ok = -1
-        if value is not None:
+        if value is not None and PyObject_CheckBuffer(value):
             PyObject_GetBuffer(value, &view, PyBUF_SIMPLE)
             try:
                 ok = e.parse(<const unsigned char*>view.buf,
