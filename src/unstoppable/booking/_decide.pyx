@@ -52,6 +52,8 @@ from libc.stdint cimport int64_t, uint64_t
 from libc.stdio cimport snprintf
 from libc.string cimport memcpy
 
+from gc import disable as gc_disable, enable as gc_enable, isenabled as gc_isenabled
+
 from unstoppable.booking.machine import Booking, Seat
 from unstoppable.processor import RecordFailed
 
@@ -652,6 +654,26 @@ def decide_run(st, str topic, int partition, int partitions, list recs, ttl_ms, 
     ``check`` first uses it: it gets a stand-in that decodes lazily), and
     ``slow(st, rec, index, prefix, tp)`` is the reference path for one
     record (returns None or its RecordFailed)."""
+    if not gc_isenabled():
+        return _decide_run(st, topic, partition, partitions, recs, ttl_ms, check, tp, dead, homes,
+                           home, from_string, slow)
+    # The collector is paused while the run is decided: a run allocates tens
+    # of thousands of long-lived objects (the state) and no cyclic garbage,
+    # and every collection triggered on the way promotes them towards the
+    # full collections that walk the whole state. Measured over a 100k-event
+    # log's decisions (collector on, not frozen): 508 young, 46 middle and
+    # 4-5 full collections without the pause, 27, 2-3 and 0-1 with it;
+    # 13.6 us per event before, 5.9-8.1 after (load 5-6, not the same run).
+    gc_disable()
+    try:
+        return _decide_run(st, topic, partition, partitions, recs, ttl_ms, check, tp, dead, homes,
+                           home, from_string, slow)
+    finally:
+        gc_enable()
+
+
+cdef object _decide_run(st, str topic, int partition, int partitions, list recs, ttl_ms, check, tp,
+                        dead, dict homes, home, from_string, slow):
     cdef _Event e = _Event()
     cdef Py_buffer view
     cdef int ok, i = -1
