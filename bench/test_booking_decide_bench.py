@@ -8,7 +8,7 @@ the in-memory state of a ``PartitionStore`` (bulk mode: nothing written),
 * by the fast path, ``decide_run`` (``booking/_decide.pyx``);
 
 each with the outcome messages (as a worker) and without (as the rebuild),
-beside the same-run ``getmany`` rate over the same log. The collector is
+in alternating rounds, beside the same-run ``getmany`` rate over the same log. The collector is
 off while deciding, in every variant (the rebuild runs so; workers freeze
 the survivors of each full collection, see ``service._freeze_survivors``).
 The fast path's final state, counters and outcome bytes must equal the
@@ -31,6 +31,7 @@ from unstoppable.booking.service import decide_run
 from test_booking_bench import getmany_rate, make_booking_log
 
 N_TARGET = int(os.environ.get("BOOKING_DECIDE_EVENTS", 300_000))
+ROUNDS = int(os.environ.get("BOOKING_DECIDE_ROUNDS", 3))
 
 
 @pytest.fixture(scope="module")
@@ -86,20 +87,28 @@ def test_decisions_floor_reference_vs_fast_path(benchmark, decide_log, report):
 
     def run():
         out["base"] = getmany_rate(cfg, n)
-        for outcomes in (True, False):
-            for reference in (True, False):
-                s, st, values = _decide(cfg, runs, parts, outcomes, reference)
-                out[(outcomes, reference)] = s
-                out[("state", outcomes, reference)] = (_state(st), values)
+        # Alternating rounds; the best of each (the least disturbed by the
+        # other processes on the machine) is reported, with the worst.
+        for rnd in range(ROUNDS):
+            for outcomes in (True, False):
+                states = []
+                for reference in (True, False):
+                    s, st, values = _decide(cfg, runs, parts, outcomes, reference)
+                    out.setdefault((outcomes, reference), []).append(s)
+                    if rnd == 0:
+                        states.append((_state(st), values))
+                    del st, values
+                if states:
+                    assert states[0] == states[1]
+                del states
     benchmark.pedantic(run, rounds=1, iterations=1)
-    for outcomes in (True, False):
-        assert out[("state", outcomes, True)] == out[("state", outcomes, False)]
-    lines = [f"booking decisions over {n:,} events, in memory, nothing written, collector off; "
-             f"same-run getmany {out['base']:,.0f} records/s:"]
+    lines = [f"booking decisions over {n:,} events, in memory, nothing written, collector off, "
+             f"best (worst) of {ROUNDS}; same-run getmany {out['base']:,.0f} records/s:"]
     for outcomes in (True, False):
         ref, fast = out[(outcomes, True)], out[(outcomes, False)]
         what = "building outcomes" if outcomes else "no outcomes     "
-        lines.append(f"  {what}: reference {n / ref:,.0f} events/s ({ref / n * 1e6:.2f} us/event), "
-                     f"fast path {n / fast:,.0f} events/s ({fast / n * 1e6:.2f} us/event), "
-                     f"{ref / fast:.1f}x")
+        lines.append(f"  {what}: reference {n / min(ref):,.0f} ({n / max(ref):,.0f}) events/s, "
+                     f"{min(ref) / n * 1e6:.2f} us/event; fast path {n / min(fast):,.0f} "
+                     f"({n / max(fast):,.0f}) events/s, {min(fast) / n * 1e6:.2f} us/event; "
+                     f"{min(ref) / min(fast):.1f}x")
     report.append("\n".join(lines))
