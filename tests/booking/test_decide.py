@@ -311,3 +311,25 @@ def test_outcome_bytes_of_every_kind_and_the_errors_of_bad_records():
             f = decide_run(s, TOPIC, home["seat-x"], PARTITIONS, [r], 10, reference=reference)
             fails.append(_failure(f))
         assert fails[0] == fails[1] and fails[0][:2] == (0, True), fails
+
+
+def test_a_timestamp_beyond_int64_fails_as_in_the_reference():
+    """Not from a log (its timestamps are int64), but the paths still agree:
+    building outcomes, protobuf refuses the timestamp or the hold's deadline
+    (the state machine raised: not applied); without outcomes nothing needs
+    them to fit."""
+    value = ev.CODEC.encode(ev.reservation_requested("b1", "u1", SEATS[0]))
+    for outcomes in (True, False):
+        for ts in (1 << 63, -(1 << 63) - 1, (1 << 63) - 1):
+            got = []
+            for reference in (True, False):
+                s = PartitionStore(None, outbox=outcomes, bulk=True)
+                f = decide_run(s, TOPIC, PARTITION, PARTITIONS, [Rec(0, ts, value)], 1000,
+                               reference=reference)
+                got.append((_failure(f), _staged(s), _snapshot(s)["seats"]))
+            assert got[0] == got[1]
+            failed = got[0][0]
+            if outcomes:        # ((1 << 63) - 1 fits; its deadline, 1000 ms later, does not)
+                assert failed is not None and failed[:2] == (0, False)
+            else:
+                assert failed is None

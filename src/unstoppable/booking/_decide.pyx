@@ -48,7 +48,7 @@ Wire format written (outcomes; fields in number order, defaults omitted)::
 """
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_CheckBuffer, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint64_t
 from libc.stdio cimport snprintf
 from libc.string cimport memcpy
 
@@ -376,6 +376,18 @@ cdef class _Run:
         self.pending = 0
         for i in range(C_N):
             self.counts[i] = 0
+
+    cdef bint out_of_range(self):
+        """Whether the record's timestamp, or a deadline from it, is no int64
+        (protobuf refuses to build the outcome: the reference path fails it)."""
+        cdef int64_t ttl
+        try:
+            self.ts_c = self.ts
+            ttl = self.ttl
+        except OverflowError:
+            return True
+        return ((ttl > 0 and self.ts_c > INT64_MAX - ttl)
+                or (ttl < 0 and self.ts_c < INT64_MIN - ttl))
 
     cdef flush_counts(self):
         """Add the counters to the store's (once per run)."""
@@ -705,6 +717,10 @@ cdef object _decide_run(st, str topic, int partition, int partitions, list recs,
                 h = homes[e.seat_id] = home((<str>e.seat_id).encode(), partitions)
             if h != partition:
                 ok = -1                         # the wrong partition: same
+        if ok == 0:
+            run.ts = r.timestamp
+            if run.build and run.out_of_range():
+                ok = -1                         # (not from a log) as the reference does
         if ok < 0:
             f = slow(st, r, i, prefix, tp)
             if f is not None:
@@ -720,8 +736,6 @@ cdef object _decide_run(st, str topic, int partition, int partitions, list recs,
                 f = RecordFailed(i, exc, applied=True)
                 f.__cause__ = exc
                 return f
-        run.ts = r.timestamp
-        run.ts_c = run.ts
         run.offset = off
         run.nout = 0
         try:
