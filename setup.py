@@ -46,6 +46,10 @@ extensions = [
     ext("segment", "batch.c", "crc32c.c", "writer.c", "guard.c", "syncer.c", "xxhash64.c"),
     ext("arrow", "batch.c", "crc32c.c", "xxhash64.c", "murmur2.c"),
     ext("delivery"),
+    # The booking service's fast path (its own package: it decides what
+    # booking/machine.py does, and imports it).
+    Extension("unstoppable.booking._decide", ["src/unstoppable/booking/_decide.pyx"],
+              extra_compile_args=cflags, extra_link_args=ldflags),
 ]
 
 setup(

@@ -75,6 +75,7 @@ import unstoppable as us
 from unstoppable.booking import deadletters as dl
 from unstoppable.booking import events as ev
 from unstoppable.booking.logio import LogReader, close_log, ensure_topic, open_log
+from unstoppable.booking._decide import decide_run as _fast_decide_run
 from unstoppable.booking.booking_pb2 import BookingEvent
 from unstoppable.booking.machine import InvalidEventError, apply, validate
 from unstoppable.booking.readmodel import (
@@ -137,7 +138,7 @@ def _faulty(cfg: ServiceConfig, partition: int, offset: int) -> bool:
 
 
 _from_string = BookingEvent.FromString
-_home_of: dict = {}      # (seat, partitions) -> the seat's partition (seats are few; hashing is not free)
+_homes: dict = {}        # partitions -> {seat: the seat's partition} (seats are few; hashing is not free)
 
 
 def _decode(value) -> BookingEvent:
@@ -157,25 +158,51 @@ def decode_checked(value, partition: int, partitions: int):
     event = _decode(value)
     kind = validate(event)
     seat = getattr(event, kind).seat_id
-    home = _home_of.get((seat, partitions))
+    homes = _homes.get(partitions)
+    if homes is None:
+        homes = _homes[partitions] = {}
+    home = homes.get(seat)
     if home is None:
-        home = _home_of[(seat, partitions)] = _home(seat.encode(), partitions)
+        home = homes[seat] = _home(seat.encode(), partitions)
     if home != partition:
         raise InvalidEventError(f"event for seat {seat!r} is on partition {partition}, but the "
                                 f"seat's events belong on partition {home}")
     return event
 
 
+def _decide_one(st, r, i: int, prefix: str, tp, partition: int, partitions: int, ttl_ms: int,
+                check):
+    """The reference path for one record: decode_checked, check, machine.apply.
+    Returns None, or its failure as decide_run does."""
+    try:
+        e = decode_checked(r.value, partition, partitions)
+        if check is not None:
+            check(tp, r, e)
+    except Exception as exc:        # before apply: the prefix's state is whole
+        f = us.RecordFailed(i, exc, applied=True)
+        f.__cause__ = exc
+        return f
+    try:
+        apply(st, e, r.timestamp, ttl_ms, prefix + str(r.offset))
+    except Exception as exc:
+        st.discard()
+        f = us.RecordFailed(i, exc)
+        f.__cause__ = exc
+        return f
+    return None
+
+
 def decide_run(st: PartitionStore, topic: str, partition: int, partitions: int, recs: list,
-               ttl_ms: int, *, check=None, dead: dict | None = None):
-    """decide_run(st, topic, partition, partitions, recs, ttl_ms, *, check=None, dead=None)
-    -> None or us.RecordFailed
+               ttl_ms: int, *, check=None, dead: dict | None = None, reference: bool = False):
+    """decide_run(st, topic, partition, partitions, recs, ttl_ms, *, check=None, dead=None,
+    reference=False) -> None or us.RecordFailed
 
     Decide a run of input records of one partition against ``st`` (a
     PartitionStore holding the partition's state in memory) and stage the
     effects in it, touching no database: decode and validate every record,
     then apply the state machine. ``check(tp, rec, event)`` may raise to
-    fail a record; ``dead`` maps the ``(partition, offset)`` of records
+    fail a record (on the fast path ``event`` stands for the decoded
+    BookingEvent, decoded when ``check`` first reads an attribute); ``dead`` maps the ``(partition, offset)`` of records
     already dead-lettered to their error (the rebuild), which are recorded as
     dead letters instead of applied.
 
@@ -186,29 +213,36 @@ def decide_run(st: PartitionStore, topic: str, partition: int, partitions: int, 
     ``RecordFailed(index, cause)`` should the state machine itself raise (it
     cannot for a validated event; the state is then partly changed and must
     be dropped, and nothing is staged).
+
+    The records are decided by the compiled fast path (``booking._decide``:
+    the wire bytes parsed and the outcomes encoded in C), which hands every
+    record it does not accept plainly (errors included) to the reference
+    path, ``decode_checked`` + ``machine.apply``. ``reference=True`` (or a
+    store that is not a PartitionStore) decides every record the reference
+    way; the two give the same states, counters, outcomes and failures
+    (tests/booking/test_decide.py).
     """
+    tp = us.TopicPartition(topic, partition) if check is not None else None
+    homes = _homes.get(partitions)
+    if homes is None:
+        homes = _homes[partitions] = {}
+
+    def slow(st, r, i, prefix, tp):
+        return _decide_one(st, r, i, prefix, tp, partition, partitions, ttl_ms, check)
+
+    if not reference and type(st) is PartitionStore:
+        return _fast_decide_run(st, topic, partition, partitions, recs if type(recs) is list
+                                else list(recs), ttl_ms, check, tp, dead, homes, _home,
+                                _from_string, slow)
     st.begin(partition)
     prefix = f"{topic}/{partition}/"
-    tp = us.TopicPartition(topic, partition) if check is not None else None
     for i, r in enumerate(recs):
         off = r.offset
         if dead and (partition, off) in dead:
             st.add_dead_letter(topic, partition, off, dead[(partition, off)])
             continue
-        try:
-            e = decode_checked(r.value, partition, partitions)
-            if check is not None:
-                check(tp, r, e)
-        except Exception as exc:        # before apply: the prefix's state is whole
-            f = us.RecordFailed(i, exc, applied=True)
-            f.__cause__ = exc
-            return f
-        try:
-            apply(st, e, r.timestamp, ttl_ms, prefix + str(off))
-        except Exception as exc:
-            st.discard()
-            f = us.RecordFailed(i, exc)
-            f.__cause__ = exc
+        f = slow(st, r, i, prefix, tp)
+        if f is not None:
             return f
     return None
 
