@@ -463,6 +463,11 @@ class PartitionStore(_Queries, Store):
         self._cur = None
         self._bulk_counts: dict = {}
         self._dead: list = []
+        # The outcomes of outbox rows this store wrote: seq -> (packed value,
+        # [(key, value)]), so that publishing need not unpack them again. An
+        # entry stands for a row only while the row's value equals the packed
+        # value (a rolled-back row's seq is used again); see outcomes_for().
+        self.outcomes_of: dict = {}
         self.discard()
 
     # -- the Processor's state hooks
@@ -559,11 +564,23 @@ class PartitionStore(_Queries, Store):
         if self._outbox:
             # One row for the run's outcomes (key NULL, value packed): one row
             # per run instead of one per outcome.
-            self.db.execute("INSERT INTO outbox (part, topic, key, value) VALUES (?,?,NULL,?)",
-                            (p, self.outcomes_topic, pack_outcomes(self._outbox)))
+            blob = pack_outcomes(self._outbox)
+            seq = self.db.execute("INSERT INTO outbox (part, topic, key, value) VALUES (?,?,NULL,?)",
+                                  (p, self.outcomes_topic, blob)).lastrowid
+            self.outcomes_of[seq] = (blob, self._outbox)
         if self._counts:
             em(_ADD_STATS, [(p, n, v) for n, v in self._counts.items()])
         self.discard()
+
+    def outcomes_for(self, seq: int, value: bytes) -> list:
+        """The ``[(key, value)]`` of the packed outbox row ``seq`` holding
+        ``value``: kept from when this store wrote it, else unpacked."""
+        kept = self.outcomes_of.pop(seq, None)
+        if kept is not None and kept[0] == value:
+            return kept[1]
+        if len(self.outcomes_of) > 10_000:      # rows rolled back, or published by another owner
+            self.outcomes_of.clear()
+        return unpack_outcomes(value)
 
     def _coalesce_timers(self) -> tuple[list, list]:
         """The run's timer changes against the rows the database holds:

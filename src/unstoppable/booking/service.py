@@ -83,7 +83,6 @@ from unstoppable.booking.readmodel import (
     ReadModel,
     connect,
     create_indexes,
-    unpack_outcomes,
 )
 from unstoppable.errors import ValueDecodeError
 
@@ -386,7 +385,7 @@ class BookingService:
         for _seq, topic, key, value, headers in rows:
             if topic == self.cfg.outcomes_topic and key is None:     # a run's outcomes, packed
                 send = self.out_p.send
-                for k, v in unpack_outcomes(value):
+                for k, v in self.state.outcomes_for(_seq, value):
                     futs.append(await send(v, key=k))
             elif topic == self.cfg.outcomes_topic:
                 futs.append(await self.out_p.send(value, key=key))
