@@ -68,8 +68,6 @@ import json
 import multiprocessing as mp
 import os
 import signal
-import sqlite3
-import threading
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -120,7 +118,6 @@ class ServiceConfig:
     fail_seats: tuple = ()             # seats whose records always fail (tests)
     status_path: str | None = None     # JSON file the worker rewrites with its metrics
     membership_poll_ms: float = 100.0
-    checkpoint_interval_ms: float = 500.0   # WAL checkpoints by a thread of the worker (0: SQLite's own)
     log_options: dict = field(default_factory=dict)
 
 
@@ -261,7 +258,6 @@ class BookingService:
             async with LogReader(log) as reader:
                 self.partitions = await reader.partitions(cfg.topic)
             db = self.open_db()
-            checkpointer = _Checkpointer(cfg.db_path, cfg.checkpoint_interval_ms / 1000.0)
             async with us.Consumer(log, cfg.topic, group=cfg.group, offset_store=self.store,
                                    max_poll_records=cfg.batch,
                                    membership_poll_ms=cfg.membership_poll_ms) as c, \
@@ -290,7 +286,6 @@ class BookingService:
                     self._write_status()
         finally:
             if db is not None:
-                checkpointer.stop()
                 db.close()
             if own_log:
                 await close_log(log)
@@ -301,11 +296,6 @@ class BookingService:
         as :meth:`run` does; returns the connection."""
         cfg = self.cfg
         self.db = connect(cfg.db_path)
-        if cfg.checkpoint_interval_ms > 0:
-            # Checkpoints are the _Checkpointer's, off the write lock; the
-            # automatic one (inside a COMMIT, lock held) only stops the WAL
-            # from growing without bound should that thread fall behind.
-            self.db.execute(f"PRAGMA wal_autocheckpoint={_WAL_BACKSTOP_PAGES}")
         self.state = PartitionStore(self.db, outcomes_topic=cfg.outcomes_topic)
         self.rm = ReadModel(self.db, outcomes_topic=cfg.outcomes_topic)
         self.store = us.SQLiteOffsetStore(self.db)
@@ -436,45 +426,6 @@ class BookingService:
                                 "AND deadline_ms=?", [(s, b, d) for s, b, _p, d in rows])
         self.metrics["timers_fired"] += len(rows)
         return len(rows)
-
-
-#: WAL pages (4 KiB) after which a COMMIT checkpoints by itself anyway.
-_WAL_BACKSTOP_PAGES = 32768
-
-
-class _Checkpointer:
-    """A thread that checkpoints the read model's WAL every ``interval``
-    seconds (PASSIVE: it waits for no reader or writer), on a connection of
-    its own. SQLite's automatic checkpoint runs inside the COMMIT that
-    crosses 1,000 WAL pages, while that writer holds the database's write
-    lock: copying pages into the database file and syncing it. Measured in
-    the demo (3 workers, 300k users over 10 s): COMMIT was 18% of a worker's
-    samples. sqlite3 releases the GIL while the checkpoint runs. ``interval``
-    0 starts no thread."""
-
-    def __init__(self, path: str, interval: float):
-        self._stop = threading.Event()
-        self._thread = None
-        if interval > 0:
-            self._thread = threading.Thread(target=self._run, args=(str(path), interval),
-                                            name="wal-checkpoint", daemon=True)
-            self._thread.start()
-
-    def _run(self, path: str, interval: float) -> None:
-        db = sqlite3.connect(path, timeout=0.0, isolation_level=None, check_same_thread=False)
-        try:
-            while not self._stop.wait(interval):
-                try:
-                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                except sqlite3.OperationalError:
-                    pass        # busy: another worker's checkpoint is running; the next one catches up
-        finally:
-            db.close()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
 
 
 class _transaction:
