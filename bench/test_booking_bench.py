@@ -5,7 +5,7 @@ over the same log:
 
 * one worker (its own process), cold start to the end of the log;
 * three workers in three processes (shared read model), same;
-* rebuild into a fresh database;
+* rebuild into a fresh database, in one process and in one per CPU;
 * the floors under them: the state machine's own Python (decode, validate
   and apply over the in-memory state, with and without building the outcome
   messages; no SQLite, no log) and SQLite's (the read model's final rows
@@ -198,7 +198,10 @@ def test_workers_to_the_end_of_the_log(benchmark, booking_log, report, workers):
     assert stats["dead_letters"] == 6
 
 
-def test_rebuild(benchmark, booking_log, report, tmp_path):
+@pytest.mark.parametrize("processes", [1, None])
+def test_rebuild(benchmark, booking_log, report, tmp_path, processes):
+    """The rebuild in one process, and in its default number of processes
+    (one per CPU: partitions decided and bulk-loaded in forked helpers)."""
     cfg, n = booking_log
     if not os.path.exists(cfg.db_path):
         run_workers(cfg, 1)
@@ -211,15 +214,17 @@ def test_rebuild(benchmark, booking_log, report, tmp_path):
         out["base"] = getmany_rate(cfg, n)
         log = us.Log(cfg.log_path)
         t = time.perf_counter()
-        rm = asyncio.run(rebuild(log, cfg, path))
+        rm = asyncio.run(rebuild(log, cfg, path, processes=processes))
         out["s"] = time.perf_counter() - t
         out["snap"] = rm.snapshot()
         rm.db.close()
         log.close()
     benchmark.pedantic(run, rounds=1, iterations=1)
     rate = n / out["s"]
-    report.append(f"booking rebuild of {n:,} events: {rate:,.0f} events/s ({out['s']:.1f} s); "
-                  f"same-run getmany {out['base']:,.0f} records/s (ratio {rate / out['base']:.3f})")
+    procs = processes or f"{os.cpu_count()} (default)"
+    report.append(f"booking rebuild of {n:,} events, {procs} process(es): {rate:,.0f} events/s "
+                  f"({out['s']:.1f} s); same-run getmany {out['base']:,.0f} records/s "
+                  f"(ratio {rate / out['base']:.3f})")
     db = connect(cfg.db_path)
     live = ReadModel(db).snapshot()
     db.close()

@@ -3,6 +3,7 @@ are retried then dead-lettered with their origin and the partition moves on;
 re-driven dead letters are applied; a pending expiry survives a restart and
 takes effect once even when its timer fires twice; outcomes are published."""
 import asyncio
+import os
 import time
 
 import pytest
@@ -164,4 +165,38 @@ def test_a_run_another_owner_committed_is_fenced_off(tmp_path):
         svc.db.close()
     # Without the fence the stale run would have been applied a second time.
     assert asyncio.run(rebuild(log, cfg, str(tmp_path / "rebuilt.db"))).stats()["requests"] == 4
+    log.close()
+
+
+def test_a_rebuild_in_several_processes_equals_one_in_one_process(tmp_path):
+    """Partitions decided in forked helpers, each bulk-loaded into a file of
+    its own and appended: the same read model as one process makes, offsets
+    included; a record that fails in a helper's share stops the rebuild with
+    its own error, and leaves no file behind."""
+    cfg = _cfg(tmp_path, ttl_ms=60_000)
+    log = us.Log(cfg.log_path)
+    asyncio.run(create_topics(log, cfg, partitions=5))
+    es = []
+    for i in range(300):
+        seat = f"S{i % 40}"
+        es.append(ev.reservation_requested(f"b{i}", f"u{i}", seat))
+        if i % 3:
+            es.append(ev.payment_received(f"b{i}", seat, f"p{i}", 100, f"u{i}"))
+        if i % 7 == 0:
+            es.append(ev.payment_received(f"x{i}", seat, f"q{i}", 100, f"v{i}"))   # before its request
+    _send(log, cfg, es)
+    one = asyncio.run(rebuild(log, cfg, str(tmp_path / "one.db"), processes=1))
+    three = asyncio.run(rebuild(log, cfg, str(tmp_path / "three.db"), processes=3))
+    assert one.stats()["events"] == len(es)
+    assert diff_snapshots(one.snapshot(), three.snapshot()) == []
+    offsets = "SELECT part, next_offset FROM unstoppable_offsets ORDER BY part"
+    assert one.db.execute(offsets).fetchall() == three.db.execute(offsets).fetchall()
+    assert len(three.db.execute(offsets).fetchall()) == 5
+    one.db.close()
+    three.db.close()
+    # A poison record in the last partition (a helper's share), not dead-lettered.
+    log.topic(cfg.topic).partition(4).append([(b"S1", b"\x07garbage")])
+    with pytest.raises(us.errors.ValueDecodeError, match="not a valid"):
+        asyncio.run(rebuild(log, cfg, str(tmp_path / "bad.db"), processes=3))
+    assert sorted(os.listdir(tmp_path)) == sorted(["log", "one.db", "three.db"])
     log.close()

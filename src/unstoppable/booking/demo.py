@@ -393,8 +393,11 @@ async def _run(cfg: DemoConfig, out, d, log, reader, scfg, gateway_group, status
                     f"(partitions {_read_status(os.path.join(status_dir, 'worker-0.json')).get('assigned')})")
                 del workers[0]
                 survivors = dict(workers)
-                os.replace(os.path.join(status_dir, "worker-0.json"),
-                           os.path.join(status_dir, "worker-0.killed.json"))
+                # A worker that started late under load may have written no
+                # status yet (the others covered every partition without it).
+                if os.path.exists(os.path.join(status_dir, "worker-0.json")):
+                    os.replace(os.path.join(status_dir, "worker-0.json"),
+                               os.path.join(status_dir, "worker-0.killed.json"))
             if killed_at and recovered_at is None and _covered(status_dir, survivors, cfg.partitions,
                                                                since=killed_at):
                 recovered_at = time.time()

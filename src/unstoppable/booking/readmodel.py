@@ -50,6 +50,7 @@ two read models are identical when their snapshots are equal.
 from __future__ import annotations
 
 import json
+import json.encoder
 import sqlite3
 import struct
 
@@ -160,7 +161,15 @@ def create_indexes(db: sqlite3.Connection) -> None:
     db.execute("PRAGMA synchronous=NORMAL")
 
 
-_dumps = json.JSONEncoder(separators=(",", ":")).encode    # made once: json.dumps with options makes one per call
+def _not_json(o):
+    raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
+
+
+# json's C encoder, made once: JSONEncoder.encode makes a new one on every call
+# (measured here: 10.9 us -> 2.7 us per booking log, same output).
+_c_encode = (None if json.encoder.c_make_encoder is None else json.encoder.c_make_encoder(
+    None, _not_json, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True))
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def pack_log(history: list, payments: dict) -> str:
@@ -168,7 +177,10 @@ def pack_log(history: list, payments: dict) -> str:
     list of ``[user_id, ts_ms, kind, detail]`` (its index is the step's seq),
     payments a list of ``[payment_id, outcome, amount_cents]`` in the order
     first seen."""
-    return _dumps([history, [[k, o, a] for k, (o, a) in payments.items()]])
+    obj = [history, [[k, o, a] for k, (o, a) in payments.items()]]
+    if _c_encode is not None:
+        return "".join(_c_encode(obj, 0))
+    return _dumps(obj)
 
 
 def unpack_log(text: str) -> tuple[list, dict]:
@@ -451,6 +463,11 @@ class PartitionStore(_Queries, Store):
         self._cur = None
         self._bulk_counts: dict = {}
         self._dead: list = []
+        # The outcomes of outbox rows this store wrote: seq -> (packed value,
+        # [(key, value)]), so that publishing need not unpack them again. An
+        # entry stands for a row only while the row's value equals the packed
+        # value (a rolled-back row's seq is used again); see outcomes_for().
+        self.outcomes_of: dict = {}
         self.discard()
 
     # -- the Processor's state hooks
@@ -547,11 +564,23 @@ class PartitionStore(_Queries, Store):
         if self._outbox:
             # One row for the run's outcomes (key NULL, value packed): one row
             # per run instead of one per outcome.
-            self.db.execute("INSERT INTO outbox (part, topic, key, value) VALUES (?,?,NULL,?)",
-                            (p, self.outcomes_topic, pack_outcomes(self._outbox)))
+            blob = pack_outcomes(self._outbox)
+            seq = self.db.execute("INSERT INTO outbox (part, topic, key, value) VALUES (?,?,NULL,?)",
+                                  (p, self.outcomes_topic, blob)).lastrowid
+            self.outcomes_of[seq] = (blob, self._outbox)
         if self._counts:
             em(_ADD_STATS, [(p, n, v) for n, v in self._counts.items()])
         self.discard()
+
+    def outcomes_for(self, seq: int, value: bytes) -> list:
+        """The ``[(key, value)]`` of the packed outbox row ``seq`` holding
+        ``value``: kept from when this store wrote it, else unpacked."""
+        kept = self.outcomes_of.pop(seq, None)
+        if kept is not None and kept[0] == value:
+            return kept[1]
+        if len(self.outcomes_of) > 10_000:      # rows rolled back, or published by another owner
+            self.outcomes_of.clear()
+        return unpack_outcomes(value)
 
     def _coalesce_timers(self) -> tuple[list, list]:
         """The run's timer changes against the rows the database holds:

@@ -65,6 +65,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import multiprocessing as mp
 import os
 import signal
 import time
@@ -83,7 +84,6 @@ from unstoppable.booking.readmodel import (
     ReadModel,
     connect,
     create_indexes,
-    unpack_outcomes,
 )
 from unstoppable.errors import ValueDecodeError
 
@@ -419,7 +419,7 @@ class BookingService:
         for _seq, topic, key, value, headers in rows:
             if topic == self.cfg.outcomes_topic and key is None:     # a run's outcomes, packed
                 send = self.out_p.send
-                for k, v in unpack_outcomes(value):
+                for k, v in self.state.outcomes_for(_seq, value):
                     futs.append(await send(v, key=k))
             elif topic == self.cfg.outcomes_topic:
                 futs.append(await self.out_p.send(value, key=key))
@@ -533,8 +533,14 @@ def committed_offsets(db, group: str, topic: str) -> dict:
     return dict(rows)
 
 
-async def rebuild(log, cfg: ServiceConfig, db_path, *, progress=None, chunk: int = 20000) -> ReadModel:
-    """await rebuild(log, cfg, db_path, *, progress=None) -> ReadModel
+#: Fewer input records than this are rebuilt in one process: a forked
+#: helper costs more than it saves on a small log.
+PARALLEL_REBUILD_MIN = 50_000
+
+
+async def rebuild(log, cfg: ServiceConfig, db_path, *, progress=None, chunk: int = 20000,
+                  processes: int | None = None) -> ReadModel:
+    """await rebuild(log, cfg, db_path, *, progress=None, chunk=20000, processes=None) -> ReadModel
 
     Replay the input topic from offset 0 into a fresh read model at
     ``db_path`` (which must not exist), with the same state machine, the same
@@ -547,56 +553,217 @@ async def rebuild(log, cfg: ServiceConfig, db_path, *, progress=None, chunk: int
     ``db_path`` once complete: a crash leaves no half-built read model there.
     ``log`` is a ``us.Log`` or a JetStreamLog; records are read through the
     backend interface. ``progress(done, total)`` is called as records are replayed.
+
+    Partitions are independent, so they are decided in ``processes``
+    processes (default: one per CPU, at most one per partition; one for
+    fewer than ``PARALLEL_REBUILD_MIN`` records): this process reads the
+    records of the other processes' partitions (contiguous ranges of
+    partitions, balanced by record count), forks them, decides its own
+    share, and each bulk-loads its share into a file of its own; the shares
+    are then appended into the read model in partition order (their rowids
+    ``partition << 40 | n`` ascend, so every share appends).
     """
     db_path = str(db_path)
     if os.path.exists(db_path):
         raise FileExistsError(f"{db_path} exists; rebuild writes a fresh read model")
-    dead = {}
     tmp = db_path + ".building"
-    for suffix in ("", "-wal", "-shm"):
-        if os.path.exists(tmp + suffix):
-            os.unlink(tmp + suffix)
     async with LogReader(log) as reader:
         n = await reader.partitions(cfg.topic)
-        for d in await dl.read_dead_letters(log, cfg.dlq_topic, missing_ok=True):
-            if d.origin_topic == cfg.topic:
-                dead[(d.origin_partition, d.origin_offset)] = d.error
-        db = connect(tmp, bulk=True)
+        dead = {(d.origin_partition, d.origin_offset): d.error
+                for d in await dl.read_dead_letters(log, cfg.dlq_topic, missing_ok=True)
+                if d.origin_topic == cfg.topic}
+        ranges = await reader.ranges(cfg.topic)
+        sizes = [e - s for s, e in ranges]
+        total = sum(sizes)
+        if processes is None:
+            processes = (os.cpu_count() or 1) if total >= PARALLEL_REBUILD_MIN else 1
+        shares = _shares(sizes, max(1, min(int(processes), n)))
+        files = [tmp] + [f"{tmp}.{i}" for i in range(1, len(shares))]
+        for f in files:
+            _unlink_db(f)
         # The collector would walk the growing state again and again (see
         # _freeze_survivors); the replay makes no cyclic garbage worth it.
         was_enabled = gc.isenabled()
         gc.disable()
+        helpers: list = []
+        db = None
+        offsets: dict = {}
         try:
-            st = PartitionStore(db, outcomes_topic=cfg.outcomes_topic, outbox=False, bulk=True)
-            ranges = await reader.ranges(cfg.topic)
-            total, done = sum(e for _s, e in ranges), 0
-            offsets = {}
-            for p, (start, end) in enumerate(ranges):
-                async for recs in reader.chunks(cfg.topic, p, start, end, chunk):
-                    try:
-                        apply_run(st, cfg.topic, p, n, recs, cfg.ttl_ms, dead=dead)
-                    except us.RecordFailed as f:
-                        raise f.cause from None    # the live workers would have dead-lettered it
-                    offsets[us.TopicPartition(cfg.topic, p)] = recs[-1].offset + 1
-                    done += len(recs)
-                    if progress is not None:
-                        progress(done, total)
-            offset_store = us.SQLiteOffsetStore(db)      # (creates its table: not inside the BEGIN)
-            db.execute("BEGIN")
-            st.write_all()
-            offset_store.save(offsets, group=cfg.group)
-            db.execute("COMMIT")
+            for i, share in enumerate(shares[1:], 1):
+                runs = await _read_share(reader, cfg, share, ranges, chunk, offsets)
+                helpers.append(_start_helper(cfg, n, runs, dead, files[i], share))
+                del runs
+            db = connect(tmp, bulk=True)
+            done = await _rebuild_own(reader, db, cfg, n, shares[0], ranges, dead, chunk, offsets,
+                                      progress, total)
+            for i, (proc, rx, share) in enumerate(helpers, 1):
+                result = await asyncio.get_running_loop().run_in_executor(None, _receive, rx, proc)
+                if result is not None:
+                    raise result
+                append_share(db, files[i])
+                done += sum(sizes[p] for p in share)
+                if progress is not None:
+                    progress(done, total)
             create_indexes(db)
         except BaseException:
-            db.close()
-            os.unlink(tmp)
+            _abandon(helpers, db, files)
             raise
         finally:
             if was_enabled:
                 gc.enable()
     db.close()
+    for f in files[1:]:
+        _unlink_db(f)
     os.replace(tmp, db_path)
     return ReadModel(connect(db_path), outcomes_topic=cfg.outcomes_topic)
+
+
+async def _read_share(reader, cfg: ServiceConfig, share: list, ranges: list, chunk: int,
+                      offsets: dict) -> list:
+    """A helper's records, read here (the helper uses no log): ``[(partition, records)]``."""
+    runs = []
+    for p in share:
+        async for recs in reader.chunks(cfg.topic, p, *ranges[p], chunk):
+            runs.append((p, recs))
+            offsets[us.TopicPartition(cfg.topic, p)] = recs[-1].offset + 1
+    return runs
+
+
+def _start_helper(cfg: ServiceConfig, n: int, runs: list, dead: dict, path: str, share: list):
+    """Fork a rebuild helper for ``runs``; returns ``(process, receiving end, share)``."""
+    ctx = mp.get_context("fork")
+    rx, tx = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_rebuild_share, args=(cfg, n, runs, dead, path, tx),
+                       name=f"rebuild-{os.path.basename(path)}")
+    proc.start()
+    tx.close()
+    return proc, rx, share
+
+
+async def _rebuild_own(reader, db, cfg: ServiceConfig, n: int, share: list, ranges: list,
+                       dead: dict, chunk: int, offsets: dict, progress, total: int) -> int:
+    """Decide this process's share, then bulk-load it and every offset into
+    ``db``; returns how many records it replayed."""
+    st = PartitionStore(db, outcomes_topic=cfg.outcomes_topic, outbox=False, bulk=True)
+    done = 0
+    for p in share:
+        async for recs in reader.chunks(cfg.topic, p, *ranges[p], chunk):
+            _decide_chunk(st, cfg, p, n, recs, dead)
+            offsets[us.TopicPartition(cfg.topic, p)] = recs[-1].offset + 1
+            done += len(recs)
+            if progress is not None:
+                progress(done, total)
+    offset_store = us.SQLiteOffsetStore(db)      # (creates its table: not inside the BEGIN)
+    db.execute("BEGIN")
+    st.write_all()
+    offset_store.save(offsets, group=cfg.group)
+    db.execute("COMMIT")
+    return done
+
+
+def _abandon(helpers: list, db, files: list) -> None:
+    """A failed rebuild: stop the helpers, remove every file it made."""
+    for proc, rx, _share in helpers:
+        if proc.is_alive():
+            proc.kill()
+        proc.join()
+        rx.close()
+    if db is not None:
+        db.close()
+    for f in files:
+        _unlink_db(f)
+
+
+def _shares(sizes: list, k: int) -> list:
+    """Partitions ``0..len(sizes)-1`` cut into ``k`` contiguous ranges of
+    about equal record counts (none empty when there are partitions for it)."""
+    n, total = len(sizes), sum(sizes)
+    out, cur, acc = [], [], 0
+    for p, size in enumerate(sizes):
+        cur.append(p)
+        acc += size
+        left_parts, left_shares = n - p - 1, k - len(out) - 1
+        if left_shares > 0 and (acc >= total * (len(out) + 1) / k or left_parts == left_shares):
+            out.append(cur)
+            cur = []
+    if cur:
+        out.append(cur)
+    return out
+
+
+def _decide_chunk(st: PartitionStore, cfg: ServiceConfig, p: int, n: int, recs: list,
+                  dead: dict) -> None:
+    try:
+        apply_run(st, cfg.topic, p, n, recs, cfg.ttl_ms, dead=dead)
+    except us.RecordFailed as f:
+        raise f.cause from None    # the live workers would have dead-lettered it
+
+
+def _rebuild_share(cfg: ServiceConfig, n: int, runs: list, dead: dict, path: str, tx) -> None:
+    """A rebuild helper (forked): decide ``runs`` and bulk-load them into
+    ``path``; send None, or the exception that stopped it, down ``tx``."""
+    try:
+        db = connect(path, bulk=True)
+        st = PartitionStore(db, outcomes_topic=cfg.outcomes_topic, outbox=False, bulk=True)
+        for p, recs in runs:
+            _decide_chunk(st, cfg, p, n, recs, dead)
+        db.execute("BEGIN")
+        st.write_all()
+        db.execute("COMMIT")
+        db.close()
+        result = None
+    except BaseException as e:      # noqa: BLE001 - sent to the parent, which raises it
+        result = e
+    try:
+        tx.send(result)
+    except Exception as e:          # an exception that does not pickle
+        tx.send(RuntimeError(f"rebuild helper failed: {type(result).__name__}: {result} ({e})"))
+    tx.close()
+    os._exit(0)
+
+
+def _receive(rx, proc):
+    """The result a rebuild helper sent (None: done), or an error saying it died."""
+    try:
+        result = rx.recv()
+    except EOFError:
+        proc.join()
+        return RuntimeError(f"rebuild helper {proc.name} died (exit code {proc.exitcode}) "
+                            "before it finished")
+    finally:
+        rx.close()
+    proc.join()
+    return result
+
+
+#: The tables a rebuild share holds, appended in this order.
+_SHARE_TABLES = ("seats", "bookings", "booking_users", "timers", "stats", "dead_letters")
+
+
+def append_share(db, path: str) -> None:
+    """Append the rows of the bulk-loaded read model at ``path`` (a rebuild
+    share: partitions of its own) into ``db``, in one transaction."""
+    db.execute("ATTACH DATABASE ? AS share", (path,))
+    try:
+        db.execute("BEGIN")
+        for t in _SHARE_TABLES:
+            if t in ("seats", "bookings"):      # rowid tables: keep each row's rowid
+                cols = ", ".join(r[1] for r in db.execute(f"PRAGMA share.table_info({t})"))
+                db.execute(f"INSERT INTO main.{t} (rowid, {cols}) SELECT rowid, {cols} "
+                           f"FROM share.{t} ORDER BY rowid")
+            else:
+                db.execute(f"INSERT INTO main.{t} SELECT * FROM share.{t}")
+        db.execute("COMMIT")
+    finally:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        db.execute("DETACH DATABASE share")
+
+
+def _unlink_db(path: str) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        if os.path.exists(path + suffix):
+            os.unlink(path + suffix)
 
 
 def config_dict(cfg: ServiceConfig) -> dict:
