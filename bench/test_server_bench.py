@@ -195,11 +195,18 @@ def _kcat_consume(bootstrap, n) -> float | None:
     return n / dt
 
 
-def _kafka_consume(bootstrap, n) -> float:
-    """Messages per second from one confluent-kafka consumer (consume(10,000))."""
+def _kafka_consume(bootstrap, n, **conf) -> float:
+    """Messages per second from one confluent-kafka consumer (consume(10,000)).
+
+    librdkafka stops fetching a partition for ``fetch.queue.backoff.ms``
+    (default 1,000 ms) whenever its local queue holds more than
+    ``queued.min.messages`` (100,000); a consumer that drains faster than a
+    second's worth then sits idle most of the time, against any broker
+    (its debug log says "Fetch backoff for 1000ms: Local: Queue full").
+    ``conf`` adds client settings, e.g. a shorter backoff."""
     c = ck.Consumer({"bootstrap.servers": bootstrap, "group.id": "bench",
                      "enable.auto.commit": False, "fetch.max.bytes": 50 << 20,
-                     "max.partition.fetch.bytes": 4 << 20})
+                     "max.partition.fetch.bytes": 4 << 20, **conf})
     c.assign([ck.TopicPartition("bench", i, 0) for i in range(PARTITIONS)])
     got = 0
     t0 = time.perf_counter()
@@ -317,7 +324,7 @@ def test_server_capacity_with_c_and_bulk_clients(tmp_path, values, report):
 
 def test_produce_and_consume(tmp_path, values, report):
     rounds = 3
-    kp, kc, np_, nc, kcat = [], [], [], [], []
+    kp, kc, kc10, np_, nc, kcat = [], [], [], [], [], []
     cpu_p, cpu_c = [], []
     for _ in range(rounds):
         np_.append(_native_send(tmp_path / "native", values))
@@ -332,6 +339,7 @@ def test_produce_and_consume(tmp_path, values, report):
             c2 = srv.cpu_seconds()
             cpu_p.append((c1 - c0) / N)
             cpu_c.append((c2 - c1) / N)
+            kc10.append(_kafka_consume(srv.bootstrap, N, **{"fetch.queue.backoff.ms": 10}))
             r = _kcat_consume(srv.bootstrap, N)
             if r is not None:
                 kcat.append(r)
@@ -344,11 +352,14 @@ def test_produce_and_consume(tmp_path, values, report):
                   f"native await producer.send() same run: {m(np_) / 1e3:.0f} k/s -> "
                   f"{m(kp) / m(np_):.0%}; aim >= 500 k/s. Server CPU {m(cpu_p) * 1e9:.0f} ns/msg "
                   f"(= {1 / m(cpu_p) / 1e6:.1f} M msg/s per core)")
-    report.append(f"server consume, confluent-kafka: {m(kc) / 1e3:.0f} k msg/s; native getmany "
-                  f"same run: {m(nc) / 1e3:.0f} k/s -> {m(kc) / m(nc):.0%}; aim >= 1 M/s. Server CPU "
+    report.append(f"server consume, confluent-kafka: {m(kc10) / 1e3:.0f} k msg/s with "
+                  f"fetch.queue.backoff.ms=10, {m(kc) / 1e3:.0f} k msg/s with librdkafka's default "
+                  f"1000 ms; native getmany same run: {m(nc) / 1e3:.0f} k/s -> {m(kc10) / m(nc):.0%} "
+                  f"/ {m(kc) / m(nc):.0%}; aim >= 1 M/s. Server CPU (default client settings) "
                   f"{m(cpu_c) * 1e9:.0f} ns/msg (= {1 / max(m(cpu_c), 1e-12) / 1e6:.0f} M msg/s "
                   "per core)"
-                  + (f"; kcat (C client, incl. start-up) {m(kcat) / 1e3:.0f} k/s" if kcat else ""))
+                  + (f"; kcat (C client, incl. start-up; the Debian package's "
+                     f"older librdkafka) {m(kcat) / 1e3:.0f} k/s" if kcat else ""))
 
 
 def _sleep_overshoot(out: list) -> None:
