@@ -260,7 +260,7 @@ decode_record_v2(const unsigned char *buf, const unsigned char **pp, const unsig
          * length, as reading the headerCount after the value would. */
         o->value_len = (int32_t)(u >> 1);
         o->header_count = 0;
-        o->headers_pos = o->end - 1;
+        o->headers_pos = o->end;  /* after the headerCount, as the checked decoder sets it */
         *pp = rend;
         return 0;
     }
