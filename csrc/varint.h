@@ -25,6 +25,14 @@ static inline unsigned char *us_put_varint(unsigned char *p, uint64_t v) {
 static inline int us_get_varint(const unsigned char **pp, const unsigned char *end, uint64_t *out) {
     const unsigned char *p = *pp;
     if (p < end && *p < 0x80) { *out = *p; *pp = p + 1; return 0; }  /* common 1-byte case */
+    /* The 2- and 3-byte forms without a loop: a record's length and its value
+     * length (zigzag, so 64 .. 8191 bytes take two) and offsetDelta (3 from
+     * the 8,192nd record of a batch) take them in every format-2 batch. */
+    if (end - p >= 3) {
+        uint64_t b1 = p[1], v2 = (uint64_t)(p[0] & 0x7f) | (b1 & 0x7f) << 7;
+        if (b1 < 0x80) { *out = v2; *pp = p + 2; return 0; }
+        if (p[2] < 0x80) { *out = v2 | (uint64_t)p[2] << 14; *pp = p + 3; return 0; }
+    }
     uint64_t v = 0;
     int shift = 0;
     while (p < end && shift < 70) {
