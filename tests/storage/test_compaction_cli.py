@@ -50,3 +50,28 @@ def test_compact_bad_input(tmp_path):
         "topics", "create", "x", "--config", "cleanup_policy=forever", log=d)
     bad("topics", "create", "x", "--cleanup-policy", "forever", log=d, code=2)
     assert "no compacted topics" in cli("compact", log=d).stdout
+
+
+def test_topics_alter_switches_the_policy(tmp_path):
+    """``topics alter`` (alias of alter-config) takes Kafka's names
+    (cleanup.policy, retention.ms=-1) as well as ours, and says what is wrong."""
+    d = tmp_path / "log"
+    cli("topics", "create", "t", "--config", "retention_ms=60000", log=d)
+    out = cli("topics", "alter", "t", "--config", "cleanup.policy=compact", "--set",
+              "min.cleanable.dirty.ratio=0.1", "--config", "retention.ms=-1", log=d).stdout
+    assert "cleanup_policy = compact" in out and "retention_ms = None" in out
+    info = json.loads(cli("topics", "describe", "t", "--json", log=d).stdout)
+    assert info["config"]["cleanup_policy"] == "compact"
+    assert info["config"]["min_cleanable_dirty_ratio"] == 0.1
+    assert "refuses records without a key" in bad("produce", "t", stdin="keyless\n", log=d)
+    cli("topics", "alter-config", "t", "--config", "cleanup_policy=delete", log=d)
+    cli("produce", "t", stdin="keyless\n", log=d)
+    assert "cannot alter the partitions" in bad("topics", "alter", "t", "--config", "partitions=4",
+                                                log=d)
+    assert "delete_retention_ms must be in 0" in bad(
+        "topics", "alter", "t", "--config", "delete.retention.ms=-1", log=d)
+    assert "unknown topic 'nope'" in bad("topics", "alter", "nope", "--config",
+                                         "cleanup.policy=compact", log=d)
+    with us.Log(d) as log:
+        assert log.topic("t").config.cleanup_policy == "delete"
+        assert log.topic("t").config.retention_ms is None

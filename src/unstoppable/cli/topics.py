@@ -15,12 +15,28 @@ from unstoppable.cli._common import (
 )
 
 
+# Kafka's names of the settings whose name is not the setting's with dots
+# (retention.ms is retention_ms, cleanup.policy cleanup_policy, ...).
+_KAFKA_NAMES = {"max.message.bytes": "max_record_bytes", "compression.type": "compression"}
+#: Settings whose Kafka value -1 means "no limit" (None here).
+_UNLIMITED = ("retention_ms", "retention_bytes")
+
+
+def _setting_name(k: str) -> str:
+    """A setting named as here (retention_ms) or as in Kafka and rpk (retention.ms)."""
+    return _KAFKA_NAMES.get(k, k.replace(".", "_"))
+
+
 def _parse_config(items) -> dict:
     out = {}
     for item in items or []:
         k, sep, v = item.partition("=")
         if not sep or not k:
             raise CLIError(f"--config wants KEY=VALUE, got {item!r}", _EXIT_USAGE)
+        k = _setting_name(k)
+        if k in _UNLIMITED and v == "-1":
+            out[k] = None
+            continue
         if v.lower() in ("none", "null", ""):
             out[k] = None
             continue
@@ -191,11 +207,14 @@ def register(sub, common, withlog) -> None:
     tx.add_argument("name", help="the topic's name")
     tx.add_argument("--if-exists", action="store_true", help="succeed when there is no such topic")
     tx.set_defaults(func=_cmd_delete)
-    ta = tsub.add_parser("alter-config", parents=[withlog],
-                         help="change a topic's settings (JetStream: retention_ms, retention_bytes)")
+    ta = tsub.add_parser("alter-config", parents=[withlog], aliases=["alter"],
+                         help="change a topic's settings (embedded: any but partitions; "
+                              "JetStream: retention_ms, retention_bytes)")
     ta.add_argument("name", help="the topic's name")
-    ta.add_argument("--config", action="append", metavar="KEY=VALUE",
-                    help="the new value of a setting (repeatable; none or null: no limit)")
+    ta.add_argument("--config", "--set", action="append", metavar="KEY=VALUE",
+                    help="the new value of a setting, named as here (cleanup_policy) or as in "
+                         "Kafka (cleanup.policy); repeatable; none, null or, for retention, -1: "
+                         "no limit")
     ta.set_defaults(func=_cmd_alter_config)
     tp = tsub.add_parser("add-partitions", parents=[withlog],
                          help="(refused: no backend can change a partition count)")

@@ -54,6 +54,7 @@ cleaning when dirty / cleanable bytes >= ``min_cleanable_dirty_ratio``.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import threading
@@ -85,6 +86,8 @@ __all__ = ["CleanResult", "clean_partition", "cleanable_bytes", "dirty_ratio", "
            "read_checkpoint", "CLEANED_SUFFIX"]
 
 CLEANED_SUFFIX = ".cleaned"
+#: flocked by a cleaning of the partition from start to end (_cleaner_lock).
+CLEANER_LOCK = "cleaner.lock"
 # The order the .cleaned files are removed in when a swap is undone: the log
 # last, since an index file without its log means "committed" (finish_swaps).
 _EXTS = (".index", ".timeindex", ".log")
@@ -176,11 +179,51 @@ def _write_checkpoint(dirpath: str, offset: int) -> None:
 
 # ---------------------------------------------------------------------- swap
 
+def _cleaner_lock(dirpath: str, wait: bool) -> int:
+    """A descriptor of ``<partition>/cleaner.lock`` flocked exclusively,
+    held by a cleaning from its start to its end: one cleaning of a
+    partition at a time, across threads and processes (each open has its own
+    flock), and no :func:`finish_swaps` removes the files of a live one.
+    Without ``wait``, -1 when another holds it."""
+    fd = os.open(os.path.join(dirpath, CLEANER_LOCK), os.O_RDWR | os.O_CREAT | O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        os.close(fd)
+        return -1
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def finish_swaps(dirpath: str) -> int:
     """Complete or roll back the swaps a dead cleaner left (append lock held):
     a ``<base>.log.cleaned`` still there means the swap never reached its
     commit point, so every ``<base>.*.cleaned`` goes; without it the new log
-    is in place and its indexes are renamed in. Returns the segments fixed."""
+    is in place and its indexes are renamed in. Returns the segments fixed.
+    Nothing is done while a live cleaning holds the partition's cleaner
+    lock: the ``.cleaned`` files are its own."""
+    if not any(n.endswith(CLEANED_SUFFIX) for n in _listdir(dirpath)):
+        return 0
+    lock = _cleaner_lock(dirpath, wait=False)
+    if lock < 0:
+        return 0
+    try:
+        return _finish_swaps(dirpath)
+    finally:
+        os.close(lock)
+
+
+def _listdir(dirpath: str) -> list[str]:
+    try:
+        return os.listdir(dirpath)
+    except FileNotFoundError:
+        return []
+
+
+def _finish_swaps(dirpath: str) -> int:
+    """finish_swaps with the cleaner lock held."""
     try:
         names = os.listdir(dirpath)
     except FileNotFoundError:
@@ -304,6 +347,7 @@ def clean_partition(part, *, force: bool = True, now: int | None = None,
     :func:`cleanable_bytes`). ``_hook(step, base)`` is for the
     crash tests: called at each step of a swap.
     """
+    part._refresh_config()   # the policy in topic.json now (Log.alter_topic)
     cfg = part.config
     name, idx = part.topic, part.index
     nothing = CleanResult(name, idx, 0, 0, 0, 0, 0, 0, 0)
@@ -312,8 +356,21 @@ def clean_partition(part, *, force: bool = True, now: int | None = None,
                                f"only a topic whose policy has 'compact' is compacted")
     part._check_open()
     part._check_writable("compact")
+    lock = _cleaner_lock(part.path, wait=force)
+    if lock < 0:
+        return nothing      # (not forced) another cleaning of this partition is running
+    try:
+        return _clean_locked(part, cfg, nothing, force, now, progress, _hook)
+    finally:
+        os.close(lock)      # (drops the flock)
+
+
+def _clean_locked(part, cfg, nothing: CleanResult, force: bool, now: int | None, progress,
+                  _hook) -> CleanResult:
+    """clean_partition with the partition's cleaner lock held."""
+    name, idx = part.topic, part.index
     with part._lock, part._flock:
-        finish_swaps(part.path)
+        _finish_swaps(part.path)
     now = now_ms() if now is None else now
     st = part.head_state()
     bases = _cleanable(part, st, now)
@@ -352,6 +409,8 @@ def clean_partition(part, *, force: bool = True, now: int | None = None,
         _hook("checkpoint", dirty_end)
     with part._lock, part._flock:
         _check_not_deleted(part)
+        part._refresh_config()
+        _check_still_compacted(part, cleaned)
         _write_checkpoint(part.path, dirty_end)
         part.catalog.gaps = True
     return CleanResult(name, idx, cleaned, read_bytes, written, kept, removed, tomb_removed,
@@ -382,7 +441,7 @@ def _rewrite(part, dfd: int, bases, dirty, done, horizon, omap, keep_pids, enc, 
             continue
         written += _write_cleaned(part, dfd, seg, stem, out, enc, hook)
         del batches, out
-        if _swap(part, dfd, b, stem, ino, hook):
+        if _swap(part, dfd, b, stem, ino, hook, cleaned):
             cleaned += 1
         del seg
     return cleaned, kept, removed, tomb_removed, read_bytes, written
@@ -512,22 +571,26 @@ def _encode_run(enc: BatchEncoder, run: list, codec) -> bytes:
     return bytes(enc.view())
 
 
-def _swap(part, dfd: int, base: int, stem: str, ino: int, hook) -> bool:
+def _swap(part, dfd: int, base: int, stem: str, ino: int, hook, swapped: int) -> bool:
     """Put a cleaned segment in place of the original (both locks held for
     the renames). False, with the cleaned files removed, when the original
-    changed meanwhile (retention deleted it, another cleaner replaced it)."""
+    changed meanwhile (retention deleted it, another cleaner replaced it);
+    TopicConfigError, with them removed, when the topic's policy in
+    topic.json lost "compact" (``swapped``: segments this cleaning swapped)."""
     with part._lock, part._flock:
         _check_not_deleted(part)
         try:
             current = os.stat(stem + ".log", dir_fd=dfd).st_ino
         except FileNotFoundError:
             current = -1
-        if current != ino:
+        part._refresh_config()
+        if current != ino or not part.config.compacted:
             for ext in _EXTS:
                 try:
                     os.unlink(stem + ext + CLEANED_SUFFIX, dir_fd=dfd)
                 except FileNotFoundError:
                     pass
+            _check_still_compacted(part, swapped)
             return False
         if not os.path.exists(os.path.join(part.path, CLEANER_CHECKPOINT)):
             # Before the first compacted segment appears: readers must know
@@ -545,6 +608,18 @@ def _swap(part, dfd: int, base: int, stem: str, ino: int, hook) -> bool:
         os.fsync(dfd)
         part.catalog.replaced(base)
     return True
+
+
+def _check_still_compacted(part, swapped: int) -> None:
+    """Raise TopicConfigError when the topic's policy (as read from
+    topic.json by the caller, append lock held) no longer has "compact": the
+    cleaning stops there (Log.alter_topic)."""
+    cfg = part.config
+    if not cfg.compacted:
+        raise TopicConfigError(
+            f"topic {part.topic!r} was altered to cleanup_policy={cfg.cleanup_policy!r} while "
+            f"partition {part.index} was being compacted: the cleaning stopped after swapping "
+            f"{swapped} segment(s), each whole (no record was lost)")
 
 
 def _check_not_deleted(part) -> None:
@@ -611,7 +686,10 @@ class BackgroundCleaner:
                 if self._stop.is_set():
                     break
                 part = topic.partition(i)
-                res = clean_partition(part, force=False)
+                try:
+                    res = clean_partition(part, force=False)
+                except (TopicConfigError, UnknownTopicError):
+                    break   # altered to "delete", or deleted, meanwhile
                 if res.segments_cleaned or res.records_kept:
                     out.append(res)
         self.runs += 1

@@ -176,12 +176,10 @@ class SegmentCatalog:
     def __init__(self, path: str, name: str, config, lock, flock, head):
         self.path = path
         self.name = name          # "topic/partition", for messages
-        self._config = config
         self._lock = lock
         self._flock = flock
         self._head = head
-        self._map_hint = config.segment_bytes + config.max_batch_bytes
-        self._oi_hint = config.segment_bytes // max(config.index_interval_bytes, 1) + 64
+        self.reconfigure(config)
         # Open segments, least recently used first (at most OPEN_SEGMENTS
         # sealed ones besides the newest), and the facts of sealed ones.
         self._open: collections.OrderedDict[int, Segment] = collections.OrderedDict()
@@ -201,6 +199,13 @@ class SegmentCatalog:
         self.on_open = None
 
     # ------------------------------------------------------------- listing
+
+    def reconfigure(self, config) -> None:
+        """Use ``config`` (a topic's altered settings) for segments opened
+        and indexes rebuilt from now on (the sizes are only mapping hints)."""
+        self._config = config
+        self._map_hint = config.segment_bytes + config.max_batch_bytes
+        self._oi_hint = config.segment_bytes // max(config.index_interval_bytes, 1) + 64
 
     @property
     def bases(self) -> list[int]:
