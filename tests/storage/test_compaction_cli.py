@@ -25,6 +25,12 @@ def test_create_compacted_topic_then_compact_it(tmp_path):
     r = cli("compact", "--progress", log=d)      # every compacted topic; the bar is on stderr
     assert "st/0:" in r.stdout and "compact [" in r.stderr
     assert "OK" in cli("verify", log=d).stdout
+    # end - start is an offset range on a compacted topic, not a record count.
+    desc = json.loads(cli("topics", "describe", "st", "--json", log=d).stdout)
+    assert desc["records"] is None and desc["offset_range"] == 600
+    assert "600 offsets (compacted: fewer records, offsets skip)" in \
+        cli("topics", "describe", "st", log=d).stdout
+    assert "600 offsets (compacted: fewer records)" in cli("topics", "list", log=d).stdout
     with us.Log(d) as log:
         p = log.topic("st").partition(0)
         assert p.end_offset == 600

@@ -69,8 +69,22 @@ def _description(d) -> dict:
         if p.durable_offset is not None:
             row["durable_offset"] = p.durable_offset
         parts.append(row)
-    return {"name": d.name, "partitions": d.partitions, "config": d.config, "records": d.records,
+    # A compacted topic's offsets skip (the cleaner removes superseded
+    # records and keeps the offsets of the rest), so end - start is an
+    # offset range, not a count of records; counting them would read every
+    # batch header. Like rpk (which shows offsets, never counts), its
+    # "records" is null and "offset_range" says what end - start is.
+    compacted = "compact" in str(d.config.get("cleanup_policy", "delete")).split(",")
+    return {"name": d.name, "partitions": d.partitions, "config": d.config,
+            "records": None if compacted else d.records, "offset_range": d.records,
             "partition_offsets": parts}
+
+
+def _size(info) -> str:
+    """``600 records``, or for a compacted topic ``600 offsets (compacted: fewer records)``."""
+    if info["records"] is None:
+        return f"{_n(info['offset_range'], 'offset')} (compacted: fewer records, offsets skip)"
+    return _n(info["records"], "record")
 
 
 def _where(args) -> str:
@@ -150,7 +164,9 @@ def _cmd_list(args) -> int:
         w = max(len(i["name"]) for i in infos)
         print(f"{'TOPIC':<{w}}  PARTITIONS      RECORDS")
         for i in infos:
-            print(f"{i['name']:<{w}}  {i['partitions']:>10}  {i['records']:>11,}")
+            n = f"{i['records']:>11,}" if i["records"] is not None else \
+                f"{i['offset_range']:>11,} offsets (compacted: fewer records)"
+            print(f"{i['name']:<{w}}  {i['partitions']:>10}  {n}")
     return 0
 
 
@@ -161,7 +177,7 @@ def _cmd_describe(args) -> int:
     if args.json:
         _emit(info)
         return 0
-    print(f"topic {info['name']!r}: {_n(info['partitions'], 'partition')}, {_n(info['records'], 'record')}")
+    print(f"topic {info['name']!r}: {_n(info['partitions'], 'partition')}, {_size(info)}")
     for k, v in info["config"].items():
         print(f"  {k} = {v}")
     durable = all("durable_offset" in p for p in info["partition_offsets"])
