@@ -348,16 +348,17 @@ def test_half_done_swaps_finish_or_roll_back_on_open(log_dir):
 
         def hook(step, base):
             steps.append((step, base))
-            if step == "renamed" and len([s for s in steps if s[0] == "renamed"]) == 2:
-                raise Stop  # the second segment: log renamed, indexes not yet
+            if step == "renamed":
+                raise Stop  # a merge committed: log renamed, indexes and sources not yet
         with pytest.raises(Stop):
             compaction.clean_partition(p, _hook=hook)
         pdir = p.path
     left = sorted(n for n in os.listdir(pdir) if n.endswith(".cleaned"))
     assert left and all(not n.endswith(".log.cleaned") for n in left)
+    assert [n for n in os.listdir(pdir) if n.endswith(compaction.MERGED_SUFFIX)]
     with us.Log(log_dir) as log:
         p = log.topic("s").partition(0)
-        assert not [n for n in os.listdir(pdir) if n.endswith(".cleaned")]
+        assert not [n for n in os.listdir(pdir) if n.endswith((".cleaned", ".merged"))]
         check_against_model(p, written, 0)
         assert log.verify().ok
         log.compact("s")
