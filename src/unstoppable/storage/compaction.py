@@ -65,8 +65,8 @@ from unstoppable._core.segment import (
     IndexBuilder,
     Mapping,
     OffsetMap,
+    compact_batches,
     producer_batches,
-    read_batches,
     scan,
 )
 from unstoppable.compression import codec_id
@@ -354,8 +354,7 @@ def _batches(part, base: int):
     if size == 0:
         return seg, ino, 0, []
     try:
-        batches, end = read_batches(seg.data(size), 0, size, -1, size + 1, part.topic,
-                                    part.index, True)
+        batches = compact_batches(seg.data(size), size, part.topic, part.index)
     except CorruptLogError as e:
         raise CorruptLogError(f"cannot compact: {e.reason}", topic=part.topic,
                               partition=part.index, segment=seg.path, position=e.position,
