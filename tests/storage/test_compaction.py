@@ -533,3 +533,26 @@ def test_arrow_ingest_into_a_compacted_topic_refuses_keyless_rows(log):
     ok = pa.table({"key": pa.array([b"k%d" % i for i in range(20_000)], pa.binary()),
                    "value": pa.array([b"v"] * 20_000, pa.binary())})
     assert append_arrow(p, ok) == 0 and p.end_offset == 20_000
+
+
+def test_cleaned_segments_are_merged_up_to_segment_bytes(log):
+    """Adjacent cleaned segments become one while what they keep fits in
+    segment_bytes (Kafka's grouping): far fewer, fuller segments, the same
+    records."""
+    p = log.create_topic("s", 1, cleanup_policy="compact", **SMALL).partition(0)
+    log.cleaner.stop()
+    written = {}
+    for i in range(3000):
+        k, v = b"k%d" % (i % 150), b"v%d-" % i + b"." * 20
+        written[p.append([(k, v)])] = (k, v)
+    p.flush()
+    before = len(p.catalog.bases)
+    log.compact("s")
+    sealed = [b for b in p.catalog.bases if b < p.head_state().active_base]
+    sizes = [os.path.getsize(segment_stem(p.path, b) + ".log") for b in sealed]
+    assert before > 40 and len(p.catalog.bases) < before / 5, (before, len(p.catalog.bases))
+    assert max(sizes) <= SMALL["segment_bytes"] * 1.1
+    assert sum(sizes[:-1]) / max(len(sizes) - 1, 1) > SMALL["segment_bytes"] / 3  # fuller
+    check_against_model(p, written, compaction.read_checkpoint(p.path))
+    assert log.verify().ok
+    assert not [n for n in os.listdir(p.path) if n.endswith((".cleaned", ".merged"))]

@@ -452,7 +452,10 @@ def _rewrite(part, dfd: int, bases, dirty, done, horizon, omap, keep_pids, enc, 
     cleaned segment while what they keep fits in ``segment_bytes`` (counted
     from the batches kept, a batch that loses records at its whole length,
     so a group never outgrows a segment) and its offsets in an index's
-    32-bit relative offsets. A group of one unchanged segment is left alone."""
+    32-bit relative offsets, at most _MAX_GROUP segments. A group of one
+    unchanged segment is left alone. (Re-encoded runs of small records may
+    take a little more than the batch they came from: a merged segment can
+    pass segment_bytes by that much.)"""
     kept = removed = tomb_removed = written = cleaned = 0
     limit = part.config.segment_bytes
     group: list = []     # [(base, seg, ino, out, changed)]
@@ -485,7 +488,7 @@ def _rewrite(part, dfd: int, bases, dirty, done, horizon, omap, keep_pids, enc, 
         tomb_removed += seg_tombs
         est = sum(item[2] if isinstance(item, tuple) else item.length for item in out)
         last = _last_offset(out)
-        if group and (size + est > limit
+        if group and (size + est > limit or len(group) >= _MAX_GROUP
                       or (last is not None and last - group[0][0] >= _MAX_RELATIVE)):
             flush_group()
             size = 0
@@ -498,6 +501,9 @@ def _rewrite(part, dfd: int, bases, dirty, done, horizon, omap, keep_pids, enc, 
 
 #: A segment's offsets relative to its base must fit an index entry's 32 bits.
 _MAX_RELATIVE = (1 << 31) - 1
+#: Segments merged at most into one: a group holds every one's files open
+#: (3 descriptors each) until it is written.
+_MAX_GROUP = 64
 
 
 def _last_offset(out: list):
