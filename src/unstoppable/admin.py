@@ -258,11 +258,8 @@ class EmbeddedAdmin:
         await asyncio.to_thread(shutil.rmtree, trash, True)
 
     async def alter_topic_config(self, name: str, **config) -> TopicDescription:
-        from unstoppable.errors import TopicConfigError
-        self.log.topic(name)      # UnknownTopicError first
-        raise TopicConfigError(
-            f"the embedded log cannot change topic {name!r}'s settings: they are fixed when it is "
-            "created (topic.json); create a new topic with the settings and copy the records")
+        await asyncio.to_thread(self.log.alter_topic, name, **config)
+        return await self.describe_topic(name)
 
     async def close(self) -> None:
         return None

@@ -1,6 +1,6 @@
 """Kill loop for compaction (issue 19): a process that does nothing but clean
 a compacted topic is SIGKILLed at random moments (and, half of the time, at a
-chosen step of a swap), while this process keeps appending. After every kill
+chosen step of a swap, merges of segments included), while this process keeps appending. After every kill
 the log is reopened (which finishes or rolls back a half-done swap) and
 checked against a model of everything appended: every key's latest value is
 there, every record read is the one appended at its offset, offsets only grow.
@@ -94,7 +94,7 @@ def test_cleaner_sigkilled_inside_cleanings(tmp_path, figures):
     env = dict(os.environ)
     while time.monotonic() < deadline:
         ready = tmp_path / f"ready{kills}"
-        step = rnd.choice(["written", "swap", "renamed", "checkpoint", "none"])
+        step = rnd.choice(["written", "swap", "renamed", "merging", "checkpoint", "none"])
         child = subprocess.Popen(
             [sys.executable, "-c", CHILD, str(d), step, str(rnd.randint(1, 6)), str(ready)],
             env=env, stderr=subprocess.PIPE)
@@ -134,14 +134,18 @@ def test_cleaner_sigkilled_inside_cleanings(tmp_path, figures):
             _check(log, written)   # opening the partitions finished the swaps
             assert not [n for i in range(PARTITIONS)
                         for n in os.listdir(d / "topics" / TOPIC / str(i))
-                        if n.endswith(".cleaned")]
+                        if n.endswith((".cleaned", ".merged"))]
     log.flush()
     log.compact(TOPIC)
     kept = _check(log, written)
+    # Cleaned segments were merged: far fewer segments than were rolled.
+    merges = sum(1 for i in range(PARTITIONS)
+                 for n in os.listdir(d / "topics" / TOPIC / str(i)) if n.endswith(".log"))
     rep = log.verify()
     assert rep.ok, rep.as_dict()["problems"][:3]
     log.close()
     assert kills >= 5 and hook_kills >= 1
     assert kept < appended  # compaction did happen
+    assert merges < appended * 60 / 4096 / 4, merges     # (segments of 4096 bytes)
     figures.add("kills_survived", kills)
     figures.add("acked_records_checked", kept)

@@ -348,16 +348,17 @@ def test_half_done_swaps_finish_or_roll_back_on_open(log_dir):
 
         def hook(step, base):
             steps.append((step, base))
-            if step == "renamed" and len([s for s in steps if s[0] == "renamed"]) == 2:
-                raise Stop  # the second segment: log renamed, indexes not yet
+            if step == "renamed":
+                raise Stop  # a merge committed: log renamed, indexes and sources not yet
         with pytest.raises(Stop):
             compaction.clean_partition(p, _hook=hook)
         pdir = p.path
     left = sorted(n for n in os.listdir(pdir) if n.endswith(".cleaned"))
     assert left and all(not n.endswith(".log.cleaned") for n in left)
+    assert [n for n in os.listdir(pdir) if n.endswith(compaction.MERGED_SUFFIX)]
     with us.Log(log_dir) as log:
         p = log.topic("s").partition(0)
-        assert not [n for n in os.listdir(pdir) if n.endswith(".cleaned")]
+        assert not [n for n in os.listdir(pdir) if n.endswith((".cleaned", ".merged"))]
         check_against_model(p, written, 0)
         assert log.verify().ok
         log.compact("s")
@@ -461,13 +462,10 @@ def test_offset_map_against_a_dict(puts):
 
 
 def test_policy_switch_while_a_cleaning_runs(log_dir):
-    """Settings are fixed at creation, so a topic's policy can only change by
-    deleting it and creating it anew; done (by another Log, as another
-    process would) in the middle of a cleaning, the cleaning is dropped and
-    the new topic gets nothing of it."""
-    import asyncio as aio
-
-    from unstoppable.admin import admin_for
+    """A topic deleted and created anew with another policy (by another Log,
+    as another process would) in the middle of a cleaning: the cleaning is
+    dropped and the new topic gets nothing of it. (Altering the policy in
+    place: test_compaction_alter.py.)"""
     from unstoppable.errors import UnknownTopicError
     a = us.Log(log_dir)
     p = a.create_topic("s", 1, cleanup_policy="compact", **SMALL).partition(0)
@@ -475,8 +473,6 @@ def test_policy_switch_while_a_cleaning_runs(log_dir):
         p.append([(b"k%d" % (i % 5), b"v%d" % i)])
     p.flush()
     other = us.Log(log_dir)
-    with pytest.raises(TopicConfigError, match="cannot change topic 's'"):
-        aio.run(admin_for(other).alter_topic_config("s", cleanup_policy="delete"))
     switched = []
 
     def hook(step, base):
@@ -537,3 +533,26 @@ def test_arrow_ingest_into_a_compacted_topic_refuses_keyless_rows(log):
     ok = pa.table({"key": pa.array([b"k%d" % i for i in range(20_000)], pa.binary()),
                    "value": pa.array([b"v"] * 20_000, pa.binary())})
     assert append_arrow(p, ok) == 0 and p.end_offset == 20_000
+
+
+def test_cleaned_segments_are_merged_up_to_segment_bytes(log):
+    """Adjacent cleaned segments become one while what they keep fits in
+    segment_bytes (Kafka's grouping): far fewer, fuller segments, the same
+    records."""
+    p = log.create_topic("s", 1, cleanup_policy="compact", **SMALL).partition(0)
+    log.cleaner.stop()
+    written = {}
+    for i in range(3000):
+        k, v = b"k%d" % (i % 150), b"v%d-" % i + b"." * 20
+        written[p.append([(k, v)])] = (k, v)
+    p.flush()
+    before = len(p.catalog.bases)
+    log.compact("s")
+    sealed = [b for b in p.catalog.bases if b < p.head_state().active_base]
+    sizes = [os.path.getsize(segment_stem(p.path, b) + ".log") for b in sealed]
+    assert before > 40 and len(p.catalog.bases) < before / 5, (before, len(p.catalog.bases))
+    assert max(sizes) <= SMALL["segment_bytes"] * 1.1
+    assert sum(sizes[:-1]) / max(len(sizes) - 1, 1) > SMALL["segment_bytes"] / 3  # fuller
+    check_against_model(p, written, compaction.read_checkpoint(p.path))
+    assert log.verify().ok
+    assert not [n for n in os.listdir(p.path) if n.endswith((".cleaned", ".merged"))]

@@ -5,12 +5,29 @@
 # number of distinct keys (24 bytes a slot, at most half the slots full), not
 # with records or key sizes. Two keys share a digest with odds about n^2/2^129.
 
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport malloc, realloc, free
 from unstoppable._core.includes.hashes cimport us_xxh64
 
 # Seeds of the two halves of a digest (any two distinct constants).
 cdef uint64_t _SEED1 = 0x9E3779B97F4A7C15ULL
 cdef uint64_t _SEED2 = 0xC2B2AE3D27D4EB4FULL
+
+
+cdef us_record_view *_plain_views(RecordBatch b) except? NULL:
+    """A malloc'ed array for the record views of an uncompressed batch not
+    decoded yet, which the caller decodes without the GIL (us_batch_decode)
+    and frees: the offset map's passes read each batch once, so the views
+    need not outlive the call. NULL for a batch decoded already, empty, or
+    compressed (decompression needs the GIL: RecordBatch._decode)."""
+    cdef us_record_view *v
+    if b._views != NULL or b.h.record_count == 0:
+        return NULL
+    if b.h.magic == US_MAGIC and b.h.attributes & US_ATTR_COMPRESSION_MASK:
+        return NULL
+    v = <us_record_view *>malloc(<size_t>b.h.record_count * sizeof(us_record_view))
+    if v == NULL:
+        raise MemoryError("offset map: record views")
+    return v
 
 
 cdef class OffsetMap:
@@ -145,12 +162,20 @@ cdef class OffsetMap:
         cdef int64_t base_offset = b.h.base_offset
         cdef us_record_view *views
         cdef int added = 0, rc = 0
-        b._decode()
-        views = b._views
+        cdef us_record_view *own = _plain_views(b)
+        cdef int drc = US_OK
+        if own == NULL:
+            b._decode()
+        views = b._views if own == NULL else own
         PyObject_GetBuffer(b._mv, &view, PyBUF_SIMPLE)
         try:
             base = <const unsigned char *>view.buf + b._rel
             with nogil:
+                if own != NULL:
+                    drc = us_batch_decode(b._base, &b.h, own)
+                    base = b._base
+                    if drc != US_OK:
+                        n = 0
                 for i in range(n):
                     v = &views[i]
                     if v.key_len >= 0:
@@ -159,6 +184,9 @@ cdef class OffsetMap:
                         added += 1
         finally:
             PyBuffer_Release(&view)
+            free(own)
+        if drc != US_OK:
+            b._decode()   # raises the decode error, named
         if rc < 0:
             raise MemoryError("offset map: no memory to grow")
         return added
@@ -178,12 +206,20 @@ cdef class OffsetMap:
         cdef bytearray mask = bytearray(n)
         cdef unsigned char *mp = mask
         cdef us_record_view *views
-        b._decode()
-        views = b._views
+        cdef us_record_view *own = _plain_views(b)
+        cdef int drc = US_OK
+        if own == NULL:
+            b._decode()
+        views = b._views if own == NULL else own
         PyObject_GetBuffer(b._mv, &view, PyBUF_SIMPLE)
         try:
             base = <const unsigned char *>view.buf + b._rel
             with nogil:
+                if own != NULL:
+                    drc = us_batch_decode(b._base, &b.h, own)
+                    base = b._base
+                    if drc != US_OK:
+                        n = 0
                 for i in range(n):
                     v = &views[i]
                     if v.key_len >= 0:
@@ -197,4 +233,68 @@ cdef class OffsetMap:
                     kept += 1
         finally:
             PyBuffer_Release(&view)
+            free(own)
+        if drc != US_OK:
+            b._decode()   # raises the decode error, named
         return bytes(mask), kept, tombs
+
+
+def compact_batches(Mapping m, size_t end, str topic, int partition):
+    """compact_batches(mapping, end, topic, partition) -> list[RecordBatch]
+
+    Every batch of a sealed (compacted or not) segment from position 0 to
+    ``end``, control batches included, for the cleaner: each CRC-checked
+    without the GIL, and not decoded (the offset map decodes them without
+    the GIL, ``OffsetMap.add_batch``/``keep_mask``), so an append in another
+    thread is not held up by the cleaner's reads (``read_batches`` checks
+    and decodes every record holding the GIL). Offsets must grow from batch
+    to batch (gaps allowed). CorruptLogError names the first damage.
+    """
+    cdef us_batch_header h
+    cdef int rc = US_OK
+    cdef size_t pos = 0, n = 0, cap = 64, bad_pos = 0
+    cdef int64_t expect = -1
+    cdef size_t *starts
+    cdef size_t *grown
+    if end > <size_t>m.length:
+        raise ValueError("read past the mapping")
+    starts = <size_t *>malloc(cap * sizeof(size_t))
+    if starts == NULL:
+        raise MemoryError("compact_batches")
+    try:
+        with nogil:
+            while pos < end:
+                rc = us_batch_check(m.ptr + pos, end - pos, &h)
+                if rc == US_COMPRESSED:
+                    rc = US_OK
+                if rc != US_OK:
+                    bad_pos = pos
+                    break
+                if expect >= 0 and h.base_offset < expect:
+                    rc = -1
+                    bad_pos = pos
+                    break
+                expect = h.base_offset + <int64_t>h.record_count
+                if n == cap:
+                    grown = <size_t *>realloc(starts, 2 * cap * sizeof(size_t))
+                    if grown == NULL:
+                        rc = -2
+                        break
+                    starts, cap = grown, 2 * cap
+                starts[n] = pos
+                n += 1
+                pos += h.length
+        if rc == -2:
+            raise MemoryError("compact_batches")
+        if rc == -1:
+            raise _not_consecutive(bad_pos, expect)
+        if rc != US_OK:
+            raise _corrupt(rc, bad_pos, m.ptr + bad_pos, end - bad_pos)
+        mv = m.view
+        out = []
+        for i in range(n):
+            us_batch_parse_header(m.ptr + starts[i], end - starts[i], &h)
+            out.append(make_batch(m, mv, m.ptr + starts[i], starts[i], &h, topic, partition))
+        return out
+    finally:
+        free(starts)

@@ -36,10 +36,19 @@ cdef class Mapping:
         us_guard_add(self.ptr, maplen)
 
     def __dealloc__(self):
-        if self.ptr != NULL:
-            us_guard_remove(self.ptr)
-            munmap(self.ptr, <size_t>self.length)
+        cdef void *ptr = self.ptr
+        cdef size_t length = <size_t>self.length
+        if ptr != NULL:
+            us_guard_remove(ptr)
             self.ptr = NULL
+            if length >= (1 << 20):
+                # Tearing down a large mapping's page tables takes
+                # milliseconds (py-spy: the compactor's largest hold of the
+                # GIL); other threads run meanwhile.
+                with nogil:
+                    munmap(ptr, length)
+            else:
+                munmap(ptr, length)
 
     def __getbuffer__(self, Py_buffer *buffer, int flags):
         PyBuffer_FillInfo(buffer, self, self.ptr, self.length, 0 if self.writable else 1, flags)

@@ -15,12 +15,28 @@ from unstoppable.cli._common import (
 )
 
 
+# Kafka's names of the settings whose name is not the setting's with dots
+# (retention.ms is retention_ms, cleanup.policy cleanup_policy, ...).
+_KAFKA_NAMES = {"max.message.bytes": "max_record_bytes", "compression.type": "compression"}
+#: Settings whose Kafka value -1 means "no limit" (None here).
+_UNLIMITED = ("retention_ms", "retention_bytes")
+
+
+def _setting_name(k: str) -> str:
+    """A setting named as here (retention_ms) or as in Kafka and rpk (retention.ms)."""
+    return _KAFKA_NAMES.get(k, k.replace(".", "_"))
+
+
 def _parse_config(items) -> dict:
     out = {}
     for item in items or []:
         k, sep, v = item.partition("=")
         if not sep or not k:
             raise CLIError(f"--config wants KEY=VALUE, got {item!r}", _EXIT_USAGE)
+        k = _setting_name(k)
+        if k in _UNLIMITED and v == "-1":
+            out[k] = None
+            continue
         if v.lower() in ("none", "null", ""):
             out[k] = None
             continue
@@ -53,8 +69,22 @@ def _description(d) -> dict:
         if p.durable_offset is not None:
             row["durable_offset"] = p.durable_offset
         parts.append(row)
-    return {"name": d.name, "partitions": d.partitions, "config": d.config, "records": d.records,
+    # A compacted topic's offsets skip (the cleaner removes superseded
+    # records and keeps the offsets of the rest), so end - start is an
+    # offset range, not a count of records; counting them would read every
+    # batch header. Like rpk (which shows offsets, never counts), its
+    # "records" is null and "offset_range" says what end - start is.
+    compacted = "compact" in str(d.config.get("cleanup_policy", "delete")).split(",")
+    return {"name": d.name, "partitions": d.partitions, "config": d.config,
+            "records": None if compacted else d.records, "offset_range": d.records,
             "partition_offsets": parts}
+
+
+def _size(info) -> str:
+    """``600 records``, or for a compacted topic ``600 offsets (compacted: fewer records)``."""
+    if info["records"] is None:
+        return f"{_n(info['offset_range'], 'offset')} (compacted: fewer records, offsets skip)"
+    return _n(info["records"], "record")
 
 
 def _where(args) -> str:
@@ -134,7 +164,9 @@ def _cmd_list(args) -> int:
         w = max(len(i["name"]) for i in infos)
         print(f"{'TOPIC':<{w}}  PARTITIONS      RECORDS")
         for i in infos:
-            print(f"{i['name']:<{w}}  {i['partitions']:>10}  {i['records']:>11,}")
+            n = f"{i['records']:>11,}" if i["records"] is not None else \
+                f"{i['offset_range']:>11,} offsets (compacted: fewer records)"
+            print(f"{i['name']:<{w}}  {i['partitions']:>10}  {n}")
     return 0
 
 
@@ -145,7 +177,7 @@ def _cmd_describe(args) -> int:
     if args.json:
         _emit(info)
         return 0
-    print(f"topic {info['name']!r}: {_n(info['partitions'], 'partition')}, {_n(info['records'], 'record')}")
+    print(f"topic {info['name']!r}: {_n(info['partitions'], 'partition')}, {_size(info)}")
     for k, v in info["config"].items():
         print(f"  {k} = {v}")
     durable = all("durable_offset" in p for p in info["partition_offsets"])
@@ -191,11 +223,14 @@ def register(sub, common, withlog) -> None:
     tx.add_argument("name", help="the topic's name")
     tx.add_argument("--if-exists", action="store_true", help="succeed when there is no such topic")
     tx.set_defaults(func=_cmd_delete)
-    ta = tsub.add_parser("alter-config", parents=[withlog],
-                         help="change a topic's settings (JetStream: retention_ms, retention_bytes)")
+    ta = tsub.add_parser("alter-config", parents=[withlog], aliases=["alter"],
+                         help="change a topic's settings (embedded: any but partitions; "
+                              "JetStream: retention_ms, retention_bytes)")
     ta.add_argument("name", help="the topic's name")
-    ta.add_argument("--config", action="append", metavar="KEY=VALUE",
-                    help="the new value of a setting (repeatable; none or null: no limit)")
+    ta.add_argument("--config", "--set", action="append", metavar="KEY=VALUE",
+                    help="the new value of a setting, named as here (cleanup_policy) or as in "
+                         "Kafka (cleanup.policy); repeatable; none, null or, for retention, -1: "
+                         "no limit")
     ta.set_defaults(func=_cmd_alter_config)
     tp = tsub.add_parser("add-partitions", parents=[withlog],
                          help="(refused: no backend can change a partition count)")

@@ -14,6 +14,7 @@ the event loop goes on serving other connections meanwhile.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import struct
@@ -64,6 +65,8 @@ from unstoppable.server.produce import (  # noqa: F401  (append_error re-exporte
     append_error,
 )
 from unstoppable.server.recordbatch import encode_records
+from unstoppable.server.topic_configs import alter_configs, incremental_alter_configs
+from unstoppable.server.topic_configs import kafka_topic_config as _topic_config
 
 __all__ = ["Broker", "DEFAULT_MAX_REQUEST_BYTES"]
 
@@ -74,48 +77,6 @@ DEFAULT_MAX_REQUEST_BYTES = 100 << 20
 _SIZE = struct.Struct(">i")
 NODE_ID = 0
 CLUSTER_ID = "unstoppable"
-
-# Kafka topic config name -> (TopicConfig field or None, value for a topic).
-#: Configs whose -1 means "no limit" in Kafka (None in create_topic).
-_UNLIMITED_CONFIGS = frozenset({"retention.ms", "retention.bytes"})
-_TOPIC_CONFIGS = {
-    "retention.ms": "retention_ms",
-    "retention.bytes": "retention_bytes",
-    "segment.bytes": "segment_bytes",
-    "segment.ms": "segment_ms",
-    "max.message.bytes": "max_record_bytes",
-    "min.compaction.lag.ms": "min_compaction_lag_ms",
-    "delete.retention.ms": "delete_retention_ms",
-}
-# Topic configs passed on as they are (text) or as a number with a fraction.
-_TEXT_CONFIGS = {"cleanup.policy": "cleanup_policy"}
-_FLOAT_CONFIGS = {"min.cleanable.dirty.ratio": "min_cleanable_dirty_ratio"}
-# Settings the log always has; a request for these values is accepted, any other refused.
-_FIXED_CONFIGS = {"compression.type": "producer"}
-
-
-def _topic_config(configs) -> dict:
-    """CreateTopics' configs as ``create_topic`` keyword arguments (TopicConfigError
-    for one that is not supported)."""
-    config = {}
-    for c in configs:
-        if c.name in _TOPIC_CONFIGS:
-            value = None if c.value is None else int(c.value)
-            if value == -1 and c.name in _UNLIMITED_CONFIGS:
-                value = None                    # Kafka's -1: no limit
-            config[_TOPIC_CONFIGS[c.name]] = value
-        elif c.name in _TEXT_CONFIGS:
-            config[_TEXT_CONFIGS[c.name]] = c.value
-        elif c.name in _FLOAT_CONFIGS:
-            config[_FLOAT_CONFIGS[c.name]] = None if c.value is None else float(c.value)
-        elif c.name in _FIXED_CONFIGS and c.value == _FIXED_CONFIGS[c.name]:
-            pass
-        else:
-            raise TopicConfigError(
-                f"topic config {c.name}={c.value} is not supported; supported: "
-                + ", ".join(sorted({**_TOPIC_CONFIGS, **_TEXT_CONFIGS, **_FLOAT_CONFIGS})) + ", "
-                + ", ".join(f"{k}={v}" for k, v in _FIXED_CONFIGS.items()))
-    return config
 
 
 #: Record ranges below this many bytes are copied from the mapped segment
@@ -249,6 +210,8 @@ class Broker(ProduceHandler):
             14: self.coordinator.sync_group, 15: self.coordinator.describe_groups,
             16: self.coordinator.list_groups, 19: self.create_topics,
             20: self.delete_topics, 22: self.init_producer_id, 32: self.describe_configs,
+            33: functools.partial(alter_configs, self),
+            44: functools.partial(incremental_alter_configs, self),
         }
 
     # ------------------------------------------------------------ lifecycle

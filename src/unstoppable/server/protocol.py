@@ -48,6 +48,8 @@ SUPPORTED: dict[int, tuple[int, int]] = {
     20: (1, 3),    # DeleteTopics
     22: (0, 1),    # InitProducerId
     32: (1, 3),    # DescribeConfigs
+    33: (0, 1),    # AlterConfigs
+    44: (0, 0),    # IncrementalAlterConfigs
 }
 
 API_NAMES = {0: "Produce", 1: "Fetch", 2: "ListOffsets", 3: "Metadata", 8: "OffsetCommit",
@@ -55,7 +57,8 @@ API_NAMES = {0: "Produce", 1: "Fetch", 2: "ListOffsets", 3: "Metadata", 8: "Offs
              13: "LeaveGroup", 14: "SyncGroup", 15: "DescribeGroups", 16: "ListGroups",
              18: "ApiVersions", 19: "CreateTopics", 20: "DeleteTopics", 22: "InitProducerId",
              24: "AddPartitionsToTxn", 25: "AddOffsetsToTxn", 26: "EndTxn",
-             28: "TxnOffsetCommit", 32: "DescribeConfigs"}
+             28: "TxnOffsetCommit", 32: "DescribeConfigs", 33: "AlterConfigs",
+             44: "IncrementalAlterConfigs"}
 
 _HEAD = struct.Struct(">hhih")
 _SIZE_CORR = struct.Struct(">ii")

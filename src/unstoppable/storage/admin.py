@@ -26,7 +26,7 @@ from unstoppable.errors import CorruptLogError, NotALogError, UnknownTopicError,
 from unstoppable.storage._fs import O_CLOEXEC, Flock, fsync_dir
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "MARKER", "open_log_dir", "write_json_atomic",
-           "read_topic_meta", "create_topic_dir", "delete_topic_dir", "list_topic_names",
+           "read_topic_meta", "write_topic_config", "create_topic_dir", "delete_topic_dir", "list_topic_names",
            "clear_staging", "open_log_dir_readonly", "is_read_only_error"]
 
 FORMAT_NAME = "unstoppable-log"
@@ -141,6 +141,14 @@ def read_topic_meta(tdir: str, name: str) -> tuple[dict, str]:
     if version != TOPIC_VERSION:
         raise UnsupportedFormatError(f"topic {name!r} has format version {version!r}")
     return meta, path
+
+
+def write_topic_config(tdir: str, meta: dict, settings: dict) -> None:
+    """Replace the settings in a topic's ``topic.json`` (meta lock held):
+    ``meta`` as read_topic_meta gave it, its other fields kept. The new file
+    is renamed in whole, so every reader sees the old settings or the new."""
+    write_json_atomic(os.path.join(tdir, "topic.json"), {**meta, "config": settings})
+    fsync_dir(tdir)
 
 
 def list_topic_names(topics_dir: str) -> list[str]:

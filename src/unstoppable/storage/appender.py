@@ -156,6 +156,15 @@ class Appender:
         self._encoder2 = BatchEncoder(config.max_batch_bytes, config.max_record_bytes)
         self._stream_chunk = 256  # records per pipelined chunk; adapts to ~1 MiB
 
+    def reconfigure(self, config) -> None:
+        """Follow altered settings (the partition's lock held): new encoders
+        when the batch or record limits changed."""
+        old, self._config = self._config, config
+        if (old.max_batch_bytes, old.max_record_bytes) != (config.max_batch_bytes,
+                                                           config.max_record_bytes):
+            self.encoder = BatchEncoder(config.max_batch_bytes, config.max_record_bytes)
+            self._encoder2 = BatchEncoder(config.max_batch_bytes, config.max_record_bytes)
+
     def _live_state(self):
         st = self._locked_state()
         if st.flags & HEAD_FLAG_DELETED:

@@ -54,29 +54,30 @@ cleaning when dirty / cleanable bytes >= ``min_cleanable_dirty_ratio``.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import threading
 from typing import Callable, NamedTuple
 
-from unstoppable._core.batch import BatchEncoder, decode_batches
+from unstoppable._core.batch import BatchEncoder
 from unstoppable._core.segment import (
     IndexBuilder,
     Mapping,
     OffsetMap,
+    compact_batches,
     producer_batches,
-    read_batches,
     scan,
 )
 from unstoppable.compression import codec_id
 from unstoppable.errors import (
     CorruptLogError,
-    InvalidRecordError,
     TopicConfigError,
     UnknownTopicError,
 )
 from unstoppable.storage._fs import O_CLOEXEC, fsync_dir, pwrite_all
 from unstoppable.storage.admin import write_json_atomic
+from unstoppable.storage.compaction_keys import keychecked, refuse_keyless, refuse_keyless_encoded
 from unstoppable.storage.recovery import now_ms
 from unstoppable.storage.segments import CLEANER_CHECKPOINT, segment_name
 
@@ -85,74 +86,13 @@ __all__ = ["CleanResult", "clean_partition", "cleanable_bytes", "dirty_ratio", "
            "read_checkpoint", "CLEANED_SUFFIX"]
 
 CLEANED_SUFFIX = ".cleaned"
+#: flocked by a cleaning of the partition from start to end (_cleaner_lock).
+CLEANER_LOCK = "cleaner.lock"
+#: ``<base>.merged``: the marker of a merge of segments into ``<base>`` (_swap).
+MERGED_SUFFIX = ".merged"
 # The order the .cleaned files are removed in when a swap is undone: the log
 # last, since an index file without its log means "committed" (finish_swaps).
 _EXTS = (".index", ".timeindex", ".log")
-
-
-# ----------------------------------------------------------------- bad input
-
-def _keyless_error(topic: str) -> InvalidRecordError:
-    return InvalidRecordError(
-        f"topic {topic!r} is compacted (cleanup_policy has 'compact') and refuses records "
-        f"without a key: compaction keeps the latest record per key (Kafka: INVALID_RECORD)")
-
-
-def refuse_keyless(records, topic: str) -> None:
-    """Raise InvalidRecordError when any of ``records`` (in the forms
-    ``Partition.append`` takes) has no key."""
-    for r in records:
-        if r is None or isinstance(r, (bytes, bytearray, memoryview)):
-            raise _keyless_error(topic)
-        if isinstance(r, tuple):
-            if not r or r[0] is None:
-                raise _keyless_error(topic)
-        elif getattr(r, "key", None) is None:
-            raise _keyless_error(topic)
-
-
-def refuse_keyless_encoded(data, topic: str) -> None:
-    """Raise InvalidRecordError when a record of the encoded batches ``data`` has no key.
-
-    The error's traceback holds no view of ``data``: the caller (the Kafka
-    server) clears and reuses the encoder that ``data`` views."""
-    keyless = _has_keyless(data)
-    del data
-    if keyless:
-        raise _keyless_error(topic)
-
-
-def _has_keyless(data) -> bool:
-    for b in decode_batches(data):
-        if b.is_control:
-            continue
-        for r in b:
-            if r.key is None:
-                return True
-    return False
-
-
-def keychecked(encoders, topic: str) -> tuple:
-    """Wrap the encoders of a pipelined append (``Partition.append_stream``)
-    so that every chunk they encode is refused when a record has no key."""
-    return tuple(_KeyCheckedEncoder(e, topic) for e in encoders)
-
-
-class _KeyCheckedEncoder:
-    """An encoder whose ``encode`` refuses keyless records (the rest is the
-    wrapped encoder's). The appender undoes the whole append on the error."""
-
-    def __init__(self, enc, topic: str):
-        self._enc = enc
-        self._topic = topic
-
-    def encode(self, *args, **kwargs):
-        took = self._enc.encode(*args, **kwargs)
-        refuse_keyless_encoded(self._enc.view(), self._topic)
-        return took
-
-    def __getattr__(self, name):
-        return getattr(self._enc, name)
 
 
 # ---------------------------------------------------------------- checkpoint
@@ -176,15 +116,81 @@ def _write_checkpoint(dirpath: str, offset: int) -> None:
 
 # ---------------------------------------------------------------------- swap
 
+def _cleaner_lock(dirpath: str, wait: bool) -> int:
+    """A descriptor of ``<partition>/cleaner.lock`` flocked exclusively,
+    held by a cleaning from its start to its end: one cleaning of a
+    partition at a time, across threads and processes (each open has its own
+    flock), and no :func:`finish_swaps` removes the files of a live one.
+    Without ``wait``, -1 when another holds it."""
+    fd = os.open(os.path.join(dirpath, CLEANER_LOCK), os.O_RDWR | os.O_CREAT | O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        os.close(fd)
+        return -1
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def finish_swaps(dirpath: str) -> int:
-    """Complete or roll back the swaps a dead cleaner left (append lock held):
+    """Complete or roll back the swaps a dead cleaner left (append lock held).
+    A merge's marker ``<base>.merged`` with no ``<base>.log.cleaned`` beside
+    it was committed: the segments it names are removed; otherwise it only
+    goes. Then, per segment:
     a ``<base>.log.cleaned`` still there means the swap never reached its
     commit point, so every ``<base>.*.cleaned`` goes; without it the new log
-    is in place and its indexes are renamed in. Returns the segments fixed."""
+    is in place and its indexes are renamed in. Returns the segments fixed.
+    Nothing is done while a live cleaning holds the partition's cleaner
+    lock: the ``.cleaned`` files are its own."""
+    if not any(n.endswith((CLEANED_SUFFIX, MERGED_SUFFIX)) for n in _listdir(dirpath)):
+        return 0
+    lock = _cleaner_lock(dirpath, wait=False)
+    if lock < 0:
+        return 0
+    try:
+        return _finish_swaps(dirpath)
+    finally:
+        os.close(lock)
+
+
+def _listdir(dirpath: str) -> list[str]:
+    try:
+        return os.listdir(dirpath)
+    except FileNotFoundError:
+        return []
+
+
+def _finish_swaps(dirpath: str) -> int:
+    """finish_swaps with the cleaner lock held."""
     try:
         names = os.listdir(dirpath)
     except FileNotFoundError:
         return 0
+    merged = 0
+    for n in names:
+        if not n.endswith(MERGED_SUFFIX):
+            continue
+        stem = n[:-len(MERGED_SUFFIX)]
+        if not os.path.exists(os.path.join(dirpath, stem + ".log" + CLEANED_SUFFIX)):
+            # Committed: the merged segment is in place; its sources go.
+            try:
+                with open(os.path.join(dirpath, n)) as f:
+                    others = json.load(f)["merged"]
+            except (OSError, ValueError, KeyError, TypeError):
+                others = None   # a marker cut short: written before the commit, so never here
+            if others is not None:
+                dfd = os.open(dirpath, os.O_RDONLY | os.O_DIRECTORY | O_CLOEXEC)
+                try:
+                    _unlink_merged(dfd, [int(b) for b in others])
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+        os.unlink(os.path.join(dirpath, n))
+        merged += 1
+    if merged:
+        fsync_dir(dirpath)
     stems = {n.split(".", 1)[0] for n in names if n.endswith(CLEANED_SUFFIX)}
     for stem in stems:
         path = os.path.join(dirpath, stem)
@@ -202,7 +208,7 @@ def finish_swaps(dirpath: str) -> int:
                     pass
     if stems:
         fsync_dir(dirpath)
-    return len(stems)
+    return len(stems | {n.split(".", 1)[0] for n in names if n.endswith(MERGED_SUFFIX)})
 
 
 # ------------------------------------------------------------------ cleaning
@@ -283,8 +289,7 @@ def _batches(part, base: int):
     if size == 0:
         return seg, ino, 0, []
     try:
-        batches, end = read_batches(seg.data(size), 0, size, -1, size + 1, part.topic,
-                                    part.index, True)
+        batches = compact_batches(seg.data(size), size, part.topic, part.index)
     except CorruptLogError as e:
         raise CorruptLogError(f"cannot compact: {e.reason}", topic=part.topic,
                               partition=part.index, segment=seg.path, position=e.position,
@@ -304,6 +309,7 @@ def clean_partition(part, *, force: bool = True, now: int | None = None,
     :func:`cleanable_bytes`). ``_hook(step, base)`` is for the
     crash tests: called at each step of a swap.
     """
+    part._refresh_config()   # the policy in topic.json now (Log.alter_topic)
     cfg = part.config
     name, idx = part.topic, part.index
     nothing = CleanResult(name, idx, 0, 0, 0, 0, 0, 0, 0)
@@ -312,8 +318,21 @@ def clean_partition(part, *, force: bool = True, now: int | None = None,
                                f"only a topic whose policy has 'compact' is compacted")
     part._check_open()
     part._check_writable("compact")
+    lock = _cleaner_lock(part.path, wait=force)
+    if lock < 0:
+        return nothing      # (not forced) another cleaning of this partition is running
+    try:
+        return _clean_locked(part, cfg, nothing, force, now, progress, _hook)
+    finally:
+        os.close(lock)      # (drops the flock)
+
+
+def _clean_locked(part, cfg, nothing: CleanResult, force: bool, now: int | None, progress,
+                  _hook) -> CleanResult:
+    """clean_partition with the partition's cleaner lock held."""
+    name, idx = part.topic, part.index
     with part._lock, part._flock:
-        finish_swaps(part.path)
+        _finish_swaps(part.path)
     now = now_ms() if now is None else now
     st = part.head_state()
     bases = _cleanable(part, st, now)
@@ -352,6 +371,8 @@ def clean_partition(part, *, force: bool = True, now: int | None = None,
         _hook("checkpoint", dirty_end)
     with part._lock, part._flock:
         _check_not_deleted(part)
+        part._refresh_config()
+        _check_still_compacted(part, cleaned)
         _write_checkpoint(part.path, dirty_end)
         part.catalog.gaps = True
     return CleanResult(name, idx, cleaned, read_bytes, written, kept, removed, tomb_removed,
@@ -360,32 +381,74 @@ def clean_partition(part, *, force: bool = True, now: int | None = None,
 
 def _rewrite(part, dfd: int, bases, dirty, done, horizon, omap, keep_pids, enc, progress, hook,
              read_bytes):
-    """Pass 2 over ``bases``; returns the counts for CleanResult."""
+    """Pass 2 over ``bases``; returns the counts for CleanResult.
+
+    Adjacent segments are grouped, as Kafka's cleaner groups them, into one
+    cleaned segment while what they keep fits in ``segment_bytes`` (counted
+    from the batches kept, a batch that loses records at its whole length,
+    so a group never outgrows a segment) and its offsets in an index's
+    32-bit relative offsets, at most _MAX_GROUP segments. A group of one
+    unchanged segment is left alone. (Re-encoded runs of small records may
+    take a little more than the batch they came from: a merged segment can
+    pass segment_bytes by that much.)"""
     kept = removed = tomb_removed = written = cleaned = 0
+    limit = part.config.segment_bytes
+    group: list = []     # [(base, seg, ino, out, changed)]
+    size = 0
+
+    def flush_group():
+        nonlocal written, cleaned
+        if not group:
+            return
+        if len(group) > 1 or group[0][4]:
+            written += _write_cleaned(part, dfd, group, enc, hook)
+            if _swap(part, dfd, group, hook, cleaned):
+                cleaned += len(group)
+        group.clear()
+
     for b in bases:
-        seg, ino, size, batches = _batches(part, b)
-        stem = segment_name(b)
+        seg, ino, seg_size, batches = _batches(part, b)
         # Tombstones go only from segments a finished cleaning covered, once
         # delete_retention_ms has passed since that cleaning wrote the file.
         drop_tombs = b < done and os.fstat(seg.fd).st_mtime_ns // 1_000_000 <= horizon
         out, changed, seg_kept, seg_removed, seg_tombs = _plan(batches, omap, keep_pids,
                                                                drop_tombs)
+        del batches
         if progress is not None:
-            progress(size)
+            progress(seg_size)
         if b not in dirty:
-            read_bytes += size
+            read_bytes += seg_size
         kept += seg_kept
         removed += seg_removed
         tomb_removed += seg_tombs
-        if not changed:
-            del batches, seg, out
-            continue
-        written += _write_cleaned(part, dfd, seg, stem, out, enc, hook)
-        del batches, out
-        if _swap(part, dfd, b, stem, ino, hook):
-            cleaned += 1
-        del seg
+        est = sum(item[2] if isinstance(item, tuple) else item.length for item in out)
+        last = _last_offset(out)
+        if group and (size + est > limit or len(group) >= _MAX_GROUP
+                      or (last is not None and last - group[0][0] >= _MAX_RELATIVE)):
+            flush_group()
+            size = 0
+        group.append((b, seg, ino, out, changed))
+        size += est
+        del seg, out
+    flush_group()
     return cleaned, kept, removed, tomb_removed, read_bytes, written
+
+
+#: A segment's offsets relative to its base must fit an index entry's 32 bits.
+_MAX_RELATIVE = (1 << 31) - 1
+#: Segments merged at most into one: a group holds every one's files open
+#: (3 descriptors each) until it is written.
+_MAX_GROUP = 64
+
+
+def _last_offset(out: list):
+    """The last offset a segment's plan keeps (None: it keeps nothing)."""
+    if not out:
+        return None
+    item = out[-1]
+    if isinstance(item, tuple):
+        return item[0][-1].offset
+    return item.last_offset
 
 
 def _offset_map(part, dirty: list[int], bases: list[int]):
@@ -435,50 +498,57 @@ def _plan(batches, omap, keep_pids: set, drop_tombs: bool):
         else:
             changed = True
             if n_kept:
-                out.append(([batch[i] for i, k in enumerate(mask) if k], batch.compression))
+                out.append(([batch[i] for i, k in enumerate(mask) if k], batch.compression,
+                            batch.length))
     return out, changed, kept, removed, tombs_removed
 
 
-def _write_cleaned(part, dfd: int, seg, stem: str, out: list, enc: BatchEncoder, hook) -> int:
-    """Write a segment's kept batches and their indexes as ``*.cleaned`` files,
-    fsynced. Returns the bytes of the new log."""
+def _write_cleaned(part, dfd: int, group: list, enc: BatchEncoder, hook) -> int:
+    """Write the kept batches of a group of adjacent segments (``[(base,
+    seg, ino, out, changed)]``) as one segment named by the first base, with
+    its indexes, as ``*.cleaned`` files, fsynced. Returns the bytes of the new log."""
+    base = group[0][0]
+    stem = segment_name(base)
     tmp = stem + ".log" + CLEANED_SUFFIX
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | O_CLOEXEC, 0o644, dir_fd=dfd)
     try:
         pos = 0
-        m = seg.data(part.catalog.sealed(seg).size)
-        view = m.view
         chunk: list = []
         chunk_len = 0
-        for item in out:
-            if isinstance(item, tuple):
-                records, codec = item
-                run: list = []
-                for r in records:
-                    if run and r.offset != run[-1].offset + 1:
+        for _b, seg, _ino, out, _changed in group:
+            m = seg.data(part.catalog.sealed(seg).size)
+            view = m.view
+            for item in out:
+                if isinstance(item, tuple):
+                    records, codec, _length = item
+                    run: list = []
+                    for r in records:
+                        if run and r.offset != run[-1].offset + 1:
+                            chunk.append(_encode_run(enc, run, codec))
+                            chunk_len += len(chunk[-1])
+                            run = []
+                        run.append(r)
+                    if run:
                         chunk.append(_encode_run(enc, run, codec))
                         chunk_len += len(chunk[-1])
-                        run = []
-                    run.append(r)
-                if run:
-                    chunk.append(_encode_run(enc, run, codec))
-                    chunk_len += len(chunk[-1])
-            else:
-                chunk.append(view[item.position:item.position + item.length])
-                chunk_len += item.length
-            if chunk_len >= (4 << 20):
+                else:
+                    chunk.append(view[item.position:item.position + item.length])
+                    chunk_len += item.length
+                if chunk_len >= (4 << 20):
+                    data = b"".join(chunk)
+                    pwrite_all(fd, data, pos)
+                    pos += len(data)
+                    chunk, chunk_len = [], 0
+            if chunk:   # (before this segment's mapping goes)
                 data = b"".join(chunk)
                 pwrite_all(fd, data, pos)
                 pos += len(data)
                 chunk, chunk_len = [], 0
-        if chunk:
-            data = b"".join(chunk)
-            pwrite_all(fd, data, pos)
-            pos += len(data)
-        del view, m, chunk
+            del view, m
+        del chunk
         if hook is not None:
-            hook("written", seg.base)
-        builder = IndexBuilder(seg.base, part.config.index_interval_bytes, 0, -1, -1)
+            hook("written", base)
+        builder = IndexBuilder(base, part.config.index_interval_bytes, 0, -1, -1)
         if pos:
             nm = Mapping(fd, pos)
             r = scan(nm, 0, pos, -1, builder, True)
@@ -512,28 +582,47 @@ def _encode_run(enc: BatchEncoder, run: list, codec) -> bytes:
     return bytes(enc.view())
 
 
-def _swap(part, dfd: int, base: int, stem: str, ino: int, hook) -> bool:
-    """Put a cleaned segment in place of the original (both locks held for
-    the renames). False, with the cleaned files removed, when the original
-    changed meanwhile (retention deleted it, another cleaner replaced it)."""
+def _swap(part, dfd: int, group: list, hook, swapped: int) -> bool:
+    """Put a cleaned segment in place of the group of originals it was
+    made from (both locks held throughout). False, with the cleaned files
+    removed, when an original changed meanwhile (retention deleted it,
+    another cleaner replaced it); TopicConfigError, with them removed, when
+    the topic's policy in topic.json lost "compact" (``swapped``: segments
+    this cleaning swapped).
+
+    A group of several segments is merged: a marker ``<first>.merged``
+    naming the others is written first; the rename of the cleaned log over
+    the first segment's is the commit point; then the others' files and the
+    marker go. :func:`finish_swaps` completes this after a crash from the
+    marker (committed when no ``.log.cleaned`` is left) or rolls it back."""
+    base = group[0][0]
+    stem = segment_name(base)
+    others = [g[0] for g in group[1:]]
     with part._lock, part._flock:
         _check_not_deleted(part)
-        try:
-            current = os.stat(stem + ".log", dir_fd=dfd).st_ino
-        except FileNotFoundError:
-            current = -1
-        if current != ino:
+        current = []
+        for b, _seg, _ino, _out, _changed in group:
+            try:
+                current.append(os.stat(segment_name(b) + ".log", dir_fd=dfd).st_ino)
+            except FileNotFoundError:
+                current.append(-1)
+        part._refresh_config()
+        if current != [g[2] for g in group] or not part.config.compacted:
             for ext in _EXTS:
                 try:
                     os.unlink(stem + ext + CLEANED_SUFFIX, dir_fd=dfd)
                 except FileNotFoundError:
                     pass
+            _check_still_compacted(part, swapped)
             return False
         if not os.path.exists(os.path.join(part.path, CLEANER_CHECKPOINT)):
             # Before the first compacted segment appears: readers must know
             # that offsets may skip (segments.CLEANER_CHECKPOINT).
             _write_checkpoint(part.path, 0)
         part.catalog.gaps = True
+        if others:
+            write_json_atomic(os.path.join(part.path, stem + MERGED_SUFFIX), {"merged": others})
+            os.fsync(dfd)
         if hook is not None:
             hook("swap", base)
         # The commit point:
@@ -544,7 +633,38 @@ def _swap(part, dfd: int, base: int, stem: str, ino: int, hook) -> bool:
             os.rename(stem + ext + CLEANED_SUFFIX, stem + ext, src_dir_fd=dfd, dst_dir_fd=dfd)
         os.fsync(dfd)
         part.catalog.replaced(base)
+        if others:
+            if hook is not None:
+                hook("merging", base)
+            _unlink_merged(dfd, others)
+            os.fsync(dfd)
+            os.unlink(stem + MERGED_SUFFIX, dir_fd=dfd)
+            os.fsync(dfd)
+            for b in others:
+                part.catalog.drop(b, unlink=False)
     return True
+
+
+def _unlink_merged(dfd: int, bases) -> None:
+    """Remove the files of segments merged into an earlier one (their log last)."""
+    for b in bases:
+        for ext in (".index", ".timeindex", ".producers", ".log"):
+            try:
+                os.unlink(segment_name(b) + ext, dir_fd=dfd)
+            except FileNotFoundError:
+                pass
+
+
+def _check_still_compacted(part, swapped: int) -> None:
+    """Raise TopicConfigError when the topic's policy (as read from
+    topic.json by the caller, append lock held) no longer has "compact": the
+    cleaning stops there (Log.alter_topic)."""
+    cfg = part.config
+    if not cfg.compacted:
+        raise TopicConfigError(
+            f"topic {part.topic!r} was altered to cleanup_policy={cfg.cleanup_policy!r} while "
+            f"partition {part.index} was being compacted: the cleaning stopped after swapping "
+            f"{swapped} segment(s), each whole (no record was lost)")
 
 
 def _check_not_deleted(part) -> None:
@@ -611,7 +731,10 @@ class BackgroundCleaner:
                 if self._stop.is_set():
                     break
                 part = topic.partition(i)
-                res = clean_partition(part, force=False)
+                try:
+                    res = clean_partition(part, force=False)
+                except (TopicConfigError, UnknownTopicError):
+                    break   # altered to "delete", or deleted, meanwhile
                 if res.segments_cleaned or res.records_kept:
                     out.append(res)
         self.runs += 1

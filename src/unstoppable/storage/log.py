@@ -19,6 +19,7 @@ import errno
 import os
 import shutil
 import threading
+import time
 from dataclasses import asdict, dataclass, fields
 from typing import Iterator
 
@@ -31,6 +32,7 @@ from unstoppable.errors import (
     ReadOnlyLogError,
     TopicConfigError,
     TopicExistsError,
+    UnknownTopicError,
     too_many_open_files,
 )
 from unstoppable.storage import admin
@@ -350,6 +352,54 @@ class Log:
                                    cfg.partitions, cfg.settings())
         return self.topic(name)
 
+    def alter_topic(self, name: str, *, validate_only: bool = False, **config) -> "Topic":
+        """alter_topic(name, *, validate_only=False, **config) -> Topic
+
+        Change settings of an existing topic (Kafka's AlterConfigs): any
+        :class:`TopicConfig` setting but ``partitions``, checked as
+        :meth:`create_topic` checks them (TopicConfigError, and nothing
+        changes). ``topic.json`` is replaced whole under the log's meta lock.
+
+        This process follows the new settings at once. Other processes that
+        have the topic open follow them within 0.1 s of their next
+        :meth:`topic` call, and at once wherever something is deleted:
+        retention (at each roll) and a cleaning (before each segment it
+        swaps in) read topic.json again first. So a cleaning that is running
+        when ``cleanup_policy`` loses "compact" stops before its next swap
+        (TopicConfigError; every segment swapped before is whole), and one
+        that finds "compact" back by then goes on: what it drops is only
+        ever a record that a later one of the same key supersedes, whatever
+        the policy was meanwhile. Records appended without a key while the
+        policy was "delete" are kept by every later cleaning (Kafka's
+        cleaner drops them). A cleaning keeps the lag and retention settings
+        it started with.
+
+        With ``validate_only`` the settings are checked and nothing changes
+        (Kafka's ``validate_only``).
+        """
+        self._check_open()
+        validate_topic_name(name)
+        if "partitions" in config:
+            raise TopicConfigError(
+                f"cannot alter the partitions of topic {name!r}: records are keyed to a partition "
+                f"by the count; create a new topic with more partitions and copy the records")
+        self._check_writable(f"alter topic {name!r}")
+        tdir = self._topic_dir(name)
+        with self._lock, self._meta_lock:
+            meta, _path = admin.read_topic_meta(tdir, name)
+            old = self._read_topic_json(tdir, name)
+            settings = {k: v for k, v in asdict(old).items() if k != "partitions"}
+            if "segment_bytes" in config and "max_batch_bytes" not in config \
+                    and old.max_batch_bytes == min(TopicConfig.max_batch_bytes, old.segment_bytes):
+                del settings["max_batch_bytes"]   # the default follows segment_bytes
+            settings.update(config)
+            cfg = TopicConfig.build(old.partitions, settings)
+            if cfg != old and not validate_only:
+                admin.write_topic_config(tdir, meta, cfg.settings())
+        t = self.topic(name)
+        t._apply_config(t._disk_config())
+        return t
+
     def topic(self, name: str) -> "Topic":
         """topic(name) -> Topic; raises UnknownTopicError."""
         self._check_open()
@@ -357,18 +407,21 @@ class Log:
             validate_topic_name(name)  # InvalidTopicNameError, not the dict lookup's TypeError
         with self._lock:
             t = self._topics.get(name)
-            if t is not None and not t._deleted():
-                return t
-            if t is not None:
-                t._close(flush=False)
-                del self._topics[name]
-            tdir = self._topic_dir(name)
-            cfg = self._read_topic_json(tdir, name)
-            t = Topic(self, name, tdir, cfg)
-            self._topics[name] = t
-            if cfg.compacted and not self.readonly:
-                self.cleaner.ensure_started()
-            return t
+            if t is None or t._deleted():
+                return self._open_topic(name, t)
+        t._maybe_refresh()  # outside the log's lock: it takes the partitions' locks
+        return t
+
+    def _open_topic(self, name: str, gone: "Topic | None") -> "Topic":
+        """Open topic ``name`` (the log's lock held); ``gone`` is a deleted one to drop."""
+        if gone is not None:
+            gone._close(flush=False)
+            del self._topics[name]
+        t = Topic(self, name, self._topic_dir(name))
+        self._topics[name] = t
+        if t.config.compacted and not self.readonly:
+            self.cleaner.ensure_started()
+        return t
 
     def topics(self) -> list[str]:
         """Names of all topics, sorted."""
@@ -493,12 +546,18 @@ class Topic:
     """A named, partitioned stream of records. Obtained from ``Log.create_topic``
     or ``Log.topic``."""
 
-    def __init__(self, log: Log, name: str, path: str, config: TopicConfig):
+    def __init__(self, log: Log, name: str, path: str):
         self._log = log
         self.name = name
         self.path = path
-        self.config = config
-        self._partitions: list[Partition | None] = [None] * config.partitions
+        self._json = os.path.join(path, "topic.json")
+        # topic.json's (inode, mtime, size) when self.config was read from it:
+        # alter_topic renames a new file in, so any change shows in a stat.
+        self._stamp = self._stat()
+        self.config: TopicConfig = log._read_topic_json(path, name)
+        self._checked = time.monotonic()
+        self._clock = threading.Lock()
+        self._partitions: list[Partition | None] = [None] * self.config.partitions
         self._plock = threading.Lock()
         # Partitions open (and recover, up to their last valid batch) on first
         # use: a topic of many partitions costs no descriptors until used.
@@ -507,6 +566,44 @@ class Topic:
     def partitions(self) -> int:
         """Number of partitions."""
         return self.config.partitions
+
+    # ------------------------------------------------ altered settings
+
+    def _stat(self):
+        try:
+            st = os.stat(self._json)
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def _disk_config(self) -> TopicConfig:
+        """The settings in topic.json now: read again only when a stat shows
+        that the file changed (Log.alter_topic). Those of this object when
+        the file is gone (the topic was deleted: its partitions say so)."""
+        stamp = self._stat()
+        with self._clock:
+            if stamp is not None and stamp != self._stamp:
+                try:
+                    cfg = self._log._read_topic_json(self.path, self.name)
+                except UnknownTopicError:
+                    return self.config
+                self._stamp = stamp
+                if cfg != self.config and cfg.partitions == self.config.partitions:
+                    self.config = cfg
+            self._checked = time.monotonic()
+            return self.config
+
+    def _apply_config(self, cfg: TopicConfig) -> None:
+        """Have every open partition follow ``cfg`` (no lock of the log held)."""
+        for p in self._partitions:
+            if p is not None and p.config != cfg:
+                p._reconfigure(cfg)
+
+    def _maybe_refresh(self) -> None:
+        """Follow settings another process altered, looking at most every
+        0.1 s (a stat of topic.json)."""
+        if time.monotonic() - self._checked >= 0.1:
+            self._apply_config(self._disk_config())
 
     def partition(self, i: int) -> Partition:
         """partition(i) -> Partition"""
@@ -533,7 +630,9 @@ class Topic:
         path = os.path.join(self.path, str(i))
         for attempt in (0, 1):
             try:
-                return Partition(self.name, i, path, self.config, self._log._services)
+                p = Partition(self.name, i, path, self._disk_config(), self._log._services)
+                p._config_source = self._disk_config
+                return p
             except OSError as e:
                 err = too_many_open_files(e, f"opening partition {self.name}/{i}")
                 if err is None:

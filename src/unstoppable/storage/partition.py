@@ -126,6 +126,7 @@ class Partition:
         self.index = index
         self.path = path
         self._config = config
+        self._config_source: Callable[[], object] | None = None  # Topic._disk_config
         self._services = services
         self._lock = threading.RLock()
         self._listeners: list[Callable[[], None]] = []
@@ -251,6 +252,28 @@ class Partition:
     def config(self):
         """The topic's settings (a ``TopicConfig``)."""
         return self._config
+
+    def _reconfigure(self, config) -> None:
+        """Use ``config`` (checked by ``Log.alter_topic``) from now on: the
+        next append, roll, retention or cleaning follows it."""
+        with self._lock:
+            self._config = config
+            if self._catalog is not None:
+                self._catalog.reconfigure(config)
+            if self._appender is not None:
+                self._appender.reconfigure(config)
+
+    def _refresh_config(self) -> None:
+        """Take the topic's settings from topic.json when they changed there
+        (``_config_source``, set by the Topic: a stat, and a read only after
+        an alter). Retention and the cleaner call this before they delete
+        anything, so no process deletes by a policy altered since it opened
+        the topic."""
+        source = self._config_source
+        if source is not None:
+            cfg = source()
+            if cfg != self._config:
+                self._reconfigure(cfg)
 
     @property
     def catalog(self) -> SegmentCatalog:
@@ -682,8 +705,10 @@ class Partition:
         return acks
 
     def _after_roll(self, st) -> None:
-        """After a roll (append lock held): retention, and the flusher syncs
-        the sealed segment."""
+        """After a roll (append lock held): retention, by the settings in
+        topic.json now (another process may have altered them), and the
+        flusher syncs the sealed segment."""
+        self._refresh_config()
         apply_retention(st, self._head, self._catalog, self._config)
         self._services.flusher.submit(self)
 
@@ -704,6 +729,7 @@ class Partition:
         retention_ms. Returns the number deleted. Never touches the active one."""
         self._check_open()
         self._check_writable("enforce retention on")
+        self._refresh_config()
         with self._lock, self._flock:
             st = self._locked_state()
             return apply_retention(st, self._head, self._catalog, self._config)

@@ -80,15 +80,10 @@ class Segment:
         self._oi_map = None
         self._ti_map = None
         try:
-            if readonly:  # a read-only log: a missing index reads as empty
-                self.fd = open_readonly(self.path)
-                self.oi_fd = open_readonly(stem + ".index", missing_ok=True)
-                self.ti_fd = open_readonly(stem + ".timeindex", missing_ok=True)
-            else:
-                self.fd = os.open(self.path, flags, 0o644)
-                self.oi_fd = os.open(stem + ".index", os.O_RDWR | os.O_CREAT | O_CLOEXEC, 0o644)
-                self.ti_fd = os.open(stem + ".timeindex", os.O_RDWR | os.O_CREAT | O_CLOEXEC,
-                                     0o644)
+            for _attempt in range(5):
+                if self._open_files(stem, flags, create, readonly):
+                    break
+                self.close()   # the compactor swapped the log meanwhile: again
             # Which file this is: the compactor may replace the one at this path.
             self.ino = os.fstat(self.fd).st_ino
         except BaseException:
@@ -97,6 +92,43 @@ class Segment:
         self.reserved_end = 0      # blocks reserved (preallocated) up to here, as far as we know
         self._map_hint = map_hint
         self._oi_hint = oi_hint
+
+    def _open_files(self, stem: str, flags: int, create: bool, readonly: bool) -> bool:
+        """Open the log and its indexes. A compaction's swap whose log was
+        renamed in (no ``.log.cleaned`` left) while its indexes were not yet
+        (a cleaner killed there, or between the renames) has them as
+        ``.index.cleaned``/``.timeindex.cleaned``: those belong to this log
+        (storage/compaction.py). False when the log at the path changed while
+        this chose: the caller opens again."""
+        if readonly:  # a read-only log: a missing index reads as empty
+            self.fd = open_readonly(self.path)
+        else:
+            self.fd = os.open(self.path, flags, 0o644)
+        names = [stem + ".index", stem + ".timeindex"]
+        if not create and os.path.exists(stem + ".index.cleaned") \
+                and not os.path.exists(stem + ".log.cleaned"):
+            pending = []
+            for n in names:
+                try:
+                    pending.append(os.open(n + ".cleaned",
+                                           (os.O_RDONLY if readonly else os.O_RDWR) | O_CLOEXEC))
+                except FileNotFoundError:   # renamed in meanwhile: the plain name is it
+                    pending.append(-1)
+            self.oi_fd, self.ti_fd = pending
+        if readonly:
+            if self.oi_fd < 0:
+                self.oi_fd = open_readonly(names[0], missing_ok=True)
+            if self.ti_fd < 0:
+                self.ti_fd = open_readonly(names[1], missing_ok=True)
+        else:
+            if self.oi_fd < 0:
+                self.oi_fd = os.open(names[0], os.O_RDWR | os.O_CREAT | O_CLOEXEC, 0o644)
+            if self.ti_fd < 0:
+                self.ti_fd = os.open(names[1], os.O_RDWR | os.O_CREAT | O_CLOEXEC, 0o644)
+        try:
+            return create or os.stat(self.path).st_ino == os.fstat(self.fd).st_ino
+        except FileNotFoundError:
+            return True     # deleted (retention): reads of this one find out
 
     def size(self) -> int:
         return os.fstat(self.fd).st_size
@@ -176,12 +208,10 @@ class SegmentCatalog:
     def __init__(self, path: str, name: str, config, lock, flock, head):
         self.path = path
         self.name = name          # "topic/partition", for messages
-        self._config = config
         self._lock = lock
         self._flock = flock
         self._head = head
-        self._map_hint = config.segment_bytes + config.max_batch_bytes
-        self._oi_hint = config.segment_bytes // max(config.index_interval_bytes, 1) + 64
+        self.reconfigure(config)
         # Open segments, least recently used first (at most OPEN_SEGMENTS
         # sealed ones besides the newest), and the facts of sealed ones.
         self._open: collections.OrderedDict[int, Segment] = collections.OrderedDict()
@@ -201,6 +231,13 @@ class SegmentCatalog:
         self.on_open = None
 
     # ------------------------------------------------------------- listing
+
+    def reconfigure(self, config) -> None:
+        """Use ``config`` (a topic's altered settings) for segments opened
+        and indexes rebuilt from now on (the sizes are only mapping hints)."""
+        self._config = config
+        self._map_hint = config.segment_bytes + config.max_batch_bytes
+        self._oi_hint = config.segment_bytes // max(config.index_interval_bytes, 1) + 64
 
     @property
     def bases(self) -> list[int]:
@@ -282,12 +319,25 @@ class SegmentCatalog:
             on_disk = [b for b in self.list_on_disk() if b <= active]
             keep = set(on_disk)
             with self._guard:
-                for base in list(self._open):
+                for base, seg in list(self._open.items()):
                     if base not in keep:
                         self.drop(base, unlink=False)
+                    elif self.gaps and base < active and not self._current(seg):
+                        # The compactor replaced it (maybe merging later
+                        # segments into it, which are gone now): the next
+                        # reader opens the new file.
+                        self.replaced(base)
                 for base in [b for b in self._facts if b not in keep]:
                     del self._facts[base]
                 self._bases = on_disk
+
+    @staticmethod
+    def _current(seg: Segment) -> bool:
+        """Whether ``seg``'s log is still the file at its path."""
+        try:
+            return os.stat(seg.path).st_ino == seg.ino
+        except FileNotFoundError:
+            return False
 
     def drop(self, base: int, unlink: bool) -> None:
         """Forget a segment (its files close when the last reader lets go of
