@@ -35,10 +35,11 @@ import resource
 import threading
 import weakref
 
-from unstoppable._core.segment import lock_file
-from unstoppable.storage._fs import O_CLOEXEC, Flock
+from unstoppable._core.segment import lock_file, unlock_file
+from unstoppable.storage._fs import O_CLOEXEC, Flock, try_flock
+from unstoppable.storage.appender import RESERVE_MIN, RESERVE_OFF, give_back_reserved
 
-__all__ = ["OpenPartitions", "AppendLock", "default_max_open_partitions"]
+__all__ = ["OpenPartitions", "AppendLock", "default_max_open_partitions", "park"]
 
 # Descriptors budgeted per open partition for the default bound: 4 held by
 # one in use, the rest for the sealed segments a reader has open and for the
@@ -170,7 +171,7 @@ class OpenPartitions:
         return victims
 
     def _park(self, q) -> bool:
-        parked = q._park()
+        parked = park(q)
         if parked:
             self.parked += 1
         else:
@@ -192,3 +193,62 @@ def _new_locks_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_new_locks_in_child)
+
+
+def park(part) -> bool:
+    """Let go of every descriptor and segment mapping, if idle: nobody
+    in this process in one of its locked sections (this thread
+    included), no durability round in flight. (A consumer waiting on it
+    needs none of them: listeners, inotify and the change counter in the
+    mapped head carry on.)
+    Returns whether it did. The head stays mapped (no descriptor), and
+    so do the segment facts and the producer state: reopening is a few
+    ``open()`` calls, never a recovery."""
+    lock = part._lock
+    if lock._is_owned() or not lock.acquire(blocking=False):
+        return False
+    try:
+        ds = part._durability
+        if ds.closed or ds.in_flight:
+            return False
+        # Parked first: whatever opens a descriptor from here on (a
+        # reader under way) puts it back in the log's list.
+        part._parked = True
+        _give_back_reserved_nowait(part)
+        ds.release_dir()
+        part._catalog.release()
+        part._flock.release()
+        if part._appender is not None:
+            for enc in (part._appender.encoder, part._appender._encoder2):
+                try:
+                    enc.clear()
+                    enc.shrink(0)
+                except BufferError:  # (a view of it is still held)
+                    pass
+        return True
+    finally:
+        lock.release()
+
+def _give_back_reserved_nowait(part) -> None:
+    """(In-process lock held.) Give back the blocks reserved past the
+    active segment's data, if the append lock is free right now (parking
+    never waits for another process) and they are more than the first
+    reservation: that ftruncate cost 2-3 ms here, a log of many lightly
+    written partitions would pay it at every park, and the 64 KiB left
+    are given back at the next roll or close."""
+    st = part._head.read()
+    fd = part._flock.fd
+    if part._readonly or st is None or fd < 0:
+        return
+    seg = part._catalog.get_open(st.active_base)
+    if seg is None or seg.reserved_end <= st.active_size + RESERVE_MIN \
+            or seg.reserved_end >= RESERVE_OFF or not try_flock(fd):
+        return
+    try:
+        st = part._head.read()
+        if st is not None:
+            give_back_reserved(seg, st)
+    except OSError:
+        pass
+    finally:
+        unlock_file(fd)

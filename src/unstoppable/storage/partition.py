@@ -12,8 +12,9 @@ Layout of ``<log>/topics/<topic>/<partition>/``::
 This module is the partition's API (reads, appends, durability requests) and
 its locking. The work lives in one module per concern: ``segments`` (the
 files and what is known of sealed ones), ``appender`` (writes and rolls),
-``recovery`` (on open), ``retention``, ``durability`` (group commit) and
-``producer_state`` (idempotent producers).
+``recovery`` (on open), ``retention``, ``durability`` (group commit),
+``producer_state`` (idempotent producers), ``seek`` (byte ranges for
+``sendfile``, offsets by time) and ``open_partitions`` (parking).
 
 Locking: ``_lock`` (a ``threading.RLock``) orders this process's threads;
 the append flock orders processes. Writers hold both; readers hold neither
@@ -31,12 +32,8 @@ from unstoppable._core.segment import (
     HEAD_FILE_SIZE,
     HEAD_FLAG_DELETED,
     Head,
-    find_time,
     read_batches,
     read_records,
-    scan,
-    time_index_below,
-    unlock_file,
 )
 from unstoppable.errors import (
     CorruptLogError,
@@ -48,10 +45,8 @@ from unstoppable.errors import (
     is_disk_full,
     too_many_open_files,
 )
-from unstoppable.storage._fs import O_CLOEXEC, open_readonly, try_flock
+from unstoppable.storage._fs import O_CLOEXEC, open_readonly
 from unstoppable.storage.appender import (
-    RESERVE_MIN,
-    RESERVE_OFF,
     STREAM_MIN,
     Appender,
     give_back_reserved,
@@ -63,7 +58,9 @@ from unstoppable.storage.compaction import (
     refuse_keyless_encoded,
 )
 from unstoppable.storage.durability import DurableState
+from unstoppable.storage import seek
 from unstoppable.storage.open_partitions import AppendLock
+from unstoppable.storage.seek import ByteRange
 from unstoppable.storage.producer_state import ProducerStateTable
 from unstoppable.storage.readonly import recover_readonly
 from unstoppable.storage.recovery import Recovery, now_ms, recover
@@ -88,24 +85,6 @@ class PartitionServices(NamedTuple):
     readonly: bool = False
     producer_epochs: object = None
     open_partitions: object = None
-
-
-class ByteRange(NamedTuple):
-    """Whole batches as they lie in a segment file (``Partition.byte_range``).
-
-    ``segment`` keeps the file open while the range is in use: ``segment.fd``
-    for ``os.sendfile``, ``segment.data(position + length).view`` for a
-    zero-copy memoryview. ``magic`` is the first batch's format (2 = Kafka
-    RecordBatch v2; 1 = a format-1 batch of a log written before format 2,
-    docs/FORMAT.md section 4.8, which Kafka clients cannot read).
-    ``base_offset`` is the first batch's, at or below the offset asked for.
-    """
-
-    segment: Segment
-    position: int
-    length: int
-    magic: int
-    base_offset: int
 
 
 class Partition:
@@ -443,65 +422,12 @@ class Partition:
     def byte_range(self, offset: int, max_bytes: int) -> ByteRange | None:
         """byte_range(offset, max_bytes) -> ByteRange | None
 
-        Where the batches from the one holding ``offset`` lie in their segment
-        file, for serving them as bytes (a Kafka fetch hands them to
-        ``sendfile``): the first whole batch, then following whole batches of
-        the same segment while the total stays within ``max_bytes``. Every
-        batch passed its CRC and header checks and continues the offsets of
-        the one before (records are not decoded). The first batch may start
-        before ``offset``; control batches are included. All batches of the
-        range have the first one's format: format-1 batches precede format-2
-        ones in a segment, so a range that starts with format 2 holds only
-        format 2, and one that starts with format 1 stops at the first format-2
-        batch. None when ``offset`` is the end.
-
-        Raises OffsetOutOfRangeError below ``start_offset`` or past
-        ``end_offset``, CorruptLogError when the first batch is damaged.
+        Where the whole batches from the one holding ``offset`` lie in their
+        segment file, up to ``max_bytes`` (at least one batch), every batch
+        checked but not decoded: what a Kafka fetch hands to ``sendfile``.
+        None at the end. The details: :func:`unstoppable.storage.seek.byte_range`.
         """
-        self._check_open()
-        offset = self._check_offset(offset)
-        st = self._state()
-        while True:
-            if offset == st.end_offset:
-                return None
-            seg = self._segment_for(offset, st)
-            limit, oi_n, _ = self._catalog.limits(seg, st)
-            gaps = self._catalog.gaps
-            try:
-                pos = position_of(seg, offset, limit, oi_n, gaps)
-            except CorruptLogError as e:
-                raise self._wrap_corrupt(e, seg) from None
-            if pos < limit or not gaps:
-                break
-            offset = self._after_gap(seg, st)  # compacted away up to the segment's end
-        try:
-            m = seg.data(limit)
-            head = bytes(m.view[pos:pos + 17]) if limit - pos >= 17 else b""
-            if len(head) < 17:
-                raise CorruptLogError("a batch header runs past the end of the segment",
-                                      position=pos)
-            magic = head[16]
-            if magic == 2:
-                first_len = int.from_bytes(head[8:12], "big") + 12
-            else:
-                first_len = int.from_bytes(head[8:12], "little")
-            base = int.from_bytes(head[0:8], "big" if magic == 2 else "little", signed=True)
-            end = min(limit, max(pos + max_bytes, pos + first_len))
-            r = scan(m, pos, end, base, None, gaps)
-            stop = r.position
-            if stop == pos:
-                # The first batch failed its checks: let the record reader name the damage.
-                read_batches(m, pos, limit, offset, 1, self.topic, self.index)
-                raise CorruptLogError("the batch does not pass its checks", position=pos)
-            if magic != 2:
-                # Format 1 stops where format 2 starts (never mixed in one range).
-                p2 = pos
-                while p2 < stop and m.view[p2 + 16] != 2:
-                    p2 += int.from_bytes(m.view[p2 + 8:p2 + 12], "little")
-                stop = p2
-        except CorruptLogError as e:
-            raise self._wrap_corrupt(e, seg) from None
-        return ByteRange(seg, pos, stop - pos, magic, base)
+        return seek.byte_range(self, offset, max_bytes)
 
     def _check_offset(self, offset) -> int:
         if isinstance(offset, bool) or not isinstance(offset, int):
@@ -516,46 +442,7 @@ class Partition:
     def offset_for_time(self, ts_ms: int) -> int | None:
         """The first offset whose record timestamp is >= ``ts_ms``, or None when
         every record is older. Uses the time indexes, then scans a few batches."""
-        self._check_open()
-        if isinstance(ts_ms, bool) or not isinstance(ts_ms, int):
-            raise TypeError(f"ts_ms must be an int of milliseconds, got {type(ts_ms).__name__}")
-        st = self._state()
-        if st.end_offset == st.start_offset:
-            return None
-        catalog = self._catalog
-        catalog.refresh(st)
-        for base in list(catalog.bases):
-            if base > st.active_base:
-                break  # rolled after ``st`` was read: past what it knows
-            known = catalog.known(base)
-            if base != st.active_base and known is not None and known.max_ts is not None \
-                    and known.max_ts < ts_ms:
-                continue  # older than ts_ms throughout, as far as is known: no need to open it
-            try:
-                seg = catalog.get(base)
-            except FileNotFoundError:
-                continue  # removed by retention meanwhile
-            found = self._find_time_in(seg, st, ts_ms)
-            if found >= 0:
-                return max(found, st.start_offset)
-        return None
-
-    def _find_time_in(self, seg: Segment, st, ts_ms: int) -> int:
-        """The first offset with a timestamp >= ``ts_ms`` in one segment, or -1."""
-        limit, oi_n, ti_n = self._catalog.limits(seg, st)
-        if limit == 0:
-            return -1
-        try:
-            if seg.base != st.active_base and self._catalog.max_ts(seg, limit, oi_n) < ts_ms:
-                return -1
-            pos = 0
-            if ti_n:
-                hit = time_index_below(seg.ti_map(ti_n), ti_n, ts_ms)
-                if hit is not None and hit[2] < limit:
-                    pos = hit[2]
-            return find_time(seg.data(limit), pos, limit, ts_ms)
-        except CorruptLogError as e:
-            raise self._wrap_corrupt(e, seg) from None
+        return seek.offset_for_time(self, ts_ms)
 
     # ---------------------------------------------------------------- appends
 
@@ -832,64 +719,6 @@ class Partition:
         """Whether this partition has let go of its descriptors to keep the
         log within ``max_open_partitions`` (it reopens them on next use)."""
         return self._parked
-
-    def _park(self) -> bool:
-        """Let go of every descriptor and segment mapping, if idle: nobody
-        in this process in one of its locked sections (this thread
-        included), no durability round in flight. (A consumer waiting on it
-        needs none of them: listeners, inotify and the change counter in the
-        mapped head carry on.)
-        Returns whether it did. The head stays mapped (no descriptor), and
-        so do the segment facts and the producer state: reopening is a few
-        ``open()`` calls, never a recovery."""
-        lock = self._lock
-        if lock._is_owned() or not lock.acquire(blocking=False):
-            return False
-        try:
-            ds = self._durability
-            if ds.closed or ds.in_flight:
-                return False
-            # Parked first: whatever opens a descriptor from here on (a
-            # reader under way) puts it back in the log's list.
-            self._parked = True
-            self._give_back_reserved_nowait()
-            ds.release_dir()
-            self._catalog.release()
-            self._flock.release()
-            if self._appender is not None:
-                for enc in (self._appender.encoder, self._appender._encoder2):
-                    try:
-                        enc.clear()
-                        enc.shrink(0)
-                    except BufferError:  # (a view of it is still held)
-                        pass
-            return True
-        finally:
-            lock.release()
-
-    def _give_back_reserved_nowait(self) -> None:
-        """(In-process lock held.) Give back the blocks reserved past the
-        active segment's data, if the append lock is free right now (parking
-        never waits for another process) and they are more than the first
-        reservation: that ftruncate cost 2-3 ms here, a log of many lightly
-        written partitions would pay it at every park, and the 64 KiB left
-        are given back at the next roll or close."""
-        st = self._head.read()
-        fd = self._flock.fd
-        if self._readonly or st is None or fd < 0:
-            return
-        seg = self._catalog.get_open(st.active_base)
-        if seg is None or seg.reserved_end <= st.active_size + RESERVE_MIN \
-                or seg.reserved_end >= RESERVE_OFF or not try_flock(fd):
-            return
-        try:
-            st = self._head.read()
-            if st is not None:
-                give_back_reserved(seg, st)
-        except OSError:
-            pass
-        finally:
-            unlock_file(fd)
 
     def _give_back_reserved(self) -> None:
         """Release the blocks this process reserved past the active segment's
