@@ -269,14 +269,9 @@ def test_sqlite_floor_of_the_read_model(benchmark, booking_log, report, tmp_path
                   f"in {out['s']:.1f} s = {n / out['s']:,.0f} events/s, {nrows / out['s']:,.0f} rows/s")
 
 
-def test_state_machine_floor(benchmark, booking_log, report):
-    """The floor under the rebuild and the workers: the decisions' own Python.
-    Every record of the log (read beforehand) goes through the workers' batch
-    path, ``apply_run`` (decode, validate, apply against the in-memory
-    state), with nothing written: once with the outcome messages built and
-    serialized (as a worker needs them), once without (as the rebuild)."""
-    cfg, n = booking_log
-    log = us.Log(cfg.log_path)
+def read_runs(log, cfg) -> list:
+    """Every partition of the input topic read in runs of ``cfg.batch``
+    records, as a worker gets them: [(partition, records), ...]."""
     topic = log.topic(cfg.topic)
     runs = []
     for p in range(topic.partitions):
@@ -285,6 +280,19 @@ def test_state_machine_floor(benchmark, booking_log, report):
             recs = part.read(off, cfg.batch)
             runs.append((p, recs))
             off = recs[-1].offset + 1
+    return runs
+
+
+def test_state_machine_floor(benchmark, booking_log, report):
+    """The floor under the rebuild and the workers: the decisions' own Python.
+    Every record of the log (read beforehand) goes through the workers' batch
+    path, ``apply_run`` (decode, validate, apply against the in-memory
+    state), with nothing written: once with the outcome messages built and
+    serialized (as a worker needs them), once without (as the rebuild)."""
+    cfg, n = booking_log
+    log = us.Log(cfg.log_path)
+    runs = read_runs(log, cfg)
+    partitions = log.topic(cfg.topic).partitions
     log.close()
     out = {}
 
@@ -295,7 +303,7 @@ def test_state_machine_floor(benchmark, booking_log, report):
             todo = recs
             while todo:
                 try:
-                    apply_run(st, cfg.topic, p, topic.partitions, todo, cfg.ttl_ms)
+                    apply_run(st, cfg.topic, p, partitions, todo, cfg.ttl_ms)
                     break
                 except us.RecordFailed as f:       # a poison record: skip it
                     todo = todo[f.index + 1:]

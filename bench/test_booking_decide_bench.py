@@ -28,7 +28,7 @@ import unstoppable as us
 from unstoppable.booking.readmodel import PartitionStore
 from unstoppable.booking.service import decide_run
 
-from test_booking_bench import getmany_rate, make_booking_log
+from test_booking_bench import getmany_rate, make_booking_log, read_runs
 
 N_TARGET = int(os.environ.get("BOOKING_DECIDE_EVENTS", 300_000))
 ROUNDS = int(os.environ.get("BOOKING_DECIDE_ROUNDS", 3))
@@ -39,15 +39,8 @@ def decide_log(tmp_path_factory):
     d = str(tmp_path_factory.mktemp("booking-decide"))
     cfg, n = make_booking_log(d, N_TARGET)
     log = us.Log(cfg.log_path)
-    topic = log.topic(cfg.topic)
-    runs = []
-    for p in range(topic.partitions):
-        part, off = topic.partition(p), 0
-        while off < part.end_offset:
-            recs = part.read(off, cfg.batch)
-            runs.append((p, recs))
-            off = recs[-1].offset + 1
-    parts = topic.partitions
+    runs = read_runs(log, cfg)
+    parts = log.topic(cfg.topic).partitions
     yield cfg, n, runs, parts
     log.close()
 

@@ -8,7 +8,7 @@ import os
 
 from unstoppable._core.segment import lock_file, unlock_file
 
-__all__ = ["O_CLOEXEC", "fsync_dir", "makedirs_durable", "try_flock", "pwrite_all", "Flock", "open_readonly"]
+__all__ = ["O_CLOEXEC", "fsync_dir", "makedirs_durable", "try_flock", "flock_path", "pwrite_all", "Flock", "open_readonly"]
 
 O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
@@ -31,6 +31,24 @@ def try_flock(fd: int) -> bool:
         if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             return False
         raise
+
+
+def flock_path(path: str, wait: bool) -> int:
+    """Open (creating it) ``path`` and flock it exclusively: the descriptor
+    (closing it unlocks), or -1 when not ``wait`` and another holds it.
+    Each open has its own flock, so threads of one process exclude each
+    other too."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | O_CLOEXEC, 0o644)
+    try:
+        if wait:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        elif not try_flock(fd):
+            os.close(fd)
+            return -1
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def makedirs_durable(path: str) -> None:

@@ -54,7 +54,6 @@ cleaning when dirty / cleanable bytes >= ``min_cleanable_dirty_ratio``.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import threading
@@ -75,7 +74,7 @@ from unstoppable.errors import (
     TopicConfigError,
     UnknownTopicError,
 )
-from unstoppable.storage._fs import O_CLOEXEC, fsync_dir, pwrite_all
+from unstoppable.storage._fs import O_CLOEXEC, flock_path, fsync_dir, pwrite_all
 from unstoppable.storage.admin import write_json_atomic
 from unstoppable.storage.compaction_keys import keychecked, refuse_keyless, refuse_keyless_encoded
 from unstoppable.storage.recovery import now_ms
@@ -122,16 +121,7 @@ def _cleaner_lock(dirpath: str, wait: bool) -> int:
     partition at a time, across threads and processes (each open has its own
     flock), and no :func:`finish_swaps` removes the files of a live one.
     Without ``wait``, -1 when another holds it."""
-    fd = os.open(os.path.join(dirpath, CLEANER_LOCK), os.O_RDWR | os.O_CREAT | O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-    except BlockingIOError:
-        os.close(fd)
-        return -1
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    return flock_path(os.path.join(dirpath, CLEANER_LOCK), wait)
 
 
 def finish_swaps(dirpath: str) -> int:

@@ -15,7 +15,7 @@ from typing import Iterable
 
 from unstoppable.errors import FencedMemberError
 from unstoppable.groups.assign import ASSIGNORS, MemberInfo, assign, member_description, parse_member_description
-from unstoppable.storage._fs import O_CLOEXEC, pwrite_all
+from unstoppable.storage._fs import O_CLOEXEC, flock_path, pwrite_all
 from unstoppable.storage.groups import (
     _EPOCH,
     _HOLDERS,
@@ -355,17 +355,7 @@ def fence_lock(owners_dir: str, topic: str, partition: int, blocking: bool) -> i
     d = os.path.join(owners_dir, topic)
     if not os.path.isdir(d):
         _makedirs_durable(d)
-    fd = os.open(os.path.join(d, f"{partition}.fence"), os.O_RDWR | os.O_CREAT | O_CLOEXEC, 0o644)
-    try:
-        if blocking:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        elif not _try_flock(fd):
-            os.close(fd)
-            return -1
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    return flock_path(os.path.join(d, f"{partition}.fence"), blocking)
 
 
 class _Fence:
