@@ -85,3 +85,42 @@ def test_seat_value_round_trip_and_bad_record():
     assert parse_seat(b"seat-1", seat_value(s)) == s
     with pytest.raises(ValueError, match="seat record b'seat-1' is not"):
         parse_seat(b"seat-1", b"{}")
+
+
+def test_the_worker_keeps_the_seats_topic(tmp_path):
+    """A real BookingService with ``seats_topic``: after it caught up, the
+    compacted topic's seat map is the read model's seats table, one record
+    per seat; without ``seats_topic`` no such topic is made."""
+    from booking_util import caught_up, run_service
+
+    from unstoppable.booking.service import ServiceConfig, create_topics
+
+    cfg = ServiceConfig(log_path=str(tmp_path / "log"), db_path=str(tmp_path / "live.db"),
+                        ttl_ms=600_000, seats_topic="booking-seats")
+    log = us.Log(cfg.log_path)
+    asyncio.run(create_topics(log, cfg, partitions=2))
+    assert log.topic("booking-seats").config.cleanup_policy == "compact"
+    log.cleaner.stop()
+    t = log.topic(cfg.topic)
+    evs = list(_events(random.Random(3), 40, 1500))
+    for e in evs:
+        seat = ev.seat_of(e).encode()
+        t.partition(us.DefaultPartitioner()(seat, t.partitions)).append([(seat, ev.CODEC.encode(e))])
+    run_service(cfg, log, caught_up(log, cfg, timers=False))
+    db = connect(cfg.db_path)
+    table = {r[0]: r[1:] for r in db.execute(
+        "SELECT seat_id, state, booking_id, user_id, updated_ms FROM seats")}
+    db.close()
+    for p in range(2):
+        log.topic("booking-seats").partition(p).flush()
+    log.compact("booking-seats")
+    seats, _read = asyncio.run(load_seat_map(log))
+    assert {s.seat_id: (s.state, s.booking_id, s.user_id, s.updated_ms)
+            for s in seats.values()} == table
+    assert len(table) == 40
+    log.close()
+
+    plain = ServiceConfig(log_path=str(tmp_path / "log2"), db_path=str(tmp_path / "l2.db"))
+    with us.Log(plain.log_path) as log2:
+        asyncio.run(create_topics(log2, plain, partitions=1))
+        assert "booking-seats" not in log2.topics()

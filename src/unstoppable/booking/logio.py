@@ -45,14 +45,16 @@ async def close_log(log) -> None:
         await closing
 
 
-async def ensure_topic(log, name: str, partitions: int, *, replicas: int | None = None) -> None:
+async def ensure_topic(log, name: str, partitions: int, *, replicas: int | None = None,
+                       **config) -> None:
     """Create topic ``name`` unless it exists. ``replicas`` (JetStream only;
     default 1) is how many servers keep each partition; an embedded log
-    keeps one (ValueError for more)."""
+    keeps one (ValueError for more). ``config``: topic settings such as
+    ``cleanup_policy`` (the backend refuses what it cannot keep)."""
     admin = admin_for(log)
     try:
         if name not in await admin.list_topics():
-            await admin.create_topic(name, partitions, replicas=replicas)
+            await admin.create_topic(name, partitions, replicas=replicas, **config)
     finally:
         await admin.close()
 

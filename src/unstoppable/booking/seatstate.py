@@ -17,12 +17,9 @@ so :func:`unstoppable.booking.service.rebuild` still replays the input topic
 topic equals the ``seats`` table of a read model that has caught up with the
 same outcomes (tests/booking/test_seatstate.py checks it).
 
-The worker's hook (publish after the outcomes, from the same run):
-
-    futs += await publish_seats(self.seats_p, self.state, seat_ids)
-
-where ``self.seats_p`` is a ``us.Producer(log, SEATS_TOPIC)`` opened beside
-the outcomes producer, and ``seat_ids`` the keys of the outcomes just sent.
+The worker keeps it when its ``ServiceConfig.seats_topic`` names the topic
+(``create_topics`` then creates it compacted): after publishing a run's
+outcomes it sends, with :func:`publish_seats`, the seats those outcomes name.
 """
 from __future__ import annotations
 

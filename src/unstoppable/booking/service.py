@@ -63,6 +63,7 @@ and the partition moves on. Nothing is dropped silently.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import multiprocessing as mp
@@ -79,6 +80,7 @@ from unstoppable.booking.logio import LogReader, close_log, ensure_topic, open_l
 from unstoppable.booking._decide import decide_run as _fast_decide_run
 from unstoppable.booking.booking_pb2 import BookingEvent
 from unstoppable.booking.machine import InvalidEventError, apply, validate
+from unstoppable.booking.seatstate import publish_seats
 from unstoppable.booking.readmodel import (
     PartitionStore,
     ReadModel,
@@ -120,6 +122,10 @@ class ServiceConfig:
     status_path: str | None = None     # JSON file the worker rewrites with its metrics
     membership_poll_ms: float = 100.0
     log_options: dict = field(default_factory=dict)
+    #: A compacted topic the workers keep each seat's latest state in
+    #: (booking/seatstate.py), or None for none. Compaction needs the
+    #: embedded log: JetStream refuses the topic.
+    seats_topic: str | None = None
 
 
 async def create_topics(log, cfg: ServiceConfig, partitions: int = 8, *,
@@ -128,6 +134,9 @@ async def create_topics(log, cfg: ServiceConfig, partitions: int = 8, *,
     copies of each partition on JetStream)."""
     for name, n in ((cfg.topic, partitions), (cfg.outcomes_topic, partitions), (cfg.dlq_topic, 1)):
         await ensure_topic(log, name, n, replicas=replicas)
+    if cfg.seats_topic:
+        await ensure_topic(log, cfg.seats_topic, partitions, replicas=replicas,
+                           cleanup_policy="compact")
 
 
 def _faulty(cfg: ServiceConfig, partition: int, offset: int) -> bool:
@@ -279,6 +288,7 @@ class BookingService:
         self.metrics["lock_waits"] = 0
         self._fail_seats = frozenset(cfg.fail_seats)
         self._injected: set = set()
+        self.seats_p = None             # the seats topic's producer, while run() runs
 
     # ------------------------------------------------------------------ run
 
@@ -297,7 +307,8 @@ class BookingService:
                                    membership_poll_ms=cfg.membership_poll_ms) as c, \
                     us.Producer(log, cfg.outcomes_topic) as self.out_p, \
                     us.Producer(log, cfg.topic, value_serializer=ev.CODEC) as self.in_p, \
-                    us.Producer(log, cfg.dlq_topic, acks="fsync") as self.dlq_p:
+                    us.Producer(log, cfg.dlq_topic, acks="fsync") as self.dlq_p, \
+                    _maybe_producer(log, cfg.seats_topic) as self.seats_p:
                 self.consumer = self.processor.consumer = c
                 last_status = 0.0
                 while not stop.is_set():
@@ -419,8 +430,11 @@ class BookingService:
         for _seq, topic, key, value, headers in rows:
             if topic == self.cfg.outcomes_topic and key is None:     # a run's outcomes, packed
                 send = self.out_p.send
-                for k, v in self.state.outcomes_for(_seq, value):
+                pairs = self.state.outcomes_for(_seq, value)
+                for k, v in pairs:
                     futs.append(await send(v, key=k))
+                if self.seats_p is not None:    # then the seats they name, as they are now
+                    futs += await publish_seats(self.seats_p, self.state, [k for k, _v in pairs])
             elif topic == self.cfg.outcomes_topic:
                 futs.append(await self.out_p.send(value, key=key))
             else:
@@ -428,6 +442,8 @@ class BookingService:
                 futs.append(await self.dlq_p.send(value, key=key, headers=hs))
         await self.out_p.flush()
         await self.dlq_p.flush()
+        if self.seats_p is not None:
+            await self.seats_p.flush()
         _raise_failed(futs)
         # The rows selected are every owned row up to the last seq: one statement
         # (an executemany outside a transaction would commit once per row).
@@ -460,6 +476,16 @@ class BookingService:
                                 "AND deadline_ms=?", [(s, b, d) for s, b, _p, d in rows])
         self.metrics["timers_fired"] += len(rows)
         return len(rows)
+
+
+@contextlib.asynccontextmanager
+async def _maybe_producer(log, topic: str | None):
+    """A Producer of ``topic``, or None when there is no topic."""
+    if topic is None:
+        yield None
+        return
+    async with us.Producer(log, topic) as p:
+        yield p
 
 
 class _transaction:
