@@ -229,7 +229,7 @@ def test_booking_workers_sigkilled_at_random(tmp_path, zygote, figures, scale):
     with us.Log(cfg.log_path) as log:
         asyncio.run(create_topics(log, cfg, partitions=parts))
         recs = {p: [] for p in range(parts)}
-        for i in range(1500 * n_kills):             # work enough for the kills to land in
+        for i in range(5000 * n_kills):             # work enough for the kills to land in
             seat = f"s{rnd.randrange(500)}"
             p = xxh64_partition(seat.encode(), parts)
             recs[p].append((seat.encode(), ev.CODEC.encode(ev.reservation_requested(f"b{i}", f"u{i}", seat))))
