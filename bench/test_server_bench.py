@@ -425,3 +425,34 @@ def test_produce_latency(tmp_path, report, rate):
         f"{_within(loop_lag, 0.001):.1%}, <= 5 ms {_within(loop_lag, 0.005):.1%}; machine floor "
         f"same run: sleep(1 ms) wakes late by p50 {floor[0] * 1e3:.2f} ms, "
         f"p99 {floor[1] * 1e3:.2f} ms")
+
+
+def test_consume_a_million(tmp_path, report):
+    """The consume aim at its own scale: 1 M records of 100 B (8 partitions,
+    written through the log's API beforehand) read through the server by one
+    confluent-kafka consumer, alternating librdkafka's default
+    ``fetch.queue.backoff.ms`` (1,000 ms) with 10 ms, beside the same-run
+    native ``getmany`` over the same log."""
+    n = 1_000_000
+    log = _fresh_log(tmp_path / "m")
+    t = log.topic("bench")
+    chunk = [b"x" * 100] * 12_500
+    for i in range(n // len(chunk)):
+        t.partition(i % PARTITIONS).append(chunk)
+    log.close()
+    native, short, default = [], [], []
+    for _ in range(3):
+        native.append(_native_getmany(tmp_path / "m", n))
+        srv = _Server(tmp_path / "m")
+        try:
+            short.append(_kafka_consume(srv.bootstrap, n, **{"fetch.queue.backoff.ms": 10}))
+            default.append(_kafka_consume(srv.bootstrap, n))
+        finally:
+            srv.stop()
+    m = statistics.median
+    report.append(
+        f"server consume of 1 M records, confluent-kafka consume(10000): "
+        f"{m(short) / 1e6:.2f} M msg/s with fetch.queue.backoff.ms=10 "
+        f"({', '.join(f'{x / 1e6:.2f}' for x in short)}), {m(default) / 1e6:.2f} M msg/s with "
+        f"librdkafka's default 1000 ms ({', '.join(f'{x / 1e6:.2f}' for x in default)}); native "
+        f"getmany same run {m(native) / 1e6:.2f} M/s; aim >= 1 M/s")
