@@ -147,6 +147,22 @@ static int decode_v1(const unsigned char *buf, const us_batch_header *h, us_reco
     return US_OK;
 }
 
+/* A record's headers from p: hc key/value pairs that must end exactly at
+ * rend (the record's end). On success *pp = rend and 0; else -1. */
+static inline int skip_headers_v2(const unsigned char **pp, const unsigned char *p,
+                                  const unsigned char *rend, uint64_t hc) {
+    for (uint64_t j = 0; j < hc; j++) {
+        int32_t hkl, hvl;
+        if (get_len_v2(&p, rend, &hkl) || hkl < 0) return -1;
+        p += hkl;
+        if (get_len_v2(&p, rend, &hvl)) return -1;
+        if (hvl > 0) p += hvl;
+    }
+    if (p != rend) return -1;
+    *pp = rend;
+    return 0;
+}
+
 /* One format-2 record at *pp (bounded by end); returns 0 or -1. */
 static int decode_record_v2_checked(const unsigned char *buf, const unsigned char **pp,
                                     const unsigned char *end, const us_batch_header *h,
@@ -176,16 +192,7 @@ static int decode_record_v2_checked(const unsigned char *buf, const unsigned cha
     o->header_count = (uint32_t)hc;
     o->headers_pos = (uint32_t)(p - buf);
     o->end = (uint32_t)(rend - buf);
-    for (int64_t j = 0; j < hc; j++) {
-        int32_t hkl, hvl;
-        if (get_len_v2(&p, rend, &hkl) || hkl < 0) return -1;
-        p += hkl;
-        if (get_len_v2(&p, rend, &hvl)) return -1;
-        if (hvl > 0) p += hvl;
-    }
-    if (p != rend) return -1;
-    *pp = rend;
-    return 0;
+    return skip_headers_v2(pp, p, rend, (uint64_t)hc);
 }
 
 /* A varint at p with no bounds check: the caller guarantees that the 10
@@ -275,16 +282,7 @@ decode_record_v2(const unsigned char *buf, const unsigned char **pp, const unsig
     if ((u & 1) || (u >> 1) > (uint64_t)(rend - p)) return -1;  /* each header takes >= 2 bytes */
     o->header_count = (uint32_t)(u >> 1);
     o->headers_pos = (uint32_t)(p - buf);
-    for (uint64_t j = 0; j < (u >> 1); j++) {
-        int32_t hkl, hvl;
-        if (get_len_v2(&p, rend, &hkl) || hkl < 0) return -1;
-        p += hkl;
-        if (get_len_v2(&p, rend, &hvl)) return -1;
-        if (hvl > 0) p += hvl;
-    }
-    if (p != rend) return -1;
-    *pp = rend;
-    return 0;
+    return skip_headers_v2(pp, p, rend, u >> 1);
 }
 
 /* Records in base[start, end); positions are relative to base. */

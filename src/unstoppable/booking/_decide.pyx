@@ -133,6 +133,17 @@ cdef inline int _varint(const unsigned char** pp, const unsigned char* end,
     return 0
 
 
+cdef inline int _tag(const unsigned char** pp, const unsigned char* end,
+                     int* field, int* wt) noexcept nogil:
+    """Read a field's tag: its number and wire type; -1 if truncated, over
+    32 bits, or field number 0 (protobuf refuses all three)."""
+    cdef uint64_t tag
+    if _varint(pp, end, &tag) < 0 or (tag >> 32) != 0 or (tag >> 3) == 0:
+        return -1
+    field[0], wt[0] = <int>(tag >> 3), <int>(tag & 7)
+    return 0
+
+
 cdef inline int _skip(const unsigned char** pp, const unsigned char* end, int wt) noexcept nogil:
     """Step over an unknown field's value of wire type ``wt``; -1 if it cannot
     (truncated, a group, an invalid wire type)."""
@@ -172,10 +183,7 @@ cdef class _Event:
         self.kind = 0
         self.reset()
         while p < end:
-            if _varint(&p, end, &tag) < 0 or (tag >> 32) != 0:
-                return -1
-            field, wt = <int>(tag >> 3), <int>(tag & 7)
-            if field == 0:
+            if _tag(&p, end, &field, &wt) < 0:
                 return -1
             if field == 1 or (K_REQUEST <= field <= K_EXPIRY):
                 if wt != 2 or _varint(&p, end, &n) < 0 or n > <uint64_t>(end - p):
@@ -204,10 +212,7 @@ cdef class _Event:
         cdef int field, wt, slot
         cdef object s
         while p < end:
-            if _varint(&p, end, &tag) < 0 or (tag >> 32) != 0:
-                return -1
-            field, wt = <int>(tag >> 3), <int>(tag & 7)
-            if field == 0:
+            if _tag(&p, end, &field, &wt) < 0:
                 return -1
             slot = _slot(self.kind, field)
             if slot == 0:
