@@ -699,7 +699,7 @@ class Broker(ProduceHandler):
                             total += n
                             budget -= n
                             if m:
-                                m.fetched.labels(ft.topic, str(fp.partition)).inc(n)
+                                m.fetched_bytes(ft.topic, fp.partition, n)
                 except OffsetOutOfRangeError:
                     err = OFFSET_OUT_OF_RANGE
                     failed = True

@@ -90,14 +90,40 @@ class Metrics:
         self.fetched = Counter("unstoppable_server_fetched_bytes", "RecordBatch bytes fetched",
                                ["topic", "partition"], registry=r)
         self._http = None
+        # Label children by their labels: prometheus-client's labels() costs
+        # a few microseconds a call, and these are counted on every request.
+        self._per_api: dict = {}
+        self._produced: dict = {}
+        self._fetched: dict = {}
 
     def attach(self, broker) -> None:
         """Report the broker's log and groups too."""
         self.registry.register(_LogCollector(broker))
 
     def request(self, api: str, seconds: float) -> None:
-        self.requests.labels(api).inc()
-        self.latency.labels(api).observe(seconds)
+        """Count one request of ``api`` answered after ``seconds``."""
+        c = self._per_api.get(api)
+        if c is None:
+            c = self._per_api[api] = (self.requests.labels(api).inc,
+                                      self.latency.labels(api).observe)
+        c[0]()
+        c[1](seconds)
+
+    def produced_bytes(self, topic: str, partition: int, n: int) -> None:
+        """Count ``n`` RecordBatch bytes produced to a partition."""
+        inc = self._produced.get((topic, partition))
+        if inc is None:
+            inc = self._produced[(topic, partition)] = \
+                self.produced.labels(topic, str(partition)).inc
+        inc(n)
+
+    def fetched_bytes(self, topic: str, partition: int, n: int) -> None:
+        """Count ``n`` RecordBatch bytes fetched from a partition."""
+        inc = self._fetched.get((topic, partition))
+        if inc is None:
+            inc = self._fetched[(topic, partition)] = \
+                self.fetched.labels(topic, str(partition)).inc
+        inc(n)
 
     async def watch_loop(self, interval: float = 0.01) -> None:
         """Observe the event loop's lag until cancelled: a timer due every

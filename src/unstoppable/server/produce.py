@@ -154,8 +154,7 @@ class ProduceHandler:
                         else:
                             start = p.start_offset
                             if m:
-                                m.produced.labels(name, str(index)).inc(
-                                    0 if records is None else len(records))
+                                m.produced_bytes(name, index, 0 if records is None else len(records))
                 except Exception as e:  # noqa: BLE001  (mapped to Kafka's codes; unknown -> -1)
                     err = append_error(e)
                     if err == UNKNOWN_SERVER_ERROR:
