@@ -193,6 +193,16 @@ class _Connection(asyncio.streams.FlowControlMixin, asyncio.BufferedProtocol):
             self._reading_paused = True
             self.transport.pause_reading()
 
+    def data_received(self, data) -> None:
+        """For a loop that hands over bytes instead of asking for a buffer
+        (uvloop takes this class for a plain Protocol: FlowControlMixin is one):
+        one copy into the buffer."""
+        n = len(data)
+        if len(self._buf) - self._end < n:
+            self._make_room(max(n, _BUF_MIN_FREE))
+        self._buf[self._end:self._end + n] = data
+        self.buffer_updated(n)
+
     def _wake(self) -> None:
         w = self._waiter
         if w is not None and not w.done():
