@@ -73,6 +73,18 @@ class TopicConfig:
         None, "gzip", "snappy", "lz4" or "zstd" applies to every append that
         the log encodes. Batches handed over already encoded
         (``append_encoded``) are stored as they are.
+    message_timestamp_type: "CreateTime" (the default: a record keeps the
+        timestamp its writer gave it) or "LogAppendTime" (Kafka's
+        ``message.timestamp.type``): every batch appended is stamped with the
+        time of its append (attribute bit 3 and maxTimestamp, docs/FORMAT.md
+        4.1), which readers, the time index and ``offset_for_time`` then take
+        as each of its records' timestamp.
+    message_timestamp_before_max_ms, message_timestamp_after_max_ms: how far
+        before / after the clock a record's timestamp may be when a Kafka
+        client produces it through ``unstoppable serve`` (Kafka's topic
+        configs of these names; INVALID_TIMESTAMP otherwise). None: the
+        server's ``--message-timestamp-*-max-ms``. Ignored for LogAppendTime
+        topics, as in Kafka; appends through the Python API are not checked.
     """
 
     partitions: int = 1
@@ -88,6 +100,14 @@ class TopicConfig:
     min_compaction_lag_ms: int = 0
     delete_retention_ms: int = 86_400_000
     min_cleanable_dirty_ratio: float = 0.5
+    message_timestamp_type: str = "CreateTime"
+    message_timestamp_before_max_ms: int | None = None
+    message_timestamp_after_max_ms: int | None = None
+
+    @property
+    def log_append_time(self) -> bool:
+        """Whether appends stamp batches with their append time (LogAppendTime)."""
+        return self.message_timestamp_type == "LogAppendTime"
 
     @property
     def compacted(self) -> bool:
@@ -145,6 +165,12 @@ class TopicConfig:
         if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 <= r <= 1.0:
             raise TopicConfigError(
                 f"min_cleanable_dirty_ratio must be a number in 0.0 .. 1.0, got {r!r}")
+        if self.message_timestamp_type not in TIMESTAMP_TYPES:
+            raise TopicConfigError(
+                f"message_timestamp_type must be one of {', '.join(map(repr, TIMESTAMP_TYPES))}, "
+                f"got {self.message_timestamp_type!r}")
+        need_int("message_timestamp_before_max_ms", 0, (1 << 63) - 1, optional=True)
+        need_int("message_timestamp_after_max_ms", 0, (1 << 63) - 1, optional=True)
         if self.max_batch_bytes > self.segment_bytes:
             raise TopicConfigError(
                 f"max_batch_bytes ({self.max_batch_bytes}) must not exceed segment_bytes ({self.segment_bytes})")
@@ -159,9 +185,20 @@ class TopicConfig:
         if all(d[k] == _COMPACTION_DEFAULTS[k] for k in _COMPACTION_DEFAULTS):
             for k in _COMPACTION_DEFAULTS:
                 del d[k]
+        # The timestamp settings likewise, each on its own: a version that
+        # does not know them refuses a topic that sets one (it would append
+        # CreateTime batches to a LogAppendTime topic).
+        for k, default in _TIMESTAMP_DEFAULTS.items():
+            if d[k] == default:
+                del d[k]
         return d
 
 
+#: Kafka's message.timestamp.type values.
+TIMESTAMP_TYPES = ("CreateTime", "LogAppendTime")
+_TIMESTAMP_DEFAULTS = {"message_timestamp_type": "CreateTime",
+                       "message_timestamp_before_max_ms": None,
+                       "message_timestamp_after_max_ms": None}
 _CLEANUP_POLICIES = ("delete", "compact", "compact,delete")
 _COMPACTION_DEFAULTS = {"cleanup_policy": "delete", "min_compaction_lag_ms": 0,
                         "delete_retention_ms": 86_400_000, "min_cleanable_dirty_ratio": 0.5}
