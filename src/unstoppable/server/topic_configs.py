@@ -21,7 +21,8 @@ from unstoppable.errors import (
 from unstoppable.server import protocol as P
 from unstoppable.storage.log import TopicConfig, normalize_cleanup_policy
 
-__all__ = ["kafka_topic_config", "alter_configs", "incremental_alter_configs"]
+__all__ = ["kafka_topic_config", "describe_topic_config", "alter_configs",
+           "incremental_alter_configs"]
 
 E = P.ErrorCode
 TOPIC, BROKER = 2, 4
@@ -39,9 +40,15 @@ TOPIC_CONFIGS = {
     "max.message.bytes": "max_record_bytes",
     "min.compaction.lag.ms": "min_compaction_lag_ms",
     "delete.retention.ms": "delete_retention_ms",
+    "message.timestamp.before.max.ms": "message_timestamp_before_max_ms",
+    "message.timestamp.after.max.ms": "message_timestamp_after_max_ms",
 }
+#: Kafka's deprecated message.timestamp.difference.max.ms (KIP-937): the
+#: before and after limits both, where the same request names neither.
+DIFFERENCE_CONFIG = "message.timestamp.difference.max.ms"
 # Topic configs passed on as they are (text) or as a number with a fraction.
-TEXT_CONFIGS = {"cleanup.policy": "cleanup_policy"}
+TEXT_CONFIGS = {"cleanup.policy": "cleanup_policy",
+                "message.timestamp.type": "message_timestamp_type"}
 FLOAT_CONFIGS = {"min.cleanable.dirty.ratio": "min_cleanable_dirty_ratio"}
 # Settings the log always has; a request for these values is accepted, any other refused.
 FIXED_CONFIGS = {"compression.type": "producer"}
@@ -51,9 +58,12 @@ _FIELDS = {**TOPIC_CONFIGS, **TEXT_CONFIGS, **FLOAT_CONFIGS}
 def kafka_topic_config(configs) -> dict:
     """Kafka configs (objects with ``name`` and ``value``) as ``create_topic``
     keyword arguments (TopicConfigError for one that is not supported)."""
-    config = {}
+    config: dict = {}
+    difference = None
     for c in configs:
-        if c.name in TOPIC_CONFIGS:
+        if c.name == DIFFERENCE_CONFIG:
+            difference = None if c.value is None else int(c.value)
+        elif c.name in TOPIC_CONFIGS:
             value = None if c.value is None else int(c.value)
             if value == -1 and c.name in UNLIMITED_CONFIGS:
                 value = None                    # Kafka's -1: no limit
@@ -67,9 +77,48 @@ def kafka_topic_config(configs) -> dict:
         else:
             raise TopicConfigError(
                 f"topic config {c.name}={c.value} is not supported; supported: "
-                + ", ".join(sorted(_FIELDS)) + ", "
+                + ", ".join(sorted([*_FIELDS, DIFFERENCE_CONFIG])) + ", "
                 + ", ".join(f"{k}={v}" for k, v in FIXED_CONFIGS.items()))
+    if difference is not None:
+        config.setdefault("message_timestamp_before_max_ms", difference)
+        config.setdefault("message_timestamp_after_max_ms", difference)
     return config
+
+
+#: Kafka's names of the topic's compression setting values.
+_COMPRESSION_NAMES = {None: "uncompressed", "none": "uncompressed"}
+#: Kafka's "no limit" for the timestamp limits (Long.MAX_VALUE).
+_NO_LIMIT = (1 << 63) - 1
+
+
+def describe_topic_config(c: TopicConfig, server=None) -> dict:
+    """A topic's configs as DescribeConfigs shows them: Kafka name ->
+    ``(value, is_default)``. The timestamp limits a topic leaves unset are
+    ``server``'s (its ``timestamp_before_max_ms`` / ``timestamp_after_max_ms``;
+    None there: Kafka's no-limit Long.MAX_VALUE), shown as defaults."""
+    def limit(own, server_attr):
+        if own is not None:
+            return own, False
+        v = getattr(server, server_attr, None)
+        return (_NO_LIMIT if v is None else v), True
+
+    return {
+        "retention.ms": (-1 if c.retention_ms is None else c.retention_ms, False),
+        "retention.bytes": (-1 if c.retention_bytes is None else c.retention_bytes, False),
+        "cleanup.policy": (c.cleanup_policy, False),
+        "min.compaction.lag.ms": (c.min_compaction_lag_ms, False),
+        "delete.retention.ms": (c.delete_retention_ms, False),
+        "min.cleanable.dirty.ratio": (c.min_cleanable_dirty_ratio, False),
+        "compression.type": (_COMPRESSION_NAMES.get(c.compression, c.compression), False),
+        "max.message.bytes": (c.max_record_bytes, False),
+        "segment.bytes": (c.segment_bytes, False),
+        "message.timestamp.type": (c.message_timestamp_type,
+                                   c.message_timestamp_type == _default("message_timestamp_type")),
+        "message.timestamp.before.max.ms": limit(c.message_timestamp_before_max_ms,
+                                                 "timestamp_before_max_ms"),
+        "message.timestamp.after.max.ms": limit(c.message_timestamp_after_max_ms,
+                                                "timestamp_after_max_ms"),
+    }
 
 
 def _default(field: str):
@@ -95,6 +144,10 @@ def _incremental_config(configs, current: TopicConfig) -> dict:
             config.update(kafka_topic_config([c]))
         elif op == DELETE:
             if c.name in FIXED_CONFIGS:
+                continue
+            if c.name == DIFFERENCE_CONFIG:
+                for field in ("message_timestamp_before_max_ms", "message_timestamp_after_max_ms"):
+                    config[field] = _default(field)
                 continue
             if c.name not in _FIELDS:
                 kafka_topic_config([c])         # the error naming what is supported

@@ -147,7 +147,9 @@ def produce_response(corr: int, ver: int, topics) -> bytes:
     """produce_response(corr, ver, topics) -> bytes
 
     A whole Produce response frame (v3-v8). ``topics`` is a list of
-    ``(name, [(partition, error_code, base_offset, log_start_offset), ...])``.
+    ``(name, [(partition, error_code, base_offset, log_start_offset,
+    log_append_time), ...])`` (log_append_time: -1, or a LogAppendTime
+    topic's append time).
     """
     out = [b"", _I32.pack(len(topics))]
     tail = b""
@@ -156,11 +158,11 @@ def produce_response(corr: int, ver: int, topics) -> bytes:
     for name, parts in topics:
         out.append(_string(name))
         out.append(_I32.pack(len(parts)))
-        for index, err, base, start in parts:
+        for index, err, base, start, append_time in parts:
             if ver >= 5:
-                out.append(struct.pack(">ihqqq", index, err, base, -1, start))
+                out.append(struct.pack(">ihqqq", index, err, base, append_time, start))
             else:
-                out.append(struct.pack(">ihqq", index, err, base, -1))
+                out.append(struct.pack(">ihqq", index, err, base, append_time))
             if tail:
                 out.append(tail)
     out.append(b"\0\0\0\0")                 # throttle_time_ms
