@@ -49,11 +49,18 @@ def _parse_config(items) -> dict:
             raise CLIError(f"--config {k}: {v!r} is not "
                            f"{'a number' if k in _FLOAT_SETTINGS else 'an integer'}",
                            _EXIT_USAGE) from None
+    # Kafka's deprecated message.timestamp.difference.max.ms: both limits,
+    # where they are not named themselves.
+    if _DIFFERENCE in out:
+        diff = out.pop(_DIFFERENCE)
+        for k in ("message_timestamp_before_max_ms", "message_timestamp_after_max_ms"):
+            out.setdefault(k, diff)
     return out
 
 
 # Settings --config takes as text or as a number with a fraction (the rest are integers).
-_TEXT_SETTINGS = ("cleanup_policy", "compression")
+_TEXT_SETTINGS = ("cleanup_policy", "compression", "message_timestamp_type")
+_DIFFERENCE = "message_timestamp_difference_max_ms"
 _FLOAT_SETTINGS = ("min_cleanable_dirty_ratio",)
 # The compaction options of ``topics create``: option attribute -> setting.
 _COMPACTION_OPTIONS = ("cleanup_policy", "min_compaction_lag_ms", "delete_retention_ms",
@@ -141,7 +148,10 @@ def _cmd_alter_config(args) -> int:
     if args.json:
         _emit(info)
     else:
-        print(f"topic {args.name!r}: " + ", ".join(f"{k} = {info['config'].get(k)}" for k in cfg))
+        # A setting back at its default may be left out of the description
+        # (topic.json stores some only when set): then it is what was asked.
+        print(f"topic {args.name!r}: " + ", ".join(
+            f"{k} = {info['config'][k] if k in info['config'] else cfg[k]}" for k in cfg))
     return 0
 
 
