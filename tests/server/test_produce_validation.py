@@ -163,6 +163,35 @@ def test_a_topic_that_forces_a_codec_takes_a_partitions_batches_all_or_none(setu
         assert log.verify().ok
 
 
+def test_keyless_records_of_a_compacted_topic_are_named_in_record_errors(setup):
+    """Produce v8's record_errors (KIP-467), as Kafka's LogValidator gives
+    them: the indexes of the keyless records in their batch, so that
+    librdkafka fails those with INVALID_RECORD and the batch's others with
+    _INVALID_DIFFERENT_RECORD (its test 0011 checks this)."""
+    server, c = setup
+    with us.Log(server.log_dir) as log:
+        log.create_topic("c", cleanup_policy="compact")
+    b = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=False,
+                                  producer_id=-1, producer_epoch=-1, base_sequence=-1,
+                                  batch_size=1 << 30)
+    now = int(time.time() * 1000)
+    for i in range(5):
+        b.append(i, timestamp=now, key=None if i in (1, 3) else b"k", value=b"v", headers=[])
+    r = c.request(pr8.ProduceRequest(
+        transactional_id=None, acks=1, timeout=datetime.timedelta(seconds=5),
+        topic_data=(pr8.TopicProduceData(name="c", partition_data=(
+            pr8.PartitionProduceData(index=0, records=bytes(b.build())),)),)))
+    (part,) = r.responses[0].partition_responses
+    assert int(part.error_code) == 87
+    assert [e.batch_index for e in part.record_errors] == [1, 3]
+    assert all("without a key" in e.batch_index_error_message for e in part.record_errors)
+    assert "compacted" in part.error_message
+    assert values(server, "c") == []
+    # A plain topic's other INVALID_RECORD answers carry no record errors.
+    got = produce_many(c, {("t", 0): batch([b"a"], 5, 0, 0) + batch([b"b"])})
+    assert got[("t", 0)][0] == 87
+
+
 def test_record_timestamps_against_the_window(setup):
     server, c = setup
     now = int(time.time() * 1000)

@@ -184,3 +184,21 @@ def test_per_topic_timestamp_limits(server):
     with us.Log(server.log_dir) as log:
         assert log.topic("plain").config.message_timestamp_before_max_ms == MINUTE
         assert [bytes(r.value) for r in log.topic("strict").partition(0).read(0)] == [b"v"]
+
+
+def test_message_format_version_is_taken_and_ignored(server):
+    """As a Kafka 3.x broker (KIP-724): AlterConfigs of message.format.version
+    succeeds when the value is a Kafka version and changes nothing (batches
+    stay RecordBatch v2); librdkafka's test 0092 sets it midway."""
+    admin = AdminClient({"bootstrap.servers": server.bootstrap})
+    admin.create_topics([NewTopic("fmt", 1, 1)])["fmt"].result(10)
+    produce(server.bootstrap, "fmt", [now_ms()])
+    list(admin.alter_configs([ConfigResource("topic", "fmt", set_config={
+        "message.format.version": "0.10.0.0"})]).values())[0].result(10)
+    produce(server.bootstrap, "fmt", [now_ms()])
+    with pytest.raises(ck.KafkaException, match="INVALID_CONFIG"):
+        list(admin.alter_configs([ConfigResource("topic", "fmt", set_config={
+            "message.format.version": "newest"})]).values())[0].result(10)
+    with us.Log(server.log_dir) as log:
+        batches = log.topic("fmt").partition(0).read_batches(0)
+        assert [b.magic for b in batches] == [2, 2]

@@ -9,6 +9,7 @@ import struct
 import time
 
 from unstoppable._core.batch import BatchEncoder
+from unstoppable._core.batch import decode_batches as decode_core_batches
 from unstoppable.compression import codec_id
 from unstoppable.errors import (
     CodecUnavailableError,
@@ -66,6 +67,8 @@ log = logging.getLogger("unstoppable.server")
 #: Its before.max.ms default is unlimited (None).
 DEFAULT_TIMESTAMP_AFTER_MAX_MS = 3_600_000
 _I32 = struct.Struct(">i")
+# The words of a compacted topic's refusal of a keyless record (compaction_keys).
+_KEYLESS = "without a key"
 _RECORD_COUNT_AT = 57          # a RecordBatch v2's records count, from its first byte
 
 
@@ -114,6 +117,24 @@ def _append_time(p, offset: int) -> int:
     return recs[0].timestamp if recs else -1
 
 
+def _record_errors(records, exc) -> tuple[list, str]:
+    """Produce v8's detail of an INVALID_RECORD answer (KIP-467): the
+    indexes, within their batch, of the records without a key in the first
+    batch that has one (a compacted topic refuses them, as Kafka's
+    LogValidator, which stops at that batch), and the error's message.
+    librdkafka fails those records with INVALID_RECORD and the batch's
+    others with _INVALID_DIFFERENT_RECORD."""
+    try:
+        for b in decode_core_batches(records):
+            keyless = [i for i, r in enumerate(b.records()) if r.key is None]
+            if keyless:
+                return [(i, "a compacted topic refuses a record without a key")
+                        for i in keyless], str(exc)
+    except Exception:  # noqa: BLE001  (a batch that does not decode: no per-record detail)
+        pass
+    return [], str(exc)
+
+
 def _check_sequences(records, spans) -> None:
     """The idempotent batches of one partition in one request must be one
     producer's, with each sequence continuing the one before (Kafka's
@@ -155,7 +176,7 @@ class ProduceHandler:
         for name, partition_data in topic_data:
             parts = []
             for index, records in partition_data:
-                err, base, start, append_time = NONE, -1, -1, -1
+                err, base, start, append_time, detail = NONE, -1, -1, -1, None
                 try:
                     if txn is not None:
                         err = UNSUPPORTED_VERSION     # transactions are not supported
@@ -173,13 +194,15 @@ class ProduceHandler:
                                     0 if records is None else len(records))
                 except Exception as e:  # noqa: BLE001  (mapped to Kafka's codes; unknown -> -1)
                     err = append_error(e)
+                    if err == INVALID_RECORD and records and _KEYLESS in str(e):
+                        detail = _record_errors(records, e)
                     if err == UNKNOWN_SERVER_ERROR:
                         log.exception("produce to %s/%d failed", name, index)
                 if err:
                     failed.append(f"{name}/{index}: error {err}")
                     if m:
                         m.error("Produce", err)
-                parts.append((index, err, base, start, append_time))
+                parts.append((index, err, base, start, append_time, detail))
             topics.append((name, parts))
         self._appended.set()
         self._appended = asyncio.Event()

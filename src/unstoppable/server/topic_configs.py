@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 
 from unstoppable.errors import (
     InvalidTopicNameError,
@@ -52,6 +53,11 @@ TEXT_CONFIGS = {"cleanup.policy": "cleanup_policy",
 FLOAT_CONFIGS = {"min.cleanable.dirty.ratio": "min_cleanable_dirty_ratio"}
 # Settings the log always has; a request for these values is accepted, any other refused.
 FIXED_CONFIGS = {"compression.type": "producer"}
+#: Configs taken and ignored, as Kafka 3.x does: message.format.version is
+#: ignored by a broker on inter.broker.protocol.version 3.0 or later
+#: (KIP-724; batches stay RecordBatch v2). Its value must still look like a
+#: Kafka version ("0.10.0", "2.8-IV1", ...).
+IGNORED_CONFIGS = {"message.format.version": re.compile(r"\d+\.\d+(\.\d+){0,2}(-IV\d+)?")}
 _FIELDS = {**TOPIC_CONFIGS, **TEXT_CONFIGS, **FLOAT_CONFIGS}
 
 
@@ -74,11 +80,14 @@ def kafka_topic_config(configs) -> dict:
             config[FLOAT_CONFIGS[c.name]] = None if c.value is None else float(c.value)
         elif c.name in FIXED_CONFIGS and c.value == FIXED_CONFIGS[c.name]:
             pass
+        elif c.name in IGNORED_CONFIGS and IGNORED_CONFIGS[c.name].fullmatch(c.value or ""):
+            pass
         else:
             raise TopicConfigError(
                 f"topic config {c.name}={c.value} is not supported; supported: "
                 + ", ".join(sorted([*_FIELDS, DIFFERENCE_CONFIG])) + ", "
-                + ", ".join(f"{k}={v}" for k, v in FIXED_CONFIGS.items()))
+                + ", ".join(f"{k}={v}" for k, v in FIXED_CONFIGS.items())
+                + ", " + ", ".join(f"{k} (ignored, as Kafka 3.x)" for k in IGNORED_CONFIGS))
     if difference is not None:
         config.setdefault("message_timestamp_before_max_ms", difference)
         config.setdefault("message_timestamp_after_max_ms", difference)
@@ -143,7 +152,7 @@ def _incremental_config(configs, current: TopicConfig) -> dict:
         if op == SET:
             config.update(kafka_topic_config([c]))
         elif op == DELETE:
-            if c.name in FIXED_CONFIGS:
+            if c.name in FIXED_CONFIGS or c.name in IGNORED_CONFIGS:
                 continue
             if c.name == DIFFERENCE_CONFIG:
                 for field in ("message_timestamp_before_max_ms", "message_timestamp_after_max_ms"):
