@@ -67,6 +67,7 @@ from unstoppable.server.produce import (  # noqa: F401  (append_error re-exporte
 from unstoppable.server.recordbatch import encode_records
 from unstoppable.server.topic_configs import (
     alter_configs,
+    create_partitions,
     describe_topic_config,
     incremental_alter_configs,
 )
@@ -215,6 +216,7 @@ class Broker(ProduceHandler):
             16: self.coordinator.list_groups, 19: self.create_topics,
             20: self.delete_topics, 22: self.init_producer_id, 32: self.describe_configs,
             33: functools.partial(alter_configs, self),
+            37: functools.partial(create_partitions, self),
             44: functools.partial(incremental_alter_configs, self),
         }
 

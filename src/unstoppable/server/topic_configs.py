@@ -1,7 +1,8 @@
 """Kafka topic configs on the embedded log: their names and values
 (CreateTopics), and AlterConfigs (API key 33, v0-1) and
 IncrementalAlterConfigs (API key 44, v0), which ``Log.alter_topic`` carries
-out. The error codes are Kafka's: UNKNOWN_TOPIC_OR_PARTITION for a topic that
+out; and CreatePartitions (API key 37, v0-1), which ``Log.create_partitions``
+does. The error codes are Kafka's: UNKNOWN_TOPIC_OR_PARTITION for a topic that
 does not exist, INVALID_TOPIC_EXCEPTION for a bad name, INVALID_CONFIG for a
 config that is unknown, fixed or out of range (the message says which),
 INVALID_REQUEST for a resource type other than a topic or a broker, or a
@@ -14,6 +15,7 @@ import dataclasses
 import re
 
 from unstoppable.errors import (
+    InvalidPartitionsError,
     InvalidTopicNameError,
     ReadOnlyLogError,
     TopicConfigError,
@@ -23,7 +25,7 @@ from unstoppable.server import protocol as P
 from unstoppable.storage.log import TopicConfig, normalize_cleanup_policy
 
 __all__ = ["kafka_topic_config", "describe_topic_config", "alter_configs",
-           "incremental_alter_configs"]
+           "incremental_alter_configs", "create_partitions"]
 
 E = P.ErrorCode
 TOPIC, BROKER = 2, 4
@@ -228,3 +230,55 @@ async def alter_configs(broker, req, ver):
 async def incremental_alter_configs(broker, req, ver):
     """IncrementalAlterConfigs (44): SET, DELETE, APPEND and SUBTRACT on a topic's configs."""
     return await _respond(broker, 44, req, ver, incremental=True)
+
+
+# ------------------------------------------------------------ CreatePartitions
+
+#: Kafka's INVALID_REPLICA_ASSIGNMENT.
+INVALID_REPLICA_ASSIGNMENT = 39
+
+
+async def _create_partitions(log, t, validate_only: bool):
+    """(error code, message) of growing one topic of a CreatePartitions request."""
+    try:
+        current = log.topic(t.name).partitions
+        if t.assignments is not None:
+            # One node: a new partition's replicas can only be this broker (0).
+            if len(t.assignments) != t.count - current:
+                return INVALID_REPLICA_ASSIGNMENT, (
+                    f"{len(t.assignments)} assignments for {t.count - current} new partitions")
+            if any(tuple(a.broker_ids) != (0,) for a in t.assignments):
+                return INVALID_REPLICA_ASSIGNMENT, ("this is a single node (broker 0): every new "
+                                                    "partition's replicas must be [0]")
+        await asyncio.to_thread(log.create_partitions, t.name, t.count,
+                                validate_only=validate_only)
+    except InvalidTopicNameError as e:
+        return E.invalid_topic_exception, str(e)
+    except UnknownTopicError as e:
+        return E.unknown_topic_or_partition, str(e)
+    except InvalidPartitionsError as e:
+        return E.invalid_partitions, str(e)
+    except ReadOnlyLogError as e:
+        return E.kafka_storage_error, str(e)
+    return E.none, None
+
+
+async def create_partitions(broker, req, ver):
+    """CreatePartitions (37, v0-1): each topic grows to ``count`` partitions
+    (``Log.create_partitions``): 37 INVALID_PARTITIONS when that is not more
+    than it has, 3 for an unknown topic, 39 INVALID_REPLICA_ASSIGNMENT for
+    assignments that name another broker or do not match the new partitions,
+    42 INVALID_REQUEST for a topic named twice."""
+    mod = P.response_module(37, ver)
+    names = [t.name for t in req.topics]
+    out = []
+    for t in req.topics:
+        if names.count(t.name) > 1:
+            err, msg = E.invalid_request, f"topic {t.name!r} is named more than once"
+        else:
+            err, msg = await _create_partitions(broker.log, t, req.validate_only)
+        if err != E.none and broker.metrics:
+            broker.metrics.error("CreatePartitions", int(err))
+        out.append(P.build(mod.CreatePartitionsTopicResult, name=t.name, error_code=err,
+                           error_message=msg))
+    return P.response(37, ver, results=tuple(out))

@@ -27,6 +27,7 @@ from unstoppable._core.segment import Writer
 from unstoppable._names import validate_topic_name
 from unstoppable.errors import (
     CorruptLogError,
+    InvalidPartitionsError,
     LogClosedError,
     PartitionOutOfRangeError,
     ReadOnlyLogError,
@@ -418,8 +419,8 @@ class Log:
         validate_topic_name(name)
         if "partitions" in config:
             raise TopicConfigError(
-                f"cannot alter the partitions of topic {name!r}: records are keyed to a partition "
-                f"by the count; create a new topic with more partitions and copy the records")
+                f"alter_topic cannot alter the partitions of topic {name!r}: "
+                f"Log.create_partitions({name!r}, total) adds partitions (the count only grows)")
         self._check_writable(f"alter topic {name!r}")
         tdir = self._topic_dir(name)
         with self._lock, self._meta_lock:
@@ -433,6 +434,43 @@ class Log:
             cfg = TopicConfig.build(old.partitions, settings)
             if cfg != old and not validate_only:
                 admin.write_topic_config(tdir, meta, cfg.settings())
+        t = self.topic(name)
+        t._apply_config(t._disk_config())
+        return t
+
+    def create_partitions(self, name: str, total: int, *, validate_only: bool = False) -> "Topic":
+        """create_partitions(name, total, *, validate_only=False) -> Topic
+
+        Grow topic ``name`` to ``total`` partitions (Kafka's CreatePartitions,
+        ``kafka-topics --alter --partitions``). Only an increase:
+        InvalidPartitionsError otherwise, and nothing changes. The new
+        partitions start empty; records already written stay where they are,
+        so a key's records written before and after may lie in different
+        partitions, as in Kafka. This process sees the new count at once,
+        others within 0.1 s of their next :meth:`topic` call; a ``Producer``
+        and the members of a consumer group pick it up as they check the
+        topic (see their docs).
+        """
+        self._check_open()
+        validate_topic_name(name)
+        if isinstance(total, bool) or not isinstance(total, int):
+            raise TypeError(f"total must be an int, got {type(total).__name__}")
+        self._check_writable(f"add partitions to topic {name!r}")
+        tdir = self._topic_dir(name)
+        with self._lock, self._meta_lock:
+            meta, _path = admin.read_topic_meta(tdir, name)
+            old = self._read_topic_json(tdir, name)
+            if total <= old.partitions:
+                raise InvalidPartitionsError(
+                    f"topic {name!r} has {old.partitions} partitions; the count can only grow, "
+                    f"so {total} is refused")
+            try:
+                TopicConfig.build(total, {k: v for k, v in asdict(old).items()
+                                          if k != "partitions"})
+            except TopicConfigError as e:
+                raise InvalidPartitionsError(str(e)) from None
+            if not validate_only:
+                admin.add_partition_dirs(tdir, meta, old.partitions, total)
         t = self.topic(name)
         t._apply_config(t._disk_config())
         return t
@@ -625,7 +663,11 @@ class Topic:
                 except UnknownTopicError:
                     return self.config
                 self._stamp = stamp
-                if cfg != self.config and cfg.partitions == self.config.partitions:
+                if cfg.partitions > len(self._partitions):       # Log.create_partitions
+                    with self._plock:
+                        self._partitions.extend(
+                            [None] * (cfg.partitions - len(self._partitions)))
+                if cfg != self.config and cfg.partitions >= self.config.partitions:
                     self.config = cfg
             self._checked = time.monotonic()
             return self.config
