@@ -64,8 +64,8 @@ def test_the_producer_and_consumer_see_the_append_time(tmp_path):
             log.create_topic("t", **LAT)
             before = now_ms()
             async with us.Producer(log, "t") as prod:
-                for i in range(20):
-                    await prod.send(b"v%d" % i, timestamp=OLD)
+                futs = [await prod.send(b"v%d" % i, timestamp=OLD) for i in range(20)]
+                metas = [await f for f in futs]
             after = now_ms()
             async with us.Consumer(log, "t") as cons:
                 tp = us.TopicPartition("t", 0)
@@ -73,6 +73,8 @@ def test_the_producer_and_consumer_see_the_append_time(tmp_path):
                 got = await cons.getmany(tp, max_records=100, timeout_ms=2000)
                 ts = [r.timestamp for r in got[tp]]
                 assert len(ts) == 20 and all(before <= t <= after for t in ts)
+                # The delivery metadata carries the append time too.
+                assert [m.timestamp for m in metas] == ts
                 found = await cons.offsets_for_times({tp: OLD})
                 assert found[tp].offset == 0 and found[tp].timestamp == ts[0]
     asyncio.run(main())

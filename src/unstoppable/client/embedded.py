@@ -149,9 +149,16 @@ class EmbeddedBackend(Backend):
 
     @staticmethod
     def _write(part, b) -> int:
-        return part.append(b.records, timestamp=b.timestamp, producer_id=b.producer_id,
+        base = part.append(b.records, timestamp=b.timestamp, producer_id=b.producer_id,
                            producer_epoch=b.producer_epoch, base_sequence=b.base_sequence,
                            compression=getattr(b, "compression", None))
+        if part.config.log_append_time:
+            # A LogAppendTime topic: the append time is every record's
+            # timestamp, and the RecordMetadata says so, as Kafka's does.
+            recs = part.read(base, max_records=1)
+            if recs:
+                b.timestamp, b.own_ts = recs[0].timestamp, False
+        return base
 
     def _append_now(self, topic: str, partition: int, batch) -> int:
         return self._write(self._partition(topic, partition), batch)
