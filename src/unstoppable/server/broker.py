@@ -180,7 +180,8 @@ class Broker(ProduceHandler):
     ``timestamp_after_max_ms``: how far before / after the server's clock a
     produced record's timestamp may be (Kafka's
     ``log.message.timestamp.before.max.ms`` / ``after.max.ms``; None: no
-    limit); others are refused with INVALID_TIMESTAMP (32).
+    limit); others are refused with INVALID_TIMESTAMP (32). A topic's own
+    ``message.timestamp.*.max.ms`` replace them for that topic.
     """
 
     def __init__(self, log_path: str, host: str = "127.0.0.1", port: int = 9092, *,
