@@ -133,3 +133,31 @@ def test_settings_are_checked_and_stored_only_when_set(tmp_path):
     assert not any(k.startswith("message_timestamp") for k in stored("plain"))
     assert stored("limits")["message_timestamp_before_max_ms"] == 60_000
     assert "message_timestamp_type" not in stored("limits")
+
+
+def test_arrow_appends_and_compaction_keep_the_append_time(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    with us.Log(tmp_path) as log:
+        t = log.create_topic("t", cleanup_policy="compact", segment_bytes=4096, **LAT)
+        before = now_ms()
+        t.append_arrow(pa.table({"key": [b"a", b"b"] * 50, "value": [b"x" * 40] * 100}))
+        for i in range(40):
+            t.partition(0).append([(b"a", b"v%d" % i, None, OLD)])
+        after = now_ms()
+        p = t.partition(0)
+
+        def every():
+            out, off = {}, p.start_offset
+            while off < p.end_offset:
+                recs = p.read(off, max_records=1000)
+                out.update((r.offset, r.timestamp) for r in recs)
+                off = recs[-1].offset + 1
+            return out
+        stamped = every()
+        assert len(stamped) == 140 and all(before <= ts <= after for ts in stamped.values())
+        log.flush()                 # the cleaner takes segments below the durable checkpoint
+        log.compact("t")
+        kept = every()
+        assert 2 <= len(kept) < len(stamped)
+        assert all(stamped[o] == ts for o, ts in kept.items())
+        assert log.verify().ok
