@@ -46,7 +46,6 @@ from unstoppable.server.codes import (
     UNSUPPORTED_COMPRESSION_TYPE,
     UNSUPPORTED_VERSION,
 )
-from unstoppable.storage.compaction_keys import refuse_keyless
 from unstoppable.server.recordbatch import (
     ATTR_CONTROL,
     ATTR_TRANSACTIONAL,
@@ -57,6 +56,7 @@ from unstoppable.server.recordbatch import (
     decode_batches,
     split_batches,
 )
+from unstoppable.storage.compaction_keys import refuse_keyless
 
 __all__ = ["ProduceHandler", "append_error", "DEFAULT_TIMESTAMP_AFTER_MAX_MS"]
 
