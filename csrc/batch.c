@@ -285,6 +285,15 @@ decode_record_v2(const unsigned char *buf, const unsigned char **pp, const unsig
     return skip_headers_v2(pp, p, rend, u >> 1);
 }
 
+/* A LogAppendTime batch (attribute bit 3): every record's timestamp is the
+ * batch's maxTimestamp, the time the log appended it, whatever the record's
+ * own delta says (Kafka's DefaultRecordBatch, KIP-32). Set after decoding, so
+ * the per-record loop of CreateTime batches carries no extra branch. */
+static inline void log_append_time(const us_batch_header *h, us_record_view *out) {
+    if (!(h->attributes & US_ATTR_TIMESTAMP_TYPE)) return;
+    for (uint32_t i = 0; i < h->record_count; i++) out[i].timestamp = h->max_timestamp;
+}
+
 /* Records in base[start, end); positions are relative to base. */
 static int decode_v2(const unsigned char *base, size_t start, size_t endpos,
                      const us_batch_header *h, us_record_view *out) {
@@ -293,6 +302,7 @@ static int decode_v2(const unsigned char *base, size_t start, size_t endpos,
     for (uint32_t i = 0; i < h->record_count; i++)
         NEED(decode_record_v2(base, &p, end, h, i, &out[i]) == 0);
     NEED(p == end);
+    log_append_time(h, out);
     return US_OK;
 }
 
@@ -347,6 +357,7 @@ int us_batch_check_decode(const unsigned char *buf, size_t avail, us_batch_heade
     crc = us_crc32c_extend(crc, buf + crc_pos, h->length - crc_pos);
     if (crc != h->crc) return US_BAD_CRC;
     if (bad || p != end) return US_BAD_RECORDS;
+    log_append_time(h, out);
     return US_OK;
 }
 
@@ -392,4 +403,17 @@ void us_batch_write_header(unsigned char *buf, const us_batch_header *h) {
 void us_batch_seal(unsigned char *buf, uint32_t length) {
     us_st32be(buf + US_OFF_LENGTH, length - 12);
     us_st32be(buf + US_OFF_CRC, us_crc32c_extend(0, buf + US_CRC_START, length - US_CRC_START));
+}
+
+void us_batches_set_log_append_time(unsigned char *buf, size_t size, int64_t ts) {
+    size_t pos = 0;
+    while (pos + US_BATCH_HEADER_SIZE <= size && buf[pos + US_OFF_MAGIC] == US_MAGIC) {
+        uint32_t n = us_batch_total_length(buf + pos);
+        if (n < US_BATCH_HEADER_SIZE || n > size - pos) return;
+        us_st16be(buf + pos + US_OFF_ATTRIBUTES,
+                  (uint16_t)(us_ld16be(buf + pos + US_OFF_ATTRIBUTES) | US_ATTR_TIMESTAMP_TYPE));
+        us_st64be(buf + pos + US_OFF_MAX_TIMESTAMP, (uint64_t)ts);
+        us_batch_seal(buf + pos, n);
+        pos += n;
+    }
 }

@@ -17,12 +17,15 @@
  *   16     1     magic                i8   2
  *   17     4     crc                  u32  CRC-32C of bytes [21, total)
  *   21     2     attributes           i16  bits 0-2 compression (0 none, 1 gzip, 2 snappy,
- *                                          3 lz4, 4 zstd), bit 3 timestamp type, bit 4
+ *                                          3 lz4, 4 zstd), bit 3 timestamp type (0
+ *                                          CreateTime; 1 LogAppendTime: every record's
+ *                                          timestamp is maxTimestamp), bit 4
  *                                          transactional, bit 5 control, bit 6 delete
  *                                          horizon; bits 7-15 must be 0
  *   23     4     lastOffsetDelta      i32  record_count - 1
  *   27     8     baseTimestamp        i64  timestamp of the first record
- *   35     8     maxTimestamp         i64  largest record timestamp
+ *   35     8     maxTimestamp         i64  largest record timestamp (LogAppendTime:
+ *                                          the time the log appended the batch)
  *   43     8     producerId           i64  -1 = not idempotent
  *   51     2     producerEpoch        i16  -1 when no producer id
  *   53     4     baseSequence         i32  -1 = none
@@ -219,6 +222,13 @@ void us_batch_write_header(unsigned char *buf, const us_batch_header *h);
 
 /* Set batchLength and the CRC of a fully written format-2 batch of `length` bytes. */
 void us_batch_seal(unsigned char *buf, uint32_t length);
+
+/* Make every format-2 batch in buf[0..size) (whole batches back to back, as
+ * an encoder holds them) a LogAppendTime batch appended at `ts` ms: set
+ * attribute bit 3 and maxTimestamp, and re-seal the CRC, as Kafka's broker
+ * does for a topic with message.timestamp.type=LogAppendTime. The records are
+ * left as they are; readers take maxTimestamp as every record's timestamp. */
+void us_batches_set_log_append_time(unsigned char *buf, size_t size, int64_t ts);
 
 static inline size_t us_zvarint_size(int64_t v) { return us_varint_size(us_zigzag(v)); }
 static inline unsigned char *us_put_zvarint(unsigned char *p, int64_t v) { return us_put_varint(p, us_zigzag(v)); }

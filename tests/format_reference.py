@@ -49,6 +49,9 @@ MAGIC_V1 = 1
 MIN_RECORD_SIZE_V1 = 5
 MAX_BATCH_LENGTH = 0x7FFFFFFF
 ATTR_COMPRESSION = 0x07
+#: Timestamp type (FORMAT.md 4.1): set = LogAppendTime, every record's
+#: timestamp is the batch's maxTimestamp (the time the log appended it).
+ATTR_LOG_APPEND_TIME = 0x08
 ATTR_CONTROL = 0x20
 ATTR_RESERVED = 0xFF80
 CODECS = {0: None, 1: "gzip", 2: "snappy", 3: "lz4", 4: "zstd"}
@@ -354,11 +357,17 @@ def decode_batch(buf, pos: int = 0, end: int | None = None, *, check_crc: bool =
             if record_count * MIN_RECORD_SIZE > length - hsize:
                 raise FormatError("records", f"{record_count} records cannot fit in {length} bytes", pos)
             b.records = _records_v2(buf, pos + hsize, pos + length, base_offset, first_ts, record_count)
+    log_append_time = magic == MAGIC and attributes & ATTR_LOG_APPEND_TIME
     if strict_timestamps:
         if b.records[0].timestamp != first_ts:
             raise FormatError("timestamps", "first record's timestamp_delta is not 0", pos)
-        if max(r.timestamp for r in b.records) != max_ts:
+        if not log_append_time and max(r.timestamp for r in b.records) != max_ts:
             raise FormatError("timestamps", "max_timestamp is not the largest record timestamp", pos)
+    if log_append_time:
+        # The records keep the deltas their writer gave them; the batch's
+        # maxTimestamp is every record's timestamp (Kafka's KIP-32).
+        for r in b.records:
+            r.timestamp = max_ts
     return b
 
 

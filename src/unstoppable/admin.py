@@ -136,6 +136,12 @@ class Admin(Protocol):
         (TopicConfigError naming what cannot be changed, and why)."""
         ...
 
+    async def create_partitions(self, name: str, total: int) -> TopicDescription:
+        """Grow topic ``name`` to ``total`` partitions, where the backend can
+        (InvalidPartitionsError for a count that does not grow;
+        TopicConfigError where the backend's count is fixed)."""
+        ...
+
     async def close(self) -> None:
         """Release what this admin opened (not the log)."""
         ...
@@ -259,6 +265,10 @@ class EmbeddedAdmin:
 
     async def alter_topic_config(self, name: str, **config) -> TopicDescription:
         await asyncio.to_thread(self.log.alter_topic, name, **config)
+        return await self.describe_topic(name)
+
+    async def create_partitions(self, name: str, total: int) -> TopicDescription:
+        await asyncio.to_thread(self.log.create_partitions, name, total)
         return await self.describe_topic(name)
 
     async def close(self) -> None:

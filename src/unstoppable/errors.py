@@ -22,7 +22,8 @@ __all__ = [
     "UnstoppableError",
     # the log: files, topics, partitions
     "CorruptLogError", "NotALogError", "UnsupportedFormatError", "InvalidTopicNameError",
-    "UnknownTopicError", "TopicExistsError", "TopicConfigError", "PartitionOutOfRangeError",
+    "UnknownTopicError", "TopicExistsError", "TopicConfigError", "InvalidPartitionsError",
+    "PartitionOutOfRangeError",
     "OffsetOutOfRangeError", "DiskFullError", "LogClosedError", "ReadOnlyLogError",
     "TooManyOpenFilesError",
     # records and idempotent producers
@@ -117,6 +118,11 @@ class TopicExistsError(UnstoppableError, ValueError):
 
 class TopicConfigError(UnstoppableError, ValueError):
     """A topic configuration value is missing, of the wrong type, or out of range."""
+
+
+class InvalidPartitionsError(TopicConfigError):
+    """A partition count that a topic cannot take: ``Log.create_partitions``
+    only increases it (Kafka's INVALID_PARTITIONS)."""
 
 
 class PartitionOutOfRangeError(UnstoppableError, IndexError):

@@ -24,30 +24,23 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from server_util import ServerProcess  # noqa: E402
 
 #: Tests that need only what the server implements (no transactions, SSL,
-#: SASL, Kafka's own tools, admin APIs beyond CreateTopics/DeleteTopics/
-#: DescribeConfigs, mock clusters or sockem fault injection). 0047 and 0079
-#: are filtered out by the runner itself here (sockem; fork) and count as
-#: SKIPPED.
-DEFAULT_TESTS = ("0001", "0002", "0005", "0007", "0008", "0012", "0013", "0014", "0015",
+#: SASL, Kafka's own tools, mock clusters or sockem fault injection). 0047
+#: and 0079 are filtered out by the runner itself here (sockem; fork) and
+#: count as SKIPPED.
+DEFAULT_TESTS = ("0001", "0002", "0005", "0007", "0008", "0011", "0012", "0013", "0014", "0015",
                  "0017", "0021", "0022", "0026", "0029", "0030", "0031", "0034", "0036",
-                 "0038", "0039", "0040", "0041", "0042", "0046", "0047", "0048", "0049",
+                 "0038", "0039", "0040", "0041", "0042", "0044", "0046", "0047", "0048", "0049",
                  "0050", "0051", "0053", "0056", "0057", "0060", "0062", "0063", "0065",
-                 "0066", "0067", "0072", "0073", "0074", "0075", "0076", "0079",
-                 "0082", "0083", "0084", "0085", "0088", "0089", "0091", "0093", "0094",
-                 "0095", "0099")
+                 "0066", "0067", "0069", "0072", "0073", "0074", "0075", "0076", "0079",
+                 "0082", "0083", "0084", "0085", "0088", "0089", "0091", "0092", "0093",
+                 "0094", "0095", "0099")
 
 #: Tried and left out, with the reason seen in their output.
 LEFT_OUT = {
-    "0011": "a subtest sets cleanup.policy=compact through IncrementalAlterConfigs and "
-            "expects INVALID_RECORD for null keys: IncrementalAlterConfigs is not supported "
-            "(compacted topics refuse null keys with 87 when created so)",
-    "0044": "CreatePartitions (API 37) is not supported",
-    "0069": "CreatePartitions (API 37) is not supported",
     "0055": "its last part uses a transactional producer: transactions are not supported",
     "0064": "sets security.protocol=ssl, and this librdkafka build has no OpenSSL",
     "0077": "it creates its compacted topic with Kafka's own kafka-topics.sh (KAFKA_PATH and "
             "ZK_ADDRESS must be set)",
-    "0092": "AlterConfigs is not supported",
 }
 
 

@@ -120,6 +120,78 @@ def test_idempotent_batches_of_one_request_all_or_none(setup):
     assert values(server) == [b"a", b"b", b"c", b"d", b"e"]
 
 
+def test_a_topic_that_forces_a_codec_takes_a_partitions_batches_all_or_none(setup):
+    """Its batches are decoded and re-encoded with the topic's codec: every
+    one is checked (and re-encoded) before the first is appended, so a bad
+    later batch leaves none appended, as on the zero-copy path."""
+    server, c = setup
+    with us.Log(server.log_dir) as log:
+        log.create_topic("forced", partitions=2, compression="zstd")
+        log.create_topic("fcompact", compression="gzip", cleanup_policy="compact")
+    now = int(time.time() * 1000)
+    good = batch([b"a", b"b"])
+    bad_crc = bytearray(batch([b"c"]))
+    bad_crc[-1] ^= 1
+    too_new = batch([b"d"], timestamps=[now + 2 * HOUR])
+    for bad, code in ((bytes(bad_crc), 2), (too_new, 32)):
+        got = produce_many(c, {("forced", 0): good + bad, ("forced", 1): good})
+        assert got[("forced", 0)][0] == code
+        assert got[("forced", 1)][0] == 0
+        assert values(server, "forced") == []
+    pid = c.request(InitProducerIdRequest(
+        transactional_id=None, transaction_timeout=datetime.timedelta(seconds=60))).producer_id
+    got = produce_many(c, {("forced", 0): batch([b"a"], pid, 0, 0) + batch(
+        [b"late"], pid, 0, 1, timestamps=[now + 2 * HOUR])})
+    assert got[("forced", 0)][0] == 32 and values(server, "forced") == []
+    # A keyless record in a later batch of a compacted topic: 87, none appended.
+    keyed = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=False,
+                                      producer_id=-1, producer_epoch=-1, base_sequence=-1,
+                                      batch_size=1 << 30)
+    keyed.append(0, timestamp=now, key=b"k", value=b"v", headers=[])
+    got = produce_many(c, {("fcompact", 0): bytes(keyed.build()) + batch([b"no key"])})
+    assert got[("fcompact", 0)][0] == 87 and values(server, "fcompact") == []
+    # Good requests: plain batches in one append, idempotent ones one each
+    # (deduplicated on retry), all re-encoded with the topic's codec.
+    assert produce_many(c, {("forced", 0): good + batch([b"c"])})[("forced", 0)] == (0, 0)
+    two = batch([b"d"], pid, 0, 0) + batch([b"e", b"f"], pid, 0, 1)
+    assert produce_many(c, {("forced", 0): two})[("forced", 0)] == (0, 3)
+    assert produce_many(c, {("forced", 0): two})[("forced", 0)] == (0, 3)
+    assert values(server, "forced") == [b"a", b"b", b"c", b"d", b"e", b"f"]
+    with us.Log(server.log_dir) as log:
+        p = log.topic("forced").partition(0)
+        assert {b.compression for b in p.read_batches(0)} == {"zstd"}
+        assert log.verify().ok
+
+
+def test_keyless_records_of_a_compacted_topic_are_named_in_record_errors(setup):
+    """Produce v8's record_errors (KIP-467), as Kafka's LogValidator gives
+    them: the indexes of the keyless records in their batch, so that
+    librdkafka fails those with INVALID_RECORD and the batch's others with
+    _INVALID_DIFFERENT_RECORD (its test 0011 checks this)."""
+    server, c = setup
+    with us.Log(server.log_dir) as log:
+        log.create_topic("c", cleanup_policy="compact")
+    b = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=False,
+                                  producer_id=-1, producer_epoch=-1, base_sequence=-1,
+                                  batch_size=1 << 30)
+    now = int(time.time() * 1000)
+    for i in range(5):
+        b.append(i, timestamp=now, key=None if i in (1, 3) else b"k", value=b"v", headers=[])
+    r = c.request(pr8.ProduceRequest(
+        transactional_id=None, acks=1, timeout=datetime.timedelta(seconds=5),
+        topic_data=(pr8.TopicProduceData(name="c", partition_data=(
+            pr8.PartitionProduceData(index=0, records=bytes(b.build())),)),)))
+    (part,) = r.responses[0].partition_responses
+    assert int(part.error_code) == 87
+    assert [e.batch_index for e in part.record_errors] == [1, 3]
+    assert all("without a key" in e.batch_index_error_message for e in part.record_errors)
+    assert "compacted" in part.error_message
+    assert values(server, "c") == []
+    # A plain topic's other INVALID_RECORD answers carry no record errors.
+    got = produce_many(c, {("t", 0): batch([b"a"], 5, 0, 0) + batch([b"b"])})
+    assert got[("t", 0)][0] == 87
+
+
 def test_record_timestamps_against_the_window(setup):
     server, c = setup
     now = int(time.time() * 1000)

@@ -743,6 +743,21 @@ cdef class ArrowEncoder:
             pos += us_batch_total_length(self.buf + pos)
         return off
 
+    def set_log_append_time(self, int64_t timestamp):
+        """set_log_append_time(timestamp)
+
+        Make every encoded batch a LogAppendTime batch appended at
+        ``timestamp`` (ms), as ``BatchEncoder.set_log_append_time`` does.
+        """
+        if timestamp < 0:
+            raise ValueError(f"append time {timestamp} is negative")
+        if self.exports:
+            raise BufferError("the encoded bytes are still being viewed; release the view first")
+        if self.size == 0:
+            return
+        us_batches_set_log_append_time(self.buf, self.size, timestamp)
+        self.max_timestamp = timestamp
+
     cdef int _reserve(self, size_t extra) noexcept nogil:
         cdef size_t need = self.size + extra
         cdef size_t cap

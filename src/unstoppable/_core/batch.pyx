@@ -927,6 +927,24 @@ cdef class BatchEncoder:
         self.first_timestamp = first_ts
         return recs
 
+    def set_log_append_time(self, int64_t timestamp):
+        """set_log_append_time(timestamp)
+
+        Make every encoded batch a LogAppendTime batch appended at
+        ``timestamp`` (ms): its timestamp-type attribute (bit 3) set, its
+        maxTimestamp the append time, its CRC re-sealed, as Kafka's broker
+        does for a topic with ``message.timestamp.type=LogAppendTime``.
+        Readers then take that time as every record's timestamp.
+        """
+        if not (0 <= timestamp <= MAX_TIMESTAMP):
+            raise InvalidRecordError(f"append time {timestamp} is outside 0 .. {MAX_TIMESTAMP} ms")
+        if self.exports:
+            raise BufferError("the encoded bytes are still being viewed; release the view first")
+        if self.size == 0:
+            return
+        us_batches_set_log_append_time(self.buf, self.size, timestamp)
+        self.max_timestamp = timestamp
+
     def compress(self, int codec, size_t start=0):
         """compress(codec, start=0) -> int
 

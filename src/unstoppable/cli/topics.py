@@ -1,4 +1,4 @@
-"""The ``topics`` commands: create, list, describe."""
+"""The ``topics`` commands: create, list, describe, alter (settings, partitions), delete."""
 from __future__ import annotations
 
 import os
@@ -49,11 +49,18 @@ def _parse_config(items) -> dict:
             raise CLIError(f"--config {k}: {v!r} is not "
                            f"{'a number' if k in _FLOAT_SETTINGS else 'an integer'}",
                            _EXIT_USAGE) from None
+    # Kafka's deprecated message.timestamp.difference.max.ms: both limits,
+    # where they are not named themselves.
+    if _DIFFERENCE in out:
+        diff = out.pop(_DIFFERENCE)
+        for k in ("message_timestamp_before_max_ms", "message_timestamp_after_max_ms"):
+            out.setdefault(k, diff)
     return out
 
 
 # Settings --config takes as text or as a number with a fraction (the rest are integers).
-_TEXT_SETTINGS = ("cleanup_policy", "compression")
+_TEXT_SETTINGS = ("cleanup_policy", "compression", "message_timestamp_type")
+_DIFFERENCE = "message_timestamp_difference_max_ms"
 _FLOAT_SETTINGS = ("min_cleanable_dirty_ratio",)
 # The compaction options of ``topics create``: option attribute -> setting.
 _COMPACTION_OPTIONS = ("cleanup_policy", "min_compaction_lag_ms", "delete_retention_ms",
@@ -132,24 +139,36 @@ def _cmd_delete(args) -> int:
 
 def _cmd_alter_config(args) -> int:
     cfg = _parse_config(args.config)
-    if not cfg:
-        raise CLIError("topics alter-config needs at least one --config KEY=VALUE", _EXIT_USAGE)
+    total = getattr(args, "partitions", None)
+    if not cfg and total is None:
+        raise CLIError("topics alter needs at least one --config KEY=VALUE (or --partitions N)",
+                       _EXIT_USAGE)
 
     async def alter(admin):
+        if total is not None:       # as kafka-topics --alter --partitions: first, then the configs
+            d = await admin.create_partitions(args.name, total)
+            if not cfg:
+                return _description(d)
         return _description(await admin.alter_topic_config(args.name, **cfg))
     info = _run_admin(args, alter, writes=f"alter topic {args.name!r}")
     if args.json:
         _emit(info)
+    elif not cfg:
+        print(f"topic {args.name!r}: {_n(info['partitions'], 'partition')}")
     else:
-        print(f"topic {args.name!r}: " + ", ".join(f"{k} = {info['config'].get(k)}" for k in cfg))
+        # A setting back at its default may be left out of the description
+        # (topic.json stores some only when set): then it is what was asked.
+        print(f"topic {args.name!r}: " + ", ".join(
+            f"{k} = {info['config'][k] if k in info['config'] else cfg[k]}" for k in cfg))
     return 0
 
 
 def _cmd_add_partitions(args) -> int:
-    _log_url(args)
-    raise CLIError("topics add-partitions: neither the embedded log nor JetStream can change a topic's "
-                   "partition count (records keyed to a partition would map to another); create a new "
-                   "topic with more partitions and copy the records")
+    if args.total is None:
+        raise CLIError("topics add-partitions needs --total N (the partition count wanted)",
+                       _EXIT_USAGE)
+    args.partitions, args.config = args.total, None
+    return _cmd_alter_config(args)
 
 
 def _cmd_list(args) -> int:
@@ -224,16 +243,20 @@ def register(sub, common, withlog) -> None:
     tx.add_argument("--if-exists", action="store_true", help="succeed when there is no such topic")
     tx.set_defaults(func=_cmd_delete)
     ta = tsub.add_parser("alter-config", parents=[withlog], aliases=["alter"],
-                         help="change a topic's settings (embedded: any but partitions; "
+                         help="change a topic's settings (embedded: any, and --partitions; "
                               "JetStream: retention_ms, retention_bytes)")
     ta.add_argument("name", help="the topic's name")
     ta.add_argument("--config", "--set", action="append", metavar="KEY=VALUE",
                     help="the new value of a setting, named as here (cleanup_policy) or as in "
                          "Kafka (cleanup.policy); repeatable; none, null or, for retention, -1: "
                          "no limit")
+    ta.add_argument("--partitions", type=int, metavar="N",
+                    help="grow the topic to N partitions (only more: Kafka's kafka-topics --alter "
+                         "--partitions; the embedded log)")
     ta.set_defaults(func=_cmd_alter_config)
     tp = tsub.add_parser("add-partitions", parents=[withlog],
-                         help="(refused: no backend can change a partition count)")
+                         help="grow a topic to --total N partitions (the embedded log; JetStream "
+                              "refuses)")
     tp.add_argument("name", help="the topic's name")
     tp.add_argument("--total", type=int, metavar="N", help="the partition count wanted")
     tp.set_defaults(func=_cmd_add_partitions)

@@ -180,6 +180,19 @@ class PartitionBuffers:
         self._closed = False
         self.compression: str | None = None  # given to every new batch (Producer(compression=...))
 
+    def grow(self, partitions: int) -> None:
+        """Take partitions added to the topic (``Log.create_partitions``):
+        ``partitions`` more than now; the lists grow in place, so whoever
+        holds them (the sender) sees the new ones."""
+        extra = partitions - self._n
+        if extra <= 0:
+            return
+        self.open.extend([None] * extra)
+        self.ready.extend(collections.deque() for _ in range(extra))
+        self.in_flight.extend([False] * extra)
+        self.unsynced.extend(collections.deque() for _ in range(extra))
+        self._n = partitions
+
     def pending(self) -> int:
         """Batches not yet completed (open ones included)."""
         return (sum(len(q) for q in self.ready) + sum(len(q) for q in self.unsynced)

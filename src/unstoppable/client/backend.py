@@ -90,6 +90,11 @@ class Backend(abc.ABC):
     #: it, ``Producer.send_arrow`` sends the rows one by one.
     append_arrow: Callable | None = None
 
+    #: Whether a topic's partition count can grow while producers run
+    #: (``Log.create_partitions``): a running Producer then looks the count
+    #: up again every PARTITIONS_CHECK_INTERVAL (client/producer.py).
+    partitions_grow: bool = False
+
     # -- topics
 
     @abc.abstractmethod

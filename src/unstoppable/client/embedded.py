@@ -55,14 +55,15 @@ class _EmbeddedMember(GroupMember):
         # partition counts of all topics any live member subscribes to, not
         # only of its own (else each sizes its quotas differently and some
         # partitions end up with no owner).
+        # Counts are read again each time (a stat of topic.json at most every
+        # 0.1 s): partitions added by Log.create_partitions join the
+        # assignment at every member's next poll.
         counts = self._counts
-        for m in members:
-            for t in m.topics:
-                if t not in counts:
-                    try:
-                        counts[t] = (await self._backend.topic_info(t)).partitions
-                    except UnknownTopicError:
-                        pass  # deleted since that member joined: nobody can own its partitions
+        for t in sorted({t for m in members for t in m.topics} | set(counts)):
+            try:
+                counts[t] = (await self._backend.topic_info(t)).partitions
+            except UnknownTopicError:
+                pass  # deleted since that member joined: nobody can own its partitions
         wanted = {t: counts[t] for m in members for t in m.topics if t in counts}
         return {TopicPartition(t, p) for t, p in self._m.target(members, wanted)}
 
@@ -111,6 +112,8 @@ class EmbeddedBackend(Backend):
     Measured p50/p99 from another process: see bench/test_client_bench.py.
     """
 
+    partitions_grow = True      # Log.create_partitions
+
     def __init__(self, log: Log, *, inline_bytes: int = 1 << 20, min_poll: float = 0.001,
                  max_poll: float = 0.004, fast_poll_for: float = 0.5, idle_poll: float = 0.1,
                  use_inotify: bool = True):
@@ -146,9 +149,16 @@ class EmbeddedBackend(Backend):
 
     @staticmethod
     def _write(part, b) -> int:
-        return part.append(b.records, timestamp=b.timestamp, producer_id=b.producer_id,
+        base = part.append(b.records, timestamp=b.timestamp, producer_id=b.producer_id,
                            producer_epoch=b.producer_epoch, base_sequence=b.base_sequence,
                            compression=getattr(b, "compression", None))
+        if part.config.log_append_time:
+            # A LogAppendTime topic: the append time is every record's
+            # timestamp, and the RecordMetadata says so, as Kafka's does.
+            recs = part.read(base, max_records=1)
+            if recs:
+                b.timestamp, b.own_ts = recs[0].timestamp, False
+        return base
 
     def _append_now(self, topic: str, partition: int, batch) -> int:
         return self._write(self._partition(topic, partition), batch)

@@ -103,6 +103,10 @@ __all__ = [
 _PID_MASK = 0x7FFF_FFFF_FFFF_FFFF
 
 _NEW, _RUNNING, _CLOSING, _CLOSED = 0, 1, 2, 3
+#: How often (s) a running producer looks the topic up again, to take
+#: partitions added meanwhile (``Log.create_partitions``); Kafka's producer
+#: does the same with its metadata.max.age.ms.
+PARTITIONS_CHECK_INTERVAL = 1.0
 
 
 def producer_id_for(name: str) -> int:
@@ -219,6 +223,8 @@ class Producer:
         self._sender: Sender | None = None
         self._pid = -1 if producer_id is None else producer_id_for(producer_id)
         self._id_lock = None
+        self._check_timer: asyncio.TimerHandle | None = None
+        self._check_task: asyncio.Task | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -273,7 +279,35 @@ class Producer:
             self._buffers = buffers
             self._open = buffers.open
             self._state = _RUNNING
+            if getattr(self._backend, "partitions_grow", False):
+                self._check_timer = loop.call_later(PARTITIONS_CHECK_INTERVAL,
+                                                    self._check_partitions)
         return self
+
+    def _check_partitions(self) -> None:
+        """Every PARTITIONS_CHECK_INTERVAL: look the partition count up again (a task)."""
+        if self._state != _RUNNING:
+            return
+        self._check_task = self._loop.create_task(self._grow_partitions())
+
+    async def _grow_partitions(self) -> None:
+        """Take partitions added to the topic since the producer started: the
+        partitioner spreads keys over the new count from then on, as Kafka's
+        producer does after a metadata refresh."""
+        try:
+            info = await self._backend.topic_info(self.topic)
+        except Exception:  # noqa: BLE001  (deleted, or the backend is away: sends report that)
+            info = None
+        if self._state != _RUNNING:
+            return
+        if info is not None and info.partitions > self._n:
+            own = getattr(self._id_lock, "epoch", None)
+            epochs = self._sender.epochs
+            self._buffers.grow(info.partitions)
+            self._sender.grow(info.partitions, own if own is not None else max(epochs or [0]))
+            self._n = info.partitions
+        self._check_timer = self._loop.call_later(PARTITIONS_CHECK_INTERVAL,
+                                                  self._check_partitions)
 
     def _check_not_fenced(self) -> None:
         lock = self._id_lock
@@ -309,6 +343,8 @@ class Producer:
             self._state = _CLOSED
             return
         self._state = _CLOSING
+        if self._check_timer is not None:
+            self._check_timer.cancel()
         try:
             while self._buffers.pending():
                 await self.flush()
@@ -333,7 +369,9 @@ class Producer:
 
     @property
     def partitions(self) -> int:
-        """Partition count of the topic (after start)."""
+        """Partition count of the topic (after start). Partitions added to an
+        embedded log's topic (``Log.create_partitions``) join within
+        PARTITIONS_CHECK_INTERVAL (1 s); keys then spread over the new count."""
         return self._n
 
     # ----------------------------------------------------------------- send

@@ -100,6 +100,18 @@ class Sender:
         self._inline = self._append_now is not None and (
             acks == "written" or self._when_durable is not None)
 
+    def grow(self, partitions: int, epoch: int) -> None:
+        """Sequence state for partitions added to the topic: an idempotent
+        producer starts them at ``epoch`` and asks the log where each
+        sequence continues before its first write there (seq_dirty)."""
+        extra = partitions - len(self.seq_dirty)
+        if extra <= 0:
+            return
+        if self._pid >= 0:
+            self.epochs.extend([epoch] * extra)
+            self.next_seq.extend([0] * extra)
+        self.seq_dirty.extend([self._pid >= 0] * extra)
+
     def _stamp(self, b: Batch, p: int) -> None:
         """Give a batch its producer id, epoch and sequence (once: retries keep them)."""
         if self._pid >= 0 and b.base_sequence < 0:

@@ -34,10 +34,12 @@ def add_arguments(p: argparse.ArgumentParser, log: bool = True) -> None:
                    help="largest request accepted; bigger frames close the connection (default 100 MiB)")
     p.add_argument("--message-timestamp-before-max-ms", type=int, default=None,
                    help="refuse records stamped more than this many ms before the server's clock "
-                        "with INVALID_TIMESTAMP (default: no limit)")
+                        "with INVALID_TIMESTAMP (default: no limit); a topic's own "
+                        "message.timestamp.before.max.ms replaces it")
     p.add_argument("--message-timestamp-after-max-ms", type=int, default=3_600_000,
                    help="refuse records stamped more than this many ms after the server's clock "
-                        "with INVALID_TIMESTAMP (default 3600000, Kafka 4's; -1: no limit)")
+                        "with INVALID_TIMESTAMP (default 3600000, Kafka 4's; -1: no limit); a "
+                        "topic's own message.timestamp.after.max.ms replaces it")
 
 
 def register(subparsers) -> argparse.ArgumentParser:

@@ -67,7 +67,12 @@ from unstoppable.server.produce import (  # noqa: F401  (append_error re-exporte
     append_error,
 )
 from unstoppable.server.recordbatch import encode_records
-from unstoppable.server.topic_configs import alter_configs, incremental_alter_configs
+from unstoppable.server.topic_configs import (
+    alter_configs,
+    create_partitions,
+    describe_topic_config,
+    incremental_alter_configs,
+)
 from unstoppable.server.topic_configs import kafka_topic_config as _topic_config
 
 __all__ = ["Broker", "DEFAULT_MAX_REQUEST_BYTES"]
@@ -166,7 +171,8 @@ class Broker(ProduceHandler):
     ``timestamp_after_max_ms``: how far before / after the server's clock a
     produced record's timestamp may be (Kafka's
     ``log.message.timestamp.before.max.ms`` / ``after.max.ms``; None: no
-    limit); others are refused with INVALID_TIMESTAMP (32).
+    limit); others are refused with INVALID_TIMESTAMP (32). A topic's own
+    ``message.timestamp.*.max.ms`` replace them for that topic.
     """
 
     def __init__(self, log_path: str, host: str = "127.0.0.1", port: int = 9092, *,
@@ -202,6 +208,7 @@ class Broker(ProduceHandler):
             16: self.coordinator.list_groups, 19: self.create_topics,
             20: self.delete_topics, 22: self.init_producer_id, 32: self.describe_configs,
             33: functools.partial(alter_configs, self),
+            37: functools.partial(create_partitions, self),
             44: functools.partial(incremental_alter_configs, self),
         }
 
@@ -462,23 +469,14 @@ class Broker(ProduceHandler):
             if r.resource_type == 2:      # TOPIC
                 try:
                     t = self._topic(r.resource_name)
-                    c = t.config
-                    values = {
-                        "retention.ms": -1 if c.retention_ms is None else c.retention_ms,
-                        "retention.bytes": -1 if c.retention_bytes is None else c.retention_bytes,
-                        "cleanup.policy": c.cleanup_policy,
-                        "min.compaction.lag.ms": c.min_compaction_lag_ms,
-                        "delete.retention.ms": c.delete_retention_ms,
-                        "min.cleanable.dirty.ratio": c.min_cleanable_dirty_ratio,
-                        "compression.type": "producer",
-                        "max.message.bytes": c.max_record_bytes,
-                        "segment.bytes": c.segment_bytes,
-                    }
+                    values = describe_topic_config(t.config, self)
                     if r.configuration_keys:
                         values = {k: v for k, v in values.items() if k in r.configuration_keys}
+                    # config_source 1 TOPIC_CONFIG, 5 DEFAULT_CONFIG (Kafka's ConfigSource).
                     configs = tuple(P.build(cfg_cls, name=k, value=str(v), read_only=False,
-                                            is_default=False, config_source=1, is_sensitive=False,
-                                            synonyms=()) for k, v in values.items())
+                                            is_default=d, config_source=5 if d else 1,
+                                            is_sensitive=False, synonyms=())
+                                    for k, (v, d) in values.items())
                     out.append(P.build(res_cls, error_code=NONE, error_message=None,
                                        resource_type=2, resource_name=r.resource_name,
                                        configs=configs))

@@ -8,6 +8,8 @@ import logging
 import struct
 import time
 
+from unstoppable._core.batch import BatchEncoder
+from unstoppable._core.batch import decode_batches as decode_core_batches
 from unstoppable.compression import codec_id
 from unstoppable.errors import (
     CodecUnavailableError,
@@ -54,6 +56,7 @@ from unstoppable.server.recordbatch import (
     decode_batches,
     split_batches,
 )
+from unstoppable.storage.compaction_keys import refuse_keyless
 
 __all__ = ["ProduceHandler", "append_error", "DEFAULT_TIMESTAMP_AFTER_MAX_MS"]
 
@@ -64,6 +67,8 @@ log = logging.getLogger("unstoppable.server")
 #: Its before.max.ms default is unlimited (None).
 DEFAULT_TIMESTAMP_AFTER_MAX_MS = 3_600_000
 _I32 = struct.Struct(">i")
+# The words of a compacted topic's refusal of a keyless record (compaction_keys).
+_KEYLESS = "without a key"
 _RECORD_COUNT_AT = 57          # a RecordBatch v2's records count, from its first byte
 
 
@@ -99,6 +104,35 @@ def append_error(exc: BaseException) -> int:
     if isinstance(exc, ValueError) and "one batch" in str(exc):
         return RECORD_LIST_TOO_LARGE
     return UNKNOWN_SERVER_ERROR
+
+
+def _append_time(p, offset: int) -> int:
+    """The time a LogAppendTime topic's partition ``p`` appended the batch
+    holding ``offset`` (a retry's: the original append's), which the Produce
+    response carries as Kafka's log_append_time_ms; -1 when it is gone."""
+    try:
+        recs = p.read(offset, max_records=1)
+    except Exception:  # noqa: BLE001  (retention may have taken it: Kafka's "none", -1)
+        return -1
+    return recs[0].timestamp if recs else -1
+
+
+def _record_errors(records, exc) -> tuple[list, str]:
+    """Produce v8's detail of an INVALID_RECORD answer (KIP-467): the
+    indexes, within their batch, of the records without a key in the first
+    batch that has one (a compacted topic refuses them, as Kafka's
+    LogValidator, which stops at that batch), and the error's message.
+    librdkafka fails those records with INVALID_RECORD and the batch's
+    others with _INVALID_DIFFERENT_RECORD."""
+    try:
+        for b in decode_core_batches(records):
+            keyless = [i for i, r in enumerate(b.records()) if r.key is None]
+            if keyless:
+                return [(i, "a compacted topic refuses a record without a key")
+                        for i in keyless], str(exc)
+    except Exception:  # noqa: BLE001  (a batch that does not decode: no per-record detail)
+        pass
+    return [], str(exc)
 
 
 def _check_sequences(records, spans) -> None:
@@ -142,7 +176,7 @@ class ProduceHandler:
         for name, partition_data in topic_data:
             parts = []
             for index, records in partition_data:
-                err, base, start = NONE, -1, -1
+                err, base, start, append_time, detail = NONE, -1, -1, -1, None
                 try:
                     if txn is not None:
                         err = UNSUPPORTED_VERSION     # transactions are not supported
@@ -153,17 +187,21 @@ class ProduceHandler:
                             err, base = UNSUPPORTED_VERSION, -1
                         else:
                             start = p.start_offset
+                            if p.config.log_append_time:
+                                append_time = _append_time(p, base)
                             if m:
                                 m.produced_bytes(name, index, 0 if records is None else len(records))
                 except Exception as e:  # noqa: BLE001  (mapped to Kafka's codes; unknown -> -1)
                     err = append_error(e)
+                    if err == INVALID_RECORD and records and _KEYLESS in str(e):
+                        detail = _record_errors(records, e)
                     if err == UNKNOWN_SERVER_ERROR:
                         log.exception("produce to %s/%d failed", name, index)
                 if err:
                     failed.append(f"{name}/{index}: error {err}")
                     if m:
                         m.error("Produce", err)
-                parts.append((index, err, base, start))
+                parts.append((index, err, base, start, append_time, detail))
             topics.append((name, parts))
         self._appended.set()
         self._appended = asyncio.Event()
@@ -175,13 +213,23 @@ class ProduceHandler:
             return None
         return W.produce_response(corr, ver, topics)
 
-    def timestamp_window(self, now_ms: int) -> tuple[int, int]:
+    def timestamp_window(self, now_ms: int, config=None) -> tuple[int, int]:
         """The record timestamps a Produce accepts at ``now_ms`` (Kafka's
-        ``message.timestamp.before.max.ms`` / ``after.max.ms``), clipped to
-        the log's 0 .. MAX_TIMESTAMP."""
-        lo = 0 if self.timestamp_before_max_ms is None else now_ms - self.timestamp_before_max_ms
-        hi = MAX_TIMESTAMP if self.timestamp_after_max_ms is None \
-            else now_ms + self.timestamp_after_max_ms
+        ``message.timestamp.before.max.ms`` / ``after.max.ms``: the topic's
+        ``config`` where it sets them, else the server's), clipped to the
+        log's 0 .. MAX_TIMESTAMP. A LogAppendTime topic checks none (the
+        log's time replaces the client's), as Kafka."""
+        if config is not None and config.log_append_time:
+            return 0, MAX_TIMESTAMP
+        before = self.timestamp_before_max_ms
+        after = self.timestamp_after_max_ms
+        if config is not None:
+            if config.message_timestamp_before_max_ms is not None:
+                before = config.message_timestamp_before_max_ms
+            if config.message_timestamp_after_max_ms is not None:
+                after = config.message_timestamp_after_max_ms
+        lo = 0 if before is None else now_ms - before
+        hi = MAX_TIMESTAMP if after is None else now_ms + after
         return max(lo, 0), min(hi, MAX_TIMESTAMP)
 
     async def _append(self, p, records, fsync: bool):
@@ -207,14 +255,14 @@ class ProduceHandler:
                 raise RecordTooLargeError(
                     f"a batch of {s.length} bytes is over the topic's max.message.bytes "
                     f"({cfg.max_record_bytes}) plus the {HEADER_SIZE}-byte header")
-        forced = cfg.compression
-        if forced != "producer" and any(s.codec != codec_id(forced) for s in spans):
-            return await self._append_recompressed(p, records, fsync)
-        lo, hi = self.timestamp_window(time.time_ns() // 1_000_000)
-        enc = self._encoder
+        lo, hi = self.timestamp_window(time.time_ns() // 1_000_000, cfg)
         idempotent = spans[0].producer_id >= 0
         if idempotent or any(s.producer_id >= 0 for s in spans):
             _check_sequences(records, spans)
+        forced = cfg.compression
+        if forced != "producer" and any(s.codec != codec_id(forced) for s in spans):
+            return await self._append_recompressed(p, records, spans, fsync, lo, hi)
+        enc = self._encoder
         try:
             enc.clear()
             enc.add_batches(records, lo, hi)           # every batch checked, nothing appended yet
@@ -252,31 +300,67 @@ class ProduceHandler:
             enc, producer=(span.producer_id, span.producer_epoch, span.base_sequence))
         return first, end, first < before
 
-    async def _append_recompressed(self, p, records, fsync: bool) -> int:
-        """The topic forces a codec other than the batches': decode and
-        re-encode them (Partition.append applies the topic's codec). Every
-        batch is decoded and its timestamps checked before the first append."""
-        first = -1
-        end = None
-        batches = decode_batches(records)
-        lo, hi = self.timestamp_window(time.time_ns() // 1_000_000)
-        for i, b in enumerate(batches):
-            for j, r in enumerate(b.records):
-                if not lo <= r[3] <= hi:
-                    raise InvalidTimestampError(
-                        f"timestamp {r[3]} of record {j} of batch {i} is out of range: the "
-                        f"timestamp should be within [{lo}, {hi}] ms")
-        for b in batches:
-            if not b.records:
-                continue
-            if b.producer_id >= 0:
-                base = p.append(b.records, producer_id=b.producer_id,
-                                producer_epoch=b.producer_epoch, base_sequence=b.base_sequence)
-            else:
-                base = p.append(b.records)
-            if first < 0:
+    async def _append_recompressed(self, p, records, spans, fsync: bool, lo: int, hi: int) -> int:
+        """The topic forces a codec other than the batches': every batch is
+        decoded and re-encoded with it (:func:`_reencode`) before the first
+        is appended, so a failing batch leaves none appended, as on the
+        zero-copy path. Plain batches go in one append (atomic); an
+        idempotent producer's batches (``_check_sequences`` made them continue
+        each other) one append each, the first one's sequence check deciding
+        for all."""
+        encoders = _reencode(p, records, spans, lo, hi)
+        if not encoders:
+            return p.end_offset
+        first = end = -1
+        for k, (producer, enc) in enumerate(encoders):
+            before = p.end_offset
+            base, end = p.append_encoded(enc, producer=producer)
+            if k == 0:
                 first = base
-            end = base + len(b.records)
-        if fsync and end is not None:
+                if base < before:
+                    break                       # a retry: answered with its offsets, as Kafka
+        if fsync and end >= 0:
             await asyncio.get_running_loop().run_in_executor(self._sync_pool, p.wait_durable, end)
-        return first if first >= 0 else p.end_offset
+        return first
+
+
+def _reencode(p, records, spans, lo: int, hi: int) -> list:
+    """A Produce request's batches for ``p`` decoded, their timestamps checked
+    against ``lo .. hi``, and re-encoded with the topic's codec:
+    ``[(producer, BatchEncoder)]``, where ``producer`` is None for one
+    encoder holding every plain record, else ``(id, epoch, base_sequence)``
+    of one idempotent batch. Raises what an append would (a record over
+    ``max.message.bytes``, a keyless one in a compacted topic) before
+    anything is appended."""
+    batches = decode_batches(records)
+    for i, b in enumerate(batches):
+        for j, r in enumerate(b.records):
+            if not lo <= r[3] <= hi:
+                raise InvalidTimestampError(
+                    f"timestamp {r[3]} of record {j} of batch {i} is out of range: the "
+                    f"timestamp should be within [{lo}, {hi}] ms")
+    cfg = p.config
+    codec = codec_id(cfg.compression)
+    now = time.time_ns() // 1_000_000
+    if spans[0].producer_id < 0:
+        groups = [(None, [r for b in batches for r in b.records])]
+    else:
+        groups = [((b.producer_id, b.producer_epoch, b.base_sequence), b.records)
+                  for b in batches]
+    out = []
+    for producer, recs in groups:
+        if not recs:
+            continue
+        if cfg.compacted:
+            refuse_keyless(recs, p.topic)
+        enc = BatchEncoder(cfg.max_batch_bytes, cfg.max_record_bytes)
+        enc.encode(recs, now, *(producer or ()))
+        if producer is not None and enc.batches != 1:
+            raise RecordTooLargeError(
+                f"an idempotent batch of {len(recs)} records re-encodes to {enc.batches} batches "
+                f"of the topic's max_batch_bytes ({cfg.max_batch_bytes}); its sequence must stay "
+                "one batch")
+        if codec:
+            enc.compress(codec)
+        out.append((producer, enc))
+    return out

@@ -49,6 +49,7 @@ SUPPORTED: dict[int, tuple[int, int]] = {
     22: (0, 1),    # InitProducerId
     32: (1, 3),    # DescribeConfigs
     33: (0, 1),    # AlterConfigs
+    37: (0, 1),    # CreatePartitions
     44: (0, 0),    # IncrementalAlterConfigs
 }
 
@@ -58,7 +59,7 @@ API_NAMES = {0: "Produce", 1: "Fetch", 2: "ListOffsets", 3: "Metadata", 8: "Offs
              18: "ApiVersions", 19: "CreateTopics", 20: "DeleteTopics", 22: "InitProducerId",
              24: "AddPartitionsToTxn", 25: "AddOffsetsToTxn", 26: "EndTxn",
              28: "TxnOffsetCommit", 32: "DescribeConfigs", 33: "AlterConfigs",
-             44: "IncrementalAlterConfigs"}
+             37: "CreatePartitions", 44: "IncrementalAlterConfigs"}
 
 _HEAD = struct.Struct(">hhih")
 _SIZE_CORR = struct.Struct(">ii")

@@ -147,7 +147,11 @@ def produce_response(corr: int, ver: int, topics) -> bytes:
     """produce_response(corr, ver, topics) -> bytes
 
     A whole Produce response frame (v3-v8). ``topics`` is a list of
-    ``(name, [(partition, error_code, base_offset, log_start_offset), ...])``.
+    ``(name, [(partition, error_code, base_offset, log_start_offset,
+    log_append_time, detail), ...])``: log_append_time -1, or a
+    LogAppendTime topic's append time; detail None, or (v8, KIP-467)
+    ``(record_errors, error_message)`` with record_errors a list of
+    ``(batch_index, message)``.
     """
     out = [b"", _I32.pack(len(topics))]
     tail = b""
@@ -156,16 +160,27 @@ def produce_response(corr: int, ver: int, topics) -> bytes:
     for name, parts in topics:
         out.append(_string(name))
         out.append(_I32.pack(len(parts)))
-        for index, err, base, start in parts:
+        for index, err, base, start, append_time, detail in parts:
             if ver >= 5:
-                out.append(struct.pack(">ihqqq", index, err, base, -1, start))
+                out.append(struct.pack(">ihqqq", index, err, base, append_time, start))
             else:
-                out.append(struct.pack(">ihqq", index, err, base, -1))
-            if tail:
+                out.append(struct.pack(">ihqq", index, err, base, append_time))
+            if detail is not None and tail:
+                out.append(_record_errors(*detail))
+            elif tail:
                 out.append(tail)
     out.append(b"\0\0\0\0")                 # throttle_time_ms
     body_len = sum(map(len, out)) + 4
     out[0] = _SIZE_CORR.pack(body_len, corr)
+    return b"".join(out)
+
+
+def _record_errors(record_errors, message) -> bytes:
+    """Produce v8's record_errors array and error_message (KIP-467)."""
+    out = [_I32.pack(len(record_errors))]
+    for i, msg in record_errors:
+        out += [_I32.pack(i), _I16.pack(-1) if msg is None else _string(msg)]
+    out.append(_I16.pack(-1) if message is None else _string(message))
     return b"".join(out)
 
 

@@ -151,6 +151,23 @@ def write_topic_config(tdir: str, meta: dict, settings: dict) -> None:
     fsync_dir(tdir)
 
 
+def add_partition_dirs(tdir: str, meta: dict, old: int, new: int) -> None:
+    """Grow a topic from ``old`` to ``new`` partitions (meta lock held): the
+    new partition directories first, made durable, then ``topic.json`` with
+    the new count, renamed in whole. A crash in between leaves directories
+    that no topic.json names (nothing opens them); the next call replaces
+    them."""
+    for i in range(old, new):
+        pdir = os.path.join(tdir, str(i))
+        if os.path.lexists(pdir):
+            shutil.rmtree(pdir)
+        os.makedirs(pdir)
+        fsync_dir(pdir)
+    fsync_dir(tdir)
+    write_json_atomic(os.path.join(tdir, "topic.json"), {**meta, "partitions": new})
+    fsync_dir(tdir)
+
+
 def list_topic_names(topics_dir: str) -> list[str]:
     """Names of the topics in ``topics/`` (those with a ``topic.json``), sorted."""
     out = []

@@ -197,6 +197,11 @@ class Appender:
                     return dup
             seg = self.active(st)
             cfg = self._config
+            if cfg.log_append_time:
+                # Stamped under the partition's file lock, so a LogAppendTime
+                # topic's append times follow its offsets across processes
+                # (unless the clock steps back, as in Kafka).
+                enc.set_log_append_time(now_ms())
             if (st.active_size > 0 and (
                     st.active_size + nbytes > cfg.segment_bytes
                     or (cfg.segment_ms is not None
@@ -370,6 +375,8 @@ class _StreamRun:
         self.oi_n, self.ti_n, self.max_ts = st.oi_count, st.ti_count, st.max_timestamp
         self.builder = IndexBuilder(seg.base, app._config.index_interval_bytes, st.oi_last_pos,
                                     st.ti_last_ts, st.max_timestamp)
+        # A LogAppendTime topic's batches: one append time for the whole append.
+        self.append_time = now_ms()
 
     def write_all(self, ts: int) -> None:
         app, cfg = self.app, self.app._config
@@ -394,6 +401,8 @@ class _StreamRun:
             i += took
             if self.codec:
                 enc.compress(self.codec)
+            if cfg.log_append_time:
+                enc.set_log_append_time(self.append_time)
             nb = enc.nbytes
             app._stream_chunk = max(16, min(1 << 16, target * took // max(nb, 1)))
             chunk = max(16, min(app._stream_chunk, n // 4))

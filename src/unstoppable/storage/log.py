@@ -27,6 +27,7 @@ from unstoppable._core.segment import Writer
 from unstoppable._names import validate_topic_name
 from unstoppable.errors import (
     CorruptLogError,
+    InvalidPartitionsError,
     LogClosedError,
     PartitionOutOfRangeError,
     ReadOnlyLogError,
@@ -73,6 +74,18 @@ class TopicConfig:
         None, "gzip", "snappy", "lz4" or "zstd" applies to every append that
         the log encodes. Batches handed over already encoded
         (``append_encoded``) are stored as they are.
+    message_timestamp_type: "CreateTime" (the default: a record keeps the
+        timestamp its writer gave it) or "LogAppendTime" (Kafka's
+        ``message.timestamp.type``): every batch appended is stamped with the
+        time of its append (attribute bit 3 and maxTimestamp, docs/FORMAT.md
+        4.1), which readers, the time index and ``offset_for_time`` then take
+        as each of its records' timestamp.
+    message_timestamp_before_max_ms, message_timestamp_after_max_ms: how far
+        before / after the clock a record's timestamp may be when a Kafka
+        client produces it through ``unstoppable serve`` (Kafka's topic
+        configs of these names; INVALID_TIMESTAMP otherwise). None: the
+        server's ``--message-timestamp-*-max-ms``. Ignored for LogAppendTime
+        topics, as in Kafka; appends through the Python API are not checked.
     """
 
     partitions: int = 1
@@ -88,6 +101,14 @@ class TopicConfig:
     min_compaction_lag_ms: int = 0
     delete_retention_ms: int = 86_400_000
     min_cleanable_dirty_ratio: float = 0.5
+    message_timestamp_type: str = "CreateTime"
+    message_timestamp_before_max_ms: int | None = None
+    message_timestamp_after_max_ms: int | None = None
+
+    @property
+    def log_append_time(self) -> bool:
+        """Whether appends stamp batches with their append time (LogAppendTime)."""
+        return self.message_timestamp_type == "LogAppendTime"
 
     @property
     def compacted(self) -> bool:
@@ -145,6 +166,12 @@ class TopicConfig:
         if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 <= r <= 1.0:
             raise TopicConfigError(
                 f"min_cleanable_dirty_ratio must be a number in 0.0 .. 1.0, got {r!r}")
+        if self.message_timestamp_type not in TIMESTAMP_TYPES:
+            raise TopicConfigError(
+                f"message_timestamp_type must be one of {', '.join(map(repr, TIMESTAMP_TYPES))}, "
+                f"got {self.message_timestamp_type!r}")
+        need_int("message_timestamp_before_max_ms", 0, (1 << 63) - 1, optional=True)
+        need_int("message_timestamp_after_max_ms", 0, (1 << 63) - 1, optional=True)
         if self.max_batch_bytes > self.segment_bytes:
             raise TopicConfigError(
                 f"max_batch_bytes ({self.max_batch_bytes}) must not exceed segment_bytes ({self.segment_bytes})")
@@ -159,9 +186,20 @@ class TopicConfig:
         if all(d[k] == _COMPACTION_DEFAULTS[k] for k in _COMPACTION_DEFAULTS):
             for k in _COMPACTION_DEFAULTS:
                 del d[k]
+        # The timestamp settings likewise, each on its own: a version that
+        # does not know them refuses a topic that sets one (it would append
+        # CreateTime batches to a LogAppendTime topic).
+        for k, default in _TIMESTAMP_DEFAULTS.items():
+            if d[k] == default:
+                del d[k]
         return d
 
 
+#: Kafka's message.timestamp.type values.
+TIMESTAMP_TYPES = ("CreateTime", "LogAppendTime")
+_TIMESTAMP_DEFAULTS = {"message_timestamp_type": "CreateTime",
+                       "message_timestamp_before_max_ms": None,
+                       "message_timestamp_after_max_ms": None}
 _CLEANUP_POLICIES = ("delete", "compact", "compact,delete")
 _COMPACTION_DEFAULTS = {"cleanup_policy": "delete", "min_compaction_lag_ms": 0,
                         "delete_retention_ms": 86_400_000, "min_cleanable_dirty_ratio": 0.5}
@@ -381,8 +419,8 @@ class Log:
         validate_topic_name(name)
         if "partitions" in config:
             raise TopicConfigError(
-                f"cannot alter the partitions of topic {name!r}: records are keyed to a partition "
-                f"by the count; create a new topic with more partitions and copy the records")
+                f"alter_topic cannot alter the partitions of topic {name!r}: "
+                f"Log.create_partitions({name!r}, total) adds partitions (the count only grows)")
         self._check_writable(f"alter topic {name!r}")
         tdir = self._topic_dir(name)
         with self._lock, self._meta_lock:
@@ -396,6 +434,43 @@ class Log:
             cfg = TopicConfig.build(old.partitions, settings)
             if cfg != old and not validate_only:
                 admin.write_topic_config(tdir, meta, cfg.settings())
+        t = self.topic(name)
+        t._apply_config(t._disk_config())
+        return t
+
+    def create_partitions(self, name: str, total: int, *, validate_only: bool = False) -> "Topic":
+        """create_partitions(name, total, *, validate_only=False) -> Topic
+
+        Grow topic ``name`` to ``total`` partitions (Kafka's CreatePartitions,
+        ``kafka-topics --alter --partitions``). Only an increase:
+        InvalidPartitionsError otherwise, and nothing changes. The new
+        partitions start empty; records already written stay where they are,
+        so a key's records written before and after may lie in different
+        partitions, as in Kafka. This process sees the new count at once,
+        others within 0.1 s of their next :meth:`topic` call; a ``Producer``
+        and the members of a consumer group pick it up as they check the
+        topic (see their docs).
+        """
+        self._check_open()
+        validate_topic_name(name)
+        if isinstance(total, bool) or not isinstance(total, int):
+            raise TypeError(f"total must be an int, got {type(total).__name__}")
+        self._check_writable(f"add partitions to topic {name!r}")
+        tdir = self._topic_dir(name)
+        with self._lock, self._meta_lock:
+            meta, _path = admin.read_topic_meta(tdir, name)
+            old = self._read_topic_json(tdir, name)
+            if total <= old.partitions:
+                raise InvalidPartitionsError(
+                    f"topic {name!r} has {old.partitions} partitions; the count can only grow, "
+                    f"so {total} is refused")
+            try:
+                TopicConfig.build(total, {k: v for k, v in asdict(old).items()
+                                          if k != "partitions"})
+            except TopicConfigError as e:
+                raise InvalidPartitionsError(str(e)) from None
+            if not validate_only:
+                admin.add_partition_dirs(tdir, meta, old.partitions, total)
         t = self.topic(name)
         t._apply_config(t._disk_config())
         return t
@@ -588,7 +663,11 @@ class Topic:
                 except UnknownTopicError:
                     return self.config
                 self._stamp = stamp
-                if cfg != self.config and cfg.partitions == self.config.partitions:
+                if cfg.partitions > len(self._partitions):       # Log.create_partitions
+                    with self._plock:
+                        self._partitions.extend(
+                            [None] * (cfg.partitions - len(self._partitions)))
+                if cfg != self.config and cfg.partitions >= self.config.partitions:
                     self.config = cfg
             self._checked = time.monotonic()
             return self.config

@@ -86,6 +86,7 @@ cdef extern from "batch.h" nogil:
                           us_record_view *out)
     void us_batch_write_header(unsigned char *buf, const us_batch_header *h)
     void us_batch_seal(unsigned char *buf, uint32_t length)
+    void us_batches_set_log_append_time(unsigned char *buf, size_t size, int64_t ts)
 
     size_t us_record_size(int64_t ts_delta, uint32_t offset_delta, int64_t key_len, int64_t value_len,
                           size_t headers_len, uint32_t header_count)

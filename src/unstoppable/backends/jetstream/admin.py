@@ -20,7 +20,7 @@ from unstoppable.backends.jetstream._constants import (
 )
 from unstoppable.backends.jetstream.records import _enc
 from unstoppable.client._types import TopicPartition
-from unstoppable.errors import BackendError, CommitError
+from unstoppable.errors import BackendError, CommitError, TopicConfigError
 from unstoppable.backends.jetstream._borrowed import validate_group_name
 from unstoppable.backends.jetstream.backend import JetStreamBackend
 from unstoppable.backends.jetstream.offsets import JetStreamOffsetStore
@@ -118,6 +118,13 @@ class JetStreamAdmin:
     async def alter_topic_config(self, name: str, **config) -> TopicDescription:
         await self.log.alter_topic(name, **config)
         return await self.describe_topic(name)
+
+    async def create_partitions(self, name: str, total: int) -> TopicDescription:
+        await self.describe_topic(name)               # UnknownTopicError first
+        raise TopicConfigError(
+            f"topic {name!r}: a JetStream topic's partition count is fixed when it is created "
+            "(its partitions are subjects its consumers were set up for); create a new topic "
+            "with more partitions and copy the records")
 
     async def close(self) -> None:
         be, self._backend = self._backend, None
