@@ -429,10 +429,8 @@ class BookingService:
         futs = []
         for _seq, topic, key, value, headers in rows:
             if topic == self.cfg.outcomes_topic and key is None:     # a run's outcomes, packed
-                send = self.out_p.send
                 pairs = self.state.outcomes_for(_seq, value)
-                for k, v in pairs:
-                    futs.append(await send(v, key=k))
+                futs += await self.out_p.send_batch(pairs, per_batch=True)
                 if self.seats_p is not None:    # then the seats they name, as they are now
                     futs += await publish_seats(self.seats_p, self.state, [k for k, _v in pairs])
             elif topic == self.cfg.outcomes_topic:

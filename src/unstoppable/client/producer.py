@@ -395,18 +395,55 @@ class Producer:
         fut = await self.send(value, key, headers, timestamp, partition)
         return await fut
 
-    async def send_batch(self, records, *, partition=None) -> list:
-        """send_batch(records, *, partition=None) -> list[DeliveryFuture]
+    async def send_batch(self, records, *, partition=None, per_batch: bool = False) -> list:
+        """send_batch(records, *, partition=None, per_batch=False) -> list[DeliveryFuture]
 
         Accept many records: each a bytes-like value, None, or a tuple
         ``(key, value[, headers[, timestamp]])``. Returns their delivery futures
         in order. Records go through the same partitioning and backpressure as
         ``send``; they are not written atomically as a group.
+
+        ``per_batch=True`` returns instead one delivery future per batch the
+        records went into (for the last of them in it), in the order those
+        batches were opened: a batch is written, or fails, as a whole, so
+        awaiting these covers every record, without a future per record.
         """
         if self._state != _RUNNING:
             await self._ensure_running()
-        out = []
+        out: list = []
+        last: dict = {}          # per_batch: id(batch) -> (batch, index of its last record of ours)
+        # (key, value) pairs of bytes, partitioned by key: send()'s own steps
+        # inlined, without a coroutine per record (the booking service
+        # publishes its outcome events this way). Anything else goes through send().
+        fast = partition is None and self._trusted and not self._serialize
+        part_fn, n, space, open_ = self._part_fn, self._n, self._space, self._open
+        buffers, hard, limit, max_record = (self._buffers, self._hard_limit, self._batch_bytes,
+                                            self._max_record)
         for i, r in enumerate(records):
+            if fast and r.__class__ is tuple and len(r) == 2:
+                key, value = r
+                if key.__class__ is bytes and value.__class__ is bytes:
+                    size = len(key) + len(value) + RECORD_OVERHEAD
+                    if size > max_record:
+                        self._too_large(size)
+                    p = part_fn(key, n)
+                    if space.used + size > space.limit or space.waiters:
+                        await self._reserve(size)
+                    else:
+                        space.used += size
+                    b = open_[p]
+                    if b is None or b.nbytes + size > hard:
+                        b = buffers.new_batch(p)
+                    recs = b.records
+                    if per_batch:
+                        last[id(b)] = (b, len(recs))
+                    else:
+                        out.append(DeliveryFuture(b, len(recs)))
+                    recs.append(r)
+                    b.nbytes += size
+                    if b.nbytes >= limit:
+                        buffers.seal(p, True)
+                    continue
             if r is None or r.__class__ is bytes:
                 key = headers = ts = None
                 value = r
@@ -421,7 +458,13 @@ class Producer:
                 raise InvalidRecordError(
                     f"record {i}: expected bytes, None or a (key, value[, headers[, timestamp]]) "
                     f"tuple, got {type(r).__name__}")
-            out.append(await self.send(value, key, headers, ts, partition))
+            f = await self.send(value, key, headers, ts, partition)
+            if per_batch:
+                last[id(f._b)] = (f._b, f._i)
+            else:
+                out.append(f)
+        if per_batch:
+            return [DeliveryFuture(b, i) for b, i in last.values()]
         return out
 
     async def send_arrow(self, table, value: str = "value", key: str | None = "key",
