@@ -754,3 +754,230 @@ cdef object _decide_run(st, str topic, int partition, int partitions, list recs,
             return f
     run.flush_counts()
     return None
+
+
+# ------------------------------------------------------------------ rows
+#
+# The read model's rows of what a run changed (readmodel.PartitionStore.flush),
+# built here rather than in Python: a booking row is 14 values and the
+# booking's log as JSON, written for about every second event.
+
+from cpython.long cimport PyLong_CheckExact
+from libc.stdlib cimport realloc, free
+
+from json.encoder import encode_basestring_ascii as _json_str
+
+cdef extern from "Python.h":
+    bint PyUnicode_IS_ASCII(object o)
+    void* PyUnicode_DATA(object o)
+    Py_ssize_t PyUnicode_GET_LENGTH(object o)
+    object PyUnicode_DecodeASCII(const char* s, Py_ssize_t size, const char* errors)
+    bint PyUnicode_CheckExact(object o)
+    long long PyLong_AsLongLongAndOverflow(object o, int* overflow) except? -1
+
+
+cdef struct Buf:
+    char* p
+    Py_ssize_t n, cap
+
+
+cdef int _grow(Buf* b, Py_ssize_t more) except -1:
+    cdef Py_ssize_t cap = b.cap
+    cdef char* q
+    if b.n + more <= cap:
+        return 0
+    while cap < b.n + more:
+        cap = cap * 2 if cap else 512
+    q = <char*>realloc(b.p, cap)
+    if q == NULL:
+        raise MemoryError()
+    b.p, b.cap = q, cap
+    return 0
+
+
+cdef inline int _put(Buf* b, const char* s, Py_ssize_t n) except -1:
+    if b.n + n > b.cap:
+        _grow(b, n)
+    memcpy(b.p + b.n, s, n)
+    b.n += n
+    return 0
+
+
+cdef inline int _putc(Buf* b, char c) except -1:
+    if b.n + 1 > b.cap:
+        _grow(b, 1)
+    b.p[b.n] = c
+    b.n += 1
+    return 0
+
+
+cdef int _json_s(Buf* b, object s) except -1:
+    """A str as json.dumps(ensure_ascii=True) writes it: printable ASCII
+    without quote or backslash copied, anything else by json's own encoder."""
+    cdef const unsigned char* d
+    cdef Py_ssize_t i, n
+    if not PyUnicode_CheckExact(s):
+        return -2
+    if PyUnicode_IS_ASCII(s):
+        d = <const unsigned char*>PyUnicode_DATA(s)
+        n = PyUnicode_GET_LENGTH(s)
+        for i in range(n):
+            if d[i] < 0x20 or d[i] == 0x22 or d[i] == 0x5c or d[i] == 0x7f:
+                break
+        else:
+            _grow(b, n + 2)
+            b.p[b.n] = 0x22
+            memcpy(b.p + b.n + 1, d, n)
+            b.p[b.n + 1 + n] = 0x22
+            b.n += n + 2
+            return 0
+    e = _json_str(s)                  # quoted, escaped, ASCII
+    d = <const unsigned char*>PyUnicode_DATA(e)
+    _put(b, <const char*>d, PyUnicode_GET_LENGTH(e))
+    return 0
+
+
+cdef int _json_i(Buf* b, object v) except -1:
+    """An int as json writes it (int.__repr__); -2 for anything else."""
+    cdef char tmp[32]
+    cdef int overflow = 0, k
+    cdef long long x
+    if not PyLong_CheckExact(v):
+        return -2
+    x = PyLong_AsLongLongAndOverflow(v, &overflow)
+    if overflow:
+        t = repr(v).encode()
+        _put(b, PyBytes_AS_STRING(t), PyBytes_GET_SIZE(t))
+        return 0
+    k = snprintf(tmp, sizeof(tmp), "%lld", x)
+    _put(b, tmp, k)
+    return 0
+
+
+cdef int _pack_log(Buf* b, list history, dict payments) except -1:
+    """readmodel.pack_log's JSON into ``b``; -2 when a value is of a type
+    this does not write (the caller then uses pack_log)."""
+    cdef Py_ssize_t i
+    cdef tuple e
+    _put(b, b"[[", 2)
+    i = 0
+    for x in history:
+        if type(x) is not tuple or len(<tuple>x) != 4:
+            return -2
+        e = <tuple>x
+        if i:
+            _putc(b, 0x2c)
+        _putc(b, 0x5b)
+        if (_json_s(b, e[0]) < 0 or _putc(b, 0x2c) < 0 or _json_i(b, e[1]) < 0
+                or _putc(b, 0x2c) < 0 or _json_s(b, e[2]) < 0 or _putc(b, 0x2c) < 0
+                or _json_s(b, e[3]) < 0):
+            return -2
+        _putc(b, 0x5d)
+        i += 1
+    _put(b, b"],[", 3)
+    i = 0
+    for k, v in payments.items():
+        if type(v) is not tuple or len(<tuple>v) != 2:
+            return -2
+        if i:
+            _putc(b, 0x2c)
+        _putc(b, 0x5b)
+        if (_json_s(b, k) < 0 or _putc(b, 0x2c) < 0 or _json_s(b, (<tuple>v)[0]) < 0
+                or _putc(b, 0x2c) < 0 or _json_i(b, (<tuple>v)[1]) < 0):
+            return -2
+        _putc(b, 0x5d)
+        i += 1
+    _put(b, b"]]", 2)
+    return 0
+
+
+def pack_log(list history, dict payments, fallback):
+    """pack_log(history, payments, fallback) -> str
+
+    ``readmodel.pack_log(history, payments)``, the same text, written here;
+    ``fallback(history, payments)`` (readmodel.pack_log) for values of other
+    types than it writes (history entries not 4-tuples of str, int, str, str;
+    payments not (str, int) tuples)."""
+    cdef Buf b
+    b.p, b.n, b.cap = NULL, 0, 0
+    try:
+        if _pack_log(&b, history, payments) < 0:
+            return fallback(history, payments)
+        return PyUnicode_DecodeASCII(b.p, b.n, NULL)
+    finally:
+        free(b.p)
+
+
+cdef tuple _EMPTY_LOG = ([], {})
+
+
+def booking_rows(part, keys, p, list new, list old, list users, fallback):
+    """booking_rows(part, keys, p, new, old, users, fallback) -> None
+
+    The bookings table's rows of bookings ``keys`` of ``part`` (a
+    ``readmodel._Part``) of partition ``p``, as ``PartitionStore._booking_rows``
+    makes them: ``(rowid, seat_id, booking_id, user_id, state, reason,
+    payment_id, amount_cents, created_ms, updated_ms, deadline_ms, nevents,
+    p, log)``. A row whose rowid is new (given here, the partition's next) goes
+    to ``new``, the others to ``old``; the ``(user, seat_id, booking_id)`` of
+    history steps filed under another user than the booking's go to
+    ``users``. ``fallback`` is readmodel.pack_log (see :func:`pack_log`)."""
+    cdef dict bks = part.bookings, logs = part.logs, rowids = part.rowids
+    cdef Buf buf
+    cdef tuple lg
+    cdef list h
+    buf.p, buf.n, buf.cap = NULL, 0, 0
+    nxt = part.next_rowid
+    try:
+        for k in keys:
+            b = bks[k]
+            lg = logs.get(k, _EMPTY_LOG)
+            h = lg[0]
+            buf.n = 0
+            if _pack_log(&buf, h, lg[1]) < 0:
+                text = fallback(h, lg[1])
+            else:
+                text = PyUnicode_DecodeASCII(buf.p, buf.n, NULL)
+            user = b.user_id
+            r = rowids.get(k)
+            row = (nxt if r is None else r, b.seat_id, b.booking_id, user, b.state, b.reason,
+                   b.payment_id, b.amount_cents, b.created_ms, b.updated_ms, b.deadline_ms,
+                   b.nevents, p, text)
+            if r is None:
+                rowids[k] = nxt
+                nxt += 1
+                new.append(row)
+            else:
+                old.append(row)
+            for e in h:
+                if e[0] != user:
+                    others = {x[0] for x in h if x[0] != user}
+                    users += [(u, k[0], k[1]) for u in others]
+                    break
+    finally:
+        part.next_rowid = nxt
+        free(buf.p)
+
+
+def seat_rows(part, keys, p, list new, list old):
+    """seat_rows(part, keys, p, new, old) -> None
+
+    The seats table's rows ``(rowid, seat_id, state, booking_id, user_id,
+    updated_ms, p)`` of seats ``keys`` of ``part``, new rowids to ``new``
+    (as :func:`booking_rows`)."""
+    cdef dict seats = part.seats, rowids = part.rowids
+    nxt = part.next_rowid
+    try:
+        for k in keys:
+            s = seats[k]
+            sid = s.seat_id
+            r = rowids.get(sid)
+            row = (nxt if r is None else r, sid, s.state, s.booking_id, s.user_id, s.updated_ms, p)
+            if r is None:
+                rowids[sid] = nxt
+                nxt += 1
+                new.append(row)
+            else:
+                old.append(row)
+    finally:
+        part.next_rowid = nxt
