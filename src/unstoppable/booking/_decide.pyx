@@ -61,6 +61,22 @@ from unstoppable.processor import RecordFailed
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
     object PyUnicode_DecodeUTF8(const char* s, Py_ssize_t size, const char* errors)
+    bint PyObject_IS_GC(object o)
+    void PyObject_GC_UnTrack(void* o)
+
+
+cdef inline object _untracked(object o):
+    """``o``, out of the cycle collector's sight. For the objects the
+    decisions make that hold only strings and ints (the partition's state:
+    Seat, Booking, a booking's log, its history and payment entries, and the
+    run's row and outcome tuples): they can be in no reference cycle, and
+    they are long-lived, so every collection would walk them again until
+    they reach the oldest generation (measured on one worker, 305k log: the
+    collections after each run's decisions were 8.8% of its py-spy samples).
+    Reference counting still frees them."""
+    if PyObject_IS_GC(o):
+        PyObject_GC_UnTrack(<void*>o)
+    return o
 
 
 # Input kinds (the oneof field numbers).
@@ -425,16 +441,16 @@ cdef class _Run:
         if log is None:
             log = self.logs.get(k)
             if log is None:
-                log = self.logs[k] = ([], {})
+                log = self.logs[k] = _untracked((_untracked([]), {}))
             self.cur_log = log
         return log
 
     cdef inline _add_payment(self, tuple k, pid, outcome, amount):
-        self._log(k)[1][pid] = (outcome, amount)
+        self._log(k)[1][pid] = _untracked((outcome, amount))
         self._mark(k)
 
     cdef inline _add_history(self, bk, tuple k, str kind, detail):
-        self._log(k)[0].append((bk.user_id, self.ts, kind, detail))
+        self._log(k)[0].append(_untracked((bk.user_id, self.ts, kind, detail)))
         bk.nevents += 1
         self._mark(k)
 
@@ -454,7 +470,7 @@ cdef class _Run:
             e = self.prefix + (b"%d#%d" % (self.offset, self.nout))
             v = _encode(PyBytes_AS_STRING(e), PyBytes_GET_SIZE(e), self.ts_c, kind, f, nf)
         self.nout += 1
-        self.outbox.append((self.key, v))
+        self.outbox.append(_untracked((self.key, v)))
 
     cdef _book(self, seat, bk, str s, str b, tuple k):
         seat.state = BOOKED
@@ -497,7 +513,7 @@ cdef class _Run:
         """machine.apply for a parsed, validated input event."""
         cdef Field f[5]
         cdef str s = e.seat_id, b = e.booking_id
-        cdef tuple k = (s, b)
+        cdef tuple k = _untracked((s, b))
         self.cur_log = None
         self.marked = False
         self.counts[C_EVENTS] += 1
@@ -510,9 +526,9 @@ cdef class _Run:
                 return
             seat = self.seats.get(s)
             if seat is None:
-                seat = Seat(s)
+                seat = _untracked(Seat(s))
             if bk is None:
-                bk = Booking(s, b, e.user_id, HELD, EMPTY, EMPTY, 0, ts)
+                bk = _untracked(Booking(s, b, e.user_id, HELD, EMPTY, EMPTY, 0, ts))
             bk.user_id = e.user_id
             bk.updated_ms = ts
             if seat.state == AVAILABLE:
@@ -572,7 +588,8 @@ cdef class _Run:
                 return
             if bk is None:
                 deadline = ts + self.ttl
-                bk = Booking(s, b, e.user_id, PARKED, EMPTY, pid, amount, ts, ts, deadline)
+                bk = _untracked(Booking(s, b, e.user_id, PARKED, EMPTY, pid, amount, ts, ts,
+                                        deadline))
                 self._add_payment(k, pid, "parked", amount)
                 self.timers[k] = deadline
                 self._add_history(bk, k, "payment_parked", pid)
@@ -590,7 +607,7 @@ cdef class _Run:
             if state == HELD:
                 seat = self.seats.get(s)
                 if seat is None:
-                    seat = Seat(s)
+                    seat = _untracked(Seat(s))
                 bk.payment_id = pid
                 bk.amount_cents = amount
                 self._book(seat, bk, s, b, k)
@@ -611,7 +628,7 @@ cdef class _Run:
         if state == HELD:
             seat = self.seats.get(s)
             if seat is None:
-                seat = Seat(s)
+                seat = _untracked(Seat(s))
             if seat.state == HELD_SEAT and seat.booking_id == b:
                 seat.state = AVAILABLE
                 seat.booking_id = EMPTY
@@ -943,6 +960,7 @@ def booking_rows(part, keys, p, list new, list old, list users, fallback):
             row = (nxt if r is None else r, b.seat_id, b.booking_id, user, b.state, b.reason,
                    b.payment_id, b.amount_cents, b.created_ms, b.updated_ms, b.deadline_ms,
                    b.nevents, p, text)
+            _untracked(row)
             if r is None:
                 rowids[k] = nxt
                 nxt += 1
@@ -973,6 +991,7 @@ def seat_rows(part, keys, p, list new, list old):
             sid = s.seat_id
             r = rowids.get(sid)
             row = (nxt if r is None else r, sid, s.state, s.booking_id, s.user_id, s.updated_ms, p)
+            _untracked(row)
             if r is None:
                 rowids[sid] = nxt
                 nxt += 1
