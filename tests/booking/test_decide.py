@@ -19,13 +19,14 @@ from __future__ import annotations
 import copy
 import struct
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
 import unstoppable as us
 from unstoppable.booking import events as ev
 from unstoppable.booking.machine import MemoryStore, apply
 from unstoppable.booking import _decide
-from unstoppable.booking.readmodel import PartitionStore, pack_log
+from unstoppable.booking.readmodel import PartitionStore, pack_log, pack_outcomes, unpack_outcomes
 from unstoppable.booking.service import decide_run, decode_checked
 
 TOPIC, PARTITION, PARTITIONS = "bookings", 0, 2
@@ -246,6 +247,20 @@ _json_int = st.integers() | st.integers(-2**63, 2**63 - 1)
        st.dictionaries(_json_text, st.tuples(_json_text, _json_int), max_size=3))
 def test_compiled_pack_log_writes_the_references_text(history, payments):
     assert _decide.pack_log(history, payments, pack_log) == pack_log(history, payments)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.binary(max_size=20), st.binary(max_size=300)), max_size=20))
+def test_compiled_pack_outcomes_writes_the_references_bytes(pairs):
+    blob = _decide.pack_outcomes(pairs)
+    assert blob == pack_outcomes(pairs)
+    assert unpack_outcomes(blob) == pairs
+
+
+def test_compiled_pack_outcomes_refuses_what_is_no_pair_of_bytes():
+    for bad in ([(b"k",)], [(b"k", "v")], [[b"k", b"v"]], [(b"k", b"v", b"x")]):
+        with pytest.raises(TypeError):
+            _decide.pack_outcomes(bad)
 
 
 def test_compiled_pack_log_hands_other_types_to_the_reference():

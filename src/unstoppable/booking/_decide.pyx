@@ -1000,3 +1000,35 @@ def seat_rows(part, keys, p, list new, list old):
                 old.append(row)
     finally:
         part.next_rowid = nxt
+
+
+def pack_outcomes(list pairs):
+    """pack_outcomes(pairs) -> bytes
+
+    ``readmodel.pack_outcomes``, the same bytes, written here: for each
+    ``(key, value)`` pair of bytes, key length and value length (u32 LE
+    each), then the key and value."""
+    cdef Py_ssize_t total = 0, kn, vn
+    cdef unsigned char* q
+    cdef tuple t
+    cdef uint64_t x
+    for item in pairs:
+        t = <tuple?>item
+        if len(t) != 2 or type(t[0]) is not bytes or type(t[1]) is not bytes:
+            raise TypeError(f"an outcome must be a (key, value) pair of bytes, got {item!r:.80}")
+        kn, vn = PyBytes_GET_SIZE(t[0]), PyBytes_GET_SIZE(t[1])
+        if kn > 0xFFFFFFFF or vn > 0xFFFFFFFF:
+            raise ValueError("an outcome's key or value is longer than 4 GiB")
+        total += 8 + kn + vn
+    out = PyBytes_FromStringAndSize(NULL, total)
+    q = <unsigned char*>PyBytes_AS_STRING(out)
+    for item in pairs:
+        k, v = (<tuple>item)[0], (<tuple>item)[1]
+        kn, vn = PyBytes_GET_SIZE(k), PyBytes_GET_SIZE(v)
+        for x in range(4):
+            q[x] = <unsigned char>((<uint64_t>kn >> (8 * x)) & 0xff)
+            q[4 + x] = <unsigned char>((<uint64_t>vn >> (8 * x)) & 0xff)
+        memcpy(q + 8, PyBytes_AS_STRING(k), kn)
+        memcpy(q + 8 + kn, PyBytes_AS_STRING(v), vn)
+        q += 8 + kn + vn
+    return out

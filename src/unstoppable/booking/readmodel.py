@@ -54,7 +54,11 @@ import json.encoder
 import sqlite3
 import struct
 
-from unstoppable.booking._decide import booking_rows as _c_booking_rows, seat_rows as _c_seat_rows
+from unstoppable.booking._decide import (
+    booking_rows as _c_booking_rows,
+    pack_outcomes as _c_pack_outcomes,
+    seat_rows as _c_seat_rows,
+)
 from unstoppable.booking.machine import Booking, Seat, Store
 
 __all__ = ["ReadModel", "PartitionStore", "pack_outcomes", "unpack_outcomes", "SCHEMA", "INDEXES",
@@ -397,7 +401,8 @@ _LENS = struct.Struct("<II")
 
 def pack_outcomes(pairs) -> bytes:
     """A run's outcomes ``[(key, value)]`` as one outbox value: for each,
-    key length and value length (u32 LE each), then the key and value bytes."""
+    key length and value length (u32 LE each), then the key and value bytes.
+    (The worker's runs use the compiled ``_decide.pack_outcomes``: the same bytes.)"""
     pack = _LENS.pack
     return b"".join(pack(len(k), len(v)) + k + v for k, v in pairs)
 
@@ -579,7 +584,7 @@ class PartitionStore(_Queries, Store):
         if self._outbox:
             # One row for the run's outcomes (key NULL, value packed): one row
             # per run instead of one per outcome.
-            blob = pack_outcomes(self._outbox)
+            blob = _c_pack_outcomes(self._outbox)
             seq = self.db.execute("INSERT INTO outbox (part, topic, key, value) VALUES (?,?,NULL,?)",
                                   (p, self.outcomes_topic, blob)).lastrowid
             self.outcomes_of[seq] = (blob, self._outbox)
