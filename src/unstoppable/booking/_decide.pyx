@@ -54,7 +54,8 @@ from libc.string cimport memcpy
 
 from gc import disable as gc_disable, enable as gc_enable, isenabled as gc_isenabled
 
-from unstoppable.booking.machine import Booking, Seat
+cimport cython
+
 from unstoppable.processor import RecordFailed
 
 
@@ -122,6 +123,108 @@ cdef str EMPTY = ""
 cdef tuple _REJECT_NAME = ("REJECT_REASON_UNSPECIFIED", "SEAT_HELD", "SEAT_BOOKED")
 cdef tuple _REFUND_NAME = ("REFUND_REASON_UNSPECIFIED", "HOLD_EXPIRED", "RESERVATION_REJECTED",
                            "DUPLICATE_PAYMENT", "NO_RESERVATION")
+
+
+# ------------------------------------------------------------------ state
+#
+# A partition's state: a Seat per seat, a Booking per booking. Compiled
+# classes (machine.py re-exports them, and machine.apply works on them as on
+# any object with these attributes), so that the decisions below and the row
+# builders read and write their fields as C struct members. They hold only
+# strings and ints, so they can be in no reference cycle: the cycle
+# collector never tracks them (no_gc; see _untracked).
+
+@cython.final
+@cython.no_gc
+cdef class Seat:
+    """Seat(seat_id, state="available", booking_id="", user_id="", updated_ms=0)
+
+    A seat's state: available, held by ``booking_id`` for ``user_id``, or booked."""
+    cdef public str seat_id, state, booking_id, user_id
+    cdef public object updated_ms
+
+    def __init__(self, str seat_id, str state=AVAILABLE, str booking_id=EMPTY, str user_id=EMPTY,
+                 updated_ms=0):
+        self.seat_id, self.state, self.booking_id, self.user_id = seat_id, state, booking_id, user_id
+        self.updated_ms = updated_ms
+
+    cdef tuple _fields(self):
+        return (self.seat_id, self.state, self.booking_id, self.user_id, self.updated_ms)
+
+    def __eq__(self, other):
+        if type(other) is not Seat:
+            return NotImplemented
+        return self._fields() == (<Seat>other)._fields()
+
+    def __ne__(self, other):
+        if type(other) is not Seat:
+            return NotImplemented
+        return self._fields() != (<Seat>other)._fields()
+
+    __hash__ = None
+
+    def __repr__(self):
+        return (f"Seat(seat_id={self.seat_id!r}, state={self.state!r}, booking_id={self.booking_id!r}, "
+                f"user_id={self.user_id!r}, updated_ms={self.updated_ms!r})")
+
+    def __copy__(self):
+        return Seat(*self._fields())
+
+    def __reduce__(self):
+        return Seat, self._fields()
+
+
+@cython.final
+@cython.no_gc
+cdef class Booking:
+    """Booking(seat_id, booking_id, user_id="", state="held", reason="", payment_id="",
+    amount_cents=0, created_ms=0, updated_ms=0, deadline_ms=0, nevents=0)
+
+    One booking of a seat: its state, why it was rejected or refunded
+    (``reason``), the payment that confirmed it or was parked
+    (``payment_id``, ``amount_cents``), the deadline of its hold or parked
+    payment (0 when none is pending), and how many history entries it has
+    (``nevents``, the next one's seq)."""
+    cdef public str seat_id, booking_id, user_id, state, reason, payment_id
+    cdef public object amount_cents, created_ms, updated_ms, deadline_ms, nevents
+
+    def __init__(self, str seat_id, str booking_id, str user_id=EMPTY, str state=HELD,
+                 str reason=EMPTY, str payment_id=EMPTY, amount_cents=0, created_ms=0, updated_ms=0,
+                 deadline_ms=0, nevents=0):
+        self.seat_id, self.booking_id, self.user_id, self.state = seat_id, booking_id, user_id, state
+        self.reason, self.payment_id, self.amount_cents = reason, payment_id, amount_cents
+        self.created_ms, self.updated_ms, self.deadline_ms = created_ms, updated_ms, deadline_ms
+        self.nevents = nevents
+
+    cdef tuple _fields(self):
+        return (self.seat_id, self.booking_id, self.user_id, self.state, self.reason,
+                self.payment_id, self.amount_cents, self.created_ms, self.updated_ms,
+                self.deadline_ms, self.nevents)
+
+    def __eq__(self, other):
+        if type(other) is not Booking:
+            return NotImplemented
+        return self._fields() == (<Booking>other)._fields()
+
+    def __ne__(self, other):
+        if type(other) is not Booking:
+            return NotImplemented
+        return self._fields() != (<Booking>other)._fields()
+
+    __hash__ = None
+
+    def __repr__(self):
+        return (f"Booking(seat_id={self.seat_id!r}, booking_id={self.booking_id!r}, "
+                f"user_id={self.user_id!r}, state={self.state!r}, reason={self.reason!r}, "
+                f"payment_id={self.payment_id!r}, amount_cents={self.amount_cents!r}, "
+                f"created_ms={self.created_ms!r}, updated_ms={self.updated_ms!r}, "
+                f"deadline_ms={self.deadline_ms!r}, nevents={self.nevents!r})")
+
+    def __copy__(self):
+        return Booking(*self._fields())
+
+    def __reduce__(self):
+        return Booking, self._fields()
 
 
 # ------------------------------------------------------------------ reading
@@ -449,7 +552,7 @@ cdef class _Run:
         self._log(k)[1][pid] = _untracked((outcome, amount))
         self._mark(k)
 
-    cdef inline _add_history(self, bk, tuple k, str kind, detail):
+    cdef inline _add_history(self, Booking bk, tuple k, str kind, detail):
         self._log(k)[0].append(_untracked((bk.user_id, self.ts, kind, detail)))
         bk.nevents += 1
         self._mark(k)
@@ -472,7 +575,7 @@ cdef class _Run:
         self.nout += 1
         self.outbox.append(_untracked((self.key, v)))
 
-    cdef _book(self, seat, bk, str s, str b, tuple k):
+    cdef _book(self, Seat seat, Booking bk, str s, str b, tuple k):
         seat.state = BOOKED
         seat.booking_id = b
         seat.user_id = bk.user_id
@@ -484,7 +587,7 @@ cdef class _Run:
         self.timers[k] = None
         self.counts[C_CONFIRMED] += 1
 
-    cdef _refund(self, bk, str s, str b, tuple k, pid, amount, int reason, user_id):
+    cdef _refund(self, Booking bk, str s, str b, tuple k, pid, amount, int reason, user_id):
         cdef Field f[6]
         name = _REFUND_NAME[reason]
         self._add_payment(k, pid, "refunded:" + name, amount)
@@ -499,7 +602,7 @@ cdef class _Run:
             _str(&f[5], user_id or bk.user_id)
             self._emit(O_REFUNDED, f, 6)
 
-    cdef _confirmed(self, bk, str s, str b, pid, amount):
+    cdef _confirmed(self, Booking bk, str s, str b, pid, amount):
         cdef Field f[5]
         if self.build:
             _str(&f[0], b)
@@ -512,6 +615,8 @@ cdef class _Run:
     cdef apply(self, _Event e):
         """machine.apply for a parsed, validated input event."""
         cdef Field f[5]
+        cdef Booking bk
+        cdef Seat seat
         cdef str s = e.seat_id, b = e.booking_id
         cdef tuple k = _untracked((s, b))
         self.cur_log = None
@@ -940,6 +1045,7 @@ def booking_rows(part, keys, p, list new, list old, list users, fallback):
     history steps filed under another user than the booking's go to
     ``users``. ``fallback`` is readmodel.pack_log (see :func:`pack_log`)."""
     cdef dict bks = part.bookings, logs = part.logs, rowids = part.rowids
+    cdef Booking b
     cdef Buf buf
     cdef tuple lg
     cdef list h
@@ -984,6 +1090,7 @@ def seat_rows(part, keys, p, list new, list old):
     updated_ms, p)`` of seats ``keys`` of ``part``, new rowids to ``new``
     (as :func:`booking_rows`)."""
     cdef dict seats = part.seats, rowids = part.rowids
+    cdef Seat s
     nxt = part.next_rowid
     try:
         for k in keys:
