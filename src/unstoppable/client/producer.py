@@ -412,6 +412,7 @@ class Producer:
             await self._ensure_running()
         out: list = []
         last: dict = {}          # per_batch: id(batch) -> (batch, index of its last record of ours)
+        cur, cur_i = None, 0     # per_batch: the batch the last record went into, and its index
         # (key, value) pairs of bytes, partitioned by key: send()'s own steps
         # inlined, without a coroutine per record (the booking service
         # publishes its outcome events this way). Anything else goes through send().
@@ -436,7 +437,11 @@ class Producer:
                         b = buffers.new_batch(p)
                     recs = b.records
                     if per_batch:
-                        last[id(b)] = (b, len(recs))
+                        if b is not cur:
+                            if cur is not None:
+                                last[id(cur)] = (cur, cur_i)
+                            cur = b
+                        cur_i = len(recs)
                     else:
                         out.append(DeliveryFuture(b, len(recs)))
                     recs.append(r)
@@ -460,10 +465,15 @@ class Producer:
                     f"tuple, got {type(r).__name__}")
             f = await self.send(value, key, headers, ts, partition)
             if per_batch:
+                if cur is not None:
+                    last[id(cur)] = (cur, cur_i)
+                    cur = None
                 last[id(f._b)] = (f._b, f._i)
             else:
                 out.append(f)
         if per_batch:
+            if cur is not None:
+                last[id(cur)] = (cur, cur_i)
             return [DeliveryFuture(b, i) for b, i in last.values()]
         return out
 
