@@ -49,7 +49,6 @@ Wire format written (outcomes; fields in number order, defaults omitted)::
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_CheckBuffer, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint64_t
-from libc.stdio cimport snprintf
 from libc.string cimport memcpy
 
 from gc import disable as gc_disable, enable as gc_enable, isenabled as gc_isenabled
@@ -64,6 +63,30 @@ cdef extern from "Python.h":
     object PyUnicode_DecodeUTF8(const char* s, Py_ssize_t size, const char* errors)
     bint PyObject_IS_GC(object o)
     void PyObject_GC_UnTrack(void* o)
+
+
+cdef inline int _itoa(char* out, long long v) noexcept nogil:
+    """``v`` in decimal (as "%lld" writes it) at ``out`` (room for 20 chars); returns the length."""
+    cdef char tmp[24]
+    cdef int n = 0, i
+    cdef unsigned long long u = <unsigned long long>v
+    if v < 0:
+        u = (~u) + 1
+    while True:
+        tmp[n] = <char>(48 + <int>(u % 10))
+        n += 1
+        u //= 10
+        if u == 0:
+            break
+    i = 0
+    if v < 0:
+        out[0] = 45
+        i = 1
+    while n:
+        n -= 1
+        out[i] = tmp[n]
+        i += 1
+    return i
 
 
 cdef inline object _untracked(object o):
@@ -567,7 +590,9 @@ cdef class _Run:
             return
         if pn + 48 <= <Py_ssize_t>sizeof(eid):
             memcpy(eid, PyBytes_AS_STRING(self.prefix), pn)
-            tail = snprintf(eid + pn, 48, "%lld#%d", <long long>self.offset, self.nout)
+            tail = _itoa(eid + pn, <long long>self.offset)
+            eid[pn + tail] = 35                 # "#"
+            tail += 1 + _itoa(eid + pn + tail + 1, self.nout)
             v = _encode(eid, pn + tail, self.ts_c, kind, f, nf)
         else:                                   # a topic name too long for the stack buffer
             e = self.prefix + (b"%d#%d" % (self.offset, self.nout))
@@ -971,7 +996,7 @@ cdef int _json_i(Buf* b, object v) except -1:
         t = repr(v).encode()
         _put(b, PyBytes_AS_STRING(t), PyBytes_GET_SIZE(t))
         return 0
-    k = snprintf(tmp, sizeof(tmp), "%lld", x)
+    k = _itoa(tmp, x)
     _put(b, tmp, k)
     return 0
 
