@@ -94,8 +94,7 @@ __all__ = ["ServiceConfig", "BookingService", "InjectedFault", "create_topics", 
 
 _home = us.DefaultPartitioner()   # the producer's partitioner: where a seat's events belong
 
-#: A worker's read-model connection checkpoints its WAL every this many pages
-#: (64 MiB at 4 KiB pages; SQLite's default is 1,000): see BookingService.open_db.
+#: A worker's read model checkpoints its WAL every this many pages (64 MiB; SQLite's default: 1,000).
 WAL_AUTOCHECKPOINT_PAGES = 16384
 
 
@@ -345,12 +344,9 @@ class BookingService:
         as :meth:`run` does; returns the connection."""
         cfg = self.cfg
         self.db = connect(cfg.db_path)
-        # SQLite checkpoints the WAL inside the COMMIT that takes it past
-        # wal_autocheckpoint pages, syncing the WAL and the database there,
-        # with the write lock held. At the default 1,000 pages (4 MiB) a
-        # worker's runs crossed it every second run or so: one worker over the
-        # 305k-event bench log made 101 fdatasyncs taking 0.53 s, 29 taking
-        # 0.30 s with this (strace -w, loaded; the rest are the producers').
+        # SQLite checkpoints (and syncs) inside the COMMIT that takes the WAL
+        # past wal_autocheckpoint pages. At its default (1,000) one worker over
+        # the 305k bench log made 101 fdatasyncs (0.53 s), 29 (0.30 s) with this.
         self.db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
         self.state = PartitionStore(self.db, outcomes_topic=cfg.outcomes_topic)
         self.rm = ReadModel(self.db, outcomes_topic=cfg.outcomes_topic)
