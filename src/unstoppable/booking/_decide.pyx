@@ -21,6 +21,13 @@ unusual are the reference's by construction. The differential test
 (tests/booking/test_decide.py) holds the two paths to the same states,
 counters, outcome bytes and failures.
 
+Also here: the state's classes (``Seat``, ``Booking``: machine.py
+re-exports them), and what ``PartitionStore.flush`` writes of a run, built
+in C: the seat and booking rows with the booking's log as JSON
+(``seat_rows``, ``booking_rows``, ``pack_log``) and the run's outcomes
+packed in one outbox value (``pack_outcomes``); the Python builders in
+readmodel.py are their reference.
+
 Wire format read (proto/booking.proto; proto3: a scalar absent on the wire is
 its default; the last occurrence of a scalar wins; repeated occurrences of
 one oneof submessage merge, a different member replaces it)::
