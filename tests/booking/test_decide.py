@@ -16,14 +16,17 @@ into a MemoryStore by ``machine.apply``, outcomes serialized with
 ``SerializeToString``, give the same state and bytes."""
 from __future__ import annotations
 
+import copy
 import struct
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
 import unstoppable as us
 from unstoppable.booking import events as ev
 from unstoppable.booking.machine import MemoryStore, apply
-from unstoppable.booking.readmodel import PartitionStore
+from unstoppable.booking import _decide
+from unstoppable.booking.readmodel import PartitionStore, pack_log, pack_outcomes, unpack_outcomes
 from unstoppable.booking.service import decide_run, decode_checked
 
 TOPIC, PARTITION, PARTITIONS = "bookings", 0, 2
@@ -203,7 +206,74 @@ def _run_both(recs, cuts, outcomes, ttl, check=None, dead=None):
             assert f[1], f"the state machine raised: {f}"
             todo = todo[f[0] + 1:]
     assert _snapshot(stores[0]) == _snapshot(stores[1])
+    _same_rows(stores[1])
     return stores, values
+
+
+def _same_rows(store: PartitionStore) -> None:
+    """The compiled row builders (``_decide.seat_rows``/``booking_rows``,
+    what flush writes) give the reference's rows, rowids and booking_users,
+    with every other row's rowid known beforehand (an update) and the rest
+    new."""
+    for p, part in store.parts.items():
+        for name, keys in (("seats", list(part.seats)), ("bookings", list(part.bookings))):
+            copies = []
+            for _ in range(2):
+                c = copy.copy(part)
+                c.rowids = {k: 1000 + i for i, k in enumerate(keys) if i % 2}
+                c.next_rowid = 5000
+                copies.append(c)
+            new, old, users = [], [], []
+            if name == "seats":
+                ref = store._seat_rows_reference(copies[0], keys, p)
+                _decide.seat_rows(copies[1], keys, p, new, old)
+            else:
+                ref, ref_users = store._booking_rows_reference(copies[0], keys, p)
+                _decide.booking_rows(copies[1], keys, p, new, old, users, pack_log)
+                assert users == ref_users
+            assert sorted(new + old) == sorted(ref), name
+            assert [r[0] for r in old] == [1000 + i for i in range(len(keys)) if i % 2]
+            assert [r[0] for r in new] == list(range(5000, 5000 + len(new)))
+            assert copies[0].rowids == copies[1].rowids
+            assert copies[0].next_rowid == copies[1].next_rowid
+
+
+_json_text = st.text(max_size=12) | st.sampled_from(["", "u1", 'a"b', "a\\b", "\x7f", "ü3", "\U0001F600"])
+_json_int = st.integers() | st.integers(-2**63, 2**63 - 1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_json_text, _json_int, _json_text, _json_text), max_size=4),
+       st.dictionaries(_json_text, st.tuples(_json_text, _json_int), max_size=3))
+def test_compiled_pack_log_writes_the_references_text(history, payments):
+    assert _decide.pack_log(history, payments, pack_log) == pack_log(history, payments)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.binary(max_size=20), st.binary(max_size=300)), max_size=20))
+def test_compiled_pack_outcomes_writes_the_references_bytes(pairs):
+    blob = _decide.pack_outcomes(pairs)
+    assert blob == pack_outcomes(pairs)
+    assert unpack_outcomes(blob) == pairs
+
+
+def test_compiled_pack_outcomes_refuses_what_is_no_pair_of_bytes():
+    for bad in ([(b"k",)], [(b"k", "v")], [[b"k", b"v"]], [(b"k", b"v", b"x")]):
+        with pytest.raises(TypeError):
+            _decide.pack_outcomes(bad)
+
+
+def test_compiled_pack_log_hands_other_types_to_the_reference():
+    calls = []
+
+    def fallback(h, p):
+        calls.append((h, p))
+        return pack_log(h, p)
+
+    for h, p in (([("u", 1.5, "k", "d")], {}), ([["u", 1, "k", "d"]], {}), ([], {"p": ("o", True)}),
+                 ([("u", 1, "k", None)], {})):
+        assert _decide.pack_log(h, p, fallback) == pack_log(h, p)
+    assert len(calls) == 4
 
 
 def _memory_fold(recs, ttl, check_seat=None, dead=None):

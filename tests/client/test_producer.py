@@ -262,6 +262,41 @@ def test_send_batch_and_send_and_wait(tmp_path):
     log.close()
 
 
+
+def test_send_batch_keyed_pairs_match_send_and_per_batch_futures_cover_them(tmp_path):
+    """(key, value) pairs take send_batch's inlined path: the same partitions
+    and order as send() one at a time; per_batch=True gives one future per
+    batch, for the last of the records in it, and small batch_bytes
+    spreads the records over several batches of each partition."""
+    log = make_log(tmp_path / "log", partitions=3)
+    pairs = [(b"k%d" % (i % 7), b"v%04d" % i) for i in range(500)]
+
+    async def main():
+        async with us.Producer(log, "t", batch_bytes=512) as p:
+            each = await p.send_batch(pairs)
+            per = await p.send_batch(pairs, per_batch=True)
+            await p.flush()
+            return [f.result() for f in each], [f.result() for f in per]
+
+    each, per = run(main())
+    part = us.DefaultPartitioner()
+    assert [m.partition for m in each] == [part(k, 3) for k, _v in pairs]
+    got = read_all(log, "t")
+    for p in range(3):
+        vals = [bytes(r.value) for r in got[p]]
+        mine = [v for k, v in pairs if part(k, 3) == p]
+        assert vals == mine + mine          # both calls, each in order
+    # per batch: one future per batch of the second call, the last record of each
+    by_part: dict = {}
+    for m in per:
+        by_part.setdefault(m.partition, []).append(m.offset)
+    assert len(per) > 3                     # several batches per partition
+    for p, offs in by_part.items():
+        n = len([1 for k, _v in pairs if part(k, 3) == p])
+        assert offs == sorted(offs) and offs[-1] == 2 * n - 1
+        assert all(n <= o < 2 * n for o in offs)
+    log.close()
+
 def test_delivery_futures_work_with_asyncio_helpers(tmp_path):
     log = make_log(tmp_path / "log", partitions=1)
 

@@ -43,9 +43,14 @@ fold the tests compare the SQLite read model (``readmodel.py``) against.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from copy import copy as replace
 
 from unstoppable.booking import events as ev
+# Seat(seat_id, state, booking_id, user_id, updated_ms) and Booking(seat_id,
+# booking_id, user_id, state, reason, payment_id, amount_cents, created_ms,
+# updated_ms, deadline_ms, nevents): compiled classes with these fields (the
+# decisions' fast path reads and writes them as C struct members); see there.
+from unstoppable.booking._decide import Booking, Seat
 from unstoppable.booking.booking_pb2 import BookingEvent, RefundReason, RejectReason
 
 __all__ = [
@@ -69,30 +74,6 @@ COUNTERS = ("events", "requests", "payments", "expiries", "held", "confirmed", "
 class InvalidEventError(ValueError):
     """An event that decodes but cannot be applied (no kind, no seat or booking
     id, or an outcome kind on the input topic). The service dead-letters it."""
-
-
-@dataclass(slots=True)
-class Seat:
-    seat_id: str
-    state: str = AVAILABLE
-    booking_id: str = ""
-    user_id: str = ""
-    updated_ms: int = 0
-
-
-@dataclass(slots=True)
-class Booking:
-    seat_id: str
-    booking_id: str
-    user_id: str = ""
-    state: str = HELD
-    reason: str = ""           # why it was rejected / refunded
-    payment_id: str = ""       # the payment that confirmed it (or was parked)
-    amount_cents: int = 0
-    created_ms: int = 0
-    updated_ms: int = 0
-    deadline_ms: int = 0       # of the hold or the parked payment; 0 when none is pending
-    nevents: int = 0           # history entries so far (the next one's seq)
 
 
 class Store:

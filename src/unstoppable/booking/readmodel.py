@@ -54,6 +54,11 @@ import json.encoder
 import sqlite3
 import struct
 
+from unstoppable.booking._decide import (
+    booking_rows as _c_booking_rows,
+    pack_outcomes as _c_pack_outcomes,
+    seat_rows as _c_seat_rows,
+)
 from unstoppable.booking.machine import Booking, Seat, Store
 
 __all__ = ["ReadModel", "PartitionStore", "pack_outcomes", "unpack_outcomes", "SCHEMA", "INDEXES",
@@ -121,6 +126,8 @@ _NEXT_ROWID = "(SELECT COALESCE(MAX(rowid), ?) + 1 FROM {t} WHERE rowid >= ? AND
 
 def _rowid_range(partition: int) -> tuple[int, int]:
     return partition << _ROWID_BITS, (partition + 1) << _ROWID_BITS
+_NEW_SEAT = _INSERT_SEAT.replace("INSERT OR REPLACE", "INSERT")
+_NEW_BOOKING = _INSERT_BOOKING.replace("INSERT OR REPLACE", "INSERT")
 _INSERT_USER = "INSERT OR IGNORE INTO booking_users VALUES (?,?,?)"
 _SET_TIMER = ("INSERT OR REPLACE INTO timers (seat_id, booking_id, part, deadline_ms, fired) "
               "VALUES (?,?,?,?,0)")
@@ -394,7 +401,8 @@ _LENS = struct.Struct("<II")
 
 def pack_outcomes(pairs) -> bytes:
     """A run's outcomes ``[(key, value)]`` as one outbox value: for each,
-    key length and value length (u32 LE each), then the key and value bytes."""
+    key length and value length (u32 LE each), then the key and value bytes.
+    (The worker's runs use the compiled ``_decide.pack_outcomes``: the same bytes.)"""
     pack = _LENS.pack
     return b"".join(pack(len(k), len(v)) + k + v for k, v in pairs)
 
@@ -545,14 +553,26 @@ class PartitionStore(_Queries, Store):
             self.discard()
             return
         em = self.db.executemany
+        # Rows new to the table are INSERTed (a row whose rowid the state does
+        # not hold yet is in no committed transaction: a rolled-back run drops
+        # the state), the others replaced; rowids are handed out seats first,
+        # then bookings, in the order of the dirty sets. New rows ascend already.
         if self._dirty_seats:
-            rows = self._seat_rows(part, self._dirty_seats, p)
-            rows.sort()
-            em(_INSERT_SEAT, rows)
+            new, old = [], []
+            _c_seat_rows(part, self._dirty_seats, p, new, old)
+            if new:
+                em(_NEW_SEAT, new)
+            if old:
+                old.sort()
+                em(_INSERT_SEAT, old)
         if self._dirty_bookings:
-            rows, users = self._booking_rows(part, self._dirty_bookings, p)
-            rows.sort()
-            em(_INSERT_BOOKING, rows)
+            new, old, users = [], [], []
+            _c_booking_rows(part, self._dirty_bookings, p, new, old, users, pack_log)
+            if new:
+                em(_NEW_BOOKING, new)
+            if old:
+                old.sort()
+                em(_INSERT_BOOKING, old)
             if users:
                 em(_INSERT_USER, users)
         if dels:
@@ -564,7 +584,7 @@ class PartitionStore(_Queries, Store):
         if self._outbox:
             # One row for the run's outcomes (key NULL, value packed): one row
             # per run instead of one per outcome.
-            blob = pack_outcomes(self._outbox)
+            blob = _c_pack_outcomes(self._outbox)
             seq = self.db.execute("INSERT INTO outbox (part, topic, key, value) VALUES (?,?,NULL,?)",
                                   (p, self.outcomes_topic, blob)).lastrowid
             self.outcomes_of[seq] = (blob, self._outbox)
@@ -608,11 +628,26 @@ class PartitionStore(_Queries, Store):
         return r
 
     def _seat_rows(self, part: _Part, keys, p: int) -> list:
+        """The seats table's rows of seats ``keys`` (compiled: ``_decide.seat_rows``)."""
+        rows: list = []
+        _c_seat_rows(part, keys, p, rows, rows)
+        return rows
+
+    def _booking_rows(self, part: _Part, keys, p: int) -> tuple[list, list]:
+        """The bookings table's rows of bookings ``keys`` and the
+        ``booking_users`` rows they need (compiled: ``_decide.booking_rows``;
+        :meth:`_booking_rows_reference` is the same in Python)."""
+        rows: list = []
+        users: list = []
+        _c_booking_rows(part, keys, p, rows, rows, users, pack_log)
+        return rows, users
+
+    def _seat_rows_reference(self, part: _Part, keys, p: int) -> list:
         seats, rowid = part.seats, self._rowid
         return [(rowid(part, s.seat_id), s.seat_id, s.state, s.booking_id, s.user_id, s.updated_ms, p)
                 for s in (seats[k] for k in keys)]
 
-    def _booking_rows(self, part: _Part, keys, p: int) -> tuple[list, list]:
+    def _booking_rows_reference(self, part: _Part, keys, p: int) -> tuple[list, list]:
         bks, logs, rowid = part.bookings, part.logs, self._rowid
         rows, users = [], []
         empty = ([], {})

@@ -94,6 +94,9 @@ __all__ = ["ServiceConfig", "BookingService", "InjectedFault", "create_topics", 
 
 _home = us.DefaultPartitioner()   # the producer's partitioner: where a seat's events belong
 
+#: A worker's read model checkpoints its WAL every this many pages (64 MiB; SQLite's default: 1,000).
+WAL_AUTOCHECKPOINT_PAGES = 16384
+
 
 class InjectedFault(RuntimeError):
     """A failure the configuration asked for (``fault_rate`` / ``fail_seats``),
@@ -341,6 +344,10 @@ class BookingService:
         as :meth:`run` does; returns the connection."""
         cfg = self.cfg
         self.db = connect(cfg.db_path)
+        # SQLite checkpoints (and syncs) inside the COMMIT that takes the WAL
+        # past wal_autocheckpoint pages. At its default (1,000) one worker over
+        # the 305k bench log made 101 fdatasyncs (0.53 s), 29 (0.30 s) with this.
+        self.db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
         self.state = PartitionStore(self.db, outcomes_topic=cfg.outcomes_topic)
         self.rm = ReadModel(self.db, outcomes_topic=cfg.outcomes_topic)
         self.store = us.SQLiteOffsetStore(self.db)
@@ -429,10 +436,8 @@ class BookingService:
         futs = []
         for _seq, topic, key, value, headers in rows:
             if topic == self.cfg.outcomes_topic and key is None:     # a run's outcomes, packed
-                send = self.out_p.send
                 pairs = self.state.outcomes_for(_seq, value)
-                for k, v in pairs:
-                    futs.append(await send(v, key=k))
+                futs += await self.out_p.send_batch(pairs, per_batch=True)
                 if self.seats_p is not None:    # then the seats they name, as they are now
                     futs += await publish_seats(self.seats_p, self.state, [k for k, _v in pairs])
             elif topic == self.cfg.outcomes_topic:

@@ -123,6 +123,17 @@ def _park(w):
 #: The default backpressure mode (stateless, so one instance serves every producer).
 _BLOCK = Block()
 
+def _record_args(i: int, r) -> tuple:
+    """``(value, key, headers, timestamp)`` of a send_batch record (see there)."""
+    if r is None or r.__class__ is bytes or isinstance(r, (bytearray, memoryview)):
+        return r, None, None, None
+    if r.__class__ is tuple and 2 <= len(r) <= 4:
+        return r[1], r[0], r[2] if len(r) > 2 else None, r[3] if len(r) > 3 else None
+    raise InvalidRecordError(
+        f"record {i}: expected bytes, None or a (key, value[, headers[, timestamp]]) "
+        f"tuple, got {type(r).__name__}")
+
+
 class Producer:
     """Producer(log, topic, *, partitioner=None, batch_bytes=16384, linger_ms=0,
     max_buffer_bytes=32 MiB, backpressure=Block(), acks="written",
@@ -433,34 +444,84 @@ class Producer:
         fut = await self.send(value, key, headers, timestamp, partition)
         return await fut
 
-    async def send_batch(self, records, *, partition=None) -> list:
-        """send_batch(records, *, partition=None) -> list[DeliveryFuture]
+    async def send_batch(self, records, *, partition=None, per_batch: bool = False) -> list:
+        """send_batch(records, *, partition=None, per_batch=False) -> list[DeliveryFuture]
 
         Accept many records: each a bytes-like value, None, or a tuple
         ``(key, value[, headers[, timestamp]])``. Returns their delivery futures
         in order. Records go through the same partitioning and backpressure as
         ``send``; they are not written atomically as a group.
+
+        ``per_batch=True`` returns instead one delivery future per batch the
+        records went into (for the last of them in it): a batch is written,
+        or fails, as a whole, so awaiting these covers every record, without
+        a future per record.
         """
         if self._state != _RUNNING:
             await self._ensure_running()
-        out = []
+        if partition is None and self._trusted and not self._serialize:
+            return await self._send_pairs(records, per_batch)
+        out: list = []
+        last: dict = {}
         for i, r in enumerate(records):
-            if r is None or r.__class__ is bytes:
-                key = headers = ts = None
-                value = r
-            elif r.__class__ is tuple and 2 <= len(r) <= 4:
-                key, value = r[0], r[1]
-                headers = r[2] if len(r) > 2 else None
-                ts = r[3] if len(r) > 3 else None
-            elif isinstance(r, (bytearray, memoryview)):
-                key = headers = ts = None
-                value = r
+            f = await self.send(*_record_args(i, r), partition)
+            if per_batch:
+                last[id(f._b)] = (f._b, f._i)
             else:
-                raise InvalidRecordError(
-                    f"record {i}: expected bytes, None or a (key, value[, headers[, timestamp]]) "
-                    f"tuple, got {type(r).__name__}")
-            out.append(await self.send(value, key, headers, ts, partition))
-        return out
+                out.append(f)
+        return [DeliveryFuture(b, i) for b, i in last.values()] if per_batch else out
+
+    async def _send_pairs(self, records, per_batch: bool) -> list:
+        """send_batch, partitioned by key: ``(key, value)`` pairs of bytes go
+        through send()'s own steps inlined, without a coroutine per record
+        (the booking service publishes its outcome events this way); any
+        other record through send()."""
+        out: list = []
+        last: dict = {}          # per_batch: id(batch) -> (batch, index of its last record of ours)
+        cur, cur_i = None, 0     # per_batch: the batch the last record went into, and its index
+        part_fn, n, space, open_ = self._part_fn, self._n, self._space, self._open
+        buffers, hard, limit, max_record = (self._buffers, self._hard_limit, self._batch_bytes,
+                                            self._max_record)
+        for i, r in enumerate(records):
+            if r.__class__ is tuple and len(r) == 2 and r[0].__class__ is bytes \
+                    and r[1].__class__ is bytes:
+                size = len(r[0]) + len(r[1]) + RECORD_OVERHEAD
+                if size > max_record:
+                    self._too_large(size)
+                p = part_fn(r[0], n)
+                if space.used + size > space.limit or space.waiters:
+                    await self._reserve(size)
+                else:
+                    space.used += size
+                b = open_[p]
+                if b is None or b.nbytes + size > hard:
+                    b = buffers.new_batch(p)
+                recs = b.records
+                if not per_batch:
+                    out.append(DeliveryFuture(b, len(recs)))
+                elif b is not cur:
+                    if cur is not None:
+                        last[id(cur)] = (cur, cur_i)
+                    cur = b
+                cur_i = len(recs)
+                recs.append(r)
+                b.nbytes += size
+                if b.nbytes >= limit:
+                    buffers.seal(p, True)
+                continue
+            f = await self.send(*_record_args(i, r), None)
+            if not per_batch:
+                out.append(f)
+                continue
+            if cur is not None:
+                last[id(cur)] = (cur, cur_i)
+                cur = None
+            last[id(f._b)] = (f._b, f._i)
+        if not per_batch:
+            return out
+        if cur is not None:
+            last[id(cur)] = (cur, cur_i)
+        return [DeliveryFuture(b, i) for b, i in last.values()]
 
     async def send_arrow(self, table, value: str = "value", key: str | None = "key",
                          timestamp: str | None = None, headers: str | None = None) -> dict:
