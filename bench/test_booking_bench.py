@@ -22,17 +22,25 @@ import asyncio
 import multiprocessing as mp
 import os
 import random
-import sqlite3
+import shutil
 import time
+from dataclasses import replace
 
 import pytest
 
 import unstoppable as us
 from unstoppable.booking import events as ev
-from unstoppable.booking.readmodel import PartitionStore, ReadModel, connect, diff_snapshots
+from unstoppable.booking.readmodel import (
+    PartitionStore,
+    ReadModel,
+    connect,
+    diff_snapshots,
+    read_model_dbs,
+)
 from unstoppable.booking.service import (
     ServiceConfig,
     apply_run,
+    committed_offsets,
     config_dict,
     create_topics,
     rebuild,
@@ -128,29 +136,36 @@ def getmany_rate(cfg: ServiceConfig, n: int) -> float:
 
 
 def _caught_up(cfg: ServiceConfig, ends: list) -> bool:
-    db = sqlite3.connect(cfg.db_path, timeout=60)
+    if not os.path.exists(cfg.db_path):     # the workers have not made the read model yet
+        return False
+    db = connect(cfg.db_path)               # (a directory: every partition's file, in turn)
     try:
-        rows = dict(db.execute("SELECT part, next_offset FROM unstoppable_offsets WHERE grp=? "
-                               "AND topic=?", (cfg.group, cfg.topic)).fetchall())
+        rows = committed_offsets(db, cfg.group, cfg.topic)
         if any(rows.get(p) != e for p, e in enumerate(ends)):
             return False
-        return db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0
-    except sqlite3.OperationalError:      # the workers have not made their tables yet
-        return False
+        return all(d.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0
+                   for d in read_model_dbs(db))
     finally:
         db.close()
 
 
+def _remove_read_model(path: str) -> None:
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.isfile(path + suffix):
+            os.unlink(path + suffix)
+
+
 def run_workers(cfg: ServiceConfig, n_workers: int, timeout: float = 600) -> float:
     """Seconds from starting ``n_workers`` worker processes on a fresh read
-    model until they have handled the whole log."""
-    for suffix in ("", "-wal", "-shm"):
-        if os.path.exists(cfg.db_path + suffix):
-            os.unlink(cfg.db_path + suffix)
+    model (of ``cfg.db_layout``) until they have handled the whole log."""
+    _remove_read_model(cfg.db_path)
     log = us.Log(cfg.log_path)
     ends = log.topic(cfg.topic).end_offsets()
     log.close()
-    connect(cfg.db_path).close()
+    if cfg.db_layout == "shared":
+        connect(cfg.db_path).close()
     ctx = mp.get_context("fork")
     t0 = time.perf_counter()
     procs = [ctx.Process(target=run_worker, args=(config_dict(cfg),)) for _ in range(n_workers)]
@@ -178,9 +193,16 @@ def booking_log(tmp_path_factory):
     return cfg, n
 
 
+LAYOUTS = os.environ.get("BOOKING_LAYOUTS", "partition,shared").split(",")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("workers", [1, 3])
-def test_workers_to_the_end_of_the_log(benchmark, booking_log, report, workers):
+def test_workers_to_the_end_of_the_log(benchmark, booking_log, report, workers, layout):
+    """One and three workers, on a read model of each layout ("partition":
+    a file per partition; "shared": one file); BOOKING_LAYOUTS picks."""
     cfg, n = booking_log
+    cfg = replace(cfg, db_path=cfg.db_path + f".{layout}", db_layout=layout)
     out = {}
 
     def run():
@@ -188,7 +210,7 @@ def test_workers_to_the_end_of_the_log(benchmark, booking_log, report, workers):
         out["s"] = run_workers(cfg, workers)
     benchmark.pedantic(run, rounds=1, iterations=1)
     rate = n / out["s"]
-    report.append(f"booking, {workers} worker process(es), cold start to the end of {n:,} events: "
+    report.append(f"booking, {workers} worker process(es), {layout} read model, cold start to the end of {n:,} events: "
                   f"{rate:,.0f} events/s ({out['s']:.1f} s); same-run getmany {out['base']:,.0f} "
                   f"records/s (ratio {rate / out['base']:.3f})")
     db = connect(cfg.db_path)
@@ -198,11 +220,14 @@ def test_workers_to_the_end_of_the_log(benchmark, booking_log, report, workers):
     assert stats["dead_letters"] == 6
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("processes", [1, None])
-def test_rebuild(benchmark, booking_log, report, tmp_path, processes):
+def test_rebuild(benchmark, booking_log, report, tmp_path, processes, layout):
     """The rebuild in one process, and in its default number of processes
-    (one per CPU: partitions decided and bulk-loaded in forked helpers)."""
+    (one per CPU: partitions decided and bulk-loaded in forked helpers), into
+    each layout; compared with the live read model of the same layout."""
     cfg, n = booking_log
+    cfg = replace(cfg, db_path=cfg.db_path + f".{layout}", db_layout=layout)
     if not os.path.exists(cfg.db_path):
         run_workers(cfg, 1)
     out = {}
@@ -222,7 +247,7 @@ def test_rebuild(benchmark, booking_log, report, tmp_path, processes):
     benchmark.pedantic(run, rounds=1, iterations=1)
     rate = n / out["s"]
     procs = processes or f"{os.cpu_count()} (default)"
-    report.append(f"booking rebuild of {n:,} events, {procs} process(es): {rate:,.0f} events/s "
+    report.append(f"booking rebuild of {n:,} events, {layout} layout, {procs} process(es): {rate:,.0f} events/s "
                   f"({out['s']:.1f} s); same-run getmany {out['base']:,.0f} records/s "
                   f"(ratio {rate / out['base']:.3f})")
     db = connect(cfg.db_path)
@@ -239,6 +264,7 @@ def test_sqlite_floor_of_the_read_model(benchmark, booking_log, report, tmp_path
     publishing. The workers upsert more rows than this (a row changed in two
     runs is written twice), so this is a lower bound of their SQLite cost."""
     cfg, n = booking_log
+    cfg = replace(cfg, db_path=cfg.db_path + ".shared", db_layout="shared")
     if not os.path.exists(cfg.db_path):
         run_workers(cfg, 1)
     src = connect(cfg.db_path)

@@ -90,14 +90,14 @@ def test_a_pending_expiry_survives_a_restart_and_takes_effect_once(tmp_path):
     # crash between appending the expiry and marking the timer fired would.
     async def fire_twice():
         svc = BookingService(cfg)
-        svc.db = connect(cfg.db_path)
-        from unstoppable.booking.readmodel import ReadModel
-        svc.rm = ReadModel(svc.db)
+        svc.partitions = 2
+        svc.open_db()
         async with us.Producer(log, cfg.topic, value_serializer=ev.CODEC) as svc.in_p:
             assert await svc.fire_timers([0, 1]) == 1
-            svc.db.execute("UPDATE timers SET fired=0")        # the mark was lost
+            for p in (0, 1):                                    # the mark was lost
+                svc.partition_db(p).execute("UPDATE timers SET fired=0")
             assert await svc.fire_timers([0, 1]) == 1
-        svc.db.close()
+        svc.close_db()
 
     asyncio.run(fire_twice())
     expiries = [v for *_x, v, _h in read_topic(log, cfg.topic)
@@ -147,8 +147,8 @@ def test_a_run_another_owner_committed_is_fenced_off(tmp_path):
 
     def worker():
         svc = BookingService(cfg)
-        svc.open_db()
         svc.partitions = 1
+        svc.open_db()
         return svc
 
     a, b = worker(), worker()
@@ -162,18 +162,20 @@ def test_a_run_another_owner_committed_is_fenced_off(tmp_path):
     assert stats["requests"] == 4 and stats.get("duplicates", 0) == 0
     assert b.db.execute("SELECT next_offset FROM unstoppable_offsets").fetchone() == (4,)
     for svc in (a, b):
-        svc.db.close()
+        svc.close_db()
     # Without the fence the stale run would have been applied a second time.
     assert asyncio.run(rebuild(log, cfg, str(tmp_path / "rebuilt.db"))).stats()["requests"] == 4
     log.close()
 
 
-def test_a_rebuild_in_several_processes_equals_one_in_one_process(tmp_path):
-    """Partitions decided in forked helpers, each bulk-loaded into a file of
-    its own and appended: the same read model as one process makes, offsets
+@pytest.mark.parametrize("layout", ["partition", "shared"])
+def test_a_rebuild_in_several_processes_equals_one_in_one_process(tmp_path, layout):
+    """Partitions decided in forked helpers, each bulk-loaded into its own
+    files (the "partition" layout) or into a file of its own and appended
+    (the "shared" layout): the same read model as one process makes, offsets
     included; a record that fails in a helper's share stops the rebuild with
     its own error, and leaves no file behind."""
-    cfg = _cfg(tmp_path, ttl_ms=60_000)
+    cfg = _cfg(tmp_path, ttl_ms=60_000, db_layout=layout)
     log = us.Log(cfg.log_path)
     asyncio.run(create_topics(log, cfg, partitions=5))
     es = []

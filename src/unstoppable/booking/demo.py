@@ -291,7 +291,8 @@ async def _run_demo(cfg: DemoConfig, out) -> dict:
     reader = LogReader(log)
     try:
         await create_topics(log, scfg, cfg.partitions, replicas=cfg.replicas)
-        connect(live_db).close()
+        if scfg.db_layout == "shared":      # (the "partition" layout: the workers make the directory)
+            connect(live_db).close()
         return await _run(cfg, out, d, log, reader, scfg, gateway_group, status_dir, live_db, rebuilt_db)
     finally:
         await reader.close()

@@ -68,7 +68,9 @@ import gc
 import json
 import multiprocessing as mp
 import os
+import shutil
 import signal
+import sqlite3
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -82,10 +84,13 @@ from unstoppable.booking.booking_pb2 import BookingEvent
 from unstoppable.booking.machine import InvalidEventError, apply, validate
 from unstoppable.booking.seatstate import publish_seats
 from unstoppable.booking.readmodel import (
+    LAYOUTS,
     PartitionStore,
     ReadModel,
     connect,
     create_indexes,
+    partition_path,
+    read_model_dbs,
 )
 from unstoppable.errors import ValueDecodeError
 
@@ -126,6 +131,10 @@ class ServiceConfig:
     #: (booking/seatstate.py), or None for none. Compaction needs the
     #: embedded log: JetStream refuses the topic.
     seats_topic: str | None = None
+    #: The read model's layout (readmodel.py): "partition", a directory of
+    #: one SQLite file per partition, each holding its rows and its committed
+    #: offset (workers never share a write lock); or "shared", one file.
+    db_layout: str = "partition"
 
 
 async def create_topics(log, cfg: ServiceConfig, partitions: int = 8, *,
@@ -297,11 +306,10 @@ class BookingService:
         cfg = self.cfg
         own_log = log is None
         log = await open_log(cfg.log_path, **cfg.log_options) if own_log else log
-        db = None
         try:
             async with LogReader(log) as reader:
                 self.partitions = await reader.partitions(cfg.topic)
-            db = self.open_db()
+            self.open_db()
             async with us.Consumer(log, cfg.topic, group=cfg.group, offset_store=self.store,
                                    max_poll_records=cfg.batch,
                                    membership_poll_ms=cfg.membership_poll_ms) as c, \
@@ -330,8 +338,7 @@ class BookingService:
                 if cfg.status_path:
                     self._write_status()
         finally:
-            if db is not None:
-                db.close()
+            self.close_db()
             if own_log:
                 await close_log(log)
 
@@ -340,10 +347,28 @@ class BookingService:
         (``store``) and the exactly-once processor over them (``processor``),
         as :meth:`run` does; returns the connection."""
         cfg = self.cfg
-        self.db = connect(cfg.db_path)
-        self.state = PartitionStore(self.db, outcomes_topic=cfg.outcomes_topic)
+        if cfg.db_layout not in LAYOUTS:
+            raise ValueError(f"db_layout must be one of {LAYOUTS}, got {cfg.db_layout!r}")
+        self._dbs: dict = {}
+        if cfg.db_layout == "partition":
+            if os.path.exists(cfg.db_path) and not os.path.isdir(cfg.db_path):
+                raise ValueError(f"{cfg.db_path} is a file (a read model of the \"shared\" layout) "
+                                 "but db_layout is \"partition\", a directory of one file per "
+                                 "partition: choose the layout the read model has")
+            os.makedirs(cfg.db_path, exist_ok=True)
+            for p in range(getattr(self, "partitions", 0) or 0):    # readers see every file
+                self.partition_db(p)
+            # For reading across partitions (views over every file); the worker
+            # itself writes through partition_db().
+            self.db = connect(cfg.db_path)
+            self.state = PartitionStore(self.db, outcomes_topic=cfg.outcomes_topic,
+                                        db_for=self.partition_db)
+            self.store = us.PartitionedSQLiteOffsetStore(lambda tp: self.partition_db(tp.partition))
+        else:
+            self.db = connect(cfg.db_path)
+            self.state = PartitionStore(self.db, outcomes_topic=cfg.outcomes_topic)
+            self.store = us.SQLiteOffsetStore(self.db)
         self.rm = ReadModel(self.db, outcomes_topic=cfg.outcomes_topic)
-        self.store = us.SQLiteOffsetStore(self.db)
         self.processor = us.Processor(getattr(self, "consumer", None), self.store, self._apply_run,
                                       group=cfg.group, max_attempts=cfg.max_attempts,
                                       backoff_ms=cfg.backoff_ms, dead_letter=self._dead_letter,
@@ -351,6 +376,34 @@ class BookingService:
         self._prepared = None
         self.processor.metrics = self.metrics        # one set of counters
         return self.db
+
+    def partition_db(self, partition: int):
+        """The connection of ``partition``'s database (the "partition" layout:
+        opened, and created, when first needed); the shared one otherwise."""
+        if self.cfg.db_layout != "partition":
+            return self.db
+        db = self._dbs.get(partition)
+        if db is None:
+            path = partition_path(self.cfg.db_path, partition)
+            if not os.path.exists(path):
+                _create_partition_db(path)
+            db = self._dbs[partition] = connect(path)
+        return db
+
+    def close_db(self) -> None:
+        """Close every connection :meth:`open_db` opened."""
+        for db in getattr(self, "_dbs", {}).values():
+            db.close()
+        self._dbs = {}
+        if getattr(self, "db", None) is not None:
+            self.db.close()
+            self.db = None
+
+    def _owned_dbs(self, owned: list) -> list:
+        """``[(connection, partitions)]`` holding the rows of the ``owned`` partitions."""
+        if self.cfg.db_layout != "partition":
+            return [(self.db, owned)]
+        return [(self.partition_db(p), [p]) for p in owned]
 
     async def process(self, tp, recs) -> None:
         """Apply a run of records of partition ``tp`` exactly once (what
@@ -404,6 +457,8 @@ class BookingService:
         """The processor's dead-letter hook: a ``dead_letters`` row and the
         dead letter in the outbox, in the transaction that moves past it."""
         cfg, rm = self.cfg, self.rm
+        if rm.db is not db:         # the partition's own database
+            rm = ReadModel(db, outcomes_topic=cfg.outcomes_topic)
         headers = dl.headers_for(tp.topic, tp.partition, rec.offset, error, attempts)
         rm.discard_counts()
         rm.partition = tp.partition
@@ -418,10 +473,14 @@ class BookingService:
     async def publish_outbox(self, owned: list, limit: int = 500) -> int:
         """Publish the outbox rows of the partitions this worker owns, in order,
         and delete them once acknowledged. Returns how many were published."""
-        if not owned:
-            return 0
+        n = 0
+        for db, parts in self._owned_dbs(owned) if owned else ():
+            n += await self._publish_outbox(db, parts, limit)
+        return n
+
+    async def _publish_outbox(self, db, owned: list, limit: int) -> int:
         marks = ",".join("?" * len(owned))
-        rows = self.db.execute(
+        rows = db.execute(
             f"SELECT seq, topic, key, value, headers FROM outbox WHERE part IN ({marks}) "
             f"ORDER BY seq LIMIT {int(limit)}", owned).fetchall()
         if not rows:
@@ -447,7 +506,7 @@ class BookingService:
         _raise_failed(futs)
         # The rows selected are every owned row up to the last seq: one statement
         # (an executemany outside a transaction would commit once per row).
-        self.db.execute(f"DELETE FROM outbox WHERE part IN ({marks}) AND seq <= ?",
+        db.execute(f"DELETE FROM outbox WHERE part IN ({marks}) AND seq <= ?",
                         (*owned, rows[-1][0]))
         published = len(futs)
         self.metrics["published"] += published
@@ -456,11 +515,15 @@ class BookingService:
     async def fire_timers(self, owned: list, now_ms: int | None = None, limit: int = 5000) -> int:
         """Append ReservationExpired for every due, unfired timer of the owned
         partitions, then mark them fired. Returns how many fired."""
-        if not owned:
-            return 0
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        n = 0
+        for db, parts in self._owned_dbs(owned) if owned else ():
+            n += await self._fire_timers(db, parts, now_ms, limit)
+        return n
+
+    async def _fire_timers(self, db, owned: list, now_ms: int, limit: int) -> int:
         marks = ",".join("?" * len(owned))
-        rows = self.db.execute(
+        rows = db.execute(
             f"SELECT seat_id, booking_id, part, deadline_ms FROM timers WHERE part IN ({marks}) "
             f"AND fired=0 AND deadline_ms<=? LIMIT {int(limit)}", (*owned, now_ms)).fetchall()
         if not rows:
@@ -471,11 +534,28 @@ class BookingService:
             futs.append(await self.in_p.send(e, key=seat.encode(), partition=part))
         await self.in_p.flush()
         _raise_failed(futs)
-        with _transaction(self.db):
-            self.db.executemany("UPDATE timers SET fired=1 WHERE seat_id=? AND booking_id=? "
+        with _transaction(db):
+            db.executemany("UPDATE timers SET fired=1 WHERE seat_id=? AND booking_id=? "
                                 "AND deadline_ms=?", [(s, b, d) for s, b, _p, d in rows])
         self.metrics["timers_fired"] += len(rows)
         return len(rows)
+
+
+def _create_partition_db(path: str) -> None:
+    """Make a partition's database whole (schema, offsets table, WAL) under
+    another name, then link it into place: a reader never finds the file
+    without its tables, and of two workers creating it at once one wins."""
+    tmp = f"{path}.{os.getpid()}.new"
+    _unlink_db(tmp)
+    db = connect(tmp)
+    us.SQLiteOffsetStore(db)            # its offsets table, for readers' views from the start
+    db.close()
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        _unlink_db(tmp)
 
 
 @contextlib.asynccontextmanager
@@ -551,12 +631,14 @@ def run_worker(cfg: ServiceConfig | dict) -> None:
 
 def committed_offsets(db, group: str, topic: str) -> dict:
     """{partition: committed offset} of the service's group in a read model."""
-    try:
-        rows = db.execute("SELECT part, next_offset FROM unstoppable_offsets WHERE grp=? AND topic=?",
-                          (group, topic)).fetchall()
-    except Exception:
-        return {}
-    return dict(rows)
+    out: dict = {}
+    for d in read_model_dbs(db):
+        try:
+            out.update(d.execute("SELECT part, next_offset FROM unstoppable_offsets WHERE grp=? "
+                                 "AND topic=?", (group, topic)).fetchall())
+        except sqlite3.OperationalError:        # no offsets table yet
+            pass
+    return out
 
 
 #: Fewer input records than this are rebuilt in one process: a forked
@@ -592,6 +674,8 @@ async def rebuild(log, cfg: ServiceConfig, db_path, *, progress=None, chunk: int
     db_path = str(db_path)
     if os.path.exists(db_path):
         raise FileExistsError(f"{db_path} exists; rebuild writes a fresh read model")
+    if cfg.db_layout == "partition":
+        return await _rebuild_partitioned(log, cfg, db_path, progress, chunk, processes)
     tmp = db_path + ".building"
     async with LogReader(log) as reader:
         n = await reader.partitions(cfg.topic)
@@ -644,6 +728,102 @@ async def rebuild(log, cfg: ServiceConfig, db_path, *, progress=None, chunk: int
     return ReadModel(connect(db_path), outcomes_topic=cfg.outcomes_topic)
 
 
+async def _rebuild_partitioned(log, cfg: ServiceConfig, db_path: str, progress, chunk: int,
+                               processes: int | None) -> ReadModel:
+    """:func:`rebuild` into the "partition" layout: a directory of one file
+    per partition. Each process (this one and its forked helpers) decides
+    its share of the partitions and bulk-loads each partition's rows and
+    offset into that partition's file; nothing is appended afterwards. The
+    directory is built as ``db_path + ".building"`` and renamed when whole."""
+    tmp = db_path + ".building"
+    shutil.rmtree(tmp, ignore_errors=True)      # what a crashed rebuild left
+    async with LogReader(log) as reader:
+        n = await reader.partitions(cfg.topic)
+        dead = {(d.origin_partition, d.origin_offset): d.error
+                for d in await dl.read_dead_letters(log, cfg.dlq_topic, missing_ok=True)
+                if d.origin_topic == cfg.topic}
+        ranges = await reader.ranges(cfg.topic)
+        sizes = [e - s for s, e in ranges]
+        total = sum(sizes)
+        if processes is None:
+            processes = (os.cpu_count() or 1) if total >= PARALLEL_REBUILD_MIN else 1
+        shares = _shares(sizes, max(1, min(int(processes), n)))
+        os.makedirs(tmp)
+        was_enabled = gc.isenabled()
+        gc.disable()                # see rebuild()
+        helpers: list = []
+        offsets: dict = {}
+        try:
+            for share in shares[1:]:
+                runs = await _read_share(reader, cfg, share, ranges, chunk, offsets)
+                helpers.append(_start_helper(cfg, n, runs, dead, tmp, share, offsets,
+                                             target=_rebuild_parts))
+                del runs
+            st = PartitionStore(None, outcomes_topic=cfg.outcomes_topic, outbox=False, bulk=True)
+            done = 0
+            for p in shares[0]:
+                async for recs in reader.chunks(cfg.topic, p, *ranges[p], chunk):
+                    _decide_chunk(st, cfg, p, n, recs, dead)
+                    offsets[us.TopicPartition(cfg.topic, p)] = recs[-1].offset + 1
+                    done += len(recs)
+                    if progress is not None:
+                        progress(done, total)
+            _write_parts(st, cfg, tmp, shares[0], offsets)
+            del st
+            for proc, rx, share in helpers:
+                result = await asyncio.get_running_loop().run_in_executor(None, _receive, rx, proc)
+                if result is not None:
+                    raise result
+                done += sum(sizes[p] for p in share)
+                if progress is not None:
+                    progress(done, total)
+        except BaseException:
+            _abandon(helpers, None, [])
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        finally:
+            if was_enabled:
+                gc.enable()
+    os.replace(tmp, db_path)
+    return ReadModel(connect(db_path), outcomes_topic=cfg.outcomes_topic)
+
+
+def _write_parts(st: PartitionStore, cfg: ServiceConfig, dirpath: str, partitions: list,
+                 offsets: dict) -> None:
+    """Bulk-load each of ``partitions``' final rows and committed offset
+    (decided into ``st``) into its own file of the directory ``dirpath``."""
+    for p in partitions:
+        db = connect(partition_path(dirpath, p), bulk=True)
+        try:
+            offset_store = us.SQLiteOffsetStore(db)      # (creates its table: not inside the BEGIN)
+            st.db = db
+            db.execute("BEGIN")
+            st.write_all([p])
+            offset_store.save({tp: off for tp, off in offsets.items() if tp.partition == p},
+                              group=cfg.group)
+            db.execute("COMMIT")
+            create_indexes(db)
+        finally:
+            db.close()
+    st.db = None
+
+
+def _rebuild_parts(cfg: ServiceConfig, n: int, runs: list, dead: dict, dirpath: str, share: list,
+                   offsets: dict, tx) -> None:
+    """A rebuild helper of the "partition" layout (forked): decide ``runs``
+    and bulk-load each partition of ``share`` into its file in ``dirpath``;
+    send None, or the exception that stopped it, down ``tx``."""
+    try:
+        st = PartitionStore(None, outcomes_topic=cfg.outcomes_topic, outbox=False, bulk=True)
+        for p, recs in runs:
+            _decide_chunk(st, cfg, p, n, recs, dead)
+        _write_parts(st, cfg, dirpath, share, offsets)
+        result = None
+    except BaseException as e:      # noqa: BLE001 - sent to the parent, which raises it
+        result = e
+    _send_result(tx, result)
+
+
 async def _read_share(reader, cfg: ServiceConfig, share: list, ranges: list, chunk: int,
                       offsets: dict) -> list:
     """A helper's records, read here (the helper uses no log): ``[(partition, records)]``."""
@@ -655,11 +835,17 @@ async def _read_share(reader, cfg: ServiceConfig, share: list, ranges: list, chu
     return runs
 
 
-def _start_helper(cfg: ServiceConfig, n: int, runs: list, dead: dict, path: str, share: list):
+def _start_helper(cfg: ServiceConfig, n: int, runs: list, dead: dict, path: str, share: list,
+                  offsets: dict | None = None, target=None):
     """Fork a rebuild helper for ``runs``; returns ``(process, receiving end, share)``."""
     ctx = mp.get_context("fork")
     rx, tx = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_rebuild_share, args=(cfg, n, runs, dead, path, tx),
+    if target is None:
+        args: tuple = (cfg, n, runs, dead, path, tx)
+        target = _rebuild_share
+    else:
+        args = (cfg, n, runs, dead, path, share, offsets, tx)
+    proc = ctx.Process(target=target, args=args,
                        name=f"rebuild-{os.path.basename(path)}")
     proc.start()
     tx.close()
@@ -740,6 +926,11 @@ def _rebuild_share(cfg: ServiceConfig, n: int, runs: list, dead: dict, path: str
         result = None
     except BaseException as e:      # noqa: BLE001 - sent to the parent, which raises it
         result = e
+    _send_result(tx, result)
+
+
+def _send_result(tx, result) -> None:
+    """A helper's last act: send ``result`` to the parent, and exit."""
     try:
         tx.send(result)
     except Exception as e:          # an exception that does not pickle
