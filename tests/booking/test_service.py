@@ -246,3 +246,19 @@ def test_more_partitions_than_sqlite_attaches_are_read_in_turn(tmp_path):
     assert diff_snapshots(live, rebuilt.snapshot()) == []
     rebuilt.db.close()
     log.close()
+
+
+def test_a_read_model_of_the_other_layout_is_refused(tmp_path):
+    """A worker configured for one layout does not write into a read model of
+    the other: it says which it found."""
+    log = us.Log(str(tmp_path / "log"))
+    for layout, make in (("partition", lambda p: connect(p).close()),
+                         ("shared", os.makedirs)):
+        path = str(tmp_path / f"{layout}.db")
+        make(path)
+        svc = BookingService(ServiceConfig(str(tmp_path / "log"), path, db_layout=layout))
+        with pytest.raises(ValueError, match="choose the layout the read model has"):
+            svc.open_db()
+    with pytest.raises(ValueError, match="db_layout must be one of"):
+        BookingService(_cfg(tmp_path, db_layout="sharded")).open_db()
+    log.close()

@@ -33,7 +33,8 @@ One worker, per run of records handed out by ``getmany`` for a partition::
     fire due timers: append ReservationExpired to the input topic, mark fired
 
 Exactly-once effects: the read model, the timers, the outbox and the
-committed offset change in one SQLite transaction. A worker killed at any
+committed offset change in one SQLite transaction (of the partition's own
+database file, in the default "partition" layout). A worker killed at any
 point leaves either all of a run's effects and its offset, or none; the next
 owner of the partition resumes at the committed offset.
 
@@ -286,7 +287,14 @@ class BookingService:
 
     One worker of the booking service's consumer group. ``await run(stop)``
     works until ``stop`` (an asyncio.Event) is set; any number of workers (in
-    any number of processes) may run against the same log and database.
+    any number of processes) may run against the same log and read model.
+
+    The read model is ``cfg.db_path``: a directory of one SQLite file per
+    partition (``db_layout="partition"``, the default), each holding the
+    partition's rows and committed offset, so that workers owning different
+    partitions never wait for one write lock; or one file shared by every
+    worker (``db_layout="shared"``). The layout of an existing read model
+    must match the configuration (a clear error otherwise).
     """
 
     def __init__(self, cfg: ServiceConfig):
@@ -365,6 +373,10 @@ class BookingService:
                                         db_for=self.partition_db)
             self.store = us.PartitionedSQLiteOffsetStore(lambda tp: self.partition_db(tp.partition))
         else:
+            if os.path.isdir(cfg.db_path):
+                raise ValueError(f"{cfg.db_path} is a directory (a read model of the \"partition\" "
+                                 "layout) but db_layout is \"shared\", one file: choose the layout "
+                                 "the read model has")
             self.db = connect(cfg.db_path)
             self.state = PartitionStore(self.db, outcomes_topic=cfg.outcomes_topic)
             self.store = us.SQLiteOffsetStore(self.db)
@@ -667,7 +679,10 @@ async def rebuild(log, cfg: ServiceConfig, db_path, *, progress=None, chunk: int
     fewer than ``PARALLEL_REBUILD_MIN`` records): this process reads the
     records of the other processes' partitions (contiguous ranges of
     partitions, balanced by record count), forks them, decides its own
-    share, and each bulk-loads its share into a file of its own; the shares
+    share. In the ``"partition"`` layout (``cfg.db_layout``, the default)
+    each process bulk-loads each of its partitions into that partition's
+    file of the new directory, and nothing is appended; in the ``"shared"``
+    layout each bulk-loads its share into a file of its own, and the shares
     are then appended into the read model in partition order (their rowids
     ``partition << 40 | n`` ascend, so every share appends).
     """
