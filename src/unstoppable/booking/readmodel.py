@@ -1,7 +1,8 @@
 """The read model (the "Q" of CQRS) in SQLite, and the Stores the state
 machine decides against.
 
-One database file (WAL mode, so readers never block the writers) holds:
+Each database file (WAL mode, so readers never block the writers; one per
+partition, or one for all, see the layouts below) holds:
 
 ==============  ====================================================================
 table           rows
