@@ -23,6 +23,7 @@ import multiprocessing as mp
 import os
 import random
 import shutil
+import sqlite3
 import time
 from dataclasses import replace
 
@@ -35,12 +36,11 @@ from unstoppable.booking.readmodel import (
     ReadModel,
     connect,
     diff_snapshots,
-    read_model_dbs,
+    partition_paths,
 )
 from unstoppable.booking.service import (
     ServiceConfig,
     apply_run,
-    committed_offsets,
     config_dict,
     create_topics,
     rebuild,
@@ -135,18 +135,53 @@ def getmany_rate(cfg: ServiceConfig, n: int) -> float:
     return asyncio.run(main())
 
 
-def _caught_up(cfg: ServiceConfig, ends: list) -> bool:
-    if not os.path.exists(cfg.db_path):     # the workers have not made the read model yet
-        return False
-    db = connect(cfg.db_path)               # (a directory: every partition's file, in turn)
-    try:
-        rows = committed_offsets(db, cfg.group, cfg.topic)
-        if any(rows.get(p) != e for p, e in enumerate(ends)):
+class _Progress:
+    """Whether the workers are at the end: every partition's committed offset
+    at its end and every outbox empty. The read model's files are opened once
+    and polled with two small queries each (opening a directory's reading
+    connection on every poll took 13.8 ms, against 1.5 ms for one file,
+    measured here: at 20 polls a second, a share of a core taken from the
+    workers)."""
+
+    def __init__(self, cfg: ServiceConfig):
+        self.cfg = cfg
+        self.dbs: dict = {}
+
+    def _files(self) -> dict:
+        cfg = self.cfg
+        if cfg.db_layout == "shared":
+            return {0: cfg.db_path} if os.path.exists(cfg.db_path) else {}
+        return partition_paths(cfg.db_path) if os.path.isdir(cfg.db_path) else {}
+
+    def caught_up(self, ends: list) -> bool:
+        for k, path in self._files().items():
+            if k not in self.dbs:
+                self.dbs[k] = sqlite3.connect(path, timeout=60)
+        com: dict = {}
+        try:
+            for db in self.dbs.values():
+                com.update(db.execute("SELECT part, next_offset FROM unstoppable_offsets WHERE grp=? "
+                                      "AND topic=?", (self.cfg.group, self.cfg.topic)).fetchall())
+            if any(com.get(p) != e for p, e in enumerate(ends)):
+                return False
+            return all(db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0
+                       for db in self.dbs.values())
+        except sqlite3.OperationalError:      # the workers have not made their tables yet
             return False
-        return all(d.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0
-                   for d in read_model_dbs(db))
+
+    def close(self) -> None:
+        for db in self.dbs.values():
+            db.close()
+        self.dbs.clear()
+
+
+def _caught_up(cfg: ServiceConfig, ends: list) -> bool:
+    """One-off :meth:`_Progress.caught_up`."""
+    p = _Progress(cfg)
+    try:
+        return p.caught_up(ends)
     finally:
-        db.close()
+        p.close()
 
 
 def _remove_read_model(path: str) -> None:
@@ -171,13 +206,15 @@ def run_workers(cfg: ServiceConfig, n_workers: int, timeout: float = 600) -> flo
     procs = [ctx.Process(target=run_worker, args=(config_dict(cfg),)) for _ in range(n_workers)]
     for p in procs:
         p.start()
+    progress = _Progress(cfg)
     try:
-        while not _caught_up(cfg, ends):
+        while not progress.caught_up(ends):
             assert all(p.is_alive() for p in procs), "a worker died"
             assert time.perf_counter() - t0 < timeout, "the workers did not catch up in time"
             time.sleep(0.05)
         return time.perf_counter() - t0
     finally:
+        progress.close()
         for p in procs:
             p.terminate()
         for p in procs:
