@@ -583,7 +583,7 @@ class PartitionStore(_Queries, Store):
         self._cur = None
         self._bulk_counts: dict = {}
         self._dead: list = []
-        # The outcomes of outbox rows this store wrote: seq -> (packed value,
+        # The outcomes of outbox rows this store wrote: (partition, seq) -> (packed value,
         # [(key, value)]), so that publishing need not unpack them again. An
         # entry stands for a row only while the row's value equals the packed
         # value (a rolled-back row's seq is used again); see outcomes_for().
@@ -691,14 +691,15 @@ class PartitionStore(_Queries, Store):
             blob = pack_outcomes(self._outbox)
             seq = self.db.execute("INSERT INTO outbox (part, topic, key, value) VALUES (?,?,NULL,?)",
                                   (p, self.outcomes_topic, blob)).lastrowid
-            self.outcomes_of[seq] = (blob, self._outbox)
+            self.outcomes_of[(p, seq)] = (blob, self._outbox)   # (seqs count per file)
         if self._counts:
             em(_ADD_STATS, [(p, n, v) for n, v in self._counts.items()])
         self.discard()
 
-    def outcomes_for(self, seq: int, value: bytes) -> list:
-        """The ``[(key, value)]`` of the packed outbox row ``seq`` holding
-        ``value``: kept from when this store wrote it, else unpacked."""
+    def outcomes_for(self, seq: tuple, value: bytes) -> list:
+        """The ``[(key, value)]`` of the packed outbox row ``seq`` (``(partition,
+        row seq)``: with a file per partition, each file counts its own seqs)
+        holding ``value``: kept from when this store wrote it, else unpacked."""
         kept = self.outcomes_of.pop(seq, None)
         if kept is not None and kept[0] == value:
             return kept[1]

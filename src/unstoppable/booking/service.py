@@ -493,15 +493,15 @@ class BookingService:
     async def _publish_outbox(self, db, owned: list, limit: int) -> int:
         marks = ",".join("?" * len(owned))
         rows = db.execute(
-            f"SELECT seq, topic, key, value, headers FROM outbox WHERE part IN ({marks}) "
+            f"SELECT seq, topic, key, value, headers, part FROM outbox WHERE part IN ({marks}) "
             f"ORDER BY seq LIMIT {int(limit)}", owned).fetchall()
         if not rows:
             return 0
         futs = []
-        for _seq, topic, key, value, headers in rows:
+        for _seq, topic, key, value, headers, part in rows:
             if topic == self.cfg.outcomes_topic and key is None:     # a run's outcomes, packed
                 send = self.out_p.send
-                pairs = self.state.outcomes_for(_seq, value)
+                pairs = self.state.outcomes_for((part, _seq), value)
                 for k, v in pairs:
                     futs.append(await send(v, key=k))
                 if self.seats_p is not None:    # then the seats they name, as they are now
