@@ -161,7 +161,9 @@ class Processor:
     Applies runs of records with ``handler(db, tp, records)`` and commits each
     run's effects with the offset after it in one SQLite transaction of
     ``store``'s connection (``store`` is the consumer's
-    :class:`~unstoppable.SQLiteOffsetStore`; ``group`` its group). The
+    :class:`~unstoppable.SQLiteOffsetStore`, or a
+    :class:`~unstoppable.PartitionedSQLiteOffsetStore` for a database per
+    partition; ``group`` its group). The
     connection must be in autocommit mode (``isolation_level=None``): the
     processor issues BEGIN IMMEDIATE and COMMIT itself.
 
