@@ -519,7 +519,7 @@ class BookingService:
         # The rows selected are every owned row up to the last seq: one statement
         # (an executemany outside a transaction would commit once per row).
         db.execute(f"DELETE FROM outbox WHERE part IN ({marks}) AND seq <= ?",
-                        (*owned, rows[-1][0]))
+                   (*owned, rows[-1][0]))
         published = len(futs)
         self.metrics["published"] += published
         return published
@@ -548,7 +548,7 @@ class BookingService:
         _raise_failed(futs)
         with _transaction(db):
             db.executemany("UPDATE timers SET fired=1 WHERE seat_id=? AND booking_id=? "
-                                "AND deadline_ms=?", [(s, b, d) for s, b, _p, d in rows])
+                           "AND deadline_ms=?", [(s, b, d) for s, b, _p, d in rows])
         self.metrics["timers_fired"] += len(rows)
         return len(rows)
 
