@@ -81,7 +81,8 @@ from unstoppable.booking.machine import Booking, Seat, Store
 
 __all__ = ["ReadModel", "PartitionStore", "pack_outcomes", "unpack_outcomes", "SCHEMA", "INDEXES",
            "SNAPSHOT_TABLES", "connect", "create_indexes", "diff_snapshots", "pack_log",
-           "unpack_log", "partition_path", "partition_paths", "read_model_dbs", "LAYOUTS"]
+           "unpack_log", "partition_path", "partition_paths", "read_model_dbs", "query_all",
+           "LAYOUTS"]
 
 #: ``ServiceConfig.db_layout``: one database per partition in a directory, or one file.
 LAYOUTS = ("partition", "shared")
@@ -220,6 +221,16 @@ def read_model_dbs(db: sqlite3.Connection) -> list:
         db._dbs = [sqlite3.connect(f, timeout=60.0, isolation_level=None, check_same_thread=False)
                    for f in db.parts.values()]
     return db._dbs
+
+
+def query_all(db: sqlite3.Connection, sql: str, params: tuple = ()) -> list:
+    """The rows of ``sql`` run on each of the read model's files (see
+    :func:`read_model_dbs`), concatenated: for queries whose per-file
+    answers add up (``COUNT(*)`` gives a row per file: sum them)."""
+    out: list = []
+    for d in read_model_dbs(db):
+        out += d.execute(sql, params).fetchall()
+    return out
 
 
 def connect(path, *, timeout: float = 60.0, bulk: bool = False) -> sqlite3.Connection:
