@@ -403,3 +403,59 @@ def test_prepare_decides_outside_the_transaction_and_is_redone_on_a_stale_state(
         us.Processor(None, us.SQLiteOffsetStore(db), handler, group="g", prepare=prepare)
     db.close()
     log.close()
+
+
+def test_a_database_per_partition(tmp_path):
+    """With a PartitionedSQLiteOffsetStore each partition's effects, offset
+    and dead letters are in its own file, each run a transaction of that
+    file's connection; a restart resumes from every file's offset, and a run
+    another owner committed is fenced off per partition."""
+    log = _log(tmp_path, n=200, partitions=3)
+    dbs: dict = {}
+
+    def connect(tp):
+        return dbs.setdefault(tp.partition, _db(tmp_path / f"p{tp.partition}.db"))
+
+    def handler(db, tp, records):
+        assert db is dbs[tp.partition]
+        for i, r in enumerate(records):
+            if bytes(r.value) == b"v1-50":
+                _insert(db, tp, records[:i])
+                raise us.RecordFailed(i, ValueError("poison"), applied=True)
+        _insert(db, tp, records)
+
+    async def run(timeout=30):
+        store = us.PartitionedSQLiteOffsetStore(connect)
+        async with us.Consumer(log, "t", group="g", offset_store=store, max_poll_records=64) as c:
+            proc = us.Processor(c, store, handler, group="g", max_attempts=2, backoff_ms=1)
+            deadline = time.monotonic() + timeout
+            while sum((await store.load("g", [us.TopicPartition("t", p) for p in range(3)])).values()) < 600:
+                for tp, recs in (await c.getmany(timeout_ms=50)).items():
+                    await proc.process(tp, recs)
+                assert time.monotonic() < deadline, "not caught up"
+        return proc
+
+    proc = asyncio.run(run())
+    for p in range(3):
+        db = dbs[p]
+        offs = db.execute("SELECT part, next_offset FROM unstoppable_offsets").fetchall()
+        assert offs == [(p, 200)]                      # this partition's offset only
+        parts = db.execute("SELECT DISTINCT part FROM effects").fetchall()
+        assert parts == [(p,)]
+        n = 199 if p == 1 else 200
+        assert db.execute("SELECT COUNT(*) FROM effects").fetchone() == (n,)
+    assert [(r[1], r[2], r[5]) for r in proc.dead_letters("t")] == [(1, 50, "ValueError: poison")]
+    assert dbs[0].execute("SELECT COUNT(*) FROM unstoppable_dead_letters").fetchone() == (0,)
+    assert proc.metrics["handled"] == 599 and proc.metrics["dead_letters"] == 1
+    # A stale run of partition 2 (committed already) is fenced off, nothing applied twice.
+    stale = log.topic("t").partition(2).read(0, 10)
+    asyncio.run(proc.process(us.TopicPartition("t", 2), stale))
+    assert proc.metrics["fenced"] == 1
+    assert dbs[2].execute("SELECT COUNT(*) FROM effects").fetchone() == (200,)
+    # A restart resumes at every file's committed offset.
+    assert asyncio.run(run(timeout=2)).metrics["handled"] == 0
+    with pytest.raises(TypeError, match="callable"):
+        us.PartitionedSQLiteOffsetStore("p.db")
+    for db in dbs.values():
+        db.close()
+    log.close()

@@ -31,6 +31,7 @@ from unstoppable.client import (
     GroupOffsetStore,
     OffsetAndTimestamp,
     OffsetStore,
+    PartitionedSQLiteOffsetStore,
     Producer,
     RecordMetadata,
     SQLiteOffsetStore,
@@ -51,7 +52,7 @@ __all__ = [
     "Producer", "Block", "BlockWithTimeout", "FailImmediately", "RecordMetadata",
     "DefaultPartitioner", "Murmur2Partitioner",
     "Consumer", "ConsumerRecord", "TopicPartition", "OffsetAndTimestamp",
-    "OffsetStore", "GroupOffsetStore", "SQLiteOffsetStore",
+    "OffsetStore", "GroupOffsetStore", "SQLiteOffsetStore", "PartitionedSQLiteOffsetStore",
     # exactly-once processing: a run of records and its offset in one SQLite transaction
     "Processor", "RecordFailed",
     # any backend from a URL

@@ -82,6 +82,15 @@ the processor drops it before the handler runs (``drop`` must discard what
 itself. A run that is fenced off drops the state too. ``prepare`` must not touch the database;
 an exception from it drops the state, and the handler decides itself.
 
+A database per partition: ``store`` may be a
+:class:`~unstoppable.PartitionedSQLiteOffsetStore`, which gives each
+partition its own connection (``store.store_for(tp).db``) holding that
+partition's effects and committed offset. Each run's transaction is then
+on its partition's connection, and that connection is the ``db`` the
+handler, ``dead_letter`` and ``state.load`` are given; processors (in other
+processes) working on different partitions take different write locks.
+Everything above holds per partition.
+
 It runs on any backend the Consumer runs on (the embedded log, JetStream).
 """
 from __future__ import annotations
@@ -152,7 +161,9 @@ class Processor:
     Applies runs of records with ``handler(db, tp, records)`` and commits each
     run's effects with the offset after it in one SQLite transaction of
     ``store``'s connection (``store`` is the consumer's
-    :class:`~unstoppable.SQLiteOffsetStore`; ``group`` its group). The
+    :class:`~unstoppable.SQLiteOffsetStore`, or a
+    :class:`~unstoppable.PartitionedSQLiteOffsetStore` for a database per
+    partition; ``group`` its group). The
     connection must be in autocommit mode (``isolation_level=None``): the
     processor issues BEGIN IMMEDIATE and COMMIT itself.
 
@@ -176,14 +187,14 @@ class Processor:
                  dead_letter_table: str = "unstoppable_dead_letters",
                  lock_backoff_ms: float = 5.0, max_lock_backoff_ms: float = 1000.0,
                  arrow: bool = False, state=None, prepare: Callable | None = None):
-        db = getattr(store, "db", None)
-        if not isinstance(db, sqlite3.Connection):
-            raise TypeError(f"store must be an SQLiteOffsetStore (its connection holds the "
-                            f"transaction), got {type(store).__name__}")
-        if db.isolation_level is not None:
-            raise ValueError("the store's sqlite3 connection must be in autocommit mode "
-                             "(sqlite3.connect(..., isolation_level=None)): the processor "
-                             f"issues BEGIN and COMMIT itself; isolation_level is {db.isolation_level!r}")
+        self._partitioned = callable(getattr(store, "store_for", None))
+        self._checked: set = set()     # ids of the connections found fit (partitioned store)
+        db = None if self._partitioned else getattr(store, "db", None)
+        if not self._partitioned:
+            if not isinstance(db, sqlite3.Connection):
+                raise TypeError(f"store must be an SQLiteOffsetStore or a PartitionedSQLiteOffsetStore "
+                                f"(its connection holds the transaction), got {type(store).__name__}")
+            _check_autocommit(db)
         if not isinstance(max_attempts, int) or max_attempts < 1:
             raise ValueError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
         if not group or not isinstance(group, str):
@@ -214,7 +225,8 @@ class Processor:
             if not dead_letter_table.replace("_", "").isalnum():
                 raise ValueError(f"table name {dead_letter_table!r} must be letters, digits and underscores")
             self.dead_letter_table = dead_letter_table
-            db.execute(DEAD_LETTER_SCHEMA.format(table=dead_letter_table))
+            if db is not None:
+                db.execute(DEAD_LETTER_SCHEMA.format(table=dead_letter_table))
             dead_letter = self._default_dead_letter
         else:
             self.dead_letter_table = None
@@ -325,8 +337,20 @@ class Processor:
         error = f"{type(err).__name__}: {err}"
 
         def body():
-            self.dead_letter(self.db, tp, rec, error, self.max_attempts)
+            self.dead_letter(self._db(tp), tp, rec, error, self.max_attempts)
         return body
+
+    def _db(self, tp) -> sqlite3.Connection:
+        """The connection holding ``tp``'s effects and offset."""
+        if not self._partitioned:
+            return self.db
+        db = self.store.store_for(tp).db
+        if id(db) not in self._checked:
+            _check_autocommit(db)
+            if self.dead_letter_table is not None:
+                db.execute(DEAD_LETTER_SCHEMA.format(table=self.dead_letter_table))
+            self._checked.add(id(db))
+        return db
 
     def _default_dead_letter(self, db, tp, rec, error: str, attempts: int) -> None:
         db.execute(f"INSERT OR REPLACE INTO {self.dead_letter_table} VALUES (?,?,?,?,?,?,?,?)",
@@ -354,9 +378,9 @@ class Processor:
         def body():
             try:
                 if self.arrow:
-                    self.handler(self.db, tp, recs, self.columns(tp, recs))
+                    self.handler(self._db(tp), tp, recs, self.columns(tp, recs))
                 else:
-                    self.handler(self.db, tp, recs)
+                    self.handler(self._db(tp), tp, recs)
             except HandlerTransactionError:
                 raise
             except RecordFailed as e:
@@ -382,7 +406,8 @@ class Processor:
         """BEGIN IMMEDIATE, fence, (load the state), body(), save ``next_offset()``,
         COMMIT; rolled back when ``abort()`` is true after body (the state is
         dropped then unless ``state_kept()``). Waits out a locked database."""
-        db = self.db
+        db = self._db(tp)
+        store = self.store.store_for(tp) if self._partitioned else self.store
         delay = self.lock_backoff_ms
         while True:
             try:
@@ -407,7 +432,7 @@ class Processor:
                     self._forget(tp)
                 return
             nxt = next_offset()
-            self.store.save({tp: nxt}, group=self.group)
+            store.save({tp: nxt}, group=self.group)
             while True:
                 try:
                     db.execute("COMMIT")
@@ -429,7 +454,7 @@ class Processor:
 
     def _run_body(self, tp, body) -> None:
         """body() under the authorizer that stops transaction statements."""
-        db = self.db
+        db = self._db(tp)
         self._tx_violation = None
         db.set_authorizer(self._authorize)
         try:
@@ -450,7 +475,7 @@ class Processor:
         if self._state_at.get(tp, _UNSET) != committed:
             self._state_at.pop(tp, None)
             self.state.drop(tp)
-            self.state.load(self.db, tp)
+            self.state.load(self._db(tp), tp)
             self._state_at[tp] = committed
             self.metrics["state_loads"] = self.metrics.get("state_loads", 0) + 1
 
@@ -479,6 +504,20 @@ class Processor:
             raise ValueError("this processor was given its own dead_letter function; "
                              "its dead letters are wherever that function put them")
         sql = f"SELECT * FROM {self.dead_letter_table}"
-        rows = (self.db.execute(sql + " WHERE topic=? ORDER BY part, off", (topic,)) if topic
-                else self.db.execute(sql + " ORDER BY topic, part, off"))
-        return rows.fetchall()
+        if self._partitioned:       # every partition's database opened so far
+            dbs = list({id(s.db): s.db for s in self.store.stores().values()}.values())
+        else:
+            dbs = [self.db]
+        rows = []
+        for db in dbs:
+            rows += (db.execute(sql + " WHERE topic=?", (topic,)) if topic
+                     else db.execute(sql)).fetchall()
+        rows.sort(key=lambda r: (r[0], r[1], r[2]))
+        return rows
+
+
+def _check_autocommit(db) -> None:
+    if db.isolation_level is not None:
+        raise ValueError("the store's sqlite3 connection must be in autocommit mode "
+                         "(sqlite3.connect(..., isolation_level=None)): the processor "
+                         f"issues BEGIN and COMMIT itself; isolation_level is {db.isolation_level!r}")

@@ -3,6 +3,7 @@ process until a condition holds, and reading topics."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 from unstoppable.booking import events as ev
@@ -16,10 +17,14 @@ def run_service(cfg, log, until, timeout: float = 30.0):
         stop = asyncio.Event()
         svc = BookingService(cfg)
         task = asyncio.create_task(svc.run(stop, log))
-        db = connect(cfg.db_path)
+        db = None
         try:
             deadline = time.monotonic() + timeout
-            while not until(db):
+            # (the read model is opened once the service made it: a directory
+            # of one file per partition, by default)
+            while db is None or not until(db):
+                if db is None and os.path.exists(cfg.db_path) and svc.__dict__.get("processor"):
+                    db = connect(cfg.db_path)
                 if task.done():
                     task.result()
                 if time.monotonic() > deadline:
@@ -28,7 +33,8 @@ def run_service(cfg, log, until, timeout: float = 30.0):
         finally:
             stop.set()
             await asyncio.wait_for(task, 30)
-            db.close()
+            if db is not None:
+                db.close()
         return svc
     return asyncio.run(main())
 

@@ -90,14 +90,14 @@ def test_a_pending_expiry_survives_a_restart_and_takes_effect_once(tmp_path):
     # crash between appending the expiry and marking the timer fired would.
     async def fire_twice():
         svc = BookingService(cfg)
-        svc.db = connect(cfg.db_path)
-        from unstoppable.booking.readmodel import ReadModel
-        svc.rm = ReadModel(svc.db)
+        svc.partitions = 2
+        svc.open_db()
         async with us.Producer(log, cfg.topic, value_serializer=ev.CODEC) as svc.in_p:
             assert await svc.fire_timers([0, 1]) == 1
-            svc.db.execute("UPDATE timers SET fired=0")        # the mark was lost
+            for p in (0, 1):                                    # the mark was lost
+                svc.partition_db(p).execute("UPDATE timers SET fired=0")
             assert await svc.fire_timers([0, 1]) == 1
-        svc.db.close()
+        svc.close_db()
 
     asyncio.run(fire_twice())
     expiries = [v for *_x, v, _h in read_topic(log, cfg.topic)
@@ -147,8 +147,8 @@ def test_a_run_another_owner_committed_is_fenced_off(tmp_path):
 
     def worker():
         svc = BookingService(cfg)
-        svc.open_db()
         svc.partitions = 1
+        svc.open_db()
         return svc
 
     a, b = worker(), worker()
@@ -162,18 +162,20 @@ def test_a_run_another_owner_committed_is_fenced_off(tmp_path):
     assert stats["requests"] == 4 and stats.get("duplicates", 0) == 0
     assert b.db.execute("SELECT next_offset FROM unstoppable_offsets").fetchone() == (4,)
     for svc in (a, b):
-        svc.db.close()
+        svc.close_db()
     # Without the fence the stale run would have been applied a second time.
     assert asyncio.run(rebuild(log, cfg, str(tmp_path / "rebuilt.db"))).stats()["requests"] == 4
     log.close()
 
 
-def test_a_rebuild_in_several_processes_equals_one_in_one_process(tmp_path):
-    """Partitions decided in forked helpers, each bulk-loaded into a file of
-    its own and appended: the same read model as one process makes, offsets
+@pytest.mark.parametrize("layout", ["partition", "shared"])
+def test_a_rebuild_in_several_processes_equals_one_in_one_process(tmp_path, layout):
+    """Partitions decided in forked helpers, each bulk-loaded into its own
+    files (the "partition" layout) or into a file of its own and appended
+    (the "shared" layout): the same read model as one process makes, offsets
     included; a record that fails in a helper's share stops the rebuild with
     its own error, and leaves no file behind."""
-    cfg = _cfg(tmp_path, ttl_ms=60_000)
+    cfg = _cfg(tmp_path, ttl_ms=60_000, db_layout=layout)
     log = us.Log(cfg.log_path)
     asyncio.run(create_topics(log, cfg, partitions=5))
     es = []
@@ -199,4 +201,64 @@ def test_a_rebuild_in_several_processes_equals_one_in_one_process(tmp_path):
     with pytest.raises(us.errors.ValueDecodeError, match="not a valid"):
         asyncio.run(rebuild(log, cfg, str(tmp_path / "bad.db"), processes=3))
     assert sorted(os.listdir(tmp_path)) == sorted(["log", "one.db", "three.db"])
+    log.close()
+
+
+def test_more_partitions_than_sqlite_attaches_are_read_in_turn(tmp_path):
+    """12 partitions, a file each: more than SQLite attaches to one connection
+    here, so connect() of the directory makes no views (a query names a
+    missing table) and ReadModel reads the files in turn; the live read model
+    still equals the rebuild, and every partition's offset is in its file."""
+    import sqlite3
+
+    from unstoppable.booking.readmodel import ReadModel, partition_paths, read_model_dbs
+    from unstoppable.booking.service import committed_offsets
+    cfg = _cfg(tmp_path, ttl_ms=60_000)
+    log = us.Log(cfg.log_path)
+    asyncio.run(create_topics(log, cfg, partitions=12))
+    es = []
+    for i in range(120):
+        es.append(ev.reservation_requested(f"b{i}", f"u{i}", f"S{i % 30}"))
+        if i % 2:
+            es.append(ev.payment_received(f"b{i}", f"S{i % 30}", f"p{i}", 100, f"u{i}"))
+    _send(log, cfg, es)
+    ends = log.topic(cfg.topic).end_offsets()
+
+    def done(db):
+        com = committed_offsets(db, cfg.group, cfg.topic)
+        return (all(com.get(p, 0) == e for p, e in enumerate(ends))
+                and all(d.execute("SELECT COUNT(*) FROM outbox").fetchone() == (0,)
+                        for d in read_model_dbs(db)))
+    run_service(cfg, log, done)
+    assert sorted(partition_paths(cfg.db_path)) == list(range(12))
+    db = connect(cfg.db_path)
+    assert sqlite3.connect(":memory:").getlimit(sqlite3.SQLITE_LIMIT_ATTACHED) < 12
+    with pytest.raises(sqlite3.OperationalError, match="no such table: seats"):
+        db.execute("SELECT * FROM seats")
+    rm = ReadModel(db)
+    assert rm.stats()["events"] == len(es) and rm.double_booked() == []
+    assert [h[1:4] for h in rm.user_history("u1")][:2] == [("S1", "b1", "seat_held"),
+                                                         ("S1", "b1", "booking_confirmed")]
+    assert committed_offsets(db, cfg.group, cfg.topic) == {p: e for p, e in enumerate(ends) if e}
+    live = rm.snapshot()
+    db.close()
+    rebuilt = asyncio.run(rebuild(log, cfg, str(tmp_path / "rebuilt.db")))
+    assert diff_snapshots(live, rebuilt.snapshot()) == []
+    rebuilt.db.close()
+    log.close()
+
+
+def test_a_read_model_of_the_other_layout_is_refused(tmp_path):
+    """A worker configured for one layout does not write into a read model of
+    the other: it says which it found."""
+    log = us.Log(str(tmp_path / "log"))
+    for layout, make in (("partition", lambda p: connect(p).close()),
+                         ("shared", os.makedirs)):
+        path = str(tmp_path / f"{layout}.db")
+        make(path)
+        svc = BookingService(ServiceConfig(str(tmp_path / "log"), path, db_layout=layout))
+        with pytest.raises(ValueError, match="choose the layout the read model has"):
+            svc.open_db()
+    with pytest.raises(ValueError, match="db_layout must be one of"):
+        BookingService(_cfg(tmp_path, db_layout="sharded")).open_db()
     log.close()

@@ -56,7 +56,7 @@ from unstoppable._progress import Progress
 from unstoppable.booking import deadletters as dl
 from unstoppable.booking import events as ev
 from unstoppable.booking.logio import LogReader, close_log, is_remote, open_log
-from unstoppable.booking.readmodel import ReadModel, connect, diff_snapshots
+from unstoppable.booking.readmodel import ReadModel, connect, diff_snapshots, query_all
 from unstoppable.booking.service import (
     ServiceConfig,
     committed_offsets,
@@ -291,7 +291,8 @@ async def _run_demo(cfg: DemoConfig, out) -> dict:
     reader = LogReader(log)
     try:
         await create_topics(log, scfg, cfg.partitions, replicas=cfg.replicas)
-        connect(live_db).close()
+        if scfg.db_layout == "shared":      # (the "partition" layout: the workers make the directory)
+            connect(live_db).close()
         return await _run(cfg, out, d, log, reader, scfg, gateway_group, status_dir, live_db, rebuilt_db)
     finally:
         await reader.close()
@@ -426,8 +427,8 @@ async def _run(cfg: DemoConfig, out, d, log, reader, scfg, gateway_group, status
                 raise RuntimeError(f"the payment gateway exited with {gateway.exitcode}")
             done = all(p.exitcode == 0 for p in producers) and lag == 0 and (respawned_at or not cfg.kill)
             if done:
-                pending = db.execute("SELECT (SELECT COUNT(*) FROM timers) + "
-                                     "(SELECT COUNT(*) FROM outbox)").fetchone()[0]
+                pending = sum(n for n, in query_all(db, "SELECT (SELECT COUNT(*) FROM timers) + "
+                                                        "(SELECT COUNT(*) FROM outbox)"))
                 gw = _read_status(gw_status)
                 out_ends = await reader.ends(scfg.outcomes_topic)
                 gw_pos = gw.get("positions", {})
@@ -480,7 +481,8 @@ async def _run(cfg: DemoConfig, out, d, log, reader, scfg, gateway_group, status
             "peak_events_per_s": round(peak),
             "worker_killed": killed_at is not None,
             "recovery_ms": None if recovered_at is None else round((recovered_at - killed_at) * 1000),
-            "seats_sold": live.db.execute("SELECT COUNT(*) FROM seats WHERE state='booked'").fetchone()[0],
+            "seats_sold": sum(n for n, in query_all(live.db, "SELECT COUNT(*) FROM seats "
+                                                              "WHERE state='booked'")),
         })
         gw = _read_status(gw_status)
         summary["gateway_payments"] = gw.get("paid", 0)
@@ -497,8 +499,8 @@ async def _run(cfg: DemoConfig, out, d, log, reader, scfg, gateway_group, status
         problems += out_check["problems"][:5]
         summary["outcome_events"] = out_check["events"]
         summary["outcome_duplicates_dropped"] = out_check["duplicates"]
-        open_bookings = live.db.execute(
-            "SELECT COUNT(*) FROM bookings WHERE state IN ('held', 'parked')").fetchone()[0]
+        open_bookings = sum(n for n, in query_all(
+            live.db, "SELECT COUNT(*) FROM bookings WHERE state IN ('held', 'parked')"))
         com = committed_offsets(db, scfg.group, scfg.topic)
         handled_all = all(com.get(p, 0) == e for p, e in enumerate(ends))
         checks["every record handled or dead-lettered"] = handled_all and open_bookings == 0
@@ -589,7 +591,7 @@ async def _check_outcomes(log, scfg: ServiceConfig, live: ReadModel) -> dict:
     expect = {"confirmed": "booking_confirmed", "rejected": "reservation_rejected",
               "expired": "hold_expired", "refunded": "payment_refunded"}
     problems = []
-    rows = live.db.execute("SELECT seat_id, booking_id, state FROM bookings").fetchall()
+    rows = query_all(live.db, "SELECT seat_id, booking_id, state FROM bookings")
     for seat, booking, state in rows:
         got = terminal.get((seat, booking), [])
         if len(got) != 1 or got[0] != expect.get(state):

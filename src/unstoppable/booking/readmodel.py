@@ -1,7 +1,8 @@
 """The read model (the "Q" of CQRS) in SQLite, and the Stores the state
 machine decides against.
 
-One database file (WAL mode, so readers never block the writers) holds:
+Each database file (WAL mode, so readers never block the writers; one per
+partition, or one for all, see the layouts below) holds:
 
 ==============  ====================================================================
 table           rows
@@ -43,6 +44,26 @@ The worker changes all of them for a run of records, and saves the offset
 after the last one, in one transaction: after a crash the state and the
 offsets agree, so every record's effect happens exactly once.
 
+Two layouts (``ServiceConfig.db_layout``):
+
+* ``"partition"`` (the default): the read model is a directory holding one
+  database per partition of the input topic, ``p<N>.db``, with the tables
+  above for that partition's rows and that partition's committed offset.
+  Each worker writes only the files of the partitions it owns, so workers
+  never wait for each other's write lock (see :func:`partition_path`).
+* ``"shared"``: one database file for every partition; the workers take
+  turns at its write lock.
+
+:func:`connect` of a directory opens it for reading: every partition's file
+attached to one connection, and a temporary view per table (``seats``,
+``bookings``, ..., ``unstoppable_offsets``) reading them all, so SQL written
+for one file works unchanged. SQLite attaches at most
+``SQLITE_LIMIT_ATTACHED`` databases to a connection (10 in this Python's
+SQLite, whose compile-time maximum is 10 too); with more partitions than
+that the views are not made (a query names a missing table) and the
+queries of :class:`ReadModel` read the files in turn, which they always do
+for a directory.
+
 ``snapshot()`` gives the state (all tables but the outbox, the offsets and
 the timers' ``fired`` flag, which are delivery bookkeeping) as sorted rows;
 two read models are identical when their snapshots are equal.
@@ -51,6 +72,8 @@ from __future__ import annotations
 
 import json
 import json.encoder
+import os
+import re
 import sqlite3
 import struct
 
@@ -63,7 +86,11 @@ from unstoppable.booking.machine import Booking, Seat, Store
 
 __all__ = ["ReadModel", "PartitionStore", "pack_outcomes", "unpack_outcomes", "SCHEMA", "INDEXES",
            "SNAPSHOT_TABLES", "connect", "create_indexes", "diff_snapshots", "pack_log",
-           "unpack_log"]
+           "unpack_log", "partition_path", "partition_paths", "read_model_dbs", "query_all",
+           "LAYOUTS"]
+
+#: ``ServiceConfig.db_layout``: one database per partition in a directory, or one file.
+LAYOUTS = ("partition", "shared")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS seats (
@@ -135,6 +162,84 @@ _ADD_STATS = ("INSERT INTO stats (part, name, value) VALUES (?,?,?) "
               "ON CONFLICT (part, name) DO UPDATE SET value = value + excluded.value")
 
 
+def partition_path(path, partition: int) -> str:
+    """The database file of ``partition`` in the read-model directory ``path``."""
+    return os.path.join(str(path), f"p{int(partition)}.db")
+
+
+_PART_FILE = re.compile(r"p(\d+)\.db")
+
+
+def partition_paths(path) -> dict:
+    """``{partition: file}`` of the read-model directory ``path``."""
+    out = {}
+    for name in os.listdir(str(path)):
+        m = _PART_FILE.fullmatch(name)
+        if m:
+            out[int(m.group(1))] = os.path.join(str(path), name)
+    return dict(sorted(out.items()))
+
+
+#: Tables a directory's reading connection shows as views over every partition.
+_VIEW_TABLES = ("seats", "bookings", "booking_users", "timers", "stats", "outbox", "dead_letters",
+                "unstoppable_offsets", "unstoppable_dead_letters")
+
+
+class _DirectoryConnection(sqlite3.Connection):
+    """A connection for reading a read-model directory (see :func:`connect`):
+    ``parts`` maps each partition to its file."""
+    parts: dict
+    _dbs: list | None
+
+    def close(self) -> None:
+        """Close this connection and the partition connections it opened."""
+        for d in self._dbs or ():
+            d.close()
+        self._dbs = None
+        super().close()
+
+
+def _connect_directory(path: str, timeout: float) -> sqlite3.Connection:
+    parts = partition_paths(path)
+    db = sqlite3.connect(":memory:", timeout=timeout, isolation_level=None,
+                         check_same_thread=False, factory=_DirectoryConnection)
+    db.parts, db._dbs = parts, None
+    if parts and len(parts) <= db.getlimit(sqlite3.SQLITE_LIMIT_ATTACHED):
+        tables = None
+        for p, f in parts.items():
+            db.execute(f"ATTACH DATABASE ? AS p{p}", (f,))
+            db.execute(f"PRAGMA p{p}.busy_timeout={int(timeout * 1000)}")
+            have = {r[0] for r in db.execute(f"SELECT name FROM p{p}.sqlite_master WHERE type='table'")}
+            tables = have if tables is None else tables & have
+        for t in _VIEW_TABLES:
+            if t in tables:
+                db.execute(f"CREATE TEMP VIEW {t} AS " + " UNION ALL ".join(
+                    f"SELECT * FROM p{p}.{t}" for p in parts))
+    return db
+
+
+def read_model_dbs(db: sqlite3.Connection) -> list:
+    """The connections a read model's rows are in: ``[db]`` for one file; for
+    a directory's reading connection, one connection per partition's file
+    (opened once, read in turn)."""
+    if not isinstance(db, _DirectoryConnection):
+        return [db]
+    if db._dbs is None:
+        db._dbs = [sqlite3.connect(f, timeout=60.0, isolation_level=None, check_same_thread=False)
+                   for f in db.parts.values()]
+    return db._dbs
+
+
+def query_all(db: sqlite3.Connection, sql: str, params: tuple = ()) -> list:
+    """The rows of ``sql`` run on each of the read model's files (see
+    :func:`read_model_dbs`), concatenated: for queries whose per-file
+    answers add up (``COUNT(*)`` gives a row per file: sum them)."""
+    out: list = []
+    for d in read_model_dbs(db):
+        out += d.execute(sql, params).fetchall()
+    return out
+
+
 def connect(path, *, timeout: float = 60.0, bulk: bool = False) -> sqlite3.Connection:
     """Open (creating if needed) a read-model database: WAL, NORMAL sync
     (durable at each checkpoint, atomic always), autocommit mode so that the
@@ -142,7 +247,17 @@ def connect(path, *, timeout: float = 60.0, bulk: bool = False) -> sqlite3.Conne
 
     ``bulk=True`` is for a fresh database filled once (the rebuild): no
     journal, no sync, no secondary indexes until :func:`create_indexes`.
-    A crash during a bulk load leaves a file to throw away, not to use."""
+    A crash during a bulk load leaves a file to throw away, not to use.
+
+    A directory (the ``"partition"`` layout) is opened for reading: an
+    in-memory connection with every partition's file attached and a
+    temporary view per table over them all (when they fit in SQLite's limit
+    of attached databases; see the module docstring). :class:`ReadModel`'s
+    queries over it read the partitions' files in turn."""
+    if os.path.isdir(str(path)):
+        if bulk:
+            raise IsADirectoryError(f"{path} is a read-model directory; bulk-load its partitions' files")
+        return _connect_directory(str(path), timeout)
     db = sqlite3.connect(str(path), timeout=timeout, isolation_level=None, check_same_thread=False)
     if bulk:
         db.execute("PRAGMA journal_mode=OFF")
@@ -203,28 +318,38 @@ def _other_users(b: Booking, history: list) -> set:
 
 
 class _Queries:
-    """The read model's queries, over ``self.db``."""
+    """The read model's queries, over ``self.db``: one file, or a directory's
+    reading connection (see :func:`connect`), whose partitions' files are
+    read in turn. Every row of a seat (its bookings, their users and timers)
+    is in its partition's file, so a query per file and a merge give the
+    whole."""
 
     db: sqlite3.Connection
 
+    def _rows(self, sql: str, params: tuple = ()):
+        for db in read_model_dbs(self.db):
+            yield from db.execute(sql, params)
+
     def stats(self) -> dict:
         """Counters summed over partitions."""
-        return {n: v for n, v in self.db.execute("SELECT name, SUM(value) FROM stats GROUP BY name")}
+        out: dict = {}
+        for n, v in self._rows("SELECT name, SUM(value) FROM stats GROUP BY name"):
+            out[n] = out.get(n, 0) + v
+        return out
 
     def snapshot(self) -> dict:
         """The read model as {table: sorted list of row tuples} (see module docstring)."""
         out = {}
         for t, cols in SNAPSHOT_TABLES.items():
             if t == "stats":
-                rows = self.db.execute("SELECT name, SUM(value) FROM stats GROUP BY name "
-                                       "HAVING SUM(value) != 0").fetchall()
+                rows = sorted((n, v) for n, v in self.stats().items() if v != 0)
             elif t in ("history", "payments"):
                 continue
             else:
-                rows = self.db.execute(f"SELECT {cols} FROM {t}").fetchall()
+                rows = list(self._rows(f"SELECT {cols} FROM {t}"))
             out[t] = sorted(rows)
         history, payments = [], []
-        for s, b, log in self.db.execute("SELECT seat_id, booking_id, log FROM bookings"):
+        for s, b, log in self._rows("SELECT seat_id, booking_id, log FROM bookings"):
             h, p = unpack_log(log)
             history += [(s, b, i) + e for i, e in enumerate(h)]
             payments += [(s, b, k) + v for k, v in p.items()]
@@ -238,13 +363,13 @@ class _Queries:
         in Python: seats and bookings have no index on their ids.)"""
         confirmed: dict = {}
         bad = set()
-        for seat, booking in self.db.execute(
+        for seat, booking in self._rows(
                 "SELECT seat_id, booking_id FROM bookings WHERE state='confirmed'"):
             if seat in confirmed:
                 bad.add(seat)
             confirmed[seat] = booking
         seats = {}
-        for seat, state, holder in self.db.execute("SELECT seat_id, state, booking_id FROM seats"):
+        for seat, state, holder in self._rows("SELECT seat_id, state, booking_id FROM seats"):
             seats[seat] = (state, holder)
             if state == "booked" and confirmed.get(seat) != holder:
                 bad.add(seat)
@@ -256,11 +381,11 @@ class _Queries:
 
     def user_history(self, user_id: str) -> list:
         """A user's booking steps in time order: (ts_ms, seat, booking, kind, detail)."""
-        rows = self.db.execute(
+        rows = list(self._rows(
             "SELECT seat_id, booking_id, log FROM bookings WHERE user_id=? UNION "
             "SELECT b.seat_id, b.booking_id, b.log FROM booking_users u JOIN bookings b "
             "ON b.seat_id=u.seat_id AND b.booking_id=u.booking_id WHERE u.user_id=?",
-            (user_id, user_id)).fetchall()
+            (user_id, user_id)))
         out = []
         for s, b, log in rows:
             h, _p = unpack_log(log)
@@ -270,7 +395,7 @@ class _Queries:
 
     def dead_lettered(self, topic: str) -> set:
         """{(partition, offset)} of the records of ``topic`` that were dead-lettered."""
-        return {(p, o) for p, o in self.db.execute(
+        return {(p, o) for p, o in self._rows(
             "SELECT part, off FROM dead_letters WHERE topic=?", (topic,))}
 
 
@@ -456,11 +581,17 @@ class PartitionStore(_Queries, Store):
     writes every partition's final rows once, in key order. ``outbox=False``
     keeps outcomes out of the outbox (nothing is published), and tells the
     machine not to build them (``wants_outcomes``).
+
+    ``db_for(partition)``, when given, is the connection of each partition's
+    own database (the ``"partition"`` layout): :meth:`begin` and
+    :meth:`load_partition` point ``db`` at it, so a run's rows go to its
+    partition's file.
     """
 
     def __init__(self, db: sqlite3.Connection, outcomes_topic: str = "booking-outcomes", *,
-                 outbox: bool = True, bulk: bool = False):
+                 outbox: bool = True, bulk: bool = False, db_for=None):
         self.db = db
+        self.db_for = db_for
         self.outcomes_topic = outcomes_topic
         self.outbox = outbox
         self.wants_outcomes = outbox        # no outbox: the machine need not build outcomes
@@ -471,7 +602,7 @@ class PartitionStore(_Queries, Store):
         self._cur = None
         self._bulk_counts: dict = {}
         self._dead: list = []
-        # The outcomes of outbox rows this store wrote: seq -> (packed value,
+        # The outcomes of outbox rows this store wrote: (partition, seq) -> (packed value,
         # [(key, value)]), so that publishing need not unpack them again. An
         # entry stands for a row only while the row's value equals the packed
         # value (a rolled-back row's seq is used again); see outcomes_for().
@@ -492,6 +623,8 @@ class PartitionStore(_Queries, Store):
 
     def load_partition(self, partition: int) -> None:
         """(Re)read one partition's seats, bookings (with their logs) and timers."""
+        if self.db_for is not None:
+            self.db = self.db_for(partition)
         part = _Part()
         x = self.db.execute
         lo, hi = _rowid_range(partition)
@@ -529,6 +662,8 @@ class PartitionStore(_Queries, Store):
         self._cur = part
         self.partition = partition
         self.run += 1
+        if self.db_for is not None:
+            self.db = self.db_for(partition)
 
     def discard(self) -> None:
         """Forget the rows staged by the current run (not its state changes)."""
@@ -587,14 +722,15 @@ class PartitionStore(_Queries, Store):
             blob = _c_pack_outcomes(self._outbox)
             seq = self.db.execute("INSERT INTO outbox (part, topic, key, value) VALUES (?,?,NULL,?)",
                                   (p, self.outcomes_topic, blob)).lastrowid
-            self.outcomes_of[seq] = (blob, self._outbox)
+            self.outcomes_of[(p, seq)] = (blob, self._outbox)   # (seqs count per file)
         if self._counts:
             em(_ADD_STATS, [(p, n, v) for n, v in self._counts.items()])
         self.discard()
 
-    def outcomes_for(self, seq: int, value: bytes) -> list:
-        """The ``[(key, value)]`` of the packed outbox row ``seq`` holding
-        ``value``: kept from when this store wrote it, else unpacked."""
+    def outcomes_for(self, seq: tuple, value: bytes) -> list:
+        """The ``[(key, value)]`` of the packed outbox row ``seq`` (``(partition,
+        row seq)``: with a file per partition, each file counts its own seqs)
+        holding ``value``: kept from when this store wrote it, else unpacked."""
         kept = self.outcomes_of.pop(seq, None)
         if kept is not None and kept[0] == value:
             return kept[1]
@@ -663,12 +799,15 @@ class PartitionStore(_Queries, Store):
                     break
         return rows, users
 
-    def write_all(self) -> None:
-        """Bulk mode: write every partition's final state, in key order (in
-        the caller's transaction)."""
+    def write_all(self, partitions=None) -> None:
+        """Bulk mode: write every partition's final state (or only that of
+        ``partitions``), in key order (in the caller's transaction)."""
         em = self.db.executemany
         seats, bookings, timers = [], [], []
+        want = None if partitions is None else set(partitions)
         for p, part in self.parts.items():
+            if want is not None and p not in want:
+                continue
             seats += self._seat_rows(part, part.seats, p)
             bookings.append((p, part))
             timers += [(k[0], k[1], p, d) for k, d in part.timers.items()]
@@ -684,8 +823,10 @@ class PartitionStore(_Queries, Store):
         em(_INSERT_USER, sorted(set(users)))
         timers.sort()
         em(_SET_TIMER, timers)
-        em("INSERT OR REPLACE INTO dead_letters VALUES (?,?,?,?)", sorted(self._dead))
-        em(_ADD_STATS, sorted((p, n, v) for (p, n), v in self._bulk_counts.items()))
+        em("INSERT OR REPLACE INTO dead_letters VALUES (?,?,?,?)",
+           sorted(d for d in self._dead if want is None or d[1] in want))
+        em(_ADD_STATS, sorted((p, n, v) for (p, n), v in self._bulk_counts.items()
+                              if want is None or p in want))
 
     def add_dead_letter(self, topic: str, partition: int, offset: int, error: str) -> None:
         """Record (in the run) that a record was dead-lettered (the rebuild)."""

@@ -33,7 +33,8 @@ One worker, per run of records handed out by ``getmany`` for a partition::
     fire due timers: append ReservationExpired to the input topic, mark fired
 
 Exactly-once effects: the read model, the timers, the outbox and the
-committed offset change in one SQLite transaction. A worker killed at any
+committed offset change in one SQLite transaction (of the partition's own
+database file, in the default "partition" layout). A worker killed at any
 point leaves either all of a run's effects and its offset, or none; the next
 owner of the partition resumes at the committed offset.
 
@@ -68,7 +69,9 @@ import gc
 import json
 import multiprocessing as mp
 import os
+import shutil
 import signal
+import sqlite3
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -82,10 +85,13 @@ from unstoppable.booking.booking_pb2 import BookingEvent
 from unstoppable.booking.machine import InvalidEventError, apply, validate
 from unstoppable.booking.seatstate import publish_seats
 from unstoppable.booking.readmodel import (
+    LAYOUTS,
     PartitionStore,
     ReadModel,
     connect,
     create_indexes,
+    partition_path,
+    read_model_dbs,
 )
 from unstoppable.errors import ValueDecodeError
 
@@ -129,6 +135,10 @@ class ServiceConfig:
     #: (booking/seatstate.py), or None for none. Compaction needs the
     #: embedded log: JetStream refuses the topic.
     seats_topic: str | None = None
+    #: The read model's layout (readmodel.py): "partition", a directory of
+    #: one SQLite file per partition, each holding its rows and its committed
+    #: offset (workers never share a write lock); or "shared", one file.
+    db_layout: str = "partition"
 
 
 async def create_topics(log, cfg: ServiceConfig, partitions: int = 8, *,
@@ -280,7 +290,14 @@ class BookingService:
 
     One worker of the booking service's consumer group. ``await run(stop)``
     works until ``stop`` (an asyncio.Event) is set; any number of workers (in
-    any number of processes) may run against the same log and database.
+    any number of processes) may run against the same log and read model.
+
+    The read model is ``cfg.db_path``: a directory of one SQLite file per
+    partition (``db_layout="partition"``, the default), each holding the
+    partition's rows and committed offset, so that workers owning different
+    partitions never wait for one write lock; or one file shared by every
+    worker (``db_layout="shared"``). The layout of an existing read model
+    must match the configuration (a clear error otherwise).
     """
 
     def __init__(self, cfg: ServiceConfig):
@@ -300,11 +317,10 @@ class BookingService:
         cfg = self.cfg
         own_log = log is None
         log = await open_log(cfg.log_path, **cfg.log_options) if own_log else log
-        db = None
         try:
             async with LogReader(log) as reader:
                 self.partitions = await reader.partitions(cfg.topic)
-            db = self.open_db()
+            self.open_db()
             async with us.Consumer(log, cfg.topic, group=cfg.group, offset_store=self.store,
                                    max_poll_records=cfg.batch,
                                    membership_poll_ms=cfg.membership_poll_ms) as c, \
@@ -333,8 +349,7 @@ class BookingService:
                 if cfg.status_path:
                     self._write_status()
         finally:
-            if db is not None:
-                db.close()
+            self.close_db()
             if own_log:
                 await close_log(log)
 
@@ -343,14 +358,32 @@ class BookingService:
         (``store``) and the exactly-once processor over them (``processor``),
         as :meth:`run` does; returns the connection."""
         cfg = self.cfg
-        self.db = connect(cfg.db_path)
-        # SQLite checkpoints (and syncs) inside the COMMIT that takes the WAL
-        # past wal_autocheckpoint pages. At its default (1,000) one worker over
-        # the 305k bench log made 101 fdatasyncs (0.53 s), 29 (0.30 s) with this.
-        self.db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
-        self.state = PartitionStore(self.db, outcomes_topic=cfg.outcomes_topic)
+        if cfg.db_layout not in LAYOUTS:
+            raise ValueError(f"db_layout must be one of {LAYOUTS}, got {cfg.db_layout!r}")
+        self._dbs: dict = {}
+        if cfg.db_layout == "partition":
+            if os.path.exists(cfg.db_path) and not os.path.isdir(cfg.db_path):
+                raise ValueError(f"{cfg.db_path} is a file (a read model of the \"shared\" layout) "
+                                 "but db_layout is \"partition\", a directory of one file per "
+                                 "partition: choose the layout the read model has")
+            os.makedirs(cfg.db_path, exist_ok=True)
+            for p in range(getattr(self, "partitions", 0) or 0):    # readers see every file
+                self.partition_db(p)
+            # For reading across partitions (views over every file); the worker
+            # itself writes through partition_db().
+            self.db = connect(cfg.db_path)
+            self.state = PartitionStore(self.db, outcomes_topic=cfg.outcomes_topic,
+                                        db_for=self.partition_db)
+            self.store = us.PartitionedSQLiteOffsetStore(lambda tp: self.partition_db(tp.partition))
+        else:
+            if os.path.isdir(cfg.db_path):
+                raise ValueError(f"{cfg.db_path} is a directory (a read model of the \"partition\" "
+                                 "layout) but db_layout is \"shared\", one file: choose the layout "
+                                 "the read model has")
+            self.db = _writer(connect(cfg.db_path), WAL_AUTOCHECKPOINT_PAGES)
+            self.state = PartitionStore(self.db, outcomes_topic=cfg.outcomes_topic)
+            self.store = us.SQLiteOffsetStore(self.db)
         self.rm = ReadModel(self.db, outcomes_topic=cfg.outcomes_topic)
-        self.store = us.SQLiteOffsetStore(self.db)
         self.processor = us.Processor(getattr(self, "consumer", None), self.store, self._apply_run,
                                       group=cfg.group, max_attempts=cfg.max_attempts,
                                       backoff_ms=cfg.backoff_ms, dead_letter=self._dead_letter,
@@ -358,6 +391,37 @@ class BookingService:
         self._prepared = None
         self.processor.metrics = self.metrics        # one set of counters
         return self.db
+
+    def partition_db(self, partition: int):
+        """The connection of ``partition``'s database (the "partition" layout:
+        opened, and created, when first needed); the shared one otherwise."""
+        if self.cfg.db_layout != "partition":
+            return self.db
+        db = self._dbs.get(partition)
+        if db is None:
+            path = partition_path(self.cfg.db_path, partition)
+            if not os.path.exists(path):
+                _create_partition_db(path)
+            # Each file takes 1/n of the writes: its WAL may hold 1/n of the
+            # shared file's pages, so the WALs together stay as bounded.
+            pages = max(1000, WAL_AUTOCHECKPOINT_PAGES // max(1, getattr(self, "partitions", 0) or 8))
+            db = self._dbs[partition] = _writer(connect(path), pages)
+        return db
+
+    def close_db(self) -> None:
+        """Close every connection :meth:`open_db` opened."""
+        for db in getattr(self, "_dbs", {}).values():
+            db.close()
+        self._dbs = {}
+        if getattr(self, "db", None) is not None:
+            self.db.close()
+            self.db = None
+
+    def _owned_dbs(self, owned: list) -> list:
+        """``[(connection, partitions)]`` holding the rows of the ``owned`` partitions."""
+        if self.cfg.db_layout != "partition":
+            return [(self.db, owned)]
+        return [(self.partition_db(p), [p]) for p in owned]
 
     async def process(self, tp, recs) -> None:
         """Apply a run of records of partition ``tp`` exactly once (what
@@ -411,6 +475,8 @@ class BookingService:
         """The processor's dead-letter hook: a ``dead_letters`` row and the
         dead letter in the outbox, in the transaction that moves past it."""
         cfg, rm = self.cfg, self.rm
+        if rm.db is not db:         # the partition's own database
+            rm = ReadModel(db, outcomes_topic=cfg.outcomes_topic)
         headers = dl.headers_for(tp.topic, tp.partition, rec.offset, error, attempts)
         rm.discard_counts()
         rm.partition = tp.partition
@@ -425,18 +491,22 @@ class BookingService:
     async def publish_outbox(self, owned: list, limit: int = 500) -> int:
         """Publish the outbox rows of the partitions this worker owns, in order,
         and delete them once acknowledged. Returns how many were published."""
-        if not owned:
-            return 0
+        n = 0
+        for db, parts in self._owned_dbs(owned) if owned else ():
+            n += await self._publish_outbox(db, parts, limit)
+        return n
+
+    async def _publish_outbox(self, db, owned: list, limit: int) -> int:
         marks = ",".join("?" * len(owned))
-        rows = self.db.execute(
-            f"SELECT seq, topic, key, value, headers FROM outbox WHERE part IN ({marks}) "
+        rows = db.execute(
+            f"SELECT seq, topic, key, value, headers, part FROM outbox WHERE part IN ({marks}) "
             f"ORDER BY seq LIMIT {int(limit)}", owned).fetchall()
         if not rows:
             return 0
         futs = []
-        for _seq, topic, key, value, headers in rows:
+        for _seq, topic, key, value, headers, part in rows:
             if topic == self.cfg.outcomes_topic and key is None:     # a run's outcomes, packed
-                pairs = self.state.outcomes_for(_seq, value)
+                pairs = self.state.outcomes_for((part, _seq), value)
                 futs += await self.out_p.send_batch(pairs, per_batch=True)
                 if self.seats_p is not None:    # then the seats they name, as they are now
                     futs += await publish_seats(self.seats_p, self.state, [k for k, _v in pairs])
@@ -452,8 +522,8 @@ class BookingService:
         _raise_failed(futs)
         # The rows selected are every owned row up to the last seq: one statement
         # (an executemany outside a transaction would commit once per row).
-        self.db.execute(f"DELETE FROM outbox WHERE part IN ({marks}) AND seq <= ?",
-                        (*owned, rows[-1][0]))
+        db.execute(f"DELETE FROM outbox WHERE part IN ({marks}) AND seq <= ?",
+                   (*owned, rows[-1][0]))
         published = len(futs)
         self.metrics["published"] += published
         return published
@@ -461,11 +531,15 @@ class BookingService:
     async def fire_timers(self, owned: list, now_ms: int | None = None, limit: int = 5000) -> int:
         """Append ReservationExpired for every due, unfired timer of the owned
         partitions, then mark them fired. Returns how many fired."""
-        if not owned:
-            return 0
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        n = 0
+        for db, parts in self._owned_dbs(owned) if owned else ():
+            n += await self._fire_timers(db, parts, now_ms, limit)
+        return n
+
+    async def _fire_timers(self, db, owned: list, now_ms: int, limit: int) -> int:
         marks = ",".join("?" * len(owned))
-        rows = self.db.execute(
+        rows = db.execute(
             f"SELECT seat_id, booking_id, part, deadline_ms FROM timers WHERE part IN ({marks}) "
             f"AND fired=0 AND deadline_ms<=? LIMIT {int(limit)}", (*owned, now_ms)).fetchall()
         if not rows:
@@ -476,11 +550,28 @@ class BookingService:
             futs.append(await self.in_p.send(e, key=seat.encode(), partition=part))
         await self.in_p.flush()
         _raise_failed(futs)
-        with _transaction(self.db):
-            self.db.executemany("UPDATE timers SET fired=1 WHERE seat_id=? AND booking_id=? "
-                                "AND deadline_ms=?", [(s, b, d) for s, b, _p, d in rows])
+        with _transaction(db):
+            db.executemany("UPDATE timers SET fired=1 WHERE seat_id=? AND booking_id=? "
+                           "AND deadline_ms=?", [(s, b, d) for s, b, _p, d in rows])
         self.metrics["timers_fired"] += len(rows)
         return len(rows)
+
+
+def _create_partition_db(path: str) -> None:
+    """Make a partition's database whole (schema, offsets table, WAL) under
+    another name, then link it into place: a reader never finds the file
+    without its tables, and of two workers creating it at once one wins."""
+    tmp = f"{path}.{os.getpid()}.new"
+    _unlink_db(tmp)
+    db = connect(tmp)
+    us.SQLiteOffsetStore(db)            # its offsets table, for readers' views from the start
+    db.close()
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        _unlink_db(tmp)
 
 
 @contextlib.asynccontextmanager
@@ -505,6 +596,15 @@ class _transaction:
 
     def __exit__(self, et, e, tb):
         self.db.execute("COMMIT" if et is None else "ROLLBACK")
+
+
+def _writer(db, pages: int):
+    """``db`` set up for a worker's writes: SQLite checkpoints (and syncs)
+    inside the COMMIT that takes the WAL past ``wal_autocheckpoint`` pages; at
+    its default (1,000) one worker over the 305k bench log made 101
+    fdatasyncs (0.53 s), 29 (0.30 s) at 16,384 pages."""
+    db.execute(f"PRAGMA wal_autocheckpoint={int(pages)}")
+    return db
 
 
 def _raise_failed(futs) -> None:
@@ -556,12 +656,14 @@ def run_worker(cfg: ServiceConfig | dict) -> None:
 
 def committed_offsets(db, group: str, topic: str) -> dict:
     """{partition: committed offset} of the service's group in a read model."""
-    try:
-        rows = db.execute("SELECT part, next_offset FROM unstoppable_offsets WHERE grp=? AND topic=?",
-                          (group, topic)).fetchall()
-    except Exception:
-        return {}
-    return dict(rows)
+    out: dict = {}
+    for d in read_model_dbs(db):
+        try:
+            out.update(d.execute("SELECT part, next_offset FROM unstoppable_offsets WHERE grp=? "
+                                 "AND topic=?", (group, topic)).fetchall())
+        except sqlite3.OperationalError:        # no offsets table yet
+            pass
+    return out
 
 
 #: Fewer input records than this are rebuilt in one process: a forked
@@ -590,13 +692,18 @@ async def rebuild(log, cfg: ServiceConfig, db_path, *, progress=None, chunk: int
     fewer than ``PARALLEL_REBUILD_MIN`` records): this process reads the
     records of the other processes' partitions (contiguous ranges of
     partitions, balanced by record count), forks them, decides its own
-    share, and each bulk-loads its share into a file of its own; the shares
+    share. In the ``"partition"`` layout (``cfg.db_layout``, the default)
+    each process bulk-loads each of its partitions into that partition's
+    file of the new directory, and nothing is appended; in the ``"shared"``
+    layout each bulk-loads its share into a file of its own, and the shares
     are then appended into the read model in partition order (their rowids
     ``partition << 40 | n`` ascend, so every share appends).
     """
     db_path = str(db_path)
     if os.path.exists(db_path):
         raise FileExistsError(f"{db_path} exists; rebuild writes a fresh read model")
+    if cfg.db_layout == "partition":
+        return await _rebuild_partitioned(log, cfg, db_path, progress, chunk, processes)
     tmp = db_path + ".building"
     async with LogReader(log) as reader:
         n = await reader.partitions(cfg.topic)
@@ -649,6 +756,102 @@ async def rebuild(log, cfg: ServiceConfig, db_path, *, progress=None, chunk: int
     return ReadModel(connect(db_path), outcomes_topic=cfg.outcomes_topic)
 
 
+async def _rebuild_partitioned(log, cfg: ServiceConfig, db_path: str, progress, chunk: int,
+                               processes: int | None) -> ReadModel:
+    """:func:`rebuild` into the "partition" layout: a directory of one file
+    per partition. Each process (this one and its forked helpers) decides
+    its share of the partitions and bulk-loads each partition's rows and
+    offset into that partition's file; nothing is appended afterwards. The
+    directory is built as ``db_path + ".building"`` and renamed when whole."""
+    tmp = db_path + ".building"
+    shutil.rmtree(tmp, ignore_errors=True)      # what a crashed rebuild left
+    async with LogReader(log) as reader:
+        n = await reader.partitions(cfg.topic)
+        dead = {(d.origin_partition, d.origin_offset): d.error
+                for d in await dl.read_dead_letters(log, cfg.dlq_topic, missing_ok=True)
+                if d.origin_topic == cfg.topic}
+        ranges = await reader.ranges(cfg.topic)
+        sizes = [e - s for s, e in ranges]
+        total = sum(sizes)
+        if processes is None:
+            processes = (os.cpu_count() or 1) if total >= PARALLEL_REBUILD_MIN else 1
+        shares = _shares(sizes, max(1, min(int(processes), n)))
+        os.makedirs(tmp)
+        was_enabled = gc.isenabled()
+        gc.disable()                # see rebuild()
+        helpers: list = []
+        offsets: dict = {}
+        try:
+            for share in shares[1:]:
+                runs = await _read_share(reader, cfg, share, ranges, chunk, offsets)
+                helpers.append(_start_helper(cfg, n, runs, dead, tmp, share, offsets,
+                                             target=_rebuild_parts))
+                del runs
+            st = PartitionStore(None, outcomes_topic=cfg.outcomes_topic, outbox=False, bulk=True)
+            done = 0
+            for p in shares[0]:
+                async for recs in reader.chunks(cfg.topic, p, *ranges[p], chunk):
+                    _decide_chunk(st, cfg, p, n, recs, dead)
+                    offsets[us.TopicPartition(cfg.topic, p)] = recs[-1].offset + 1
+                    done += len(recs)
+                    if progress is not None:
+                        progress(done, total)
+            _write_parts(st, cfg, tmp, shares[0], offsets)
+            del st
+            for proc, rx, share in helpers:
+                result = await asyncio.get_running_loop().run_in_executor(None, _receive, rx, proc)
+                if result is not None:
+                    raise result
+                done += sum(sizes[p] for p in share)
+                if progress is not None:
+                    progress(done, total)
+        except BaseException:
+            _abandon(helpers, None, [])
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        finally:
+            if was_enabled:
+                gc.enable()
+    os.replace(tmp, db_path)
+    return ReadModel(connect(db_path), outcomes_topic=cfg.outcomes_topic)
+
+
+def _write_parts(st: PartitionStore, cfg: ServiceConfig, dirpath: str, partitions: list,
+                 offsets: dict) -> None:
+    """Bulk-load each of ``partitions``' final rows and committed offset
+    (decided into ``st``) into its own file of the directory ``dirpath``."""
+    for p in partitions:
+        db = connect(partition_path(dirpath, p), bulk=True)
+        try:
+            offset_store = us.SQLiteOffsetStore(db)      # (creates its table: not inside the BEGIN)
+            st.db = db
+            db.execute("BEGIN")
+            st.write_all([p])
+            offset_store.save({tp: off for tp, off in offsets.items() if tp.partition == p},
+                              group=cfg.group)
+            db.execute("COMMIT")
+            create_indexes(db)
+        finally:
+            db.close()
+    st.db = None
+
+
+def _rebuild_parts(cfg: ServiceConfig, n: int, runs: list, dead: dict, dirpath: str, share: list,
+                   offsets: dict, tx) -> None:
+    """A rebuild helper of the "partition" layout (forked): decide ``runs``
+    and bulk-load each partition of ``share`` into its file in ``dirpath``;
+    send None, or the exception that stopped it, down ``tx``."""
+    try:
+        st = PartitionStore(None, outcomes_topic=cfg.outcomes_topic, outbox=False, bulk=True)
+        for p, recs in runs:
+            _decide_chunk(st, cfg, p, n, recs, dead)
+        _write_parts(st, cfg, dirpath, share, offsets)
+        result = None
+    except BaseException as e:      # noqa: BLE001 - sent to the parent, which raises it
+        result = e
+    _send_result(tx, result)
+
+
 async def _read_share(reader, cfg: ServiceConfig, share: list, ranges: list, chunk: int,
                       offsets: dict) -> list:
     """A helper's records, read here (the helper uses no log): ``[(partition, records)]``."""
@@ -660,11 +863,17 @@ async def _read_share(reader, cfg: ServiceConfig, share: list, ranges: list, chu
     return runs
 
 
-def _start_helper(cfg: ServiceConfig, n: int, runs: list, dead: dict, path: str, share: list):
+def _start_helper(cfg: ServiceConfig, n: int, runs: list, dead: dict, path: str, share: list,
+                  offsets: dict | None = None, target=None):
     """Fork a rebuild helper for ``runs``; returns ``(process, receiving end, share)``."""
     ctx = mp.get_context("fork")
     rx, tx = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_rebuild_share, args=(cfg, n, runs, dead, path, tx),
+    if target is None:
+        args: tuple = (cfg, n, runs, dead, path, tx)
+        target = _rebuild_share
+    else:
+        args = (cfg, n, runs, dead, path, share, offsets, tx)
+    proc = ctx.Process(target=target, args=args,
                        name=f"rebuild-{os.path.basename(path)}")
     proc.start()
     tx.close()
@@ -745,6 +954,11 @@ def _rebuild_share(cfg: ServiceConfig, n: int, runs: list, dead: dict, path: str
         result = None
     except BaseException as e:      # noqa: BLE001 - sent to the parent, which raises it
         result = e
+    _send_result(tx, result)
+
+
+def _send_result(tx, result) -> None:
+    """A helper's last act: send ``result`` to the parent, and exit."""
     try:
         tx.send(result)
     except Exception as e:          # an exception that does not pickle

@@ -17,7 +17,12 @@ from unstoppable.client._types import (
 from unstoppable.client.backend import Backend, GroupMember
 from unstoppable.client.consumer import Consumer
 from unstoppable.client.embedded import EmbeddedBackend
-from unstoppable.client.offsets import GroupOffsetStore, OffsetStore, SQLiteOffsetStore
+from unstoppable.client.offsets import (
+    GroupOffsetStore,
+    OffsetStore,
+    PartitionedSQLiteOffsetStore,
+    SQLiteOffsetStore,
+)
 from unstoppable.client.producer import (
     Block,
     BlockWithTimeout,
@@ -35,7 +40,7 @@ __all__ = [
     "DefaultPartitioner", "Murmur2Partitioner",
     # consuming
     "Consumer", "ConsumerRecord", "OffsetAndTimestamp",
-    "OffsetStore", "GroupOffsetStore", "SQLiteOffsetStore",
+    "OffsetStore", "GroupOffsetStore", "SQLiteOffsetStore", "PartitionedSQLiteOffsetStore",
     # backends and shared types
     "Backend", "GroupMember", "EmbeddedBackend", "TopicPartition", "TopicInfo",
 ]

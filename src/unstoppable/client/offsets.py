@@ -11,6 +11,10 @@ The Consumer reads it when it takes a partition over and writes it on
   own SQLite database. The application writes them with :meth:`SQLiteOffsetStore.save`
   in the same transaction as the state its handler changes; after a crash the
   state and the offsets agree, so every record's effect happens exactly once.
+* :class:`PartitionedSQLiteOffsetStore`, the same with a database per
+  partition (each partition's offset beside its own state), for
+  applications that shard their state so that the writers of different
+  partitions never wait for one SQLite write lock.
 
 Any object implementing :class:`OffsetStore` works; pass it as
 ``Consumer(..., offset_store=...)``.
@@ -25,7 +29,7 @@ from unstoppable.client import _executor
 from unstoppable.client._types import TopicPartition
 from unstoppable.storage.groups import OffsetsFile
 
-__all__ = ["OffsetStore", "GroupOffsetStore", "SQLiteOffsetStore"]
+__all__ = ["OffsetStore", "GroupOffsetStore", "SQLiteOffsetStore", "PartitionedSQLiteOffsetStore"]
 
 
 class OffsetStore(abc.ABC):
@@ -129,3 +133,57 @@ class SQLiteOffsetStore(OffsetStore):
     async def commit(self, group: str, offsets: dict) -> None:
         with self.db:
             self.save(offsets, group=group)
+
+
+class PartitionedSQLiteOffsetStore(OffsetStore):
+    """PartitionedSQLiteOffsetStore(connect, table="unstoppable_offsets")
+
+    Committed offsets kept per partition, each in the SQLite database that
+    holds that partition's state: ``connect(tp)`` returns the connection of
+    partition ``tp`` (called once per partition, when it is first needed).
+    :meth:`store_for` gives the partition's :class:`SQLiteOffsetStore`, whose
+    ``save`` writes inside the application's transaction on that connection;
+    :class:`~unstoppable.Processor` given this store runs each partition's
+    transactions on the partition's own connection. Writers of different
+    partitions then never share a write lock.
+    """
+
+    def __init__(self, connect, table: str = "unstoppable_offsets"):
+        if not callable(connect):
+            raise TypeError(f"connect must be a callable returning a partition's sqlite3 "
+                            f"connection, got {type(connect).__name__}")
+        self._connect = connect
+        self.table = table
+        self._stores: dict[TopicPartition, SQLiteOffsetStore] = {}
+
+    def store_for(self, tp: TopicPartition) -> SQLiteOffsetStore:
+        """The offset store (and, as its ``db``, the connection) of partition ``tp``."""
+        tp = TopicPartition(tp.topic, tp.partition)
+        s = self._stores.get(tp)
+        if s is None:
+            db = self._connect(tp)
+            if not isinstance(db, sqlite3.Connection):
+                raise TypeError(f"connect({tp}) must return an sqlite3.Connection, "
+                                f"got {type(db).__name__}")
+            s = self._stores[tp] = SQLiteOffsetStore(db, self.table)
+        return s
+
+    def stores(self) -> dict:
+        """``{TopicPartition: SQLiteOffsetStore}`` of the partitions opened so far."""
+        return dict(self._stores)
+
+    def save(self, offsets: dict, *, group: str) -> None:
+        """Write each ``{TopicPartition: offset}`` in its partition's current
+        transaction (no commit)."""
+        for tp, off in offsets.items():
+            self.store_for(tp).save({tp: off}, group=group)
+
+    async def load(self, group: str, partitions: Iterable[TopicPartition]) -> dict:
+        out = {}
+        for tp in partitions:
+            out.update(await self.store_for(tp).load(group, [tp]))
+        return out
+
+    async def commit(self, group: str, offsets: dict) -> None:
+        for tp, off in offsets.items():
+            await self.store_for(tp).commit(group, {tp: off})
