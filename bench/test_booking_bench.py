@@ -43,9 +43,9 @@ from unstoppable.booking.service import (
     apply_run,
     config_dict,
     create_topics,
-    rebuild,
     run_worker,
 )
+from unstoppable.booking.rebuild import rebuild
 
 N_TARGET = int(os.environ.get("BOOKING_EVENTS", 1_000_000))
 PARTITIONS = 8

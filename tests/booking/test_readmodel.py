@@ -22,7 +22,8 @@ from unstoppable import TopicPartition
 from unstoppable.booking import events as ev
 from unstoppable.booking.machine import MemoryStore, apply
 from unstoppable.booking.readmodel import ReadModel, connect, diff_snapshots
-from unstoppable.booking.service import ServiceConfig, config_dict, create_topics, rebuild, run_worker
+from unstoppable.booking.rebuild import rebuild
+from unstoppable.booking.service import ServiceConfig, config_dict, create_topics, run_worker
 
 from booking_util import caught_up, outcomes, run_service, snapshot
 from test_machine import TTL, run, schedules

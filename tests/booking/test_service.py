@@ -12,7 +12,8 @@ import unstoppable as us
 from unstoppable.booking import deadletters as dl
 from unstoppable.booking import events as ev
 from unstoppable.booking.readmodel import connect, diff_snapshots
-from unstoppable.booking.service import BookingService, ServiceConfig, create_topics, rebuild
+from unstoppable.booking.rebuild import rebuild
+from unstoppable.booking.service import BookingService, ServiceConfig, create_topics
 
 from booking_util import caught_up, outcomes, read_topic, run_service, snapshot
 

@@ -219,8 +219,8 @@ def test_booking_workers_sigkilled_at_random(tmp_path, zygote, figures, scale):
     from unstoppable._core.hashing import xxh64_partition
     from unstoppable.booking import events as ev
     from unstoppable.booking.readmodel import ReadModel, connect, diff_snapshots
-    from unstoppable.booking.service import (ServiceConfig, committed_offsets, config_dict,
-                                             create_topics, rebuild)
+    from unstoppable.booking.rebuild import rebuild
+    from unstoppable.booking.service import ServiceConfig, committed_offsets, config_dict, create_topics
     rnd = random.Random("booking")
     cfg = ServiceConfig(log_path=str(tmp_path / "log"), db_path=str(tmp_path / "live.db"),
                         ttl_ms=600_000, batch=100, membership_poll_ms=50)

@@ -62,9 +62,9 @@ from unstoppable.booking.service import (
     committed_offsets,
     config_dict,
     create_topics,
-    rebuild,
     run_worker,
 )
+from unstoppable.booking.rebuild import rebuild
 
 __all__ = ["DemoConfig", "run_demo", "format_summary"]
 

@@ -12,7 +12,7 @@ instead of replaying every booking event from offset 0.
 
 What it does not replace: the worker's own read model also holds bookings,
 their histories, payments and timers, which the seats topic does not carry,
-so :func:`unstoppable.booking.service.rebuild` still replays the input topic
+so :func:`unstoppable.booking.rebuild.rebuild` still replays the input topic
 (the event-sourcing check needs exactly that). A seat map built from this
 topic equals the ``seats`` table of a read model that has caught up with the
 same outcomes (tests/booking/test_seatstate.py checks it).
