@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from typing import Callable
 
 from unstoppable.client._types import ConsumerRecord, OffsetAndTimestamp, TopicPartition
@@ -102,7 +103,25 @@ class Consumer:
     * ``max_poll_records``: records fetched per partition at a time (also the
       default ``max_records`` of getmany); ``fetch_max_bytes``: bytes per fetch.
     * ``membership_poll_ms``: how often a group member checks who is alive
-      (and heartbeats).
+      (and heartbeats). A consumer kept busy (records always available, so
+      its event loop seldom idles) checks at the start of ``getmany`` /
+      ``__anext__`` once a check is overdue by half this interval.
+    * ``initial_rebalance_delay_ms``: Kafka's
+      ``group.initial.rebalance.delay.ms``, per consumer. A member that finds
+      the group empty (no live member owns any of its partitions) waits before
+      taking partitions until no new member has joined for this long (so the
+      first assignment is made with everyone that started together, rather
+      than one member taking every partition and handing them over one by one
+      as the others arrive), and at most ``max_poll_interval_ms`` (5 minutes
+      without one) after the first member of the forming group joined: as
+      Kafka's coordinator extends the delay with each join, up to the
+      rebalance timeout. A member joining a group that has formed takes its
+      share at once. Default 0 (no wait), unlike the Kafka broker's 3,000: on
+      one machine a lone consumer (the CLI, a script, a test) is the common
+      case, and processes started together join within milliseconds of each
+      other; set it where several processes start at once (the booking
+      service uses 1,000). The embedded log only: on JetStream (leases) the
+      consumer takes its share at once.
     * ``session_timeout_ms``: how long a member may go without heartbeating
       before the others take its partitions (None: the backend's default,
       ``storage.membership.SESSION_TIMEOUT_MS`` = 10 s on the embedded log, the
@@ -127,6 +146,7 @@ class Consumer:
                  fetch_max_bytes: int = 1 << 20, membership_poll_ms: float = 100,
                  session_timeout_ms: float | None = None,
                  max_poll_interval_ms: float | None = 300_000,
+                 initial_rebalance_delay_ms: float = 0,
                  key_deserializer=None, value_deserializer=None):
         if isinstance(topics, (str, TopicPartition)):
             topics = [topics]
@@ -176,6 +196,15 @@ class Consumer:
             raise ValueError(f"max_poll_interval_ms must be None or a number greater than "
                              f"membership_poll_ms ({membership_poll_ms}), got {max_poll_interval_ms!r}")
         self._max_poll_interval = None if max_poll_interval_ms is None else max_poll_interval_ms / 1000.0
+        if (isinstance(initial_rebalance_delay_ms, bool)
+                or not isinstance(initial_rebalance_delay_ms, (int, float))
+                or not initial_rebalance_delay_ms >= 0):
+            raise ValueError(f"initial_rebalance_delay_ms must be a number >= 0, "
+                             f"got {initial_rebalance_delay_ms!r}")
+        self._initial_delay = initial_rebalance_delay_ms / 1000.0
+        self._formed = False            # the group had formed when this member last looked
+        self._forming_until = None      # loop time at which a forming group takes its partitions
+        self._poll_lock = asyncio.Lock()  # one membership poll at a time (task and safe point)
         self._in_poll = 0               # getmany/__anext__ fetches under way
         self._last_app_poll = 0.0       # loop time the last of them returned
         self._left_for_poll = False     # left the group: no poll within max_poll_interval_ms
@@ -652,6 +681,8 @@ class Consumer:
         should own. Returns True when something changed."""
         target = await self._member.poll()
         self._last_member_poll = self._loop.time()
+        if not self._formed:
+            target = self._while_forming(target)
         changed = False
         lost = self._member.take_lost()
         if lost:
@@ -679,17 +710,44 @@ class Consumer:
             self._pending_revoke -= back
         return changed
 
+    def _while_forming(self, target: set) -> set:
+        """``initial_rebalance_delay_ms``: the part of ``target`` to take
+        now; nothing while the group is forming (empty, and a member joined
+        less than the delay ago), until ``_forming_until``."""
+        f = self._member.formation() if self._initial_delay > 0 else None
+        if f is not None:
+            formed, joins = f
+            if not formed and joins:
+                # The same instant for every member that sees the same members.
+                cap = self._max_poll_interval if self._max_poll_interval is not None else 300.0
+                first, last = min(joins) / 1000.0, max(joins) / 1000.0
+                until = min(last + self._initial_delay, first + max(cap, self._initial_delay))
+                left = until - time.time()
+                if left > 0:
+                    self._forming_until = self._loop.time() + left
+                    return set()
+        self._formed = True
+        self._forming_until = None
+        return target
+
     async def _membership_loop(self) -> None:
         try:
             while not self._closed:
-                await asyncio.sleep(self._membership_poll)
+                pause = self._membership_poll
+                if self._forming_until is not None:   # poll when the forming group takes its share
+                    pause = min(pause, max(self._forming_until - self._loop.time(), 0.0) + 0.001)
+                await asyncio.sleep(pause)
                 if self._member is None:
                     continue  # left for want of polls: the next poll rejoins
                 if (self._max_poll_interval is not None and not self._in_poll
                         and self._loop.time() - self._last_app_poll > self._max_poll_interval):
                     await self._leave_for_max_poll()
                     continue
-                if await self._poll_membership():
+                async with self._poll_lock:
+                    if self._member is None or self._closed:
+                        continue
+                    changed = await self._poll_membership()
+                if changed:
                     if self._interrupt is not None and not self._interrupt.done():
                         self._interrupt.set_result(None)
         except asyncio.CancelledError:
@@ -716,10 +774,12 @@ class Consumer:
 
     async def _rejoin(self) -> None:
         self._left_for_poll = False
+        self._formed = False
         kw = {} if self._session_timeout_ms is None else {
             "session_timeout_ms": self._session_timeout_ms}
         self._member = await self._backend.join_group(self._group, self._topics, **kw)
-        await self._poll_membership()
+        async with self._poll_lock:
+            await self._poll_membership()
 
     async def _safe_point(self) -> None:
         """Everything handed out before this call is handled: apply group
@@ -730,11 +790,18 @@ class Consumer:
         if self._left_for_poll and not self._closed:
             await self._rejoin()
         m = self._member
-        if (m is not None and m.session_timeout is not None
-                and self._loop.time() - self._last_member_poll > m.session_timeout / 2):
-            # Silent for a while (stopped, or the loop was blocked): others may
-            # have taken partitions over; learn which before handing out more.
-            await self._poll_membership()
+        since = self._loop.time() - self._last_member_poll
+        if m is not None and not self._poll_lock.locked() and (
+                since > self._membership_poll * 1.5
+                or (m.session_timeout is not None and since > m.session_timeout / 2)):
+            # The membership task is overdue: a consumer that always finds
+            # records never lets its event loop idle, so the task's sleep
+            # ends late (seconds, measured). Poll here instead: see members
+            # that joined (and hand their share over), heartbeat, and after a
+            # long silence (stopped, or the loop was blocked) learn which
+            # partitions others took over before handing out more.
+            async with self._poll_lock:
+                await self._poll_membership()
         if self._pending_assign or self._pending_revoke or self._pending_lost:
             await self._apply_changes()
         if self._auto_commit and self._loop.time() - self._last_auto_commit >= self._auto_commit_interval:

@@ -158,6 +158,32 @@ class Membership:
         live.sort(key=lambda m: m.member_id)
         return live
 
+    def owned_by_live(self, members: list[MemberInfo], partitions: dict[str, int]) -> bool:
+        """Whether a member of ``members`` (the live ones, as ``refresh()``
+        returned them) holds some partition of ``partitions`` ({topic:
+        count}) by its ownership record: the group has formed. False for a
+        group that is empty or still forming (see the consumer's
+        ``initial_rebalance_delay_ms``). Reads each partition's record until
+        one names a live member; nothing is locked."""
+        live = {m.member_id for m in members}
+        for topic in sorted(partitions):
+            d = os.path.join(self._owners_dir, topic)
+            for p in range(partitions[topic]):
+                key = (topic, p)
+                if key in self._owned:
+                    return True
+                try:
+                    fd = os.open(os.path.join(d, f"{p}.lock"), os.O_RDONLY | O_CLOEXEC)
+                except FileNotFoundError:
+                    continue  # never taken
+                try:
+                    _, owner = self._read_record(fd)
+                finally:
+                    os.close(fd)
+                if owner and owner in live:
+                    return True
+        return False
+
     def target(self, members: list[MemberInfo], partitions: dict[str, int]) -> set:
         """This member's share of ``partitions`` ({topic: count}) among ``members``."""
         return set(assign(members, partitions).get(self.member_id, ()))
