@@ -140,3 +140,32 @@ def test_a_busy_consumer_hands_partitions_to_a_new_member_within_polls(tmp_path)
 
     run(main(), timeout=120)
     log.close()
+
+
+def test_each_member_is_judged_by_its_own_session_timeout(tmp_path):
+    """A member with a short session timeout does not count out one that
+    chose a longer one and is silent for less than that (each member's
+    timeout is its own, as in Kafka; it used to be judged by the observer's),
+    and counts it out once its own timeout has passed."""
+    from unstoppable.storage.membership import Membership
+
+    path = str(tmp_path / "log")
+    make_log(path, partitions=2).close()
+    patient = Membership(path, "g", ["t"], session_timeout_ms=1500)
+    hasty = Membership(path, "g", ["t"], session_timeout_ms=300)
+    try:
+        assert patient.try_acquire("t", 0)
+        t0 = time.monotonic()
+        time.sleep(0.6)                       # patient is silent: past 300 ms, within 1,500
+        live = hasty.refresh()
+        if time.monotonic() - t0 < 1.4:       # (a stall of the test itself proves nothing)
+            assert patient.member_id in [m.member_id for m in live]
+            assert not hasty.try_acquire("t", 0)
+        assert wait_until(lambda: patient.member_id not in [m.member_id for m in hasty.refresh()], 10)
+        assert time.monotonic() - t0 >= 1.5
+        assert hasty.try_acquire("t", 0)      # counted out at its own timeout: taken over
+        assert [m.session_timeout_ms for m in sorted(hasty.refresh(), key=lambda m: m.member_id)] \
+            == [300]
+    finally:
+        hasty.leave()
+        patient.leave()
