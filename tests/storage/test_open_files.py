@@ -225,3 +225,64 @@ PRODUCER_SYNC_SCRIPT = textwrap.dedent(r"""
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
 def test_the_producers_sync_round_without_descriptors_fails_those_records_only(tmp_path):
     _run_ok(PRODUCER_SYNC_SCRIPT, tmp_path)
+
+
+BEHIND_SCRIPT = textwrap.dedent(r"""
+    import asyncio, os, resource, sys, threading
+    import unstoppable as us
+    from unstoppable.storage import partition as P
+
+    path = sys.argv[1]
+
+    def open_fds():
+        return len(os.listdir("/proc/self/fd"))
+
+    with us.Log(path) as log:
+        t = log.create_topic("t", partitions=3, segment_bytes=4096, retention_bytes=None)
+        p, q, r = (t.partition(i) for i in range(3))
+        for x in (p, q, r):
+            x.flush()
+        # The flusher thread far behind (descheduled under load, say): here
+        # it never runs, so the checkpoints stay where they are while
+        # hundreds of 4 KiB segments roll.
+        log._flusher.submit = lambda part: None
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        # Each partition's open segments (3 descriptors each) and a few more:
+        # fewer descriptors than one per segment behind.
+        limit = open_fds() + 3 * 3 * (P.OPEN_SEGMENTS + 2) + 24
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+        for x in (p, q, r):
+            for i in range(1200):
+                x.append([b"x" * 900])
+        behind = sum(f.endswith(".log") for f in os.listdir(p.path))
+        assert behind > 100 and limit < behind, (behind, limit)
+        assert p.durable_offset < p.end_offset
+        # A blocking sync (the thread driver) brings it all the way, in rounds.
+        p.flush()
+        assert p.durable_offset == p.end_offset
+        # The sync thread's callback form.
+        got, done = [], threading.Event()
+        q.when_durable(q.end_offset, lambda err: (got.append(err), done.set()))
+        assert done.wait(60) and got == [None], got
+        assert q.durable_offset == q.end_offset
+        # The event loop's driver (acks="fsync" producers).
+        async def main():
+            async with us.Producer(log, "t", acks="fsync") as prod:
+                md = await (await prod.send(b"y", partition=2))
+            return md
+        md = asyncio.run(main())
+        assert r.durable_offset == r.end_offset == md.offset + 1
+        assert open_fds() <= limit
+        print("ok")
+""")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_a_checkpoint_hundreds_of_segments_behind_syncs_within_the_limit(tmp_path):
+    """A sync round holds a descriptor of each segment it syncs: one that
+    covered every segment past a checkpoint far behind ran out of
+    descriptors (EMFILE under a small limit: the descriptor-limit test
+    above failed so once under load, its flusher thread behind). Rounds
+    cover at most SYNC_SEGMENTS_PER_ROUND segments of a partition and go on
+    from there, in all three ways of waiting for durability."""
+    _run_ok(BEHIND_SCRIPT, tmp_path)

@@ -89,6 +89,9 @@ class DemoConfig:
     poison: int = 6               # records that must end up dead-lettered
     fault_rate: float = 0.001     # share of records whose first handling attempt fails
     kill: bool = True             # SIGKILL a worker mid-run (and start a replacement)
+    #: The workers' Consumer option (Kafka's group.initial.rebalance.delay.ms): the
+    #: workers start together and take their shares in one step.
+    initial_rebalance_delay_ms: float = 1000.0
     seed: int = 42
     timeout_s: float = 300.0
     progress: bool | None = None  # None: when stderr is a terminal
@@ -153,12 +156,16 @@ def _user_process(log_path: str, topic: str, idx: int, cfg: dict, t0: float, sta
     async def main():
         log = await open_log(log_path, **log_options)
         sent = 0
+        last = 0.0
         async with us.Producer(log, topic, linger_ms=2) as p:
             for t, _s, key, value, part in sched:
-                delay = t0 + t - time.time()
+                now = time.time()
+                delay = t0 + t - now
                 if delay > 0.002:
                     await p.flush()
-                    _status(status, {"sent": sent, "total": len(sched)})
+                    if now - last > 0.2:   # (a file written per pause took 40% of this process)
+                        _status(status, {"sent": sent, "total": len(sched)})
+                        last = now
                     await asyncio.sleep(delay)
                 await p.send(value, key=key, partition=part)
                 sent += 1
@@ -218,8 +225,6 @@ def _gateway_process(log_path: str, scfg: dict, cfg: dict, status: str, group: s
                         else:
                             when = time.time() + rnd.uniform(0.02, 0.4) * ttl
                         heapq.heappush(heap, (when, h.booking_id, h.seat_id, h.user_id))
-                if got:
-                    await c.commit()
                 now = time.time()
                 while heap and heap[0][0] <= now:
                     _, booking, seat, user = heapq.heappop(heap)
@@ -228,6 +233,10 @@ def _gateway_process(log_path: str, scfg: dict, cfg: dict, status: str, group: s
                     paid += 1
                 if now - last > 0.1:
                     await p.flush()
+                    # Committed a few times a second, not per batch: a commit is
+                    # an fdatasync (a restart reads at most 100 ms of outcomes
+                    # again; its payments carry ids, so repeats are absorbed).
+                    await c.commit()
                     positions = {str(tp.partition): c.position(tp) for tp in c.assignment()}
                     _status(status, {"pending": len(heap), "paid": paid, "late": late,
                                      "positions": positions})
@@ -285,7 +294,8 @@ async def _run_demo(cfg: DemoConfig, out) -> dict:
     scfg = ServiceConfig(log_path=log_path, db_path=live_db, ttl_ms=cfg.ttl_ms,
                          fault_rate=cfg.fault_rate, topic=prefix + "bookings",
                          outcomes_topic=prefix + "booking-outcomes", dlq_topic=prefix + "booking-dlq",
-                         group=prefix + "booking-service", log_options=log_options)
+                         group=prefix + "booking-service", log_options=log_options,
+                         initial_rebalance_delay_ms=cfg.initial_rebalance_delay_ms)
     gateway_group = prefix + "payment-gateway"
     log = await open_log(log_path, create=True, **log_options)
     reader = LogReader(log)
@@ -352,8 +362,11 @@ async def _run(cfg: DemoConfig, out, d, log, reader, scfg, gateway_group, status
         gw_status = os.path.join(status_dir, "gateway.json")
         gateway = _start(_gateway_process, log_path, config_dict(scfg), plain, gw_status, gateway_group)
         procs.append(gateway)
-        # Let the group form before the users arrive.
-        await _wait(lambda: _covered(status_dir, workers, cfg.partitions), 30)
+        # Let the group form before the users arrive: every worker holding
+        # its share (else one worker would start alone on every partition
+        # and hand them over under load); at worst, every partition owned.
+        if not await _wait(lambda: _formed(status_dir, workers, cfg.partitions), 30):
+            await _wait(lambda: _covered(status_dir, workers, cfg.partitions), 30)
         t0 = time.time() + 0.2
         producers = [_start(_user_process, log_path, scfg.topic, i, plain, t0,
                             os.path.join(status_dir, f"users-{i}.json"), scfg.log_options)
@@ -563,6 +576,15 @@ def _covered(status_dir: str, workers: dict, partitions: int, since: float = 0.0
         if s.get("updated", 0) >= since:
             owned.update(s.get("assigned", []))
     return owned == set(range(partitions))
+
+
+def _formed(status_dir: str, workers: dict, partitions: int) -> bool:
+    """Whether every partition is owned and each worker holds its share
+    (``partitions // workers`` at least)."""
+    share = partitions // max(len(workers), 1)
+    return _covered(status_dir, workers, partitions) and all(
+        len(_read_status(os.path.join(status_dir, f"worker-{i}.json")).get("assigned", [])) >= share
+        for i in workers)
 
 
 async def _check_outcomes(log, scfg: ServiceConfig, live: ReadModel) -> dict:

@@ -127,6 +127,7 @@ class ServiceConfig:
     fail_seats: tuple = ()             # seats whose records always fail (tests)
     status_path: str | None = None     # JSON file the worker rewrites with its metrics
     membership_poll_ms: float = 100.0
+    initial_rebalance_delay_ms: float = 0.0   # the Consumer's (Kafka's group.initial.rebalance.delay.ms)
     log_options: dict = field(default_factory=dict)
     #: A compacted topic the workers keep each seat's latest state in
     #: (booking/seatstate.py), or None for none. Compaction needs the
@@ -320,7 +321,8 @@ class BookingService:
             self.open_db()
             async with us.Consumer(log, cfg.topic, group=cfg.group, offset_store=self.store,
                                    max_poll_records=cfg.batch,
-                                   membership_poll_ms=cfg.membership_poll_ms) as c, \
+                                   membership_poll_ms=cfg.membership_poll_ms,
+                                   initial_rebalance_delay_ms=cfg.initial_rebalance_delay_ms) as c, \
                     us.Producer(log, cfg.outcomes_topic) as self.out_p, \
                     us.Producer(log, cfg.topic, value_serializer=ev.CODEC) as self.in_p, \
                     us.Producer(log, cfg.dlq_topic, acks="fsync") as self.dlq_p, \

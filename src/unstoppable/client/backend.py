@@ -55,6 +55,14 @@ class GroupMember(abc.ABC):
     #: member's partitions (None: the backend has no such timeout).
     session_timeout: float | None = None
 
+    def formation(self) -> tuple[bool, list[int]] | None:
+        """What the last ``poll`` saw of the group's formation, for the
+        consumer's ``initial_rebalance_delay_ms``: (whether a live member
+        owns a partition of the group, the join times of the live members
+        in ms since the epoch), or None where the backend cannot tell (the
+        consumer then takes its share at once)."""
+        return None
+
     def take_lost(self) -> set:
         """Partitions (TopicPartition) other members took over while this one
         was silent past the session timeout, each reported once. They are no

@@ -52,11 +52,11 @@ Waiting
 from __future__ import annotations
 
 import asyncio
-import inspect
 from typing import Callable
 
 from unstoppable.client._types import ConsumerRecord, OffsetAndTimestamp, TopicPartition
 from unstoppable.client.embedded import backend_for
+from unstoppable.client._membership import GroupMembership
 from unstoppable.client.positions import Positions
 from unstoppable.errors import (
     CommitError,
@@ -74,7 +74,7 @@ __all__ = ["Consumer", "OFFSET_RESETS"]
 OFFSET_RESETS = ("earliest", "latest", "error")
 
 
-class Consumer:
+class Consumer(GroupMembership):
     """Consumer(log, topics, *, group=None, auto_offset_reset="earliest",
     enable_auto_commit=False, offset_store=None, ...)
 
@@ -102,7 +102,25 @@ class Consumer:
     * ``max_poll_records``: records fetched per partition at a time (also the
       default ``max_records`` of getmany); ``fetch_max_bytes``: bytes per fetch.
     * ``membership_poll_ms``: how often a group member checks who is alive
-      (and heartbeats).
+      (and heartbeats). A consumer kept busy (records always available, so
+      its event loop seldom idles) checks at the start of ``getmany`` /
+      ``__anext__`` once a check is overdue by half this interval.
+    * ``initial_rebalance_delay_ms``: Kafka's
+      ``group.initial.rebalance.delay.ms``, per consumer. A member that finds
+      the group empty (no live member owns any of its partitions) waits before
+      taking partitions until no new member has joined for this long (so the
+      first assignment is made with everyone that started together, rather
+      than one member taking every partition and handing them over one by one
+      as the others arrive), and at most ``max_poll_interval_ms`` (5 minutes
+      without one) after the first member of the forming group joined: as
+      Kafka's coordinator extends the delay with each join, up to the
+      rebalance timeout. A member joining a group that has formed takes its
+      share at once. Default 0 (no wait), unlike the Kafka broker's 3,000: on
+      one machine a lone consumer (the CLI, a script, a test) is the common
+      case, and processes started together join within milliseconds of each
+      other; set it where several processes start at once (the booking
+      service uses 1,000). The embedded log only: on JetStream (leases) the
+      consumer takes its share at once.
     * ``session_timeout_ms``: how long a member may go without heartbeating
       before the others take its partitions (None: the backend's default,
       ``storage.membership.SESSION_TIMEOUT_MS`` = 10 s on the embedded log, the
@@ -127,6 +145,7 @@ class Consumer:
                  fetch_max_bytes: int = 1 << 20, membership_poll_ms: float = 100,
                  session_timeout_ms: float | None = None,
                  max_poll_interval_ms: float | None = 300_000,
+                 initial_rebalance_delay_ms: float = 0,
                  key_deserializer=None, value_deserializer=None):
         if isinstance(topics, (str, TopicPartition)):
             topics = [topics]
@@ -176,6 +195,15 @@ class Consumer:
             raise ValueError(f"max_poll_interval_ms must be None or a number greater than "
                              f"membership_poll_ms ({membership_poll_ms}), got {max_poll_interval_ms!r}")
         self._max_poll_interval = None if max_poll_interval_ms is None else max_poll_interval_ms / 1000.0
+        if (isinstance(initial_rebalance_delay_ms, bool)
+                or not isinstance(initial_rebalance_delay_ms, (int, float))
+                or not initial_rebalance_delay_ms >= 0):
+            raise ValueError(f"initial_rebalance_delay_ms must be a number >= 0, "
+                             f"got {initial_rebalance_delay_ms!r}")
+        self._initial_delay = initial_rebalance_delay_ms / 1000.0
+        self._formed = False            # the group had formed when this member last looked
+        self._forming_until = None      # loop time at which a forming group takes its partitions
+        self._poll_lock = asyncio.Lock()  # one membership poll at a time (task and safe point)
         self._in_poll = 0               # getmany/__anext__ fetches under way
         self._last_app_poll = 0.0       # loop time the last of them returned
         self._left_for_poll = False     # left the group: no poll within max_poll_interval_ms
@@ -647,131 +675,6 @@ class Consumer:
                 pos = None
             self._pos.assign(tp, pos, c)
 
-    async def _poll_membership(self) -> bool:
-        """Refresh the group view: mark partitions to give up, take free ones we
-        should own. Returns True when something changed."""
-        target = await self._member.poll()
-        self._last_member_poll = self._loop.time()
-        changed = False
-        lost = self._member.take_lost()
-        if lost:
-            # Taken over while we were silent: not ours to commit or release.
-            self._held -= lost
-            self._pending_assign -= lost
-            self._pending_revoke -= lost
-            self._pending_lost |= lost
-            self._fenced |= lost
-            self._pos.stop(lost)
-            changed = True
-        give_up = (self._held - target) - self._pending_revoke
-        if give_up:
-            self._pending_revoke |= give_up
-            self._pos.stop(give_up)  # hand out no more of them; the safe point revokes them
-            changed = True
-        for tp in sorted(target - self._held):
-            if await self._member.try_acquire(tp):
-                self._held.add(tp)
-                self._pending_assign.add(tp)
-                changed = True
-        # A partition we gave up but got back before the safe point stays ours.
-        back = self._pending_revoke & target
-        if back:
-            self._pending_revoke -= back
-        return changed
-
-    async def _membership_loop(self) -> None:
-        try:
-            while not self._closed:
-                await asyncio.sleep(self._membership_poll)
-                if self._member is None:
-                    continue  # left for want of polls: the next poll rejoins
-                if (self._max_poll_interval is not None and not self._in_poll
-                        and self._loop.time() - self._last_app_poll > self._max_poll_interval):
-                    await self._leave_for_max_poll()
-                    continue
-                if await self._poll_membership():
-                    if self._interrupt is not None and not self._interrupt.done():
-                        self._interrupt.set_result(None)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as e:
-            self._bg_error = e
-            if self._interrupt is not None and not self._interrupt.done():
-                self._interrupt.set_result(None)
-
-    async def _leave_for_max_poll(self) -> None:
-        """The application has not polled for ``max_poll_interval_ms``: leave
-        the group, so the others take its partitions now (as Kafka's
-        consumer does). Every partition held counts as lost: commits for it
-        raise FencedMemberError, and the next safe point reports it revoked
-        and joins the group again."""
-        held = set(self._held)
-        self._pending_lost |= held
-        self._fenced |= held
-        self._pos.stop(held)
-        self._pending_assign.clear()
-        self._pending_revoke.clear()
-        self._left_for_poll = True
-        await self._leave()
-
-    async def _rejoin(self) -> None:
-        self._left_for_poll = False
-        kw = {} if self._session_timeout_ms is None else {
-            "session_timeout_ms": self._session_timeout_ms}
-        self._member = await self._backend.join_group(self._group, self._topics, **kw)
-        await self._poll_membership()
-
-    async def _safe_point(self) -> None:
-        """Everything handed out before this call is handled: apply group
-        changes and auto-commit."""
-        if self._bg_error is not None:
-            e, self._bg_error = self._bg_error, None
-            raise e
-        if self._left_for_poll and not self._closed:
-            await self._rejoin()
-        m = self._member
-        if (m is not None and m.session_timeout is not None
-                and self._loop.time() - self._last_member_poll > m.session_timeout / 2):
-            # Silent for a while (stopped, or the loop was blocked): others may
-            # have taken partitions over; learn which before handing out more.
-            await self._poll_membership()
-        if self._pending_assign or self._pending_revoke or self._pending_lost:
-            await self._apply_changes()
-        if self._auto_commit and self._loop.time() - self._last_auto_commit >= self._auto_commit_interval:
-            self._last_auto_commit = self._loop.time()
-            offs = self._pos.moved()
-            if offs:
-                await self._commit_what_we_own(offs)
-
-    async def _apply_changes(self) -> None:
-        # Snapshots: the membership task may add more while we await below;
-        # those wait for the next safe point.
-        releasing = set(self._pending_revoke)
-        lost = {tp for tp in self._pending_lost if tp in self._assigned}
-        self._pending_lost.clear()
-        revoked = {tp for tp in releasing if tp in self._assigned}
-        assigned = self._pending_assign - releasing
-        self._pending_assign -= assigned | releasing
-        if revoked or lost:
-            if self._on_change is not None:
-                await _call(self._on_change, set(), revoked | lost)
-            if self._auto_commit and revoked:
-                moved = self._pos.moved()
-                offs = {tp: moved[tp] for tp in revoked if tp in moved}
-                if offs:
-                    await self._commit_what_we_own(offs)
-            for tp in revoked | lost:
-                self._pos.remove(tp)
-        for tp in releasing:
-            if tp in self._held:
-                self._held.discard(tp)
-                await self._member.release(tp)
-        self._pending_revoke -= releasing
-        if assigned:
-            await self._assign(assigned)
-            if self._on_change is not None:
-                await _call(self._on_change, set(assigned), set())
-
     def __repr__(self):
         st = "closed" if self._closed else ("running" if self._started else "new")
         return f"<Consumer topics={self._topics} group={self._group!r} {st}>"
@@ -793,8 +696,3 @@ def _decoder_of(des, what: str):
         return des
     raise TypeError(f"{what} must be a callable bytes -> obj or a codec with decode(), got {des!r}")
 
-
-async def _call(fn, *args):
-    r = fn(*args)
-    if inspect.isawaitable(r):
-        await r

@@ -48,6 +48,7 @@ class _EmbeddedMember(GroupMember):
         self._counts = counts    # partition counts of every topic a live member subscribes to
         self.member_id = membership.member_id
         self.session_timeout = membership.session_timeout_ns / 1e9
+        self._last: tuple = ([], {})   # (live members, {topic: partitions}) of the last poll
 
     async def poll(self) -> set:
         members = self._m.refresh()
@@ -65,7 +66,12 @@ class _EmbeddedMember(GroupMember):
             except UnknownTopicError:
                 pass  # deleted since that member joined: nobody can own its partitions
         wanted = {t: counts[t] for m in members for t in m.topics if t in counts}
+        self._last = (members, wanted)
         return {TopicPartition(t, p) for t, p in self._m.target(members, wanted)}
+
+    def formation(self) -> tuple[bool, list[int]] | None:
+        members, wanted = self._last
+        return self._m.owned_by_live(members, wanted), [m.started_ms for m in members]
 
     async def try_acquire(self, tp) -> bool:
         return self._m.try_acquire(tp.topic, tp.partition)

@@ -33,13 +33,20 @@ class MemberInfo(NamedTuple):
     #: first. A description without them was written before members named
     #: theirs, when every member ran "sticky".
     assignors: tuple = ("sticky",)
+    #: This member's own session timeout (ms), by which the others judge
+    #: its heartbeat; 0 in a description written before members gave it
+    #: (the others then judge it by their own).
+    session_timeout_ms: int = 0
 
 
 def member_description(info: MemberInfo) -> bytes:
     """The JSON a member publishes about itself (member file or lease value)."""
-    return json.dumps({"member_id": info.member_id, "topics": list(info.topics),
-                       "pid": info.pid, "host": info.host, "started_ms": info.started_ms,
-                       "assignors": list(info.assignors)}).encode()
+    d = {"member_id": info.member_id, "topics": list(info.topics),
+         "pid": info.pid, "host": info.host, "started_ms": info.started_ms,
+         "assignors": list(info.assignors)}
+    if info.session_timeout_ms:
+        d["session_timeout_ms"] = info.session_timeout_ms
+    return json.dumps(d).encode()
 
 
 def parse_member_description(raw, fallback_id: str) -> MemberInfo:
@@ -50,7 +57,8 @@ def parse_member_description(raw, fallback_id: str) -> MemberInfo:
         a = d.get("assignors")
         return MemberInfo(str(d["member_id"]), tuple(d["topics"]), int(d["pid"]),
                           str(d.get("host", "")), int(d.get("started_ms", 0)),
-                          tuple(str(x) for x in a) if a else ("sticky",))
+                          tuple(str(x) for x in a) if a else ("sticky",),
+                          int(d.get("session_timeout_ms", 0)))
     except (ValueError, KeyError, TypeError, AttributeError):
         return MemberInfo(fallback_id, (), 0, "", 0)
 

@@ -5,7 +5,8 @@ Layers, as asyncpg splits its protocol (an I/O-free core under the drivers):
 * :class:`DurableState`, one per partition: how far it is known durable
   (``durable_end``), whether a failed fdatasync failed it for good
   (``failed``), what a round must sync (:meth:`~DurableState.plan`:
-  duplicated descriptors of every segment past the checkpoint) and what a
+  duplicated descriptors of the segments past the checkpoint, at most
+  ``SYNC_SEGMENTS_PER_ROUND`` of them) and what a
   round's result means (:meth:`~DurableState.result`: move the checkpoint, or
   fail the partition).
 * :class:`CommitRounds`, the I/O-free round planner: what is pending,
@@ -46,6 +47,24 @@ __all__ = ["DurableState", "CommitRounds", "ThreadCommitter", "LoopCommitter", "
 WAIT = object()
 
 _COMMIT_DELAY_STEP = 0.0001   # s: wait this long for more partitions to join a sync
+#: At most this many segments of one partition in one round: a round holds a
+#: duplicated descriptor of each segment it syncs, and a checkpoint far behind
+#: (the flusher thread descheduled for 0.3 s under load while 4 KiB segments
+#: rolled) put hundreds in one round, past a small descriptor limit (EMFILE).
+#: A partition further behind is brought up in several rounds, back to back.
+SYNC_SEGMENTS_PER_ROUND = 8
+
+
+class _Upto:
+    """The sync target of a round that covers only the sealed segments
+    before ``active_base`` (the checkpoint moves to that segment's start)."""
+    __slots__ = ("ckpt_base", "active_base", "active_size", "end_offset")
+
+    def __init__(self, ckpt_base: int, base: int):
+        self.ckpt_base = ckpt_base
+        self.active_base = base
+        self.active_size = 0
+        self.end_offset = base   # a segment's base is the offset of its first record
 _COMMIT_DELAY_MAX = 0.001     # s: but never longer than this in all
 
 
@@ -107,9 +126,13 @@ class DurableState:
         return e
 
     def plan(self):
-        """What a sync must cover: ``(state, fds)`` with duplicated descriptors
-        of every segment past the checkpoint (the caller closes them), or None
-        when everything is already durable."""
+        """What a sync must cover: ``(target, fds)`` with duplicated
+        descriptors of the segments past the checkpoint (the caller closes
+        them), or None when everything is already durable. ``target`` is the
+        head state read, or, when more than ``SYNC_SEGMENTS_PER_ROUND``
+        segments are past the checkpoint, the start of the first segment
+        left out: the round covers the ones before it, and the next round
+        goes on from there."""
         catalog = self._catalog
         with self._lock:
             for attempt in range(3):
@@ -125,9 +148,14 @@ class DurableState:
                                         or not self._dir_synced):
                     self._dirfd = os.open(self._dirpath, os.O_RDONLY | os.O_DIRECTORY | O_CLOEXEC)
                 # Duplicated: they outlive the segment (retention, OPEN_SEGMENTS).
+                todo = [b for b in bases if b >= st.ckpt_base]
+                target = st
+                if len(todo) > SYNC_SEGMENTS_PER_ROUND:
+                    todo, target = todo[:SYNC_SEGMENTS_PER_ROUND], _Upto(
+                        st.ckpt_base, todo[SYNC_SEGMENTS_PER_ROUND])
                 fds = []
                 try:
-                    for b in [b for b in bases if b >= st.ckpt_base]:
+                    for b in todo:
                         fds.append(dup_fd(catalog.get(b).fd))
                 except FileNotFoundError:
                     # A segment that is not open here was deleted by retention
@@ -143,7 +171,7 @@ class DurableState:
                         os.close(fd)
                     raise
                 self.in_flight += 1
-                return st, fds
+                return target, fds
 
     def note_synced(self) -> None:
         """Nothing was left to sync: everything written is durable."""

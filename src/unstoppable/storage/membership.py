@@ -7,6 +7,7 @@ layout, the liveness rules and the fencing are described in
 from __future__ import annotations
 
 import fcntl
+import math
 import os
 import socket
 import time
@@ -77,7 +78,8 @@ class Membership:
         self._last_beat = self._last_check = time.monotonic()
         self._closed = False
         self.info = MemberInfo(self.member_id, self.topics, os.getpid(), socket.gethostname(),
-                               time.time_ns() // 1_000_000, tuple(ASSIGNORS))
+                               time.time_ns() // 1_000_000, tuple(ASSIGNORS),
+                               max(1, math.ceil(session_timeout_ms)))
         # Write the description under a temporary name, lock it, then rename
         # it into members/: nobody can see it unlocked and take it for dead.
         tmp = os.path.join(self.dir, f".member-{self.member_id}.tmp")
@@ -115,8 +117,14 @@ class Membership:
         """Seconds since this member's last heartbeat."""
         return time.monotonic() - self._last_beat
 
-    def _fresh(self, fd: int) -> bool:
-        return time.time_ns() - os.fstat(fd).st_mtime_ns <= self.session_timeout_ns
+    def _fresh(self, fd: int, info: MemberInfo | None = None) -> bool:
+        """Whether the member of ``fd`` heartbeat within its session timeout
+        (its own, as its description gives it; else this member's): as in
+        Kafka, each member's timeout is its own, so a member with a short
+        one never counts out one that chose a longer one."""
+        timeout_ns = (info.session_timeout_ms * 1_000_000 if info is not None and info.session_timeout_ms
+                      else self.session_timeout_ns)
+        return time.time_ns() - os.fstat(fd).st_mtime_ns <= timeout_ns
 
     def refresh(self) -> list[MemberInfo]:
         """Heartbeat, then the live members (this one included), sorted by id."""
@@ -149,14 +157,40 @@ class Membership:
                 os.close(fd)
                 del self._peers[name]
                 continue
-            if not self._fresh(fd):
-                continue  # alive but silent past the session timeout: counted out
             if info is None:
                 info = parse_member_description(os.pread(fd, 1 << 16, 0), name[:-len(".member")])
                 self._peers[name] = (fd, info)
+            if not self._fresh(fd, info):
+                continue  # alive but silent past its session timeout: counted out
             live.append(info)
         live.sort(key=lambda m: m.member_id)
         return live
+
+    def owned_by_live(self, members: list[MemberInfo], partitions: dict[str, int]) -> bool:
+        """Whether a member of ``members`` (the live ones, as ``refresh()``
+        returned them) holds some partition of ``partitions`` ({topic:
+        count}) by its ownership record: the group has formed. False for a
+        group that is empty or still forming (see the consumer's
+        ``initial_rebalance_delay_ms``). Reads each partition's record until
+        one names a live member; nothing is locked."""
+        live = {m.member_id for m in members}
+        for topic in sorted(partitions):
+            d = os.path.join(self._owners_dir, topic)
+            for p in range(partitions[topic]):
+                key = (topic, p)
+                if key in self._owned:
+                    return True
+                try:
+                    fd = os.open(os.path.join(d, f"{p}.lock"), os.O_RDONLY | O_CLOEXEC)
+                except FileNotFoundError:
+                    continue  # never taken
+                try:
+                    _, owner = self._read_record(fd)
+                finally:
+                    os.close(fd)
+                if owner and owner in live:
+                    return True
+        return False
 
     def target(self, members: list[MemberInfo], partitions: dict[str, int]) -> set:
         """This member's share of ``partitions`` ({topic: count}) among ``members``."""
@@ -194,7 +228,7 @@ class Membership:
         try:
             if _try_flock(fd):
                 return False  # nobody holds it (closing our fd drops our lock)
-            return self._fresh(fd)
+            return self._fresh(fd, parse_member_description(os.pread(fd, 1 << 16, 0), member_id))
         finally:
             os.close(fd)
 
