@@ -460,7 +460,7 @@ def test_produce_and_consume(tmp_path, values, report):
     ceiling), the client's and the server's CPU per message, and the native
     ``send()``; then a consumer, beside native ``getmany``."""
     rounds = 3
-    kp, kpt, kc, kc10, np_, nc, kcat = [], [], [], [], [], [], []
+    kp, kpt, kc, kc10, kct, np_, nc, kcat = [], [], [], [], [], [], [], []
     ceil, ceilt = [], []
     cpu_p, cpu_pt, cli_p, cli_pt, cpu_c, cli_c = [], [], [], [], [], []
     for i in range(rounds):
@@ -481,6 +481,7 @@ def test_produce_and_consume(tmp_path, values, report):
             cpu_c.append((srv.cpu_seconds() - c0) / N)
             cli_c.append((_own_cpu() - o0) / N)
             kc10.append(_kafka_consume(srv.bootstrap, N, **{"fetch.queue.backoff.ms": 10}))
+            kct.append(_kafka_consume(srv.bootstrap, N, TUNED_BATCH, **TUNED_CONSUMER))
             r = _kcat_consume(srv.bootstrap, 2 * N)
             if r is not None:
                 kcat.append(r)
@@ -511,7 +512,8 @@ def test_produce_and_consume(tmp_path, values, report):
                   f"/ {m(kc) / m(nc):.0%}; aim >= 1 M/s. CPU per message (default settings): "
                   f"client {m(cli_c) * 1e9:.0f} ns (= {1 / m(cli_c) / 1e3:.0f} k msg/s per core), "
                   f"server {m(cpu_c) * 1e9:.0f} ns (= {1 / max(m(cpu_c), 1e-12) / 1e6:.0f} M msg/s "
-                  "per core)"
+                  f"per core); tuned (consume({TUNED_BATCH}), {TUNED_CONSUMER}): "
+                  f"{m(kct) / 1e3:.0f} k msg/s"
                   + (f"; kcat (C client, incl. start-up; the Debian package's "
                      f"older librdkafka) {m(kcat) / 1e3:.0f} k/s" if kcat else ""))
 
