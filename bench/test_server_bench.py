@@ -278,7 +278,8 @@ def _kcat_consume(bootstrap, n) -> float | None:
 #: What a confluent-kafka consumer that wants throughput sets, measured one
 #: at a time here (11:28-11:34 UTC, load 2.8-3.8, 1 M records, medians of 2-3
 #: rounds, client CPU per message beside the same run's consume(10000) with
-#: 4 MiB per partition and the 10 ms backoff, 963-1,625 ns):
+#: 4 MiB per partition and the 10 ms backoff, 963-1,625 ns against
+#: 688-1,028 ns tuned):
 #: ``fetch.queue.backoff.ms`` 10 (librdkafka's 1,000 ms default idles the
 #: consumer once its queue passes ``queued.min.messages``: 0.27 M/s);
 #: ``max.partition.fetch.bytes`` left at librdkafka's 1 MiB (4 MiB: 791 ns
@@ -288,9 +289,9 @@ def _kcat_consume(bootstrap, n) -> float | None:
 #: ``fetch.min.bytes`` 64 KiB; ``check.crcs`` stays at its default (false).
 TUNED_CONSUMER = {"fetch.queue.backoff.ms": 10, "max.partition.fetch.bytes": 1 << 20}
 #: Messages per ``consume()`` call when tuned. With 10,000 the Python thread
-#: spent 685-1,082 ns per message against 424-567 ns with 500-1,000 (perf:
-#: Python's cyclic GC traversing the list of 10,000 live Message objects,
-#: malloc/free and page faults of fresh memory; 100-2,000 were alike).
+#: spent 685-1,082 ns per message against 424-568 ns with 500-1,000 (perf:
+#: a larger share in Python's cyclic GC traversing the live Message objects,
+#: and in malloc/free and the page faults of fresh memory).
 TUNED_BATCH = 1_000
 
 
