@@ -41,7 +41,7 @@ from posix.mman cimport madvise, MADV_DONTNEED
 from unstoppable._core.includes.batch cimport *
 from unstoppable._core.includes.crc32c cimport us_crc32c_init
 from unstoppable._core.includes.hashes cimport us_xxh64, us_kafka_partition
-from unstoppable._core.batch cimport RecordBatch
+from unstoppable._core.batch cimport RecordBatch, stamp_log_append_time
 from unstoppable._core.segment cimport Mapping
 
 from unstoppable.errors import CorruptLogError, InvalidRecordError, RecordTooLargeError
@@ -749,13 +749,7 @@ cdef class ArrowEncoder:
         Make every encoded batch a LogAppendTime batch appended at
         ``timestamp`` (ms), as ``BatchEncoder.set_log_append_time`` does.
         """
-        if timestamp < 0:
-            raise ValueError(f"append time {timestamp} is negative")
-        if self.exports:
-            raise BufferError("the encoded bytes are still being viewed; release the view first")
-        if self.size == 0:
-            return
-        us_batches_set_log_append_time(self.buf, self.size, timestamp)
+        stamp_log_append_time(self.buf, self.size, self.exports, timestamp)
         self.max_timestamp = timestamp
 
     cdef int _reserve(self, size_t extra) noexcept nogil:

@@ -33,3 +33,7 @@ cdef class RecordBatch:
 
 cdef RecordBatch make_batch(object owner, object mv, const unsigned char *base, size_t position,
                             const us_batch_header *h, str topic, int partition)
+
+
+cdef int stamp_log_append_time(unsigned char *buf, size_t size, int exports,
+                               int64_t timestamp) except -1

@@ -936,13 +936,7 @@ cdef class BatchEncoder:
         does for a topic with ``message.timestamp.type=LogAppendTime``.
         Readers then take that time as every record's timestamp.
         """
-        if not (0 <= timestamp <= MAX_TIMESTAMP):
-            raise InvalidRecordError(f"append time {timestamp} is outside 0 .. {MAX_TIMESTAMP} ms")
-        if self.exports:
-            raise BufferError("the encoded bytes are still being viewed; release the view first")
-        if self.size == 0:
-            return
-        us_batches_set_log_append_time(self.buf, self.size, timestamp)
+        stamp_log_append_time(self.buf, self.size, self.exports, timestamp)
         self.max_timestamp = timestamp
 
     def compress(self, int codec, size_t start=0):
@@ -1072,3 +1066,16 @@ cdef tuple _encode_headers(object headers, Py_ssize_t i):
                 PyBuffer_Release(&vview)
                 vheld = False
     return (total, count, out)
+
+
+cdef int stamp_log_append_time(unsigned char *buf, size_t size, int exports,
+                               int64_t timestamp) except -1:
+    """Stamp the encoded batches ``buf[:size]`` as LogAppendTime batches
+    appended at ``timestamp`` (ms), for BatchEncoder and ArrowEncoder."""
+    if not (0 <= timestamp <= MAX_TIMESTAMP):
+        raise InvalidRecordError(f"append time {timestamp} is outside 0 .. {MAX_TIMESTAMP} ms")
+    if exports:
+        raise BufferError("the encoded bytes are still being viewed; release the view first")
+    if size:
+        us_batches_set_log_append_time(buf, size, timestamp)
+    return 0

@@ -111,19 +111,11 @@ class Metrics:
 
     def produced_bytes(self, topic: str, partition: int, n: int) -> None:
         """Count ``n`` RecordBatch bytes produced to a partition."""
-        inc = self._produced.get((topic, partition))
-        if inc is None:
-            inc = self._produced[(topic, partition)] = \
-                self.produced.labels(topic, str(partition)).inc
-        inc(n)
+        _count(self._produced, self.produced, topic, partition, n)
 
     def fetched_bytes(self, topic: str, partition: int, n: int) -> None:
         """Count ``n`` RecordBatch bytes fetched from a partition."""
-        inc = self._fetched.get((topic, partition))
-        if inc is None:
-            inc = self._fetched[(topic, partition)] = \
-                self.fetched.labels(topic, str(partition)).inc
-        inc(n)
+        _count(self._fetched, self.fetched, topic, partition, n)
 
     async def watch_loop(self, interval: float = 0.01) -> None:
         """Observe the event loop's lag until cancelled: a timer due every
@@ -149,3 +141,13 @@ class Metrics:
             server.shutdown()
             server.server_close()
             self._http = None
+
+
+def _count(incs: dict, counter, topic: str, partition: int, n: int) -> None:
+    """Add ``n`` to ``counter``'s child for (topic, partition), keeping each
+    child's ``inc`` in ``incs``: prometheus-client's ``labels()`` costs
+    3.5-6.4 us a call, the kept ``inc`` 0.8-2.0."""
+    inc = incs.get((topic, partition))
+    if inc is None:
+        inc = incs[(topic, partition)] = counter.labels(topic, str(partition)).inc
+    inc(n)
