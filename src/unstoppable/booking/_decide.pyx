@@ -854,17 +854,21 @@ cdef object _decide_run(st, str topic, int partition, int partitions, list recs,
     cdef str prefix = f"{topic}/{partition}/"
     st.begin(partition)
     cdef _Run run = _Run(st, ttl_ms, prefix.encode())
+    # The offsets of this partition's dead-lettered records (``dead`` is keyed
+    # by (partition, offset)): a record is looked up only when there are any.
+    cdef set dead_offs = {k[1] for k in dead if k[0] == partition} if dead else None
     for r in recs:
         i += 1
-        off = r.offset
-        if dead and (partition, off) in dead:
+        # A log Record's fields are read directly (no attribute lookups), and
+        # its value's bytes where the record's own view holds them: no
+        # memoryview made per record (``r.value`` slices one).
+        rec = <Record>r if type(r) is Record else None
+        off = r.offset if rec is None else rec.offset
+        if dead_offs and off in dead_offs:
             st.add_dead_letter(topic, partition, off, dead[(partition, off)])
             continue
         ok = -1
-        if type(r) is Record:
-            # The value's bytes read where the record's own view holds them:
-            # no memoryview made per record (``r.value`` slices one).
-            rec = <Record>r
+        if rec is not None:
             if rec._value_len >= 0:
                 PyObject_GetBuffer(rec._mv, &view, PyBUF_SIMPLE)
                 try:
@@ -893,7 +897,7 @@ cdef object _decide_run(st, str topic, int partition, int partitions, list recs,
             if h != partition:
                 ok = -1                         # the wrong partition: same
         if ok == 0:
-            run.ts = r.timestamp
+            run.ts = r.timestamp if rec is None else rec.timestamp
             if run.build and run.out_of_range():
                 ok = -1                         # (not from a log) as the reference does
         if ok < 0:
