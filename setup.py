@@ -48,8 +48,9 @@ extensions = [
     ext("delivery"),
     # The booking service's fast path (its own package: it decides what
     # booking/machine.py does, and imports it).
+    # (include_dirs: it cimports _core.batch's Record, whose .pxd names csrc's headers.)
     Extension("unstoppable.booking._decide", ["src/unstoppable/booking/_decide.pyx"],
-              extra_compile_args=cflags, extra_link_args=ldflags),
+              include_dirs=["csrc"], extra_compile_args=cflags, extra_link_args=ldflags),
 ]
 
 setup(

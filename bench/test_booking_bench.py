@@ -192,9 +192,18 @@ def _remove_read_model(path: str) -> None:
             os.unlink(path + suffix)
 
 
-def run_workers(cfg: ServiceConfig, n_workers: int, timeout: float = 600) -> float:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (/proc/<pid>/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_workers(cfg: ServiceConfig, n_workers: int, timeout: float = 600, cpu: list | None = None) -> float:
     """Seconds from starting ``n_workers`` worker processes on a fresh read
-    model (of ``cfg.db_layout``) until they have handled the whole log."""
+    model (of ``cfg.db_layout``) until they have handled the whole log; the
+    workers' CPU seconds at that moment (their sum) are appended to ``cpu``
+    when given (the machine is shared: CPU per event swings less than wall)."""
     _remove_read_model(cfg.db_path)
     log = us.Log(cfg.log_path)
     ends = log.topic(cfg.topic).end_offsets()
@@ -212,7 +221,10 @@ def run_workers(cfg: ServiceConfig, n_workers: int, timeout: float = 600) -> flo
             assert all(p.is_alive() for p in procs), "a worker died"
             assert time.perf_counter() - t0 < timeout, "the workers did not catch up in time"
             time.sleep(0.05)
-        return time.perf_counter() - t0
+        wall = time.perf_counter() - t0
+        if cpu is not None:
+            cpu.append(sum(_cpu_seconds(p.pid) for p in procs))
+        return wall
     finally:
         progress.close()
         for p in procs:
@@ -244,12 +256,15 @@ def test_workers_to_the_end_of_the_log(benchmark, booking_log, report, workers, 
 
     def run():
         out["base"] = getmany_rate(cfg, n)
-        out["s"] = run_workers(cfg, workers)
+        cpu: list = []
+        out["s"] = run_workers(cfg, workers, cpu=cpu)
+        out["cpu"] = cpu[0]
     benchmark.pedantic(run, rounds=1, iterations=1)
     rate = n / out["s"]
     report.append(f"booking, {workers} worker process(es), {layout} read model, cold start to the end of {n:,} events: "
-                  f"{rate:,.0f} events/s ({out['s']:.1f} s); same-run getmany {out['base']:,.0f} "
-                  f"records/s (ratio {rate / out['base']:.3f})")
+                  f"{rate:,.0f} events/s ({out['s']:.1f} s); workers' CPU {out['cpu']:.1f} s, "
+                  f"{out['cpu'] / n * 1e6:.2f} CPU-us/event; same-run getmany {out['base']:,.0f} "
+                  f"records/s (ratio {rate / out['base']:.3f}; getmany-us/record {1e6 / out['base']:.3f})")
     db = connect(cfg.db_path)
     stats = ReadModel(db).stats()
     db.close()

@@ -62,6 +62,8 @@ from gc import disable as gc_disable, enable as gc_enable, isenabled as gc_isena
 
 cimport cython
 
+from unstoppable._core.batch cimport Record
+
 from unstoppable.processor import RecordFailed
 
 
@@ -847,25 +849,43 @@ cdef object _decide_run(st, str topic, int partition, int partitions, list recs,
                         dead, dict homes, home, from_string, slow):
     cdef _Event e = _Event()
     cdef Py_buffer view
+    cdef Record rec
     cdef int ok, i = -1
     cdef str prefix = f"{topic}/{partition}/"
     st.begin(partition)
     cdef _Run run = _Run(st, ttl_ms, prefix.encode())
+    # The offsets of this partition's dead-lettered records (``dead`` is keyed
+    # by (partition, offset)): a record is looked up only when there are any.
+    cdef set dead_offs = {k[1] for k in dead if k[0] == partition} if dead else None
     for r in recs:
         i += 1
-        off = r.offset
-        if dead and (partition, off) in dead:
+        # A log Record's fields are read directly (no attribute lookups), and
+        # its value's bytes where the record's own view holds them: no
+        # memoryview made per record (``r.value`` slices one).
+        rec = <Record>r if type(r) is Record else None
+        off = r.offset if rec is None else rec.offset
+        if dead_offs and off in dead_offs:
             st.add_dead_letter(topic, partition, off, dead[(partition, off)])
             continue
-        value = r.value
         ok = -1
-        if value is not None and PyObject_CheckBuffer(value):
-            PyObject_GetBuffer(value, &view, PyBUF_SIMPLE)
-            try:
-                ok = e.parse(<const unsigned char*>view.buf,
-                             <const unsigned char*>view.buf + view.len)
-            finally:
-                PyBuffer_Release(&view)
+        if rec is not None:
+            if rec._value_len >= 0:
+                PyObject_GetBuffer(rec._mv, &view, PyBUF_SIMPLE)
+                try:
+                    if <Py_ssize_t>rec._value_pos + rec._value_len <= view.len:
+                        ok = e.parse(<const unsigned char*>view.buf + rec._value_pos,
+                                     <const unsigned char*>view.buf + rec._value_pos + rec._value_len)
+                finally:
+                    PyBuffer_Release(&view)
+        else:
+            value = r.value
+            if value is not None and PyObject_CheckBuffer(value):
+                PyObject_GetBuffer(value, &view, PyBUF_SIMPLE)
+                try:
+                    ok = e.parse(<const unsigned char*>view.buf,
+                                 <const unsigned char*>view.buf + view.len)
+                finally:
+                    PyBuffer_Release(&view)
         if ok == 0 and (e.kind == 0 or not e.seat_id or not e.booking_id
                         or (e.kind == K_REQUEST and not e.user_id)
                         or (e.kind == K_PAYMENT and not e.payment_id)):
@@ -877,7 +897,7 @@ cdef object _decide_run(st, str topic, int partition, int partitions, list recs,
             if h != partition:
                 ok = -1                         # the wrong partition: same
         if ok == 0:
-            run.ts = r.timestamp
+            run.ts = r.timestamp if rec is None else rec.timestamp
             if run.build and run.out_of_range():
                 ok = -1                         # (not from a log) as the reference does
         if ok < 0:
@@ -889,7 +909,7 @@ cdef object _decide_run(st, str topic, int partition, int partitions, list recs,
             continue
         if check is not None:
             try:
-                check(tp, r, _LazyEvent(value, from_string))
+                check(tp, r, _LazyEvent(r.value, from_string))
             except Exception as exc:
                 run.flush_counts()
                 f = RecordFailed(i, exc, applied=True)

@@ -614,6 +614,11 @@ def _raise_failed(futs) -> None:
             raise e
 
 
+#: The worker's young-generation collection threshold (allocations less
+#: deallocations of tracked objects between young collections; Python's default 700).
+_GC_YOUNG = int(os.environ.get("BOOKING_GC_YOUNG", 50_000))
+
+
 def _freeze_survivors(phase: str, info: dict) -> None:
     """A gc callback: after a full collection, move its survivors (just found
     reachable) out of the collector's sight (``gc.freeze``). The worker's
@@ -638,6 +643,10 @@ def run_worker(cfg: ServiceConfig | dict) -> None:
     if isinstance(cfg, dict):
         cfg = ServiceConfig(**cfg)
     gc.callbacks.append(_freeze_survivors)
+    # A run allocates thousands of short-lived containers (its records, rows,
+    # outcome pairs); at the default threshold of 700 the young collections
+    # walk those still alive, promote them, and so bring on full collections.
+    gc.set_threshold(_GC_YOUNG, 10, 10)
 
     async def main():
         stop = asyncio.Event()
