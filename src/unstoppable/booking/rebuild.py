@@ -72,16 +72,8 @@ async def rebuild(log, cfg: ServiceConfig, db_path, *, progress=None, chunk: int
         return await _rebuild_partitioned(log, cfg, db_path, progress, chunk, processes)
     tmp = db_path + ".building"
     async with LogReader(log) as reader:
-        n = await reader.partitions(cfg.topic)
-        dead = {(d.origin_partition, d.origin_offset): d.error
-                for d in await dl.read_dead_letters(log, cfg.dlq_topic, missing_ok=True)
-                if d.origin_topic == cfg.topic}
-        ranges = await reader.ranges(cfg.topic)
-        sizes = [e - s for s, e in ranges]
+        n, dead, ranges, sizes, shares = await _plan(reader, log, cfg, processes)
         total = sum(sizes)
-        if processes is None:
-            processes = (os.cpu_count() or 1) if total >= PARALLEL_REBUILD_MIN else 1
-        shares = _shares(sizes, max(1, min(int(processes), n)))
         files = [tmp] + [f"{tmp}.{i}" for i in range(1, len(shares))]
         for f in files:
             _unlink_db(f)
@@ -132,16 +124,8 @@ async def _rebuild_partitioned(log, cfg: ServiceConfig, db_path: str, progress, 
     tmp = db_path + ".building"
     shutil.rmtree(tmp, ignore_errors=True)      # what a crashed rebuild left
     async with LogReader(log) as reader:
-        n = await reader.partitions(cfg.topic)
-        dead = {(d.origin_partition, d.origin_offset): d.error
-                for d in await dl.read_dead_letters(log, cfg.dlq_topic, missing_ok=True)
-                if d.origin_topic == cfg.topic}
-        ranges = await reader.ranges(cfg.topic)
-        sizes = [e - s for s, e in ranges]
+        n, dead, ranges, sizes, shares = await _plan(reader, log, cfg, processes)
         total = sum(sizes)
-        if processes is None:
-            processes = (os.cpu_count() or 1) if total >= PARALLEL_REBUILD_MIN else 1
-        shares = _shares(sizes, max(1, min(int(processes), n)))
         os.makedirs(tmp)
         was_enabled = gc.isenabled()
         gc.disable()                # see rebuild()
@@ -216,6 +200,22 @@ def _rebuild_parts(cfg: ServiceConfig, n: int, runs: list, dead: dict, dirpath: 
     except BaseException as e:      # noqa: BLE001 - sent to the parent, which raises it
         result = e
     _send_result(tx, result)
+
+
+async def _plan(reader, log, cfg: ServiceConfig, processes: int | None) -> tuple:
+    """What a rebuild replays and how it splits the work: ``(partitions,
+    dead letters by (partition, offset), each partition's (start, end),
+    sizes, shares)``; ``processes`` None is one per CPU for a log of at
+    least PARALLEL_REBUILD_MIN records, else one."""
+    n = await reader.partitions(cfg.topic)
+    dead = {(d.origin_partition, d.origin_offset): d.error
+            for d in await dl.read_dead_letters(log, cfg.dlq_topic, missing_ok=True)
+            if d.origin_topic == cfg.topic}
+    ranges = await reader.ranges(cfg.topic)
+    sizes = [e - s for s, e in ranges]
+    if processes is None:
+        processes = (os.cpu_count() or 1) if sum(sizes) >= PARALLEL_REBUILD_MIN else 1
+    return n, dead, ranges, sizes, _shares(sizes, max(1, min(int(processes), n)))
 
 
 async def _read_share(reader, cfg: ServiceConfig, share: list, ranges: list, chunk: int,
