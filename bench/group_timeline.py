@@ -30,7 +30,8 @@ from test_booking_bench import _caught_up, make_booking_log  # noqa: E402
 
 import unstoppable as us  # noqa: E402
 from unstoppable.booking import service as svc  # noqa: E402
-from unstoppable.booking.readmodel import PartitionStore, connect  # noqa: E402
+from unstoppable.booking.partitionstore import PartitionStore  # noqa: E402
+from unstoppable.booking.readmodel import connect  # noqa: E402
 from unstoppable.storage import membership as ms  # noqa: E402
 
 

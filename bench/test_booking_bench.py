@@ -31,8 +31,8 @@ import pytest
 
 import unstoppable as us
 from unstoppable.booking import events as ev
+from unstoppable.booking.partitionstore import PartitionStore
 from unstoppable.booking.readmodel import (
-    PartitionStore,
     ReadModel,
     connect,
     diff_snapshots,

@@ -25,7 +25,7 @@ import time
 import pytest
 
 import unstoppable as us
-from unstoppable.booking.readmodel import PartitionStore
+from unstoppable.booking.partitionstore import PartitionStore
 from unstoppable.booking.service import decide_run
 
 from test_booking_bench import getmany_rate, make_booking_log, read_runs

@@ -26,7 +26,8 @@ import unstoppable as us
 from unstoppable.booking import events as ev
 from unstoppable.booking.machine import MemoryStore, apply
 from unstoppable.booking import _decide
-from unstoppable.booking.readmodel import PartitionStore, pack_log, pack_outcomes, unpack_outcomes
+from unstoppable.booking.partitionstore import PartitionStore, pack_outcomes, unpack_outcomes
+from unstoppable.booking.readmodel import pack_log
 from unstoppable.booking.service import decide_run, decode_checked
 
 TOPIC, PARTITION, PARTITIONS = "bookings", 0, 2

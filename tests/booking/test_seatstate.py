@@ -9,7 +9,8 @@ import random
 import unstoppable as us
 from unstoppable.booking import events as ev
 from unstoppable.booking.machine import apply
-from unstoppable.booking.readmodel import PartitionStore, connect, unpack_outcomes
+from unstoppable.booking.partitionstore import PartitionStore, unpack_outcomes
+from unstoppable.booking.readmodel import connect
 from unstoppable.booking.seatstate import (
     create_seats_topic,
     load_seat_map,

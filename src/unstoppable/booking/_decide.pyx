@@ -932,7 +932,7 @@ cdef object _decide_run(st, str topic, int partition, int partitions, list recs,
 
 # ------------------------------------------------------------------ rows
 #
-# The read model's rows of what a run changed (readmodel.PartitionStore.flush),
+# The read model's rows of what a run changed (partitionstore.PartitionStore.flush),
 # built here rather than in Python: a booking row is 14 values and the
 # booking's log as JSON, written for about every second event.
 
@@ -1089,7 +1089,7 @@ def booking_rows(part, keys, p, list new, list old, list users, fallback):
     """booking_rows(part, keys, p, new, old, users, fallback) -> None
 
     The bookings table's rows of bookings ``keys`` of ``part`` (a
-    ``readmodel._Part``) of partition ``p``, as ``PartitionStore._booking_rows``
+    ``partitionstore._Part``) of partition ``p``, as ``PartitionStore._booking_rows``
     makes them: ``(rowid, seat_id, booking_id, user_id, state, reason,
     payment_id, amount_cents, created_ms, updated_ms, deadline_ms, nevents,
     p, log)``. A row whose rowid is new (given here, the partition's next) goes
@@ -1164,7 +1164,7 @@ def seat_rows(part, keys, p, list new, list old):
 def pack_outcomes(list pairs):
     """pack_outcomes(pairs) -> bytes
 
-    ``readmodel.pack_outcomes``, the same bytes, written here: for each
+    ``partitionstore.pack_outcomes``, the same bytes, written here: for each
     ``(key, value)`` pair of bytes, key length and value length (u32 LE
     each), then the key and value."""
     cdef Py_ssize_t total = 0, kn, vn

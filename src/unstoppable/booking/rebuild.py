@@ -16,8 +16,8 @@ import shutil
 import unstoppable as us
 from unstoppable.booking import deadletters as dl
 from unstoppable.booking.logio import LogReader
+from unstoppable.booking.partitionstore import PartitionStore
 from unstoppable.booking.readmodel import (
-    PartitionStore,
     ReadModel,
     connect,
     create_indexes,

@@ -3,7 +3,7 @@
 ``booking-seats`` is keyed by seat id; each value is the seat's row of the
 read model (state, holder booking, user, last change) as compact JSON. The
 worker publishes it alongside its outcomes, the state it holds in memory
-(:class:`~unstoppable.booking.readmodel.PartitionStore`) for every seat its
+(:class:`~unstoppable.booking.partitionstore.PartitionStore`) for every seat its
 outcomes name, so the last record of each key is the seat's state. With
 ``cleanup_policy="compact"`` the log keeps that last record per seat and
 drops the rest, so a reader that only needs seat availability (a seat map, a

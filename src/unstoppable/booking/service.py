@@ -82,9 +82,9 @@ from unstoppable.booking._decide import decide_run as _fast_decide_run
 from unstoppable.booking.booking_pb2 import BookingEvent
 from unstoppable.booking.machine import InvalidEventError, apply, validate
 from unstoppable.booking.seatstate import publish_seats
+from unstoppable.booking.partitionstore import PartitionStore
 from unstoppable.booking.readmodel import (
     LAYOUTS,
-    PartitionStore,
     ReadModel,
     connect,
     partition_path,
