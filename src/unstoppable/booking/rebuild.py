@@ -138,14 +138,8 @@ async def _rebuild_partitioned(log, cfg: ServiceConfig, db_path: str, progress, 
                                              target=_rebuild_parts))
                 del runs
             st = PartitionStore(None, outcomes_topic=cfg.outcomes_topic, outbox=False, bulk=True)
-            done = 0
-            for p in shares[0]:
-                async for recs in reader.chunks(cfg.topic, p, *ranges[p], chunk):
-                    _decide_chunk(st, cfg, p, n, recs, dead)
-                    offsets[us.TopicPartition(cfg.topic, p)] = recs[-1].offset + 1
-                    done += len(recs)
-                    if progress is not None:
-                        progress(done, total)
+            done = await _decide_share(reader, st, cfg, n, shares[0], ranges, dead, chunk, offsets,
+                                       progress, total)
             _write_parts(st, cfg, tmp, shares[0], offsets)
             del st
             for proc, rx, share in helpers:
@@ -246,11 +240,12 @@ def _start_helper(cfg: ServiceConfig, n: int, runs: list, dead: dict, path: str,
     return proc, rx, share
 
 
-async def _rebuild_own(reader, db, cfg: ServiceConfig, n: int, share: list, ranges: list,
-                       dead: dict, chunk: int, offsets: dict, progress, total: int) -> int:
-    """Decide this process's share, then bulk-load it and every offset into
-    ``db``; returns how many records it replayed."""
-    st = PartitionStore(db, outcomes_topic=cfg.outcomes_topic, outbox=False, bulk=True)
+async def _decide_share(reader, st: PartitionStore, cfg: ServiceConfig, n: int, share: list,
+                        ranges: list, dead: dict, chunk: int, offsets: dict, progress,
+                        total: int) -> int:
+    """Read and decide the partitions of ``share`` into ``st`` in this
+    process, noting each one's next offset in ``offsets``; returns how many
+    records it replayed."""
     done = 0
     for p in share:
         async for recs in reader.chunks(cfg.topic, p, *ranges[p], chunk):
@@ -259,6 +254,16 @@ async def _rebuild_own(reader, db, cfg: ServiceConfig, n: int, share: list, rang
             done += len(recs)
             if progress is not None:
                 progress(done, total)
+    return done
+
+
+async def _rebuild_own(reader, db, cfg: ServiceConfig, n: int, share: list, ranges: list,
+                       dead: dict, chunk: int, offsets: dict, progress, total: int) -> int:
+    """Decide this process's share, then bulk-load it and every offset into
+    ``db``; returns how many records it replayed."""
+    st = PartitionStore(db, outcomes_topic=cfg.outcomes_topic, outbox=False, bulk=True)
+    done = await _decide_share(reader, st, cfg, n, share, ranges, dead, chunk, offsets, progress,
+                               total)
     offset_store = us.SQLiteOffsetStore(db)      # (creates its table: not inside the BEGIN)
     db.execute("BEGIN")
     st.write_all()
