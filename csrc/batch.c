@@ -230,6 +230,20 @@ get_varint_unbounded(const unsigned char *p, uint64_t *out) {
  * -1 (bad record). Measured on 10k-record batches of 100-byte values (in
  * cache): 10.7 ns per record with the checked decoder alone, 6.1 with this
  * (format 1 took 5.1). */
+/* A key or value of the fast decoder: ``u`` its zigzag length varint (1 is
+ * -1, null). Sets ``*len`` and returns the position after the field, or
+ * NULL when the length is negative (other than null) or runs past ``rend``. */
+static inline __attribute__((always_inline)) const unsigned char *
+take_field(const unsigned char *p, const unsigned char *rend, uint64_t u, int32_t *len) {
+    if (u == 1) {
+        *len = -1;
+        return p;
+    }
+    if ((u & 1) || (u >> 1) > (uint64_t)(rend - p)) return NULL;
+    *len = (int32_t)(u >> 1);
+    return p + (u >> 1);
+}
+
 #define FAST_SLACK 32
 static inline __attribute__((always_inline)) int
 decode_record_v2(const unsigned char *buf, const unsigned char **pp, const unsigned char *end,
@@ -249,13 +263,7 @@ decode_record_v2(const unsigned char *buf, const unsigned char **pp, const unsig
     if (!(p = get_varint_unbounded(p, &u)) || u != (uint64_t)i << 1) return -1;  /* offsetDelta: zigzag(i) */
     if (!(p = get_varint_unbounded(p, &u)) || p > rend) return -1;  /* keyLength */
     o->key_pos = (uint32_t)(p - buf);
-    if (u == 1) {
-        o->key_len = -1;
-    } else {
-        if ((u & 1) || (u >> 1) > (uint64_t)(rend - p)) return -1;
-        o->key_len = (int32_t)(u >> 1);
-        p += u >> 1;
-    }
+    if (!(p = take_field(p, rend, u, &o->key_len))) return -1;
     /* valueLength; a headerCount must follow it, so p < rend */
     if (!(p = get_varint_unbounded(p, &u)) || p >= rend) return -1;
     o->value_pos = (uint32_t)(p - buf);
@@ -271,13 +279,7 @@ decode_record_v2(const unsigned char *buf, const unsigned char **pp, const unsig
         *pp = rend;
         return 0;
     }
-    if (u == 1) {
-        o->value_len = -1;
-    } else {
-        if ((u & 1) || (u >> 1) > (uint64_t)(rend - p)) return -1;
-        o->value_len = (int32_t)(u >> 1);
-        p += u >> 1;
-    }
+    if (!(p = take_field(p, rend, u, &o->value_len))) return -1;
     if (!(p = get_varint_unbounded(p, &u)) || p > rend) return -1;  /* headerCount */
     if ((u & 1) || (u >> 1) > (uint64_t)(rend - p)) return -1;  /* each header takes >= 2 bytes */
     o->header_count = (uint32_t)(u >> 1);
