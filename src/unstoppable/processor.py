@@ -188,7 +188,7 @@ class Processor:
                  lock_backoff_ms: float = 5.0, max_lock_backoff_ms: float = 1000.0,
                  arrow: bool = False, state=None, prepare: Callable | None = None):
         self._partitioned = callable(getattr(store, "store_for", None))
-        self._checked: set = set()     # ids of the connections found fit (partitioned store)
+        self._dbs: dict = {}           # tp -> its connection, once found fit (partitioned store)
         db = None if self._partitioned else getattr(store, "db", None)
         if not self._partitioned:
             if not isinstance(db, sqlite3.Connection):
@@ -345,11 +345,11 @@ class Processor:
         if not self._partitioned:
             return self.db
         db = self.store.store_for(tp).db
-        if id(db) not in self._checked:
+        if self._dbs.get(tp) is not db:     # a partition's connection is checked once
             _check_autocommit(db)
             if self.dead_letter_table is not None:
                 db.execute(DEAD_LETTER_SCHEMA.format(table=self.dead_letter_table))
-            self._checked.add(id(db))
+            self._dbs[tp] = db
         return db
 
     def _default_dead_letter(self, db, tp, rec, error: str, attempts: int) -> None:
