@@ -1,6 +1,8 @@
 """Consumer-group membership on JetStream, as leases."""
 from __future__ import annotations
 
+import asyncio
+
 import json
 import os
 import socket
@@ -151,6 +153,20 @@ class _JetStreamMember(GroupMember):
             return True
         if tp in self._lost:
             return False
+        # The acquisition runs to its end even if the caller is cancelled (a
+        # consumer closing while its membership task takes a partition): a
+        # lease taken on the server but not yet in _owned would outlive
+        # leave() until its TTL, keeping the partition from the next member.
+        task = asyncio.ensure_future(self._acquire(tp))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            await asyncio.wait([task])      # recorded in _owned (or given back) before we go
+            if not task.cancelled():
+                task.exception()            # retrieved: the caller's cancellation is what counts
+            raise
+
+    async def _acquire(self, tp: TopicPartition) -> bool:
         lease, _ = await self._leases.acquire(
             f"{self._g}.o.{_enc(tp.topic)}.{tp.partition}".encode(), self.member_id.encode())
         if lease is None:
