@@ -497,6 +497,23 @@ cdef bytes _encode(const char* eid, Py_ssize_t eid_n, int64_t ts, int kind, Fiel
 
 # ------------------------------------------------------------------ deciding
 
+cdef object _unpack_log = None
+
+
+cpdef tuple thaw_log(dict logs, k, str text):
+    """thaw_log(logs, k, text) -> (history, payments)
+
+    A booking's log kept as its ``log`` column's JSON text (once written: a
+    "cold" log, see :func:`booking_rows`) made the ``(history, payments)``
+    a run changes again, and stored back in ``logs`` under ``k``."""
+    global _unpack_log
+    if _unpack_log is None:
+        from unstoppable.booking.readmodel import unpack_log
+        _unpack_log = unpack_log
+    log = logs[k] = _unpack_log(text)
+    return log
+
+
 cdef class _Run:
     """A run's view of a PartitionStore: its partition's dicts, the staging
     sets, the outcome list, and the counters."""
@@ -577,6 +594,8 @@ cdef class _Run:
             log = self.logs.get(k)
             if log is None:
                 log = self.logs[k] = _untracked((_untracked([]), {}))
+            elif type(log) is str:
+                log = thaw_log(self.logs, k, log)
             self.cur_log = log
         return log
 
@@ -721,7 +740,10 @@ cdef class _Run:
         if e.kind == K_PAYMENT:
             self.counts[C_PAYMENTS] += 1
             pid, amount = e.payment_id, e.amount_cents
-            log = self.cur_log = self.logs.get(k)
+            log = self.logs.get(k)
+            if type(log) is str:
+                log = thaw_log(self.logs, k, log)
+            self.cur_log = log
             if log is not None and pid in log[1]:
                 self.counts[C_DUPLICATES] += 1
                 return
@@ -1083,6 +1105,7 @@ def pack_log(list history, dict payments, fallback):
 
 
 cdef tuple _EMPTY_LOG = ([], {})
+cdef list _NO_HISTORY = []
 
 
 def booking_rows(part, keys, p, list new, list old, list users, fallback):
@@ -1095,7 +1118,11 @@ def booking_rows(part, keys, p, list new, list old, list users, fallback):
     p, log)``. A row whose rowid is new (given here, the partition's next) goes
     to ``new``, the others to ``old``; the ``(user, seat_id, booking_id)`` of
     history steps filed under another user than the booking's go to
-    ``users``. ``fallback`` is readmodel.pack_log (see :func:`pack_log`)."""
+    ``users``. ``fallback`` is readmodel.pack_log (see :func:`pack_log`).
+
+    A log written here is kept in ``part.logs`` as its text from then on
+    (made tuples again by :func:`thaw_log` when a run touches the booking
+    again); a log that is text already is written as it is."""
     cdef dict bks = part.bookings, logs = part.logs, rowids = part.rowids
     cdef Booking b
     cdef Buf buf
@@ -1106,13 +1133,21 @@ def booking_rows(part, keys, p, list new, list old, list users, fallback):
     try:
         for k in keys:
             b = bks[k]
-            lg = logs.get(k, _EMPTY_LOG)
-            h = lg[0]
-            buf.n = 0
-            if _pack_log(&buf, h, lg[1]) < 0:
-                text = fallback(h, lg[1])
+            cold = logs.get(k, _EMPTY_LOG)
+            if type(cold) is str:              # unchanged since written (or loaded)
+                text, h = cold, _NO_HISTORY
             else:
-                text = PyUnicode_DecodeASCII(buf.p, buf.n, NULL)
+                lg = <tuple>cold
+                h = lg[0]
+                buf.n = 0
+                if _pack_log(&buf, h, lg[1]) < 0:
+                    text = fallback(h, lg[1])
+                else:
+                    text = PyUnicode_DecodeASCII(buf.p, buf.n, NULL)
+                if cold is not _EMPTY_LOG:
+                    # Kept as the text from now on: a third of the tuples' memory,
+                    # and none of it for the collector (thaw_log when touched again).
+                    logs[k] = text
             user = b.user_id
             r = rowids.get(k)
             row = (nxt if r is None else r, b.seat_id, b.booking_id, user, b.state, b.reason,

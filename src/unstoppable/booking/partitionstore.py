@@ -13,6 +13,7 @@ from unstoppable.booking._decide import (
     booking_rows as _c_booking_rows,
     pack_outcomes as _c_pack_outcomes,
     seat_rows as _c_seat_rows,
+    thaw_log,
 )
 from unstoppable.booking.machine import Booking, Seat, Store
 from unstoppable.booking.readmodel import (
@@ -28,7 +29,6 @@ from unstoppable.booking.readmodel import (
     _other_users,
     _rowid_range,
     pack_log,
-    unpack_log,
 )
 
 __all__ = ["PartitionStore", "pack_outcomes", "unpack_outcomes"]
@@ -65,7 +65,9 @@ class _Part:
     def __init__(self):
         self.seats: dict = {}        # seat_id -> Seat
         self.bookings: dict = {}     # (seat_id, booking_id) -> Booking
-        self.logs: dict = {}         # (seat_id, booking_id) -> (history list, {payment_id: (outcome, amount)})
+        # (seat_id, booking_id) -> (history list, {payment_id: (outcome, amount)}), or, once
+        # written (or loaded) and until a run changes it again, its log column's text
+        self.logs: dict = {}
         self.timers: dict = {}       # (seat_id, booking_id) -> deadline_ms of its timers row
         self.rowids: dict = {}       # seat_id or (seat_id, booking_id) -> its row's rowid
         self.next_rowid = 0          # the next new row's (seats and bookings share the count)
@@ -153,7 +155,7 @@ class PartitionStore(_Queries, Store):
                    (lo, hi)):
             k = (r[0], r[1])
             bookings[k] = Booking(*r[:11])
-            logs[k] = unpack_log(r[11])
+            logs[k] = r[11]           # its text, until a run changes it (thaw_log)
             rowids[k] = r[12]
             top = max(top, r[12])
         part.next_rowid = top + 1
@@ -302,10 +304,14 @@ class PartitionStore(_Queries, Store):
         empty = ([], {})
         for k in keys:
             b = bks[k]
-            h, pay = logs.get(k, empty)
+            log = logs.get(k, empty)
+            if log.__class__ is str:
+                text, h = log, []
+            else:
+                h, pay = log
+                text = pack_log(h, pay)
             rows.append((rowid(part, k), b.seat_id, b.booking_id, b.user_id, b.state, b.reason, b.payment_id,
-                         b.amount_cents, b.created_ms, b.updated_ms, b.deadline_ms, b.nevents, p,
-                         pack_log(h, pay)))
+                         b.amount_cents, b.created_ms, b.updated_ms, b.deadline_ms, b.nevents, p, text))
             for e in h:
                 if e[0] != b.user_id:
                     users += [(u, k[0], k[1]) for u in _other_users(b, h)]
@@ -363,16 +369,23 @@ class PartitionStore(_Queries, Store):
         self._cur.bookings[k] = b
         self._dirty_bookings.add(k)
 
+    def _log(self, k) -> tuple:
+        """Booking ``k``'s (history, payments), made if it has none."""
+        logs = self._cur.logs
+        log = logs.get(k)
+        if log is None:
+            log = logs[k] = ([], {})
+        elif log.__class__ is str:
+            log = thaw_log(logs, k, log)
+        return log
+
     def has_payment(self, seat_id, booking_id, payment_id):
-        log = self._cur.logs.get((seat_id, booking_id))
-        return log is not None and payment_id in log[1]
+        k = (seat_id, booking_id)
+        return k in self._cur.logs and payment_id in self._log(k)[1]
 
     def add_payment(self, seat_id, booking_id, payment_id, outcome, amount_cents):
         k = (seat_id, booking_id)
-        log = self._cur.logs.get(k)
-        if log is None:
-            log = self._cur.logs[k] = ([], {})
-        log[1][payment_id] = (outcome, amount_cents)
+        self._log(k)[1][payment_id] = (outcome, amount_cents)
         self._dirty_bookings.add(k)
 
     def set_timer(self, seat_id, booking_id, deadline_ms):
@@ -383,10 +396,7 @@ class PartitionStore(_Queries, Store):
 
     def add_history(self, b, ts_ms, kind, detail):
         k = (b.seat_id, b.booking_id)
-        log = self._cur.logs.get(k)
-        if log is None:
-            log = self._cur.logs[k] = ([], {})
-        log[0].append((b.user_id, ts_ms, kind, detail))
+        self._log(k)[0].append((b.user_id, ts_ms, kind, detail))
         b.nevents += 1
         self._dirty_bookings.add(k)
 
