@@ -41,6 +41,7 @@ from unstoppable.connect import connect
 from unstoppable.errors import *  # noqa: F401,F403
 from unstoppable.partitioning import DefaultPartitioner, Murmur2Partitioner
 from unstoppable.processor import Processor, RecordFailed
+from unstoppable.walcheckpoint import WalCheckpointer
 from unstoppable.storage import Log, Partition, Topic, TopicConfig, VerifyReport
 
 __version__ = "0.1.0"
@@ -54,7 +55,7 @@ __all__ = [
     "Consumer", "ConsumerRecord", "TopicPartition", "OffsetAndTimestamp",
     "OffsetStore", "GroupOffsetStore", "SQLiteOffsetStore", "PartitionedSQLiteOffsetStore",
     # exactly-once processing: a run of records and its offset in one SQLite transaction
-    "Processor", "RecordFailed",
+    "Processor", "RecordFailed", "WalCheckpointer",
     # any backend from a URL
     "connect",
     # errors (the classes are also importable from here)
