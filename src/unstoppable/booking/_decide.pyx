@@ -1108,8 +1108,8 @@ cdef tuple _EMPTY_LOG = ([], {})
 cdef list _NO_HISTORY = []
 
 
-def booking_rows(part, keys, p, list new, list old, list users, fallback):
-    """booking_rows(part, keys, p, new, old, users, fallback) -> None
+def booking_rows(part, keys, p, list new, list old, list users, fallback, bint freeze=True):
+    """booking_rows(part, keys, p, new, old, users, fallback, freeze=True) -> None
 
     The bookings table's rows of bookings ``keys`` of ``part`` (a
     ``partitionstore._Part``) of partition ``p``, as ``PartitionStore._booking_rows``
@@ -1122,7 +1122,8 @@ def booking_rows(part, keys, p, list new, list old, list users, fallback):
 
     A log written here is kept in ``part.logs`` as its text from then on
     (made tuples again by :func:`thaw_log` when a run touches the booking
-    again); a log that is text already is written as it is."""
+    again), unless ``freeze`` is false (a bulk load's last write, whose
+    state is dropped after it); a log that is text already is written as it is."""
     cdef dict bks = part.bookings, logs = part.logs, rowids = part.rowids
     cdef Booking b
     cdef Buf buf
@@ -1144,7 +1145,7 @@ def booking_rows(part, keys, p, list new, list old, list users, fallback):
                     text = fallback(h, lg[1])
                 else:
                     text = PyUnicode_DecodeASCII(buf.p, buf.n, NULL)
-                if cold is not _EMPTY_LOG:
+                if freeze and cold is not _EMPTY_LOG:
                     # Kept as the text from now on: a third of the tuples' memory,
                     # and none of it for the collector (thaw_log when touched again).
                     logs[k] = text

@@ -290,7 +290,7 @@ class PartitionStore(_Queries, Store):
         :meth:`_booking_rows_reference` is the same in Python)."""
         rows: list = []
         users: list = []
-        _c_booking_rows(part, keys, p, rows, rows, users, pack_log)
+        _c_booking_rows(part, keys, p, rows, rows, users, pack_log, False)
         return rows, users
 
     def _seat_rows_reference(self, part: _Part, keys, p: int) -> list:
