@@ -263,3 +263,58 @@ def test_a_read_model_of_the_other_layout_is_refused(tmp_path):
     with pytest.raises(ValueError, match="db_layout must be one of"):
         BookingService(_cfg(tmp_path, db_layout="sharded")).open_db()
     log.close()
+
+
+def test_a_worker_checkpoints_the_files_it_writes_on_a_thread_of_its_own(tmp_path, monkeypatch):
+    """Each partition file the worker writes is checkpointed by its
+    WalCheckpointer (the rows reach the database file, not only the WAL),
+    and only those: not the files of partitions it merely opens to read."""
+    from unstoppable.booking import service
+    from unstoppable.booking.readmodel import partition_path
+    monkeypatch.setattr(service, "WAL_CHECKPOINT_INTERVAL_S", 0.05)
+    cfg = _cfg(tmp_path)
+    log = us.Log(cfg.log_path)
+    asyncio.run(create_topics(log, cfg, partitions=4))
+    part = us.DefaultPartitioner()
+    seats = [s for s in (f"seat-{i}" for i in range(200)) if part(s.encode(), 4) in (0, 1)]
+    _send(log, cfg, [ev.reservation_requested(f"b{i}", f"u{i}", seats[i % len(seats)])
+                     for i in range(600)])
+    paths = [partition_path(cfg.db_path, p) for p in range(4)]
+
+    async def main():
+        stop = asyncio.Event()
+        svc = BookingService(cfg)
+        task = asyncio.create_task(svc.run(stop, log))
+        done = caught_up(log, cfg, timers=False)
+        sizes, deadline = None, time.monotonic() + 30
+        try:
+            while time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+                if task.done():
+                    task.result()
+                if sizes is None and all(os.path.exists(p) for p in paths):
+                    sizes = [os.path.getsize(p) for p in paths]     # as made, before the rows
+                if os.path.isdir(cfg.db_path) and len(os.listdir(cfg.db_path)) >= 4:
+                    db = connect(cfg.db_path)
+                    try:
+                        ok = done(db)
+                    finally:
+                        db.close()
+                    if ok and svc._ckpt.checkpoints >= 2 and all(
+                            os.path.getsize(paths[p]) > sizes[p] for p in (0, 1)):
+                        break
+            written = sorted(svc._ckpt._paths)
+            backstop = svc.partition_db(0).execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+            # Before the worker closes (closing checkpoints what is left, by itself).
+            grown = [os.path.getsize(p) > s for p, s in zip(paths, sizes)]
+            return grown, written, backstop, svc._ckpt.checkpoints
+        finally:
+            stop.set()
+            await task
+
+    grown, written, backstop, checkpoints = asyncio.run(main())
+    assert written == paths[:2]                   # the files of the partitions it wrote
+    assert checkpoints >= 2
+    assert grown == [True, True, False, False]
+    assert backstop >= 4 * 1000                   # its own autocheckpoint: the backstop
+    log.close()

@@ -371,6 +371,7 @@ class BookingService:
         # The WAL checkpoints (and their syncs) run on a thread of their own; a
         # writer's own autocheckpoint is only the backstop (see _writer).
         self._ckpt = us.WalCheckpointer(interval=WAL_CHECKPOINT_INTERVAL_S)
+        self._checkpointed: set = set()
         if cfg.db_layout == "partition":
             if os.path.exists(cfg.db_path) and not os.path.isdir(cfg.db_path):
                 raise ValueError(f"{cfg.db_path} is a file (a read model of the \"shared\" layout) "
@@ -417,7 +418,6 @@ class BookingService:
             # shared file's pages, so the WALs together stay as bounded.
             pages = max(1000, WAL_AUTOCHECKPOINT_PAGES // max(1, getattr(self, "partitions", 0) or 8))
             db = self._dbs[partition] = _writer(connect(path), pages)
-            self._ckpt.add(path)
         return db
 
     def close_db(self) -> None:
@@ -473,6 +473,12 @@ class BookingService:
     def _apply_run(self, db, tp, recs) -> None:
         """The processor's handler: the run's effects, inside its transaction
         (decided by ``_prepare`` unless the state was reloaded since)."""
+        if tp.partition not in self._checkpointed:
+            # The files this worker writes (not every file it opens for reading:
+            # each worker would checkpoint every file).
+            self._checkpointed.add(tp.partition)
+            if self.cfg.db_layout == "partition":
+                self._ckpt.add(partition_path(self.cfg.db_path, tp.partition))
         st, prep, self._prepared = self.state, self._prepared, None
         if prep is not None and prep[:4] == (tp.partition, st.run, recs[0].offset, len(recs)) \
                 and st.partition == tp.partition:
