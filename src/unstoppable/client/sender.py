@@ -151,27 +151,11 @@ class Sender:
         many = self._append_many if len(ready) > 1 else None
         while ready:
             if many is not None and len(ready) > 1:
-                # Several sealed batches (a send_batch filled them): one
-                # append for as many as fit in MANY_BYTES.
-                batches, nbytes = [], 0
-                for b in ready:
-                    if batches and nbytes + b.nbytes > MANY_BYTES:
-                        break
-                    batches.append(b)
-                    nbytes += b.nbytes
-                try:
-                    bases = many(self.topic, p, batches)
-                except Exception:  # noqa: BLE001  (none written: one by one below meets it again)
-                    many = None
-                    continue
-                for b, base in zip(batches, bases):
-                    ready.popleft()
-                    if synced:
-                        self._complete(b, base)
-                    else:
-                        b.base_offset = base
-                        self._unsynced[p].append(b)
-                        end = base + len(b.records)
+                written = self._write_many(many, p, ready, synced)
+                if written is None:
+                    many = None     # none written: one by one below meets the error again
+                else:
+                    end = max(end, written)
                 continue
             b = ready[0]
             self._stamp(b, p)
@@ -205,6 +189,33 @@ class Sender:
                 self._when_durable(self.topic, p, end, functools.partial(self._durable, p, end))
             except Exception as e:
                 self._durable(p, end, e)
+
+    def _write_many(self, many, p: int, ready, synced: bool) -> int | None:
+        """Several sealed batches of p (a send_batch filled them): one append
+        (``Backend.append_now_many``) for as many as fit in MANY_BYTES.
+        Returns the end offset written awaiting its fsync (-1: none), or
+        None when the append failed (then nothing was written)."""
+        batches, nbytes = [], 0
+        for b in ready:
+            if batches and nbytes + b.nbytes > MANY_BYTES:
+                break
+            batches.append(b)
+            nbytes += b.nbytes
+        try:
+            bases = many(self.topic, p, batches)
+        except Exception:  # noqa: BLE001  (reported by the one-at-a-time path)
+            return None
+        end = -1
+        for b, base in zip(batches, bases):
+            ready.popleft()
+            if synced:
+                self._complete(b, base)
+            else:
+                # acks="fsync": completes when the group commit says so.
+                b.base_offset = base
+                self._unsynced[p].append(b)
+                end = base + len(b.records)
+        return end
 
     async def _flush_partition(self, p: int) -> None:
         ready = self._ready[p]
