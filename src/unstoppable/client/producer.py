@@ -22,6 +22,13 @@ How a record travels::
   round (every partition written since the last) and C threads, which never
   take the GIL, run its fdatasyncs, at most two rounds at a time; meanwhile
   later batches keep being written and join the next round.
+* **send_batch of (key, value) pairs**: one compiled loop
+  (``_core.accumulate.fill_pairs``) takes send()'s steps for each pair; the
+  batches one call seals are handed to the sender when the call ends (or
+  before it waits for buffer space, or after each MiB), and the embedded
+  log writes each partition's share with one append
+  (``EmbeddedBackend.append_now_many``: one lock, one pwrite for many
+  storage batches) instead of one per batch.
 * **Waking senders**: a task awaiting a delivery future sleeps on a private
   waiter; a settled batch wakes all of its waiters from one loop callback
   rather than one ``call_soon`` each (about 1.6 us apiece on the reference
