@@ -4,6 +4,10 @@ partition with one append (``EmbeddedBackend.append_now_many``). Each test
 checks what send() one record at a time would have done: partitions, order,
 batch limits, backpressure, errors, delivery futures."""
 import asyncio
+import json
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
@@ -278,3 +282,50 @@ def test_one_append_writes_the_calls_batches_together(tmp_path):
     assert len(counts) <= 3                 # ...written in (at most) a few appends
     assert counts[-1] == 2000
     log.close()
+
+
+EFBIG_CHILD = textwrap.dedent("""
+    import asyncio, json, resource, sys
+    import unstoppable as us
+    log = us.Log(sys.argv[1])
+    log.create_topic("t", partitions=1, segment_bytes=1 << 20)
+    pairs = [(b"key-%05d" % i, b"value-%05d-" % i + b"x" * 80) for i in range(4000)]
+    # The segment file may grow to 150 kB: about half the pairs fit.
+    resource.setrlimit(resource.RLIMIT_FSIZE, (150_000, 150_000))
+
+    async def main():
+        async with us.Producer(log, "t", batch_bytes=2048, delivery_timeout_ms=200,
+                               retry_backoff_ms=20) as p:
+            futs = await p.send_batch(pairs)
+            await p.flush()
+            out = []
+            for f in futs:
+                e = f.exception()
+                out.append(None if e is None else [type(e).__name__, type(e.__cause__).__name__])
+            return out
+
+    print(json.dumps(asyncio.run(main())))
+    log.close()
+""")
+
+
+def test_a_failed_many_batch_write_leaves_nothing_and_the_batches_go_one_by_one(tmp_path):
+    """The file reaches its size limit (EFBIG) while the call's batches are
+    written with one append: that append writes nothing, the batches are
+    then written one at a time until the limit, and the rest fail (after
+    their retries) with DeliveryTimeoutError caused by DiskFullError. The
+    log holds exactly the records whose futures succeeded, once, in order."""
+    d = tmp_path / "log"
+    out = subprocess.run([sys.executable, "-c", EFBIG_CHILD, str(d)], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    ok = [i for i, r in enumerate(res) if r is None]
+    failed = [r for r in res if r is not None]
+    assert 500 < len(ok) < 3500, len(ok)
+    assert failed and all(r == ["DeliveryTimeoutError", "DiskFullError"] for r in failed)
+    assert ok == list(range(len(ok)))         # a prefix: batches are written in order
+    with us.Log(d) as log:
+        assert log.verify().ok
+        got = [bytes(r.key) for r in read_all(log, "t")[0]]
+    assert got == [b"key-%05d" % i for i in ok]
