@@ -46,6 +46,7 @@ extensions = [
     ext("segment", "batch.c", "crc32c.c", "writer.c", "guard.c", "syncer.c", "xxhash64.c"),
     ext("arrow", "batch.c", "crc32c.c", "xxhash64.c", "murmur2.c"),
     ext("delivery"),
+    ext("accumulate", "xxhash64.c", "murmur2.c"),
     # The booking service's fast path (its own package: it decides what
     # booking/machine.py does, and imports it).
     # (include_dirs: it cimports _core.batch's Record, whose .pxd names csrc's headers.)

@@ -105,6 +105,86 @@ def test_send_loop_keyed(benchmark, tmp_path, values, report):
                   f"naive file loop same run: {base / 1e6:.2f} M/s -> {N / med / base:.0%}")
 
 
+RUN = 4_700    # records per send_batch: a booking worker's run of outcomes
+
+
+@pytest.fixture(scope="module")
+def outcome_runs():
+    """1M (key, value) pairs shaped like the booking service's outcomes
+    (30-byte seat keys, 120-byte values) in runs of RUN. The keys of a run
+    all hash to one partition (run r: partition r % 8), as a booking
+    worker's do: it publishes one input partition's run at a time, keyed by
+    the seat its input was keyed by."""
+    from unstoppable._core.hashing import xxh64_partition
+    vals = make_values(N, size=120, seed=2)
+    pools: list = [[] for _ in range(PARTITIONS)]
+    j = 0
+    while min(len(p) for p in pools) < N // PARTITIONS + RUN:
+        k = b"seat-%025d" % j
+        j += 1
+        pools[xxh64_partition(k, PARTITIONS)].append(k)
+    runs = []
+    for r, start in enumerate(range(0, N, RUN)):
+        pool = pools[r % PARTITIONS]
+        runs.append([(pool.pop(), vals[i]) for i in range(start, min(N, start + RUN))])
+    return runs
+
+
+def test_send_batch_pairs(benchmark, tmp_path, outcome_runs, report):
+    """``send_batch(run, per_batch=True)`` then ``flush()`` per run of
+    (key, value) pairs, as the booking worker publishes its outcomes; beside
+    the same run's raw ``Partition.append`` of each run as one call (the
+    log's own floor for these records: one encode and one write per run)
+    and of each run in lists of 99 records (a 16 KiB batch each, one append
+    per batch)."""
+    state = {}
+    raw_one, raw_99 = [], []
+
+    def raw(chunk):
+        log = _fresh_log(tmp_path / "raw")
+        parts = [log.topic("bench").partition(p) for p in range(PARTITIONS)]
+        os.sync()
+        t0 = time.perf_counter()
+        for r, run_ in enumerate(outcome_runs):
+            part = parts[r % PARTITIONS]
+            for s in range(0, len(run_), chunk):
+                part.append(run_[s:s + chunk])
+        dt = time.perf_counter() - t0
+        log.close()
+        return N / dt
+
+    def setup():
+        if "log" in state:
+            state.pop("log").close()
+        raw_one.append(raw(RUN))
+        raw_99.append(raw(99))
+        state["log"] = _fresh_log(tmp_path / "log")
+        os.sync()
+
+    def run():
+        async def main():
+            async with us.Producer(state["log"], "bench") as p:
+                for run_ in outcome_runs:
+                    futs = await p.send_batch(run_, per_batch=True)
+                    await p.flush()
+                    for f in futs:
+                        f.result()
+        asyncio.run(main())
+
+    benchmark.pedantic(run, setup=setup, rounds=5, iterations=1)
+    log = state.pop("log")
+    ends = log.topic("bench").end_offsets()
+    log.close()
+    assert sum(ends) == N
+    med = statistics.median(benchmark.stats.stats.data)
+    one, b99 = statistics.median(raw_one), statistics.median(raw_99)
+    benchmark.extra_info.update(records_per_s=N / med, raw_append_run_per_s=one, raw_append_99_per_s=b99)
+    report.append(f"producer send_batch of (key, value) pairs (1M x 30/120 B, runs of {RUN}, per_batch, "
+                  f"flush per run): {N / med / 1e6:.2f} M records/s; raw Partition.append same run: "
+                  f"{one / 1e6:.2f} M/s a run per call ({N / med / one:.0%}), {b99 / 1e6:.2f} M/s "
+                  f"99 records per call")
+
+
 @pytest.fixture(scope="module")
 def filled(tmp_path_factory, values):
     d = tmp_path_factory.mktemp("filled") / "log"

@@ -160,7 +160,7 @@ class PartitionBuffers:
     """
 
     __slots__ = ("open", "ready", "in_flight", "unsynced", "sticky", "_n", "_topic", "_loop",
-                 "_linger", "on_sealed", "_sweep_pending", "_closed", "compression")
+                 "_linger", "on_sealed", "_sweep_pending", "_closed", "compression", "held")
 
     def __init__(self, partitions: int, topic: str = "", loop=None, linger: float = 0.0,
                  on_sealed=None):
@@ -179,6 +179,9 @@ class PartitionBuffers:
         self._sweep_pending = False
         self._closed = False
         self.compression: str | None = None  # given to every new batch (Producer(compression=...))
+        #: While not None (see :meth:`hold`), partitions whose batches were
+        #: sealed, whose ``on_sealed`` waits for :meth:`release`.
+        self.held: list | None = None
 
     def grow(self, partitions: int) -> None:
         """Take partitions added to the topic (``Log.create_partitions``):
@@ -234,8 +237,27 @@ class PartitionBuffers:
         self.ready[p].append(b)
         if full and p == self.sticky and self._n > 1:
             self.sticky = (p + 1) % self._n
-        if not self.in_flight[p]:
+        if self.held is not None:
+            self.held.append(p)
+        elif not self.in_flight[p]:
             self.on_sealed(p)
+
+    def hold(self) -> None:
+        """Keep the batches sealed from now on in their ready queues, without
+        telling the sender, until :meth:`release`: a send_batch call fills
+        many batches of a partition, which the sender then writes with one
+        append instead of one each. Only for a stretch of code that does not
+        await (the caller releases before any await and in a ``finally``)."""
+        if self.held is None:
+            self.held = []
+
+    def release(self) -> None:
+        """End :meth:`hold`: tell the sender of every partition sealed meanwhile."""
+        held, self.held = self.held, None
+        if held:
+            for p in dict.fromkeys(held):
+                if self.ready[p] and not self.in_flight[p]:
+                    self.on_sealed(p)
 
     def seal_all(self) -> None:
         """Seal every open batch."""

@@ -84,6 +84,13 @@ class Backend(abc.ABC):
     #: callable ``(topic, partition, batch) -> base offset``.
     append_now: Callable | None = None
 
+    #: The optional companion of ``append_now`` for several batches of one
+    #: partition: a callable ``(topic, partition, batches) -> [base offset of
+    #: each]`` that writes them all at once, or raises with none written.
+    #: It may refuse batches it cannot write together by raising
+    #: NotImplementedError; the sender then writes them one by one.
+    append_now_many: Callable | None = None
+
     #: The optional companion of ``append_now`` for ``acks="fsync"``: a
     #: callable ``(topic, partition, end_offset, fn)`` that returns at once
     #: and later calls ``fn(error)`` on the running loop, ``error`` None once

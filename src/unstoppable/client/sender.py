@@ -34,6 +34,9 @@ from unstoppable.errors import (
 __all__ = ["Sender", "decide", "RETRY", "RESTART", "FAIL", "TIMEOUT"]
 
 SEQ_MASK = 0x7FFF_FFFF
+#: At most this many bytes of batches (their nbytes bounds) in one write of
+#: several batches (``Backend.append_now_many``).
+MANY_BYTES = 1 << 20
 
 # The retry/restart table: what the sender does with a batch whose write failed.
 #
@@ -99,6 +102,9 @@ class Sender:
         self._append_now = backend.append_now
         self._inline = self._append_now is not None and (
             acks == "written" or self._when_durable is not None)
+        # Several batches of a partition in one write (not for an idempotent
+        # producer: the log checks each batch's sequence on its own append).
+        self._append_many = getattr(backend, "append_now_many", None) if producer_id < 0 else None
 
     def grow(self, partitions: int, epoch: int) -> None:
         """Sequence state for partitions added to the topic: an idempotent
@@ -142,7 +148,15 @@ class Sender:
         append_now = self._append_now
         synced = self.acks == "written"
         end = -1
+        many = self._append_many if len(ready) > 1 else None
         while ready:
+            if many is not None and len(ready) > 1:
+                written = self._write_many(many, p, ready, synced)
+                if written is None:
+                    many = None     # none written: one by one below meets the error again
+                else:
+                    end = max(end, written)
+                continue
             b = ready[0]
             self._stamp(b, p)
             try:
@@ -175,6 +189,33 @@ class Sender:
                 self._when_durable(self.topic, p, end, functools.partial(self._durable, p, end))
             except Exception as e:
                 self._durable(p, end, e)
+
+    def _write_many(self, many, p: int, ready, synced: bool) -> int | None:
+        """Several sealed batches of p (a send_batch filled them): one append
+        (``Backend.append_now_many``) for as many as fit in MANY_BYTES.
+        Returns the end offset written awaiting its fsync (-1: none), or
+        None when the append failed (then nothing was written)."""
+        batches, nbytes = [], 0
+        for b in ready:
+            if batches and nbytes + b.nbytes > MANY_BYTES:
+                break
+            batches.append(b)
+            nbytes += b.nbytes
+        try:
+            bases = many(self.topic, p, batches)
+        except Exception:  # noqa: BLE001  (reported by the one-at-a-time path)
+            return None
+        end = -1
+        for b, base in zip(batches, bases):
+            ready.popleft()
+            if synced:
+                self._complete(b, base)
+            else:
+                # acks="fsync": completes when the group commit says so.
+                b.base_offset = base
+                self._unsynced[p].append(b)
+                end = base + len(b.records)
+        return end
 
     async def _flush_partition(self, p: int) -> None:
         ready = self._ready[p]
