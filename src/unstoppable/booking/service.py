@@ -97,8 +97,13 @@ __all__ = ["ServiceConfig", "BookingService", "InjectedFault", "create_topics", 
 
 _home = us.DefaultPartitioner()   # the producer's partitioner: where a seat's events belong
 
-#: A worker's read model checkpoints its WAL every this many pages (64 MiB; SQLite's default: 1,000).
-WAL_AUTOCHECKPOINT_PAGES = 16384
+#: A worker's read model checkpoints its WAL when it holds this many bytes
+#: (SQLite's default: 1,000 pages, 4 MB of 4 KiB pages); with a file per
+#: partition, each file's WAL this much over the partitions, at least
+#: WAL_AUTOCHECKPOINT_MIN_BYTES. Set in pages, from each file's own page size
+#: (files made before PAGE_SIZE was raised keep 4 KiB pages).
+WAL_AUTOCHECKPOINT_BYTES = 64 << 20
+WAL_AUTOCHECKPOINT_MIN_BYTES = 1000 * 4096
 
 
 class InjectedFault(RuntimeError):
@@ -379,7 +384,7 @@ class BookingService:
                 raise ValueError(f"{cfg.db_path} is a directory (a read model of the \"partition\" "
                                  "layout) but db_layout is \"shared\", one file: choose the layout "
                                  "the read model has")
-            self.db = _writer(connect(cfg.db_path), WAL_AUTOCHECKPOINT_PAGES)
+            self.db = _writer(connect(cfg.db_path), WAL_AUTOCHECKPOINT_BYTES)
             self.state = PartitionStore(self.db, outcomes_topic=cfg.outcomes_topic)
             self.store = us.SQLiteOffsetStore(self.db)
         self.rm = ReadModel(self.db, outcomes_topic=cfg.outcomes_topic)
@@ -402,9 +407,10 @@ class BookingService:
             if not os.path.exists(path):
                 _create_partition_db(path)
             # Each file takes 1/n of the writes: its WAL may hold 1/n of the
-            # shared file's pages, so the WALs together stay as bounded.
-            pages = max(1000, WAL_AUTOCHECKPOINT_PAGES // max(1, getattr(self, "partitions", 0) or 8))
-            db = self._dbs[partition] = _writer(connect(path), pages)
+            # shared file's bytes, so the WALs together stay as bounded.
+            nbytes = max(WAL_AUTOCHECKPOINT_MIN_BYTES,
+                         WAL_AUTOCHECKPOINT_BYTES // max(1, getattr(self, "partitions", 0) or 8))
+            db = self._dbs[partition] = _writer(connect(path), nbytes)
         return db
 
     def close_db(self) -> None:
@@ -597,12 +603,14 @@ class _transaction:
         self.db.execute("COMMIT" if et is None else "ROLLBACK")
 
 
-def _writer(db, pages: int):
+def _writer(db, nbytes: int):
     """``db`` set up for a worker's writes: SQLite checkpoints (and syncs)
-    inside the COMMIT that takes the WAL past ``wal_autocheckpoint`` pages; at
-    its default (1,000) one worker over the 305k bench log made 101
-    fdatasyncs (0.53 s), 29 (0.30 s) at 16,384 pages."""
-    db.execute(f"PRAGMA wal_autocheckpoint={int(pages)}")
+    inside the COMMIT that takes the WAL past ``wal_autocheckpoint`` pages,
+    here ``nbytes`` of the file's pages; at SQLite's default (1,000 pages of
+    4 KiB) one worker over the 305k bench log made 101 fdatasyncs (0.53 s),
+    29 (0.30 s) at 16,384."""
+    page = db.execute("PRAGMA page_size").fetchone()[0]
+    db.execute(f"PRAGMA wal_autocheckpoint={max(1, int(nbytes) // page)}")
     return db
 
 
