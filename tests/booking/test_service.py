@@ -269,7 +269,7 @@ def test_a_worker_checkpoints_the_files_it_writes_on_a_thread_of_its_own(tmp_pat
     """Each partition file the worker writes is checkpointed by its
     WalCheckpointer (the rows reach the database file, not only the WAL),
     and only those: not the files of partitions it merely opens to read."""
-    from unstoppable.booking import service
+    from unstoppable.booking import readmodel, service
     from unstoppable.booking.readmodel import partition_path
     monkeypatch.setattr(service, "WAL_CHECKPOINT_INTERVAL_S", 0.05)
     cfg = _cfg(tmp_path)
@@ -316,5 +316,66 @@ def test_a_worker_checkpoints_the_files_it_writes_on_a_thread_of_its_own(tmp_pat
     assert written == paths[:2]                   # the files of the partitions it wrote
     assert checkpoints >= 2
     assert grown == [True, True, False, False]
-    assert backstop >= 4 * 1000                   # its own autocheckpoint: the backstop
+    assert backstop == service.WAL_BACKSTOP_FACTOR * service.WAL_AUTOCHECKPOINT_BYTES // 4 \
+        // readmodel.PAGE_SIZE                    # its own autocheckpoint: the backstop
+
+
+def test_a_read_model_made_with_smaller_pages_keeps_them_and_works(tmp_path):
+    """Files are made with PAGE_SIZE pages from now on; a partition's file
+    made before (4 KiB pages, SQLite's default) keeps its page size, the
+    worker writes it, its WAL checkpoints at the same bytes (pages of its own
+    size), and the whole equals a rebuild made of new files."""
+    import sqlite3
+
+    from unstoppable.booking.readmodel import (
+        PAGE_SIZE,
+        SCHEMA,
+        ReadModel,
+        partition_path,
+        read_model_dbs,
+    )
+    from unstoppable.booking.service import (
+        WAL_AUTOCHECKPOINT_BYTES,
+        WAL_AUTOCHECKPOINT_MIN_BYTES,
+        WAL_BACKSTOP_FACTOR,
+    )
+    assert PAGE_SIZE != 4096
+    cfg = _cfg(tmp_path, ttl_ms=60_000)
+    log = us.Log(cfg.log_path)
+    asyncio.run(create_topics(log, cfg, partitions=2))
+    os.makedirs(cfg.db_path)
+    old = sqlite3.connect(partition_path(cfg.db_path, 0), isolation_level=None)
+    old.execute("PRAGMA page_size=4096")
+    old.execute("PRAGMA journal_mode=WAL")
+    old.executescript(SCHEMA)
+    us.SQLiteOffsetStore(old)
+    old.close()
+    es = []
+    for i in range(60):
+        es.append(ev.reservation_requested(f"b{i}", f"u{i}", f"S{i % 20}"))
+        if i % 2:
+            es.append(ev.payment_received(f"b{i}", f"S{i % 20}", f"p{i}", 100, f"u{i}"))
+    _send(log, cfg, es)
+    assert all(log.topic(cfg.topic).end_offsets())          # both partitions have records
+    run_service(cfg, log, caught_up(log, cfg, timers=False))
+    sizes = {p: sqlite3.connect(partition_path(cfg.db_path, p)).execute("PRAGMA page_size").fetchone()[0]
+             for p in (0, 1)}
+    assert sizes == {0: 4096, 1: PAGE_SIZE}
+    svc = BookingService(cfg)
+    svc.partitions = 2
+    svc.open_db()
+    nbytes = max(WAL_AUTOCHECKPOINT_MIN_BYTES, WAL_AUTOCHECKPOINT_BYTES // 2)
+    assert {p: svc.partition_db(p).execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+            for p in (0, 1)} == {p: WAL_BACKSTOP_FACTOR * (nbytes // sizes[p]) for p in (0, 1)}
+    svc.close_db()
+    db = connect(cfg.db_path)
+    rm = ReadModel(db)
+    assert rm.stats()["events"] == len(es) and rm.double_booked() == []
+    live = rm.snapshot()
+    db.close()
+    rebuilt = asyncio.run(rebuild(log, cfg, str(tmp_path / "rebuilt.db")))
+    assert diff_snapshots(live, rebuilt.snapshot()) == []
+    assert {d.execute("PRAGMA page_size").fetchone()[0] for d in read_model_dbs(rebuilt.db)} \
+        == {PAGE_SIZE}                                   # the rebuild's files are new
+    rebuilt.db.close()
     log.close()

@@ -78,7 +78,7 @@ import sqlite3
 
 from unstoppable.booking.machine import Booking, Seat, Store
 
-__all__ = ["ReadModel", "SCHEMA", "INDEXES",
+__all__ = ["ReadModel", "SCHEMA", "INDEXES", "PAGE_SIZE",
            "SNAPSHOT_TABLES", "connect", "create_indexes", "diff_snapshots", "pack_log",
            "unpack_log", "partition_path", "partition_paths", "read_model_dbs", "query_all",
            "LAYOUTS"]
@@ -128,6 +128,15 @@ SNAPSHOT_TABLES = {
     "dead_letters": "topic, part, off",
 }
 
+
+#: The page size of read-model files made from now on (SQLite's default: 4,096).
+#: A commit appends every page it changed to the WAL with two ``pwrite`` calls
+#: each (frame header, page), and a checkpoint copies them again: the worker's
+#: ~1 MB commits were ~250 pages of 4 KiB, ~60 of 16 KiB. Measured here by
+#: replaying one worker's recorded statements over the 1M-event log (same
+#: rows, fresh files, WAL at the same bytes): 3.2 -> 2.7 CPU-us/event of
+#: SQLite, the system time halved (0.75 -> 0.47 us/event).
+PAGE_SIZE = 16384
 
 #: The secondary indexes of SCHEMA; a bulk load (``connect(..., bulk=True)``)
 #: creates them after the rows are in (``create_indexes``).
@@ -253,6 +262,10 @@ def connect(path, *, timeout: float = 60.0, bulk: bool = False) -> sqlite3.Conne
             raise IsADirectoryError(f"{path} is a read-model directory; bulk-load its partitions' files")
         return _connect_directory(str(path), timeout)
     db = sqlite3.connect(str(path), timeout=timeout, isolation_level=None, check_same_thread=False)
+    # Only a new, empty file takes it (before its first table, and before
+    # WAL mode, which fixes it): an existing read model keeps the page size
+    # it was made with.
+    db.execute(f"PRAGMA page_size={PAGE_SIZE}")
     if bulk:
         db.execute("PRAGMA journal_mode=OFF")
         db.execute("PRAGMA synchronous=OFF")

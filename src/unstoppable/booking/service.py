@@ -97,15 +97,23 @@ __all__ = ["ServiceConfig", "BookingService", "InjectedFault", "create_topics", 
 
 _home = us.DefaultPartitioner()   # the producer's partitioner: where a seat's events belong
 
-#: A worker's read model checkpoints its WAL every this many pages (64 MiB; SQLite's default: 1,000).
-WAL_AUTOCHECKPOINT_PAGES = 16384
+#: A worker's read model checkpoints its WAL when it holds this many bytes
+#: (SQLite's default: 1,000 pages, 4 MB of 4 KiB pages); with a file per
+#: partition, each file's WAL this much over the partitions, at least
+#: WAL_AUTOCHECKPOINT_MIN_BYTES. Set in pages, from each file's own page size
+#: (files made before PAGE_SIZE was raised keep 4 KiB pages). The writer's own
+#: autocheckpoint is set at WAL_BACKSTOP_FACTOR times that: its WalCheckpointer
+#: checkpoints on a thread of its own before.
+WAL_AUTOCHECKPOINT_BYTES = 64 << 20
+WAL_AUTOCHECKPOINT_MIN_BYTES = 1000 * 4096
+WAL_BACKSTOP_FACTOR = 4
 #: A worker checkpoints each read-model file it writes at most this often, on a
-#: thread of its own (us.WalCheckpointer); four times the pages above are the
-#: backstop. Rare checkpoints: after each one the writer's next commit restarts
-#: the WAL and syncs its new header (SQLite does, on the writer's thread).
-#: Measured over 1 M events (strace): the worker's own thread spent 0.24 s in
-#: fdatasync (68 of them creating the files, 30 header syncs), against
-#: 0.7-1.1 s (196-208) when it checkpointed itself; at 1 s it did 140 header syncs.
+#: thread of its own (us.WalCheckpointer). Rare checkpoints: after each one the
+#: writer's next commit restarts the WAL and syncs its new header (SQLite does,
+#: on the writer's thread). Measured over 1 M events (strace): the worker's own
+#: thread spent 0.24 s in fdatasync (68 of them creating the files, 30 header
+#: syncs), against 0.7-1.1 s (196-208) when it checkpointed itself; at 1 s it
+#: did 140 header syncs.
 WAL_CHECKPOINT_INTERVAL_S = 5.0
 
 
@@ -391,7 +399,7 @@ class BookingService:
                 raise ValueError(f"{cfg.db_path} is a directory (a read model of the \"partition\" "
                                  "layout) but db_layout is \"shared\", one file: choose the layout "
                                  "the read model has")
-            self.db = _writer(connect(cfg.db_path), WAL_AUTOCHECKPOINT_PAGES)
+            self.db = _writer(connect(cfg.db_path), WAL_AUTOCHECKPOINT_BYTES)
             self._ckpt.add(cfg.db_path)
             self.state = PartitionStore(self.db, outcomes_topic=cfg.outcomes_topic)
             self.store = us.SQLiteOffsetStore(self.db)
@@ -415,9 +423,10 @@ class BookingService:
             if not os.path.exists(path):
                 _create_partition_db(path)
             # Each file takes 1/n of the writes: its WAL may hold 1/n of the
-            # shared file's pages, so the WALs together stay as bounded.
-            pages = max(1000, WAL_AUTOCHECKPOINT_PAGES // max(1, getattr(self, "partitions", 0) or 8))
-            db = self._dbs[partition] = _writer(connect(path), pages)
+            # shared file's bytes, so the WALs together stay as bounded.
+            nbytes = max(WAL_AUTOCHECKPOINT_MIN_BYTES,
+                         WAL_AUTOCHECKPOINT_BYTES // max(1, getattr(self, "partitions", 0) or 8))
+            db = self._dbs[partition] = _writer(connect(path), nbytes)
         return db
 
     def close_db(self) -> None:
@@ -619,15 +628,16 @@ class _transaction:
         self.db.execute("COMMIT" if et is None else "ROLLBACK")
 
 
-def _writer(db, pages: int):
+def _writer(db, nbytes: int):
     """``db`` set up for a worker's writes: SQLite checkpoints (and syncs)
-    inside the COMMIT that takes the WAL past ``wal_autocheckpoint`` pages; at
-    its default (1,000) one worker over the 305k bench log made 101
-    fdatasyncs (0.53 s), 29 (0.30 s) at 16,384 pages. The worker's
-    WalCheckpointer checkpoints on its own thread long before that; the
-    writer's autocheckpoint, at four times ``pages``, is the backstop for when
-    it falls behind."""
-    db.execute(f"PRAGMA wal_autocheckpoint={4 * int(pages)}")
+    inside the COMMIT that takes the WAL past ``wal_autocheckpoint`` pages,
+    here WAL_BACKSTOP_FACTOR times ``nbytes`` of the file's pages; at SQLite's
+    default (1,000 pages of 4 KiB) one worker over the 305k bench log made
+    101 fdatasyncs (0.53 s), 29 (0.30 s) at 16,384. The worker's
+    WalCheckpointer checkpoints on its own thread before: this is the
+    backstop for when it falls behind."""
+    page = db.execute("PRAGMA page_size").fetchone()[0]
+    db.execute(f"PRAGMA wal_autocheckpoint={WAL_BACKSTOP_FACTOR * max(1, int(nbytes) // page)}")
     return db
 
 
