@@ -174,14 +174,7 @@ class Sender:
                     break  # the flush task resyncs the sequence first
                 continue
             ready.popleft()
-            if synced:
-                self._complete(b, base)
-            else:
-                # acks="fsync": written on the loop; it completes when the
-                # log's group commit (its own thread) says it is durable.
-                b.base_offset = base
-                self._unsynced[p].append(b)
-                end = base + len(b.records)
+            end = max(end, self._written(p, b, base, synced))
         if self._heartbeat is not None:
             self._heartbeat()
         if end >= 0:
@@ -208,14 +201,19 @@ class Sender:
         end = -1
         for b, base in zip(batches, bases):
             ready.popleft()
-            if synced:
-                self._complete(b, base)
-            else:
-                # acks="fsync": completes when the group commit says so.
-                b.base_offset = base
-                self._unsynced[p].append(b)
-                end = base + len(b.records)
+            end = max(end, self._written(p, b, base, synced))
         return end
+
+    def _written(self, p: int, b, base: int, synced: bool) -> int:
+        """Batch b of p is written at ``base``: completed now (acks="written"),
+        or (acks="fsync") when the log's group commit (its own thread) says
+        it is durable. Returns the end offset awaiting that fsync (-1: none)."""
+        if synced:
+            self._complete(b, base)
+            return -1
+        b.base_offset = base
+        self._unsynced[p].append(b)
+        return base + len(b.records)
 
     async def _flush_partition(self, p: int) -> None:
         ready = self._ready[p]
