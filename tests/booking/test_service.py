@@ -30,6 +30,16 @@ def _send(log, cfg, events):
         t.partition(us.DefaultPartitioner()(seat, t.partitions)).append([(seat, ev.CODEC.encode(e))])
 
 
+def _requests_and_payments(n: int, seats: int) -> list:
+    """``n`` reservation requests over ``seats`` seats, every other one paid."""
+    es = []
+    for i in range(n):
+        es.append(ev.reservation_requested(f"b{i}", f"u{i}", f"S{i % seats}"))
+        if i % 2:
+            es.append(ev.payment_received(f"b{i}", f"S{i % seats}", f"p{i}", 100, f"u{i}"))
+    return es
+
+
 def test_failing_records_are_retried_then_dead_lettered_and_can_be_redriven(tmp_path):
     cfg = _cfg(tmp_path, fail_seats=("seat-bad",), backoff_ms=1, max_attempts=3, ttl_ms=60_000)
     log = us.Log(cfg.log_path)
@@ -217,11 +227,7 @@ def test_more_partitions_than_sqlite_attaches_are_read_in_turn(tmp_path):
     cfg = _cfg(tmp_path, ttl_ms=60_000)
     log = us.Log(cfg.log_path)
     asyncio.run(create_topics(log, cfg, partitions=12))
-    es = []
-    for i in range(120):
-        es.append(ev.reservation_requested(f"b{i}", f"u{i}", f"S{i % 30}"))
-        if i % 2:
-            es.append(ev.payment_received(f"b{i}", f"S{i % 30}", f"p{i}", 100, f"u{i}"))
+    es = _requests_and_payments(120, 30)
     _send(log, cfg, es)
     ends = log.topic(cfg.topic).end_offsets()
 
@@ -350,11 +356,7 @@ def test_a_read_model_made_with_smaller_pages_keeps_them_and_works(tmp_path):
     old.executescript(SCHEMA)
     us.SQLiteOffsetStore(old)
     old.close()
-    es = []
-    for i in range(60):
-        es.append(ev.reservation_requested(f"b{i}", f"u{i}", f"S{i % 20}"))
-        if i % 2:
-            es.append(ev.payment_received(f"b{i}", f"S{i % 20}", f"p{i}", 100, f"u{i}"))
+    es = _requests_and_payments(60, 20)
     _send(log, cfg, es)
     assert all(log.topic(cfg.topic).end_offsets())          # both partitions have records
     run_service(cfg, log, caught_up(log, cfg, timers=False))

@@ -18,6 +18,14 @@ from unstoppable._core.hashing import murmur2_partition, xxh64_partition
 from client_util import SlowDiskBackend, make_log, read_all, run
 
 
+async def _send_per_batch(log, records):
+    """send_batch(records, per_batch=True) into topic "t" (1 KiB batches), flushed: its futures."""
+    async with us.Producer(log, "t", batch_bytes=1024) as p:
+        futs = await p.send_batch(records, per_batch=True)
+        await p.flush()
+        return futs
+
+
 def _pairs(n, tag=b"", klen=12, vlen=60):
     return [((b"k%d-" % (i % 37) + tag).ljust(klen, b"."), (b"v%06d-" % i + tag).ljust(vlen, b"x"))
             for i in range(n)]
@@ -75,13 +83,7 @@ def test_per_batch_futures_cover_every_record_once(tmp_path):
     mixed = list(pairs)
     mixed[500:500] = [b"keyless-a", (b"hk", b"hv", [("h", b"1")]), (bytearray(b"ba"), b"bv"), None]
 
-    async def main():
-        async with us.Producer(log, "t", batch_bytes=1024) as p:
-            futs = await p.send_batch(mixed, per_batch=True)
-            await p.flush()
-            return futs
-
-    futs = run(main())
+    futs = run(_send_per_batch(log, mixed))
     bs = [f._b for f in futs]
     assert len({id(b) for b in bs}) == len(bs)              # one future per batch
     assert all(f._i == len(f._b.records) - 1 for f in futs)  # the last record of each
@@ -270,13 +272,7 @@ def test_one_append_writes_the_calls_batches_together(tmp_path):
     counts = []
     part.add_listener(lambda: counts.append(part.end_offset))
 
-    async def main():
-        async with us.Producer(log, "t", batch_bytes=1024) as p:
-            futs = await p.send_batch(pairs, per_batch=True)
-            await p.flush()
-            return futs
-
-    futs = run(main())
+    futs = run(_send_per_batch(log, pairs))
     assert len(futs) > 20                   # that many batches of batch_bytes...
     assert len(part.read_batches(0, 1 << 30)) == len(futs)
     assert len(counts) <= 3                 # ...written in (at most) a few appends
