@@ -87,8 +87,8 @@ class Backend(abc.ABC):
     #: The optional companion of ``append_now`` for several batches of one
     #: partition: a callable ``(topic, partition, batches) -> [base offset of
     #: each]`` that writes them all at once, or raises with none written.
-    #: It may refuse batches it cannot write together by raising
-    #: NotImplementedError; the sender then writes them one by one.
+    #: It returns None, writing nothing, for batches it does not write
+    #: together; the sender then writes them one by one.
     append_now_many: Callable | None = None
 
     #: The optional companion of ``append_now`` for ``acks="fsync"``: a

@@ -173,7 +173,7 @@ class EmbeddedBackend(Backend):
     def _append_now(self, topic: str, partition: int, batch) -> int:
         return self._write(self._partition(topic, partition), batch)
 
-    def _append_now_many(self, topic: str, partition: int, batches: Sequence) -> list:
+    def _append_now_many(self, topic: str, partition: int, batches: Sequence) -> list | None:
         """Write several batches of one partition with one append: each is
         encoded as its own storage batch (its timestamp, its records), all
         into one buffer, written and made visible together (one file lock,
@@ -182,20 +182,20 @@ class EmbeddedBackend(Backend):
 
         Only for batches the plain append would write byte for byte the same
         way: not idempotent, not compressed, not on a LogAppendTime topic
-        (its timestamps are read back per batch); others raise
-        NotImplementedError, before anything is written."""
+        (its timestamps are read back per batch); for others it returns
+        None, having written nothing (the sender writes them one by one)."""
         part = self._partition(topic, partition)
         cfg = part.config
         setting = cfg.compression
         if cfg.log_append_time or (setting != "producer" and codec_id(setting)):
-            raise NotImplementedError("LogAppendTime or a compressed topic: one batch at a time")
+            return None                 # LogAppendTime or a compressed topic: one at a time
         enc = self._encoder
         if enc is None or enc.max_batch_bytes != cfg.max_batch_bytes \
                 or enc.max_record_bytes != cfg.max_record_bytes:
             enc = self._encoder = BatchEncoder(cfg.max_batch_bytes, cfg.max_record_bytes)
         for b in batches:
             if b.producer_id >= 0 or (setting == "producer" and b.compression):
-                raise NotImplementedError("idempotent or compressed batches: one at a time")
+                return None             # idempotent or compressed batches: one at a time
         enc.clear()
         try:
             counts = []

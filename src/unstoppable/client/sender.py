@@ -187,7 +187,7 @@ class Sender:
         """Several sealed batches of p (a send_batch filled them): one append
         (``Backend.append_now_many``) for as many as fit in MANY_BYTES.
         Returns the end offset written awaiting its fsync (-1: none), or
-        None when the append failed (then nothing was written)."""
+        None when the append failed or declined them (then nothing was written)."""
         batches, nbytes = [], 0
         for b in ready:
             if batches and nbytes + b.nbytes > MANY_BYTES:
@@ -197,6 +197,8 @@ class Sender:
         try:
             bases = many(self.topic, p, batches)
         except Exception:  # noqa: BLE001  (reported by the one-at-a-time path)
+            return None
+        if bases is None:       # not batches it writes together: one at a time
             return None
         end = -1
         for b, base in zip(batches, bases):
